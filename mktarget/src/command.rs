@@ -1,0 +1,358 @@
+//! An external command as a value: program, argv, env, working directory and
+//! stdin. It prints itself as a quoted shell line (what `--dry-run` and the
+//! log show) and becomes a `duct` expression only when it runs.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use anyhow::{Context, Result};
+
+use crate::shell::quote;
+
+/// How many bytes of a failed command's stderr its error quotes.
+const TAIL_BYTES: usize = 2048;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cmd {
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    dir: Option<String>,
+    stdin: Stdin,
+}
+
+/// Where a command's stdin comes from. Children never inherit ours unless
+/// asked to: the tools read their own input from stdin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stdin {
+    Null,
+    Inherit,
+    /// The stdout of another command, as in `SOURCE | THIS`.
+    Pipe(Box<Cmd>),
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<String>) -> Cmd {
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            dir: None,
+            stdin: Stdin::Null,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Cmd {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn dir(mut self, dir: impl Into<String>) -> Cmd {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    pub fn stdin_inherit(mut self) -> Cmd {
+        self.stdin = Stdin::Inherit;
+        self
+    }
+
+    /// Feeds `source`'s stdout into this command: `SOURCE | THIS`.
+    pub fn pipe_from(mut self, source: Cmd) -> Cmd {
+        self.stdin = Stdin::Pipe(Box::new(source));
+        self
+    }
+
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// The program followed by its arguments.
+    pub fn argv(&self) -> Vec<String> {
+        std::iter::once(self.program.clone())
+            .chain(self.args.iter().cloned())
+            .collect()
+    }
+
+    fn expression(&self) -> duct::Expression {
+        let mut expr = duct::cmd(&self.program, &self.args);
+        for (name, value) in &self.env {
+            expr = expr.env(name, value);
+        }
+        if let Some(dir) = &self.dir {
+            expr = expr.dir(dir);
+        }
+        match &self.stdin {
+            Stdin::Null => expr.stdin_null(),
+            Stdin::Inherit => expr,
+            Stdin::Pipe(source) => source.expression().pipe(expr),
+        }
+    }
+
+    /// Runs the command with its stdout and stderr going to our stderr (stdout
+    /// carries only data), keeping the tail for the error if it fails.
+    pub fn run(&self) -> Result<()> {
+        let mut reader = self
+            .expression()
+            .stderr_to_stdout()
+            .unchecked()
+            .reader()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        let mut tail = Vec::new();
+        let mut buf = [0u8; 8192];
+        let mut stderr = std::io::stderr();
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .with_context(|| format!("reading the output of `{}`", self.brief()))?;
+            if n == 0 {
+                break;
+            }
+            // Our stderr going away must not abort the step halfway.
+            let _ = stderr.write_all(&buf[..n]);
+            keep_tail(&mut tail, &buf[..n]);
+        }
+        let output = reader
+            .try_wait()
+            .with_context(|| format!("waiting for `{}`", self.brief()))?
+            .map(|output| output.status);
+        match output {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => Err(self.failure(status, &tail)),
+            None => Err(anyhow::anyhow!("`{}` did not exit", self.brief())),
+        }
+    }
+
+    /// Runs the command and returns its stdout; its stderr is passed on when
+    /// it succeeds and quoted in the error when it fails.
+    pub fn read(&self) -> Result<String> {
+        let output = self
+            .expression()
+            .stdout_capture()
+            .stderr_capture()
+            .unchecked()
+            .run()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        if !output.status.success() {
+            return Err(self.failure(output.status, &output.stderr));
+        }
+        let _ = std::io::stderr().write_all(&output.stderr);
+        String::from_utf8(output.stdout)
+            .with_context(|| format!("`{}` printed something that is not UTF-8", self.brief()))
+    }
+
+    /// Runs the command with its stdout written to `file` (used for secrets,
+    /// which must never pass through our memory's logs or a pipe to a log).
+    pub fn run_to_file(&self, file: File) -> Result<()> {
+        let output = self
+            .expression()
+            .stdout_file(file)
+            .stderr_capture()
+            .unchecked()
+            .run()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        if !output.status.success() {
+            return Err(self.failure(output.status, &output.stderr));
+        }
+        let _ = std::io::stderr().write_all(&output.stderr);
+        Ok(())
+    }
+
+    /// Runs the command with our stdout and stderr and returns how it exited:
+    /// for a driver's final command, whose status is the tool's status.
+    pub fn status(&self) -> Result<ExitStatus> {
+        let output = self
+            .expression()
+            .unchecked()
+            .run()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        Ok(output.status)
+    }
+
+    fn failure(&self, status: ExitStatus, stderr: &[u8]) -> anyhow::Error {
+        let mut message = format!("`{}` failed: {}", self.brief(), describe(status));
+        let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(TAIL_BYTES)..]);
+        let tail = tail.trim_end();
+        if !tail.is_empty() {
+            message.push_str("\n--- its output ends with ---\n");
+            message.push_str(tail);
+        }
+        anyhow::anyhow!(message)
+    }
+
+    /// The command line, cut short for error messages (a populate step's
+    /// script can be dozens of lines).
+    pub fn brief(&self) -> String {
+        let line = self.to_string();
+        const MAX: usize = 400;
+        match line.char_indices().nth(MAX) {
+            Some((cut, _)) => format!("{}…", &line[..cut]),
+            None => line,
+        }
+    }
+}
+
+/// `exit status N`, or the signal that killed the command.
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "unknown exit status".to_owned(),
+    }
+}
+
+/// The exit code a tool should end with when its final command ended so.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
+        (None, None) => 1,
+    }
+}
+
+fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+    tail.extend_from_slice(chunk);
+    if tail.len() > 2 * TAIL_BYTES {
+        tail.drain(..tail.len() - TAIL_BYTES);
+    }
+}
+
+impl fmt::Display for Cmd {
+    /// One POSIX sh line that runs this command.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Stdin::Pipe(source) = &self.stdin {
+            write!(f, "{source} | ")?;
+        }
+        if let Some(dir) = &self.dir {
+            write!(f, "(cd {} && ", quote(dir))?;
+        }
+        for (name, value) in &self.env {
+            write!(f, "{name}={} ", quote(value))?;
+        }
+        // A first word with `=` would read as an assignment.
+        if self.program.contains('=') {
+            write!(f, "'{}'", self.program.replace('\'', "'\\''"))?;
+        } else {
+            f.write_str(&quote(&self.program))?;
+        }
+        for arg in &self.args {
+            write!(f, " {}", quote(arg))?;
+        }
+        if self.dir.is_some() {
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `line` through a real /bin/sh and returns its stdout.
+    fn sh(line: &str) -> String {
+        Cmd::new("/bin/sh").args(["-c", line]).read().unwrap()
+    }
+
+    #[test]
+    fn display_is_a_shell_line_that_runs_the_same_argv() {
+        let cmd = Cmd::new("printf")
+            .args(["<%s>", "a b", "it's", "$(id)", "`x`", "", "new\nline"])
+            .env("X", "1 2");
+        assert_eq!(sh(&cmd.to_string()), cmd.read().unwrap());
+        assert_eq!(cmd.read().unwrap(), "<a b><it's><$(id)><`x`><><new\nline>");
+    }
+
+    #[test]
+    fn display_shows_env_dir_and_pipes() {
+        let cmd = Cmd::new("cat")
+            .env("NIX_PATH", "/var/src")
+            .dir("/tmp/a b")
+            .pipe_from(Cmd::new("echo").arg("hi there"));
+        assert_eq!(
+            cmd.to_string(),
+            "echo 'hi there' | (cd '/tmp/a b' && NIX_PATH=/var/src cat)"
+        );
+    }
+
+    #[test]
+    fn env_reaches_the_child() {
+        let cmd = Cmd::new("/bin/sh")
+            .args(["-c", "printf %s \"$K\""])
+            .env("K", "v w");
+        assert_eq!(cmd.read().unwrap(), "v w");
+        assert_eq!(sh(&cmd.to_string()), "v w");
+    }
+
+    #[test]
+    fn pipe_feeds_stdout_and_fails_like_pipefail() {
+        let cmd = Cmd::new("tr")
+            .args(["a-z", "A-Z"])
+            .pipe_from(Cmd::new("printf").arg("abc"));
+        assert_eq!(cmd.read().unwrap(), "ABC");
+        let failing = Cmd::new("cat").pipe_from(Cmd::new("/bin/sh").args(["-c", "echo x; exit 3"]));
+        assert!(format!("{:#}", failing.read().unwrap_err()).contains("exit status 3"));
+    }
+
+    #[test]
+    fn failure_names_command_status_and_stderr_tail() {
+        let cmd = Cmd::new("/bin/sh").args(["-c", "echo out; echo 'it broke' >&2; exit 7"]);
+        let err = format!("{:#}", cmd.run().unwrap_err());
+        assert!(err.contains("/bin/sh -c"), "{err}");
+        assert!(err.contains("exit status 7"), "{err}");
+        assert!(err.contains("it broke"), "{err}");
+        let err = format!("{:#}", cmd.read().unwrap_err());
+        assert!(
+            err.contains("exit status 7") && err.contains("it broke"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn signals_are_named() {
+        let cmd = Cmd::new("/bin/sh").args(["-c", "kill -TERM $$"]);
+        let status = cmd.status().unwrap();
+        assert_eq!(describe(status), "killed by signal 15");
+        assert_eq!(exit_code(status), 143);
+    }
+
+    #[test]
+    fn stdin_is_null_unless_inherited() {
+        assert_eq!(Cmd::new("cat").read().unwrap(), "");
+    }
+
+    #[test]
+    fn run_to_file_writes_stdout_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        Cmd::new("printf")
+            .arg("secret")
+            .run_to_file(File::create(&path).unwrap())
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(path).unwrap(), "secret");
+    }
+
+    #[test]
+    fn brief_cuts_long_lines() {
+        let cmd = Cmd::new("echo").arg("x".repeat(1000));
+        assert!(cmd.brief().chars().count() <= 401);
+        assert!(cmd.brief().ends_with('…'));
+    }
+}

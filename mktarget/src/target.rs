@@ -1,0 +1,682 @@
+//! What a target is: where sources go and where commands run (SPEC §1, §2).
+
+use std::fmt;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::command::Cmd;
+use crate::shell::{quote, quote_words, rsync_quote_words};
+
+/// A validated krops target. Construct it with [`Target::parse`],
+/// [`Target::from_json`] or [`Target::from_arg`], which refuse bad input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Target {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<String>,
+    pub path: String,
+    pub sudo: bool,
+    #[serde(rename = "extraOptions")]
+    pub extra_options: Vec<String>,
+}
+
+/// The machine we run on, as krops sees it: the defaults of every target and
+/// the yardstick for "is this target local".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub user: Option<String>,
+    pub host: String,
+}
+
+impl Origin {
+    /// `$LOGNAME` (null when unset or empty), and `$HOSTNAME`, else the single
+    /// valid hostname line of `/etc/hostname`, else `localhost`.
+    pub fn from_env() -> Origin {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let etc_hostname = std::fs::read_to_string("/etc/hostname").ok();
+        Origin {
+            user: var("LOGNAME"),
+            host: var("HOSTNAME")
+                .or_else(|| etc_hostname.as_deref().and_then(single_hostname))
+                .unwrap_or_else(|| "localhost".to_owned()),
+        }
+    }
+
+    /// The target of the empty string: this machine at `/var/src`.
+    pub fn default_target(&self) -> Target {
+        Target {
+            user: self.user.clone(),
+            host: self.host.clone(),
+            port: None,
+            path: "/var/src".to_owned(),
+            sudo: false,
+            extra_options: Vec::new(),
+        }
+    }
+}
+
+/// The one line of `/etc/hostname` that is a valid RFC 1123 label, if exactly
+/// one is (krops's `maybeHostName`).
+fn single_hostname(text: &str) -> Option<String> {
+    let mut labels = text.split('\n').filter(|line| is_label(line));
+    match (labels.next(), labels.next()) {
+        (Some(label), None) => Some(label.to_owned()),
+        _ => None,
+    }
+}
+
+fn is_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+}
+
+/// The parts of a target string that are present.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Parts<'a> {
+    user: Option<&'a str>,
+    host: Option<&'a str>,
+    port: Option<&'a str>,
+    path: Option<&'a str>,
+}
+
+/// Splits `[[USER]@]HOST[:PORT][/PATH]` the way krops's regex
+/// `(([^@]*)@)?(([^:/]+))?(:([^/]+))?(/.*)?` matches it as a whole.
+fn split(s: &str) -> Option<Parts<'_>> {
+    let mut parts = Parts::default();
+    let mut rest = s;
+    if let Some(at) = rest.find('@') {
+        parts.user = Some(&rest[..at]);
+        rest = &rest[at + 1..];
+    }
+    let host_end = rest.find([':', '/']).unwrap_or(rest.len());
+    if host_end > 0 {
+        parts.host = Some(&rest[..host_end]);
+    }
+    rest = &rest[host_end..];
+    if let Some(after_colon) = rest.strip_prefix(':') {
+        let port_end = after_colon.find('/').unwrap_or(after_colon.len());
+        if port_end == 0 {
+            return None;
+        }
+        parts.port = Some(&after_colon[..port_end]);
+        rest = &after_colon[port_end..];
+    }
+    if !rest.is_empty() {
+        parts.path = Some(rest);
+    }
+    Some(parts)
+}
+
+impl Target {
+    /// Parses krops's string form; present parts override `origin`'s defaults.
+    pub fn parse(s: &str, origin: &Origin) -> Result<Target> {
+        let target = Target::parse_unvalidated(s, origin)?;
+        target.validate()?;
+        Ok(target)
+    }
+
+    fn parse_unvalidated(s: &str, origin: &Origin) -> Result<Target> {
+        let Some(parts) = split(s) else {
+            bail!(
+                "target {s:?} does not match [[USER]@]HOST[:PORT][/PATH] (the port after ':' is empty)"
+            );
+        };
+        let mut target = origin.default_target();
+        if let Some(user) = parts.user {
+            target.user = Some(user.to_owned());
+        }
+        if let Some(host) = parts.host {
+            target.host = host.to_owned();
+        }
+        if let Some(port) = parts.port {
+            target.port = Some(port.to_owned());
+        }
+        if let Some(path) = parts.path {
+            target.path = path.to_owned();
+        }
+        Ok(target)
+    }
+
+    /// Fills the defaults with the fields a JSON object names, like Nix's
+    /// `defaults // attrs`.
+    pub fn from_json(value: &Value, origin: &Origin) -> Result<Target> {
+        let Value::Object(object) = value else {
+            bail!(
+                "target: expected a string or an object, got {}",
+                kind(value)
+            );
+        };
+        let mut target = origin.default_target();
+        target.update(object)?;
+        target.validate()?;
+        Ok(target)
+    }
+
+    /// A target as given on a command line: a JSON object when it starts with
+    /// `{`, else the string form.
+    pub fn from_arg(arg: &str, origin: &Origin) -> Result<Target> {
+        Target::from_arg_with(arg, &Map::new(), origin)
+    }
+
+    /// Like [`Target::from_arg`], then `overrides` replace the fields they
+    /// name (`mkTarget "…" // { … }`), and only then is the result validated.
+    pub fn from_arg_with(
+        arg: &str,
+        overrides: &Map<String, Value>,
+        origin: &Origin,
+    ) -> Result<Target> {
+        let trimmed = arg.trim_start();
+        let mut target = if trimmed.starts_with('{') {
+            let value: Value =
+                serde_json::from_str(trimmed).context("target: malformed JSON object")?;
+            let Value::Object(object) = value else {
+                unreachable!("JSON text starting with '{{' is an object");
+            };
+            let mut target = origin.default_target();
+            target.update(&object)?;
+            target
+        } else {
+            Target::parse_unvalidated(arg, origin)?
+        };
+        target.update(overrides)?;
+        target.validate()?;
+        Ok(target)
+    }
+
+    /// Overrides the fields `object` names; unknown fields are refused.
+    pub fn update(&mut self, object: &Map<String, Value>) -> Result<()> {
+        for (key, value) in object {
+            let field = format!("target.{key}");
+            match key.as_str() {
+                "user" => self.user = nullable_string(value, &field)?,
+                "host" => self.host = string(value, &field)?,
+                "port" => {
+                    self.port = match value {
+                        Value::Number(n) => Some(n.to_string()),
+                        _ => nullable_string(value, &field)?,
+                    }
+                }
+                "path" => self.path = string(value, &field)?,
+                "sudo" => {
+                    self.sudo = value.as_bool().with_context(|| {
+                        format!("{field}: expected a boolean, got {}", kind(value))
+                    })?
+                }
+                "extraOptions" => {
+                    let Value::Array(items) = value else {
+                        bail!("{field}: expected a list of strings, got {}", kind(value));
+                    };
+                    self.extra_options = items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, item)| string(item, &format!("{field}[{i}]")))
+                        .collect::<Result<_>>()?;
+                }
+                _ => bail!(
+                    "{field}: unknown field (expected user, host, port, path, sudo, extraOptions)"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses what would be misread by ssh, rsync or the shell.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(user) = &self.user {
+            check_name(user, "target.user", true)?;
+        }
+        check_name(&self.host, "target.host", false)?;
+        if let Some(port) = &self.port {
+            let valid = !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && matches!(port.parse::<u32>(), Ok(1..=65535));
+            if !valid {
+                bail!("target.port: {port:?} is not a port number (1-65535)");
+            }
+        }
+        if !self.path.starts_with('/') {
+            bail!("target.path: {:?} is not an absolute path", self.path);
+        }
+        if self.path.contains('\0') {
+            bail!("target.path: contains a NUL byte");
+        }
+        for (i, option) in self.extra_options.iter().enumerate() {
+            if option.contains('\0') {
+                bail!("target.extraOptions[{i}]: contains a NUL byte");
+            }
+        }
+        Ok(())
+    }
+
+    /// Local targets are reached without ssh: same user as the origin, and
+    /// the origin's host or `localhost`.
+    pub fn is_local(&self, origin: &Origin) -> bool {
+        self.user == origin.user && (self.host == origin.host || self.host == "localhost")
+    }
+
+    /// This target with its path extended by one source name.
+    pub fn join(&self, name: &str) -> Target {
+        let mut target = self.clone();
+        target.path = format!("{}/{name}", self.path);
+        target
+    }
+
+    /// The user to log in as, when ssh's config should not decide.
+    fn login_user(&self) -> Option<&str> {
+        self.user.as_deref().filter(|user| !user.is_empty())
+    }
+
+    /// `ssh [-l USER] [-p PORT] -T|-t EXTRA_OPTIONS...`, without the host.
+    pub fn ssh_argv(&self, tty: bool) -> Vec<String> {
+        let mut argv = vec!["ssh".to_owned()];
+        if let Some(user) = self.login_user() {
+            argv.extend(["-l".to_owned(), user.to_owned()]);
+        }
+        if let Some(port) = &self.port {
+            argv.extend(["-p".to_owned(), port.clone()]);
+        }
+        argv.push(if tty { "-t" } else { "-T" }.to_owned());
+        argv.extend(self.extra_options.iter().cloned());
+        argv
+    }
+
+    /// The ssh command for rsync's `-e`, quoted the way rsync splits it.
+    pub fn rsync_shell(&self) -> String {
+        rsync_quote_words(self.ssh_argv(false))
+    }
+
+    /// `[USER@]HOST`: how nixos-rebuild's `--build-host`/`--target-host` and
+    /// rsync name this target's machine.
+    pub fn destination(&self) -> String {
+        match self.login_user() {
+            Some(user) => format!("{user}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+
+    /// rsync's destination for this target's path: `[USER@]HOST:PATH`, or
+    /// just the path when the target is local.
+    pub fn rsync_destination(&self, origin: &Origin) -> String {
+        if self.is_local(origin) {
+            self.path.clone()
+        } else {
+            format!("{}:{}", self.destination(), self.path)
+        }
+    }
+
+    /// `[HOST:]PATH`, how messages name a place on this target.
+    pub fn display_path(&self, path: &str, origin: &Origin) -> String {
+        if self.is_local(origin) {
+            path.to_owned()
+        } else {
+            format!("{}:{path}", self.host)
+        }
+    }
+
+    /// A populate step: `script` runs as is on a local target, else as
+    /// `ssh … HOST SCRIPT`, or `ssh … HOST "sudo bash -c q(SCRIPT)"` with sudo.
+    pub fn shell(&self, script: &str, origin: &Origin) -> Cmd {
+        if self.is_local(origin) {
+            return Cmd::new("/bin/sh").args(["-c", script]);
+        }
+        let remote = if self.sudo {
+            format!("sudo bash -c {}", quote(script))
+        } else {
+            script.to_owned()
+        };
+        self.ssh(remote, false)
+    }
+
+    /// A driver's final command: `[sudo] /bin/sh -c q(SCRIPT) ARGS...`,
+    /// through ssh when the target is remote.
+    pub fn command(&self, script: &str, args: &[String], tty: bool, origin: &Origin) -> Cmd {
+        let mut argv: Vec<String> = Vec::new();
+        if self.sudo {
+            argv.push("sudo".to_owned());
+        }
+        argv.extend(["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()]);
+        argv.extend(args.iter().cloned());
+        if self.is_local(origin) {
+            let mut argv = argv.into_iter();
+            let program = argv.next().unwrap_or_default();
+            Cmd::new(program).args(argv)
+        } else {
+            self.ssh(quote_words(&argv), tty)
+        }
+    }
+
+    fn ssh(&self, remote_command: String, tty: bool) -> Cmd {
+        let mut argv = self.ssh_argv(tty).into_iter();
+        let program = argv.next().unwrap_or_default();
+        Cmd::new(program)
+            .args(argv)
+            .arg(&self.host)
+            .arg(remote_command)
+    }
+}
+
+impl fmt::Display for Target {
+    /// The string form, `[USER@]HOST[:PORT]PATH`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(user) = &self.user {
+            write!(f, "{user}@")?;
+        }
+        f.write_str(&self.host)?;
+        if let Some(port) = &self.port {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(&self.path)
+    }
+}
+
+/// Refuses a user or host that ssh would read as an option or that carries
+/// whitespace or control characters.
+fn check_name(value: &str, field: &str, may_be_empty: bool) -> Result<()> {
+    if value.is_empty() && !may_be_empty {
+        bail!("{field}: must not be empty");
+    }
+    if value.starts_with('-') {
+        bail!("{field}: {value:?} begins with '-' (ssh would read it as an option)");
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("{field}: {value:?} contains whitespace or control characters");
+    }
+    Ok(())
+}
+
+fn string(value: &Value, field: &str) -> Result<String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        _ => bail!("{field}: expected a string, got {}", kind(value)),
+    }
+}
+
+fn nullable_string(value: &Value, field: &str) -> Result<Option<String>> {
+    match value {
+        Value::Null => Ok(None),
+        _ => string(value, field).map(Some),
+    }
+}
+
+/// What kind of JSON value this is, for error messages.
+pub fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn origin() -> Origin {
+        Origin {
+            user: Some("alice".into()),
+            host: "laptop".into(),
+        }
+    }
+
+    fn parse(s: &str) -> Target {
+        Target::parse(s, &origin()).unwrap_or_else(|e| panic!("{s:?}: {e:#}"))
+    }
+
+    fn refused(s: &str) -> String {
+        format!("{:#}", Target::parse(s, &origin()).expect_err(s))
+    }
+
+    fn target(user: Option<&str>, host: &str, port: Option<&str>, path: &str) -> Target {
+        Target {
+            user: user.map(Into::into),
+            host: host.into(),
+            port: port.map(Into::into),
+            path: path.into(),
+            sudo: false,
+            extra_options: vec![],
+        }
+    }
+
+    #[test]
+    fn spec_examples() {
+        assert_eq!(
+            parse("root@server01:4444/etc/krops"),
+            target(Some("root"), "server01", Some("4444"), "/etc/krops")
+        );
+        assert_eq!(
+            parse("server01"),
+            target(Some("alice"), "server01", None, "/var/src")
+        );
+        assert_eq!(
+            parse("user@host:22/var/src"),
+            target(Some("user"), "host", Some("22"), "/var/src")
+        );
+    }
+
+    #[test]
+    fn krops_readme_examples() {
+        assert_eq!(
+            parse("root@YOUR_IP_ADDRESS_OR_HOST_NAME_HERE"),
+            target(
+                Some("root"),
+                "YOUR_IP_ADDRESS_OR_HOST_NAME_HERE",
+                None,
+                "/var/src"
+            )
+        );
+        assert_eq!(
+            parse("user@host/path"),
+            target(Some("user"), "host", None, "/path")
+        );
+        assert_eq!(
+            parse("@somehost"),
+            target(Some(""), "somehost", None, "/var/src")
+        );
+    }
+
+    #[test]
+    fn partial_forms_keep_defaults() {
+        assert_eq!(parse(""), origin().default_target());
+        assert_eq!(
+            parse("/etc/src"),
+            target(Some("alice"), "laptop", None, "/etc/src")
+        );
+        assert_eq!(
+            parse("bob@"),
+            target(Some("bob"), "laptop", None, "/var/src")
+        );
+        assert_eq!(
+            parse(":2222"),
+            target(Some("alice"), "laptop", Some("2222"), "/var/src")
+        );
+        assert_eq!(
+            parse("h:2/a/b c"),
+            target(Some("alice"), "h", Some("2"), "/a/b c")
+        );
+        assert_eq!(
+            parse("10.0.0.1"),
+            target(Some("alice"), "10.0.0.1", None, "/var/src")
+        );
+    }
+
+    #[test]
+    fn defaults_without_logname_have_null_user() {
+        let origin = Origin {
+            user: None,
+            host: "laptop".into(),
+        };
+        let t = Target::parse("server01", &origin).unwrap();
+        assert_eq!(t.user, None);
+        assert!(Target::parse("", &origin).unwrap().is_local(&origin));
+    }
+
+    #[test]
+    fn etc_hostname_needs_exactly_one_label() {
+        assert_eq!(single_hostname("vm\n"), Some("vm".into()));
+        assert_eq!(
+            single_hostname("# comment\nbox-1\n\n"),
+            Some("box-1".into())
+        );
+        assert_eq!(single_hostname("a\nb\n"), None);
+        assert_eq!(single_hostname("-bad\n"), None);
+        assert_eq!(single_hostname(""), None);
+    }
+
+    #[test]
+    fn refused_targets_name_the_field() {
+        assert!(refused("-oProxyCommand=touch /tmp/x").contains("target.host"));
+        assert!(refused("-oProxyCommand=x@host").contains("target.user"));
+        assert!(refused("host:0").contains("target.port"));
+        assert!(refused("host:65536").contains("target.port"));
+        assert!(refused("host:ssh").contains("target.port"));
+        assert!(refused("host:").contains("does not match"));
+        assert!(refused("host:/p").contains("does not match"));
+        assert!(refused("ho st").contains("target.host"));
+        assert!(refused("a\nb@host").contains("target.user"));
+        assert!(refused("host\t").contains("target.host"));
+    }
+
+    #[test]
+    fn json_object_fills_only_named_fields() {
+        let t = Target::from_json(
+            &json!({"host": "h", "port": 22, "sudo": true, "extraOptions": ["-o", "LogLevel=DEBUG"]}),
+            &origin(),
+        )
+        .unwrap();
+        assert_eq!(t.user.as_deref(), Some("alice"));
+        assert_eq!(t.port.as_deref(), Some("22"));
+        assert_eq!(t.path, "/var/src");
+        assert!(t.sudo);
+        assert_eq!(t.extra_options, ["-o", "LogLevel=DEBUG"]);
+        let t = Target::from_json(&json!({"user": null, "port": "2"}), &origin()).unwrap();
+        assert_eq!(t.user, None);
+        assert_eq!(t.port.as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn json_object_errors_name_the_field() {
+        let err = |v: Value| format!("{:#}", Target::from_json(&v, &origin()).unwrap_err());
+        assert!(err(json!({"hots": "h"})).contains("target.hots: unknown field"));
+        assert!(err(json!({"path": "var/src"})).contains("target.path"));
+        assert!(err(json!({"sudo": "yes"})).contains("target.sudo: expected a boolean"));
+        assert!(err(json!({"extraOptions": ["-v", 1]})).contains("target.extraOptions[1]"));
+        assert!(err(json!({"port": 70000})).contains("target.port"));
+        assert!(err(json!({"host": "-oProxyCommand=x"})).contains("target.host"));
+        assert!(err(json!(["h"])).contains("expected a string or an object"));
+    }
+
+    #[test]
+    fn from_arg_accepts_both_forms() {
+        let t = Target::from_arg(r#" {"host": "h", "path": "/p"}"#, &origin()).unwrap();
+        assert_eq!((t.host.as_str(), t.path.as_str()), ("h", "/p"));
+        assert_eq!(Target::from_arg("h/p", &origin()).unwrap(), t);
+        assert!(
+            format!("{:#}", Target::from_arg("{", &origin()).unwrap_err()).contains("malformed")
+        );
+    }
+
+    #[test]
+    fn local_means_origin_user_and_host_or_localhost() {
+        let o = origin();
+        assert!(parse("").is_local(&o));
+        assert!(parse("localhost/tmp/x").is_local(&o));
+        assert!(parse("alice@laptop").is_local(&o));
+        assert!(!parse("root@laptop").is_local(&o));
+        assert!(!parse("server01").is_local(&o));
+        assert!(!parse("@localhost").is_local(&o));
+    }
+
+    #[test]
+    fn ssh_argv_has_l_and_p_only_when_set() {
+        assert_eq!(parse("h").ssh_argv(false), ["ssh", "-l", "alice", "-T"]);
+        assert_eq!(parse("@h:22").ssh_argv(true), ["ssh", "-p", "22", "-t"]);
+        let mut t = parse("root@h");
+        t.extra_options = vec!["-o".into(), "ProxyCommand=nc %h %p".into()];
+        assert_eq!(
+            t.ssh_argv(false),
+            ["ssh", "-l", "root", "-T", "-o", "ProxyCommand=nc %h %p"]
+        );
+        assert_eq!(
+            t.rsync_shell(),
+            "'ssh' '-l' 'root' '-T' '-o' 'ProxyCommand=nc %h %p'"
+        );
+    }
+
+    #[test]
+    fn destinations() {
+        let o = origin();
+        assert_eq!(parse("root@h/p").rsync_destination(&o), "root@h:/p");
+        assert_eq!(parse("@h/p").rsync_destination(&o), "h:/p");
+        assert_eq!(parse("/p").rsync_destination(&o), "/p");
+        assert_eq!(parse("@h").destination(), "h");
+        assert_eq!(
+            parse("h/p").display_path("/p/.populate", &o),
+            "h:/p/.populate"
+        );
+        assert_eq!(parse("/p").display_path("/p/.populate", &o), "/p/.populate");
+    }
+
+    #[test]
+    fn populate_steps_on_targets() {
+        let o = origin();
+        assert_eq!(
+            parse("").shell("echo hi", &o).argv(),
+            ["/bin/sh", "-c", "echo hi"]
+        );
+        assert_eq!(
+            parse("root@h:2").shell("echo hi", &o).argv(),
+            ["ssh", "-l", "root", "-p", "2", "-T", "h", "echo hi"]
+        );
+        let mut t = parse("u@h");
+        t.sudo = true;
+        assert_eq!(
+            t.shell("echo 'hi'", &o).argv(),
+            [
+                "ssh",
+                "-l",
+                "u",
+                "-T",
+                "h",
+                "sudo bash -c 'echo '\\''hi'\\'''"
+            ]
+        );
+    }
+
+    #[test]
+    fn driver_commands_on_targets() {
+        let o = origin();
+        let args = ["/var/src".to_owned()];
+        assert_eq!(
+            parse("").command("echo $1", &args, false, &o).argv(),
+            ["/bin/sh", "-c", "echo $1", "/var/src"]
+        );
+        let mut t = parse("u@h");
+        assert_eq!(
+            t.command("echo $1", &args, true, &o).argv(),
+            ["ssh", "-l", "u", "-t", "h", "/bin/sh -c 'echo $1' /var/src"]
+        );
+        t.sudo = true;
+        assert_eq!(
+            t.command("id", &[], false, &o).argv(),
+            ["ssh", "-l", "u", "-T", "h", "sudo /bin/sh -c id"]
+        );
+    }
+
+    #[test]
+    fn serializes_with_krops_field_names() {
+        let json = serde_json::to_value(parse("@h:22")).unwrap();
+        assert_eq!(
+            json,
+            json!({"user": "", "host": "h", "port": "22", "path": "/var/src", "sudo": false, "extraOptions": []})
+        );
+    }
+}
