@@ -1,0 +1,109 @@
+//! populate: sync krops sources to a target (SPEC §3). The drivers
+//! (krops-deploy, krops-test, krops-command) reuse [`PopulateArgs`] and
+//! [`Plan`] to populate before they act.
+
+pub mod secrets;
+pub mod source;
+pub mod sync;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use mktarget::{Origin, Target};
+
+pub use source::{Source, Sources};
+pub use sync::{Options, Plan};
+
+/// What every tool that populates takes on its command line.
+#[derive(Debug, clap::Args)]
+pub struct PopulateArgs {
+    /// Where to sync: krops's `[[USER]@]HOST[:PORT][/PATH]` or a JSON object as mktarget prints it
+    #[arg(long, value_name = "TARGET", allow_hyphen_values = true)]
+    pub target: String,
+    /// Create the sentinel file PATH/.populate (and PATH) if missing
+    #[arg(long)]
+    pub force: bool,
+    /// Copy PATH to PATH/.populate/backup/ before syncing (the sentinel must be a directory)
+    #[arg(long)]
+    pub backup: bool,
+    /// Print the commands as a POSIX sh script instead of running them
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Read sources.json from FILE instead of stdin
+    #[arg(long, value_name = "FILE")]
+    pub sources: Option<PathBuf>,
+}
+
+impl PopulateArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            force: self.force,
+            backup: self.backup,
+        }
+    }
+
+    /// Parses `--target` (see [`Target::from_arg`]).
+    pub fn target(&self, origin: &Origin) -> Result<Target> {
+        Target::from_arg(&self.target, origin)
+    }
+
+    /// Reads and validates sources.json from `--sources` or stdin.
+    pub fn read_sources(&self) -> Result<Sources> {
+        let text = match &self.sources {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read sources from {}", path.display()))?,
+            None => {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("cannot read sources from stdin")?;
+                text
+            }
+        };
+        let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
+        source::parse(&text, home.as_deref())
+    }
+}
+
+/// Sync krops sources (sources.json on stdin) to a target.
+///
+/// Checks the sentinel file PATH/.populate on the target, optionally backs
+/// PATH up, then syncs every source to PATH/NAME in byte order of the names.
+/// The whole input is validated before anything runs. Logs go to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "populate", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub args: PopulateArgs,
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let origin = Origin::from_env();
+    let target = cli.args.target(&origin)?;
+    let sources = cli.args.read_sources()?;
+    let plan = Plan::new(&target, &sources, cli.args.options(), &origin)?;
+    if cli.args.dry_run {
+        print!("{}", plan.script());
+    } else {
+        plan.run()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn main() -> ExitCode {
+    mktarget::tool::finish("populate", run(Cli::parse()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}
