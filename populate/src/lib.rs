@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use mktarget::{Origin, Target};
+use mktarget::{Cmd, Origin, Target};
 
 pub use source::{Source, Sources};
 pub use sync::{Options, Plan};
@@ -66,6 +66,34 @@ impl PopulateArgs {
         let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
         source::parse(&text, home.as_deref())
     }
+}
+
+/// What every driver does: run each populate plan, then `command` on the
+/// target, and end with its exit status. With `dry_run`, print all of it as
+/// one sh script instead.
+pub fn populate_then(tool: &str, plans: &[Plan], command: &Cmd, dry_run: bool) -> Result<ExitCode> {
+    if dry_run {
+        let mut script = String::from("#!/bin/sh\n");
+        for plan in plans {
+            script.push_str(&plan.script());
+            script.push('\n');
+        }
+        script.push_str(&format!("# then, on the target\n{command}\n"));
+        print!("{script}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for plan in plans {
+        plan.run()?;
+    }
+    let status = command.status()?;
+    if !status.success() {
+        eprintln!(
+            "{tool}: `{}` failed: {}",
+            command.brief(),
+            mktarget::command::describe(status)
+        );
+    }
+    Ok(ExitCode::from(mktarget::command::exit_code(status)))
 }
 
 /// Sync krops sources (sources.json on stdin) to a target.

@@ -1,0 +1,72 @@
+//! krops-command: populate a target, then run a shell script there with the
+//! target path as `$1` (SPEC §4, krops's `writeCommand`).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use mktarget::Origin;
+use populate::{populate_then, Plan, PopulateArgs};
+
+/// What runs when no SCRIPT is given: print the target path.
+pub const DEFAULT_SCRIPT: &str = "printf '%s\\n' \"$1\"";
+
+/// Populate a target, then run SCRIPT there.
+///
+/// Reads sources.json on stdin, syncs it to --target, then runs
+/// `/bin/sh -c SCRIPT krops-command PATH` on the target (through ssh when it
+/// is remote, under sudo when it says so), so SCRIPT finds the target path in
+/// $1. Exits with SCRIPT's exit status.
+#[derive(Debug, Parser)]
+#[command(name = "krops-command", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub populate: PopulateArgs,
+    /// Allocate a terminal on the target (ssh -t), e.g. for an interactive SCRIPT
+    #[arg(long)]
+    pub allocate_tty: bool,
+    /// The sh script to run on the target; $1 is the target path (default: print it)
+    #[arg(default_value = DEFAULT_SCRIPT, hide_default_value = true)]
+    pub script: String,
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let origin = Origin::from_env();
+    let target = cli.populate.target(&origin)?;
+    let sources = cli.populate.read_sources()?;
+    let plan = Plan::new(&target, &sources, cli.populate.options(), &origin)?;
+    let args = ["krops-command".to_owned(), target.path.clone()];
+    let mut command = target.command(&cli.script, &args, cli.allocate_tty, &origin);
+    if cli.allocate_tty {
+        // A terminal on the target needs ours.
+        command = command.stdin_inherit();
+    }
+    populate_then("krops-command", &[plan], &command, cli.populate.dry_run)
+}
+
+pub fn main() -> ExitCode {
+    mktarget::tool::finish("krops-command", run(Cli::parse()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn default_script_prints_the_first_argument() {
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", DEFAULT_SCRIPT, "krops-command", "/var/src with space"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "/var/src with space\n"
+        );
+    }
+}

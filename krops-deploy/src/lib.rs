@@ -1,0 +1,317 @@
+//! krops-deploy: populate the build target and the target, then run
+//! `nixos-rebuild` on the build target (SPEC §4, krops's `writeDeploy`).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, ValueEnum};
+use mktarget::shell::{quote, quote_words};
+use mktarget::{Origin, Target};
+use populate::{populate_then, Plan, PopulateArgs};
+
+/// Populate a NixOS target, then run nixos-rebuild on it.
+///
+/// Reads sources.json on stdin, syncs it to --build-target (when it differs
+/// from --target) and to --target, then runs
+/// `NIX_PATH=PATH nixos-rebuild OPERATION` on the build target, which builds
+/// the system and activates it on the target.
+#[derive(Debug, Parser)]
+#[command(name = "krops-deploy", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub populate: PopulateArgs,
+    /// Evaluate and build on this target instead (populated too); it must reach --target over ssh
+    #[arg(long, value_name = "TARGET", allow_hyphen_values = true)]
+    pub build_target: Option<String>,
+    /// The nixos-rebuild operation
+    #[arg(long, default_value = "switch", value_name = "OP")]
+    pub operation: String,
+    /// Build for another architecture: pass --no-build-nix to nixos-rebuild
+    #[arg(long)]
+    pub cross_deploy: bool,
+    /// When to pipe nixos-rebuild's output through nix-output-monitor (nom)
+    #[arg(long, value_enum, default_value_t = Nom::Opportunistic, value_name = "MODE")]
+    pub nom: Nom,
+    /// Deprecated: deploys are always fast now; accepted and ignored
+    #[arg(long)]
+    pub fast: bool,
+}
+
+/// krops's `useNixOutputMonitor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Nom {
+    /// Use nom if it is on the build target's PATH
+    Opportunistic,
+    /// Always use nom
+    Optimistic,
+    /// Use nom through `nix-shell -p nix-output-monitor`
+    Pessimistic,
+    /// nom if present, else through nix-shell
+    True,
+    /// Never use nom
+    False,
+}
+
+impl Nom {
+    fn name(self) -> &'static str {
+        match self {
+            Nom::Opportunistic => "opportunistic",
+            Nom::Optimistic => "optimistic",
+            Nom::Pessimistic => "pessimistic",
+            Nom::True => "true",
+            Nom::False => "false",
+        }
+    }
+}
+
+/// The arguments of nixos-rebuild, as krops's writeDeploy passes them.
+pub fn rebuild_args(cli: &Cli, target: &Target, build: &Target) -> Vec<String> {
+    let mut args = vec![cli.operation.clone()];
+    if cli.cross_deploy {
+        args.push("--no-build-nix".to_owned());
+    }
+    if build != target {
+        args.extend([
+            "--build-host".to_owned(),
+            build.destination(),
+            "--target-host".to_owned(),
+            target.destination(),
+        ]);
+    }
+    if target.sudo {
+        args.push("--use-remote-sudo".to_owned());
+    }
+    args
+}
+
+/// ssh options the build host needs to reach the target, for NIX_SSHOPTS
+/// (krops drops the target's port and extraOptions here).
+pub fn nix_sshopts(target: &Target, build: &Target) -> Option<String> {
+    if build == target {
+        return None;
+    }
+    let mut opts = Vec::new();
+    if let Some(port) = &target.port {
+        opts.extend(["-p".to_owned(), port.clone()]);
+    }
+    opts.extend(target.extra_options.iter().cloned());
+    (!opts.is_empty()).then(|| quote_words(opts))
+}
+
+/// The script run on the build target: the rebuild, piped through nom as
+/// `mode` says. Unlike krops, a failing rebuild fails the script even when
+/// its output goes through nom.
+pub fn rebuild_script(nix_path: &str, sshopts: Option<&str>, args: &[String], mode: Nom) -> String {
+    let mut rebuild = format!("NIX_PATH={} ", quote(nix_path));
+    if let Some(opts) = sshopts {
+        rebuild.push_str(&format!("NIX_SSHOPTS={} ", quote(opts)));
+    }
+    rebuild.push_str("nixos-rebuild ");
+    rebuild.push_str(&quote_words(args));
+    // `(CMD) 2>&1 | nom`, keeping CMD's exit status (POSIX sh has no pipefail).
+    let through_nom = format!(
+        "exec 3>&1; status=$( {{ {{ ({rebuild}) 2>&1; echo $? >&4; }} | nom >&3; }} 4>&1 ); exit \"$status\""
+    );
+    let pessimistic = format!(
+        "NIX_PATH={} nix-shell -p nix-output-monitor --run {}",
+        quote(nix_path),
+        quote(&through_nom)
+    );
+    let body = match mode {
+        Nom::Opportunistic => {
+            format!("if command -v nom >/dev/null; then\n  {through_nom}\nelse\n  {rebuild}\nfi")
+        }
+        Nom::Optimistic => through_nom,
+        Nom::Pessimistic => pessimistic,
+        Nom::True => {
+            format!(
+                "if command -v nom >/dev/null; then\n  {through_nom}\nelse\n  {pessimistic}\nfi"
+            )
+        }
+        Nom::False => rebuild,
+    };
+    format!(
+        "printf '# use nix-output-monitor: %s\\n' {} >&2\n{body}\n",
+        mode.name()
+    )
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    if cli.fast {
+        eprintln!("krops-deploy: warning: --fast is deprecated: deploys are always fast now");
+    }
+    let origin = Origin::from_env();
+    let target = cli.populate.target(&origin)?;
+    let build = match &cli.build_target {
+        Some(arg) => Target::from_arg(arg, &origin).map_err(|err| err.context("--build-target"))?,
+        None => target.clone(),
+    };
+    let sources = cli.populate.read_sources()?;
+    let options = cli.populate.options();
+    let mut plans = Vec::new();
+    if build != target {
+        plans.push(Plan::new(&build, &sources, options, &origin)?);
+    }
+    plans.push(Plan::new(&target, &sources, options, &origin)?);
+    let args = rebuild_args(&cli, &target, &build);
+    let sshopts = nix_sshopts(&target, &build);
+    let script = rebuild_script(&build.path, sshopts.as_deref(), &args, cli.nom);
+    let rebuild = build.command(&script, &[], false, &origin);
+    populate_then("krops-deploy", &plans, &rebuild, cli.populate.dry_run)
+}
+
+pub fn main() -> ExitCode {
+    mktarget::tool::finish("krops-deploy", run(Cli::parse()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn origin() -> Origin {
+        Origin {
+            user: Some("alice".into()),
+            host: "laptop".into(),
+        }
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from([&["krops-deploy", "--target", "root@t"], args].concat())
+    }
+
+    fn t(s: &str) -> Target {
+        Target::parse(s, &origin()).unwrap()
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rebuild_args_follow_write_deploy() {
+        assert_eq!(
+            rebuild_args(&cli(&[]), &t("root@t"), &t("root@t")),
+            ["switch"]
+        );
+        assert_eq!(
+            rebuild_args(
+                &cli(&["--operation", "boot", "--cross-deploy"]),
+                &t("root@t"),
+                &t("root@t")
+            ),
+            ["boot", "--no-build-nix"]
+        );
+        let mut target = t("deploy@t");
+        target.sudo = true;
+        assert_eq!(
+            rebuild_args(&cli(&[]), &target, &t("@b")),
+            [
+                "switch",
+                "--build-host",
+                "b",
+                "--target-host",
+                "deploy@t",
+                "--use-remote-sudo"
+            ]
+        );
+    }
+
+    #[test]
+    fn sshopts_carry_the_targets_port_and_options() {
+        let mut target = t("root@t:2222");
+        target.extra_options = vec!["-o".into(), "ProxyJump=jump host".into()];
+        assert_eq!(
+            nix_sshopts(&target, &t("root@b")).as_deref(),
+            Some("-p 2222 -o 'ProxyJump=jump host'")
+        );
+        assert_eq!(nix_sshopts(&target, &target), None);
+        assert_eq!(nix_sshopts(&t("root@t"), &t("root@b")), None);
+    }
+
+    /// Runs the rebuild script with stand-in `nixos-rebuild` and `nom`.
+    fn run_script(mode: Nom, with_nom: bool, rebuild_status: i32) -> (i32, String, String) {
+        let dir = tempfile_dir();
+        let bin = format!("{dir}/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let write = |name: &str, body: &str| {
+            let path = format!("{bin}/{name}");
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::process::Command::new("chmod")
+                .args(["+x", &path])
+                .status()
+                .unwrap();
+        };
+        write(
+            "nixos-rebuild",
+            &format!(
+                "echo \"rebuild $* NIX_PATH=$NIX_PATH\"; echo oops >&2; exit {rebuild_status}"
+            ),
+        );
+        if with_nom {
+            write("nom", "sed 's/^/nom: /'");
+        }
+        let script = rebuild_script("/var/src", None, &["switch".into()], mode);
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .env("PATH", format!("{bin}:/usr/bin:/bin"))
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    fn tempfile_dir() -> String {
+        let out = std::process::Command::new("mktemp")
+            .arg("-d")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn nom_modes_pipe_as_krops_does_and_keep_the_status() {
+        let (status, stdout, stderr) = run_script(Nom::Opportunistic, true, 0);
+        assert_eq!(status, 0);
+        assert_eq!(stdout, "nom: rebuild switch NIX_PATH=/var/src\nnom: oops\n");
+        assert!(
+            stderr.starts_with("# use nix-output-monitor: opportunistic\n"),
+            "{stderr}"
+        );
+        let (status, stdout, stderr) = run_script(Nom::Opportunistic, false, 0);
+        assert_eq!(
+            (status, stdout.as_str(), stderr.contains("oops")),
+            (0, "rebuild switch NIX_PATH=/var/src\n", true)
+        );
+        let (status, stdout, _) = run_script(Nom::Optimistic, true, 4);
+        assert_eq!((status, stdout.starts_with("nom: ")), (4, true));
+        let (status, stdout, _) = run_script(Nom::False, true, 5);
+        assert_eq!((status, stdout.starts_with("rebuild")), (5, true));
+        // The real nix-shell runs and looks for nixpkgs below NIX_PATH.
+        let (status, _, stderr) = run_script(Nom::Pessimistic, true, 0);
+        assert_ne!(status, 0);
+        assert!(stderr.contains("nixpkgs"), "{stderr}");
+        let (status, stdout, _) = run_script(Nom::True, true, 6);
+        assert_eq!((status, stdout.starts_with("nom: ")), (6, true));
+    }
+
+    #[test]
+    fn pessimistic_runs_nom_through_nix_shell() {
+        let script = rebuild_script("/var/src", None, &["switch".into()], Nom::Pessimistic);
+        assert!(
+            script
+                .contains("\nNIX_PATH=/var/src nix-shell -p nix-output-monitor --run 'exec 3>&1;"),
+            "{script}"
+        );
+        let script = rebuild_script("/var/src", None, &["switch".into()], Nom::True);
+        assert!(
+            script.contains("else\n  NIX_PATH=/var/src nix-shell -p nix-output-monitor"),
+            "{script}"
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! krops-test: populate a local target, then build its NixOS system with
+//! nix-build without activating it (SPEC §4, krops's `writeTest`).
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use mktarget::{Cmd, Origin};
+use populate::{populate_then, Plan, PopulateArgs};
+
+/// Populate a local target, then build its system with nix-build.
+///
+/// Reads sources.json on stdin, syncs it to --target (which must be this
+/// machine), then runs `NIX_PATH=PATH nix-build -A system '<nixpkgs/nixos>'`.
+/// stdout is the built system's store path; everything else goes to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "krops-test", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub populate: PopulateArgs,
+    /// Pass --show-trace to nix-build
+    #[arg(long)]
+    pub trace: bool,
+}
+
+/// `NIX_PATH=PATH nix-build -A system --keep-going --no-out-link [--show-trace] '<nixpkgs/nixos>'`
+pub fn build_command(path: &str, trace: bool) -> Cmd {
+    let mut cmd = Cmd::new("nix-build").env("NIX_PATH", path).args([
+        "-A",
+        "system",
+        "--keep-going",
+        "--no-out-link",
+    ]);
+    if trace {
+        cmd = cmd.arg("--show-trace");
+    }
+    cmd.arg("<nixpkgs/nixos>")
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let origin = Origin::from_env();
+    let target = cli.populate.target(&origin)?;
+    if !target.is_local(&origin) {
+        bail!(
+            "--target {target}: krops-test builds on this machine, so the target must be local \
+             (user {:?} and host {:?} or localhost)",
+            origin.user.as_deref().unwrap_or(""),
+            origin.host
+        );
+    }
+    let sources = cli.populate.read_sources()?;
+    let plan = Plan::new(&target, &sources, cli.populate.options(), &origin)?;
+    populate_then(
+        "krops-test",
+        &[plan],
+        &build_command(&target.path, cli.trace),
+        cli.populate.dry_run,
+    )
+}
+
+pub fn main() -> ExitCode {
+    mktarget::tool::finish("krops-test", run(Cli::parse()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn build_command_follows_write_test() {
+        assert_eq!(
+            build_command("/var/src", true).to_string(),
+            "NIX_PATH=/var/src nix-build -A system --keep-going --no-out-link --show-trace '<nixpkgs/nixos>'"
+        );
+        assert!(!build_command("/var/src", false)
+            .argv()
+            .contains(&"--show-trace".to_owned()));
+    }
+}
