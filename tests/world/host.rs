@@ -1,0 +1,308 @@
+//! Hosts of the test world: each is a real `/usr/sbin/sshd` on 127.0.0.1 with its
+//! own port and host key, reached through the world's ssh client config under an
+//! alias such as `alpha`. All hosts are this machine, so a test can look at a
+//! "remote" target's files directly.
+
+use std::fs;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::run::{self, Output};
+use crate::World;
+
+/// How long a new host may take to accept `ssh root@ALIAS true`.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a new host is tried on a fresh port when another process took its
+/// port between our pick and sshd's bind.
+const BIND_ATTEMPTS: usize = 5;
+
+/// A host of the world, reachable as `USER@ALIAS` with the world's ssh config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    alias: String,
+    port: u16,
+}
+
+impl Host {
+    /// The name the world's ssh config knows the host by, e.g. `alpha`.
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    /// The port its sshd listens on at 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `USER@ALIAS`, what ssh takes as destination.
+    pub fn dest(&self, user: &str) -> String {
+        format!("{user}@{}", self.alias)
+    }
+
+    /// A krops target string `USER@ALIAS/PATH` (`path` must be absolute); the port
+    /// comes from the world's ssh config.
+    pub fn target(&self, user: &str, path: &Path) -> String {
+        assert!(path.is_absolute(), "target path {path:?} is not absolute");
+        format!("{user}@{}{}", self.alias, path.display())
+    }
+}
+
+/// A running sshd, killed and waited for when dropped.
+pub(crate) struct Sshd {
+    pub(crate) host: Host,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Sshd {
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        // Only the listener is ours; a session's sshd ends with its connection.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sshd_config of a world host.
+fn sshd_config(world: &World, port: u16, host_key: &Path) -> String {
+    let mut config = String::new();
+    let mut line = |text: String| {
+        config.push_str(&text);
+        config.push('\n');
+    };
+    line("ListenAddress 127.0.0.1".into());
+    line(format!("Port {port}"));
+    line(format!("HostKey {}", host_key.display()));
+    line("PidFile none".into());
+    line(format!(
+        "AuthorizedKeysFile {}",
+        world.authorized_keys.display()
+    ));
+    line("StrictModes no".into());
+    line("UsePAM no".into());
+    line("PasswordAuthentication no".into());
+    line("KbdInteractiveAuthentication no".into());
+    line("PermitRootLogin prohibit-password".into());
+    line("MaxStartups 100:30:200".into());
+    line("MaxSessions 100".into());
+    line("PrintMotd no".into());
+    line("PrintLastLog no".into());
+    line("LogLevel ERROR".into());
+    let set_env: Vec<String> = world
+        .remote_env()
+        .into_iter()
+        .map(|(key, value)| format!("\"{key}={value}\""))
+        .collect();
+    line(format!("SetEnv {}", set_env.join(" ")));
+    config
+}
+
+/// The world's ssh client config block for one host. The key exchange is pinned
+/// to curve25519: ssh's default post-quantum one costs ~70 ms of CPU per
+/// connection, and the tests make many.
+pub(crate) fn client_block(world: &World, host: &Host) -> String {
+    format!(
+        "Host {alias}\n\
+         \x20 HostName 127.0.0.1\n\
+         \x20 Port {port}\n\
+         \x20 HostKeyAlias {alias}\n\
+         \x20 IdentityFile {key}\n\
+         \x20 IdentitiesOnly yes\n\
+         \x20 UserKnownHostsFile {known}\n\
+         \x20 GlobalKnownHostsFile /dev/null\n\
+         \x20 StrictHostKeyChecking yes\n\
+         \x20 UpdateHostKeys no\n\
+         \x20 BatchMode yes\n\
+         \x20 LogLevel ERROR\n\
+         \x20 ControlMaster no\n\
+         \x20 ControlPath none\n\
+         \x20 KexAlgorithms curve25519-sha256\n",
+        alias = host.alias,
+        port = host.port,
+        key = world.client_key.display(),
+        known = world.known_hosts.display(),
+    )
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap_or_else(|err| panic!("cannot bind 127.0.0.1:0 to pick a port: {err}"));
+    listener.local_addr().expect("local address").port()
+}
+
+fn valid_alias(alias: &str) -> bool {
+    !alias.is_empty()
+        && !alias.starts_with('-')
+        && alias
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+enum Start {
+    Ready(Sshd),
+    /// Another process had the port: try again elsewhere.
+    PortTaken(String),
+}
+
+impl World {
+    /// Starts a real sshd for a new host named `alias` (e.g. `alpha`) and adds it
+    /// to the world's ssh config; returns once `ssh root@ALIAS true` works.
+    ///
+    /// The host accepts the world's client key for root and for the sudo test
+    /// user, sets PATH (world `bin/` first), `KROPS_STANDIN_LOG`, `NIX_CONFIG` and
+    /// GIT_CONFIG_GLOBAL in every session.
+    #[track_caller]
+    pub fn add_host(&self, alias: &str) -> Host {
+        assert!(valid_alias(alias), "bad host alias {alias:?}");
+        let dir = self.mkdir(&format!("hosts/{alias}"));
+        let host_key = dir.join("ssh_host_ed25519_key");
+        if host_key.exists() {
+            panic!("the world already has a host {alias:?}");
+        }
+        self.checked(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", alias, "-f"])
+                .arg(&host_key),
+        );
+        let public = fs::read_to_string(host_key.with_extension("pub"))
+            .unwrap_or_else(|err| panic!("cannot read the public host key of {alias}: {err}"));
+        let mut words = public.split_whitespace();
+        let (kind, key) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        self.append(&self.known_hosts, &format!("{alias} {kind} {key}\n"));
+
+        let mut failures = Vec::new();
+        for _ in 0..BIND_ATTEMPTS {
+            match self.start_sshd(alias, &dir, &host_key) {
+                Start::Ready(sshd) => {
+                    let host = sshd.host.clone();
+                    self.lock_hosts().insert(alias.to_owned(), sshd);
+                    return host;
+                }
+                Start::PortTaken(log) => failures.push(log),
+            }
+        }
+        panic!(
+            "sshd for host {alias} could not bind a port in {BIND_ATTEMPTS} attempts:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn start_sshd(&self, alias: &str, dir: &Path, host_key: &Path) -> Start {
+        let port = free_port();
+        let host = Host {
+            alias: alias.to_owned(),
+            port,
+        };
+        let config = dir.join("sshd_config");
+        fs::write(&config, sshd_config(self, port, host_key))
+            .unwrap_or_else(|err| panic!("cannot write {}: {err}", config.display()));
+        let log = dir.join("sshd.log");
+        let log_file = fs::File::create(&log)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", log.display()));
+        // sshd re-executes itself and therefore needs its absolute path.
+        let child = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config)
+            .env_clear()
+            .env("PATH", crate::SYSTEM_PATH)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start /usr/sbin/sshd: {err}"));
+        let mut sshd = Sshd {
+            host: host.clone(),
+            child,
+            log,
+        };
+        self.lock_hosts_config(|blocks| {
+            blocks.insert(alias.to_owned(), client_block(self, &host));
+        });
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut last: Option<Output> = None;
+        loop {
+            if let Ok(Some(status)) = sshd.child.try_wait() {
+                let log = sshd.log();
+                if log.contains("Address already in use") || log.contains("Cannot bind") {
+                    return Start::PortTaken(format!("port {port}: {status}\n{log}"));
+                }
+                panic!(
+                    "sshd for host {alias} (port {port}) exited with {status}\n\
+                     config: {}\n--- sshd stderr ---\n{log}",
+                    config.display()
+                );
+            }
+            let listening = TcpStream::connect_timeout(
+                &(Ipv4Addr::LOCALHOST, port).into(),
+                Duration::from_secs(1),
+            )
+            .is_ok();
+            if listening {
+                let out = run::run(
+                    self.command("/usr/bin/ssh")
+                        .arg("-F")
+                        .arg(&self.ssh_config)
+                        .args(["-o", "ConnectTimeout=5", "-T"])
+                        .arg(host.dest("root"))
+                        .arg("true"),
+                    b"",
+                    Duration::from_secs(8),
+                );
+                if out.success() {
+                    return Start::Ready(sshd);
+                }
+                last = Some(out);
+            }
+            if Instant::now() >= deadline {
+                let tried = last.map_or_else(
+                    || "nothing listened on the port".to_owned(),
+                    |out| out.to_string(),
+                );
+                panic!(
+                    "host {alias} (sshd on port {port}) did not accept `ssh root@{alias} true` \
+                     within {START_TIMEOUT:?}\nlast try:\n{tried}\n--- sshd stderr ---\n{}",
+                    sshd.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the sshd of host `alias` (waiting for it), so that the host is
+    /// unreachable; its ssh config entry stays.
+    #[track_caller]
+    pub fn stop_host(&self, alias: &str) {
+        let sshd = self.lock_hosts().remove(alias);
+        assert!(sshd.is_some(), "the world has no running host {alias:?}");
+    }
+
+    /// What sshd of host `alias` wrote to stderr so far (errors only).
+    pub fn sshd_log(&self, alias: &str) -> String {
+        fs::read_to_string(self.root.join("hosts").join(alias).join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Runs `remote_command` on `dest` (`USER@ALIAS`) with the world's ssh config
+    /// (`ssh -F CONFIG -T DEST REMOTE_COMMAND`), with an empty stdin.
+    pub fn ssh(&self, dest: &str, remote_command: &str) -> Output {
+        self.run_command(
+            self.command("/usr/bin/ssh")
+                .arg("-F")
+                .arg(&self.ssh_config)
+                .arg("-T")
+                .arg(dest)
+                .arg(remote_command),
+            b"",
+        )
+    }
+}

@@ -1,0 +1,510 @@
+//! The test world of krops-rs: everything an end-to-end test of the built tools
+//! needs, made fresh per test and torn down on drop.
+//!
+//! A [`World`] is a private temp dir holding a home, a `bin/` with the only
+//! stand-ins (`nixos-rebuild`, `nom`, `passage`) and an `ssh` wrapper, a client
+//! key and ssh config, and on demand real sshd hosts ([`World::add_host`]), git
+//! repos, a pass store and a passage store. The tools run with a fixed
+//! environment ([`World::env`]) in which the local machine is called `origin`,
+//! the local user is root and every other host name is reached over ssh.
+//!
+//! Worlds share nothing but [`FIXED_STANDIN_DIR`] (the stand-ins on sudo's
+//! `secure_path`) and the sudo test user [`SUDO_USER`], both set up once by
+//! `scripts/test`, so tests run in parallel.
+//!
+//! ```no_run
+//! use krops_tests::World;
+//! let world = World::new();
+//! let alpha = world.add_host("alpha");
+//! let out = world.run("krops-command", &["--target", &alpha.target("root", &world.path("src"))], b"");
+//! out.assert_success();
+//! ```
+
+mod git;
+mod host;
+mod run;
+mod secrets;
+mod standins;
+mod tree;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+pub use git::GitRepo;
+pub use host::Host;
+pub use run::{command_line, quote, run as run_with_timeout, Output, RUN_TIMEOUT};
+pub use secrets::{PassStore, PassageStore};
+pub use standins::{Record, FIXED_STANDIN_DIR, REBUILD_EXIT_FILE};
+pub use tree::{Entry, EntryKind, Tree};
+
+/// The user that logs in over ssh and uses sudo in tests; `scripts/test` creates it.
+pub const SUDO_USER: &str = "krops-sudo";
+
+/// The sudoers drop-in of [`SUDO_USER`], written by `scripts/test`.
+pub const SUDOERS_FILE: &str = "/etc/sudoers.d/krops-test";
+
+/// The system part of every PATH in the world.
+pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The local host name in [`World::env`]: targets on `origin` (or `localhost`)
+/// with user root are local, every other host is remote.
+pub const LOCAL_HOSTNAME: &str = "origin";
+
+/// Nix must never try to reach a binary cache: there is no network.
+pub const NIX_CONFIG: &str = "substituters =";
+
+/// A private, self-cleaning universe for one end-to-end test.
+pub struct World {
+    root: PathBuf,
+    ssh_config: PathBuf,
+    client_key: PathBuf,
+    known_hosts: PathBuf,
+    authorized_keys: PathBuf,
+    hosts: Mutex<BTreeMap<String, host::Sshd>>,
+    client_blocks: Mutex<BTreeMap<String, String>>,
+    pass: OnceLock<PassStore>,
+    passage: OnceLock<PassageStore>,
+    /// Last field: dropped (the tree removed) after everything else stopped.
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World").field("root", &self.root).finish()
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        World::new()
+    }
+}
+
+impl World {
+    /// Creates a world: a temp dir under `/tmp` (short, so gpg-agent's socket
+    /// path fits, and traversable by the sudo test user) with `home/`, `bin/`
+    /// (stand-ins and the `ssh` wrapper), `tmp/`, `records/`, a client ed25519
+    /// key and an ssh config with no host yet.
+    #[track_caller]
+    pub fn new() -> World {
+        // sshd refuses to start without its privilege separation directory.
+        if !Path::new("/run/sshd").is_dir() {
+            let _ = fs::create_dir_all("/run/sshd");
+            let _ = fs::set_permissions("/run/sshd", fs::Permissions::from_mode(0o755));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("krops-")
+            .tempdir_in("/tmp")
+            .unwrap_or_else(|err| panic!("cannot create a temp dir in /tmp: {err}"));
+        let root = dir.path().to_owned();
+        chmod(&root, 0o755);
+        let ssh = root.join("ssh");
+        let world = World {
+            ssh_config: ssh.join("config"),
+            client_key: ssh.join("client_key"),
+            known_hosts: ssh.join("known_hosts"),
+            authorized_keys: ssh.join("authorized_keys"),
+            root,
+            hosts: Mutex::new(BTreeMap::new()),
+            client_blocks: Mutex::new(BTreeMap::new()),
+            pass: OnceLock::new(),
+            passage: OnceLock::new(),
+            _dir: dir,
+        };
+        for sub in ["home", "bin", "tmp", "ssh", "hosts", "git"] {
+            world.mkdir(sub);
+        }
+        chmod(&world.mkdir("records"), 0o1777);
+        standins::install_all(&world.bin_dir());
+        let wrapper = format!(
+            "#!/bin/sh\n# ssh with the test world's config (tests/world/lib.rs).\nexec /usr/bin/ssh -F {} \"$@\"\n",
+            quote(world.ssh_config.as_os_str())
+        );
+        write_atomically(&world.bin_dir(), "ssh", &wrapper, 0o755);
+        let git_config = format!(
+            "[user]\n\tname = krops test\n\temail = krops-test@example.invalid\n\
+             [init]\n\tdefaultBranch = main\n\
+             [protocol \"file\"]\n\tallow = always\n\
+             [safe]\n\tdirectory = {}/*\n",
+            world.root.join("git").display()
+        );
+        fs::write(world.git_config_file(), git_config)
+            .unwrap_or_else(|err| panic!("cannot write the world's .gitconfig: {err}"));
+
+        world.checked(
+            Command::new("ssh-keygen")
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "krops-test-client",
+                    "-f",
+                ])
+                .arg(&world.client_key),
+        );
+        let public = world.client_key.with_extension("pub");
+        let key = fs::read(&public)
+            .unwrap_or_else(|err| panic!("cannot read {}: {err}", public.display()));
+        fs::write(&world.authorized_keys, key).expect("write authorized_keys");
+        chmod(&world.authorized_keys, 0o644);
+        fs::write(&world.known_hosts, "").expect("write known_hosts");
+        world.write_ssh_config(&BTreeMap::new());
+        world
+    }
+
+    /// The world's root directory (a temp dir, removed on drop).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `root/rel`, without creating anything; e.g. a target path for a test.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Creates `root/rel` and its parents (mode 0755) and returns it.
+    #[track_caller]
+    pub fn mkdir(&self, rel: &str) -> PathBuf {
+        let path = self.root.join(rel);
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
+        chmod(&path, 0o755);
+        path
+    }
+
+    /// Writes `content` to `root/rel`, creating parent directories; returns the path.
+    #[track_caller]
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.root.join(rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .unwrap_or_else(|err| panic!("cannot create {}: {err}", parent.display()));
+        }
+        fs::write(&path, content)
+            .unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+        path
+    }
+
+    /// The world's HOME (`root/home`), with a `.gitconfig`.
+    pub fn home(&self) -> PathBuf {
+        self.root.join("home")
+    }
+
+    /// The world's `bin/`, first on every PATH: stand-ins and the `ssh` wrapper.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.root.join("bin")
+    }
+
+    /// TMPDIR of the tools: after a run it should hold no leftover secrets.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Where stand-ins record their invocations (`KROPS_STANDIN_LOG`, mode 1777).
+    pub fn records_dir(&self) -> PathBuf {
+        self.root.join("records")
+    }
+
+    /// The ssh client config that knows every host alias; `bin/ssh` passes it
+    /// with `-F`, or a test passes `-F CONFIG` in a target's extraOptions.
+    pub fn ssh_config(&self) -> &Path {
+        &self.ssh_config
+    }
+
+    /// The client's private key, accepted by every host for root and [`SUDO_USER`].
+    pub fn client_key(&self) -> &Path {
+        &self.client_key
+    }
+
+    /// The fixed environment the tools run with (nothing is inherited):
+    /// PATH (world `bin/` first), HOME, LOGNAME=root, USER=root,
+    /// HOSTNAME=[`LOCAL_HOSTNAME`], TMPDIR, KROPS_STANDIN_LOG, NIX_CONFIG,
+    /// LANG=C.UTF-8, GIT_CONFIG_GLOBAL ([`World::git_config_file`]), and GNUPGHOME and
+    /// PASSWORD_STORE_DIR once [`World::pass_store`] made a store.
+    pub fn env(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let mut set = |key: &str, value: String| {
+            env.insert(key.to_owned(), value);
+        };
+        set(
+            "PATH",
+            format!("{}:{SYSTEM_PATH}", self.bin_dir().display()),
+        );
+        set("HOME", self.home().display().to_string());
+        set("LOGNAME", "root".into());
+        set("USER", "root".into());
+        set("HOSTNAME", LOCAL_HOSTNAME.into());
+        set("TMPDIR", self.tmp_dir().display().to_string());
+        set(
+            "KROPS_STANDIN_LOG",
+            self.records_dir().display().to_string(),
+        );
+        set("NIX_CONFIG", NIX_CONFIG.into());
+        set("LANG", "C.UTF-8".into());
+        set(
+            "GIT_CONFIG_GLOBAL",
+            self.git_config_file().display().to_string(),
+        );
+        if let Some(pass) = self.pass.get() {
+            set("GNUPGHOME", pass.gnupghome().display().to_string());
+            set("PASSWORD_STORE_DIR", pass.dir().display().to_string());
+        }
+        env
+    }
+
+    /// The variables every ssh session on a world host gets (sshd `SetEnv`).
+    fn remote_env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "PATH".to_owned(),
+                format!("{}:{SYSTEM_PATH}", self.bin_dir().display()),
+            ),
+            (
+                "KROPS_STANDIN_LOG".to_owned(),
+                self.records_dir().display().to_string(),
+            ),
+            ("NIX_CONFIG".to_owned(), NIX_CONFIG.to_owned()),
+            (
+                "GIT_CONFIG_GLOBAL".to_owned(),
+                self.git_config_file().display().to_string(),
+            ),
+        ]
+    }
+
+    /// The world's global git config, `home/.gitconfig`, which `GIT_CONFIG_GLOBAL`
+    /// names for the tools, for every ssh session and through sudo (the real
+    /// users' `~/.gitconfig` is never read). It sets a commit identity,
+    /// `protocol.file.allow=always` (so `git clone --recurse-submodules` of the
+    /// world's repos works) and `safe.directory=<root>/git/*`, so the sudo test
+    /// user may clone the world's root-owned repos. That trusts only the source
+    /// repos, never a target directory: ownership problems on a target still show.
+    ///
+    /// It has to be a config file: git drops `GIT_CONFIG_COUNT`/`-c` settings
+    /// for the upload-pack of a local clone, and reads `safe.directory` only
+    /// from protected (system, global, command line) config.
+    pub fn git_config_file(&self) -> PathBuf {
+        self.home().join(".gitconfig")
+    }
+
+    /// A [`Command`] for `program` with exactly [`World::env`] and the world root
+    /// as working directory. A plain name is looked up on the world's PATH.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env_clear().envs(self.env()).current_dir(&self.root);
+        cmd
+    }
+
+    /// The path of the built workspace binary `name` (`mktarget`, `populate`,
+    /// `krops-deploy`, `krops-test`, `krops-command`): in `$KROPS_BIN_DIR` if set,
+    /// else in the cargo target dir this test executable was built into.
+    #[track_caller]
+    pub fn tool(&self, name: &str) -> PathBuf {
+        let dir = match std::env::var_os("KROPS_BIN_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                let exe = std::env::current_exe().expect("path of the test executable");
+                // target/<profile>/deps/<test>-<hash>
+                exe.parent()
+                    .and_then(Path::parent)
+                    .map(Path::to_owned)
+                    .unwrap_or_else(|| panic!("no target dir above {}", exe.display()))
+            }
+        };
+        let path = dir.join(name);
+        if !path.is_file() {
+            panic!(
+                "binary {name} not built (no {}): run `cargo build --workspace --bins` or scripts/test",
+                path.display()
+            );
+        }
+        path
+    }
+
+    /// Runs the built tool `tool` with `args`, `stdin` as its input and the fixed
+    /// environment; killed after [`RUN_TIMEOUT`].
+    pub fn run(&self, tool: &str, args: &[&str], stdin: &[u8]) -> Output {
+        let mut cmd = self.command(self.tool(tool));
+        cmd.args(args);
+        self.run_command(&mut cmd, stdin)
+    }
+
+    /// Runs any command (usually from [`World::command`]) with `stdin` as its
+    /// input; killed after [`RUN_TIMEOUT`].
+    pub fn run_command(&self, cmd: &mut Command, stdin: &[u8]) -> Output {
+        run::run(cmd, stdin, RUN_TIMEOUT)
+    }
+
+    /// Like [`World::run_command`] with another deadline, for a slow command.
+    pub fn run_command_with_timeout(
+        &self,
+        cmd: &mut Command,
+        stdin: &[u8],
+        timeout: std::time::Duration,
+    ) -> Output {
+        run::run(cmd, stdin, timeout)
+    }
+
+    /// Runs `script` with `/bin/sh -c` here, in the fixed environment.
+    pub fn sh(&self, script: &str) -> Output {
+        self.run_command(self.command("/bin/sh").arg("-c").arg(script), b"")
+    }
+
+    /// Runs a setup command, panicking with everything unless it succeeds; stdout.
+    #[track_caller]
+    pub(crate) fn checked(&self, cmd: &mut Command) -> String {
+        let out = run::run(cmd, b"", RUN_TIMEOUT);
+        out.assert_success();
+        out.stdout_str()
+    }
+
+    /// All recorded invocations of the stand-in `name` (`nixos-rebuild`, `nom`,
+    /// `passage`), oldest first.
+    pub fn records(&self, name: &str) -> Vec<Record> {
+        standins::read_records(&self.records_dir(), name)
+    }
+
+    /// Makes the `nixos-rebuild` stand-in exit with `code` from now on.
+    pub fn set_rebuild_exit(&self, code: i32) {
+        let path = self.records_dir().join(REBUILD_EXIT_FILE);
+        fs::write(&path, format!("{code}\n"))
+            .unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+    }
+
+    /// The sudo test user ([`SUDO_USER`]); panics when `scripts/test` has not yet
+    /// created it or its sudoers rule ([`SUDOERS_FILE`]) is missing or outdated.
+    #[track_caller]
+    pub fn sudo_user(&self) -> &'static str {
+        static PROBLEM: OnceLock<Option<String>> = OnceLock::new();
+        let problem = PROBLEM.get_or_init(|| {
+            let exists = Command::new("id")
+                .arg(SUDO_USER)
+                .output()
+                .is_ok_and(|out| out.status.success());
+            if !exists {
+                return Some(format!("no user {SUDO_USER}"));
+            }
+            let rule = fs::read_to_string(SUDOERS_FILE).unwrap_or_default();
+            let keys: Vec<String> = self.remote_env().into_iter().map(|(key, _)| key).collect();
+            let missing: Vec<&String> = keys
+                .iter()
+                .filter(|key| *key != "PATH" && !rule.contains(key.as_str()))
+                .collect();
+            let complete = rule.contains(FIXED_STANDIN_DIR);
+            (!complete || !missing.is_empty()).then(|| {
+                format!("{SUDOERS_FILE} is missing or does not keep {missing:?} / set {FIXED_STANDIN_DIR}")
+            })
+        });
+        if let Some(problem) = problem {
+            panic!("{problem}: run scripts/test once to create the sudo test user and its sudoers rule");
+        }
+        SUDO_USER
+    }
+
+    /// Gives `path` (recursively) to the sudo test user, e.g. a target directory
+    /// it must write to without sudo.
+    #[track_caller]
+    pub fn chown_to_sudo_user(&self, path: &Path) {
+        let user = self.sudo_user();
+        self.checked(
+            Command::new("chown")
+                .arg("-R")
+                .arg(format!("{user}:{user}"))
+                .arg(path),
+        );
+    }
+
+    /// A snapshot of the tree at `path` (empty when nothing is there), to compare
+    /// before and after; modification times are left out.
+    pub fn tree(&self, path: &Path) -> Tree {
+        Tree::snapshot(path)
+    }
+
+    /// Like [`World::tree`], with modification times: "nothing was touched".
+    pub fn tree_with_mtimes(&self, path: &Path) -> Tree {
+        Tree::snapshot_with_mtimes(path)
+    }
+
+    fn lock_hosts(&self) -> MutexGuard<'_, BTreeMap<String, host::Sshd>> {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes the client config blocks and rewrites the ssh config atomically.
+    fn lock_hosts_config(&self, change: impl FnOnce(&mut BTreeMap<String, String>)) {
+        let mut blocks = self
+            .client_blocks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut blocks);
+        self.write_ssh_config(&blocks);
+    }
+
+    fn write_ssh_config(&self, blocks: &BTreeMap<String, String>) {
+        let mut text = String::from("# ssh client config of a krops test world\n");
+        for block in blocks.values() {
+            text.push_str(block);
+        }
+        let dir = self.ssh_config.parent().expect("ssh config has a parent");
+        write_atomically(dir, "config", &text, 0o644);
+    }
+
+    fn append(&self, path: &Path, text: &str) {
+        fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .unwrap_or_else(|err| panic!("cannot append to {}: {err}", path.display()));
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Kill and wait every sshd before the tree goes.
+        self.lock_hosts().clear();
+        if let Some(pass) = self.pass.get() {
+            let _ = Command::new("gpgconf")
+                .args(["--kill", "all"])
+                .env("GNUPGHOME", pass.gnupghome())
+                .output();
+        }
+    }
+}
+
+/// Writes `content` to `dir/name` with `mode`, atomically (temp file in the same
+/// directory, then rename), and not at all when the file already has exactly that
+/// content and mode: many worlds in parallel write the same shared files.
+pub(crate) fn write_atomically(dir: &Path, name: &str, content: &str, mode: u32) {
+    let path = dir.join(name);
+    if let (Ok(old), Ok(meta)) = (fs::read(&path), fs::metadata(&path)) {
+        if old == content.as_bytes() && meta.permissions().mode() & 0o7777 == mode {
+            return;
+        }
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempfile_in(dir)
+        .unwrap_or_else(|err| panic!("cannot create a temp file in {}: {err}", dir.display()));
+    tmp.write_all(content.as_bytes())
+        .unwrap_or_else(|err| panic!("cannot write {}: {err}", tmp.path().display()));
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|err| panic!("cannot chmod {}: {err}", tmp.path().display()));
+    tmp.persist(&path)
+        .unwrap_or_else(|err| panic!("cannot rename onto {}: {err}", path.display()));
+}
+
+#[track_caller]
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|err| panic!("cannot chmod {mode:o} {}: {err}", path.display()));
+}
