@@ -1,0 +1,102 @@
+//! End-to-end: the target library (`mktarget`) runs scripts on a real sshd,
+//! plain, with extraOptions, and with sudo (SPEC §2, issue 2).
+
+use krops_tests::World;
+use mktarget::{Cmd, Origin, Target};
+
+/// The world's view of this machine: root on `origin`.
+fn origin() -> Origin {
+    Origin {
+        user: Some("root".into()),
+        host: "origin".into(),
+    }
+}
+
+/// The world's PATH, so that `ssh` is the world's wrapper with its config.
+fn in_world(world: &World, cmd: Cmd) -> Cmd {
+    cmd.env("PATH", world.env()["PATH"].clone())
+}
+
+const SCRIPT: &str = "printf '%s|' \"$(id -un)\" \"it's\" '$(not run)' \"$0\"";
+
+#[test]
+fn populate_style_scripts_run_on_a_remote_target() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let target = Target::parse("root@alpha/srv", &origin()).unwrap();
+    assert!(!target.is_local(&origin()));
+    let out = in_world(&world, target.shell(SCRIPT, &origin()))
+        .read()
+        .unwrap();
+    assert!(out.starts_with("root|it's|$(not run)|"), "{out}");
+}
+
+#[test]
+fn extra_options_reach_ssh() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    // The real ssh, told about the world only through extraOptions.
+    let mut target = Target::parse("root@alpha/srv", &origin()).unwrap();
+    target.extra_options = vec![
+        "-F".into(),
+        world.ssh_config().to_str().unwrap().into(),
+        "-o".into(),
+        "ServerAliveInterval 30".into(),
+    ];
+    let cmd = target.shell("echo reached", &origin());
+    assert_eq!(cmd.program(), "ssh");
+    let out = cmd.env("PATH", "/usr/bin:/bin").read().unwrap();
+    assert_eq!(out, "reached\n");
+    // A broken option must fail loudly, naming the command and ssh's words.
+    target.extra_options.push("-oNoSuchOption=1".into());
+    let err = format!(
+        "{:#}",
+        target
+            .shell("true", &origin())
+            .env("PATH", "/usr/bin:/bin")
+            .read()
+            .unwrap_err()
+    );
+    assert!(
+        err.contains("exit status 255") && err.contains("NoSuchOption"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sudo_runs_populate_steps_and_commands_as_root() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let user = world.sudo_user();
+    let mut target = Target::parse(&format!("{user}@alpha/srv"), &origin()).unwrap();
+    let plain = in_world(&world, target.shell("id -u", &origin()))
+        .read()
+        .unwrap();
+    assert_ne!(plain.trim(), "0");
+    target.sudo = true;
+    let step = in_world(&world, target.shell(SCRIPT, &origin()))
+        .read()
+        .unwrap();
+    assert!(step.starts_with("root|it's|$(not run)|"), "{step}");
+    let args = vec!["krops-command".to_owned(), "/path with 'quotes'".to_owned()];
+    let command = target.command(
+        "printf '%s:%s' \"$(id -u)\" \"$1\"",
+        &args,
+        false,
+        &origin(),
+    );
+    assert_eq!(
+        in_world(&world, command).read().unwrap(),
+        "0:/path with 'quotes'"
+    );
+}
+
+#[test]
+fn local_targets_run_without_ssh() {
+    let world = World::new();
+    let target = Target::parse("/srv", &origin()).unwrap();
+    assert!(target.is_local(&origin()));
+    let cmd = target.shell("echo local", &origin());
+    assert_eq!(cmd.argv(), ["/bin/sh", "-c", "echo local"]);
+    assert_eq!(in_world(&world, cmd).read().unwrap(), "local\n");
+}
