@@ -108,9 +108,12 @@ pub fn rebuild_script(nix_path: &str, sshopts: Option<&str>, args: &[String], mo
     }
     rebuild.push_str("nixos-rebuild ");
     rebuild.push_str(&quote_words(args));
-    // `(CMD) 2>&1 | nom`, keeping CMD's exit status (POSIX sh has no pipefail).
+    // `(CMD) 2>&1 | nom`, failing when either fails (POSIX sh has no
+    // pipefail): both statuses are collected on fd 4, the rebuild's first.
+    // A failed nom wins: the rebuild then only died of the broken pipe.
     let through_nom = format!(
-        "exec 3>&1; status=$( {{ {{ ({rebuild}) 2>&1; echo $? >&4; }} | nom >&3; }} 4>&1 ); exit \"$status\""
+        "exec 3>&1; statuses=$( {{ {{ ({rebuild}) 2>&1; echo $? >&4; }} | nom >&3; echo $? >&4; }} 4>&1 ); \
+         set -- $statuses; if [ \"${{2:-1}}\" != 0 ]; then exit \"${{2:-1}}\"; fi; exit \"$1\""
     );
     let pessimistic = format!(
         "NIX_PATH={} nix-shell -p nix-output-monitor --run {}",
@@ -290,6 +293,9 @@ mod tests {
         );
         let (status, stdout, _) = run_script(Nom::Optimistic, true, 4);
         assert_eq!((status, stdout.starts_with("nom: ")), (4, true));
+        // nom missing: optimistic fails as krops does (127), never silently.
+        let (status, _, stderr) = run_script(Nom::Optimistic, false, 0);
+        assert_eq!(status, 127, "{stderr}");
         let (status, stdout, _) = run_script(Nom::False, true, 5);
         assert_eq!((status, stdout.starts_with("rebuild")), (5, true));
         // The real nix-shell runs and looks for nixpkgs below NIX_PATH.
