@@ -678,3 +678,48 @@ fn dry_run_prints_the_plan_without_secrets_and_runs_nothing() {
         Some(EntryKind::Symlink(_))
     ));
 }
+
+#[test]
+fn a_failing_sentinel_check_runs_once() {
+    // The target path lies below a regular file, so `mkdir -p` fails with
+    // its own message: it must appear once, not again from a second run.
+    let world = World::new();
+    let blocker = world.write("blocker", "a file, not a directory\n");
+    let dest = blocker.join("src");
+    let out = populate(
+        &world,
+        dest.to_str().unwrap(),
+        &["--force"],
+        &json!({"l": {"symlink": "x"}}),
+    );
+    out.assert_failure();
+    let stderr = out.stderr_str();
+    assert_eq!(stderr.matches("sentinel check →").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("mkdir: cannot create directory").count(),
+        2,
+        "once live, once in the error's tail: {stderr}"
+    );
+    assert!(!stderr.contains("missing sentinel file"), "{stderr}");
+}
+
+#[test]
+fn stdout_stays_empty_when_ssh_prints_to_it() {
+    // ssh's LocalCommand writes to ssh's stdout; populate's stdout is data only.
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let target = json!({
+        "user": "root", "host": "alpha", "path": dest.to_str().unwrap(),
+        "extraOptions": ["-o", "PermitLocalCommand=yes", "-o", "LocalCommand=echo noise-from-ssh"]
+    });
+    let out = populate(
+        &world,
+        &target.to_string(),
+        &["--force"],
+        &json!({"l": {"symlink": "x"}}),
+    );
+    out.assert_success();
+    assert!(out.stdout.is_empty(), "stdout: {}", out.stdout_str());
+    out.assert_stderr_contains("noise-from-ssh");
+}

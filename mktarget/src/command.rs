@@ -109,6 +109,17 @@ impl Cmd {
     /// Runs the command with its stdout and stderr going to our stderr (stdout
     /// carries only data), keeping the tail for the error if it fails.
     pub fn run(&self) -> Result<()> {
+        let (status, tail) = self.run_unchecked()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(self.failure(status, &tail))
+        }
+    }
+
+    /// Like [`Cmd::run`], but returns how the command exited, with the tail
+    /// of its output, for callers that give some exit codes a meaning.
+    pub fn run_unchecked(&self) -> Result<(ExitStatus, Vec<u8>)> {
         let mut reader = self
             .expression()
             .stderr_to_stdout()
@@ -129,15 +140,12 @@ impl Cmd {
             let _ = stderr.write_all(&buf[..n]);
             keep_tail(&mut tail, &buf[..n]);
         }
-        let output = reader
+        let status = reader
             .try_wait()
             .with_context(|| format!("waiting for `{}`", self.brief()))?
-            .map(|output| output.status);
-        match output {
-            Some(status) if status.success() => Ok(()),
-            Some(status) => Err(self.failure(status, &tail)),
-            None => Err(anyhow::anyhow!("`{}` did not exit", self.brief())),
-        }
+            .map(|output| output.status)
+            .with_context(|| format!("`{}` did not exit", self.brief()))?;
+        Ok((status, tail))
     }
 
     /// Runs the command and returns its stdout; its stderr is passed on when
@@ -186,7 +194,9 @@ impl Cmd {
         Ok(output.status)
     }
 
-    fn failure(&self, status: ExitStatus, stderr: &[u8]) -> anyhow::Error {
+    /// The error for this command ending with `status`: its command line, how
+    /// it exited, and the tail of `stderr`.
+    pub fn failure(&self, status: ExitStatus, stderr: &[u8]) -> anyhow::Error {
         let mut message = format!("`{}` failed: {}", self.brief(), describe(status));
         let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(TAIL_BYTES)..]);
         let tail = tail.trim_end();

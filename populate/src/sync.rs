@@ -1,6 +1,7 @@
 //! The steps of a populate run (SPEC §3): the sentinel check, the backup,
 //! and one step per source, each a command on the target or here.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -43,10 +44,13 @@ struct Step {
 
 #[derive(Debug)]
 enum Action {
-    Sentinel { check: Cmd, sentinel: String },
+    Sentinel {
+        check: Cmd,
+        sentinel: String,
+    },
     Run(Cmd),
-    Pass(Secrets),
-    Passage(Secrets),
+    /// A pass or passage store: decrypted here, then synced.
+    Secrets(Box<Secrets>),
 }
 
 /// A pass or passage store to decrypt into a private dir and sync.
@@ -126,30 +130,34 @@ impl Plan {
 impl Step {
     fn run(&self) -> Result<()> {
         match &self.action {
-            Action::Sentinel { check, sentinel } => match check.status()?.code() {
-                Some(0) => Ok(()),
-                Some(MISSING_SENTINEL) => bail!(
-                    "missing sentinel file: {sentinel}\n\
-                     (this guards against syncing to the wrong place: create it, or run with --force)"
-                ),
-                _ => check.run(),
-            },
+            Action::Sentinel { check, sentinel } => {
+                let (status, tail) = check.run_unchecked()?;
+                match status.code() {
+                    Some(0) => Ok(()),
+                    Some(MISSING_SENTINEL) => bail!(
+                        "missing sentinel file: {sentinel}\n\
+                         (this guards against syncing to the wrong place: create it, or run with --force)"
+                    ),
+                    _ => Err(check.failure(status, &tail)),
+                }
+            }
             Action::Run(cmd) => cmd.run(),
-            Action::Pass(secrets) | Action::Passage(secrets) => secrets.run(),
+            Action::Secrets(secrets) => secrets.run(),
         }
     }
 
     fn script(&self) -> String {
         match &self.action {
             Action::Sentinel { check, .. } | Action::Run(check) => check.to_string(),
-            Action::Pass(secrets) | Action::Passage(secrets) => secrets.script(),
+            Action::Secrets(secrets) => secrets.script(),
         }
     }
 }
 
 fn sentinel_step(target: &Target, options: Options, origin: &Origin) -> Step {
     let sentinel = format!("{}/.populate", target.path);
-    let mut script = String::new();
+    // A failed mkdir must be reported as itself, not as a missing sentinel.
+    let mut script = String::from("set -efu\n");
     if options.force {
         // A backup needs the sentinel to be a directory; touching would make a
         // file that the backup then refuses.
@@ -210,13 +218,13 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
                     root.display()
                 );
             }
-            Action::Pass(Secrets {
+            Action::Secrets(Box::new(Secrets {
                 target: target.clone(),
                 origin: origin.clone(),
                 root,
                 show: Cmd::new("pass").env("PASSWORD_STORE_DIR", dir).arg("show"),
                 pass: Some((dir.clone(), name.clone())),
-            })
+            }))
         }
         Source::Passage {
             dir,
@@ -226,7 +234,7 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
             if !Path::new(dir).is_dir() {
                 bail!("passage.dir: {dir} is not a directory");
             }
-            Action::Passage(Secrets {
+            Action::Secrets(Box::new(Secrets {
                 target: target.clone(),
                 origin: origin.clone(),
                 root: PathBuf::from(dir),
@@ -236,10 +244,12 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
                     .env("PASSAGE_IDENTITIES_FILE", identities_file)
                     .arg("show"),
                 pass: None,
-            })
+            }))
         }
         Source::Pipe { command } => {
-            if !Path::new(command).is_file() {
+            let executable = std::fs::metadata(command)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
+            if !executable {
                 bail!("pipe.command: {command} is not an executable file");
             }
             Action::Run(
