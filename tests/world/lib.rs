@@ -326,6 +326,30 @@ impl World {
                 path.display()
             );
         }
+        // `cargo test -p krops-tests` does not rebuild the tools: never test
+        // an old binary against new sources without saying so.
+        if std::env::var_os("KROPS_BIN_DIR").is_none() {
+            let built = fs::metadata(&path).and_then(|m| m.modified()).ok();
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let newest = [
+                "mktarget",
+                "populate",
+                "krops-deploy",
+                "krops-test",
+                "krops-command",
+            ]
+            .iter()
+            .filter_map(|krate| newest_mtime(&workspace.join(krate).join("src")))
+            .max();
+            if let (Some(built), Some(newest)) = (built, newest) {
+                assert!(
+                    built >= newest,
+                    "binary {} is older than the tools' sources: run `cargo build --workspace --bins` \
+                     (or scripts/test) before the end-to-end tests",
+                    path.display()
+                );
+            }
+        }
         path
     }
 
@@ -507,4 +531,19 @@ pub(crate) fn write_atomically(dir: &Path, name: &str, content: &str, mode: u32)
 fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .unwrap_or_else(|err| panic!("cannot chmod {mode:o} {}: {err}", path.display()));
+}
+
+/// The newest modification time of the files below `dir`.
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let meta = entry.metadata().ok()?;
+        let mtime = if meta.is_dir() {
+            newest_mtime(&entry.path())
+        } else {
+            meta.modified().ok()
+        };
+        newest = newest.max(mtime);
+    }
+    newest
 }
