@@ -723,3 +723,30 @@ fn stdout_stays_empty_when_ssh_prints_to_it() {
     assert!(out.stdout.is_empty(), "stdout: {}", out.stdout_str());
     out.assert_stderr_contains("noise-from-ssh");
 }
+
+#[test]
+fn git_submodules_are_checked_out_and_follow_the_ref() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let lib = world.git_repo("lib");
+    lib.write("lib.nix", "{ v = 1; }\n");
+    lib.commit("lib v1");
+    let repo = world.git_repo("main-repo");
+    repo.write("default.nix", "import ./lib/lib.nix\n");
+    repo.add_submodule(&lib, "lib");
+    let first = repo.commit("with lib v1");
+    let dest = world.path("remote/src");
+    let target = alpha.target("root", &dest);
+    let sources = |git_ref: &str| json!({"repo": {"git": {"url": repo.url(), "ref": git_ref}}});
+    populate(&world, &target, &["--force"], &sources(&first)).assert_success();
+    assert_eq!(file_text(&dest.join("repo/lib/lib.nix")), "{ v = 1; }\n");
+
+    // A new commit that moves the submodule: update --init --recursive follows.
+    lib.write("lib.nix", "{ v = 2; }\n");
+    lib.commit("lib v2");
+    repo.git(&["-C", "lib", "pull", "-q", "origin", "main"]);
+    repo.git(&["add", "lib"]);
+    let second = repo.commit("with lib v2");
+    populate(&world, &target, &[], &sources(&second)).assert_success();
+    assert_eq!(file_text(&dest.join("repo/lib/lib.nix")), "{ v = 2; }\n");
+}
