@@ -750,3 +750,27 @@ fn git_submodules_are_checked_out_and_follow_the_ref() {
     populate(&world, &target, &[], &sources(&second)).assert_success();
     assert_eq!(file_text(&dest.join("repo/lib/lib.nix")), "{ v = 2; }\n");
 }
+
+#[test]
+fn a_pass_store_without_git_is_synced_every_time() {
+    let world = World::new();
+    let gpg = world.pass_store();
+    let plain = world.path("plain-store");
+    let pass = |args: &[&str], stdin: &[u8]| {
+        let mut cmd = world.command("pass");
+        cmd.args(args).env("PASSWORD_STORE_DIR", &plain);
+        world.run_command(&mut cmd, stdin).assert_success();
+    };
+    pass(&["init", gpg.fingerprint()], b"");
+    pass(&["insert", "-m", "host/key"], b"not in git");
+    assert!(!plain.join(".git").exists());
+    let dest = world.path("local/src");
+    let sources = json!({"secrets": {"pass": {"dir": plain.to_str().unwrap(), "name": "host"}}});
+    populate(&world, dest.to_str().unwrap(), &["--force"], &sources).assert_success();
+    assert_eq!(file_text(&dest.join("secrets/key")), "not in git");
+    assert_eq!(mode(&dest.join("secrets/key")), 0o600);
+    assert!(
+        !dest.join("secrets/.pass_info").exists(),
+        "no stamp without git"
+    );
+}

@@ -453,15 +453,24 @@ impl Secrets {
         for (file, entry_name, decrypted) in self.entries()? {
             let out = secrets.create_file(Path::new(&decrypted))?;
             self.show.clone().arg(&entry_name).run_to_file(out)?;
-            let mtime = match &self.pass {
-                Some((dir, _)) => last_commit_time(dir, &file)?,
-                None => Some(std::fs::metadata(&file)?.modified()?),
+            // pass: the last commit's date, when the store is a git repo
+            // (the stamp exists exactly then); passage: the .age file's.
+            let mtime = match (&self.pass, &stamp) {
+                (Some((dir, _)), Some(_)) => last_commit_time(dir, &file)?,
+                (Some(_), None) => None,
+                (None, _) => Some(
+                    std::fs::metadata(&file)
+                        .and_then(|meta| meta.modified())
+                        .with_context(|| format!("cannot read the mtime of {}", file.display()))?,
+                ),
             };
             if let Some(mtime) = mtime {
+                let decrypted = secrets.path().join(&decrypted);
                 std::fs::File::options()
                     .write(true)
-                    .open(secrets.path().join(&decrypted))?
-                    .set_modified(mtime)?;
+                    .open(&decrypted)
+                    .and_then(|out| out.set_modified(mtime))
+                    .with_context(|| format!("cannot set the mtime of {}", decrypted.display()))?;
             }
         }
         if let Some(stamp) = &stamp {
