@@ -647,9 +647,13 @@ fn dry_run_prints_the_plan_without_secrets_and_runs_nothing() {
     let alpha = world.add_host("alpha");
     let pass = world.pass_store();
     pass.insert("h/k", "dry-run-secret");
+    let passage = world.passage_store();
+    passage.insert("p/k", "dry-run-passage-secret");
     let dest = world.path("remote/src");
+    // Two secret stores: each must get, and remove, its own temp dir.
     let sources = json!({
         "secrets": {"pass": {"dir": pass.dir().to_str().unwrap(), "name": "h"}},
+        "zecrets": {"passage": passage.dir().to_str().unwrap()},
         "l": {"symlink": "x"},
     });
     let out = populate(
@@ -661,7 +665,9 @@ fn dry_run_prints_the_plan_without_secrets_and_runs_nothing() {
     out.assert_success();
     assert!(!dest.exists());
     let script = out.stdout_str();
-    assert!(!script.contains("dry-run-secret") && !out.stderr_str().contains("dry-run-secret"));
+    for secret in ["dry-run-secret", "dry-run-passage-secret"] {
+        assert!(!script.contains(secret) && !out.stderr_str().contains(secret));
+    }
     assert!(script.contains("pass show h/k"), "{script}");
     assert!(script.contains("ln -fnsT x"), "{script}");
     let parsed = world.run_command(world.command("/bin/sh").args(["-n", "-c", &script]), b"");
@@ -671,6 +677,16 @@ fn dry_run_prints_the_plan_without_secrets_and_runs_nothing() {
     assert_eq!(
         file_text(&dest.join("secrets/k")).trim_end(),
         "dry-run-secret"
+    );
+    assert_eq!(
+        file_text(&dest.join("zecrets/p/k")),
+        "dry-run-passage-secret"
+    );
+    assert_eq!(mode(&dest.join("zecrets/p/k")), 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(world.tmp_dir()).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "the printed plan left secrets behind: {leftovers:?}"
     );
     assert!(dest.join("l").is_symlink());
     assert!(matches!(

@@ -483,7 +483,12 @@ impl Secrets {
 
     fn script(&self) -> String {
         let kind = self.kind();
-        let mut script = format!("tmp_dir=$(mktemp -d -t populate-{kind}.XXXXXXXX)\ntrap 'rm -fR \"$tmp_dir\"' EXIT\n(\numask 077\n");
+        // One subshell per store: its own temp dir, removed when it ends,
+        // also on a signal, so several stores never share or leak one.
+        let mut script = format!(
+            "(\ntmp_dir=$(mktemp -d -t populate-{kind}.XXXXXXXX)\n\
+             trap 'rm -fR \"$tmp_dir\"' EXIT\ntrap 'exit 130' INT TERM HUP\numask 077\n"
+        );
         match self.entries() {
             Ok(entries) => {
                 for (_, entry_name, decrypted) in entries {
@@ -507,13 +512,13 @@ impl Secrets {
                 script.push_str(&format!("# cannot list {}: {err:#}\n", self.root.display()))
             }
         }
-        script.push_str(")\n");
         // The placeholder word quotes to exactly this; put the variable back.
         let rsync = self
             .rsync("$tmp_dir/")
             .to_string()
             .replace("'$tmp_dir/'", "\"$tmp_dir\"/");
         script.push_str(&rsync);
+        script.push_str("\n)");
         script
     }
 }
