@@ -790,3 +790,35 @@ fn a_pass_store_without_git_is_synced_every_time() {
         "no stamp without git"
     );
 }
+
+#[test]
+fn hex_only_tag_names_follow_origin_and_short_hashes_still_work() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let repo = world.git_repo("repo");
+    repo.write("a", "1\n");
+    let first = repo.commit("first");
+    repo.write("a", "22\n");
+    let second = repo.commit("second");
+    repo.tag("20240115");
+    let dest = world.path("remote/src");
+    let target = alpha.target("root", &dest);
+    let sources = json!({
+        "dated": {"git": {"url": repo.url(), "ref": "20240115"}},
+        "dated-shallow": {"git": {"url": repo.file_url(), "ref": "20240115", "shallow": true}},
+        "short": {"git": {"url": repo.url(), "ref": &first[..7]}},
+    });
+    populate(&world, &target, &["--force"], &sources).assert_success();
+    assert_eq!(git_head(&dest.join("dated")), second);
+    assert_eq!(git_head(&dest.join("dated-shallow")), second);
+    assert_eq!(git_head(&dest.join("short")), first);
+
+    // The tag moves on origin: followed, as a tag name should be.
+    repo.write("a", "333\n");
+    let third = repo.commit("third");
+    repo.git(&["tag", "-f", "20240115"]);
+    populate(&world, &target, &[], &sources).assert_success();
+    assert_eq!(git_head(&dest.join("dated")), third);
+    assert_eq!(git_head(&dest.join("dated-shallow")), third);
+    assert_eq!(git_head(&dest.join("short")), first);
+}

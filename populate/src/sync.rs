@@ -312,10 +312,26 @@ fn default_file_options(path: String) -> FileSource {
     }
 }
 
-/// A commit hash (full or abbreviated) is used as krops uses it; anything
-/// else is a branch or tag name, followed on origin.
-fn is_commit_hash(git_ref: &str) -> bool {
-    (7..=64).contains(&git_ref.len()) && git_ref.bytes().all(|b| b.is_ascii_hexdigit())
+/// How a git source's `ref` is resolved on the target.
+#[derive(Debug, PartialEq, Eq)]
+enum RefKind {
+    /// A full commit hash: used exactly as krops uses it.
+    Hash,
+    /// Hex digits only, shorter than a hash: a tag or branch such as
+    /// `20240115`, or an abbreviated hash (which krops accepts). Asked of
+    /// origin first, used as a hash when origin has no such ref.
+    HexName,
+    /// A branch or tag: followed on origin.
+    Name,
+}
+
+fn ref_kind(git_ref: &str) -> RefKind {
+    let hex = git_ref.bytes().all(|b| b.is_ascii_hexdigit());
+    match git_ref.len() {
+        40 | 64 if hex => RefKind::Hash,
+        _ if hex => RefKind::HexName,
+        _ => RefKind::Name,
+    }
 }
 
 /// The git step, run on the target with `set -efu`.
@@ -337,28 +353,35 @@ pub fn git_script(path: &str, git: &GitSource) -> String {
          if ! url=$(git config remote.origin.url); then\n  git remote add origin {url}\n\
          elif test \"$url\" != {url}; then\n  git remote set-url origin {url}\nfi\n"
     );
+    // krops's fetch for a commit hash in $hash.
     let fetch = if git.shallow {
-        "git fetch --depth=1 origin \"$hash\" >&2".to_owned()
+        "git fetch --depth=1 origin \"$hash\" >&2"
     } else {
-        "git fetch origin >&2".to_owned()
+        "git fetch origin >&2"
     };
-    if is_commit_hash(&git.git_ref) {
-        script.push_str(&format!("hash={git_ref}\n"));
-        script.push_str("if ! test \"$(git log --format=%H -1 2>/dev/null)\" = \"$hash\"; then\n");
-        if git.fetch_always {
-            script.push_str(&format!("  {fetch}\n"));
-        } else {
+    let fetch_for_hash = if git.fetch_always {
+        format!("{fetch}\n")
+    } else {
+        format!("if ! git log -1 \"$hash\" >/dev/null 2>&1; then\n  {fetch}\nfi\n")
+    };
+    let from_origin = "hash=$(git rev-parse --verify 'FETCH_HEAD^{commit}')\n";
+    let head_differs = "if ! test \"$(git log --format=%H -1 2>/dev/null)\" = \"$hash\"; then\n";
+    match ref_kind(&git.git_ref) {
+        RefKind::Hash => {
+            script.push_str(&format!("hash={git_ref}\n{head_differs}"));
+            script.push_str(&indent(&fetch_for_hash));
+        }
+        RefKind::HexName => {
             script.push_str(&format!(
-                "  if ! git log -1 \"$hash\" >/dev/null 2>&1; then\n    {fetch}\n  fi\n"
+                "if git fetch {depth}origin {git_ref} 2>/dev/null; then\n  {from_origin}else\n  hash={git_ref}\n{}fi\n{head_differs}",
+                indent(&fetch_for_hash)
             ));
         }
-    } else {
-        // A branch or tag moves: ask origin where it is now.
-        script.push_str(&format!(
-            "git fetch {depth}origin {git_ref} >&2\n\
-             hash=$(git rev-parse --verify 'FETCH_HEAD^{{commit}}')\n\
-             if ! test \"$(git log --format=%H -1 2>/dev/null)\" = \"$hash\"; then\n"
-        ));
+        RefKind::Name => {
+            script.push_str(&format!(
+                "git fetch {depth}origin {git_ref} >&2\n{from_origin}{head_differs}"
+            ));
+        }
     }
     script.push_str(
         "  git reset --hard \"$hash\" >&2\n  git submodule update --init --recursive >&2\nfi\n",
@@ -369,6 +392,10 @@ pub fn git_script(path: &str, git: &GitSource) -> String {
     }
     script.push_str(" >&2\n");
     script
+}
+
+fn indent(lines: &str) -> String {
+    lines.lines().map(|line| format!("  {line}\n")).collect()
 }
 
 impl Secrets {
@@ -644,16 +671,24 @@ mod tests {
 
     #[test]
     fn commit_hashes_are_told_from_names() {
-        assert!(is_commit_hash("4b4bbce199d3b3a8001ee93495604289b01aaad3"));
-        assert!(is_commit_hash("4b4bbce"));
-        assert!(!is_commit_hash("main"));
-        assert!(!is_commit_hash("v1.25.0"));
-        assert!(!is_commit_hash("abc"));
+        assert_eq!(
+            ref_kind("4b4bbce199d3b3a8001ee93495604289b01aaad3"),
+            RefKind::Hash
+        );
+        assert_eq!(ref_kind(&"a".repeat(64)), RefKind::Hash);
+        assert_eq!(ref_kind("4b4bbce"), RefKind::HexName);
+        assert_eq!(ref_kind("20240115"), RefKind::HexName);
+        assert_eq!(ref_kind("main"), RefKind::Name);
+        assert_eq!(ref_kind("v1.25.0"), RefKind::Name);
     }
 
     #[test]
     fn git_script_parses_as_sh() {
-        for git_ref in ["4b4bbce199d3b3a8001ee93495604289b01aaad3", "main"] {
+        for git_ref in [
+            "4b4bbce199d3b3a8001ee93495604289b01aaad3",
+            "20240115",
+            "main",
+        ] {
             for shallow in [false, true] {
                 let git = GitSource {
                     url: "https://example.org/it's.git".into(),
