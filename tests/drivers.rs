@@ -100,7 +100,7 @@ fn deploy_with_a_build_target_populates_both_and_builds_there() {
     // The target has a port and an ssh option, which the build host needs too.
     let target = json!({
         "user": "root", "host": "alpha", "port": alpha.port(), "path": target_dir.to_str().unwrap(),
-        "extraOptions": ["-o", "ServerAliveInterval 30"]
+        "extraOptions": ["-o", "ServerAliveInterval=30"]
     });
     let args = [
         "--target",
@@ -139,10 +139,33 @@ fn deploy_with_a_build_target_populates_both_and_builds_there() {
     );
     assert_eq!(
         rebuild.env["NIX_SSHOPTS"],
-        format!("-p {} -o 'ServerAliveInterval 30'", alpha.port())
+        format!("-p {} -o ServerAliveInterval=30", alpha.port())
     );
     assert!(world.records("nom").is_empty(), "--nom false");
     out.assert_stdout_contains("nixos-rebuild stand-in: switch");
+
+    // An option NIX_SSHOPTS cannot carry: a warning, and none of them passed.
+    let spaced = json!({
+        "user": "root", "host": "alpha", "port": alpha.port(), "path": target_dir.to_str().unwrap(),
+        "extraOptions": ["-o", "ServerAliveInterval 30"]
+    });
+    let args = [
+        "--target",
+        &spaced.to_string(),
+        "--build-target",
+        &beta.target("root", &build_dir),
+        "--nom",
+        "false",
+    ];
+    let out = run(&world, "krops-deploy", &args, &sources(&world));
+    out.assert_success()
+        .assert_stderr_contains("cannot go through NIX_SSHOPTS");
+    let last = world.records("nixos-rebuild").pop().unwrap();
+    assert!(
+        !last.env.contains_key("NIX_SSHOPTS"),
+        "{:?}",
+        last.env.get("NIX_SSHOPTS")
+    );
 }
 
 #[test]

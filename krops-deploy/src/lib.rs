@@ -85,8 +85,12 @@ pub fn rebuild_args(cli: &Cli, target: &Target, build: &Target) -> Vec<String> {
 }
 
 /// ssh options the build host needs to reach the target, for NIX_SSHOPTS
-/// (krops drops the target's port and extraOptions here).
-pub fn nix_sshopts(target: &Target, build: &Target) -> Option<String> {
+/// (krops drops the target's port and extraOptions here): `None` when there
+/// are none, else the words joined by spaces, or `Err(word)` for the first
+/// word NIX_SSHOPTS cannot carry. nixos-rebuild splits NIX_SSHOPTS at
+/// whitespace without removing quotes (nixos-rebuild-ng removes them), so
+/// only words without whitespace, quotes and backslashes mean the same to both.
+pub fn nix_sshopts(target: &Target, build: &Target) -> Option<Result<String, String>> {
     if build == target {
         return None;
     }
@@ -95,7 +99,17 @@ pub fn nix_sshopts(target: &Target, build: &Target) -> Option<String> {
         opts.extend(["-p".to_owned(), port.clone()]);
     }
     opts.extend(target.extra_options.iter().cloned());
-    (!opts.is_empty()).then(|| quote_words(opts))
+    if opts.is_empty() {
+        return None;
+    }
+    let unsafe_word = opts.iter().find(|word| {
+        word.chars()
+            .any(|c| c.is_whitespace() || "'\"\\".contains(c))
+    });
+    Some(match unsafe_word {
+        Some(word) => Err(word.clone()),
+        None => Ok(opts.join(" ")),
+    })
 }
 
 /// The script run on the build target: the rebuild, piped through nom as
@@ -157,7 +171,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     plans.push(Plan::new(&target, &sources, options, &origin)?);
     let args = rebuild_args(&cli, &target, &build);
-    let sshopts = nix_sshopts(&target, &build);
+    let sshopts = match nix_sshopts(&target, &build) {
+        Some(Ok(opts)) => Some(opts),
+        Some(Err(word)) => {
+            eprintln!(
+                "krops-deploy: warning: the target's ssh option {word:?} cannot go through \
+                 NIX_SSHOPTS (nixos-rebuild splits it at whitespace and keeps quotes): the build \
+                 host gets none of the target's port and options; put them in its ssh config"
+            );
+            None
+        }
+        None => None,
+    };
     let script = rebuild_script(&build.path, sshopts.as_deref(), &args, cli.nom);
     let rebuild = build.command(&script, &[], false, &origin);
     populate_then("krops-deploy", &plans, &rebuild, cli.populate.dry_run)
@@ -224,13 +249,16 @@ mod tests {
     #[test]
     fn sshopts_carry_the_targets_port_and_options() {
         let mut target = t("root@t:2222");
-        target.extra_options = vec!["-o".into(), "ProxyJump=jump host".into()];
-        assert_eq!(
-            nix_sshopts(&target, &t("root@b")).as_deref(),
-            Some("-p 2222 -o 'ProxyJump=jump host'")
-        );
+        target.extra_options = vec!["-o".into(), "ProxyJump=jump".into()];
+        let opts = nix_sshopts(&target, &t("root@b"));
+        assert_eq!(opts, Some(Ok("-p 2222 -o ProxyJump=jump".into())));
         assert_eq!(nix_sshopts(&target, &target), None);
         assert_eq!(nix_sshopts(&t("root@t"), &t("root@b")), None);
+        // Words NIX_SSHOPTS cannot carry the same way to every nixos-rebuild.
+        for word in ["ProxyCommand=nc %h %p", "it's", "a\\b", "\"q\""] {
+            target.extra_options = vec!["-o".into(), word.into()];
+            assert_eq!(nix_sshopts(&target, &t("root@b")), Some(Err(word.into())));
+        }
     }
 
     /// Runs the rebuild script with stand-in `nixos-rebuild` and `nom`.
