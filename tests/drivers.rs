@@ -286,7 +286,8 @@ fn a_failing_populate_stops_the_deploy() {
         &sources(&world),
     );
     out.assert_failure()
-        .assert_stderr_contains("krops-deploy: error: missing sentinel file: alpha:");
+        .assert_stderr_contains("\nerror: missing sentinel file: alpha:")
+        .assert_stderr_contains("krops-deploy: error: sentinel check → alpha:");
     assert!(world.records("nixos-rebuild").is_empty());
 }
 

@@ -199,19 +199,32 @@ fn missing_sentinel_is_krops_error_and_touches_nothing() {
     let sources = json!({"l": {"symlink": "x"}});
     let out = populate(&world, &alpha.target("root", &dest), &[], &sources);
     out.assert_failure();
-    out.assert_stderr_contains(&format!(
+    // krops's line, exactly, on a line of its own.
+    let line = format!(
         "error: missing sentinel file: alpha:{}/.populate",
         dest.display()
-    ));
+    );
+    assert!(
+        out.stderr_str().lines().any(|l| l == line),
+        "{}",
+        out.stderr_str()
+    );
+    out.assert_stderr_contains("populate: error: sentinel check → alpha:");
+    out.assert_stderr_contains("run with --force");
     before.assert_unchanged(&Tree::snapshot(&dest));
 
     let local = world.path("local/src");
     let out = populate(&world, local.to_str().unwrap(), &[], &sources);
     out.assert_failure();
-    out.assert_stderr_contains(&format!(
+    let line = format!(
         "error: missing sentinel file: {}/.populate",
         local.display()
-    ));
+    );
+    assert!(
+        out.stderr_str().lines().any(|l| l == line),
+        "{}",
+        out.stderr_str()
+    );
     assert!(!local.exists());
 
     populate(&world, &alpha.target("root", &dest), &["--force"], &sources).assert_success();
@@ -669,7 +682,7 @@ fn dry_run_prints_the_plan_without_secrets_and_runs_nothing() {
         assert!(!script.contains(secret) && !out.stderr_str().contains(secret));
     }
     assert!(script.contains("pass show h/k"), "{script}");
-    assert!(script.contains("ln -fnsT x"), "{script}");
+    assert!(script.contains("ln -fnsT -- x"), "{script}");
     let parsed = world.run_command(world.command("/bin/sh").args(["-n", "-c", &script]), b"");
     parsed.assert_success();
     // Running the printed plan does what populate does.
@@ -710,7 +723,10 @@ fn a_failing_sentinel_check_runs_once() {
     );
     out.assert_failure();
     let stderr = out.stderr_str();
-    assert_eq!(stderr.matches("sentinel check →").count(), 1, "{stderr}");
+    let starts = stderr
+        .lines()
+        .filter(|l| l.starts_with("populate: sentinel check →"));
+    assert_eq!(starts.count(), 1, "{stderr}");
     assert_eq!(
         stderr.matches("mkdir: cannot create directory").count(),
         2,
@@ -821,4 +837,22 @@ fn hex_only_tag_names_follow_origin_and_short_hashes_still_work() {
     assert_eq!(git_head(&dest.join("dated")), third);
     assert_eq!(git_head(&dest.join("dated-shallow")), third);
     assert_eq!(git_head(&dest.join("short")), first);
+}
+
+#[test]
+fn link_texts_that_look_like_options_are_link_texts() {
+    // Without `--`, ln read "--help" as its option and exited 0 doing nothing.
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let sources = json!({"help": {"symlink": "--help"}, "dash": {"symlink": "-n"}});
+    populate(&world, &alpha.target("root", &dest), &["--force"], &sources).assert_success();
+    assert_eq!(
+        std::fs::read_link(dest.join("help")).unwrap().to_str(),
+        Some("--help")
+    );
+    assert_eq!(
+        std::fs::read_link(dest.join("dash")).unwrap().to_str(),
+        Some("-n")
+    );
 }

@@ -105,13 +105,8 @@ impl Plan {
     pub fn run(&self) -> Result<()> {
         for step in &self.steps {
             eprintln!("populate: {} → {}", step.label, step.place);
-            let result = step.run();
-            if let Action::Sentinel { .. } = step.action {
-                // Its error is krops's own message; it needs no prefix.
-                result?;
-            } else {
-                result.with_context(|| format!("{} → {}", step.label, step.place))?;
-            }
+            step.run()
+                .with_context(|| format!("{} → {}", step.label, step.place))?;
         }
         Ok(())
     }
@@ -134,10 +129,14 @@ impl Step {
                 let (status, tail) = check.run_unchecked()?;
                 match status.code() {
                     Some(0) => Ok(()),
-                    Some(MISSING_SENTINEL) => bail!(
-                        "missing sentinel file: {sentinel}\n\
-                         (this guards against syncing to the wrong place: create it, or run with --force)"
-                    ),
+                    Some(MISSING_SENTINEL) => {
+                        // krops's own line, for whoever matches on it.
+                        eprintln!("error: missing sentinel file: {sentinel}");
+                        bail!(
+                            "the target has no sentinel file, which guards against syncing \
+                             to the wrong place: create it, or run with --force"
+                        )
+                    }
                     _ => Err(check.failure(status, &tail)),
                 }
             }
@@ -259,7 +258,8 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
             )
         }
         Source::Symlink { target: link } => {
-            Action::Run(target.shell(&format!("ln -fnsT {} {p}", quote(link)), origin))
+            // `--`: a link text may begin with '-'.
+            Action::Run(target.shell(&format!("ln -fnsT -- {} {p}", quote(link)), origin))
         }
     })
 }
