@@ -9,7 +9,10 @@ use std::sync::{Mutex, Once};
 use anyhow::{Context, Result};
 use tempfile::TempDir;
 
-/// The secret dirs that exist right now, for the interrupt handler.
+/// The secret dirs that exist right now, for the interrupt handler. Every
+/// change to the tree of a secret dir happens while holding this lock, and
+/// the handler exits still holding it, so nothing can re-create a dir or a
+/// file after the handler removed it.
 static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static HANDLER: Once = Once::new();
 
@@ -22,12 +25,13 @@ pub struct SecretDir {
 impl SecretDir {
     pub fn new(prefix: &str) -> Result<SecretDir> {
         install_interrupt_handler();
+        let mut live = lock_live();
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .context("cannot create a private temp dir for secrets")?;
-        lock_live().push(dir.path().to_owned());
+        live.push(dir.path().to_owned());
         Ok(SecretDir { dir })
     }
 
@@ -37,6 +41,7 @@ impl SecretDir {
 
     /// Creates `REL` below the dir as an empty 0600 file, with 0700 parents.
     pub fn create_file(&self, rel: &Path) -> Result<File> {
+        let _live = lock_live();
         let path = self.dir.path().join(rel);
         if let Some(parent) = path.parent() {
             DirBuilder::new()
@@ -69,10 +74,12 @@ fn lock_live() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
 fn install_interrupt_handler() {
     HANDLER.call_once(|| {
         let installed = ctrlc::set_handler(|| {
-            for path in lock_live().iter() {
+            let live = lock_live();
+            for path in live.iter() {
                 let _ = std::fs::remove_dir_all(path);
             }
             eprintln!("populate: interrupted; decrypted secrets removed");
+            // Exits holding the lock: see LIVE.
             std::process::exit(130);
         });
         if let Err(err) = installed {
