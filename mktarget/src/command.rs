@@ -151,17 +151,7 @@ impl Cmd {
     /// Runs the command and returns its stdout; its stderr is passed on when
     /// it succeeds and quoted in the error when it fails.
     pub fn read(&self) -> Result<String> {
-        let output = self
-            .expression()
-            .stdout_capture()
-            .stderr_capture()
-            .unchecked()
-            .run()
-            .with_context(|| format!("cannot start `{}`", self.brief()))?;
-        if !output.status.success() {
-            return Err(self.failure(output.status, &output.stderr));
-        }
-        let _ = std::io::stderr().write_all(&output.stderr);
+        let output = self.run_stderr_captured(self.expression().stdout_capture())?;
         String::from_utf8(output.stdout)
             .with_context(|| format!("`{}` printed something that is not UTF-8", self.brief()))
     }
@@ -169,9 +159,14 @@ impl Cmd {
     /// Runs the command with its stdout written to `file` (used for secrets,
     /// which must never pass through our memory's logs or a pipe to a log).
     pub fn run_to_file(&self, file: File) -> Result<()> {
-        let output = self
-            .expression()
-            .stdout_file(file)
+        self.run_stderr_captured(self.expression().stdout_file(file))?;
+        Ok(())
+    }
+
+    /// Runs `expr` (this command with its stdout directed) with stderr
+    /// captured: passed on when it succeeds, quoted in the error when not.
+    fn run_stderr_captured(&self, expr: duct::Expression) -> Result<std::process::Output> {
+        let output = expr
             .stderr_capture()
             .unchecked()
             .run()
@@ -180,7 +175,7 @@ impl Cmd {
             return Err(self.failure(output.status, &output.stderr));
         }
         let _ = std::io::stderr().write_all(&output.stderr);
-        Ok(())
+        Ok(output)
     }
 
     /// Runs the command with our stdout and stderr and returns how it exited:

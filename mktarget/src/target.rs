@@ -145,6 +145,12 @@ impl Target {
     /// Fills the defaults with the fields a JSON object names, like Nix's
     /// `defaults // attrs`.
     pub fn from_json(value: &Value, origin: &Origin) -> Result<Target> {
+        let target = Target::from_json_unvalidated(value, origin)?;
+        target.validate()?;
+        Ok(target)
+    }
+
+    fn from_json_unvalidated(value: &Value, origin: &Origin) -> Result<Target> {
         let Value::Object(object) = value else {
             bail!(
                 "target: expected a string or an object, got {}",
@@ -153,7 +159,6 @@ impl Target {
         };
         let mut target = origin.default_target();
         target.update(object)?;
-        target.validate()?;
         Ok(target)
     }
 
@@ -174,12 +179,7 @@ impl Target {
         let mut target = if trimmed.starts_with('{') {
             let value: Value =
                 serde_json::from_str(trimmed).context("target: malformed JSON object")?;
-            let Value::Object(object) = value else {
-                unreachable!("JSON text starting with '{{' is an object");
-            };
-            let mut target = origin.default_target();
-            target.update(&object)?;
-            target
+            Target::from_json_unvalidated(&value, origin)?
         } else {
             Target::parse_unvalidated(arg, origin)?
         };

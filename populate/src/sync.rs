@@ -97,10 +97,6 @@ impl Plan {
         })
     }
 
-    pub fn target(&self) -> &Target {
-        &self.target
-    }
-
     /// Runs the steps in order; the first failure stops the run.
     pub fn run(&self) -> Result<()> {
         for step in &self.steps {
@@ -302,9 +298,10 @@ fn rsync(target: &Target, file: &FileSource, source: &str, origin: &Origin) -> C
 }
 
 /// What pass and passage trees are synced with: rsync's defaults in krops.
-fn default_file_options(path: String) -> FileSource {
+fn default_file_options() -> FileSource {
     FileSource {
-        path,
+        // rsync() takes the source path separately.
+        path: String::new(),
         use_checksum: false,
         exclude: Vec::new(),
         filters: Vec::new(),
@@ -444,12 +441,7 @@ impl Secrets {
     }
 
     fn rsync(&self, source: &str) -> Cmd {
-        rsync(
-            &self.target,
-            &default_file_options(String::new()),
-            source,
-            &self.origin,
-        )
+        rsync(&self.target, &default_file_options(), source, &self.origin)
     }
 
     fn run(&self) -> Result<()> {
@@ -645,7 +637,7 @@ mod tests {
                 "root@h:/var/src/cfg",
             ]
         );
-        let plain = default_file_options("/x".into());
+        let plain = default_file_options();
         let argv = rsync(
             &target("/var/src/x"),
             &FileSource {
