@@ -2,6 +2,7 @@
 //! (krops-deploy, krops-test, krops-command) reuse [`PopulateArgs`] and
 //! [`Plan`] to populate before they act.
 
+pub mod git;
 pub mod secrets;
 pub mod source;
 pub mod sync;
