@@ -3,6 +3,7 @@
 //! [`Plan`] to populate before they act.
 
 pub mod git;
+pub mod script;
 pub mod secrets;
 pub mod source;
 pub mod sync;

@@ -1,0 +1,68 @@
+//! What every populate script run on a target starts with.
+//!
+//! Scripts run with `set -efu`. A command whose failure ends the step is
+//! written `run CMD…`: when it fails, `run` prints one line naming it and its
+//! status, which the step's error then quotes (instead of the whole script),
+//! and exits with that status.
+
+/// The prelude of every populate script.
+pub const PRELUDE: &str = "set -efu
+run() {
+  \"$@\" || {
+    krops_status=$?
+    printf 'populate: failed: %s (exit status %s)\\n' \"$*\" \"$krops_status\" >&2
+    exit \"$krops_status\"
+  }
+}
+";
+
+/// The line [`PRELUDE`]'s `run` prints for a failed command.
+pub const FAILED_MARKER: &str = "populate: failed: ";
+
+/// The command a script's output names as the one that failed, if any: the
+/// last line `run` printed, without its status.
+pub fn failed_command(output: &str) -> Option<&str> {
+    let line = output
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix(FAILED_MARKER))?;
+    Some(match line.rfind(" (exit status ") {
+        Some(end) => &line[..end],
+        None => line,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> (i32, String) {
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &format!("{PRELUDE}{script}")])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    #[test]
+    fn run_names_the_failed_command_and_keeps_its_status() {
+        let (status, stderr) = sh("run true\nrun sh -c 'exit 7'\necho not reached >&2\n");
+        assert_eq!(status, 7);
+        assert_eq!(failed_command(&stderr), Some("sh -c exit 7"), "{stderr}");
+        assert!(!stderr.contains("not reached"));
+    }
+
+    #[test]
+    fn run_changes_the_shell_it_runs_in() {
+        let (status, stderr) = sh("run cd /\npwd >&2\n");
+        assert_eq!((status, stderr.as_str()), (0, "/\n"));
+    }
+
+    #[test]
+    fn no_marker_no_command() {
+        assert_eq!(failed_command("fatal: something\n"), None);
+    }
+}
