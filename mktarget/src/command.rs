@@ -10,6 +10,7 @@ use std::process::ExitStatus;
 
 use anyhow::{Context, Result};
 
+use crate::interrupt;
 use crate::shell::quote;
 
 /// How many bytes of a failed command's stderr its error quotes.
@@ -91,7 +92,30 @@ impl Cmd {
             .collect()
     }
 
+    /// Whether the command runs in process groups of its own (see
+    /// [`interrupt`]): all but those that share our terminal, which must
+    /// stay in the foreground group to read it.
+    fn own_group(&self) -> bool {
+        match &self.stdin {
+            Stdin::Null => true,
+            Stdin::Inherit => false,
+            Stdin::Pipe(source) => source.own_group(),
+        }
+    }
+
     fn expression(&self) -> duct::Expression {
+        let expr = self.expression_inner();
+        if self.own_group() {
+            expr.before_spawn(|command| {
+                std::os::unix::process::CommandExt::process_group(command, 0);
+                Ok(())
+            })
+        } else {
+            expr
+        }
+    }
+
+    fn expression_inner(&self) -> duct::Expression {
         let mut expr = duct::cmd(&self.program, &self.args);
         for (name, value) in &self.env {
             expr = expr.env(name, value);
@@ -102,18 +126,18 @@ impl Cmd {
         match &self.stdin {
             Stdin::Null => expr.stdin_null(),
             Stdin::Inherit => expr,
-            Stdin::Pipe(source) => source.expression().pipe(expr),
+            Stdin::Pipe(source) => source.expression_inner().pipe(expr),
         }
     }
 
     /// Runs the command with its stdout and stderr going to our stderr (stdout
-    /// carries only data), keeping the tail for the error if it fails.
+    /// carries only data). Its error does not repeat the output: it was shown.
     pub fn run(&self) -> Result<()> {
-        let (status, tail) = self.run_unchecked()?;
+        let (status, _) = self.run_unchecked()?;
         if status.success() {
             Ok(())
         } else {
-            Err(self.failure(status, &tail))
+            Err(self.failure(status, &[]))
         }
     }
 
@@ -126,6 +150,7 @@ impl Cmd {
             .unchecked()
             .reader()
             .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        let _registered = interrupt::register(reader.pids(), self.own_group());
         let mut tail = Vec::new();
         let mut buf = [0u8; 8192];
         let mut stderr = std::io::stderr();
@@ -156,6 +181,22 @@ impl Cmd {
             .with_context(|| format!("`{}` printed something that is not UTF-8", self.brief()))
     }
 
+    /// Runs the command with stdout and stderr captured and returns how it
+    /// ended, for callers that report failures themselves.
+    pub fn output(&self) -> Result<std::process::Output> {
+        let handle = self
+            .expression()
+            .stdout_capture()
+            .stderr_capture()
+            .unchecked()
+            .start()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        let _registered = interrupt::register(handle.pids(), self.own_group());
+        handle
+            .into_output()
+            .with_context(|| format!("waiting for `{}`", self.brief()))
+    }
+
     /// Runs the command with its stdout written to `file` (used for secrets,
     /// which must never pass through our memory's logs or a pipe to a log).
     pub fn run_to_file(&self, file: File) -> Result<()> {
@@ -166,11 +207,15 @@ impl Cmd {
     /// Runs `expr` (this command with its stdout directed) with stderr
     /// captured: passed on when it succeeds, quoted in the error when not.
     fn run_stderr_captured(&self, expr: duct::Expression) -> Result<std::process::Output> {
-        let output = expr
+        let handle = expr
             .stderr_capture()
             .unchecked()
-            .run()
+            .start()
             .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        let _registered = interrupt::register(handle.pids(), self.own_group());
+        let output = handle
+            .into_output()
+            .with_context(|| format!("waiting for `{}`", self.brief()))?;
         if !output.status.success() {
             return Err(self.failure(output.status, &output.stderr));
         }
@@ -181,16 +226,20 @@ impl Cmd {
     /// Runs the command with our stdout and stderr and returns how it exited:
     /// for a driver's final command, whose status is the tool's status.
     pub fn status(&self) -> Result<ExitStatus> {
-        let output = self
+        let handle = self
             .expression()
             .unchecked()
-            .run()
+            .start()
             .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        let _registered = interrupt::register(handle.pids(), self.own_group());
+        let output = handle
+            .into_output()
+            .with_context(|| format!("waiting for `{}`", self.brief()))?;
         Ok(output.status)
     }
 
     /// The error for this command ending with `status`: its command line, how
-    /// it exited, and the tail of `stderr`.
+    /// it exited, and the tail of `stderr` (pass `&[]` when it was shown).
     pub fn failure(&self, status: ExitStatus, stderr: &[u8]) -> anyhow::Error {
         let mut message = format!("`{}` failed: {}", self.brief(), describe(status));
         let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(TAIL_BYTES)..]);

@@ -3,6 +3,8 @@
 //! `mktarget` binary prints a target as JSON.
 
 pub mod command;
+pub mod interrupt;
+pub mod json;
 pub mod shell;
 pub mod target;
 pub mod tool;
@@ -91,7 +93,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 pub fn main() -> ExitCode {
-    tool::finish("mktarget", run(Cli::parse()))
+    tool::main("mktarget", || run(Cli::parse()))
 }
 
 #[cfg(test)]

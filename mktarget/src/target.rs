@@ -177,8 +177,7 @@ impl Target {
     ) -> Result<Target> {
         let trimmed = arg.trim_start();
         let mut target = if trimmed.starts_with('{') {
-            let value: Value =
-                serde_json::from_str(trimmed).context("target: malformed JSON object")?;
+            let value = crate::json::parse(trimmed).context("target: malformed JSON object")?;
             Target::from_json_unvalidated(&value, origin)?
         } else {
             Target::parse_unvalidated(arg, origin)?

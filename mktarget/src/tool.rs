@@ -3,6 +3,13 @@
 use std::io::ErrorKind;
 use std::process::ExitCode;
 
+/// A tool's `main`: handles interrupts (see [`crate::interrupt`]) from the
+/// start, then runs `run` and ends as [`finish`] says.
+pub fn main(tool: &'static str, run: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
+    crate::interrupt::install(tool);
+    finish(tool, run())
+}
+
 /// Prints `TOOL: error: …` with the whole context chain and exits non-zero;
 /// a closed stdout pipe (`tool | head`) is not an error.
 pub fn finish(tool: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
@@ -10,6 +17,8 @@ pub fn finish(tool: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
+            // A failure an interrupt caused is the handler's to report.
+            crate::interrupt::wait_if_interrupted();
             eprintln!("{tool}: error: {err:#}");
             ExitCode::FAILURE
         }

@@ -1,0 +1,217 @@
+//! Stopping cleanly on SIGINT, SIGTERM and SIGHUP (SPEC §5).
+//!
+//! Every child a tool starts is registered here while it runs. Children that
+//! do not share our terminal run in a process group of their own, so a
+//! signal meant for us (`kill PID` from a supervisor) does not reach them
+//! half-way; instead, on a signal, the handler stops every child's whole
+//! group (rsync and the ssh it started, a pipe's both ends), waits for them,
+//! removes the private dirs registered for cleanup (decrypted secrets), says
+//! what was interrupted, and exits with 128 + the signal's number.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// How long children get to stop after SIGTERM before they are killed.
+const GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct State {
+    tool: &'static str,
+    /// Running children: (pid, whether it leads a process group of its own).
+    children: Vec<(u32, bool)>,
+    /// Dirs to remove on a signal, with what they hold (decrypted secrets).
+    private_dirs: Vec<(PathBuf, &'static str)>,
+    /// What the tool is doing now, for the message.
+    doing: Option<String>,
+    /// The signal received, once one was.
+    signal: Option<i32>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    tool: "krops",
+    children: Vec::new(),
+    private_dirs: Vec::new(),
+    doing: None,
+    signal: None,
+});
+static INSTALL: Once = Once::new();
+
+/// Every change to a registered private dir, and every registration of a
+/// child, happens while holding this lock; the handler exits holding it, so
+/// nothing can re-create a secret after the handler removed it, and no child
+/// can start unnoticed.
+fn state() -> MutexGuard<'static, State> {
+    STATE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts the handler thread; `tool` names the tool in its message.
+pub fn install(tool: &'static str) {
+    INSTALL.call_once(|| {
+        state().tool = tool;
+        match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            Ok(mut signals) => {
+                std::thread::spawn(move || {
+                    if let Some(signal) = signals.forever().next() {
+                        handle(signal);
+                    }
+                });
+            }
+            Err(err) => eprintln!("{tool}: warning: cannot handle interrupts: {err}"),
+        }
+    });
+}
+
+/// Whether a signal arrived: the tool must not start anything new, nor exit
+/// on its own (the handler decides the exit status).
+pub fn interrupted() -> bool {
+    state().signal.is_some()
+}
+
+/// Says what the tool is doing now (`source nixpkgs (git) → host:/var/src/nixpkgs`).
+pub fn doing(what: impl Into<String>) {
+    state().doing = Some(what.into());
+}
+
+/// A running child, unregistered when dropped (after it was waited for).
+#[derive(Debug)]
+pub struct Registered {
+    pids: Vec<u32>,
+}
+
+/// Registers children that were just started; `own_group` says they lead
+/// process groups of their own. If a signal already arrived, they are
+/// stopped at once.
+pub fn register(pids: Vec<u32>, own_group: bool) -> Registered {
+    let mut state = state();
+    for &pid in &pids {
+        state.children.push((pid, own_group));
+        if state.signal.is_some() {
+            stop(pid, own_group, Signal::SIGTERM);
+        }
+    }
+    Registered { pids }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        state().children.retain(|(pid, _)| !self.pids.contains(pid));
+    }
+}
+
+/// A private dir that the handler removes; unregistered when dropped.
+#[derive(Debug)]
+pub struct PrivateDir {
+    path: PathBuf,
+}
+
+/// Registers a dir for removal on a signal; `holds` says what is in it, for
+/// the message (`decrypted secrets`). `create` makes it while the lock is
+/// held, so the handler either sees it registered or it never exists.
+pub fn private_dir<T>(
+    holds: &'static str,
+    create: impl FnOnce() -> std::io::Result<(PathBuf, T)>,
+) -> std::io::Result<(PrivateDir, T)> {
+    let mut state = state();
+    let (path, value) = create()?;
+    state.private_dirs.push((path.clone(), holds));
+    Ok((PrivateDir { path }, value))
+}
+
+impl PrivateDir {
+    /// Runs `change` (which creates something below the dir) under the lock.
+    pub fn change<T>(&self, change: impl FnOnce(&Path) -> T) -> T {
+        let _state = state();
+        change(&self.path)
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        state().private_dirs.retain(|(path, _)| path != &self.path);
+    }
+}
+
+fn stop(pid: u32, own_group: bool, signal: Signal) {
+    let Ok(pid) = i32::try_from(pid).map(Pid::from_raw) else {
+        return;
+    };
+    let _ = if own_group {
+        killpg(pid, signal)
+    } else {
+        kill(pid, signal)
+    };
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+fn handle(signal: i32) {
+    let children = {
+        let mut state = state();
+        state.signal = Some(signal);
+        state.children.clone()
+    };
+    for &(pid, group) in &children {
+        stop(pid, group, Signal::SIGTERM);
+    }
+    // The threads that started the children wait for them and unregister.
+    let started = Instant::now();
+    let mut killed = false;
+    loop {
+        let left = state().children.clone();
+        if left.is_empty() || started.elapsed() > 2 * GRACE {
+            break;
+        }
+        if !killed && started.elapsed() > GRACE {
+            for &(pid, group) in &left {
+                stop(pid, group, Signal::SIGKILL);
+            }
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = state();
+    let mut removed: Vec<&str> = Vec::new();
+    for (path, holds) in &state.private_dirs {
+        if std::fs::remove_dir_all(path).is_ok() && !removed.contains(holds) {
+            removed.push(holds);
+        }
+    }
+    let mut message = format!("{}: interrupted by {}", state.tool, signal_name(signal));
+    if let Some(doing) = &state.doing {
+        message.push_str(&format!(" during {doing}"));
+    }
+    if !children.is_empty() {
+        message.push_str("; its commands were stopped");
+    }
+    if !removed.is_empty() {
+        message.push_str(&format!("; {} removed", removed.join(" and ")));
+    }
+    eprintln!("{message}");
+    // Exits holding the lock: see `state`.
+    std::process::exit(128 + signal);
+}
+
+/// Blocks forever once a signal arrived, so that the handler, not the
+/// failure it caused, decides how the tool ends.
+pub fn wait_if_interrupted() {
+    if interrupted() {
+        loop {
+            std::thread::park();
+        }
+    }
+}
