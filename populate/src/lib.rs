@@ -8,11 +8,11 @@ pub mod secrets;
 pub mod source;
 pub mod sync;
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mktarget::{Cmd, Origin, Target};
 
@@ -58,6 +58,12 @@ impl PopulateArgs {
             Some(path) => std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read sources from {}", path.display()))?,
             None => {
+                if std::io::stdin().is_terminal() {
+                    eprintln!(
+                        "populate: reading sources.json from the terminal: type it and end with \
+                         Ctrl-D, or pass --sources FILE or pipe it in"
+                    );
+                }
                 let mut text = String::new();
                 std::io::stdin()
                     .read_to_string(&mut text)
@@ -70,30 +76,47 @@ impl PopulateArgs {
     }
 }
 
-/// What every driver does: run each populate plan, then `command` on the
-/// target, and end with its exit status. With `dry_run`, print all of it as
-/// one sh script instead.
-pub fn populate_then(tool: &str, plans: &[Plan], command: &Cmd, dry_run: bool) -> Result<ExitCode> {
+/// A driver's final command, and what messages call it
+/// (`nixos-rebuild switch on root@server01`).
+#[derive(Debug)]
+pub struct Final {
+    pub command: Cmd,
+    pub what: String,
+}
+
+/// What every driver does: run each populate plan, then the final command
+/// on the target, and end with its exit status. With `dry_run`, print all
+/// of it as one sh script instead.
+pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) -> Result<ExitCode> {
     if dry_run {
         let mut script = String::from("#!/bin/sh\n");
         for plan in plans {
             script.push_str(&plan.script());
             script.push('\n');
         }
-        script.push_str(&format!("# then, on the target\n{command}\n"));
+        script.push_str(&format!("# then {}\n{}\n", last.what, last.command));
         print!("{script}");
         return Ok(ExitCode::SUCCESS);
     }
     for plan in plans {
         plan.run()?;
     }
-    let status = command.status()?;
+    if mktarget::interrupt::interrupted() {
+        bail!("interrupted");
+    }
+    mktarget::interrupt::doing(&last.what);
+    let status = last.command.status()?;
     if !status.success() {
-        eprintln!(
-            "{tool}: `{}` failed: {}",
-            command.brief(),
-            mktarget::command::describe(status)
-        );
+        mktarget::interrupt::wait_if_interrupted();
+        let how = mktarget::command::describe(status);
+        if last.command.program() == "ssh" && status.code() == Some(255) {
+            eprintln!(
+                "{tool}: error: {}: the ssh connection failed ({how}; ssh's message is above)",
+                last.what
+            );
+        } else {
+            eprintln!("{tool}: error: {} failed: {how}", last.what);
+        }
     }
     Ok(ExitCode::from(mktarget::command::exit_code(status)))
 }
@@ -124,7 +147,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 pub fn main() -> ExitCode {
-    mktarget::tool::finish("populate", run(Cli::parse()))
+    mktarget::tool::main("populate", || run(Cli::parse()))
 }
 
 #[cfg(test)]

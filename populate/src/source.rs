@@ -85,7 +85,7 @@ impl Source {
 
 /// Parses sources.json text. `home` expands `~/` in passage identity paths.
 pub fn parse(text: &str, home: Option<&str>) -> Result<Sources> {
-    let value: Value = match serde_json::from_str(text) {
+    let value = match mktarget::json::parse(text) {
         Ok(value) => value,
         Err(err) => bail!("sources: malformed JSON: {err}"),
     };
@@ -107,7 +107,9 @@ pub fn from_json(value: &Value, home: Option<&str>) -> Result<Sources> {
     Ok(sources)
 }
 
-/// A source name becomes one path component below the target path.
+/// A source name becomes one path component below the target path; names
+/// starting with `.populate` are populate's own (the sentinel, its backup,
+/// a pipe's temp file).
 fn check_name(name: &str) -> Result<()> {
     let portable = name
         .bytes()
@@ -116,6 +118,12 @@ fn check_name(name: &str) -> Result<()> {
         bail!(
             "sources.{name:?}: a source name must be one path component of the characters \
              A-Z a-z 0-9 . _ - (not \".\", \"..\", nor starting with '-')"
+        );
+    }
+    if name.starts_with(".populate") {
+        bail!(
+            "sources.{name:?}: names starting with .populate are populate's own on the target \
+             (the sentinel PATH/.populate and what it keeps there): choose another name"
         );
     }
     Ok(())
@@ -650,6 +658,14 @@ mod tests {
             (json!({"a/b": {"symlink": "x"}}), "sources.\"a/b\""),
             (json!({"-x": {"symlink": "x"}}), "sources.\"-x\""),
             (json!({"": {"symlink": "x"}}), "sources.\"\""),
+            (
+                json!({".populate": {"file": "/a"}}),
+                "sources.\".populate\": names starting with .populate",
+            ),
+            (
+                json!({".populate-pipe.x": {"symlink": "x"}}),
+                "sources.\".populate-pipe.x\"",
+            ),
             (json!(["x"]), "sources: expected an object"),
         ];
         for (input, expected) in cases {

@@ -5,18 +5,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use mktarget::command::Cmd;
+use mktarget::command::{describe, Cmd};
+use mktarget::interrupt;
 use mktarget::shell::quote;
 use mktarget::{Origin, Target};
 use walkdir::WalkDir;
 
 use crate::git::git_script;
+use crate::script::{failed_command, PRELUDE};
 use crate::secrets::SecretDir;
 use crate::source::{FileSource, Source, Sources};
 
 /// How the sentinel check reports a missing sentinel (any other failure is
-/// the transport's, e.g. ssh's 255).
+/// the transport's, e.g. ssh's 255, or a failed `run`).
 const MISSING_SENTINEL: i32 = 3;
+/// How the sentinel check reports a file sentinel where `--backup` needs a
+/// directory.
+const FILE_SENTINEL: i32 = 4;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -49,9 +54,12 @@ enum Action {
         check: Cmd,
         sentinel: String,
     },
-    Run(Cmd),
+    /// Commands run one after the other; the first failure ends the step.
+    Run(Vec<Cmd>),
     /// A pass or passage store: decrypted here, then synced.
     Secrets(Box<Secrets>),
+    /// A pipe: its command's output, kept here, then moved into place there.
+    Pipe(Box<Pipe>),
 }
 
 /// A pass or passage store to decrypt into a private dir and sync.
@@ -67,6 +75,16 @@ struct Secrets {
     pass: Option<(String, String)>,
 }
 
+/// A pipe source: the command runs here with its output going to a private
+/// file; only when it succeeded is the output sent, and the target moves it
+/// into place only when all of it arrived.
+#[derive(Debug)]
+struct Pipe {
+    command: Cmd,
+    /// Reads the output (its size, a newline, then the bytes) on the target.
+    receive: Cmd,
+}
+
 impl Plan {
     pub fn new(
         target: &Target,
@@ -79,7 +97,7 @@ impl Plan {
             steps.push(Step {
                 label: "backup".to_owned(),
                 place: target.display_path(&format!("{}/.populate/backup", target.path), origin),
-                action: Action::Run(target.shell(&backup_script(target, origin), origin)),
+                action: Action::Run(vec![target.shell(&backup_script(target, origin), origin)]),
             });
         }
         for (name, source) in sources {
@@ -101,9 +119,13 @@ impl Plan {
     /// Runs the steps in order; the first failure stops the run.
     pub fn run(&self) -> Result<()> {
         for step in &self.steps {
-            eprintln!("populate: {} → {}", step.label, step.place);
-            step.run()
-                .with_context(|| format!("{} → {}", step.label, step.place))?;
+            if interrupt::interrupted() {
+                bail!("interrupted");
+            }
+            let what = format!("{} → {}", step.label, step.place);
+            eprintln!("populate: {what}");
+            interrupt::doing(&what);
+            step.run().context(what)?;
         }
         Ok(())
     }
@@ -126,48 +148,172 @@ impl Step {
                 let (status, tail) = check.run_unchecked()?;
                 match status.code() {
                     Some(0) => Ok(()),
-                    Some(MISSING_SENTINEL) => {
-                        // krops's own line, for whoever matches on it.
-                        eprintln!("error: missing sentinel file: {sentinel}");
-                        bail!(
-                            "the target has no sentinel file, which guards against syncing \
-                             to the wrong place: create it, or run with --force"
-                        )
-                    }
-                    _ => Err(check.failure(status, &tail)),
+                    // The script printed krops's own line, for whoever matches on it.
+                    Some(MISSING_SENTINEL) => bail!(
+                        "the target has no sentinel file, which guards against syncing \
+                         to the wrong place: create it, or run with --force"
+                    ),
+                    Some(FILE_SENTINEL) => bail!(
+                        "the sentinel {sentinel} is a file, but --backup keeps the backup \
+                         inside it, so it must be a directory: run with --force --backup to \
+                         turn an empty sentinel file into a directory"
+                    ),
+                    _ => Err(step_failure(check, status, &tail)),
                 }
             }
-            Action::Run(cmd) => cmd.run(),
+            Action::Run(cmds) => cmds.iter().try_for_each(run_cmd),
             Action::Secrets(secrets) => secrets.run(),
+            Action::Pipe(pipe) => pipe.run(),
         }
     }
 
     fn script(&self) -> String {
         match &self.action {
-            Action::Sentinel { check, .. } | Action::Run(check) => check.to_string(),
+            Action::Sentinel { check, .. } => check.to_string(),
+            Action::Run(cmds) => cmds
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
             Action::Secrets(secrets) => secrets.script(),
+            Action::Pipe(pipe) => pipe.script(),
         }
     }
 }
 
-fn sentinel_step(target: &Target, options: Options, origin: &Origin) -> Step {
-    let sentinel = format!("{}/.populate", target.path);
-    // A failed mkdir must be reported as itself, not as a missing sentinel.
-    let mut script = String::from("set -efu\n");
-    if options.force {
-        // A backup needs the sentinel to be a directory; touching would make a
-        // file that the backup then refuses.
-        let create = if options.backup { "mkdir -p" } else { "touch" };
-        script.push_str(&format!(
-            "mkdir -p {} >&2\n{create} {}\n",
-            quote(&target.path),
-            quote(&sentinel)
+/// Runs one command of a step, its output shown as it comes.
+fn run_cmd(cmd: &Cmd) -> Result<()> {
+    let (status, tail) = cmd.run_unchecked()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(step_failure(cmd, status, &tail))
+    }
+}
+
+/// The error of a failed command of a step: the one command that failed
+/// (what a script's `run` named), or what ssh or rsync said, and the
+/// status; never the whole script, nor the output again (it was shown).
+fn step_failure(cmd: &Cmd, status: std::process::ExitStatus, tail: &[u8]) -> anyhow::Error {
+    let status_text = describe(status);
+    if let Some(failed) = failed_command(&String::from_utf8_lossy(tail)) {
+        return anyhow::anyhow!("`{failed}` failed: {status_text}");
+    }
+    match cmd.program() {
+        "ssh" if status.code() == Some(255) => {
+            anyhow::anyhow!("the ssh connection failed ({status_text}; ssh's message is above)")
+        }
+        "ssh" | "/bin/sh" => anyhow::anyhow!("its script failed: {status_text}"),
+        "rsync" => anyhow::anyhow!("rsync failed: {status_text} (its messages are above)"),
+        _ => cmd.failure(status, &[]),
+    }
+}
+
+/// What a source makes at its place on the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Makes {
+    /// A directory: a file tree, a checkout, a secret store.
+    Dir,
+    /// A regular file: a single-file file source, a pipe's output.
+    File,
+    /// A symlink: a symlink source, a derivation's out link.
+    Link,
+}
+
+/// Removes, without following links, whatever stands at `p` that the
+/// source does not make, and says so: rsync, git and `cat` would otherwise
+/// write through a symlink to outside the target path.
+fn claim_script(p: &str, shown: &str, makes: Makes) -> String {
+    let p = quote(p);
+    let replacing = |what: &str, rm: &str| {
+        format!(
+            "  printf 'populate: replacing the {what} at %s\\n' {} >&2\n  run {rm} {p}\n",
+            quote(shown)
+        )
+    };
+    let mut branches = Vec::new();
+    if makes != Makes::Link {
+        branches.push(("test -L", replacing("symlink", "rm -f")));
+    }
+    if makes != Makes::Dir {
+        // Not a symlink (tested first, or left to ln and nix-build).
+        branches.push((
+            if makes == Makes::Link {
+                "! test -L {p} && test -d"
+            } else {
+                "test -d"
+            },
+            replacing("directory", "rm -fR"),
         ));
     }
-    script.push_str(&format!(
-        "test -e {} || exit {MISSING_SENTINEL}\n",
-        quote(&sentinel)
+    branches.push((
+        match makes {
+            Makes::Dir => "test -e {p} && ! test -d",
+            Makes::File => "test -e {p} && ! test -f",
+            Makes::Link => "! test -L {p} && test -e",
+        },
+        replacing(
+            if makes == Makes::File {
+                "special file"
+            } else {
+                "file"
+            },
+            "rm -f",
+        ),
     ));
+    let mut script = String::new();
+    for (i, (test, body)) in branches.iter().enumerate() {
+        let keyword = if i == 0 { "if" } else { "elif" };
+        let test = test.replace("{p}", &p);
+        script.push_str(&format!("{keyword} {test} {p}; then\n{body}"));
+    }
+    script.push_str("fi\n");
+    script
+}
+
+/// A script to run on the target as a source's step: the prelude, the
+/// claim of its place, then `body`.
+fn source_script(target: &Target, makes: Makes, origin: &Origin, body: &str) -> String {
+    let shown = target.display_path(&target.path, origin);
+    format!(
+        "{PRELUDE}{}{body}",
+        claim_script(&target.path, &shown, makes)
+    )
+}
+
+fn sentinel_step(target: &Target, options: Options, origin: &Origin) -> Step {
+    let sentinel = format!("{}/.populate", target.path);
+    let shown = quote(&target.display_path(&sentinel, origin));
+    let s = quote(&sentinel);
+    let mut script = String::from(PRELUDE);
+    if options.force {
+        script.push_str(&format!("run mkdir -p {} >&2\n", quote(&target.path)));
+        if options.backup {
+            // A backup needs the sentinel to be a directory; krops's hosts
+            // have an empty file there, which becomes one.
+            script.push_str(&format!(
+                "if test -f {s} && ! test -s {s}; then\n  \
+                 printf 'populate: turning the empty sentinel file %s into a directory\\n' {shown} >&2\n  \
+                 run rm -f {s}\nfi\n\
+                 if test -f {s}; then\n  \
+                 printf 'error: the sentinel file %s is not empty, so it cannot become the directory a backup needs\\n' {shown} >&2\n  \
+                 exit 1\nfi\n\
+                 run mkdir -p {s}\n"
+            ));
+        } else {
+            script.push_str(&format!("run touch {s}\n"));
+        }
+    }
+    script.push_str(&format!(
+        "if ! test -e {s}; then\n  printf 'error: missing sentinel file: %s\\n' {shown} >&2\n  exit {MISSING_SENTINEL}\nfi\n"
+    ));
+    if options.backup {
+        script.push_str(&format!(
+            "if ! test -d {s}; then\n  \
+             printf 'error: the sentinel %s is a file; --backup needs a directory (--force --backup makes one)\\n' {shown} >&2\n  \
+             exit {FILE_SENTINEL}\nfi\n"
+        ));
+    }
     Step {
         label: "sentinel check".to_owned(),
         place: target.display_path(&sentinel, origin),
@@ -182,8 +328,8 @@ fn backup_script(target: &Target, origin: &Origin) -> String {
     let path = &target.path;
     let sentinel = format!("{path}/.populate");
     format!(
-        "if ! test -d {s}; then\n  printf 'error: sentinel file is not a directory: %s\\n' {shown} >&2\n  exit 1\nfi\n\
-         rsync -aAXF --delete --exclude /.populate --link-dest={p} {src} {dest} >&2\n",
+        "{PRELUDE}if ! test -d {s}; then\n  printf 'error: sentinel file is not a directory: %s\\n' {shown} >&2\n  exit 1\nfi\n\
+         run rsync -aAXF --delete --exclude /.populate --link-dest={p} {src} {dest} >&2\n",
         s = quote(&sentinel),
         shown = quote(&target.display_path(&sentinel, origin)),
         p = quote(path),
@@ -192,20 +338,36 @@ fn backup_script(target: &Target, origin: &Origin) -> String {
     )
 }
 
+/// The claim of a source's place as a step of its own, for rsync sources.
+fn claim(target: &Target, makes: Makes, origin: &Origin) -> Cmd {
+    target.shell(&source_script(target, makes, origin, ""), origin)
+}
+
 fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Action> {
     let p = quote(&target.path);
+    let shell =
+        |makes, body: &str| target.shell(&source_script(target, makes, origin, body), origin);
     Ok(match source {
-        Source::Derivation { text } => {
-            Action::Run(target.shell(&format!("nix-build -E {} -o {p} >&2", quote(text)), origin))
-        }
+        Source::Derivation { text } => Action::Run(vec![shell(
+            Makes::Link,
+            &format!("run nix-build -E {} -o {p} >&2\n", quote(text)),
+        )]),
         Source::File(file) => {
             let path = Path::new(&file.path);
             if !path.exists() {
                 bail!("file.path: {} does not exist", file.path);
             }
-            Action::Run(rsync(target, file, &rsync_source(path), origin))
+            let makes = if path.is_dir() {
+                Makes::Dir
+            } else {
+                Makes::File
+            };
+            Action::Run(vec![
+                claim(target, makes, origin),
+                rsync(target, file, &rsync_source(path), origin),
+            ])
         }
-        Source::Git(git) => Action::Run(target.shell(&git_script(&target.path, git), origin)),
+        Source::Git(git) => Action::Run(vec![shell(Makes::Dir, &git_script(&target.path, git))]),
         Source::Pass { dir, name } => {
             let root = Path::new(dir).join(name);
             if !root.is_dir() {
@@ -230,6 +392,12 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
             if !Path::new(dir).is_dir() {
                 bail!("passage.dir: {dir} is not a directory");
             }
+            if !Path::new(identities_file).is_file() {
+                bail!(
+                    "passage.identities_file: {identities_file} does not exist \
+                     (passage needs it to decrypt the store)"
+                );
+            }
             Action::Secrets(Box::new(Secrets {
                 target: target.clone(),
                 origin: origin.clone(),
@@ -248,17 +416,77 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
             if !executable {
                 bail!("pipe.command: {command} is not an executable file");
             }
-            Action::Run(
-                target
-                    .shell(&format!("cat > {p}"), origin)
-                    .pipe_from(Cmd::new(command.clone())),
-            )
+            Action::Pipe(Box::new(Pipe {
+                command: Cmd::new(command.clone()),
+                receive: shell(Makes::File, &pipe_receive_script(&target.path)),
+            }))
         }
-        Source::Symlink { target: link } => {
+        Source::Symlink { target: link } => Action::Run(vec![shell(
+            Makes::Link,
             // `--`: a link text may begin with '-'.
-            Action::Run(target.shell(&format!("ln -fnsT -- {} {p}", quote(link)), origin))
-        }
+            &format!("run ln -fnsT -- {} {p}\n", quote(link)),
+        )]),
     })
+}
+
+/// Receives a pipe's output on the target: its size on the first line, then
+/// the bytes, written beside P and moved into place only when all arrived
+/// (krops's `cat > P` left a partial file when the connection or the
+/// command broke).
+fn pipe_receive_script(path: &str) -> String {
+    let p = quote(path);
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let tmp = quote(&format!("{dir}/.populate-pipe.{name}"));
+    format!(
+        "IFS= read -r size\n\
+         tmp={tmp}.$$\n\
+         trap 'rm -f \"$tmp\"' EXIT\n\
+         rm -f \"$tmp\"\n\
+         run cat > \"$tmp\"\n\
+         got=$(wc -c < \"$tmp\")\n\
+         if test \"$got\" -ne \"$size\"; then\n  \
+         printf 'populate: only %s of %s bytes arrived; %s is left as it was\\n' \"$got\" \"$size\" {p} >&2\n  \
+         exit 1\nfi\n\
+         run mv -fT \"$tmp\" {p}\n"
+    )
+}
+
+/// Sends a file's size on a line, then the file: what the receive script reads.
+fn sized(file: &str) -> Cmd {
+    Cmd::new("/bin/sh").args(["-c", "wc -c < \"$1\" && cat \"$1\"", "sh", file])
+}
+
+impl Pipe {
+    fn run(&self) -> Result<()> {
+        let out = SecretDir::holding("populate-pipe.", "the pipe's output")?;
+        let file = out.create_file(Path::new("out"))?;
+        // Its output may be secret: it stays out of the log and the error.
+        self.command.run_to_file(file).context(
+            "the command failed, so nothing was sent and the target's file is left as it was",
+        )?;
+        let path = out.path().join("out");
+        run_cmd(
+            &self
+                .receive
+                .clone()
+                .pipe_from(sized(&path.to_string_lossy())),
+        )
+    }
+
+    fn script(&self) -> String {
+        let receive = self
+            .receive
+            .clone()
+            .pipe_from(sized("$tmp_dir/out"))
+            .to_string()
+            .replace("'$tmp_dir/out'", "\"$tmp_dir\"/out");
+        format!(
+            "(\ntmp_dir=$(mktemp -d -t populate-pipe.XXXXXXXX)\n\
+             trap 'rm -fR \"$tmp_dir\"' EXIT\ntrap 'exit 130' INT TERM HUP\numask 077\n\
+             {} > \"$tmp_dir\"/out\n{receive}\n)",
+            self.command
+        )
+    }
 }
 
 /// rsync copies a directory's contents when its name ends in `/`.
@@ -364,18 +592,30 @@ impl Secrets {
             Some((dir, name)) => pass_stamp(dir, name, &self.root)?,
             None => None,
         };
-        if let Some(stamp) = &stamp {
-            let remote = self
-                .target
-                .shell(
+        // The place is claimed first, so that neither the stamp nor the
+        // secrets are read or written through a symlink.
+        let claim = match &stamp {
+            Some(_) => self.target.shell(
+                &source_script(
+                    &self.target,
+                    Makes::Dir,
+                    &self.origin,
                     &format!(
-                        "cat {}/.pass_info 2>/dev/null || :",
+                        "cat {}/.pass_info 2>/dev/null || :\n",
                         quote(&self.target.path)
                     ),
-                    &self.origin,
-                )
-                .read()?;
-            if remote.trim_end_matches('\n') == stamp {
+                ),
+                &self.origin,
+            ),
+            None => claim(&self.target, Makes::Dir, &self.origin),
+        };
+        let output = claim.output()?;
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), &output.stderr);
+        if !output.status.success() {
+            return Err(step_failure(&claim, output.status, &output.stderr));
+        }
+        if let Some(stamp) = &stamp {
+            if String::from_utf8_lossy(&output.stdout).trim_end_matches('\n') == stamp {
                 eprintln!(
                     "populate: {} is unchanged since the last run, skipping",
                     self.root.display()
@@ -412,7 +652,7 @@ impl Secrets {
             writeln!(secrets.create_file(Path::new(".pass_info"))?, "{stamp}")?;
         }
         let source = format!("{}/", secrets.path().display());
-        self.rsync(&source).run()
+        run_cmd(&self.rsync(&source))
     }
 
     fn script(&self) -> String {
@@ -420,8 +660,9 @@ impl Secrets {
         // One subshell per store: its own temp dir, removed when it ends,
         // also on a signal, so several stores never share or leak one.
         let mut script = format!(
-            "(\ntmp_dir=$(mktemp -d -t populate-{kind}.XXXXXXXX)\n\
-             trap 'rm -fR \"$tmp_dir\"' EXIT\ntrap 'exit 130' INT TERM HUP\numask 077\n"
+            "{}\n(\ntmp_dir=$(mktemp -d -t populate-{kind}.XXXXXXXX)\n\
+             trap 'rm -fR \"$tmp_dir\"' EXIT\ntrap 'exit 130' INT TERM HUP\numask 077\n",
+            claim(&self.target, Makes::Dir, &self.origin)
         );
         match self.entries() {
             Ok(entries) => {
