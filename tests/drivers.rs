@@ -263,7 +263,10 @@ fn a_failing_rebuild_reaches_the_user() {
     );
     out.assert_code(3);
     out.assert_stderr_contains("nixos-rebuild stand-in: this line goes to stderr");
-    out.assert_stderr_contains("krops-deploy: `ssh");
+    // Every failure starts with `TOOL: error:` and says what failed, where.
+    out.assert_stderr_contains(
+        "krops-deploy: error: nixos-rebuild switch on root@alpha (the target) failed: exit status 3",
+    );
     // Through nom too (krops's pipe would have reported nom's success).
     let out = run(
         &world,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use mktarget::Origin;
-use populate::{populate_then, Plan, PopulateArgs};
+use populate::{populate_then, Final, Plan, PopulateArgs};
 
 /// What runs when no SCRIPT is given: print the target path.
 pub const DEFAULT_SCRIPT: &str = "printf '%s\\n' \"$1\"";
@@ -16,7 +16,8 @@ pub const DEFAULT_SCRIPT: &str = "printf '%s\\n' \"$1\"";
 /// Reads sources.json on stdin, syncs it to --target, then runs
 /// `/bin/sh -c SCRIPT krops-command PATH` on the target (through ssh when it
 /// is remote, under sudo when it says so), so SCRIPT finds the target path in
-/// $1. Exits with SCRIPT's exit status.
+/// $1. Exits with SCRIPT's exit status. With --sources FILE, SCRIPT reads
+/// this tool's stdin.
 #[derive(Debug, Parser)]
 #[command(name = "krops-command", version)]
 pub struct Cli {
@@ -37,15 +38,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let plan = Plan::new(&target, &sources, cli.populate.options(), &origin)?;
     let args = ["krops-command".to_owned(), target.path.clone()];
     let mut command = target.command(&cli.script, &args, cli.allocate_tty, &origin);
-    if cli.allocate_tty {
-        // A terminal on the target needs ours.
+    // A terminal on the target needs ours; with --sources FILE our stdin is
+    // free, and the script reads it.
+    if cli.allocate_tty || cli.populate.sources.is_some() {
         command = command.stdin_inherit();
     }
-    populate_then("krops-command", &[plan], &command, cli.populate.dry_run)
+    let on = if target.is_local(&origin) {
+        "this machine".to_owned()
+    } else {
+        target.destination()
+    };
+    let last = Final {
+        command,
+        what: format!("the command on {on}"),
+    };
+    populate_then("krops-command", &[plan], &last, cli.populate.dry_run)
 }
 
 pub fn main() -> ExitCode {
-    mktarget::tool::finish("krops-command", run(Cli::parse()))
+    mktarget::tool::main("krops-command", || run(Cli::parse()))
 }
 
 #[cfg(test)]

@@ -3,11 +3,11 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
 use mktarget::shell::{quote, quote_words};
 use mktarget::{Origin, Target};
-use populate::{populate_then, Plan, PopulateArgs};
+use populate::{populate_then, Final, Plan, PopulateArgs};
 
 /// Populate a NixOS target, then run nixos-rebuild on it.
 ///
@@ -157,6 +157,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     if cli.fast {
         eprintln!("krops-deploy: warning: --fast is deprecated: deploys are always fast now");
     }
+    let operation = &cli.operation;
+    if operation.is_empty()
+        || operation.starts_with('-')
+        || operation
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!(
+            "--operation {operation:?}: expected a nixos-rebuild operation such as switch, boot, \
+             test, build or dry-activate"
+        );
+    }
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     let build = match &cli.build_target {
@@ -184,12 +196,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         None => None,
     };
     let script = rebuild_script(&build.path, sshopts.as_deref(), &args, cli.nom);
-    let rebuild = build.command(&script, &[], false, &origin);
+    let on = if build.is_local(&origin) {
+        "this machine".to_owned()
+    } else {
+        build.destination()
+    };
+    let role = if build == target {
+        "the target"
+    } else {
+        "the build target"
+    };
+    let rebuild = Final {
+        command: build.command(&script, &[], false, &origin),
+        what: format!("nixos-rebuild {} on {on} ({role})", cli.operation),
+    };
     populate_then("krops-deploy", &plans, &rebuild, cli.populate.dry_run)
 }
 
 pub fn main() -> ExitCode {
-    mktarget::tool::finish("krops-deploy", run(Cli::parse()))
+    mktarget::tool::main("krops-deploy", || run(Cli::parse()))
 }
 
 #[cfg(test)]

@@ -63,7 +63,9 @@ fn dry_run_shows_both_populates_and_the_rebuild_on_the_build_target() {
         "{script}"
     );
     // The rebuild runs on the build target, quoted once more for ssh.
-    let rebuild = script.rsplit("# then, on the target\n").next().unwrap();
+    let label = "# then nixos-rebuild switch on builder@b (the build target)\n";
+    assert!(script.contains(label), "{script}");
+    let rebuild = script.rsplit(label).next().unwrap();
     assert!(
         rebuild.starts_with("ssh -l builder -T b '/bin/sh -c "),
         "{rebuild}"

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Parser;
 use mktarget::{Cmd, Origin};
-use populate::{populate_then, Plan, PopulateArgs};
+use populate::{populate_then, Final, Plan, PopulateArgs};
 
 /// Populate a local target, then build its system with nix-build.
 ///
@@ -53,13 +53,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     populate_then(
         "krops-test",
         &[plan],
-        &build_command(&target.path, cli.trace),
+        &Final {
+            command: build_command(&target.path, cli.trace),
+            what: "nix-build of the system on this machine".to_owned(),
+        },
         cli.populate.dry_run,
     )
 }
 
 pub fn main() -> ExitCode {
-    mktarget::tool::finish("krops-test", run(Cli::parse()))
+    mktarget::tool::main("krops-test", || run(Cli::parse()))
 }
 
 #[cfg(test)]
