@@ -1,0 +1,560 @@
+//! End-to-end: populate and the drivers on targets that already hold an
+//! earlier deploy (issue 7): nothing is written outside the target path,
+//! pipes replace their file only when complete, krops's file sentinels,
+//! signals, and errors a person can read.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use krops_tests::{Output, Tree, World};
+use serde_json::{json, Value};
+
+fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Output {
+    let mut args = vec!["--target", target];
+    args.extend_from_slice(flags);
+    world.run("populate", &args, sources.to_string().as_bytes())
+}
+
+fn text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+}
+
+fn executable(world: &World, rel: &str, script: &str) -> PathBuf {
+    let path = world.write(rel, script);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A directory outside every target path, with something precious in it
+/// and a git checkout, that no run may touch.
+struct Canary {
+    dir: PathBuf,
+    before: Tree,
+}
+
+impl Canary {
+    fn new(world: &World) -> Canary {
+        let dir = world.mkdir("outside");
+        world.write("outside/precious.txt", "keep me\n");
+        let repo = world.git_repo("outside-repo");
+        repo.write("kept.txt", "checkout outside PATH\n");
+        repo.commit("outside");
+        std::fs::rename(repo.path(), dir.join("checkout")).unwrap();
+        let before = Tree::snapshot(&dir);
+        Canary { dir, before }
+    }
+
+    fn assert_untouched(&self) {
+        self.before.assert_unchanged(&Tree::snapshot(&self.dir));
+    }
+}
+
+/// The sources of each type that make a directory or a file, aimed at a
+/// place where an earlier deploy left a symlink to outside PATH.
+fn tree_sources(world: &World, run: &str) -> Vec<(&'static str, Value)> {
+    world.write("cfg/configuration.nix", "{ }\n");
+    let repo = world.git_repo(&format!("nixpkgs-{run}"));
+    repo.write("default.nix", "{ }\n");
+    let commit = repo.commit("first");
+    let pipe = executable(world, "gen/version", "#!/bin/sh\necho 24.05\n");
+    let single = world.write("single/hosts.nix", "{ hosts = 1; }\n");
+    vec![
+        ("file", json!({"file": world.path("cfg").to_str().unwrap()})),
+        ("git", json!({"git": {"url": repo.url(), "ref": commit}})),
+        ("pipe", json!({"pipe": pipe.to_str().unwrap()})),
+        ("single file", json!({"file": single.to_str().unwrap()})),
+    ]
+}
+
+#[test]
+fn a_symlink_to_outside_is_replaced_not_followed() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    for (local, target_of) in [
+        (true, world.path("local/src")),
+        (false, world.path("remote/src")),
+    ] {
+        for (kind, source) in tree_sources(&world, if local { "local" } else { "remote" }) {
+            let canary = Canary::new(&world);
+            let target = if local {
+                target_of.to_str().unwrap().to_owned()
+            } else {
+                alpha.target("root", &target_of)
+            };
+            // An earlier deploy: nixos-config was a symlink to outside PATH.
+            let first = json!({"nixos-config": {"symlink": canary.dir.to_str().unwrap()}});
+            populate(&world, &target, &["--force"], &first).assert_success();
+            let link = target_of.join("nixos-config");
+            assert!(link.is_symlink());
+            let out = populate(&world, &target, &[], &json!({"nixos-config": source}));
+            out.assert_success()
+                .assert_stderr_contains("replacing the symlink at");
+            canary.assert_untouched();
+            assert!(
+                !link.is_symlink(),
+                "{kind}: the symlink is still there (local: {local})"
+            );
+            std::fs::remove_dir_all(&canary.dir).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_symlink_within_path_is_replaced_and_its_target_kept() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let target = alpha.target("root", &dest);
+    world.write("a-src/a.txt", "a\n");
+    world.write("b-src/b.txt", "b\n");
+    let a = json!({"file": world.path("a-src").to_str().unwrap()});
+    populate(
+        &world,
+        &target,
+        &["--force"],
+        &json!({"a": a, "b": {"symlink": "a"}}),
+    )
+    .assert_success();
+    let b = json!({"file": world.path("b-src").to_str().unwrap()});
+    populate(&world, &target, &[], &json!({"a": a, "b": b})).assert_success();
+    assert_eq!(text(&dest.join("a/a.txt")), "a\n", "b wiped a");
+    assert_eq!(text(&dest.join("b/b.txt")), "b\n");
+    assert!(!dest.join("a/b.txt").exists(), "b was written into a");
+}
+
+#[test]
+fn a_directory_where_a_link_or_file_goes_is_replaced() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let target = alpha.target("root", &dest);
+    world.write("tree/x.nix", "{ }\n");
+    let tree = json!({"file": world.path("tree").to_str().unwrap()});
+    let pipe = executable(&world, "gen/out", "#!/bin/sh\necho piped\n");
+    populate(
+        &world,
+        &target,
+        &["--force"],
+        &json!({"l": tree, "p": tree}),
+    )
+    .assert_success();
+    let out = populate(
+        &world,
+        &target,
+        &[],
+        &json!({"l": {"symlink": "elsewhere"}, "p": {"pipe": pipe.to_str().unwrap()}}),
+    );
+    out.assert_success()
+        .assert_stderr_contains("replacing the directory at alpha:");
+    assert_eq!(
+        std::fs::read_link(dest.join("l")).unwrap(),
+        Path::new("elsewhere")
+    );
+    assert_eq!(text(&dest.join("p")), "piped\n");
+}
+
+#[test]
+fn a_failing_pipe_leaves_the_previous_file() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    for dest in [world.path("local/src"), world.path("remote/src")] {
+        let target = if dest.ends_with("local/src") {
+            dest.to_str().unwrap().to_owned()
+        } else {
+            alpha.target("root", &dest)
+        };
+        let good = executable(&world, "gen/good", "#!/bin/sh\necho complete output\n");
+        populate(
+            &world,
+            &target,
+            &["--force"],
+            &json!({"version": {"pipe": good.to_str().unwrap()}}),
+        )
+        .assert_success();
+        let bad = executable(
+            &world,
+            "gen/bad",
+            "#!/bin/sh\necho partial\necho 'generator broke' >&2\nexit 3\n",
+        );
+        let out = populate(
+            &world,
+            &target,
+            &[],
+            &json!({"version": {"pipe": bad.to_str().unwrap()}}),
+        );
+        out.assert_failure()
+            .assert_stderr_contains("source version (pipe)")
+            .assert_stderr_contains("generator broke")
+            .assert_stderr_contains("exit status 3");
+        assert_eq!(text(&dest.join("version")), "complete output\n");
+        let leftovers: Vec<_> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.contains("pipe"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    }
+    let tmp: Vec<_> = std::fs::read_dir(world.tmp_dir()).unwrap().collect();
+    assert!(tmp.is_empty(), "local temp files left: {tmp:?}");
+}
+
+#[test]
+fn populate_s_own_names_are_refused() {
+    let world = World::new();
+    let dest = world.mkdir("src");
+    world.write("src/.populate", "");
+    world.write("cfg/x", "x\n");
+    let before = Tree::snapshot(&dest);
+    for name in [".populate", ".populate-pipe.x"] {
+        let out = populate(
+            &world,
+            dest.to_str().unwrap(),
+            &[],
+            &json!({name: {"file": world.path("cfg").to_str().unwrap()}}),
+        );
+        out.assert_failure()
+            .assert_stderr_contains(&format!("sources.{name:?}"));
+    }
+    before.assert_unchanged(&Tree::snapshot(&dest));
+}
+
+#[test]
+fn force_backup_turns_krops_s_file_sentinel_into_a_directory() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let target = alpha.target("root", &dest);
+    // A krops-managed host: an empty file sentinel and an earlier deploy.
+    world.write("remote/src/.populate", "");
+    world.write("remote/src/old/config.nix", "old\n");
+    world.write("cfg/config.nix", "new, longer\n");
+    let sources = json!({"old": {"file": world.path("cfg").to_str().unwrap()}});
+    let out = populate(&world, &target, &["--backup"], &sources);
+    out.assert_failure()
+        .assert_stderr_contains("is a file")
+        .assert_stderr_contains("--force --backup");
+    assert_eq!(text(&dest.join("old/config.nix")), "old\n");
+    let out = populate(&world, &target, &["--force", "--backup"], &sources);
+    out.assert_success();
+    assert!(dest.join(".populate").is_dir());
+    assert_eq!(text(&dest.join(".populate/backup/old/config.nix")), "old\n");
+    assert_eq!(text(&dest.join("old/config.nix")), "new, longer\n");
+    // A sentinel file with content is not thrown away.
+    world.write("other/.populate", "notes\n");
+    let other = world.path("other");
+    let out = populate(
+        &world,
+        &alpha.target("root", &other),
+        &["--force", "--backup"],
+        &sources,
+    );
+    out.assert_failure().assert_stderr_contains("is not empty");
+    assert_eq!(text(&other.join(".populate")), "notes\n");
+}
+
+/// Starts `tool` in the background with `args`, waits until `marker`
+/// exists, then sends `signal`; returns its exit status and stderr.
+fn interrupt(
+    world: &World,
+    tool: &str,
+    args: &[&str],
+    marker: &Path,
+    signal: &str,
+) -> (Option<i32>, String) {
+    let mut child: Child = world
+        .command(world.tool(tool))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..400 {
+        if marker.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(marker.exists(), "{tool} never reached {}", marker.display());
+    let kill = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-af", needle])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_signal_to_the_tool_alone_stops_its_children() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    for (signal, code) in [("TERM", 143), ("HUP", 129), ("INT", 130)] {
+        // A pipe command that hangs: populate's child, in its own group.
+        let marker = world.path(&format!("started-{signal}"));
+        let slow = executable(
+            &world,
+            &format!("gen/slow-{signal}"),
+            &format!(
+                "#!/bin/sh\necho partial\ntouch {}\nsleep 60\n",
+                marker.display()
+            ),
+        );
+        let sources = world.write(
+            &format!("sources-{signal}.json"),
+            json!({"slow": {"pipe": slow.to_str().unwrap()}}).to_string(),
+        );
+        let dest = world.path(&format!("remote-{signal}"));
+        let target = alpha.target("root", &dest);
+        let args = [
+            "--target",
+            &target,
+            "--force",
+            "--sources",
+            sources.to_str().unwrap(),
+        ];
+        let (status, stderr) = interrupt(&world, "populate", &args, &marker, signal);
+        assert_eq!(status, Some(code), "SIG{signal}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "interrupted by SIG{signal} during source slow (pipe)"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("decrypted secrets"),
+            "no secrets were involved: {stderr}"
+        );
+        let left = processes_with(slow.to_str().unwrap());
+        assert!(left.is_empty(), "children still running: {left:?}");
+        assert!(!dest.join("slow").exists());
+        let tmp: Vec<_> = std::fs::read_dir(world.tmp_dir()).unwrap().collect();
+        assert!(tmp.is_empty(), "local temp files left: {tmp:?}");
+    }
+}
+
+#[test]
+fn a_signal_during_a_remote_step_stops_ssh_and_a_rerun_works() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let target = alpha.target("root", &dest);
+    let marker = world.path("remote-step-started");
+    // A derivation whose build hangs on the target, so ssh is busy.
+    let derivation = format!(
+        r#"builtins.derivation {{
+  name = "krops-slow";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "echo started > {}; exec /bin/sleep 61" ];
+}}"#,
+        marker.display()
+    );
+    let _ = std::fs::set_permissions(world.root(), std::fs::Permissions::from_mode(0o777));
+    let sources = world.write(
+        "sources.json",
+        json!({"slow": {"derivation": derivation}}).to_string(),
+    );
+    let args = [
+        "--target",
+        &target,
+        "--force",
+        "--sources",
+        sources.to_str().unwrap(),
+    ];
+    let (status, stderr) = interrupt(&world, "populate", &args, &marker, "TERM");
+    assert_eq!(status, Some(143), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGTERM during source slow (derivation)"),
+        "{stderr}"
+    );
+    let left = processes_with(&format!("{} -T alpha", alpha.port()));
+    let left: Vec<_> = left
+        .into_iter()
+        .filter(|line| line.contains("ssh") && !line.contains("sshd"))
+        .collect();
+    assert!(left.is_empty(), "ssh still running: {left:?}");
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", "/bin/sleep 61"])
+        .status();
+    let out = populate(&world, &target, &[], &json!({"l": {"symlink": "x"}}));
+    out.assert_success();
+}
+
+#[test]
+fn a_failed_step_names_the_command_and_shows_its_output_once() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let out = populate(
+        &world,
+        &alpha.target("root", &dest),
+        &["--force"],
+        &json!({"broken": {"derivation": "builtins.derivation { name = 1; }"}}),
+    );
+    out.assert_failure();
+    let stderr = out.stderr_str();
+    assert!(
+        stderr.contains("populate: error: source broken (derivation) → alpha:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`nix-build -E "), "{stderr}");
+    assert!(stderr.contains("failed: exit status 1"), "{stderr}");
+    assert!(
+        !stderr.contains("set -efu"),
+        "the script was printed: {stderr}"
+    );
+    assert!(
+        !stderr.contains("--- its output ends with ---"),
+        "output repeated: {stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("value is an integer while a string was expected")
+            .count(),
+        1,
+        "the child's error shown more than once: {stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_target_says_the_connection_failed() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let target = alpha.target("root", &dest);
+    world.stop_host("alpha");
+    let out = populate(
+        &world,
+        &target,
+        &["--force"],
+        &json!({"l": {"symlink": "x"}}),
+    );
+    out.assert_failure()
+        .assert_stderr_contains("populate: error: sentinel check → alpha:")
+        .assert_stderr_contains("the ssh connection failed (exit status 255");
+}
+
+#[test]
+fn a_dry_run_plan_prints_krops_s_line_for_a_missing_sentinel() {
+    let world = World::new();
+    let dest = world.mkdir("src");
+    let out = populate(
+        &world,
+        dest.to_str().unwrap(),
+        &["--dry-run"],
+        &json!({"l": {"symlink": "x"}}),
+    );
+    out.assert_success();
+    let plan = world.write("plan.sh", out.stdout_str());
+    let out = world.sh(&format!("sh {}", plan.display()));
+    out.assert_failure().assert_stderr_contains(&format!(
+        "error: missing sentinel file: {}/.populate",
+        dest.display()
+    ));
+    assert!(!dest.join("l").exists());
+}
+
+#[test]
+fn malformed_input_is_refused_before_anything_runs() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let target = alpha.target("root", &dest);
+    let passage = world.passage_store();
+    passage.insert("k", "v");
+    let dir = passage.dir().to_str().unwrap().to_owned();
+    let cases: Vec<(String, &str)> = vec![
+        (
+            r#"{"a": {"symlink": "x"}, "a": {"symlink": "y"}}"#.to_owned(),
+            "duplicate key \"a\"",
+        ),
+        (
+            r#"{"a": {"git": {"url": "u", "ref": "r", "ref": "s"}}}"#.to_owned(),
+            "duplicate key \"ref\"",
+        ),
+        (
+            json!({"k": {"passage": {"dir": dir, "identities_file": "/nonexistent/ids"}}})
+                .to_string(),
+            "source k (passage): passage.identities_file: /nonexistent/ids does not exist",
+        ),
+    ];
+    for (input, expected) in cases {
+        let out = world.run(
+            "populate",
+            &["--target", &target, "--force"],
+            input.as_bytes(),
+        );
+        out.assert_failure().assert_stderr_contains(expected);
+        assert!(!dest.exists(), "{input}: the target was touched");
+    }
+    let out = world.run(
+        "krops-deploy",
+        &["--target", &target, "--force", "--operation", ""],
+        br#"{"l": {"symlink": "x"}}"#,
+    );
+    out.assert_failure()
+        .assert_stderr_contains("krops-deploy: error: --operation \"\"");
+    assert!(!dest.exists());
+    assert!(world.records("nixos-rebuild").is_empty());
+}
+
+#[test]
+fn sources_from_a_terminal_are_asked_for() {
+    let world = World::new();
+    let dest = world.mkdir("src");
+    // `script` gives populate a terminal as stdin, which then ends.
+    let out = world.run_command(
+        world.command("script").args([
+            "-qec",
+            &format!(
+                "{} --target {}",
+                world.tool("populate").display(),
+                dest.display()
+            ),
+            "/dev/null",
+        ]),
+        b"",
+    );
+    assert!(
+        out.stdout_str()
+            .contains("reading sources.json from the terminal"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn krops_command_s_script_reads_stdin_with_sources_from_a_file() {
+    let world = World::new();
+    let dest = world.mkdir("src");
+    let sources = world.write("sources.json", r#"{"l": {"symlink": "x"}}"#);
+    let out = world.run(
+        "krops-command",
+        &[
+            "--target",
+            dest.to_str().unwrap(),
+            "--force",
+            "--sources",
+            sources.to_str().unwrap(),
+            "tr a-z A-Z",
+        ],
+        b"from the user\n",
+    );
+    out.assert_success().assert_stdout_contains("FROM THE USER");
+}
