@@ -4,6 +4,7 @@
 //! tree snapshots. Each test has its own [`World`].
 
 use std::fs;
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::thread;
@@ -72,6 +73,62 @@ fn rsync_reaches_a_host_through_the_wrapper() {
         fs::read_to_string(dest.join("dir/file")).unwrap(),
         "content"
     );
+}
+
+#[test]
+fn a_host_on_ipv6_answers_by_alias_and_by_its_literal_with_host_keys_checked() {
+    let world = World::new();
+    let six = world.add_host_at("six", IpAddr::V6(Ipv6Addr::LOCALHOST));
+    assert_eq!(six.address(), IpAddr::V6(Ipv6Addr::LOCALHOST));
+    // SSH_CONNECTION = client_ip client_port server_ip server_port
+    let expected = format!("::1 {}", six.port());
+    let by_alias = ssh_ok(&world, "root@six", "echo $SSH_CONNECTION");
+    assert!(by_alias.trim_end().ends_with(&expected), "{by_alias}");
+    let port = six.port().to_string();
+    let by_literal = world.run_command(
+        world
+            .command("ssh")
+            .args(["-p", &port, "-l", "root", "::1", "echo $SSH_CONNECTION"]),
+        b"",
+    );
+    by_literal.assert_success();
+    assert!(
+        by_literal.stdout_str().trim_end().ends_with(&expected),
+        "{}",
+        by_literal.stdout_str()
+    );
+    // rsync takes the literal in brackets and gives ssh the bare address.
+    world.write("src/file", "content");
+    let dest = world.path("dest");
+    let out = world.run_command(
+        world
+            .command("rsync")
+            .args(["-a", "-e", &format!("ssh -p {port}"), "src/"])
+            .arg(format!("root@[::1]:{}/", dest.display())),
+        b"",
+    );
+    out.assert_success();
+    assert_eq!(fs::read_to_string(dest.join("file")).unwrap(), "content");
+    // The host key is checked: a port the known hosts do not list is refused.
+    let other = world.add_host_at("seven", IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let known = world.ssh_config().with_file_name("known_hosts");
+    let text = fs::read_to_string(&known).unwrap();
+    let seven_line = format!("[::1]:{} ", other.port());
+    let kept: String = text
+        .lines()
+        .filter(|line| !line.starts_with(&seven_line))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    fs::write(&known, kept).unwrap();
+    let seven_port = other.port().to_string();
+    let unknown = world.run_command(
+        world
+            .command("ssh")
+            .args(["-p", &seven_port, "-l", "root", "::1", "true"]),
+        b"",
+    );
+    unknown.assert_failure();
+    unknown.assert_stderr_contains("Host key verification failed");
 }
 
 #[test]

@@ -64,7 +64,8 @@ impl Nom {
     }
 }
 
-/// The arguments of nixos-rebuild, as krops's writeDeploy passes them.
+/// The arguments of nixos-rebuild, as krops's writeDeploy passes them; the
+/// hosts as [`Target::destination`] writes them (`root@[::1]` for IPv6).
 pub fn rebuild_args(cli: &Cli, target: &Target, build: &Target) -> Vec<String> {
     let mut args = vec![cli.operation.clone()];
     if cli.cross_deploy {
@@ -268,6 +269,39 @@ mod tests {
                 "deploy@t",
                 "--use-remote-sudo"
             ]
+        );
+    }
+
+    #[test]
+    fn rebuild_args_bracket_ipv6_hosts() {
+        assert_eq!(
+            rebuild_args(&cli(&[]), &t("root@[::1]:2222/var/src"), &t("root@b")),
+            [
+                "switch",
+                "--build-host",
+                "root@b",
+                "--target-host",
+                "root@[::1]"
+            ]
+        );
+        // A host as JSON gives it: the bare address.
+        let mut json = t("root@b");
+        json.host = "2001:db8::1".into();
+        json.validate().unwrap();
+        assert_eq!(
+            rebuild_args(&cli(&[]), &t("@b"), &json),
+            [
+                "switch",
+                "--build-host",
+                "root@[2001:db8::1]",
+                "--target-host",
+                "b"
+            ]
+        );
+        // The port still reaches the build host through NIX_SSHOPTS.
+        assert_eq!(
+            nix_sshopts(&t("root@[::1]:2222"), &t("root@b")),
+            Some(Ok("-p 2222".into()))
         );
     }
 

@@ -21,9 +21,11 @@ pub use target::{Origin, Target};
 
 /// Print a krops target as one JSON object.
 ///
-/// TARGET is krops's string form `[[USER]@]HOST[:PORT][/PATH]`, a JSON object
-/// naming some of the fields (user, host, port, path, sudo, extraOptions), or
-/// `-` to read either from stdin. Absent parts default to $LOGNAME,
+/// TARGET is krops's string form `[[USER]@]HOST[:PORT][/PATH]` (an IPv6
+/// address in brackets: `root@[::1]:22/var/src`), a JSON object naming some of
+/// the fields (user, host, port, path, sudo, extraOptions; an IPv6 host without
+/// brackets), or `-` to read either from stdin. The path must be absolute and
+/// without ':' (it goes into NIX_PATH). Absent parts default to $LOGNAME,
 /// $HOSTNAME (else /etc/hostname, else localhost), no port, /var/src, no sudo
 /// and no extra ssh options. The options override fields afterwards, like
 /// `lib.mkTarget "…" // { … }` in krops.

@@ -1,6 +1,8 @@
 //! What a target is: where sources go and where commands run (SPEC §1, §2).
 
+use std::borrow::Cow;
 use std::fmt;
+use std::net::Ipv6Addr;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -14,8 +16,10 @@ use crate::shell::{quote, quote_words, rsync_quote_words};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Target {
     pub user: Option<String>,
+    /// A host name or address; an IPv6 literal without brackets (`::1`).
     pub host: String,
     pub port: Option<String>,
+    /// Absolute, without ':' (the target path goes into NIX_PATH).
     pub path: String,
     pub sudo: bool,
     #[serde(rename = "extraOptions")]
@@ -85,31 +89,79 @@ struct Parts<'a> {
 }
 
 /// Splits `[[USER]@]HOST[:PORT][/PATH]` the way krops's regex
-/// `(([^@]*)@)?(([^:/]+))?(:([^/]+))?(/.*)?` matches it as a whole.
-fn split(s: &str) -> Option<Parts<'_>> {
+/// `(([^@]*)@)?(([^:/]+))?(:([^/]+))?(/.*)?` matches it as a whole, except
+/// that HOST may also be an IPv6 literal in brackets (`[::1]`, `[fe80::1%eth0]`),
+/// given back without them. The error says why the string does not match.
+fn split(s: &str) -> Result<Parts<'_>, String> {
     let mut parts = Parts::default();
     let mut rest = s;
     if let Some(at) = rest.find('@') {
         parts.user = Some(&rest[..at]);
         rest = &rest[at + 1..];
     }
-    let host_end = rest.find([':', '/']).unwrap_or(rest.len());
-    if host_end > 0 {
-        parts.host = Some(&rest[..host_end]);
+    if let Some(bracketed) = rest.strip_prefix('[') {
+        let Some(close) = bracketed.find(']') else {
+            return Err("unbalanced brackets: '[' without ']' around the host".to_owned());
+        };
+        let host = &bracketed[..close];
+        if !is_ipv6_literal(host) {
+            return Err(format!(
+                "target.host: [{host}] is not an IPv6 address (only an IPv6 address goes in brackets)"
+            ));
+        }
+        parts.host = Some(host);
+        rest = &bracketed[close + 1..];
+        if !(rest.is_empty() || rest.starts_with([':', '/'])) {
+            return Err("expected ':PORT' or '/PATH' after the ']' of the host".to_owned());
+        }
+    } else {
+        let host_end = rest.find([':', '/']).unwrap_or(rest.len());
+        if host_end > 0 {
+            parts.host = Some(&rest[..host_end]);
+        }
+        rest = &rest[host_end..];
     }
-    rest = &rest[host_end..];
     if let Some(after_colon) = rest.strip_prefix(':') {
         let port_end = after_colon.find('/').unwrap_or(after_colon.len());
         if port_end == 0 {
-            return None;
+            return Err("the port after ':' is empty".to_owned());
         }
         parts.port = Some(&after_colon[..port_end]);
         rest = &after_colon[port_end..];
     }
+    let host_and_port = [parts.host, parts.port];
+    if host_and_port
+        .iter()
+        .flatten()
+        .any(|part| part.contains(['[', ']']))
+    {
+        return Err("unbalanced brackets around the host".to_owned());
+    }
+    if parts.port.is_some_and(|port| port.contains(':')) {
+        return Err(
+            "an IPv6 address must be written in brackets: [::1], root@[::1]:22/var/src".to_owned(),
+        );
+    }
     if !rest.is_empty() {
         parts.path = Some(rest);
     }
-    Some(parts)
+    Ok(parts)
+}
+
+/// An IPv6 address as ssh takes it, optionally with a `%zone` (an interface
+/// name or index).
+fn is_ipv6_literal(host: &str) -> bool {
+    let (address, zone) = match host.split_once('%') {
+        Some((address, zone)) => (address, Some(zone)),
+        None => (host, None),
+    };
+    let valid_zone = |zone: &str| {
+        !zone.is_empty()
+            && zone
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    address.parse::<Ipv6Addr>().is_ok() && zone.map_or(true, valid_zone)
 }
 
 impl Target {
@@ -121,11 +173,9 @@ impl Target {
     }
 
     fn parse_unvalidated(s: &str, origin: &Origin) -> Result<Target> {
-        let Some(parts) = split(s) else {
-            bail!(
-                "target {s:?} does not match [[USER]@]HOST[:PORT][/PATH] (the port after ':' is empty)"
-            );
-        };
+        let parts = split(s).map_err(|why| {
+            anyhow::anyhow!("target {s:?} does not match [[USER]@]HOST[:PORT][/PATH]: {why}")
+        })?;
         let mut target = origin.default_target();
         if let Some(user) = parts.user {
             target.user = Some(user.to_owned());
@@ -230,6 +280,19 @@ impl Target {
             check_name(user, "target.user", true)?;
         }
         check_name(&self.host, "target.host", false)?;
+        if self.host.contains(['[', ']']) {
+            bail!(
+                "target.host: {:?} has brackets: give an IPv6 address without them (\"::1\"); \
+                 brackets belong only in the string form (root@[::1]:22/var/src)",
+                self.host
+            );
+        }
+        if self.host.contains(':') && !is_ipv6_literal(&self.host) {
+            bail!(
+                "target.host: {:?} contains ':' but is not an IPv6 address (with an optional %zone)",
+                self.host
+            );
+        }
         if let Some(port) = &self.port {
             let valid = !port.is_empty()
                 && port.bytes().all(|b| b.is_ascii_digit())
@@ -243,6 +306,13 @@ impl Target {
         }
         if self.path.contains('\0') {
             bail!("target.path: contains a NUL byte");
+        }
+        if self.path.contains(':') {
+            bail!(
+                "target.path: {:?} contains ':', which would break NIX_PATH (it separates \
+                 entries with ':'); choose a path without ':'",
+                self.path
+            );
         }
         for (i, option) in self.extra_options.iter().enumerate() {
             if option.contains('\0') {
@@ -289,17 +359,39 @@ impl Target {
         rsync_quote_words(self.ssh_argv(false))
     }
 
-    /// `[USER@]HOST`: how nixos-rebuild's `--build-host`/`--target-host` and
-    /// rsync name this target's machine.
-    pub fn destination(&self) -> String {
-        match self.login_user() {
-            Some(user) => format!("{user}@{}", self.host),
-            None => self.host.clone(),
+    /// How ssh takes this target's host as its host argument: as it is, an
+    /// IPv6 literal bare (`::1`); ssh would read `[::1]` as a host name.
+    pub fn ssh_host(&self) -> &str {
+        &self.host
+    }
+
+    /// How a word that goes on after the host (`USER@HOST:PATH`, `HOST:PORT`)
+    /// names it: an IPv6 literal in brackets (`[::1]`), so its own ':' are not
+    /// read as separators; any other host as it is. rsync's destination,
+    /// nixos-rebuild's `--build-host`/`--target-host`, the string form and
+    /// messages use it. Together with [`Target::ssh_host`], the one place that
+    /// decides how each program wants the host.
+    pub fn bracketed_host(&self) -> Cow<'_, str> {
+        if self.host.contains(':') {
+            Cow::Owned(format!("[{}]", self.host))
+        } else {
+            Cow::Borrowed(&self.host)
         }
     }
 
-    /// rsync's destination for this target's path: `[USER@]HOST:PATH`, or
-    /// just the path when the target is local.
+    /// `[USER@]HOST`, the host bracketed when it is an IPv6 literal
+    /// (`root@[::1]`): how nixos-rebuild's `--build-host`/`--target-host` and
+    /// rsync name this target's machine.
+    pub fn destination(&self) -> String {
+        match self.login_user() {
+            Some(user) => format!("{user}@{}", self.bracketed_host()),
+            None => self.bracketed_host().into_owned(),
+        }
+    }
+
+    /// rsync's destination for this target's path: `[USER@]HOST:PATH`
+    /// (`root@[::1]:/var/src` for an IPv6 host), or just the path when the
+    /// target is local.
     pub fn rsync_destination(&self, origin: &Origin) -> String {
         if self.is_local(origin) {
             self.path.clone()
@@ -308,12 +400,13 @@ impl Target {
         }
     }
 
-    /// `[HOST:]PATH`, how messages name a place on this target.
+    /// `[HOST:]PATH`, how messages name a place on this target
+    /// (`[::1]:/var/src/.populate` for an IPv6 host).
     pub fn display_path(&self, path: &str, origin: &Origin) -> String {
         if self.is_local(origin) {
             path.to_owned()
         } else {
-            format!("{}:{path}", self.host)
+            format!("{}:{path}", self.bracketed_host())
         }
     }
 
@@ -354,18 +447,19 @@ impl Target {
         let program = argv.next().unwrap_or_default();
         Cmd::new(program)
             .args(argv)
-            .arg(&self.host)
+            .arg(self.ssh_host())
             .arg(remote_command)
     }
 }
 
 impl fmt::Display for Target {
-    /// The string form, `[USER@]HOST[:PORT]PATH`.
+    /// The string form, `[USER@]HOST[:PORT]PATH`, an IPv6 host in brackets
+    /// (`root@[::1]:22/var/src`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(user) = &self.user {
             write!(f, "{user}@")?;
         }
-        f.write_str(&self.host)?;
+        f.write_str(&self.bracketed_host())?;
         if let Some(port) = &self.port {
             write!(f, ":{port}")?;
         }
@@ -508,6 +602,121 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_literals_go_in_brackets_in_the_string_form() {
+        let ok: &[(&str, Target)] = &[
+            (
+                "root@[::1]:22/var/src",
+                target(Some("root"), "::1", Some("22"), "/var/src"),
+            ),
+            (
+                "[2001:db8::1]/var/src",
+                target(Some("alice"), "2001:db8::1", None, "/var/src"),
+            ),
+            ("[::1]", target(Some("alice"), "::1", None, "/var/src")),
+            ("@[::1]:2", target(Some(""), "::1", Some("2"), "/var/src")),
+            (
+                "u@[fe80::1%eth0]/p",
+                target(Some("u"), "fe80::1%eth0", None, "/p"),
+            ),
+            (
+                "[::ffff:10.0.0.1]:4/x/[y]",
+                target(Some("alice"), "::ffff:10.0.0.1", Some("4"), "/x/[y]"),
+            ),
+        ];
+        for (input, expected) in ok {
+            let parsed = parse(input);
+            assert_eq!(&parsed, expected, "{input:?}");
+            // The string form gives the brackets back, and reads back the same.
+            assert_eq!(parse(&parsed.to_string()), parsed, "{input:?}");
+        }
+        assert_eq!(
+            parse("root@[::1]:22/var/src").to_string(),
+            "root@[::1]:22/var/src"
+        );
+        assert_eq!(parse("@[::1]").to_string(), "@[::1]/var/src");
+    }
+
+    #[test]
+    fn bad_hosts_and_brackets_are_refused_clearly() {
+        let bad: &[(&str, &str)] = &[
+            ("root@::1/var/src", "must be written in brackets"),
+            ("2001:db8::1/var/src", "must be written in brackets"),
+            ("root@[::1:22/var/src", "'[' without ']'"),
+            ("root@[::1", "'[' without ']'"),
+            ("root@::1]:22", "unbalanced brackets"),
+            ("host]/p", "unbalanced brackets"),
+            ("h[x]/p", "unbalanced brackets"),
+            ("[::1]]", "after the ']'"),
+            ("[::1]x/p", "after the ']'"),
+            ("[::1]:", "the port after ':' is empty"),
+            ("[::1]:0", "target.port"),
+            (
+                "[server01]/p",
+                "target.host: [server01] is not an IPv6 address",
+            ),
+            ("[]/p", "target.host: [] is not an IPv6 address"),
+            ("[1.2.3.4]", "is not an IPv6 address"),
+            ("[::1%]", "is not an IPv6 address"),
+            ("[::1%a b]", "is not an IPv6 address"),
+            ("[:::1]", "is not an IPv6 address"),
+            ("[-::1]", "is not an IPv6 address"),
+        ];
+        for (input, message) in bad {
+            let err = refused(input);
+            assert!(err.contains(message), "{input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn json_hosts_with_colons_must_be_bare_ipv6_literals() {
+        let from = |v: Value| Target::from_json(&v, &origin());
+        let t = from(json!({"user": "root", "host": "::1", "port": 22})).unwrap();
+        assert_eq!(t, parse("root@[::1]:22"));
+        assert_eq!(
+            from(json!({"host": "fe80::1%2"})).unwrap().host,
+            "fe80::1%2"
+        );
+        let err = |v: Value| format!("{:#}", from(v).unwrap_err());
+        let bad: &[(Value, &str)] = &[
+            (
+                json!({"host": "[::1]"}),
+                "target.host: \"[::1]\" has brackets",
+            ),
+            (
+                json!({"host": "host:22"}),
+                "target.host: \"host:22\" contains ':' but is not an IPv6",
+            ),
+            (json!({"host": "::1%"}), "target.host"),
+            (json!({"host": "::g"}), "target.host"),
+        ];
+        for (value, message) in bad {
+            assert!(
+                err(value.clone()).contains(message),
+                "{value}: {}",
+                err(value.clone())
+            );
+        }
+        // `--host` overrides go through the same check.
+        let mut overrides = Map::new();
+        overrides.insert("host".into(), json!("a:b"));
+        let err = Target::from_arg_with("h", &overrides, &origin()).unwrap_err();
+        assert!(format!("{err:#}").contains("target.host"));
+    }
+
+    #[test]
+    fn a_path_with_a_colon_is_refused_because_of_nix_path() {
+        for input in ["h/a:b", "[::1]:22/var/src:x", "/nix:/var/src"] {
+            let err = refused(input);
+            assert!(
+                err.contains("target.path") && err.contains("NIX_PATH"),
+                "{input:?}: {err}"
+            );
+        }
+        let err = Target::from_json(&json!({"path": "/a:b"}), &origin()).unwrap_err();
+        assert!(format!("{err:#}").contains("target.path"));
+    }
+
+    #[test]
     fn defaults_without_logname_have_null_user() {
         let origin = Origin {
             user: None,
@@ -622,6 +831,50 @@ mod tests {
             "h:/p/.populate"
         );
         assert_eq!(parse("/p").display_path("/p/.populate", &o), "/p/.populate");
+    }
+
+    #[test]
+    fn each_program_gets_an_ipv6_host_its_own_way() {
+        let o = origin();
+        let t = parse("root@[::1]:22/var/src");
+        assert_eq!(t.ssh_host(), "::1");
+        assert_eq!(t.bracketed_host(), "[::1]");
+        // ssh: the bare address as its host argument.
+        assert_eq!(
+            t.shell("true", &o).argv(),
+            ["ssh", "-l", "root", "-p", "22", "-T", "::1", "true"]
+        );
+        assert_eq!(
+            t.command("id", &[], true, &o).argv(),
+            [
+                "ssh",
+                "-l",
+                "root",
+                "-p",
+                "22",
+                "-t",
+                "::1",
+                "/bin/sh -c id"
+            ]
+        );
+        // rsync and nixos-rebuild: in brackets.
+        assert_eq!(t.rsync_destination(&o), "root@[::1]:/var/src");
+        assert_eq!(t.destination(), "root@[::1]");
+        assert_eq!(parse("@[2001:db8::1]").destination(), "[2001:db8::1]");
+        assert_eq!(
+            t.join("nixos-config").rsync_destination(&o),
+            "root@[::1]:/var/src/nixos-config"
+        );
+        // Messages: unambiguous.
+        assert_eq!(
+            t.display_path("/var/src/.populate", &o),
+            "[::1]:/var/src/.populate"
+        );
+        // A JSON host "::1" is the same target.
+        let json =
+            Target::from_json(&json!({"user": "root", "host": "::1", "port": "22"}), &o).unwrap();
+        assert_eq!(json.rsync_destination(&o), "root@[::1]:/var/src");
+        assert_eq!(json.shell("true", &o).argv(), t.shell("true", &o).argv());
     }
 
     #[test]

@@ -818,6 +818,29 @@ mod tests {
     }
 
     #[test]
+    fn rsync_names_an_ipv6_host_in_brackets_and_ssh_gets_no_host() {
+        let argv = rsync(
+            &target("root@[::1]:2222/var/src/cfg"),
+            &default_file_options(),
+            "/src/",
+            &origin(),
+        )
+        .argv();
+        assert_eq!(
+            argv,
+            [
+                "rsync",
+                "-e",
+                "'ssh' '-l' 'root' '-p' '2222' '-T'",
+                "-vFrlptD",
+                "--delete-excluded",
+                "/src/",
+                "root@[::1]:/var/src/cfg",
+            ]
+        );
+    }
+
+    #[test]
     fn sentinel_with_force_and_backup_makes_a_directory() {
         let step = sentinel_step(
             &target("/var/src"),

@@ -1,10 +1,11 @@
-//! Hosts of the test world: each is a real `/usr/sbin/sshd` on 127.0.0.1 with its
-//! own port and host key, reached through the world's ssh client config under an
-//! alias such as `alpha`. All hosts are this machine, so a test can look at a
-//! "remote" target's files directly.
+//! Hosts of the test world: each is a real `/usr/sbin/sshd` on 127.0.0.1 (or
+//! another loopback address, such as `::1`) with its own port and host key,
+//! reached through the world's ssh client config under an alias such as `alpha`.
+//! All hosts are this machine, so a test can look at a "remote" target's files
+//! directly.
 
 use std::fs;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -23,6 +24,7 @@ const BIND_ATTEMPTS: usize = 5;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Host {
     alias: String,
+    address: IpAddr,
     port: u16,
 }
 
@@ -32,9 +34,15 @@ impl Host {
         &self.alias
     }
 
-    /// The port its sshd listens on at 127.0.0.1.
+    /// The port its sshd listens on at [`Host::address`].
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The address its sshd listens on: 127.0.0.1 unless added with
+    /// [`World::add_host_at`].
+    pub fn address(&self) -> IpAddr {
+        self.address
     }
 
     /// `USER@ALIAS`, what ssh takes as destination.
@@ -72,13 +80,13 @@ impl Drop for Sshd {
 }
 
 /// The sshd_config of a world host.
-fn sshd_config(world: &World, port: u16, host_key: &Path) -> String {
+fn sshd_config(world: &World, address: IpAddr, port: u16, host_key: &Path) -> String {
     let mut config = String::new();
     let mut line = |text: String| {
         config.push_str(&text);
         config.push('\n');
     };
-    line("ListenAddress 127.0.0.1".into());
+    line(format!("ListenAddress {address}"));
     line(format!("Port {port}"));
     line(format!("HostKey {}", host_key.display()));
     line("PidFile none".into());
@@ -108,13 +116,33 @@ fn sshd_config(world: &World, port: u16, host_key: &Path) -> String {
 /// The world's ssh client config block for one host. The key exchange is pinned
 /// to curve25519: ssh's default post-quantum one costs ~70 ms of CPU per
 /// connection, and the tests make many.
+///
+/// A host added at another address ([`World::add_host_at`]) also gets a block
+/// for that address itself, so a target may name it as a literal
+/// (`root@[::1]:PORT`): the same client settings, with the port from the
+/// command line and the host key looked up as `[ADDRESS]:PORT` in known_hosts.
 pub(crate) fn client_block(world: &World, host: &Host) -> String {
-    format!(
+    let mut block = format!(
         "Host {alias}\n\
-         \x20 HostName 127.0.0.1\n\
+         \x20 HostName {address}\n\
          \x20 Port {port}\n\
-         \x20 HostKeyAlias {alias}\n\
-         \x20 IdentityFile {key}\n\
+         \x20 HostKeyAlias {alias}\n",
+        alias = host.alias,
+        address = host.address,
+        port = host.port,
+    );
+    block.push_str(&client_settings(world));
+    if host.address != IpAddr::V4(Ipv4Addr::LOCALHOST) {
+        block.push_str(&format!("Host {}\n", host.address));
+        block.push_str(&client_settings(world));
+    }
+    block
+}
+
+/// The settings every host block of the world's ssh config shares.
+fn client_settings(world: &World) -> String {
+    format!(
+        "\x20 IdentityFile {key}\n\
          \x20 IdentitiesOnly yes\n\
          \x20 UserKnownHostsFile {known}\n\
          \x20 GlobalKnownHostsFile /dev/null\n\
@@ -125,16 +153,14 @@ pub(crate) fn client_block(world: &World, host: &Host) -> String {
          \x20 ControlMaster no\n\
          \x20 ControlPath none\n\
          \x20 KexAlgorithms curve25519-sha256\n",
-        alias = host.alias,
-        port = host.port,
         key = world.client_key.display(),
         known = world.known_hosts.display(),
     )
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap_or_else(|err| panic!("cannot bind 127.0.0.1:0 to pick a port: {err}"));
+fn free_port(address: IpAddr) -> u16 {
+    let listener = TcpListener::bind((address, 0))
+        .unwrap_or_else(|err| panic!("cannot bind {address} port 0 to pick a port: {err}"));
     listener.local_addr().expect("local address").port()
 }
 
@@ -161,6 +187,15 @@ impl World {
     /// GIT_CONFIG_GLOBAL in every session.
     #[track_caller]
     pub fn add_host(&self, alias: &str) -> Host {
+        self.add_host_at(alias, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Like [`World::add_host`], with sshd listening on `address` (a loopback
+    /// address of this machine, e.g. `::1`) instead of 127.0.0.1. Besides its
+    /// alias, the world's ssh config then knows the host by its address and
+    /// port, as a target naming the literal (`root@[::1]:PORT/…`) reaches it.
+    #[track_caller]
+    pub fn add_host_at(&self, alias: &str, address: IpAddr) -> Host {
         assert!(valid_alias(alias), "bad host alias {alias:?}");
         let dir = self.mkdir(&format!("hosts/{alias}"));
         let host_key = dir.join("ssh_host_ed25519_key");
@@ -176,11 +211,12 @@ impl World {
             .unwrap_or_else(|err| panic!("cannot read the public host key of {alias}: {err}"));
         let mut words = public.split_whitespace();
         let (kind, key) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        self.append(&self.known_hosts, &format!("{alias} {kind} {key}\n"));
+        let public_key = format!("{kind} {key}");
+        self.append(&self.known_hosts, &format!("{alias} {public_key}\n"));
 
         let mut failures = Vec::new();
         for _ in 0..BIND_ATTEMPTS {
-            match self.start_sshd(alias, &dir, &host_key) {
+            match self.start_sshd(alias, address, &dir, &host_key, &public_key) {
                 Start::Ready(sshd) => {
                     let host = sshd.host.clone();
                     self.lock_hosts().insert(alias.to_owned(), sshd);
@@ -195,14 +231,29 @@ impl World {
         );
     }
 
-    fn start_sshd(&self, alias: &str, dir: &Path, host_key: &Path) -> Start {
-        let port = free_port();
+    fn start_sshd(
+        &self,
+        alias: &str,
+        address: IpAddr,
+        dir: &Path,
+        host_key: &Path,
+        public_key: &str,
+    ) -> Start {
+        let port = free_port(address);
         let host = Host {
             alias: alias.to_owned(),
+            address,
             port,
         };
+        if address != IpAddr::V4(Ipv4Addr::LOCALHOST) {
+            // How ssh looks up the key of a literal address on a port not 22.
+            self.append(
+                &self.known_hosts,
+                &format!("[{address}]:{port} {public_key}\n"),
+            );
+        }
         let config = dir.join("sshd_config");
-        fs::write(&config, sshd_config(self, port, host_key))
+        fs::write(&config, sshd_config(self, address, port, host_key))
             .unwrap_or_else(|err| panic!("cannot write {}: {err}", config.display()));
         let log = dir.join("sshd.log");
         let log_file = fs::File::create(&log)
@@ -238,16 +289,13 @@ impl World {
                     return Start::PortTaken(format!("port {port}: {status}\n{log}"));
                 }
                 panic!(
-                    "sshd for host {alias} (port {port}) exited with {status}\n\
+                    "sshd for host {alias} ({address} port {port}) exited with {status}\n\
                      config: {}\n--- sshd stderr ---\n{log}",
                     config.display()
                 );
             }
-            let listening = TcpStream::connect_timeout(
-                &(Ipv4Addr::LOCALHOST, port).into(),
-                Duration::from_secs(1),
-            )
-            .is_ok();
+            let listening =
+                TcpStream::connect_timeout(&(address, port).into(), Duration::from_secs(1)).is_ok();
             if listening {
                 let out = run::run(
                     self.command("/usr/bin/ssh")
