@@ -1,90 +1,221 @@
 //! The git source (SPEC §3): a script run on the target that clones or
 //! fetches and checks out the source's ref.
+//!
+//! How a ref is resolved (README, "Sources"): a full commit hash exactly as
+//! krops does; a ref that starts with a name (`main`, `v1`, `main~1`,
+//! `v1^{}`, `origin/main`) at origin's ref of that name, fetched by name, so
+//! a stale local branch or tag in the checkout never shadows it (`git reset
+//! --hard` moves whichever local branch is checked out, so local `main` soon
+//! differs from origin's); a hex name origin does not have, as an
+//! abbreviated hash; anything else (`:/message`, `@{…}`) in the checkout
+//! after `git fetch origin`.
 
 use mktarget::shell::quote;
 
 use crate::source::GitSource;
 
-/// How a git source's `ref` is resolved on the target.
+/// Which way the script resolves a git source's `ref`.
 #[derive(Debug, PartialEq, Eq)]
-enum RefKind {
-    /// A full commit hash: used exactly as krops uses it.
+enum Resolve<'a> {
+    /// A full commit hash: fetched and checked out exactly as krops does.
     Hash,
-    /// Hex digits only, shorter than a hash: a tag or branch such as
-    /// `20240115`, or an abbreviated hash (which krops accepts). Asked of
-    /// origin first, used as a hash when origin has no such ref.
-    HexName,
-    /// A branch or tag: followed on origin.
-    Name,
+    /// Starts with a name: `git fetch origin NAME`, then SUFFIX applied to
+    /// what origin sent (`FETCH_HEAD~1`, `FETCH_HEAD^{}`).
+    Origin {
+        /// What origin is asked for: the ref's leading name, or for
+        /// `origin/X` origin's branch `refs/heads/X`.
+        name: String,
+        /// The rest of the ref from its first `~` or `^`.
+        suffix: &'a str,
+        /// The name is hex digits only (`20240115`, `4b4bbce`): when origin
+        /// has no such ref, it is an abbreviated hash, as krops accepts.
+        or_hash: bool,
+    },
+    /// Anything else `git rev-parse` understands: resolved in the checkout
+    /// after `git fetch origin`.
+    Checkout,
 }
 
-fn ref_kind(git_ref: &str) -> RefKind {
-    let hex = git_ref.bytes().all(|b| b.is_ascii_hexdigit());
-    match git_ref.len() {
-        40 | 64 if hex => RefKind::Hash,
-        _ if hex => RefKind::HexName,
-        _ => RefKind::Name,
+fn resolve(git_ref: &str) -> Resolve<'_> {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if matches!(git_ref.len(), 40 | 64) && hex(git_ref) {
+        return Resolve::Hash;
+    }
+    let split = git_ref.find(['~', '^']).unwrap_or(git_ref.len());
+    let (base, suffix) = git_ref.split_at(split);
+    if !is_ref_name(base) {
+        return Resolve::Checkout;
+    }
+    // After `git fetch origin`, `origin/X` is origin's branch X.
+    let tracking = ["origin/", "remotes/origin/", "refs/remotes/origin/"]
+        .iter()
+        .find_map(|prefix| base.strip_prefix(prefix));
+    let name = match tracking {
+        Some("HEAD") => "HEAD".to_owned(),
+        Some(branch) => format!("refs/heads/{branch}"),
+        None => base.to_owned(),
+    };
+    Resolve::Origin {
+        name,
+        suffix,
+        or_hash: tracking.is_none() && hex(base),
     }
 }
 
-/// The git step, run on the target with `set -efu`.
+/// Whether `name` is a ref name git accepts (`git check-ref-format
+/// --allow-onelevel`), so that origin can be asked for it and it cannot be
+/// read as a refspec `SRC:DST`.
+fn is_ref_name(name: &str) -> bool {
+    let bad_byte = |b: u8| b < 0x20 || b == 0x7f || b" ~^:?*[\\".contains(&b);
+    !name.is_empty()
+        && name != "@"
+        && !name.contains("@{")
+        && !name.contains("..")
+        && !name.ends_with('.')
+        && !name.bytes().any(bad_byte)
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock"))
+}
+
+/// Why a shallow fetch cannot check out `git_ref`, if it cannot: a shallow
+/// fetch brings one commit, so the ref must name it (a name or a hash,
+/// optionally peeled with `^{}`), not walk history (`main~1`) nor be
+/// resolved in a full clone (`:/message`).
+pub fn shallow_refusal(git_ref: &str) -> Option<String> {
+    let peels_only = |mut suffix: &str| {
+        while !suffix.is_empty() {
+            match ["^{}", "^{commit}", "^0"]
+                .iter()
+                .find_map(|peel| suffix.strip_prefix(peel))
+            {
+                Some(rest) => suffix = rest,
+                None => return false,
+            }
+        }
+        true
+    };
+    let ok = match resolve(git_ref) {
+        Resolve::Hash => true,
+        Resolve::Origin { suffix, .. } => peels_only(suffix),
+        Resolve::Checkout => false,
+    };
+    (!ok).then(|| {
+        format!(
+            "{git_ref:?} needs history that shallow = true does not fetch (one commit): \
+             with shallow, use a branch or tag name or a commit hash (optionally with ^{{}}), \
+             or set shallow to false"
+        )
+    })
+}
+
+/// The git step's body, run on the target after [`PRELUDE`] (which defines
+/// `run`) and the claim of its place (see `sync.rs`).
 pub fn git_script(path: &str, git: &GitSource) -> String {
     let p = quote(path);
     let url = quote(&git.url);
-    let git_ref = quote(&git.git_ref);
-    let depth = if git.shallow { "--depth=1 " } else { "" };
     let create = if git.shallow {
         format!("git init {p}")
     } else {
         format!("git clone --recurse-submodules {url} {p}")
     };
     let mut script = format!(
-        "set -efu\n\
-         if ! test -e {p}/.git; then\n  rm -fR {p}\nfi\n\
-         if ! test -e {p}; then\n  {create} >&2\nfi\n\
-         cd {p}\n\
-         if ! url=$(git config remote.origin.url); then\n  git remote add origin {url}\n\
-         elif test \"$url\" != {url}; then\n  git remote set-url origin {url}\nfi\n"
+        "if ! test -e {p}/.git; then\n  run rm -fR {p}\nfi\n\
+         if ! test -e {p}; then\n  run {create} >&2\nfi\n\
+         run cd {p}\n\
+         if ! url=$(git config remote.origin.url); then\n  run git remote add origin {url}\n\
+         elif test \"$url\" != {url}; then\n  run git remote set-url origin {url}\nfi\n"
     );
-    // krops's fetch for a commit hash in $hash.
-    let fetch = if git.shallow {
-        "git fetch --depth=1 origin \"$hash\" >&2"
-    } else {
-        "git fetch origin >&2"
-    };
-    let fetch_for_hash = if git.fetch_always {
-        format!("{fetch}\n")
-    } else {
-        format!("if ! git log -1 \"$hash\" >/dev/null 2>&1; then\n  {fetch}\nfi\n")
-    };
-    let from_origin = "hash=$(git rev-parse --verify 'FETCH_HEAD^{commit}')\n";
-    let head_differs = "if ! test \"$(git log --format=%H -1 2>/dev/null)\" = \"$hash\"; then\n";
-    match ref_kind(&git.git_ref) {
-        RefKind::Hash => {
-            script.push_str(&format!("hash={git_ref}\n{head_differs}"));
-            script.push_str(&indent(&fetch_for_hash));
-        }
-        RefKind::HexName => {
+    if git.shallow {
+        if let Some(why) = shallow_refusal(&git.git_ref) {
+            // Refused when the sources are read; never run.
             script.push_str(&format!(
-                "if git fetch {depth}origin {git_ref} 2>/dev/null; then\n  {from_origin}else\n  hash={git_ref}\n{}fi\n{head_differs}",
-                indent(&fetch_for_hash)
+                "printf 'populate: %s\\n' {} >&2\nexit 1\n",
+                quote(&why)
             ));
-        }
-        RefKind::Name => {
-            script.push_str(&format!(
-                "git fetch {depth}origin {git_ref} >&2\n{from_origin}{head_differs}"
-            ));
+            return script;
         }
     }
+    script.push_str(&resolve_script(git));
     script.push_str(
-        "  git reset --hard \"$hash\" >&2\n  git submodule update --init --recursive >&2\nfi\n",
+        "if ! test \"$(git log --format=%H -1 2>/dev/null)\" = \"$hash\"; then\n  \
+         run git reset --hard \"$hash\" >&2\n  \
+         run git submodule update --init --recursive >&2\nfi\n",
     );
-    script.push_str("git clean -dfx");
+    script.push_str("run git clean -dfx");
     for pattern in &git.clean_exclude {
         script.push_str(&format!(" -e {}", quote(pattern)));
     }
     script.push_str(" >&2\n");
     script
+}
+
+/// The lines that set `$hash` to the commit to check out, fetching as needed.
+fn resolve_script(git: &GitSource) -> String {
+    let git_ref = quote(&git.git_ref);
+    // krops's fetch, for commit hashes: `git fetch --depth=1 origin $hash`
+    // when shallow, else everything.
+    let fetch = if git.shallow {
+        "run git fetch --depth=1 origin \"$hash\" >&2\n"
+    } else {
+        "run git fetch origin >&2\n"
+    };
+    let depth = if git.shallow { "--depth=1 " } else { "" };
+    let commit = quote(&format!("{}^{{commit}}", git.git_ref));
+    match resolve(&git.git_ref) {
+        Resolve::Hash => {
+            let fetch = if git.fetch_always {
+                fetch.to_owned()
+            } else {
+                format!(
+                    "if ! git log -1 \"$hash\" >/dev/null 2>&1; then\n{}fi\n",
+                    indent(fetch)
+                )
+            };
+            format!(
+                "hash={git_ref}\n\
+                 if ! test \"$(git log --format=%H -1 2>/dev/null)\" = \"$hash\"; then\n{}fi\n",
+                indent(&fetch)
+            )
+        }
+        Resolve::Origin {
+            name,
+            suffix,
+            or_hash,
+        } => {
+            let name = quote(&name);
+            let from_origin = format!(
+                "hash=$(run git rev-parse --verify {})\n",
+                quote(&format!("FETCH_HEAD{suffix}^{{commit}}"))
+            );
+            if !or_hash {
+                return format!("run git fetch {depth}origin {name} >&2\n{from_origin}");
+            }
+            // Not on origin: an abbreviated hash, looked up in the checkout
+            // and fetched as krops fetches a hash. A shallow fetch cannot ask
+            // for one, so that asks origin again by name for git's own error.
+            let present = format!("git rev-parse --quiet --verify {commit} >/dev/null");
+            let fetch = match (git.shallow, git.fetch_always) {
+                (false, true) => fetch.to_owned(),
+                (false, false) => format!("if ! {present}; then\n  {fetch}fi\n"),
+                (true, _) => format!(
+                    "if ! {present}; then\n  run git fetch --depth=1 origin {name} >&2\nfi\n"
+                ),
+            };
+            format!(
+                "if git fetch {depth}origin {name} >/dev/null 2>&1; then\n{}else\n{}{}fi\n",
+                indent(&from_origin),
+                indent(&fetch),
+                indent(&format!("hash=$(run git rev-parse --verify {commit})\n"))
+            )
+        }
+        // Not `REF^{commit}` in one: `:/REGEX` would take the peel into its
+        // regex.
+        Resolve::Checkout => format!(
+            "{fetch}hash=$(run git rev-parse --verify {git_ref})\n\
+             hash=$(run git rev-parse --verify \"$hash^{{commit}}\")\n"
+        ),
+    }
 }
 
 fn indent(lines: &str) -> String {
@@ -94,36 +225,116 @@ fn indent(lines: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::script::PRELUDE;
 
-    #[test]
-    fn commit_hashes_are_told_from_names() {
-        assert_eq!(
-            ref_kind("4b4bbce199d3b3a8001ee93495604289b01aaad3"),
-            RefKind::Hash
-        );
-        assert_eq!(ref_kind(&"a".repeat(64)), RefKind::Hash);
-        assert_eq!(ref_kind("4b4bbce"), RefKind::HexName);
-        assert_eq!(ref_kind("20240115"), RefKind::HexName);
-        assert_eq!(ref_kind("main"), RefKind::Name);
-        assert_eq!(ref_kind("v1.25.0"), RefKind::Name);
+    const HASH: &str = "4b4bbce199d3b3a8001ee93495604289b01aaad3";
+
+    fn origin(name: &str, suffix: &'static str, or_hash: bool) -> Resolve<'static> {
+        Resolve::Origin {
+            name: name.to_owned(),
+            suffix,
+            or_hash,
+        }
     }
 
     #[test]
-    fn git_script_parses_as_sh() {
-        for git_ref in [
-            "4b4bbce199d3b3a8001ee93495604289b01aaad3",
-            "20240115",
-            "main",
+    fn each_ref_form_takes_its_path() {
+        let sha256 = "a".repeat(64);
+        let hash_parent = format!("{HASH}~1");
+        let table: [(&str, Resolve); 22] = [
+            (HASH, Resolve::Hash),
+            (&sha256, Resolve::Hash),
+            ("main", origin("main", "", false)),
+            ("v1.25.0", origin("v1.25.0", "", false)),
+            ("release/24.05", origin("release/24.05", "", false)),
+            ("HEAD", origin("HEAD", "", false)),
+            ("refs/tags/v1", origin("refs/tags/v1", "", false)),
+            ("main~1", origin("main", "~1", false)),
+            ("main^2~3", origin("main", "^2~3", false)),
+            ("v1^{}", origin("v1", "^{}", false)),
+            ("origin/main", origin("refs/heads/main", "", false)),
+            ("origin/main~2", origin("refs/heads/main", "~2", false)),
+            ("remotes/origin/main", origin("refs/heads/main", "", false)),
+            (
+                "refs/remotes/origin/a/b",
+                origin("refs/heads/a/b", "", false),
+            ),
+            ("origin/HEAD", origin("HEAD", "", false)),
+            ("20240115", origin("20240115", "", true)),
+            ("4b4bbce", origin("4b4bbce", "", true)),
+            ("4b4bbce^{}", origin("4b4bbce", "^{}", true)),
+            (&hash_parent, origin(HASH, "~1", true)),
+            (":/fix the build", Resolve::Checkout),
+            ("main@{upstream}", Resolve::Checkout),
+            ("main:README", Resolve::Checkout),
+        ];
+        for (git_ref, path) in table {
+            assert_eq!(resolve(git_ref), path, "{git_ref}");
+        }
+    }
+
+    #[test]
+    fn names_that_git_would_not_accept_are_not_asked_of_origin() {
+        for name in [
+            "", "@", "a..b", "a.", ".a", "a/.b", "a//b", "a.lock", "a b", "a:b", "a@{1}",
         ] {
-            for shallow in [false, true] {
+            assert!(!is_ref_name(name), "{name:?}");
+        }
+        for name in ["a", "a/b", "v1.2", "a@b", "a.lock.b", "20240115"] {
+            assert!(is_ref_name(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn shallow_takes_names_hashes_and_peels_only() {
+        for git_ref in [
+            HASH,
+            "main",
+            "v1",
+            "v1^{}",
+            "v1^{commit}^0",
+            "origin/main",
+            "4b4bbce",
+        ] {
+            assert_eq!(shallow_refusal(git_ref), None, "{git_ref}");
+        }
+        for git_ref in ["main~1", "main^", "v1^{}~1", "v1^{/fix}", ":/fix", "@{-1}"] {
+            let why = shallow_refusal(git_ref).unwrap_or_else(|| panic!("{git_ref} accepted"));
+            assert!(why.contains("set shallow to false"), "{why}");
+        }
+    }
+
+    fn refs() -> Vec<String> {
+        [
+            HASH,
+            "20240115",
+            "4b4bbce",
+            "main",
+            "main~1",
+            "v1^{}",
+            "origin/main",
+            "it's",
+            ":/fix the build",
+            "main@{upstream}",
+        ]
+        .map(String::from)
+        .into()
+    }
+
+    #[test]
+    fn git_script_parses_as_sh_for_every_ref_form() {
+        for git_ref in refs() {
+            for (shallow, fetch_always) in
+                [(false, false), (false, true), (true, false), (true, true)]
+            {
                 let git = GitSource {
                     url: "https://example.org/it's.git".into(),
-                    git_ref: git_ref.into(),
+                    git_ref: git_ref.clone(),
                     shallow,
-                    fetch_always: shallow,
+                    fetch_always,
                     clean_exclude: vec!["/.version-suffix".into(), "a b".into()],
                 };
-                let script = git_script("/var/src/a b", &git);
+                let script = format!("{PRELUDE}{}", git_script("/var/src/a b", &git));
                 let out = std::process::Command::new("/bin/sh")
                     .args(["-n", "-c", &script])
                     .output()
@@ -131,5 +342,31 @@ mod tests {
                 assert!(out.status.success(), "{script}\n{out:?}");
             }
         }
+    }
+
+    #[test]
+    fn steps_that_must_succeed_are_run() {
+        let git = GitSource {
+            url: "u".into(),
+            git_ref: "main~1".into(),
+            shallow: false,
+            fetch_always: false,
+            clean_exclude: vec![],
+        };
+        let script = git_script("/p", &git);
+        for line in script.lines() {
+            let line = line.trim_start();
+            if line.starts_with("git ") || line.starts_with("hash=$(git") {
+                panic!("a git command that must succeed is not run: {line}\n{script}");
+            }
+        }
+        assert!(
+            script.contains("run git fetch origin main >&2\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains("hash=$(run git rev-parse --verify 'FETCH_HEAD~1^{commit}')"),
+            "{script}"
+        );
     }
 }

@@ -273,6 +273,12 @@ fn git(path: &str, value: &Value) -> Result<Source> {
             bail!("{path}.{field}: {value:?} must be non-empty and must not begin with '-'");
         }
     }
+    if let Some(why) = shallow
+        .then(|| crate::git::shallow_refusal(&git_ref))
+        .flatten()
+    {
+        bail!("{path}.ref: {why}");
+    }
     Ok(Source::Git(GitSource {
         url,
         git_ref,
