@@ -15,7 +15,8 @@ let
 
   toList = x: if isList x then x else [ x ];
   hasPrefix = prefix: s: substring 0 (stringLength prefix) s == prefix;
-  isDerivation = x: isAttrs x && (x.type or null) == "derivation";
+  # A package, told apart from a source of type derivation by its outPath.
+  isDerivation = x: isAttrs x && (x.type or null) == "derivation" && x ? outPath;
   describe = x:
     if isString x then "the string ${toJSON x}"
     else if isAttrs x then "an attribute set"
@@ -214,10 +215,12 @@ let
   # string instead of an attribute set) reads.
   sourceTypes = with kinds; {
     derivation = {
+      takes = "a string (the Nix expression) or an attribute set";
       short = x: if isString x then { text = x; } else x;
       kind = record { text.kind = str; };
     };
     file = {
+      takes = "an absolute path or an attribute set";
       short = x: if isString x || isPath x || isDerivation x then { path = x; } else x;
       kind = where: defs:
         let
@@ -241,6 +244,7 @@ let
         warn (file // { inherit useChecksum; });
     };
     git = {
+      takes = "an attribute set";
       short = x: x;
       kind = record {
         url.kind = str;
@@ -254,10 +258,12 @@ let
       };
     };
     pass = {
+      takes = "an attribute set";
       short = x: x;
       kind = record { dir.kind = absolute; name.kind = str; };
     };
     passage = {
+      takes = "a path or an attribute set";
       short = x: if isString x || isPath x then { dir = x; } else x;
       kind = record {
         dir.kind = pathlike;
@@ -266,10 +272,12 @@ let
       };
     };
     pipe = {
+      takes = "an absolute path or an attribute set";
       short = x: if isString x || isPath x || isDerivation x then { command = x; } else x;
       kind = record { command.kind = absolute; };
     };
     symlink = {
+      takes = "a string (the link text) or an attribute set";
       short = x: if isString x then { target = x; } else x;
       kind = record { target.kind = str; };
     };
@@ -287,7 +295,7 @@ let
   evalOne = name: defs:
     let
       sets = concatMap (d:
-        if isAttrs d.value then definitions name d.value
+        if isAttrs d.value && !isDerivation d.value then definitions name d.value
         else throw "evalSource: ${name}: expected an attribute set naming one source type, got ${describe d.value}") defs;
       keys = concatMap (d: attrNames d.value) sets;
       unknown = filter (key: !(elem key ([ "type" ] ++ typeNames))) keys;
@@ -304,7 +312,11 @@ let
       declaredType = kinds.str "${name}.type" declared;
       spec = sourceTypes.${type};
       where = "${name}.${type}";
-      typeDefs = map (d: d // { value = spec.short d.value; }) (fieldDefs name sets type);
+      typeDefs = map (d:
+        let value = spec.short d.value; in
+        if isAttrs value && !isDerivation value then d // { inherit value; }
+        else throw "evalSource: ${where}: expected ${spec.takes}, got ${describe d.value}")
+        (fieldDefs name sets type);
       value = spec.kind where typeDefs;
     in
     if declared != [ ] && declaredType != type then
@@ -321,11 +333,13 @@ let
         if isAttrs d.value && !isDerivation d.value then d
         else throw "evalSource: expected an attribute set of sources (or a list of them), got ${describe d.value}") defs;
       names = attrNames (foldl' (acc: d: acc // d.value) { } sets);
+      # A source whose every definition is `mkIf false` is not there.
+      defined = map (name: { inherit name; defs = fieldDefs "sources" sets name; }) names;
     in
-    listToAttrs (map (name: {
-      name = checkName name;
-      value = evalOne name (fieldDefs "sources" sets name);
-    }) names);
+    listToAttrs (map (source: {
+      name = checkName source.name;
+      value = evalOne source.name source.defs;
+    }) (filter (source: source.defs != [ ]) defined));
 
   krops = {
     inherit evalSource firstWord isLocalTarget maybeEnv maybeHostName mkTarget
