@@ -22,6 +22,7 @@
 
 mod git;
 mod host;
+pub mod nix;
 mod run;
 mod secrets;
 mod standins;

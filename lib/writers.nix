@@ -1,0 +1,63 @@
+# What the writers of pkgs/krops and pkgs/populate share: krops's arguments
+# turned into the tools' command lines, and the script that runs a tool.
+{ lib }:
+let
+  inherit (lib)
+    attrNames concatMap concatStringsSep getContext isBool isList isString
+    listToAttrs map split storeDir toFile toJSON typeOf unsafeDiscardStringContext;
+
+  unique = xs: attrNames (listToAttrs (map (name: { inherit name; value = null; }) xs));
+in
+rec {
+  # The tools' arguments, as lists of lines of words.
+  flag = name: on: if on then [ [ name ] ] else [ ];
+  option = name: value: if value == null then [ ] else [ [ name value ] ];
+
+  checkBool = what: name: value:
+    if isBool value then value
+    else throw "${what}: ${name}: expected a boolean, got ${typeOf value}";
+  checkString = what: name: value:
+    if isString value then value
+    else throw "${what}: ${name}: expected a string, got ${typeOf value}";
+
+  # The target as JSON, its defaults filled in here as krops's `mkTarget`
+  # fills them when the script is built.
+  targetJSON = target: toJSON (lib.mkTarget target);
+
+  # `--sources FILE` with the evaluated sources as JSON in the store, and a
+  # line for the script naming the store paths they refer to. `toFile`
+  # cannot hold references to derivation outputs (a file source made with
+  # `pkgs.writeText`, say), so the JSON file goes without, and the script
+  # carries them: nix builds them with the script and keeps them as long.
+  sources = source:
+    let
+      json = toJSON (lib.evalSource source);
+      text = unsafeDiscardStringContext json;
+      context = getContext json;
+      storePaths = unique (concatMap (x: if isList x then x else [ ])
+        (split "(${storeDir}/[0-9a-z]{32}-[-+._?=0-9A-Za-z]+)" text));
+      refs = lib.appendContext (concatStringsSep " " storePaths) context;
+    in
+    {
+      args = option "--sources" (toFile "krops-sources.json" text);
+      refs = if context == { } then "" else "# the sources refer to: ${refs}\n";
+    };
+
+  # A store path name made of `name`: characters a store path name cannot
+  # hold (the colons of an IPv6 address, say) become '-'.
+  storeName = name:
+    concatStringsSep "-" (lib.filter isString (split "[^-+._?=0-9A-Za-z]+" name));
+
+  # A dash script running `TOOL "$@" --sources FILE ARGS…`: arguments the
+  # script is run with reach the tool (`./result --dry-run`).
+  writeTool = { krops-rs, writers }: name: tool: source: args:
+    let
+      sources' = sources source;
+      lines = map (words: concatStringsSep " " (map lib.quote words)) (sources'.args ++ args);
+    in
+    writers.writeDash name ''
+      set -efu
+      ${sources'.refs}exec ${lib.quote "${krops-rs}/bin/${tool}"} "$@" \
+        ${concatStringsSep " \\\n  " lines}
+    '';
+}

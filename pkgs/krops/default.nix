@@ -1,0 +1,99 @@
+# krops's writers for krops-rs: `writeDeploy`, `writeTest` and `writeCommand`
+# take krops's arguments and write small scripts that run krops-deploy,
+# krops-test and krops-command with the sources in a JSON file and the target
+# as JSON. Arguments the script is run with are passed on to the tool
+# (`./result --dry-run` shows the plan).
+let
+  lib = import ../../lib;
+  w = import ../../lib/writers.nix { inherit lib; };
+in
+
+{ krops-rs, writers }:
+
+let
+  inherit (w) flag option checkBool checkString targetJSON;
+  writeTool = w.writeTool { inherit krops-rs writers; };
+
+  nomModes = [ "opportunistic" "optimistic" "pessimistic" "true" "false" ];
+in
+{
+  writeDeploy = name: {
+    backup ? false,
+    buildTarget ? null,
+    crossDeploy ? false,
+    fast ? null,
+    force ? false,
+    operation ? "switch",
+    source,
+    target,
+    useNixOutputMonitor ? "opportunistic"
+  }:
+    let
+      what = "writeDeploy ${name}";
+      nom =
+        if lib.isBool useNixOutputMonitor then lib.toJSON useNixOutputMonitor
+        else if lib.elem useNixOutputMonitor nomModes then useNixOutputMonitor
+        else throw "${what}: useNixOutputMonitor: ${lib.toJSON useNixOutputMonitor} is not one of ${lib.concatStringsSep ", " nomModes}, true, false";
+      deprecated =
+        if fast != null
+        then lib.trace "${what}: it's now always fast, setting the `fast` attribute is deprecated and will be removed in future"
+        else (x: x);
+    in
+    deprecated (writeTool name "krops-deploy" source (
+      option "--target" (targetJSON target)
+      ++ option "--build-target" (if buildTarget == null then null else targetJSON buildTarget)
+      ++ option "--operation" (checkString what "operation" operation)
+      ++ flag "--cross-deploy" (checkBool what "crossDeploy" crossDeploy)
+      ++ option "--nom" nom
+      ++ flag "--force" (checkBool what "force" force)
+      ++ flag "--backup" (checkBool what "backup" backup)
+    ));
+
+  writeTest = name: {
+    backup ? false,
+    force ? false,
+    source,
+    target,
+    trace ? false
+  }:
+    let
+      what = "writeTest ${name}";
+      target' = lib.mkTarget target;
+    in
+    if !lib.isLocalTarget target' then
+      throw "${what}: target ${lib.toJSON target'} is not this machine (writeTest builds here)"
+    else
+      writeTool name "krops-test" source (
+        option "--target" (targetJSON target)
+        ++ flag "--trace" (checkBool what "trace" trace)
+        ++ flag "--force" (checkBool what "force" force)
+        ++ flag "--backup" (checkBool what "backup" backup)
+      );
+
+  writeCommand = name: {
+    allocateTTY ? false,
+    backup ? false,
+    command ? null,
+    force ? false,
+    source,
+    target
+  }:
+    let
+      what = "writeCommand ${name}";
+      target' = lib.mkTarget target;
+      # krops's `command` is a function of the target path giving a script;
+      # without one, krops-command prints the target path.
+      script =
+        if command == null then [ ]
+        else if lib.isFunction command then option "--" (checkString what "command" (command target'.path))
+        else if lib.isString command then option "--" command
+        else throw "${what}: command: expected a function of the target path giving a script, got ${lib.typeOf command}";
+    in
+    writeTool name "krops-command" source (
+      option "--target" (targetJSON target)
+      ++ flag "--allocate-tty" (checkBool what "allocateTTY" allocateTTY)
+      ++ flag "--force" (checkBool what "force" force)
+      ++ flag "--backup" (checkBool what "backup" backup)
+      ++ script
+    );
+}
