@@ -260,7 +260,9 @@ fn backup_keeps_a_copy_of_the_previous_state() {
     populate(&world, plain.to_str().unwrap(), &["--force"], &sources).assert_success();
     let out = populate(&world, plain.to_str().unwrap(), &["--backup"], &sources);
     out.assert_failure();
-    out.assert_stderr_contains("is a file; --backup needs a directory (--force --backup makes one)");
+    out.assert_stderr_contains(
+        "is a file; --backup needs a directory (--force --backup makes one)",
+    );
 }
 
 #[test]
@@ -733,8 +735,7 @@ fn a_failing_sentinel_check_runs_once() {
         "shown once, as it came: {stderr}"
     );
     assert!(
-        stderr.contains("populate: error: sentinel check → ")
-            && stderr.contains(": `mkdir -p "),
+        stderr.contains("populate: error: sentinel check → ") && stderr.contains(": `mkdir -p "),
         "the error names the failed command: {stderr}"
     );
     assert!(!stderr.contains("missing sentinel file"), "{stderr}");
