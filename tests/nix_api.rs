@@ -165,6 +165,7 @@ struct Fixtures {
     commit: String,
     pass: String,
     passage: String,
+    identities: String,
     pipe: String,
 }
 
@@ -190,6 +191,7 @@ fn fixtures(world: &World) -> Fixtures {
         commit,
         pass: pass.dir().display().to_string(),
         passage: passage.dir().display().to_string(),
+        identities: passage.identities().display().to_string(),
         pipe: pipe.display().to_string(),
     }
 }
@@ -261,7 +263,7 @@ fn eval_source_fills_every_default_in_the_form_populate_reads() {
           nixpkgs.git = {{ url = {url}; ref = {commit}; shallow = true; fetchAlways = true;
                            clean.exclude = [ "/.version-suffix" ]; }};
           secrets.pass = {{ dir = {pass}; name = "hosts/alpha"; }};
-          keys.passage = {{ dir = {passage}; identities_file = "/etc/age/identities"; age = "/usr/bin/age"; }};
+          keys.passage = {{ dir = {passage}; identities_file = {identities}; age = "/usr/bin/age"; }};
           generated.pipe.command = {pipe};
           link.symlink.target = "config";
           fixture.derivation.text = {derivation};
@@ -271,6 +273,7 @@ fn eval_source_fills_every_default_in_the_form_populate_reads() {
         commit = nix_str(&f.commit),
         pass = nix_str(&f.pass),
         passage = nix_str(&f.passage),
+        identities = nix_str(&f.identities),
         pipe = nix_str(&f.pipe),
         derivation = nix_str(DERIVATION),
     );
@@ -291,7 +294,7 @@ fn eval_source_fills_every_default_in_the_form_populate_reads() {
     );
     assert_eq!(
         evaluated["keys"]["passage"],
-        json!({"dir": f.passage, "identities_file": "/etc/age/identities", "age": "/usr/bin/age"})
+        json!({"dir": f.passage, "identities_file": f.identities, "age": "/usr/bin/age"})
     );
     assert_eq!(
         evaluated["link"],

@@ -332,16 +332,16 @@ impl World {
         if std::env::var_os("KROPS_BIN_DIR").is_none() {
             let built = fs::metadata(&path).and_then(|m| m.modified()).ok();
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let newest = [
-                "mktarget",
-                "populate",
-                "krops-deploy",
-                "krops-test",
-                "krops-command",
-            ]
-            .iter()
-            .filter_map(|krate| newest_mtime(&workspace.join(krate).join("src")))
-            .max();
+            // The crates this binary is built from: itself and what it uses.
+            let crates: &[&str] = match name {
+                "mktarget" => &["mktarget"],
+                "populate" => &["mktarget", "populate"],
+                driver => &["mktarget", "populate", driver],
+            };
+            let newest = crates
+                .iter()
+                .filter_map(|krate| newest_mtime(&workspace.join(krate).join("src")))
+                .max();
             if let (Some(built), Some(newest)) = (built, newest) {
                 assert!(
                     built >= newest,
