@@ -4,24 +4,13 @@
 
 use std::path::Path;
 
-use krops_tests::{GitRepo, Output, World};
+use krops_tests::{git_head, GitRepo, Output, World};
 use serde_json::{json, Map, Value};
 
 fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Output {
     let mut args = vec!["--target", target];
     args.extend_from_slice(flags);
     world.run("populate", &args, sources.to_string().as_bytes())
-}
-
-fn git_head(dir: &Path) -> String {
-    let out = std::process::Command::new("git")
-        .args(["-c", "safe.directory=*", "-C"])
-        .arg(dir)
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// What `rev` names in origin, as a commit.

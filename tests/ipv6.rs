@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
-use krops_tests::{Host, Output, Record, World};
+use krops_tests::{git_head, Host, Output, Record, World};
 use serde_json::{json, Value};
 
 fn run(world: &World, tool: &str, args: &[&str], sources: &Value) -> Output {
@@ -56,17 +56,6 @@ fn sources(world: &World) -> (Value, String) {
 
 fn file_text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-}
-
-fn git_head(dir: &Path) -> String {
-    let out = std::process::Command::new("git")
-        .args(["-c", "safe.directory=*", "-C"])
-        .arg(dir)
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn assert_arrived(dest: &Path, commit: &str) {

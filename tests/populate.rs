@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use krops_tests::{EntryKind, Output, Tree, World};
+use krops_tests::{git_head, EntryKind, Output, Tree, World};
 use serde_json::{json, Value};
 
 fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Output {
@@ -21,17 +21,6 @@ fn file_text(path: &Path) -> String {
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
-}
-
-fn git_head(dir: &Path) -> String {
-    let out = std::process::Command::new("git")
-        .args(["-c", "safe.directory=*", "-C"])
-        .arg(dir)
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// A derivation built by `/bin/sh` alone, so no binary cache is needed.

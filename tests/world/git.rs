@@ -16,6 +16,20 @@ pub struct GitRepo {
     env: BTreeMap<String, String>,
 }
 
+/// The commit checked out in `dir` (a checkout a tool made, perhaps owned by
+/// another user, hence `safe.directory=*`).
+#[track_caller]
+pub fn git_head(dir: &Path) -> String {
+    let out = Command::new("git")
+        .args(["-c", "safe.directory=*", "-C"])
+        .arg(dir)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run git: {err}"));
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 impl World {
     /// `git init -b main` a new repo `root/git/NAME` with user.name and
     /// user.email set locally.

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-pub use git::GitRepo;
+pub use git::{git_head, GitRepo};
 pub use host::Host;
 pub use run::{command_line, quote, run as run_with_timeout, Output, RUN_TIMEOUT};
 pub use secrets::{PassStore, PassageStore};
