@@ -43,11 +43,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     if cli.allocate_tty || cli.populate.sources.is_some() {
         command = command.stdin_inherit();
     }
-    let on = if target.is_local(&origin) {
-        "this machine".to_owned()
-    } else {
-        target.destination()
-    };
+    let on = target.machine(&origin);
     let last = Final {
         command,
         what: format!("the command on {on}"),

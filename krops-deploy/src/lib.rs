@@ -197,11 +197,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         None => None,
     };
     let script = rebuild_script(&build.path, sshopts.as_deref(), &args, cli.nom);
-    let on = if build.is_local(&origin) {
-        "this machine".to_owned()
-    } else {
-        build.destination()
-    };
+    let on = build.machine(&origin);
     let role = if build == target {
         "the target"
     } else {

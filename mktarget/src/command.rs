@@ -238,6 +238,12 @@ impl Cmd {
         Ok(output.status)
     }
 
+    /// Whether `status` says this command, an ssh, lost or never had its
+    /// connection (ssh's own exit status 255).
+    pub fn connection_failed(&self, status: ExitStatus) -> bool {
+        self.program == "ssh" && status.code() == Some(255)
+    }
+
     /// The error for this command ending with `status`: its command line, how
     /// it exited, and the tail of `stderr` (pass `&[]` when it was shown).
     pub fn failure(&self, status: ExitStatus, stderr: &[u8]) -> anyhow::Error {

@@ -389,6 +389,16 @@ impl Target {
         }
     }
 
+    /// How messages name the machine a command runs on: `this machine`
+    /// for a local target, else `[USER@]HOST`.
+    pub fn machine(&self, origin: &Origin) -> String {
+        if self.is_local(origin) {
+            "this machine".to_owned()
+        } else {
+            self.destination()
+        }
+    }
+
     /// rsync's destination for this target's path: `[USER@]HOST:PATH`
     /// (`root@[::1]:/var/src` for an IPv6 host), or just the path when the
     /// target is local.

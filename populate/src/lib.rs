@@ -109,7 +109,7 @@ pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) ->
     if !status.success() {
         mktarget::interrupt::wait_if_interrupted();
         let how = mktarget::command::describe(status);
-        if last.command.program() == "ssh" && status.code() == Some(255) {
+        if last.command.connection_failed(status) {
             eprintln!(
                 "{tool}: error: {}: the ssh connection failed ({how}; ssh's message is above)",
                 last.what

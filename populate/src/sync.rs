@@ -200,7 +200,7 @@ fn step_failure(cmd: &Cmd, status: std::process::ExitStatus, tail: &[u8]) -> any
         return anyhow::anyhow!("`{failed}` failed: {status_text}");
     }
     match cmd.program() {
-        "ssh" if status.code() == Some(255) => {
+        _ if cmd.connection_failed(status) => {
             anyhow::anyhow!("the ssh connection failed ({status_text}; ssh's message is above)")
         }
         "ssh" | "/bin/sh" => anyhow::anyhow!("its script failed: {status_text}"),
