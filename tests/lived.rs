@@ -558,3 +558,331 @@ fn krops_command_s_script_reads_stdin_with_sources_from_a_file() {
     );
     out.assert_success().assert_stdout_contains("FROM THE USER");
 }
+
+/// Review of issue 7: what a lived target still did wrong.
+mod review {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_git_source_never_follows_a_dot_git_link_or_gitdir_file() {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let repo = world.git_repo("nixpkgs");
+        repo.write("default.nix", "{ }\n");
+        let commit = repo.commit("first");
+        let source = json!({"nixpkgs": {"git": {"url": repo.url(), "ref": commit}}});
+        let cases = [("symlink", true), ("gitdir file", true), ("symlink", false)];
+        for (i, (kind, local)) in cases.into_iter().enumerate() {
+            let canary = Canary::new(&world);
+            let dest = world.path(&format!("src-{i}"));
+            let target = if local {
+                dest.to_str().unwrap().to_owned()
+            } else {
+                alpha.target("root", &dest)
+            };
+            std::fs::create_dir_all(dest.join("nixpkgs")).unwrap();
+            std::fs::write(dest.join(".populate"), "").unwrap();
+            let outside_git = canary.dir.join("checkout/.git");
+            if kind == "symlink" {
+                std::os::unix::fs::symlink(&outside_git, dest.join("nixpkgs/.git")).unwrap();
+            } else {
+                let gitdir = format!("gitdir: {}\n", outside_git.display());
+                std::fs::write(dest.join("nixpkgs/.git"), gitdir).unwrap();
+            }
+            populate(&world, &target, &[], &source)
+                .assert_success()
+                .assert_stderr_contains("it is not a git checkout of its own");
+            canary.assert_untouched();
+            let git = dest.join("nixpkgs/.git");
+            assert!(git.is_dir() && !git.is_symlink(), "{kind}: no checkout");
+            assert_eq!(text(&dest.join("nixpkgs/default.nix")), "{ }\n");
+            std::fs::remove_dir_all(&canary.dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_symlinked_sentinel_is_never_followed() {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let link = json!({"l": {"symlink": "x"}});
+        for (i, flags) in [
+            &[][..],
+            &["--backup"],
+            &["--force"],
+            &["--force", "--backup"],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for dangling in [false, true] {
+                let canary = Canary::new(&world);
+                let dest = world.path(&format!("src-{i}-{dangling}"));
+                std::fs::create_dir_all(&dest).unwrap();
+                let pointee = if dangling {
+                    canary.dir.join("not-yet")
+                } else {
+                    canary.dir.clone()
+                };
+                std::os::unix::fs::symlink(&pointee, dest.join(".populate")).unwrap();
+                let out = populate(&world, &alpha.target("root", &dest), flags, &link);
+                canary.assert_untouched();
+                assert!(!pointee.exists() || !dangling, "{flags:?}: written through");
+                let sentinel = std::fs::symlink_metadata(dest.join(".populate")).unwrap();
+                if flags.contains(&"--force") {
+                    out.assert_success()
+                        .assert_stderr_contains("replacing the symlink at alpha:");
+                    assert!(!sentinel.is_symlink(), "{flags:?}: still a symlink");
+                    assert_eq!(sentinel.is_dir(), flags.contains(&"--backup"));
+                    assert!(dest.join("l").is_symlink());
+                } else {
+                    out.assert_failure();
+                    let stderr = out.stderr_str();
+                    assert_eq!(
+                        stderr
+                            .matches("is a symlink, which populate does not follow")
+                            .count(),
+                        1,
+                        "{flags:?}: {stderr}"
+                    );
+                    assert!(stderr.contains("nothing was synced"), "{stderr}");
+                    assert!(sentinel.is_symlink());
+                    assert!(!dest.join("l").exists());
+                }
+                std::fs::remove_dir_all(&canary.dir).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_backup_never_follows_a_symlinked_backup_dir() {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let canary = Canary::new(&world);
+        let dest = world.path("src");
+        std::fs::create_dir_all(dest.join(".populate")).unwrap();
+        std::os::unix::fs::symlink(&canary.dir, dest.join(".populate/backup")).unwrap();
+        world.write("src/old.txt", "old\n");
+        populate(
+            &world,
+            &alpha.target("root", &dest),
+            &["--backup"],
+            &json!({"l": {"symlink": "x"}}),
+        )
+        .assert_success();
+        canary.assert_untouched();
+        assert_eq!(text(&dest.join(".populate/backup/old.txt")), "old\n");
+    }
+
+    #[test]
+    fn a_derivation_replaces_a_symlink_that_leads_out_of_the_store() {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let canary = Canary::new(&world);
+        let dest = world.path("src");
+        let target = alpha.target("root", &dest);
+        let derivation = r#"builtins.derivation {
+  name = "krops-fixture";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "echo built by nix > $out" ];
+}"#;
+        let first = json!({"result": {"symlink": canary.dir.to_str().unwrap()}});
+        populate(&world, &target, &["--force"], &first).assert_success();
+        let second = json!({"result": {"derivation": derivation}});
+        populate(&world, &target, &[], &second)
+            .assert_success()
+            .assert_stderr_contains("replacing the symlink at alpha:");
+        canary.assert_untouched();
+        let out_link = std::fs::read_link(dest.join("result")).unwrap();
+        assert!(
+            out_link.starts_with("/nix/store/"),
+            "{}",
+            out_link.display()
+        );
+        assert_eq!(text(&dest.join("result")), "built by nix\n");
+        // A second run keeps its own out link without a word.
+        let out = populate(&world, &target, &[], &second);
+        out.assert_success();
+        assert!(!out.stderr_str().contains("replacing"), "{out:?}");
+    }
+
+    #[test]
+    fn a_pipe_keeps_the_mode_and_owner_of_the_file_it_replaces() {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let user = world.sudo_user();
+        let dest = world.path("src");
+        let target = alpha.target("root", &dest);
+        let first = executable(&world, "gen/one", "#!/bin/sh\necho one\n");
+        let second = executable(&world, "gen/two", "#!/bin/sh\necho two\n");
+        let sources = |cmd: &Path| json!({"version": {"pipe": cmd.to_str().unwrap()}});
+        populate(&world, &target, &["--force"], &sources(&first)).assert_success();
+        let file = dest.join("version");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        world
+            .sh(&format!("chown {user}:{user} {}", file.display()))
+            .assert_success();
+        let before = std::fs::metadata(&file).unwrap();
+        populate(&world, &target, &[], &sources(&second)).assert_success();
+        let after = std::fs::metadata(&file).unwrap();
+        assert_eq!(text(&file), "two\n");
+        assert_eq!(after.mode() & 0o7777, 0o640);
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+
+        // A new file gets the same mode from a run and from its dry-run plan.
+        let real = world.path("real");
+        let planned = world.path("planned");
+        populate(
+            &world,
+            real.to_str().unwrap(),
+            &["--force"],
+            &sources(&first),
+        )
+        .assert_success();
+        let plan = populate(
+            &world,
+            planned.to_str().unwrap(),
+            &["--force", "--dry-run"],
+            &sources(&first),
+        );
+        plan.assert_success();
+        let script = world.write("plan.sh", plan.stdout_str());
+        world
+            .sh(&format!("sh {}", script.display()))
+            .assert_success();
+        let mode = |dir: &Path| std::fs::metadata(dir.join("version")).unwrap().mode() & 0o777;
+        assert_eq!(text(&planned.join("version")), "one\n");
+        assert_eq!(mode(&planned), mode(&real));
+    }
+
+    #[test]
+    fn a_pipe_source_with_a_name_of_255_bytes_lands() {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let dest = world.path("src");
+        let name = "v".repeat(255);
+        let cmd = executable(&world, "gen/v", "#!/bin/sh\necho long\n");
+        populate(
+            &world,
+            &alpha.target("root", &dest),
+            &["--force"],
+            &json!({ name.clone(): {"pipe": cmd.to_str().unwrap()} }),
+        )
+        .assert_success();
+        assert_eq!(text(&dest.join(&name)), "long\n");
+    }
+
+    #[test]
+    fn a_failed_multi_line_derivation_is_named_whole() {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let dest = world.path("src");
+        let out = populate(
+            &world,
+            &alpha.target("root", &dest),
+            &["--force"],
+            &json!({"broken": {"derivation": "builtins.derivation {\n  name = 1;\n}"}}),
+        );
+        out.assert_failure();
+        let stderr = out.stderr_str();
+        let error = &stderr[stderr.find("populate: error:").expect("no error line")..];
+        assert!(
+            error.contains(&format!(
+                "}} -o {}/broken` failed: exit status 1",
+                dest.display()
+            )),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn missing_and_file_sentinels_are_explained_once() {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let dest = world.mkdir("src");
+        let target = alpha.target("root", &dest);
+        let link = json!({"l": {"symlink": "x"}});
+        let out = populate(&world, &target, &[], &link);
+        out.assert_failure()
+            .assert_stderr_contains("or run with --force");
+        assert_eq!(
+            out.stderr_str().matches("sentinel file").count(),
+            1,
+            "{out:?}"
+        );
+        std::fs::write(dest.join(".populate"), "").unwrap();
+        let out = populate(&world, &target, &["--backup"], &link);
+        out.assert_failure();
+        assert_eq!(
+            out.stderr_str()
+                .matches("--backup needs a directory")
+                .count(),
+            1,
+            "{out:?}"
+        );
+        assert!(!dest.join("l").exists());
+    }
+
+    #[test]
+    fn command_line_mistakes_start_with_the_tool_s_name() {
+        let world = World::new();
+        for tool in [
+            "mktarget",
+            "populate",
+            "krops-deploy",
+            "krops-test",
+            "krops-command",
+        ] {
+            let out = world.run(tool, &["--path"], b"");
+            let out = if tool == "mktarget" {
+                out
+            } else {
+                world.run(tool, &["--target", "h", "--no-such-flag"], b"")
+            };
+            out.assert_code(2);
+            let stderr = out.stderr_str();
+            let first = stderr.lines().next().unwrap_or("");
+            assert!(first.starts_with(&format!("{tool}: error: ")), "{out:?}");
+            assert!(
+                first.contains("'--no-such-flag'") || first.contains("'--path <PATH>'"),
+                "{out:?}"
+            );
+        }
+        let out = world.run("populate", &["--help"], b"");
+        out.assert_success()
+            .assert_stdout_contains("Usage: populate");
+    }
+
+    #[test]
+    fn a_signal_says_a_remote_final_command_may_still_run() {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let dest = world.path("src");
+        let marker = world.path("script-started");
+        let sources = world.write("sources.json", json!({"l": {"symlink": "x"}}).to_string());
+        let script = format!("touch {}; exec /bin/sleep 62", marker.display());
+        let target = alpha.target("root", &dest);
+        let args = [
+            "--target",
+            &target,
+            "--force",
+            "--sources",
+            sources.to_str().unwrap(),
+            &script,
+        ];
+        let (status, stderr) = interrupt(&world, "krops-command", &args, &marker, "TERM");
+        // What the message says is true: the script goes on there.
+        let still = processes_with("/bin/sleep 62");
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", "/bin/sleep 62"])
+            .status();
+        assert_eq!(status, Some(143), "{stderr}");
+        assert!(
+            stderr.contains("during the command on root@alpha")
+                && stderr.contains("the command on root@alpha may still be running there"),
+            "{stderr}"
+        );
+        assert!(!still.is_empty(), "the remote script stopped after all");
+    }
+}

@@ -250,7 +250,7 @@ fn backup_keeps_a_copy_of_the_previous_state() {
     let out = populate(&world, plain.to_str().unwrap(), &["--backup"], &sources);
     out.assert_failure();
     out.assert_stderr_contains(
-        "is a file; --backup needs a directory (--force --backup makes one)",
+        "is a file; --backup needs a directory to keep the backup in (--force --backup turns",
     );
 }
 

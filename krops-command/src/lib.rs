@@ -44,15 +44,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         command = command.stdin_inherit();
     }
     let on = target.machine(&origin);
+    // With a terminal there, ssh's hangup stops the command.
+    let remote = !target.is_local(&origin) && !cli.allocate_tty;
     let last = Final {
         command,
         what: format!("the command on {on}"),
+        remote: remote.then(|| on.clone()),
     };
     populate_then("krops-command", &[plan], &last, cli.populate.dry_run)
 }
 
 pub fn main() -> ExitCode {
-    mktarget::tool::main("krops-command", || run(Cli::parse()))
+    mktarget::tool::main("krops-command", || {
+        run(mktarget::tool::parse("krops-command"))
+    })
 }
 
 #[cfg(test)]

@@ -206,12 +206,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let rebuild = Final {
         command: build.command(&script, &[], false, &origin),
         what: format!("nixos-rebuild {} on {on} ({role})", cli.operation),
+        remote: (!build.is_local(&origin)).then(|| on.clone()),
     };
     populate_then("krops-deploy", &plans, &rebuild, cli.populate.dry_run)
 }
 
 pub fn main() -> ExitCode {
-    mktarget::tool::main("krops-deploy", || run(Cli::parse()))
+    mktarget::tool::main("krops-deploy", || {
+        run(mktarget::tool::parse("krops-deploy"))
+    })
 }
 
 #[cfg(test)]

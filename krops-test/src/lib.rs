@@ -56,13 +56,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         &Final {
             command: build_command(&target.path, cli.trace),
             what: "nix-build of the system on this machine".to_owned(),
+            remote: None,
         },
         cli.populate.dry_run,
     )
 }
 
 pub fn main() -> ExitCode {
-    mktarget::tool::main("krops-test", || run(Cli::parse()))
+    mktarget::tool::main("krops-test", || run(mktarget::tool::parse("krops-test")))
 }
 
 #[cfg(test)]

@@ -27,8 +27,12 @@ struct State {
     children: Vec<(u32, bool)>,
     /// Dirs to remove on a signal, with what they hold (decrypted secrets).
     private_dirs: Vec<(PathBuf, &'static str)>,
+    /// What the dirs removed so far held, for the message.
+    removed: Vec<&'static str>,
     /// What the tool is doing now, for the message.
     doing: Option<String>,
+    /// Where a command runs that stopping ssh does not stop, if one does.
+    remote: Option<String>,
     /// The signal received, once one was.
     signal: Option<i32>,
 }
@@ -37,7 +41,9 @@ static STATE: Mutex<State> = Mutex::new(State {
     tool: "krops",
     children: Vec::new(),
     private_dirs: Vec::new(),
+    removed: Vec::new(),
     doing: None,
+    remote: None,
     signal: None,
 });
 static INSTALL: Once = Once::new();
@@ -80,6 +86,13 @@ pub fn doing(what: impl Into<String>) {
     state().doing = Some(what.into());
 }
 
+/// Says that what runs now is a command on `on` (`root@server01`) started
+/// through ssh, which a signal here does not stop there: ssh gives it no
+/// terminal, so it gets no hangup; the message says so.
+pub fn remote(on: impl Into<String>) {
+    state().remote = Some(on.into());
+}
+
 /// A running child, unregistered when dropped (after it was waited for).
 #[derive(Debug)]
 pub struct Registered {
@@ -106,7 +119,8 @@ impl Drop for Registered {
     }
 }
 
-/// A private dir that the handler removes; unregistered when dropped.
+/// A private dir that is removed when dropped, or by the handler on a
+/// signal: both under the lock, so a signal never finds it half removed.
 #[derive(Debug)]
 pub struct PrivateDir {
     path: PathBuf,
@@ -135,7 +149,31 @@ impl PrivateDir {
 
 impl Drop for PrivateDir {
     fn drop(&mut self) {
-        state().private_dirs.retain(|(path, _)| path != &self.path);
+        let mut state = state();
+        remove(&mut state, &self.path);
+    }
+}
+
+/// Removes a registered dir and unregisters it, remembering what it held.
+fn remove(state: &mut State, path: &Path) {
+    let Some(at) = state.private_dirs.iter().position(|(p, _)| p == path) else {
+        return;
+    };
+    let (path, holds) = state.private_dirs.remove(at);
+    match std::fs::remove_dir_all(&path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            eprintln!(
+                "{}: warning: cannot remove {} ({holds}): {err}",
+                state.tool,
+                path.display()
+            );
+            return;
+        }
+    }
+    if !state.removed.contains(&holds) {
+        state.removed.push(holds);
     }
 }
 
@@ -184,12 +222,10 @@ fn handle(signal: i32) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let state = state();
-    let mut removed: Vec<&str> = Vec::new();
-    for (path, holds) in &state.private_dirs {
-        if std::fs::remove_dir_all(path).is_ok() && !removed.contains(holds) {
-            removed.push(holds);
-        }
+    let mut state = state();
+    let dirs: Vec<PathBuf> = state.private_dirs.iter().map(|(p, _)| p.clone()).collect();
+    for path in &dirs {
+        remove(&mut state, path);
     }
     let mut message = format!("{}: interrupted by {}", state.tool, signal_name(signal));
     if let Some(doing) = &state.doing {
@@ -198,8 +234,13 @@ fn handle(signal: i32) {
     if !children.is_empty() {
         message.push_str("; its commands were stopped");
     }
-    if !removed.is_empty() {
-        message.push_str(&format!("; {} removed", removed.join(" and ")));
+    if let Some(on) = &state.remote {
+        message.push_str(&format!(
+            "; the command on {on} may still be running there (stopping ssh does not stop it)"
+        ));
+    }
+    if !state.removed.is_empty() {
+        message.push_str(&format!("; {} removed", state.removed.join(" and ")));
     }
     eprintln!("{message}");
     // Exits holding the lock: see `state`.

@@ -95,7 +95,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 pub fn main() -> ExitCode {
-    tool::main("mktarget", || run(Cli::parse()))
+    tool::main("mktarget", || run(tool::parse("mktarget")))
 }
 
 #[cfg(test)]

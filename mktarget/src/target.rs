@@ -280,6 +280,17 @@ impl Target {
             check_name(user, "target.user", true)?;
         }
         check_name(&self.host, "target.host", false)?;
+        if let Some(c) = self.host.chars().find(|c| "@/".contains(*c)) {
+            bail!(
+                "target.host: {:?} contains {c:?}, which no host name has: the user goes in target.user and the path in target.path",
+                self.host
+            );
+        }
+        if let Some(user) = self.user.as_deref().filter(|user| user.contains(':')) {
+            bail!(
+                "target.user: {user:?} contains ':', which rsync would read as the end of the host"
+            );
+        }
         if self.host.contains(['[', ']']) {
             bail!(
                 "target.host: {:?} has brackets: give an IPv6 address without them (\"::1\"); \
@@ -304,8 +315,11 @@ impl Target {
         if !self.path.starts_with('/') {
             bail!("target.path: {:?} is not an absolute path", self.path);
         }
-        if self.path.contains('\0') {
-            bail!("target.path: contains a NUL byte");
+        if self.path.contains(char::is_control) {
+            bail!(
+                "target.path: {:?} contains a control character (a newline, a tab, a NUL byte)",
+                self.path
+            );
         }
         if self.path.contains(':') {
             bail!(
@@ -789,6 +803,11 @@ mod tests {
         assert!(err(json!({"extraOptions": ["-v", 1]})).contains("target.extraOptions[1]"));
         assert!(err(json!({"port": 70000})).contains("target.port"));
         assert!(err(json!({"host": "-oProxyCommand=x"})).contains("target.host"));
+        assert!(err(json!({"host": "root@h"})).contains("target.host: \"root@h\" contains '@'"));
+        assert!(err(json!({"host": "h/var/src"})).contains("target.host"));
+        assert!(err(json!({"user": "a:b"})).contains("target.user"));
+        assert!(err(json!({"path": "/var/src\n/etc"})).contains("target.path"));
+        assert!(err(json!({"path": "/var/\tsrc"})).contains("control character"));
         assert!(err(json!(["h"])).contains("expected a string or an object"));
     }
 

@@ -25,6 +25,21 @@ pub fn finish(tool: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
     }
 }
 
+/// Parses the command line; a mistake in it is reported as `TOOL: error: …`
+/// like every other error (clap's own usage lines follow), exit status 2.
+pub fn parse<P: clap::Parser>(tool: &str) -> P {
+    match P::try_parse() {
+        Ok(parsed) => parsed,
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            let text = err.render().to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprint!("{tool}: error: {text}");
+            std::process::exit(err.exit_code());
+        }
+    }
+}
+
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause

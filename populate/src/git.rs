@@ -110,17 +110,25 @@ pub fn shallow_refusal(git_ref: &str) -> Option<String> {
 }
 
 /// The git step's body, run on the target after [`PRELUDE`] (which defines
-/// `run`) and the claim of its place (see `sync.rs`).
-pub fn git_script(path: &str, git: &GitSource) -> String {
+/// `run`) and the claim of its place (see `sync.rs`); `shown` is the path
+/// as messages name it.
+pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
     let p = quote(path);
+    let shown = quote(shown);
     let url = quote(&git.url);
     let create = if git.shallow {
         format!("git init {p}")
     } else {
         format!("git clone --recurse-submodules {url} {p}")
     };
+    // Only a real .git directory makes a checkout here: git would follow a
+    // `.git` symlink or `gitdir:` file to a repository outside the path.
     let mut script = format!(
-        "if ! test -e {p}/.git; then\n  run rm -fR {p}\nfi\n\
+        "if test -L {p}/.git || ! test -d {p}/.git; then\n  \
+         if test -e {p}; then\n    \
+         printf 'populate: replacing %s: it is not a git checkout of its own\\n' {shown} >&2\n  \
+         fi\n  \
+         run rm -fR {p}\nfi\n\
          if ! test -e {p}; then\n  run {create} >&2\nfi\n\
          run cd {p}\n\
          if ! url=$(git config remote.origin.url); then\n  run git remote add origin {url}\n\
@@ -334,7 +342,10 @@ mod tests {
                     fetch_always,
                     clean_exclude: vec!["/.version-suffix".into(), "a b".into()],
                 };
-                let script = format!("{PRELUDE}{}", git_script("/var/src/a b", &git));
+                let script = format!(
+                    "{PRELUDE}{}",
+                    git_script("/var/src/a b", "/var/src/a b", &git)
+                );
                 let out = std::process::Command::new("/bin/sh")
                     .args(["-n", "-c", &script])
                     .output()
@@ -353,7 +364,7 @@ mod tests {
             fetch_always: false,
             clean_exclude: vec![],
         };
-        let script = git_script("/p", &git);
+        let script = git_script("/p", "/p", &git);
         for line in script.lines() {
             let line = line.trim_start();
             if line.starts_with("git ") || line.starts_with("hash=$(git") {

@@ -82,6 +82,9 @@ impl PopulateArgs {
 pub struct Final {
     pub command: Cmd,
     pub what: String,
+    /// The machine it runs on when it runs there through ssh (without a
+    /// terminal: a signal here does not stop it there).
+    pub remote: Option<String>,
 }
 
 /// What every driver does: run each populate plan, then the final command
@@ -105,13 +108,18 @@ pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) ->
         bail!("interrupted");
     }
     mktarget::interrupt::doing(&last.what);
+    if let Some(on) = &last.remote {
+        mktarget::interrupt::remote(on);
+    }
     let status = last.command.status()?;
     if !status.success() {
         mktarget::interrupt::wait_if_interrupted();
         let how = mktarget::command::describe(status);
         if last.command.connection_failed(status) {
+            // ssh says 255 for both; a message above tells which.
             eprintln!(
-                "{tool}: error: {}: the ssh connection failed ({how}; ssh's message is above)",
+                "{tool}: error: {}: the ssh connection failed, or the command was killed by a \
+                 signal on the target ({how}; ssh's message, if any, is above)",
                 last.what
             );
         } else {
@@ -147,7 +155,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 pub fn main() -> ExitCode {
-    mktarget::tool::main("populate", || run(Cli::parse()))
+    mktarget::tool::main("populate", || run(mktarget::tool::parse("populate")))
 }
 
 #[cfg(test)]

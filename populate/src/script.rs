@@ -19,13 +19,16 @@ run() {
 /// The line [`PRELUDE`]'s `run` prints for a failed command.
 pub const FAILED_MARKER: &str = "populate: failed: ";
 
-/// The command a script's output names as the one that failed, if any: the
-/// last line `run` printed, without its status.
+/// The command a script's output names as the one that failed, if any: what
+/// `run` printed last, without its status (all of it: a derivation's
+/// expression spans lines).
 pub fn failed_command(output: &str) -> Option<&str> {
-    let line = output
-        .lines()
-        .rev()
-        .find_map(|line| line.strip_prefix(FAILED_MARKER))?;
+    let start = output
+        .match_indices(FAILED_MARKER)
+        .map(|(at, _)| at)
+        .filter(|&at| at == 0 || output[..at].ends_with('\n'))
+        .last()?;
+    let line = output[start + FAILED_MARKER.len()..].trim_end();
     Some(match line.rfind(" (exit status ") {
         Some(end) => &line[..end],
         None => line,
@@ -59,6 +62,17 @@ mod tests {
     fn run_changes_the_shell_it_runs_in() {
         let (status, stderr) = sh("run cd /\npwd >&2\n");
         assert_eq!((status, stderr.as_str()), (0, "/\n"));
+    }
+
+    #[test]
+    fn a_command_over_several_lines_is_named_whole() {
+        let (status, stderr) = sh("run sh -c 'exit 3\n# second line\n'\n");
+        assert_eq!(status, 3);
+        assert_eq!(
+            failed_command(&stderr),
+            Some("sh -c exit 3\n# second line\n"),
+            "{stderr}"
+        );
     }
 
     #[test]

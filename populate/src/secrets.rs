@@ -8,15 +8,14 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use mktarget::interrupt::{self, PrivateDir};
-use tempfile::TempDir;
 
 /// A 0700 temp dir (in `$TMPDIR`) for decrypted secrets, or for other
 /// output that must not outlive the run (a pipe's).
 #[derive(Debug)]
 pub struct SecretDir {
-    // Unregistered before the tree is removed: fields drop in order.
+    /// Removes the tree when dropped (not `TempDir`: see [`PrivateDir`]).
     registered: PrivateDir,
-    dir: TempDir,
+    path: std::path::PathBuf,
 }
 
 impl SecretDir {
@@ -27,19 +26,20 @@ impl SecretDir {
 
     /// A dir for what `holds` says (for the interrupt message).
     pub fn holding(prefix: &str, holds: &'static str) -> Result<SecretDir> {
-        let (registered, dir) = interrupt::private_dir(holds, || {
-            let dir = tempfile::Builder::new()
+        let (registered, path) = interrupt::private_dir(holds, || {
+            let path = tempfile::Builder::new()
                 .prefix(prefix)
                 .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .tempdir()?;
-            Ok((dir.path().to_owned(), dir))
+                .tempdir()?
+                .keep();
+            Ok((path.clone(), path))
         })
-        .context("cannot create a private temp dir for secrets")?;
-        Ok(SecretDir { registered, dir })
+        .with_context(|| format!("cannot create a private temp dir for {holds}"))?;
+        Ok(SecretDir { registered, path })
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// Creates `REL` below the dir as an empty 0600 file, with 0700 parents.

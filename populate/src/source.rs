@@ -120,6 +120,12 @@ fn check_name(name: &str) -> Result<()> {
              A-Z a-z 0-9 . _ - (not \".\", \"..\", nor starting with '-')"
         );
     }
+    if name.len() > 255 {
+        bail!(
+            "sources.{name:?}: a source name is a file name on the target, and those are at most 255 bytes long; this one has {}",
+            name.len()
+        );
+    }
     if name.starts_with(".populate") {
         bail!(
             "sources.{name:?}: names starting with .populate are populate's own on the target \
@@ -674,6 +680,13 @@ mod tests {
             ),
             (json!(["x"]), "sources: expected an object"),
         ];
+        let long = "n".repeat(256);
+        let err = refused(json!({ long.clone(): {"symlink": "x"} }));
+        assert!(
+            err.contains("at most 255 bytes long; this one has 256"),
+            "{err}"
+        );
+        assert!(parse(&json!({ &long[1..]: {"symlink": "x"} }).to_string(), None).is_ok());
         for (input, expected) in cases {
             let err = refused(input.clone());
             assert!(

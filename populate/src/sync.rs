@@ -22,6 +22,8 @@ const MISSING_SENTINEL: i32 = 3;
 /// How the sentinel check reports a file sentinel where `--backup` needs a
 /// directory.
 const FILE_SENTINEL: i32 = 4;
+/// The sentinel script's exit status when the sentinel is a symlink.
+const LINKED_SENTINEL: i32 = 5;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -52,7 +54,6 @@ struct Step {
 enum Action {
     Sentinel {
         check: Cmd,
-        sentinel: String,
     },
     /// Commands run one after the other; the first failure ends the step.
     Run(Vec<Cmd>),
@@ -144,20 +145,20 @@ impl Plan {
 impl Step {
     fn run(&self) -> Result<()> {
         match &self.action {
-            Action::Sentinel { check, sentinel } => {
+            Action::Sentinel { check } => {
                 let (status, tail) = check.run_unchecked()?;
                 match status.code() {
                     Some(0) => Ok(()),
-                    // The script printed krops's own line, for whoever matches on it.
+                    // The script printed krops's own line, for whoever
+                    // matches on it; this adds what to do.
                     Some(MISSING_SENTINEL) => bail!(
-                        "the target has no sentinel file, which guards against syncing \
-                         to the wrong place: create it, or run with --force"
+                        "it guards against syncing to the wrong place: create it on the \
+                         target (an empty file), or run with --force"
                     ),
-                    Some(FILE_SENTINEL) => bail!(
-                        "the sentinel {sentinel} is a file, but --backup keeps the backup \
-                         inside it, so it must be a directory: run with --force --backup to \
-                         turn an empty sentinel file into a directory"
-                    ),
+                    // The script said why, and what to do.
+                    Some(FILE_SENTINEL | LINKED_SENTINEL) => {
+                        bail!("the sentinel is not usable as it is (see above); nothing was synced")
+                    }
                     _ => Err(step_failure(check, status, &tail)),
                 }
             }
@@ -216,8 +217,11 @@ enum Makes {
     Dir,
     /// A regular file: a single-file file source, a pipe's output.
     File,
-    /// A symlink: a symlink source, a derivation's out link.
+    /// A symlink: a symlink source.
     Link,
+    /// A derivation's out link: a symlink into the Nix store (nix-build
+    /// replaces only those).
+    OutLink,
 }
 
 /// Removes, without following links, whatever stands at `p` that the
@@ -232,13 +236,20 @@ fn claim_script(p: &str, shown: &str, makes: Makes) -> String {
         )
     };
     let mut branches = Vec::new();
-    if makes != Makes::Link {
-        branches.push(("test -L", replacing("symlink", "rm -f")));
+    match makes {
+        Makes::Link => {}
+        Makes::OutLink => branches.push((
+            // Each test ends with one that takes the path as its argument.
+            "case \"$(readlink {p} || :)\" in /nix/store/*|'') false ;; *) true ;; esac && test -L",
+            replacing("symlink", "rm -f"),
+        )),
+        Makes::Dir | Makes::File => branches.push(("test -L", replacing("symlink", "rm -f"))),
     }
+    let link = matches!(makes, Makes::Link | Makes::OutLink);
     if makes != Makes::Dir {
         // Not a symlink (tested first, or left to ln and nix-build).
         branches.push((
-            if makes == Makes::Link {
+            if link {
                 "! test -L {p} && test -d"
             } else {
                 "test -d"
@@ -250,7 +261,7 @@ fn claim_script(p: &str, shown: &str, makes: Makes) -> String {
         match makes {
             Makes::Dir => "test -e {p} && ! test -d",
             Makes::File => "test -e {p} && ! test -f",
-            Makes::Link => "! test -L {p} && test -e",
+            Makes::Link | Makes::OutLink => "! test -L {p} && test -e",
         },
         replacing(
             if makes == Makes::File {
@@ -287,7 +298,13 @@ fn sentinel_step(target: &Target, options: Options, origin: &Origin) -> Step {
     let s = quote(&sentinel);
     let mut script = String::from(PRELUDE);
     if options.force {
-        script.push_str(&format!("run mkdir -p {} >&2\n", quote(&target.path)));
+        script.push_str(&format!(
+            "run mkdir -p {} >&2\n\
+             if test -L {s}; then\n  \
+             printf 'populate: replacing the symlink at %s (a sentinel is never followed)\\n' {shown} >&2\n  \
+             run rm -f {s}\nfi\n",
+            quote(&target.path)
+        ));
         if options.backup {
             // A backup needs the sentinel to be a directory; krops's hosts
             // have an empty file there, which becomes one.
@@ -305,12 +322,15 @@ fn sentinel_step(target: &Target, options: Options, origin: &Origin) -> Step {
         }
     }
     script.push_str(&format!(
-        "if ! test -e {s}; then\n  printf 'error: missing sentinel file: %s\\n' {shown} >&2\n  exit {MISSING_SENTINEL}\nfi\n"
+        "if test -L {s}; then\n  \
+         printf 'error: the sentinel %s is a symlink, which populate does not follow; replace it with an empty file, or run with --force to have it replaced\\n' {shown} >&2\n  \
+         exit {LINKED_SENTINEL}\nfi\n\
+         if ! test -e {s}; then\n  printf 'error: missing sentinel file: %s\\n' {shown} >&2\n  exit {MISSING_SENTINEL}\nfi\n"
     ));
     if options.backup {
         script.push_str(&format!(
             "if ! test -d {s}; then\n  \
-             printf 'error: the sentinel %s is a file; --backup needs a directory (--force --backup makes one)\\n' {shown} >&2\n  \
+             printf 'error: the sentinel %s is a file; --backup needs a directory to keep the backup in (--force --backup turns an empty sentinel file into one)\\n' {shown} >&2\n  \
              exit {FILE_SENTINEL}\nfi\n"
         ));
     }
@@ -319,7 +339,6 @@ fn sentinel_step(target: &Target, options: Options, origin: &Origin) -> Step {
         place: target.display_path(&sentinel, origin),
         action: Action::Sentinel {
             check: target.shell(&script, origin),
-            sentinel: target.display_path(&sentinel, origin),
         },
     }
 }
@@ -328,13 +347,15 @@ fn backup_script(target: &Target, origin: &Origin) -> String {
     let path = &target.path;
     let sentinel = format!("{path}/.populate");
     format!(
-        "{PRELUDE}if ! test -d {s}; then\n  printf 'error: sentinel file is not a directory: %s\\n' {shown} >&2\n  exit 1\nfi\n\
+        "{PRELUDE}if test -L {s} || ! test -d {s}; then\n  printf 'error: sentinel file is not a directory: %s\\n' {shown} >&2\n  exit 1\nfi\n\
+         if test -L {b}; then\n  run rm -f {b}\nfi\n\
          run rsync -aAXF --delete --exclude /.populate --link-dest={p} {src} {dest} >&2\n",
         s = quote(&sentinel),
         shown = quote(&target.display_path(&sentinel, origin)),
         p = quote(path),
         src = quote(&format!("{path}/")),
         dest = quote(&format!("{path}/.populate/backup/")),
+        b = quote(&format!("{path}/.populate/backup")),
     )
 }
 
@@ -349,7 +370,7 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
         |makes, body: &str| target.shell(&source_script(target, makes, origin, body), origin);
     Ok(match source {
         Source::Derivation { text } => Action::Run(vec![shell(
-            Makes::Link,
+            Makes::OutLink,
             &format!("run nix-build -E {} -o {p} >&2\n", quote(text)),
         )]),
         Source::File(file) => {
@@ -367,7 +388,13 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
                 rsync(target, file, &rsync_source(path), origin),
             ])
         }
-        Source::Git(git) => Action::Run(vec![shell(Makes::Dir, &git_script(&target.path, git))]),
+        Source::Git(git) => {
+            let shown = target.display_path(&target.path, origin);
+            Action::Run(vec![shell(
+                Makes::Dir,
+                &git_script(&target.path, &shown, git),
+            )])
+        }
         Source::Pass { dir, name } => {
             let root = Path::new(dir).join(name);
             if !root.is_dir() {
@@ -432,21 +459,26 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
 /// Receives a pipe's output on the target: its size on the first line, then
 /// the bytes, written beside P and moved into place only when all arrived
 /// (krops's `cat > P` left a partial file when the connection or the
-/// command broke).
+/// command broke). An existing P's mode and owner carry over, as they did
+/// with krops's `cat > P`.
 fn pipe_receive_script(path: &str) -> String {
     let p = quote(path);
-    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-    let tmp = quote(&format!("{dir}/.populate-pipe.{name}"));
+    let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
+    // Not named after the source: a name near 255 bytes would not fit.
+    let tmp = quote(&format!("{dir}/.populate-pipe"));
     format!(
         "IFS= read -r size\n\
          tmp={tmp}.$$\n\
          trap 'rm -f \"$tmp\"' EXIT\n\
          rm -f \"$tmp\"\n\
-         run cat > \"$tmp\"\n\
+         run tee -- \"$tmp\" >/dev/null\n\
          got=$(wc -c < \"$tmp\")\n\
          if test \"$got\" -ne \"$size\"; then\n  \
          printf 'populate: only %s of %s bytes arrived; %s is left as it was\\n' \"$got\" \"$size\" {p} >&2\n  \
          exit 1\nfi\n\
+         if test -f {p}; then\n  \
+         run chmod --reference={p} \"$tmp\"\n  \
+         chown --reference={p} \"$tmp\" 2>/dev/null || :\nfi\n\
          run mv -fT \"$tmp\" {p}\n"
     )
 }
@@ -482,7 +514,7 @@ impl Pipe {
             .replace("'$tmp_dir/out'", "\"$tmp_dir\"/out");
         format!(
             "(\ntmp_dir=$(mktemp -d -t populate-pipe.XXXXXXXX)\n\
-             trap 'rm -fR \"$tmp_dir\"' EXIT\ntrap 'exit 130' INT TERM HUP\numask 077\n\
+             trap 'rm -fR \"$tmp_dir\"' EXIT\ntrap 'exit 130' INT TERM HUP\n\
              {} > \"$tmp_dir\"/out\n{receive}\n)",
             self.command
         )
