@@ -328,6 +328,72 @@ fn eval_source_of_store_paths_and_nix_paths() {
 }
 
 #[test]
+fn fetched_trees_and_flake_inputs_are_file_sources() {
+    // krops takes anything nixpkgs's `isStringLike` calls a store path as a
+    // file source: `builtins.fetchGit`'s result, a flake input (an attribute
+    // set with `_type = "flake"` and an outPath), not only a package.
+    let world = World::new();
+    let (writers, krops_rs) = world.nix_fixtures();
+    let repo = world.git_repo("modules");
+    repo.write("default.nix", "{ fetched = true; }\n");
+    let commit = repo.commit("modules");
+    let dest = world.path("local/src");
+    let file = world.write(
+        "fetched.nix",
+        format!(
+            r#"let
+  krops = {krops};
+  lib = import "${{krops}}/lib";
+  writers = import {writers};
+  populate = import "${{krops}}/pkgs/populate" {{ inherit writers; krops-rs = {krops_rs}; }};
+  modules = builtins.fetchGit {{ url = {url}; rev = {commit}; }};
+  input = {{ _type = "flake"; inherit (modules) outPath rev; }};
+  source = lib.evalSource {{
+    fetched.file = modules;
+    flake-input.file = input;
+    full.file = {{ path = modules; useChecksum = false; }};
+  }};
+in {{
+  inherit source;
+  path = modules.outPath;
+  populate = populate {{ inherit source; target = {dest}; force = true; }};
+}}
+"#,
+            krops = nix_str(krops_dir().to_str().unwrap()),
+            writers = nix_str(writers.to_str().unwrap()),
+            krops_rs = nix_str(krops_rs.to_str().unwrap()),
+            url = nix_str(&repo.file_url()),
+            commit = nix_str(&commit),
+            dest = nix_str(dest.to_str().unwrap()),
+        ),
+    );
+    let evaluated = world.nix_eval_json(&format!("import {}", nix_str(file.to_str().unwrap())));
+    let path = evaluated["path"].as_str().unwrap();
+    assert!(path.starts_with("/nix/store/"), "{evaluated}");
+    let file_source = |use_checksum: bool| {
+        json!({"type": "file", "file": {"path": path, "useChecksum": use_checksum, "exclude": [],
+               "filters": [], "deleteExcluded": true}})
+    };
+    assert_eq!(
+        evaluated["source"],
+        json!({"fetched": file_source(true), "flake-input": file_source(true),
+               "full": file_source(false)})
+    );
+
+    let script = world.nix_build(&file, "populate");
+    world
+        .run_command(&mut world.command(&script), b"")
+        .assert_success();
+    for name in ["fetched", "flake-input", "full"] {
+        assert_eq!(
+            file_text(&dest.join(name).join("default.nix")),
+            "{ fetched = true; }\n",
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn eval_source_merges_a_list_as_krops_module_system_does() {
     let world = World::new();
     let evaluated = world.nix_eval_json(
