@@ -5,7 +5,7 @@
 # calling `lib.mkIf` or `lib.optionalAttrs` through it keeps working.
 let
   inherit (builtins)
-    all attrNames concatLists concatMap concatStringsSep elem elemAt filter
+    all any attrNames concatLists concatMap concatStringsSep elem elemAt filter
     foldl' genList getEnv head isAttrs isBool isFunction isList isPath
     isString length listToAttrs map mapAttrs match pathExists readFile
     replaceStrings sort split stringLength substring tail toJSON trace typeOf;
@@ -24,6 +24,7 @@ let
     if isString x then "the string ${toJSON x}"
     else if isPathLike x then "a package or store path"
     else if isAttrs x then "an attribute set"
+    else if isFunction x then "a function (modules written as functions are not supported)"
     else if isList x then "a list"
     else if isBool x then "a boolean"
     else typeOf x;
@@ -338,10 +339,14 @@ let
         if isAttrs d.value && !isPathLike d.value then d
         else throw "evalSource: expected an attribute set of sources (or a list of them), got ${describe d.value}") defs;
       names = attrNames (foldl' (acc: d: acc // d.value) { } sets);
-      # A source whose every definition is `mkIf false` is not there.
+      # A source whose every definition is `mkIf false` is not there; one set
+      # to null is a mistake (krops's module system refuses it too).
       defined = map (name: { inherit name; defs = fieldDefs "sources" sets name; }) names;
+      nulls = filter (name: any (d: d.value ? ${name} && d.value.${name} == null) sets) names;
     in
-    listToAttrs (map (source: {
+    if nulls != [ ] then
+      throw "evalSource: ${head nulls}: expected an attribute set naming one source type, got null (to leave a source out, use lib.mkIf or lib.optionalAttrs)"
+    else listToAttrs (map (source: {
       name = checkName source.name;
       value = evalOne source.name source.defs;
     }) (filter (source: source.defs != [ ]) defined));

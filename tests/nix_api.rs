@@ -492,6 +492,14 @@ fn invalid_sources_are_evaluation_errors_naming_source_and_field() {
             "x: expected an attribute set naming one source type",
         ),
         (r#""nixpkgs""#, "expected an attribute set of sources"),
+        (
+            r#"[ { a.symlink = "x"; } { x = null; } ]"#,
+            "x: expected an attribute set naming one source type, got null",
+        ),
+        (
+            r#"[ ({ ... }: { x.symlink = "y"; }) ]"#,
+            "expected an attribute set of sources (or a list of them), got a function (modules written as functions are not supported)",
+        ),
     ] {
         let out = world.nix_eval(&format!("lib.evalSource ({sources})"));
         out.assert_failure()
