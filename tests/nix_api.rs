@@ -1003,3 +1003,177 @@ in {{
     out.assert_success();
     assert_eq!(file_text(&dest.join("nixos-config")), "{ built = true; }\n");
 }
+
+#[test]
+fn every_option_a_krops_nix_sets_reaches_the_targets() {
+    // A krops.nix in the style of krebs's own: a sudo target given as
+    // `lib.mkTarget … // { … }` with an integer port and ssh options, a build
+    // target, every source type with its options, a pipe made by Nix.
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let beta = world.add_host("beta");
+    let user = world.sudo_user();
+    let (writers, krops_rs) = world.nix_fixtures();
+    world.write("cfg/a.conf", "a\n");
+    world.write("cfg/b.txt", "b\n");
+    world.write("cfg/sub/c.conf", "c\n");
+    let repo = world.git_repo("nixpkgs");
+    repo.write("default.nix", "{ }\n");
+    let commit = repo.commit("first");
+    let pass = world.pass_store();
+    pass.insert("hosts/alpha/ssh-key", "alpha-pass-secret");
+    let passage = world.passage_store();
+    passage.insert("wifi", "passage-secret");
+    let age = world
+        .sh("command -v age")
+        .stdout_str()
+        .trim_end()
+        .to_owned();
+    let alpha_dest = world.mkdir("root-owned").join("src");
+    let beta_dest = world.path("beta/src");
+    let file = world.write(
+        "options.nix",
+        format!(
+            r#"let
+  krops = {krops};
+  lib = import "${{krops}}/lib";
+  writers = import {writers};
+  pkgs.krops = import "${{krops}}/pkgs/krops" {{ inherit writers; krops-rs = {krops_rs}; }};
+  source = lib.evalSource [
+    {{
+      cfg.file = {{
+        path = toString ./cfg;
+        filters = [
+          {{ type = "include"; pattern = "*.conf"; }}
+          {{ type = "include"; pattern = "*/"; }}
+          {{ pattern = "*"; }}
+        ];
+        useChecksum = true;
+      }};
+      nixpkgs.git = {{
+        url = {url};
+        ref = {commit};
+        shallow = true;
+        fetchAlways = true;
+        clean.exclude = [ "/.version-suffix" ];
+      }};
+      secrets.pass = {{ dir = /. + {pass}; name = "hosts/alpha"; }};
+      keys.passage = {{ dir = /. + {passage}; identities_file = /. + {identities}; age = {age}; }};
+      version.pipe = toString (writers.writeDash "version" "echo 21.11");
+      nixos-config.symlink = "cfg/a.conf";
+    }}
+  ];
+in pkgs.krops.writeDeploy "deploy-alpha" {{
+  inherit source;
+  target = lib.mkTarget "{user}@alpha{alpha_dest}" // {{
+    sudo = true;
+    port = {port};
+    extraOptions = [ "-o" "ServerAliveInterval=7" ];
+  }};
+  buildTarget = "root@beta{beta_dest}";
+  operation = "boot";
+  crossDeploy = true;
+  useNixOutputMonitor = false;
+  force = true;
+  backup = true;
+}}
+"#,
+            krops = nix_str(krops_dir().to_str().unwrap()),
+            writers = nix_str(writers.to_str().unwrap()),
+            krops_rs = nix_str(krops_rs.to_str().unwrap()),
+            url = nix_str(&repo.url()),
+            commit = nix_str(&commit),
+            pass = nix_str(pass.dir().to_str().unwrap()),
+            passage = nix_str(passage.dir().to_str().unwrap()),
+            identities = nix_str(passage.identities().to_str().unwrap()),
+            age = nix_str(&age),
+            port = alpha.port(),
+            alpha_dest = alpha_dest.display(),
+            beta_dest = beta_dest.display(),
+        ),
+    );
+    let script = world.nix_build(&file, "");
+    assert!(
+        file_text(&script).contains("# the sources refer to: /nix/store/"),
+        "the pipe's script is kept with the deploy script"
+    );
+    let out = world.run_command(&mut world.command(&script), b"");
+    out.assert_success()
+        .assert_stderr_contains("# use nix-output-monitor: false");
+
+    for dest in [&alpha_dest, &beta_dest] {
+        assert_eq!(file_text(&dest.join("cfg/a.conf")), "a\n");
+        assert_eq!(file_text(&dest.join("cfg/sub/c.conf")), "c\n");
+        assert!(!dest.join("cfg/b.txt").exists(), "filtered out");
+        assert_eq!(krops_tests::git_head(&dest.join("nixpkgs")), commit);
+        assert_eq!(
+            file_text(&dest.join("secrets/ssh-key")).trim_end(),
+            "alpha-pass-secret"
+        );
+        assert_eq!(
+            file_text(&dest.join("keys/wifi")).trim_end(),
+            "passage-secret"
+        );
+        assert_eq!(file_text(&dest.join("version")), "21.11\n");
+        assert_eq!(
+            std::fs::read_link(dest.join("nixos-config")).unwrap(),
+            Path::new("cfg/a.conf")
+        );
+        assert!(dest.join(".populate").is_dir(), "--backup: a directory");
+    }
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(alpha_dest.join("cfg/a.conf")).unwrap(),
+    );
+    assert_eq!(owner, 0, "written through sudo");
+    let passage_runs = world.records("passage");
+    assert!(!passage_runs.is_empty());
+    for record in passage_runs {
+        assert_eq!(
+            record.var("PASSAGE_IDENTITIES_FILE"),
+            passage.identities().to_str()
+        );
+        assert_eq!(record.var("PASSAGE_AGE"), Some(age.as_str()));
+    }
+    let records = world.records("nixos-rebuild");
+    assert_eq!(records.len(), 1, "{records:?}");
+    let rebuild = &records[0];
+    assert_eq!(
+        server_port(rebuild),
+        beta.port(),
+        "built on the build target"
+    );
+    assert_eq!(
+        rebuild.var("NIX_PATH"),
+        beta_dest.to_str(),
+        "from the build target's path"
+    );
+    assert_eq!(
+        rebuild.argv,
+        [
+            "boot",
+            "--no-build-nix",
+            "--build-host",
+            "root@beta",
+            "--target-host",
+            &format!("{user}@alpha"),
+            "--use-remote-sudo"
+        ]
+    );
+
+    // Again: git cleans all but what clean.exclude keeps, and the backup
+    // holds what the first run left.
+    std::fs::write(alpha_dest.join("nixpkgs/.version-suffix"), "pre\n").unwrap();
+    std::fs::write(alpha_dest.join("nixpkgs/junk"), "junk\n").unwrap();
+    world
+        .run_command(&mut world.command(&script), b"")
+        .assert_success();
+    assert_eq!(
+        file_text(&alpha_dest.join("nixpkgs/.version-suffix")),
+        "pre\n"
+    );
+    assert!(!alpha_dest.join("nixpkgs/junk").exists());
+    assert_eq!(
+        file_text(&alpha_dest.join(".populate/backup/cfg/a.conf")),
+        "a\n"
+    );
+}
