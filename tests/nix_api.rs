@@ -799,6 +799,22 @@ fn typos_in_writer_arguments_are_evaluation_errors() {
             "unexpected argument 'focre'",
         ),
         (
+            r#"kropsPkgs.writeDeploy "d" { inherit source; target = lib.mkTarget "h" // { sduo = true; }; }"#,
+            "writeDeploy d: target.sduo: unknown field (expected user, host, port, path, sudo, extraOptions)",
+        ),
+        (
+            r#"kropsPkgs.writeDeploy "d" { inherit source; target = "h"; buildTarget = { host = "b"; hots = "c"; }; }"#,
+            "writeDeploy d: buildTarget.hots: unknown field",
+        ),
+        (
+            r#"kropsPkgs.writeCommand "c" { inherit source; target = { host = "h"; extraOption = [ ]; }; }"#,
+            "writeCommand c: target.extraOption: unknown field",
+        ),
+        (
+            r#"populate { inherit source; target = { host = "h"; Port = 22; }; }"#,
+            "populate: target.Port: unknown field",
+        ),
+        (
             r#"kropsPkgs.writeDeploy "d" { source = { x.gti = { }; }; target = "h"; }"#,
             "evalSource: x.gti: unknown field",
         ),
