@@ -1193,3 +1193,75 @@ in pkgs.krops.writeDeploy "deploy-alpha" {{
         "a\n"
     );
 }
+
+#[test]
+fn import_pkgs_gives_the_writers_through_the_overlay() {
+    // `pkgs = import "${krops}/pkgs" {}` as the READMEs write it, over a
+    // stand-in nixpkgs: just `callPackage`, overlays and `writers`. The
+    // user's overlay supplies krops-rs (the real one needs rustPlatform).
+    let world = World::new();
+    let (writers, krops_rs) = world.nix_fixtures();
+    world.write(
+        "fake-nixpkgs/default.nix",
+        format!(
+            r#"{{ overlays ? [ ], ... }}:
+let
+  callPackageWith = set: f: args:
+    let fn = if builtins.isFunction f then f else import f;
+    in fn (builtins.intersectAttrs (builtins.functionArgs fn) set // args);
+  base = self: {{
+    callPackage = callPackageWith self;
+    writers = import {writers};
+  }};
+  extend = f: overlay: self: let super = f self; in super // overlay self super;
+  fix = f: let x = f x; in x;
+in fix (builtins.foldl' extend base overlays)
+"#,
+            writers = nix_str(writers.to_str().unwrap()),
+        ),
+    );
+    let dest = world.path("local/src");
+    let file = world.write(
+        "krops.nix",
+        format!(
+            r#"let
+  krops = {krops};
+  lib = import "${{krops}}/lib";
+  pkgs = import "${{krops}}/pkgs" {{
+    overlays = [ (self: super: {{ krops-rs = {krops_rs}; }}) ];
+  }};
+  source = lib.evalSource [ {{ link.symlink = "there"; }} ];
+in {{
+  populate = pkgs.populate {{ inherit source; target = {dest}; force = true; }};
+  command = pkgs.krops.writeCommand "command" {{ inherit source; target = {dest}; }};
+}}
+"#,
+            krops = nix_str(krops_dir().to_str().unwrap()),
+            krops_rs = nix_str(krops_rs.to_str().unwrap()),
+            dest = nix_str(dest.to_str().unwrap()),
+        ),
+    );
+    let nix_path = format!("nixpkgs={}", world.path("fake-nixpkgs").display());
+    let build = |attr: &str| {
+        let mut cmd = world.command("nix-build");
+        cmd.env("NIX_PATH", &nix_path)
+            .arg("--no-out-link")
+            .arg(&file)
+            .args(["-A", attr]);
+        let out = world.run_command(&mut cmd, b"");
+        out.assert_success();
+        out.stdout_str().trim_end().to_owned()
+    };
+    let populate = build("populate");
+    world
+        .run_command(&mut world.command(&populate), b"")
+        .assert_success();
+    assert_eq!(
+        std::fs::read_link(dest.join("link")).unwrap(),
+        Path::new("there")
+    );
+    let command = build("command");
+    let out = world.run_command(&mut world.command(&command), b"");
+    out.assert_success();
+    assert_eq!(out.stdout_str(), format!("{}\n", dest.display()));
+}
