@@ -5,7 +5,7 @@
 # calling `lib.mkIf` or `lib.optionalAttrs` through it keeps working.
 let
   inherit (builtins)
-    all attrNames concatLists concatMap concatStringsSep elem elemAt filter
+    all any attrNames concatLists concatMap concatStringsSep elem elemAt filter
     foldl' genList getEnv head isAttrs isBool isFunction isList isPath
     isString length listToAttrs map mapAttrs match pathExists readFile
     replaceStrings sort split stringLength substring tail toJSON trace typeOf;
@@ -15,11 +15,16 @@ let
 
   toList = x: if isList x then x else [ x ];
   hasPrefix = prefix: s: substring 0 (stringLength prefix) s == prefix;
-  # A package, told apart from a source of type derivation by its outPath.
-  isDerivation = x: isAttrs x && (x.type or null) == "derivation" && x ? outPath;
+  # What stands for a path as `toString` reads it: a package, the result of
+  # `builtins.fetchGit` or `fetchTarball`, a flake input (`inputs.nixpkgs`),
+  # anything with an outPath or a __toString; told apart from a source's
+  # attribute set by that attribute, as nixpkgs's `isStringLike` does.
+  isPathLike = x: isAttrs x && (x ? outPath || x ? __toString);
   describe = x:
     if isString x then "the string ${toJSON x}"
+    else if isPathLike x then "a package or store path"
     else if isAttrs x then "an attribute set"
+    else if isFunction x then "a function (modules written as functions are not supported)"
     else if isList x then "a list"
     else if isBool x then "a boolean"
     else typeOf x;
@@ -118,7 +123,7 @@ let
   definitions = where: value:
     let
       go = prio: order: v:
-        if isAttrs v && v ? _type then
+        if isAttrs v && v ? _type && !isPathLike v then
           if v._type == "if" then
             (if isBool v.condition then (if v.condition then go prio order v.content else [ ])
              else throw "evalSource: ${where}: the condition of mkIf is ${describe v.condition}, not a boolean")
@@ -158,10 +163,11 @@ let
     str = single "a string" isString (x: x);
     bool = single "a boolean" isBool (x: x);
     # A path may be given as a string, a Nix path (`./config`, not copied to
-    # the store) or a package, like krops's `toString ./config`.
+    # the store) or a package or anything else with an outPath (a fetched tree,
+    # a flake input), like krops's `toString ./config`.
     absolute = where: defs:
       let
-        path = single "an absolute path" (x: isString x || isPath x || isDerivation x) toString where defs;
+        path = single "an absolute path" (x: isString x || isPath x || isPathLike x) toString where defs;
       in
       if hasPrefix "/" path then path
       else throw "evalSource: ${where}: ${toJSON path} is not an absolute path";
@@ -180,7 +186,7 @@ let
     strs = listOf str;
 
     # Like `str`, and a Nix path stands for its name (`~/.passage/identities`).
-    pathlike = single "a path" (x: isString x || isPath x) toString;
+    pathlike = single "a path" (x: isString x || isPath x || isPathLike x) toString;
 
     enum = values: where: defs:
       let v = str where defs; in
@@ -192,7 +198,7 @@ let
     record = fields: where: defs:
       let
         sets = concatMap (d:
-          if isAttrs d.value && !isDerivation d.value then definitions where d.value
+          if isAttrs d.value && !isPathLike d.value then definitions where d.value
           else throw "evalSource: ${where}: expected an attribute set, got ${describe d.value}") defs;
         names = attrNames fields;
         unknown = filter (key: !(elem key names)) (concatMap (d: attrNames d.value) sets);
@@ -221,7 +227,7 @@ let
     };
     file = {
       takes = "an absolute path or an attribute set";
-      short = x: if isString x || isPath x || isDerivation x then { path = x; } else x;
+      short = x: if isString x || isPath x || isPathLike x then { path = x; } else x;
       kind = where: defs:
         let
           file = record {
@@ -264,7 +270,7 @@ let
     };
     passage = {
       takes = "a path or an attribute set";
-      short = x: if isString x || isPath x then { dir = x; } else x;
+      short = x: if isString x || isPath x || isPathLike x then { dir = x; } else x;
       kind = record {
         dir.kind = pathlike;
         identities_file = { kind = pathlike; default = "~/.passage/identities"; };
@@ -273,7 +279,7 @@ let
     };
     pipe = {
       takes = "an absolute path or an attribute set";
-      short = x: if isString x || isPath x || isDerivation x then { command = x; } else x;
+      short = x: if isString x || isPath x || isPathLike x then { command = x; } else x;
       kind = record { command.kind = absolute; };
     };
     symlink = {
@@ -295,7 +301,7 @@ let
   evalOne = name: defs:
     let
       sets = concatMap (d:
-        if isAttrs d.value && !isDerivation d.value then definitions name d.value
+        if isAttrs d.value && !isPathLike d.value then definitions name d.value
         else throw "evalSource: ${name}: expected an attribute set naming one source type, got ${describe d.value}") defs;
       keys = concatMap (d: attrNames d.value) sets;
       unknown = filter (key: !(elem key ([ "type" ] ++ typeNames))) keys;
@@ -314,7 +320,7 @@ let
       where = "${name}.${type}";
       typeDefs = map (d:
         let value = spec.short d.value; in
-        if isAttrs value && !isDerivation value then d // { inherit value; }
+        if isAttrs value && !isPathLike value then d // { inherit value; }
         else throw "evalSource: ${where}: expected ${spec.takes}, got ${describe d.value}")
         (fieldDefs name sets type);
       value = spec.kind where typeDefs;
@@ -330,13 +336,17 @@ let
     let
       defs = concatMap (definitions "sources") (toList sources);
       sets = map (d:
-        if isAttrs d.value && !isDerivation d.value then d
+        if isAttrs d.value && !isPathLike d.value then d
         else throw "evalSource: expected an attribute set of sources (or a list of them), got ${describe d.value}") defs;
       names = attrNames (foldl' (acc: d: acc // d.value) { } sets);
-      # A source whose every definition is `mkIf false` is not there.
+      # A source whose every definition is `mkIf false` is not there; one set
+      # to null is a mistake (krops's module system refuses it too).
       defined = map (name: { inherit name; defs = fieldDefs "sources" sets name; }) names;
+      nulls = filter (name: any (d: d.value ? ${name} && d.value.${name} == null) sets) names;
     in
-    listToAttrs (map (source: {
+    if nulls != [ ] then
+      throw "evalSource: ${head nulls}: expected an attribute set naming one source type, got null (to leave a source out, use lib.mkIf or lib.optionalAttrs)"
+    else listToAttrs (map (source: {
       name = checkName source.name;
       value = evalOne source.name source.defs;
     }) (filter (source: source.defs != [ ]) defined));

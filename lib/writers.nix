@@ -21,8 +21,18 @@ rec {
     else throw "${what}: ${name}: expected a string, got ${typeOf value}";
 
   # The target as JSON, its defaults filled in here as krops's `mkTarget`
-  # fills them when the script is built.
-  targetJSON = target: toJSON (lib.mkTarget target);
+  # fills them when the script is built. A field the tools do not know (a
+  # typo such as `sudo` spelt `sduo`) is an evaluation error here, rather
+  # than an error when the script runs.
+  targetFields = [ "user" "host" "port" "path" "sudo" "extraOptions" ];
+  targetJSON = what: name: target:
+    let
+      target' = lib.mkTarget target;
+      unknown = lib.filter (field: !(lib.elem field targetFields)) (attrNames target');
+    in
+    if unknown != [ ] then
+      throw "${what}: ${name}.${lib.head unknown}: unknown field (expected ${concatStringsSep ", " targetFields})"
+    else toJSON target';
 
   # `--sources FILE` with the evaluated sources as JSON in the store, and a
   # line for the script naming the store paths they refer to. `toFile`

@@ -328,6 +328,72 @@ fn eval_source_of_store_paths_and_nix_paths() {
 }
 
 #[test]
+fn fetched_trees_and_flake_inputs_are_file_sources() {
+    // krops takes anything nixpkgs's `isStringLike` calls a store path as a
+    // file source: `builtins.fetchGit`'s result, a flake input (an attribute
+    // set with `_type = "flake"` and an outPath), not only a package.
+    let world = World::new();
+    let (writers, krops_rs) = world.nix_fixtures();
+    let repo = world.git_repo("modules");
+    repo.write("default.nix", "{ fetched = true; }\n");
+    let commit = repo.commit("modules");
+    let dest = world.path("local/src");
+    let file = world.write(
+        "fetched.nix",
+        format!(
+            r#"let
+  krops = {krops};
+  lib = import "${{krops}}/lib";
+  writers = import {writers};
+  populate = import "${{krops}}/pkgs/populate" {{ inherit writers; krops-rs = {krops_rs}; }};
+  modules = builtins.fetchGit {{ url = {url}; rev = {commit}; }};
+  input = {{ _type = "flake"; inherit (modules) outPath rev; }};
+  source = lib.evalSource {{
+    fetched.file = modules;
+    flake-input.file = input;
+    full.file = {{ path = modules; useChecksum = false; }};
+  }};
+in {{
+  inherit source;
+  path = modules.outPath;
+  populate = populate {{ inherit source; target = {dest}; force = true; }};
+}}
+"#,
+            krops = nix_str(krops_dir().to_str().unwrap()),
+            writers = nix_str(writers.to_str().unwrap()),
+            krops_rs = nix_str(krops_rs.to_str().unwrap()),
+            url = nix_str(&repo.file_url()),
+            commit = nix_str(&commit),
+            dest = nix_str(dest.to_str().unwrap()),
+        ),
+    );
+    let evaluated = world.nix_eval_json(&format!("import {}", nix_str(file.to_str().unwrap())));
+    let path = evaluated["path"].as_str().unwrap();
+    assert!(path.starts_with("/nix/store/"), "{evaluated}");
+    let file_source = |use_checksum: bool| {
+        json!({"type": "file", "file": {"path": path, "useChecksum": use_checksum, "exclude": [],
+               "filters": [], "deleteExcluded": true}})
+    };
+    assert_eq!(
+        evaluated["source"],
+        json!({"fetched": file_source(true), "flake-input": file_source(true),
+               "full": file_source(false)})
+    );
+
+    let script = world.nix_build(&file, "populate");
+    world
+        .run_command(&mut world.command(&script), b"")
+        .assert_success();
+    for name in ["fetched", "flake-input", "full"] {
+        assert_eq!(
+            file_text(&dest.join(name).join("default.nix")),
+            "{ fetched = true; }\n",
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn eval_source_merges_a_list_as_krops_module_system_does() {
     let world = World::new();
     let evaluated = world.nix_eval_json(
@@ -426,6 +492,14 @@ fn invalid_sources_are_evaluation_errors_naming_source_and_field() {
             "x: expected an attribute set naming one source type",
         ),
         (r#""nixpkgs""#, "expected an attribute set of sources"),
+        (
+            r#"[ { a.symlink = "x"; } { x = null; } ]"#,
+            "x: expected an attribute set naming one source type, got null",
+        ),
+        (
+            r#"[ ({ ... }: { x.symlink = "y"; }) ]"#,
+            "expected an attribute set of sources (or a list of them), got a function (modules written as functions are not supported)",
+        ),
     ] {
         let out = world.nix_eval(&format!("lib.evalSource ({sources})"));
         out.assert_failure()
@@ -725,6 +799,22 @@ fn typos_in_writer_arguments_are_evaluation_errors() {
             "unexpected argument 'focre'",
         ),
         (
+            r#"kropsPkgs.writeDeploy "d" { inherit source; target = lib.mkTarget "h" // { sduo = true; }; }"#,
+            "writeDeploy d: target.sduo: unknown field (expected user, host, port, path, sudo, extraOptions)",
+        ),
+        (
+            r#"kropsPkgs.writeDeploy "d" { inherit source; target = "h"; buildTarget = { host = "b"; hots = "c"; }; }"#,
+            "writeDeploy d: buildTarget.hots: unknown field",
+        ),
+        (
+            r#"kropsPkgs.writeCommand "c" { inherit source; target = { host = "h"; extraOption = [ ]; }; }"#,
+            "writeCommand c: target.extraOption: unknown field",
+        ),
+        (
+            r#"populate { inherit source; target = { host = "h"; Port = 22; }; }"#,
+            "populate: target.Port: unknown field",
+        ),
+        (
             r#"kropsPkgs.writeDeploy "d" { source = { x.gti = { }; }; target = "h"; }"#,
             "evalSource: x.gti: unknown field",
         ),
@@ -928,4 +1018,250 @@ in {{
     let out = world.run_command(&mut world.command(&script), b"");
     out.assert_success();
     assert_eq!(file_text(&dest.join("nixos-config")), "{ built = true; }\n");
+}
+
+#[test]
+fn every_option_a_krops_nix_sets_reaches_the_targets() {
+    // A krops.nix in the style of krebs's own: a sudo target given as
+    // `lib.mkTarget … // { … }` with an integer port and ssh options, a build
+    // target, every source type with its options, a pipe made by Nix.
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let beta = world.add_host("beta");
+    let user = world.sudo_user();
+    let (writers, krops_rs) = world.nix_fixtures();
+    world.write("cfg/a.conf", "a\n");
+    world.write("cfg/b.txt", "b\n");
+    world.write("cfg/sub/c.conf", "c\n");
+    let repo = world.git_repo("nixpkgs");
+    repo.write("default.nix", "{ }\n");
+    let commit = repo.commit("first");
+    let pass = world.pass_store();
+    pass.insert("hosts/alpha/ssh-key", "alpha-pass-secret");
+    let passage = world.passage_store();
+    passage.insert("wifi", "passage-secret");
+    let age = world
+        .sh("command -v age")
+        .stdout_str()
+        .trim_end()
+        .to_owned();
+    let alpha_dest = world.mkdir("root-owned").join("src");
+    let beta_dest = world.path("beta/src");
+    let file = world.write(
+        "options.nix",
+        format!(
+            r#"let
+  krops = {krops};
+  lib = import "${{krops}}/lib";
+  writers = import {writers};
+  pkgs.krops = import "${{krops}}/pkgs/krops" {{ inherit writers; krops-rs = {krops_rs}; }};
+  source = lib.evalSource [
+    {{
+      cfg.file = {{
+        path = toString ./cfg;
+        filters = [
+          {{ type = "include"; pattern = "*.conf"; }}
+          {{ type = "include"; pattern = "*/"; }}
+          {{ pattern = "*"; }}
+        ];
+        useChecksum = true;
+      }};
+      nixpkgs.git = {{
+        url = {url};
+        ref = {commit};
+        shallow = true;
+        fetchAlways = true;
+        clean.exclude = [ "/.version-suffix" ];
+      }};
+      secrets.pass = {{ dir = /. + {pass}; name = "hosts/alpha"; }};
+      keys.passage = {{ dir = /. + {passage}; identities_file = /. + {identities}; age = {age}; }};
+      version.pipe = toString (writers.writeDash "version" "echo 21.11");
+      nixos-config.symlink = "cfg/a.conf";
+    }}
+  ];
+in pkgs.krops.writeDeploy "deploy-alpha" {{
+  inherit source;
+  target = lib.mkTarget "{user}@alpha{alpha_dest}" // {{
+    sudo = true;
+    port = {port};
+    extraOptions = [ "-o" "ServerAliveInterval=7" ];
+  }};
+  buildTarget = "root@beta{beta_dest}";
+  operation = "boot";
+  crossDeploy = true;
+  useNixOutputMonitor = false;
+  force = true;
+  backup = true;
+}}
+"#,
+            krops = nix_str(krops_dir().to_str().unwrap()),
+            writers = nix_str(writers.to_str().unwrap()),
+            krops_rs = nix_str(krops_rs.to_str().unwrap()),
+            url = nix_str(&repo.url()),
+            commit = nix_str(&commit),
+            pass = nix_str(pass.dir().to_str().unwrap()),
+            passage = nix_str(passage.dir().to_str().unwrap()),
+            identities = nix_str(passage.identities().to_str().unwrap()),
+            age = nix_str(&age),
+            port = alpha.port(),
+            alpha_dest = alpha_dest.display(),
+            beta_dest = beta_dest.display(),
+        ),
+    );
+    let script = world.nix_build(&file, "");
+    assert!(
+        file_text(&script).contains("# the sources refer to: /nix/store/"),
+        "the pipe's script is kept with the deploy script"
+    );
+    let out = world.run_command(&mut world.command(&script), b"");
+    out.assert_success()
+        .assert_stderr_contains("# use nix-output-monitor: false");
+
+    for dest in [&alpha_dest, &beta_dest] {
+        assert_eq!(file_text(&dest.join("cfg/a.conf")), "a\n");
+        assert_eq!(file_text(&dest.join("cfg/sub/c.conf")), "c\n");
+        assert!(!dest.join("cfg/b.txt").exists(), "filtered out");
+        assert_eq!(krops_tests::git_head(&dest.join("nixpkgs")), commit);
+        assert_eq!(
+            file_text(&dest.join("secrets/ssh-key")).trim_end(),
+            "alpha-pass-secret"
+        );
+        assert_eq!(
+            file_text(&dest.join("keys/wifi")).trim_end(),
+            "passage-secret"
+        );
+        assert_eq!(file_text(&dest.join("version")), "21.11\n");
+        assert_eq!(
+            std::fs::read_link(dest.join("nixos-config")).unwrap(),
+            Path::new("cfg/a.conf")
+        );
+        assert!(dest.join(".populate").is_dir(), "--backup: a directory");
+    }
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(alpha_dest.join("cfg/a.conf")).unwrap(),
+    );
+    assert_eq!(owner, 0, "written through sudo");
+    let passage_runs = world.records("passage");
+    assert!(!passage_runs.is_empty());
+    for record in passage_runs {
+        assert_eq!(
+            record.var("PASSAGE_IDENTITIES_FILE"),
+            passage.identities().to_str()
+        );
+        assert_eq!(record.var("PASSAGE_AGE"), Some(age.as_str()));
+    }
+    let records = world.records("nixos-rebuild");
+    assert_eq!(records.len(), 1, "{records:?}");
+    let rebuild = &records[0];
+    assert_eq!(
+        server_port(rebuild),
+        beta.port(),
+        "built on the build target"
+    );
+    assert_eq!(
+        rebuild.var("NIX_PATH"),
+        beta_dest.to_str(),
+        "from the build target's path"
+    );
+    assert_eq!(
+        rebuild.argv,
+        [
+            "boot",
+            "--no-build-nix",
+            "--build-host",
+            "root@beta",
+            "--target-host",
+            &format!("{user}@alpha"),
+            "--use-remote-sudo"
+        ]
+    );
+
+    // Again: git cleans all but what clean.exclude keeps, and the backup
+    // holds what the first run left.
+    std::fs::write(alpha_dest.join("nixpkgs/.version-suffix"), "pre\n").unwrap();
+    std::fs::write(alpha_dest.join("nixpkgs/junk"), "junk\n").unwrap();
+    world
+        .run_command(&mut world.command(&script), b"")
+        .assert_success();
+    assert_eq!(
+        file_text(&alpha_dest.join("nixpkgs/.version-suffix")),
+        "pre\n"
+    );
+    assert!(!alpha_dest.join("nixpkgs/junk").exists());
+    assert_eq!(
+        file_text(&alpha_dest.join(".populate/backup/cfg/a.conf")),
+        "a\n"
+    );
+}
+
+#[test]
+fn import_pkgs_gives_the_writers_through_the_overlay() {
+    // `pkgs = import "${krops}/pkgs" {}` as the READMEs write it, over a
+    // stand-in nixpkgs: just `callPackage`, overlays and `writers`. The
+    // user's overlay supplies krops-rs (the real one needs rustPlatform).
+    let world = World::new();
+    let (writers, krops_rs) = world.nix_fixtures();
+    world.write(
+        "fake-nixpkgs/default.nix",
+        format!(
+            r#"{{ overlays ? [ ], ... }}:
+let
+  callPackageWith = set: f: args:
+    let fn = if builtins.isFunction f then f else import f;
+    in fn (builtins.intersectAttrs (builtins.functionArgs fn) set // args);
+  base = self: {{
+    callPackage = callPackageWith self;
+    writers = import {writers};
+  }};
+  extend = f: overlay: self: let super = f self; in super // overlay self super;
+  fix = f: let x = f x; in x;
+in fix (builtins.foldl' extend base overlays)
+"#,
+            writers = nix_str(writers.to_str().unwrap()),
+        ),
+    );
+    let dest = world.path("local/src");
+    let file = world.write(
+        "krops.nix",
+        format!(
+            r#"let
+  krops = {krops};
+  lib = import "${{krops}}/lib";
+  pkgs = import "${{krops}}/pkgs" {{
+    overlays = [ (self: super: {{ krops-rs = {krops_rs}; }}) ];
+  }};
+  source = lib.evalSource [ {{ link.symlink = "there"; }} ];
+in {{
+  populate = pkgs.populate {{ inherit source; target = {dest}; force = true; }};
+  command = pkgs.krops.writeCommand "command" {{ inherit source; target = {dest}; }};
+}}
+"#,
+            krops = nix_str(krops_dir().to_str().unwrap()),
+            krops_rs = nix_str(krops_rs.to_str().unwrap()),
+            dest = nix_str(dest.to_str().unwrap()),
+        ),
+    );
+    let nix_path = format!("nixpkgs={}", world.path("fake-nixpkgs").display());
+    let build = |attr: &str| {
+        let mut cmd = world.command("nix-build");
+        cmd.env("NIX_PATH", &nix_path)
+            .arg("--no-out-link")
+            .arg(&file)
+            .args(["-A", attr]);
+        let out = world.run_command(&mut cmd, b"");
+        out.assert_success();
+        out.stdout_str().trim_end().to_owned()
+    };
+    let populate = build("populate");
+    world
+        .run_command(&mut world.command(&populate), b"")
+        .assert_success();
+    assert_eq!(
+        std::fs::read_link(dest.join("link")).unwrap(),
+        Path::new("there")
+    );
+    let command = build("command");
+    let out = world.run_command(&mut world.command(&command), b"");
+    out.assert_success();
+    assert_eq!(out.stdout_str(), format!("{}\n", dest.display()));
 }

@@ -40,8 +40,8 @@ in
         else (x: x);
     in
     deprecated (writeTool name "krops-deploy" source (
-      option "--target" (targetJSON target)
-      ++ option "--build-target" (if buildTarget == null then null else targetJSON buildTarget)
+      option "--target" (targetJSON what "target" target)
+      ++ option "--build-target" (if buildTarget == null then null else targetJSON what "buildTarget" buildTarget)
       ++ option "--operation" (checkString what "operation" operation)
       ++ flag "--cross-deploy" (checkBool what "crossDeploy" crossDeploy)
       ++ option "--nom" nom
@@ -64,7 +64,7 @@ in
       throw "${what}: target ${lib.toJSON target'} is not this machine (writeTest builds here)"
     else
       writeTool name "krops-test" source (
-        option "--target" (targetJSON target)
+        option "--target" (targetJSON what "target" target)
         ++ flag "--trace" (checkBool what "trace" trace)
         ++ flag "--force" (checkBool what "force" force)
         ++ flag "--backup" (checkBool what "backup" backup)
@@ -90,7 +90,7 @@ in
         else throw "${what}: command: expected a function of the target path giving a script, got ${lib.typeOf command}";
     in
     writeTool name "krops-command" source (
-      option "--target" (targetJSON target)
+      option "--target" (targetJSON what "target" target)
       ++ flag "--allocate-tty" (checkBool what "allocateTTY" allocateTTY)
       ++ flag "--force" (checkBool what "force" force)
       ++ flag "--backup" (checkBool what "backup" backup)

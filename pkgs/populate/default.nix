@@ -13,7 +13,7 @@ let
   what = "populate";
 in
 w.writeTool { inherit krops-rs writers; } (w.storeName "populate.${(lib.mkTarget target).host}") "populate" source (
-  w.option "--target" (w.targetJSON target)
+  w.option "--target" (w.targetJSON what "target" target)
   ++ w.flag "--force" (w.checkBool what "force" force)
   ++ w.flag "--backup" (w.checkBool what "backup" backup)
 )
