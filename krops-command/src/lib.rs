@@ -35,21 +35,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     let sources = cli.populate.read_sources()?;
-    let plan = Plan::new(&target, &sources, cli.populate.options(), &origin)?;
+    let session = cli.populate.session(&target, &origin)?;
+    let plan = Plan::new(&session, &sources, cli.populate.options())?;
     let args = ["krops-command".to_owned(), target.path.clone()];
-    let mut command = target.command(&cli.script, &args, cli.allocate_tty, &origin);
+    let mut command = session.command(&cli.script, &args, cli.allocate_tty);
     // A terminal on the target needs ours; with --sources FILE our stdin is
     // free, and the script reads it.
     if cli.allocate_tty || cli.populate.sources.is_some() {
         command = command.stdin_inherit();
     }
-    let on = target.machine(&origin);
+    let on = session.machine();
     // With a terminal there, ssh's hangup stops the command.
-    let remote = !target.is_local(&origin) && !cli.allocate_tty;
+    let remote = !session.is_local() && !cli.allocate_tty;
     let last = Final {
         command,
         what: format!("the command on {on}"),
         remote: remote.then(|| on.clone()),
+        session,
     };
     populate_then("krops-command", &[plan], &last, cli.populate.dry_run)
 }

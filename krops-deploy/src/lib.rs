@@ -2,6 +2,7 @@
 //! `nixos-rebuild` on the build target (SPEC §4, krops's `writeDeploy`).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
@@ -178,11 +179,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     let sources = cli.populate.read_sources()?;
     let options = cli.populate.options();
+    let target_session = cli.populate.session(&target, &origin)?;
+    let build_session = if build == target {
+        Arc::clone(&target_session)
+    } else {
+        cli.populate.session(&build, &origin)?
+    };
     let mut plans = Vec::new();
     if build != target {
-        plans.push(Plan::new(&build, &sources, options, &origin)?);
+        plans.push(Plan::new(&build_session, &sources, options)?);
     }
-    plans.push(Plan::new(&target, &sources, options, &origin)?);
+    plans.push(Plan::new(&target_session, &sources, options)?);
     let args = rebuild_args(&cli, &target, &build);
     let sshopts = match nix_sshopts(&target, &build) {
         Some(Ok(opts)) => Some(opts),
@@ -197,16 +204,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         None => None,
     };
     let script = rebuild_script(&build.path, sshopts.as_deref(), &args, cli.nom);
-    let on = build.machine(&origin);
+    let on = build_session.machine();
     let role = if build == target {
         "the target"
     } else {
         "the build target"
     };
     let rebuild = Final {
-        command: build.command(&script, &[], false, &origin),
+        command: build_session.command(&script, &[], false),
         what: format!("nixos-rebuild {} on {on} ({role})", cli.operation),
-        remote: (!build.is_local(&origin)).then(|| on.clone()),
+        remote: (!build_session.is_local()).then(|| on.clone()),
+        session: build_session,
     };
     populate_then("krops-deploy", &plans, &rebuild, cli.populate.dry_run)
 }

@@ -49,7 +49,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         );
     }
     let sources = cli.populate.read_sources()?;
-    let plan = Plan::new(&target, &sources, cli.populate.options(), &origin)?;
+    let session = cli.populate.session(&target, &origin)?;
+    let plan = Plan::new(&session, &sources, cli.populate.options())?;
     populate_then(
         "krops-test",
         &[plan],
@@ -57,6 +58,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             command: build_command(&target.path, cli.trace),
             what: "nix-build of the system on this machine".to_owned(),
             remote: None,
+            session,
         },
         cli.populate.dry_run,
     )

@@ -23,6 +23,7 @@ pub struct Cmd {
     env: Vec<(String, String)>,
     dir: Option<String>,
     stdin: Stdin,
+    quiet: bool,
 }
 
 /// Where a command's stdin comes from. Children never inherit ours unless
@@ -43,6 +44,7 @@ impl Cmd {
             env: Vec::new(),
             dir: None,
             stdin: Stdin::Null,
+            quiet: false,
         }
     }
 
@@ -67,6 +69,12 @@ impl Cmd {
 
     pub fn dir(mut self, dir: impl Into<String>) -> Cmd {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// Sends its stdout and stderr to /dev/null.
+    pub fn quiet(mut self) -> Cmd {
+        self.quiet = true;
         self
     }
 
@@ -123,6 +131,9 @@ impl Cmd {
         if let Some(dir) = &self.dir {
             expr = expr.dir(dir);
         }
+        if self.quiet {
+            expr = expr.stdout_null().stderr_null();
+        }
         match &self.stdin {
             Stdin::Null => expr.stdin_null(),
             Stdin::Inherit => expr,
@@ -144,6 +155,11 @@ impl Cmd {
     /// Like [`Cmd::run`], but returns how the command exited, with the tail
     /// of its output, for callers that give some exit codes a meaning.
     pub fn run_unchecked(&self) -> Result<(ExitStatus, Vec<u8>)> {
+        self.run_unchecked_into(&mut std::io::stderr())
+    }
+
+    /// Like [`Cmd::run_unchecked`], with the output going to `out`.
+    pub fn run_unchecked_into(&self, out: &mut dyn Write) -> Result<(ExitStatus, Vec<u8>)> {
         let mut reader = self
             .expression()
             .stderr_to_stdout()
@@ -153,7 +169,6 @@ impl Cmd {
         let _registered = interrupt::register(reader.pids(), self.own_group());
         let mut tail = Vec::new();
         let mut buf = [0u8; 8192];
-        let mut stderr = std::io::stderr();
         loop {
             let n = reader
                 .read(&mut buf)
@@ -162,7 +177,7 @@ impl Cmd {
                 break;
             }
             // Our stderr going away must not abort the step halfway.
-            let _ = stderr.write_all(&buf[..n]);
+            let _ = out.write_all(&buf[..n]);
             keep_tail(&mut tail, &buf[..n]);
         }
         let status = reader
@@ -177,6 +192,7 @@ impl Cmd {
     /// it succeeds and quoted in the error when it fails.
     pub fn read(&self) -> Result<String> {
         let output = self.run_stderr_captured(self.expression().stdout_capture())?;
+        let _ = std::io::stderr().write_all(&output.stderr);
         String::from_utf8(output.stdout)
             .with_context(|| format!("`{}` printed something that is not UTF-8", self.brief()))
     }
@@ -200,12 +216,18 @@ impl Cmd {
     /// Runs the command with its stdout written to `file` (used for secrets,
     /// which must never pass through our memory's logs or a pipe to a log).
     pub fn run_to_file(&self, file: File) -> Result<()> {
-        self.run_stderr_captured(self.expression().stdout_file(file))?;
+        self.run_to_file_into(file, &mut std::io::stderr())
+    }
+
+    /// Like [`Cmd::run_to_file`], its stderr going to `out` when it succeeds.
+    pub fn run_to_file_into(&self, file: File, out: &mut dyn Write) -> Result<()> {
+        let output = self.run_stderr_captured(self.expression().stdout_file(file))?;
+        let _ = out.write_all(&output.stderr);
         Ok(())
     }
 
     /// Runs `expr` (this command with its stdout directed) with stderr
-    /// captured: passed on when it succeeds, quoted in the error when not.
+    /// captured: returned when it succeeds, quoted in the error when not.
     fn run_stderr_captured(&self, expr: duct::Expression) -> Result<std::process::Output> {
         let handle = expr
             .stderr_capture()
@@ -219,8 +241,24 @@ impl Cmd {
         if !output.status.success() {
             return Err(self.failure(output.status, &output.stderr));
         }
-        let _ = std::io::stderr().write_all(&output.stderr);
         Ok(output)
+    }
+
+    /// Starts the command in the background, with our stdout and stderr (a
+    /// long-lived helper, such as an ssh master); see [`Started`].
+    pub fn start(&self) -> Result<Started> {
+        let handle = self
+            .expression()
+            .unchecked()
+            .start()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        let registered = interrupt::register(handle.pids(), self.own_group());
+        Ok(Started {
+            pids: handle.pids(),
+            own_group: self.own_group(),
+            handle,
+            _registered: registered,
+        })
     }
 
     /// Runs the command with our stdout and stderr and returns how it exited:
@@ -414,5 +452,50 @@ mod tests {
         let cmd = Cmd::new("echo").arg("x".repeat(1000));
         assert!(cmd.brief().chars().count() <= 401);
         assert!(cmd.brief().ends_with('…'));
+    }
+}
+
+/// A command started in the background; stopped with [`Started::terminate`]
+/// (the interrupt handler stops it on a signal: it is registered).
+#[derive(Debug)]
+pub struct Started {
+    handle: duct::Handle,
+    pids: Vec<u32>,
+    own_group: bool,
+    _registered: interrupt::Registered,
+}
+
+impl Started {
+    /// How it exited, if it has.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.handle.try_wait()?.map(|output| output.status))
+    }
+
+    /// Sends SIGTERM, waits up to `grace` for it to exit, then kills it.
+    pub fn terminate(&mut self, grace: std::time::Duration) {
+        use nix::sys::signal::{kill, killpg, Signal};
+        use nix::unistd::Pid;
+        let signal_all = |signal: Signal| {
+            for &pid in &self.pids {
+                let Ok(pid) = i32::try_from(pid).map(Pid::from_raw) else {
+                    continue;
+                };
+                let _ = if self.own_group {
+                    killpg(pid, signal)
+                } else {
+                    kill(pid, signal)
+                };
+            }
+        };
+        signal_all(Signal::SIGTERM);
+        let started = std::time::Instant::now();
+        while started.elapsed() < grace {
+            if !matches!(self.handle.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        signal_all(Signal::SIGKILL);
+        let _ = self.handle.wait();
     }
 }

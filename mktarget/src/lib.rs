@@ -5,6 +5,7 @@
 pub mod command;
 pub mod interrupt;
 pub mod json;
+pub mod session;
 pub mod shell;
 pub mod target;
 pub mod tool;
@@ -17,6 +18,7 @@ use clap::Parser;
 use serde_json::{Map, Value};
 
 pub use command::Cmd;
+pub use session::{Multiplex, Session};
 pub use target::{Origin, Target};
 
 /// Print a krops target as one JSON object.

@@ -356,6 +356,14 @@ impl Target {
 
     /// `ssh [-l USER] [-p PORT] -T|-t EXTRA_OPTIONS...`, without the host.
     pub fn ssh_argv(&self, tty: bool) -> Vec<String> {
+        let mut argv = self.ssh_argv_before_options(tty);
+        argv.extend(self.extra_options.iter().cloned());
+        argv
+    }
+
+    /// `ssh [-l USER] [-p PORT] -T|-t`: [`Target::ssh_argv`] without the
+    /// extra options, for callers that put options of their own first.
+    pub fn ssh_argv_before_options(&self, tty: bool) -> Vec<String> {
         let mut argv = vec!["ssh".to_owned()];
         if let Some(user) = self.login_user() {
             argv.extend(["-l".to_owned(), user.to_owned()]);
@@ -364,7 +372,6 @@ impl Target {
             argv.extend(["-p".to_owned(), port.clone()]);
         }
         argv.push(if tty { "-t" } else { "-T" }.to_owned());
-        argv.extend(self.extra_options.iter().cloned());
         argv
     }
 

@@ -7,7 +7,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use mktarget::shell::quote;
-use mktarget::{Origin, Target};
+use std::sync::Arc;
+
+use mktarget::{Multiplex, Origin, Session, Target};
 use populate::{source, Options, Plan};
 
 fn bench(name: &str, mut f: impl FnMut()) {
@@ -43,10 +45,12 @@ fn main() {
         black_box(source::parse(black_box(&text), None).unwrap());
     });
     let sources = source::parse(&text, None).unwrap();
+    // As --dry-run opens it: nothing to connect.
+    let session = Arc::new(Session::open(&target, &origin, Multiplex::Off).unwrap());
     bench("plan 1000 git sources for a remote target", || {
-        black_box(Plan::new(&target, &sources, Options::default(), &origin).unwrap());
+        black_box(Plan::new(&session, &sources, Options::default()).unwrap());
     });
-    let plan = Plan::new(&target, &sources, Options::default(), &origin).unwrap();
+    let plan = Plan::new(&session, &sources, Options::default()).unwrap();
     bench(
         "print the plan of 1000 git sources as sh (--dry-run)",
         || {

@@ -3,6 +3,7 @@
 //! [`Plan`] to populate before they act.
 
 pub mod git;
+pub mod report;
 pub mod script;
 pub mod secrets;
 pub mod source;
@@ -11,13 +12,15 @@ pub mod sync;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use mktarget::{Cmd, Origin, Target};
+use mktarget::{Cmd, Multiplex, Origin, Session, Target};
 
+pub use report::{Printer, Report, StepError, StepOutcome, StepStatus};
 pub use source::{Source, Sources};
-pub use sync::{Options, Plan};
+pub use sync::{Options, Plan, MAX_JOBS};
 
 /// What every tool that populates takes on its command line.
 #[derive(Debug, clap::Args)]
@@ -37,6 +40,13 @@ pub struct PopulateArgs {
     /// Read sources.json from FILE instead of stdin
     #[arg(long, value_name = "FILE")]
     pub sources: Option<PathBuf>,
+    /// Connect to the target once per step, as krops does, instead of sharing one ssh connection (also KROPS_NO_MULTIPLEX=1)
+    #[arg(long)]
+    pub no_multiplex: bool,
+    /// How many sources of a target sync at once (1-9)
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u8).range(1..=sync::MAX_JOBS as i64))]
+    pub source_jobs: u8,
 }
 
 impl PopulateArgs {
@@ -44,7 +54,20 @@ impl PopulateArgs {
         Options {
             force: self.force,
             backup: self.backup,
+            jobs: usize::from(self.source_jobs),
         }
+    }
+
+    /// The connection to `target` for this run: shared unless
+    /// `--no-multiplex`, `KROPS_NO_MULTIPLEX` or `--dry-run` (whose script
+    /// connects on its own) says otherwise.
+    pub fn session(&self, target: &Target, origin: &Origin) -> Result<Arc<Session>> {
+        let multiplex = if self.dry_run {
+            Multiplex::Off
+        } else {
+            Multiplex::from_flag(self.no_multiplex)
+        };
+        Ok(Arc::new(Session::open(target, origin, multiplex)?))
     }
 
     /// Parses `--target` (see [`Target::from_arg`]).
@@ -85,6 +108,8 @@ pub struct Final {
     /// The machine it runs on when it runs there through ssh (without a
     /// terminal: a signal here does not stop it there).
     pub remote: Option<String>,
+    /// The connection it goes through.
+    pub session: Arc<Session>,
 }
 
 /// What every driver does: run each populate plan, then the final command
@@ -107,6 +132,7 @@ pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) ->
     if mktarget::interrupt::interrupted() {
         bail!("interrupted");
     }
+    last.session.connect();
     mktarget::interrupt::doing(&last.what);
     if let Some(on) = &last.remote {
         mktarget::interrupt::remote(on);
@@ -145,7 +171,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let origin = Origin::from_env();
     let target = cli.args.target(&origin)?;
     let sources = cli.args.read_sources()?;
-    let plan = Plan::new(&target, &sources, cli.args.options(), &origin)?;
+    let session = cli.args.session(&target, &origin)?;
+    let plan = Plan::new(&session, &sources, cli.args.options())?;
     if cli.args.dry_run {
         print!("{}", plan.script());
     } else {

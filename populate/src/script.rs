@@ -5,16 +5,43 @@
 //! status, which the step's error then quotes (instead of the whole script),
 //! and exits with that status.
 
-/// The prelude of every populate script.
-pub const PRELUDE: &str = "set -efu
+/// The prelude of every populate script: `set -efu`, `run` (see above) and
+/// `claim KIND P SHOWN`, which removes, without following links, whatever
+/// stands at P that a source of KIND (`dir`, `file`, `link`, `outlink`) does
+/// not make, and says so: rsync, git and `cat` would otherwise write through
+/// a symlink to outside the target path. An `outlink` is a derivation's out
+/// link, which nix-build replaces only when it points into the store.
+pub const PRELUDE: &str = r#"set -efu
 run() {
-  \"$@\" || {
+  "$@" || {
     krops_status=$?
-    printf 'populate: failed: %s (exit status %s)\\n' \"$*\" \"$krops_status\" >&2
-    exit \"$krops_status\"
+    printf 'populate: failed: %s (exit status %s)\n' "$*" "$krops_status" >&2
+    exit "$krops_status"
   }
 }
-";
+claim() {
+  if test -L "$2"; then
+    case $1 in
+      link) return 0 ;;
+      outlink) case $(readlink "$2") in /nix/store/*) return 0 ;; esac ;;
+    esac
+    printf 'populate: replacing the symlink at %s\n' "$3" >&2
+    run rm -f "$2"
+  elif test -d "$2"; then
+    test "$1" = dir && return 0
+    printf 'populate: replacing the directory at %s\n' "$3" >&2
+    run rm -fR "$2"
+  elif test -e "$2"; then
+    krops_what=file
+    if test "$1" = file; then
+      test -f "$2" && return 0
+      krops_what='special file'
+    fi
+    printf 'populate: replacing the %s at %s\n' "$krops_what" "$3" >&2
+    run rm -f "$2"
+  fi
+}
+"#;
 
 /// The line [`PRELUDE`]'s `run` prints for a failed command.
 pub const FAILED_MARKER: &str = "populate: failed: ";

@@ -1,17 +1,28 @@
 //! The steps of a populate run (SPEC §3): the sentinel check, the backup,
-//! and one step per source, each a command on the target or here.
+//! and one step per source, each a command on the target or here; and how
+//! they run: the cheap scripts (the checks, symlinks, the claims of rsync
+//! sources' places) batched into as few remote runs as fit, then the other
+//! sources `jobs` at a time over the target's one shared connection, then
+//! derivations (which may build from the sources just synced). Each step's
+//! outcome is data ([`Report`]); its output is kept together, in plan order
+//! ([`Printer`]).
 
+use std::collections::VecDeque;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use mktarget::command::{describe, Cmd};
 use mktarget::interrupt;
 use mktarget::shell::quote;
-use mktarget::{Origin, Target};
+use mktarget::Session;
 use walkdir::WalkDir;
 
 use crate::git::git_script;
+use crate::report::{Printer, Report, StepError, StepOutcome, StepStatus};
 use crate::script::{failed_command, PRELUDE};
 use crate::secrets::SecretDir;
 use crate::source::{FileSource, Source, Sources};
@@ -25,49 +36,103 @@ const FILE_SENTINEL: i32 = 4;
 /// The sentinel script's exit status when the sentinel is a symlink.
 const LINKED_SENTINEL: i32 = 5;
 
-#[derive(Clone, Copy, Debug, Default)]
+/// A batch's script stays below this many bytes: it is one argument of
+/// `sh -c` (on the target, of the login shell), and Linux takes at most
+/// 128 KiB in one.
+const BATCH_BYTES: usize = 96 * 1024;
+/// What a batch prints after each part: `\x1ekrops-step INDEX STATUS`.
+const BATCH_MARKER: &str = "\x1ekrops-step ";
+
+/// The most source steps run at once: below sshd's default MaxSessions
+/// (10), since each holds a session of the shared connection.
+pub const MAX_JOBS: usize = 9;
+
+#[derive(Clone, Copy, Debug)]
 pub struct Options {
     /// Create the sentinel file (and the target path) first.
     pub force: bool,
     /// Copy the target path to `PATH/.populate/backup/` first.
     pub backup: bool,
+    /// How many source steps run at once (1..=[`MAX_JOBS`]).
+    pub jobs: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            force: false,
+            backup: false,
+            jobs: 4,
+        }
+    }
 }
 
 /// Everything one populate run will do to one target, decided and checked
 /// before anything runs.
 #[derive(Debug)]
 pub struct Plan {
-    target: Target,
+    session: Arc<Session>,
     steps: Vec<Step>,
+    jobs: usize,
 }
 
 #[derive(Debug)]
 struct Step {
     /// What the log calls this step: `source nixpkgs (git)`.
     label: String,
+    /// The source's name, for source steps.
+    name: Option<String>,
+    /// The source type, or `sentinel` / `backup`.
+    kind: &'static str,
     /// Where on the target it acts: `[HOST:]PATH`.
     place: String,
-    action: Action,
+    work: Work,
 }
 
 #[derive(Debug)]
-enum Action {
-    Sentinel {
-        check: Cmd,
-    },
-    /// Commands run one after the other; the first failure ends the step.
-    Run(Vec<Cmd>),
+enum Work {
+    /// The sentinel check: a script whose exit status says what is wrong.
+    Sentinel { body: String },
+    /// A script on the target, cheap enough to batch (backup, symlink).
+    Batched { body: String },
+    /// The claim of the place (batched), then rsync from here.
+    Rsync { claim: String, rsync: Cmd },
+    /// A script on the target that runs as a session of its own, as it may
+    /// take long (git); `late` ones wait for every other source
+    /// (derivations, which may build from them).
+    Alone { body: String, late: bool },
     /// A pass or passage store: decrypted here, then synced.
     Secrets(Box<Secrets>),
     /// A pipe: its command's output, kept here, then moved into place there.
     Pipe(Box<Pipe>),
 }
 
+impl Work {
+    /// The part of the step that runs in a batch, if any: a script body.
+    fn batched(&self) -> Option<&str> {
+        match self {
+            Work::Sentinel { body } | Work::Batched { body } => Some(body),
+            Work::Rsync { claim, .. } => Some(claim),
+            _ => None,
+        }
+    }
+
+    /// Whether the batch does all of the step.
+    fn all_batched(&self) -> bool {
+        matches!(self, Work::Sentinel { .. } | Work::Batched { .. })
+    }
+
+    fn late(&self) -> bool {
+        matches!(self, Work::Alone { late: true, .. })
+    }
+}
+
 /// A pass or passage store to decrypt into a private dir and sync.
 #[derive(Debug)]
 struct Secrets {
-    target: Target,
-    origin: Origin,
+    session: Arc<Session>,
+    /// P on the target.
+    path: String,
     /// Where the store's files are (pass: `DIR/NAME`, passage: `DIR`).
     root: PathBuf,
     /// `pass show` or `passage show` and its environment, without the entry name.
@@ -86,131 +151,426 @@ struct Pipe {
     receive: Cmd,
 }
 
+/// How a step that ran ended.
+enum Ended {
+    Done,
+    Unchanged,
+}
+
 impl Plan {
-    pub fn new(
-        target: &Target,
-        sources: &Sources,
-        options: Options,
-        origin: &Origin,
-    ) -> Result<Plan> {
-        let mut steps = vec![sentinel_step(target, options, origin)];
+    pub fn new(session: &Arc<Session>, sources: &Sources, options: Options) -> Result<Plan> {
+        let root = &session.target().path;
+        let mut steps = vec![sentinel_step(session, options)];
         if options.backup {
+            let backup = format!("{root}/.populate/backup");
             steps.push(Step {
                 label: "backup".to_owned(),
-                place: target.display_path(&format!("{}/.populate/backup", target.path), origin),
-                action: Action::Run(vec![target.shell(&backup_script(target, origin), origin)]),
+                name: None,
+                kind: "backup",
+                place: session.display_path(&backup).into_owned(),
+                work: Work::Batched {
+                    body: backup_script(session),
+                },
             });
         }
         for (name, source) in sources {
             let label = format!("source {name} ({})", source.type_name());
-            let dest = target.join(name);
-            let action = source_action(&dest, source, origin).with_context(|| label.clone())?;
+            let path = format!("{root}/{name}");
+            let work = source_work(session, &path, source).with_context(|| label.clone())?;
             steps.push(Step {
                 label,
-                place: dest.display_path(&dest.path, origin),
-                action,
+                name: Some(name.clone()),
+                kind: source.type_name(),
+                place: session.display_path(&path).into_owned(),
+                work,
             });
         }
         Ok(Plan {
-            target: target.clone(),
+            session: Arc::clone(session),
             steps,
+            jobs: options.jobs.clamp(1, MAX_JOBS),
         })
     }
 
-    /// Runs the steps in order; the first failure stops the run.
-    pub fn run(&self) -> Result<()> {
-        for step in &self.steps {
-            if interrupt::interrupted() {
-                bail!("interrupted");
-            }
-            let what = format!("{} → {}", step.label, step.place);
-            eprintln!("populate: {what}");
-            interrupt::doing(&what);
-            step.run().context(what)?;
-        }
-        Ok(())
+    /// Runs the plan, its output to our stderr; the first failure (in plan
+    /// order) is the error.
+    pub fn run(&self) -> Result<Report> {
+        self.run_with(&Printer::stderr(self.steps.len()))
+            .into_result()
     }
 
-    /// The plan as a POSIX sh script, for `--dry-run`. No secret is in it:
-    /// secrets are decrypted only when the script runs.
+    /// Runs the plan with its output going to `printer` (one slot a step)
+    /// and returns every step's outcome. A failure stops new steps from
+    /// starting; the running ones finish.
+    pub fn run_with(&self, printer: &Printer) -> Report {
+        self.session.connect();
+        let run = Run {
+            plan: self,
+            printer,
+            outcomes: Mutex::new(self.steps.iter().map(|_| None).collect()),
+            started: Mutex::new(vec![None; self.steps.len()]),
+            running: Mutex::new(Vec::new()),
+        };
+        let mut stopped = run.batches();
+        for late in [false, true] {
+            if stopped {
+                break;
+            }
+            let queue: VecDeque<usize> = (0..self.steps.len())
+                .filter(|&i| !self.steps[i].work.all_batched() && self.steps[i].work.late() == late)
+                .collect();
+            stopped = run.parallel(queue);
+        }
+        run.finish()
+    }
+
+    /// The plan as a POSIX sh script, for `--dry-run`, one command or
+    /// script a step (not batched). No secret is in it: secrets are
+    /// decrypted only when the script runs.
     pub fn script(&self) -> String {
-        let mut script = format!("# populate {}\nset -efu\n", self.target);
+        let mut script = format!("# populate {}\nset -efu\n", self.session.target());
         for step in &self.steps {
-            script.push_str(&format!("\n# {}\n{}\n", step.label, step.script()));
+            script.push_str(&format!(
+                "\n# {}\n{}\n",
+                step.label,
+                step.script(&self.session)
+            ));
         }
         script
     }
 }
 
-impl Step {
-    fn run(&self) -> Result<()> {
-        match &self.action {
-            Action::Sentinel { check } => {
-                let (status, tail) = check.run_unchecked()?;
-                match status.code() {
-                    Some(0) => Ok(()),
-                    // The script printed krops's own line, for whoever
-                    // matches on it; this adds what to do.
-                    Some(MISSING_SENTINEL) => bail!(
-                        "it guards against syncing to the wrong place: create it on the \
-                         target (an empty file), or run with --force"
-                    ),
-                    // The script said why, and what to do.
-                    Some(FILE_SENTINEL | LINKED_SENTINEL) => {
-                        bail!("the sentinel is not usable as it is (see above); nothing was synced")
-                    }
-                    _ => Err(step_failure(check, status, &tail)),
-                }
-            }
-            Action::Run(cmds) => cmds.iter().try_for_each(run_cmd),
-            Action::Secrets(secrets) => secrets.run(),
-            Action::Pipe(pipe) => pipe.run(),
+/// One run of a plan: the outcomes so far, and what runs now.
+struct Run<'a> {
+    plan: &'a Plan,
+    printer: &'a Printer,
+    outcomes: Mutex<Vec<Option<StepOutcome>>>,
+    started: Mutex<Vec<Option<Instant>>>,
+    /// The labels of the steps running now, for the interrupt message.
+    running: Mutex<Vec<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Run<'_> {
+    /// Prints the step's first log line and notes when it started, once.
+    fn start(&self, i: usize) {
+        let mut started = lock(&self.started);
+        if started[i].is_none() {
+            started[i] = Some(Instant::now());
+            let step = &self.plan.steps[i];
+            self.printer.write(
+                i,
+                format!("populate: {} → {}\n", step.label, step.place).as_bytes(),
+            );
         }
     }
 
-    fn script(&self) -> String {
-        match &self.action {
-            Action::Sentinel { check, .. } => check.to_string(),
-            Action::Run(cmds) => cmds
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            Action::Secrets(secrets) => secrets.script(),
-            Action::Pipe(pipe) => pipe.script(),
+    fn doing(&self, label: &str, on: bool) {
+        let mut running = lock(&self.running);
+        if on {
+            running.push(label.to_owned());
+        } else {
+            running.retain(|l| l != label);
+        }
+        if !running.is_empty() {
+            interrupt::doing(running.join(", "));
+        }
+    }
+
+    /// Records how step `i` ended and lets the printer move on; returns
+    /// whether it failed.
+    fn end(&self, i: usize, status: StepStatus) -> bool {
+        let step = &self.plan.steps[i];
+        let elapsed = lock(&self.started)[i]
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        let failed = matches!(status, StepStatus::Failed(_));
+        lock(&self.outcomes)[i] = Some(StepOutcome {
+            label: step.label.clone(),
+            name: step.name.clone(),
+            kind: step.kind.to_owned(),
+            place: step.place.clone(),
+            status,
+            elapsed,
+        });
+        self.printer.finish(i);
+        failed
+    }
+
+    /// Runs every step's batched part, in plan order, in as few remote runs
+    /// as fit; returns whether a step failed (or a signal came).
+    fn batches(&self) -> bool {
+        let parts: Vec<(usize, &str)> = self
+            .plan
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, step)| step.work.batched().map(|body| (i, body)))
+            .collect();
+        let mut chunk: Vec<(usize, &str)> = Vec::new();
+        let mut size = PRELUDE.len();
+        for (i, body) in parts {
+            let part_size = body.len() + 128;
+            if !chunk.is_empty() && size + part_size > BATCH_BYTES {
+                if self.batch(&std::mem::take(&mut chunk)) {
+                    return true;
+                }
+                size = PRELUDE.len();
+            }
+            chunk.push((i, body));
+            size += part_size;
+        }
+        !chunk.is_empty() && self.batch(&chunk)
+    }
+
+    /// One remote run of batched parts, stopping at the first that fails;
+    /// returns whether one failed.
+    fn batch(&self, parts: &[(usize, &str)]) -> bool {
+        if interrupt::interrupted() {
+            return true;
+        }
+        let mut script = format!("{PRELUDE}set +e\n");
+        for (i, body) in parts {
+            script.push_str(&format!(
+                "(\nset -e\n{body}) 2>&1\nkrops_s=$?\nprintf '\\036krops-step %s %s\\n' {i} \"$krops_s\"\n\
+                 test \"$krops_s\" = 0 || exit 0\n"
+            ));
+        }
+        let cmd = self.plan.session.shell(&script);
+        let labels: Vec<&str> = parts
+            .iter()
+            .map(|(i, _)| self.plan.steps[*i].label.as_str())
+            .collect();
+        for label in &labels {
+            self.doing(label, true);
+        }
+        for (i, _) in parts {
+            self.start(*i);
+        }
+        let output = cmd.output();
+        for label in &labels {
+            self.doing(label, false);
+        }
+        let output = match output {
+            Ok(output) => output,
+            Err(err) => {
+                let (first, _) = parts[0];
+                return self.end(first, StepStatus::Failed(StepError::from(err)));
+            }
+        };
+        let mut rest = String::from_utf8_lossy(&output.stdout).into_owned();
+        for (n, (i, _)) in parts.iter().enumerate() {
+            let step = &self.plan.steps[*i];
+            let Some(at) = rest.find(BATCH_MARKER) else {
+                // The run ended before this part finished: ssh failed, or
+                // a signal.
+                self.printer.write(*i, rest.as_bytes());
+                self.printer.write(*i, &output.stderr);
+                let error = step_failure(&cmd, output.status, &output.stderr);
+                self.end(*i, StepStatus::Failed(error));
+                for (j, _) in &parts[n + 1..] {
+                    self.printer.finish(*j);
+                }
+                return true;
+            };
+            let part_output = rest[..at].to_owned();
+            let after = &rest[at + BATCH_MARKER.len()..];
+            let line_end = after.find('\n').unwrap_or(after.len());
+            let code: i32 = after[..line_end]
+                .split(' ')
+                .nth(1)
+                .and_then(|code| code.parse().ok())
+                .unwrap_or(1);
+            rest = after[(line_end + 1).min(after.len())..].to_owned();
+            self.printer.write(*i, part_output.as_bytes());
+            if code == 0 {
+                if step.work.all_batched() {
+                    self.end(*i, StepStatus::Done);
+                }
+                continue;
+            }
+            let error = match (&step.work, code) {
+                (Work::Sentinel { .. }, MISSING_SENTINEL) => StepError::message(
+                    // The script printed krops's own line, for whoever
+                    // matches on it; this adds what to do.
+                    "it guards against syncing to the wrong place: create it on the target \
+                     (an empty file), or run with --force",
+                ),
+                // The script said why, and what to do.
+                (Work::Sentinel { .. }, FILE_SENTINEL | LINKED_SENTINEL) => StepError::message(
+                    "the sentinel is not usable as it is (see above); nothing was synced",
+                ),
+                _ => part_failure(code, part_output.as_bytes()),
+            };
+            self.end(*i, StepStatus::Failed(error));
+            for (j, _) in &parts[n + 1..] {
+                self.printer.finish(*j);
+            }
+            return true;
+        }
+        if !output.status.success() {
+            let (last, _) = parts[parts.len() - 1];
+            self.printer.write(last, &output.stderr);
+        }
+        false
+    }
+
+    /// Runs the steps in `queue`, `jobs` at a time; returns whether one
+    /// failed (or a signal came).
+    fn parallel(&self, queue: VecDeque<usize>) -> bool {
+        let queue = Mutex::new(queue);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let workers = self.plan.jobs.min(lock(&queue).len());
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    if failed.load(std::sync::atomic::Ordering::SeqCst) || interrupt::interrupted()
+                    {
+                        return;
+                    }
+                    let Some(i) = lock(&queue).pop_front() else {
+                        return;
+                    };
+                    let step = &self.plan.steps[i];
+                    self.start(i);
+                    self.doing(&step.label, true);
+                    let mut out = self.printer.step(i);
+                    let status = match step.run(&self.plan.session, &mut out) {
+                        Ok(Ended::Done) => StepStatus::Done,
+                        Ok(Ended::Unchanged) => StepStatus::Unchanged,
+                        Err(err) => StepStatus::Failed(StepError::from(err)),
+                    };
+                    self.doing(&step.label, false);
+                    if self.end(i, status) {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        failed.into_inner() || interrupt::interrupted()
+    }
+
+    /// Every step's outcome: those that never ended did not run.
+    fn finish(self) -> Report {
+        let outcomes = self
+            .outcomes
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        let steps = outcomes
+            .into_iter()
+            .zip(&self.plan.steps)
+            .enumerate()
+            .map(|(i, (outcome, step))| {
+                outcome.unwrap_or_else(|| {
+                    self.printer.finish(i);
+                    StepOutcome {
+                        label: step.label.clone(),
+                        name: step.name.clone(),
+                        kind: step.kind.to_owned(),
+                        place: step.place.clone(),
+                        status: StepStatus::NotRun,
+                        elapsed: std::time::Duration::ZERO,
+                    }
+                })
+            })
+            .collect();
+        Report { steps }
+    }
+}
+
+impl Step {
+    /// Runs what the batch did not: the whole step, or an rsync source's
+    /// rsync after its claim.
+    fn run(&self, session: &Session, out: &mut dyn Write) -> Result<Ended> {
+        match &self.work {
+            Work::Sentinel { .. } | Work::Batched { .. } => Ok(Ended::Done),
+            Work::Rsync { rsync, .. } => run_cmd(rsync, out).map(|()| Ended::Done),
+            Work::Alone { body, .. } => {
+                run_cmd(&session.shell(&format!("{PRELUDE}{body}")), out).map(|()| Ended::Done)
+            }
+            Work::Secrets(secrets) => secrets.run(out),
+            Work::Pipe(pipe) => pipe.run(out).map(|()| Ended::Done),
+        }
+    }
+
+    fn script(&self, session: &Session) -> String {
+        let shell = |body: &str| session.shell(&format!("{PRELUDE}{body}")).to_string();
+        match &self.work {
+            Work::Sentinel { body } | Work::Batched { body } | Work::Alone { body, .. } => {
+                shell(body)
+            }
+            Work::Rsync { claim, rsync } => format!("{}\n{rsync}", shell(claim)),
+            Work::Secrets(secrets) => secrets.script(),
+            Work::Pipe(pipe) => pipe.script(),
         }
     }
 }
 
-/// Runs one command of a step, its output shown as it comes.
-fn run_cmd(cmd: &Cmd) -> Result<()> {
-    let (status, tail) = cmd.run_unchecked()?;
+/// Runs one command of a step, its output going to `out` as it comes.
+fn run_cmd(cmd: &Cmd, out: &mut dyn Write) -> Result<()> {
+    let (status, tail) = cmd.run_unchecked_into(out)?;
     if status.success() {
         Ok(())
     } else {
-        Err(step_failure(cmd, status, &tail))
+        Err(step_failure(cmd, status, &tail).into())
     }
 }
 
 /// The error of a failed command of a step: the one command that failed
 /// (what a script's `run` named), or what ssh or rsync said, and the
 /// status; never the whole script, nor the output again (it was shown).
-fn step_failure(cmd: &Cmd, status: std::process::ExitStatus, tail: &[u8]) -> anyhow::Error {
+fn step_failure(cmd: &Cmd, status: std::process::ExitStatus, tail: &[u8]) -> StepError {
     let status_text = describe(status);
-    if let Some(failed) = failed_command(&String::from_utf8_lossy(tail)) {
-        return anyhow::anyhow!("`{failed}` failed: {status_text}");
+    let tail_text = String::from_utf8_lossy(tail).into_owned();
+    let mut error = StepError {
+        command: None,
+        status: Some(status_text.clone()),
+        tail: tail_text.clone(),
+        message: String::new(),
+    };
+    if let Some(failed) = failed_command(&tail_text) {
+        error.command = Some(failed.to_owned());
+        error.message = format!("`{failed}` failed: {status_text}");
+        return error;
     }
-    match cmd.program() {
+    error.message = match cmd.program() {
         _ if cmd.connection_failed(status) => {
-            anyhow::anyhow!("the ssh connection failed ({status_text}; ssh's message is above)")
+            format!("the ssh connection failed ({status_text}; ssh's message is above)")
         }
-        "ssh" | "/bin/sh" => anyhow::anyhow!("its script failed: {status_text}"),
-        "rsync" => anyhow::anyhow!("rsync failed: {status_text} (its messages are above)"),
-        _ => cmd.failure(status, &[]),
+        "ssh" | "/bin/sh" => format!("its script failed: {status_text}"),
+        "rsync" => format!("rsync failed: {status_text} (its messages are above)"),
+        _ => {
+            error.command = Some(cmd.brief());
+            format!("`{}` failed: {status_text}", cmd.brief())
+        }
+    };
+    error
+}
+
+/// The error of a batched part that exited with `code`.
+fn part_failure(code: i32, output: &[u8]) -> StepError {
+    let status_text = format!("exit status {code}");
+    let tail = String::from_utf8_lossy(output).into_owned();
+    let command = failed_command(&tail).map(str::to_owned);
+    let message = match &command {
+        Some(failed) => format!("`{failed}` failed: {status_text}"),
+        None => format!("its script failed: {status_text}"),
+    };
+    StepError {
+        command,
+        status: Some(status_text),
+        tail,
+        message,
     }
 }
 
-/// What a source makes at its place on the target.
+/// What a source makes at its place on the target: the first argument of
+/// the prelude's `claim`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Makes {
     /// A directory: a file tree, a checkout, a secret store.
@@ -224,86 +584,35 @@ enum Makes {
     OutLink,
 }
 
-/// Removes, without following links, whatever stands at `p` that the
-/// source does not make, and says so: rsync, git and `cat` would otherwise
-/// write through a symlink to outside the target path.
-fn claim_script(p: &str, shown: &str, makes: Makes) -> String {
-    let p = quote(p);
-    let replacing = |what: &str, rm: &str| {
-        format!(
-            "  printf 'populate: replacing the {what} at %s\\n' {} >&2\n  run {rm} {p}\n",
-            quote(shown)
-        )
+/// The line that claims `p` (see [`PRELUDE`]'s `claim`).
+fn claim_line(session: &Session, p: &str, makes: Makes) -> String {
+    let kind = match makes {
+        Makes::Dir => "dir",
+        Makes::File => "file",
+        Makes::Link => "link",
+        Makes::OutLink => "outlink",
     };
-    let mut branches = Vec::new();
-    match makes {
-        Makes::Link => {}
-        Makes::OutLink => branches.push((
-            // Each test ends with one that takes the path as its argument.
-            "case \"$(readlink {p} || :)\" in /nix/store/*|'') false ;; *) true ;; esac && test -L",
-            replacing("symlink", "rm -f"),
-        )),
-        Makes::Dir | Makes::File => branches.push(("test -L", replacing("symlink", "rm -f"))),
-    }
-    let link = matches!(makes, Makes::Link | Makes::OutLink);
-    if makes != Makes::Dir {
-        // Not a symlink (tested first, or left to ln and nix-build).
-        branches.push((
-            if link {
-                "! test -L {p} && test -d"
-            } else {
-                "test -d"
-            },
-            replacing("directory", "rm -fR"),
-        ));
-    }
-    branches.push((
-        match makes {
-            Makes::Dir => "test -e {p} && ! test -d",
-            Makes::File => "test -e {p} && ! test -f",
-            Makes::Link | Makes::OutLink => "! test -L {p} && test -e",
-        },
-        replacing(
-            if makes == Makes::File {
-                "special file"
-            } else {
-                "file"
-            },
-            "rm -f",
-        ),
-    ));
-    let mut script = String::new();
-    for (i, (test, body)) in branches.iter().enumerate() {
-        let keyword = if i == 0 { "if" } else { "elif" };
-        let test = test.replace("{p}", &p);
-        script.push_str(&format!("{keyword} {test} {p}; then\n{body}"));
-    }
-    script.push_str("fi\n");
-    script
-}
-
-/// A script to run on the target as a source's step: the prelude, the
-/// claim of its place, then `body`.
-fn source_script(target: &Target, makes: Makes, origin: &Origin, body: &str) -> String {
-    let shown = target.display_path(&target.path, origin);
     format!(
-        "{PRELUDE}{}{body}",
-        claim_script(&target.path, &shown, makes)
+        "claim {kind} {} {}\n",
+        quote(p),
+        quote(&session.display_path(p))
     )
 }
 
-fn sentinel_step(target: &Target, options: Options, origin: &Origin) -> Step {
-    let sentinel = format!("{}/.populate", target.path);
-    let shown = quote(&target.display_path(&sentinel, origin));
+fn sentinel_step(session: &Session, options: Options) -> Step {
+    let path = &session.target().path;
+    let sentinel = format!("{path}/.populate");
+    let shown_text = session.display_path(&sentinel).into_owned();
+    let shown = quote(&shown_text);
     let s = quote(&sentinel);
-    let mut script = String::from(PRELUDE);
+    let mut script = String::new();
     if options.force {
         script.push_str(&format!(
             "run mkdir -p {} >&2\n\
              if test -L {s}; then\n  \
              printf 'populate: replacing the symlink at %s (a sentinel is never followed)\\n' {shown} >&2\n  \
              run rm -f {s}\nfi\n",
-            quote(&target.path)
+            quote(path)
         ));
         if options.backup {
             // A backup needs the sentinel to be a directory; krops's hosts
@@ -336,22 +645,22 @@ fn sentinel_step(target: &Target, options: Options, origin: &Origin) -> Step {
     }
     Step {
         label: "sentinel check".to_owned(),
-        place: target.display_path(&sentinel, origin),
-        action: Action::Sentinel {
-            check: target.shell(&script, origin),
-        },
+        name: None,
+        kind: "sentinel",
+        place: shown_text,
+        work: Work::Sentinel { body: script },
     }
 }
 
-fn backup_script(target: &Target, origin: &Origin) -> String {
-    let path = &target.path;
+fn backup_script(session: &Session) -> String {
+    let path = &session.target().path;
     let sentinel = format!("{path}/.populate");
     format!(
-        "{PRELUDE}if test -L {s} || ! test -d {s}; then\n  printf 'error: sentinel file is not a directory: %s\\n' {shown} >&2\n  exit 1\nfi\n\
+        "if test -L {s} || ! test -d {s}; then\n  printf 'error: sentinel file is not a directory: %s\\n' {shown} >&2\n  exit 1\nfi\n\
          if test -L {b}; then\n  run rm -f {b}\nfi\n\
          run rsync -aAXF --delete --exclude /.populate --link-dest={p} {src} {dest} >&2\n",
         s = quote(&sentinel),
-        shown = quote(&target.display_path(&sentinel, origin)),
+        shown = quote(&session.display_path(&sentinel)),
         p = quote(path),
         src = quote(&format!("{path}/")),
         dest = quote(&format!("{path}/.populate/backup/")),
@@ -359,42 +668,41 @@ fn backup_script(target: &Target, origin: &Origin) -> String {
     )
 }
 
-/// The claim of a source's place as a step of its own, for rsync sources.
-fn claim(target: &Target, makes: Makes, origin: &Origin) -> Cmd {
-    target.shell(&source_script(target, makes, origin, ""), origin)
-}
-
-fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Action> {
-    let p = quote(&target.path);
-    let shell =
-        |makes, body: &str| target.shell(&source_script(target, makes, origin, body), origin);
+fn source_work(session: &Arc<Session>, path: &str, source: &Source) -> Result<Work> {
+    let p = quote(path);
+    let claim = |makes| claim_line(session, path, makes);
     Ok(match source {
-        Source::Derivation { text } => Action::Run(vec![shell(
-            Makes::OutLink,
-            &format!("run nix-build -E {} -o {p} >&2\n", quote(text)),
-        )]),
+        Source::Derivation { text } => Work::Alone {
+            body: format!(
+                "{}run nix-build -E {} -o {p} >&2\n",
+                claim(Makes::OutLink),
+                quote(text)
+            ),
+            late: true,
+        },
         Source::File(file) => {
-            let path = Path::new(&file.path);
-            if !path.exists() {
+            let local = Path::new(&file.path);
+            if !local.exists() {
                 bail!("file.path: {} does not exist", file.path);
             }
-            let makes = if path.is_dir() {
+            let makes = if local.is_dir() {
                 Makes::Dir
             } else {
                 Makes::File
             };
-            Action::Run(vec![
-                claim(target, makes, origin),
-                rsync(target, file, &rsync_source(path), origin),
-            ])
+            Work::Rsync {
+                claim: claim(makes),
+                rsync: rsync(session, file, &rsync_source(local), path),
+            }
         }
-        Source::Git(git) => {
-            let shown = target.display_path(&target.path, origin);
-            Action::Run(vec![shell(
-                Makes::Dir,
-                &git_script(&target.path, &shown, git),
-            )])
-        }
+        Source::Git(git) => Work::Alone {
+            body: format!(
+                "{}{}",
+                claim(Makes::Dir),
+                git_script(path, &session.display_path(path), git)
+            ),
+            late: false,
+        },
         Source::Pass { dir, name } => {
             let root = Path::new(dir).join(name);
             if !root.is_dir() {
@@ -403,9 +711,9 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
                     root.display()
                 );
             }
-            Action::Secrets(Box::new(Secrets {
-                target: target.clone(),
-                origin: origin.clone(),
+            Work::Secrets(Box::new(Secrets {
+                session: Arc::clone(session),
+                path: path.to_owned(),
                 root,
                 show: Cmd::new("pass").env("PASSWORD_STORE_DIR", dir).arg("show"),
                 pass: Some((dir.clone(), name.clone())),
@@ -425,9 +733,9 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
                      (passage needs it to decrypt the store)"
                 );
             }
-            Action::Secrets(Box::new(Secrets {
-                target: target.clone(),
-                origin: origin.clone(),
+            Work::Secrets(Box::new(Secrets {
+                session: Arc::clone(session),
+                path: path.to_owned(),
                 root: PathBuf::from(dir),
                 show: Cmd::new("passage")
                     .env("PASSAGE_AGE", age)
@@ -443,19 +751,25 @@ fn source_action(target: &Target, source: &Source, origin: &Origin) -> Result<Ac
             if !executable {
                 bail!("pipe.command: {command} is not an executable file");
             }
-            Action::Pipe(Box::new(Pipe {
+            Work::Pipe(Box::new(Pipe {
                 command: Cmd::new(command.clone()),
-                receive: shell(Makes::File, &pipe_receive_script(&target.path)),
+                receive: session.shell(&format!(
+                    "{PRELUDE}{}{}",
+                    claim(Makes::File),
+                    pipe_receive_script(path)
+                )),
             }))
         }
-        Source::Symlink { target: link } => Action::Run(vec![shell(
-            Makes::Link,
+        Source::Symlink { target: link } => Work::Batched {
             // `--`: a link text may begin with '-'.
-            &format!("run ln -fnsT -- {} {p}\n", quote(link)),
-        )]),
+            body: format!(
+                "{}run ln -fnsT -- {} {p}\n",
+                claim(Makes::Link),
+                quote(link)
+            ),
+        },
     })
 }
-
 /// Receives a pipe's output on the target: its size on the first line, then
 /// the bytes, written beside P and moved into place only when all arrived
 /// (krops's `cat > P` left a partial file when the connection or the
@@ -489,11 +803,11 @@ fn sized(file: &str) -> Cmd {
 }
 
 impl Pipe {
-    fn run(&self) -> Result<()> {
+    fn run(&self, log: &mut dyn Write) -> Result<()> {
         let out = SecretDir::holding("populate-pipe.", "the pipe's output")?;
         let file = out.create_file(Path::new("out"))?;
         // Its output may be secret: it stays out of the log and the error.
-        self.command.run_to_file(file).context(
+        self.command.run_to_file_into(file, log).context(
             "the command failed, so nothing was sent and the target's file is left as it was",
         )?;
         let path = out.path().join("out");
@@ -502,6 +816,7 @@ impl Pipe {
                 .receive
                 .clone()
                 .pipe_from(sized(&path.to_string_lossy())),
+            log,
         )
     }
 
@@ -532,12 +847,12 @@ fn rsync_source(path: &Path) -> String {
 
 /// `rsync [--checksum] [--rsync-path="sudo rsync"] [--exclude|--include PAT]…
 /// -e SSH -vFrlptD [--delete-excluded] SRC DEST`
-fn rsync(target: &Target, file: &FileSource, source: &str, origin: &Origin) -> Cmd {
+fn rsync(session: &Session, file: &FileSource, source: &str, path: &str) -> Cmd {
     let mut cmd = Cmd::new("rsync");
     if file.use_checksum {
         cmd = cmd.arg("--checksum");
     }
-    if target.sudo {
+    if session.target().sudo {
         cmd = cmd.arg("--rsync-path=sudo rsync");
     }
     for pattern in &file.exclude {
@@ -551,11 +866,11 @@ fn rsync(target: &Target, file: &FileSource, source: &str, origin: &Origin) -> C
         };
         cmd = cmd.args([option, &filter.pattern]);
     }
-    cmd = cmd.args(["-e", &target.rsync_shell(), "-vFrlptD"]);
+    cmd = cmd.args(["-e", &session.rsync_shell(), "-vFrlptD"]);
     if file.delete_excluded {
         cmd = cmd.arg("--delete-excluded");
     }
-    cmd.args([source.to_owned(), target.rsync_destination(origin)])
+    cmd.args([source.to_owned(), session.rsync_destination(path)])
 }
 
 /// What pass and passage trees are synced with: rsync's defaults in krops.
@@ -616,49 +931,55 @@ impl Secrets {
     }
 
     fn rsync(&self, source: &str) -> Cmd {
-        rsync(&self.target, &default_file_options(), source, &self.origin)
+        rsync(&self.session, &default_file_options(), source, &self.path)
     }
 
-    fn run(&self) -> Result<()> {
+    /// The claim of the store's place, then, for pass with a stamp, the
+    /// target's stamp on stdout.
+    fn claim(&self, stamp: bool) -> Cmd {
+        let mut script = format!(
+            "{PRELUDE}{}",
+            claim_line(&self.session, &self.path, Makes::Dir)
+        );
+        if stamp {
+            script.push_str(&format!(
+                "cat {}/.pass_info 2>/dev/null || :\n",
+                quote(&self.path)
+            ));
+        }
+        self.session.shell(&script)
+    }
+
+    fn run(&self, log: &mut dyn Write) -> Result<Ended> {
         let stamp = match &self.pass {
             Some((dir, name)) => pass_stamp(dir, name, &self.root)?,
             None => None,
         };
         // The place is claimed first, so that neither the stamp nor the
         // secrets are read or written through a symlink.
-        let claim = match &stamp {
-            Some(_) => self.target.shell(
-                &source_script(
-                    &self.target,
-                    Makes::Dir,
-                    &self.origin,
-                    &format!(
-                        "cat {}/.pass_info 2>/dev/null || :\n",
-                        quote(&self.target.path)
-                    ),
-                ),
-                &self.origin,
-            ),
-            None => claim(&self.target, Makes::Dir, &self.origin),
-        };
+        let claim = self.claim(stamp.is_some());
         let output = claim.output()?;
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), &output.stderr);
+        let _ = log.write_all(&output.stderr);
         if !output.status.success() {
-            return Err(step_failure(&claim, output.status, &output.stderr));
+            return Err(step_failure(&claim, output.status, &output.stderr).into());
         }
         if let Some(stamp) = &stamp {
             if String::from_utf8_lossy(&output.stdout).trim_end_matches('\n') == stamp {
-                eprintln!(
+                let _ = writeln!(
+                    log,
                     "populate: {} is unchanged since the last run, skipping",
                     self.root.display()
                 );
-                return Ok(());
+                return Ok(Ended::Unchanged);
             }
         }
         let secrets = SecretDir::new(&format!("populate-{}.", self.kind()))?;
         for (file, entry_name, decrypted) in self.entries()? {
             let out = secrets.create_file(Path::new(&decrypted))?;
-            self.show.clone().arg(&entry_name).run_to_file(out)?;
+            self.show
+                .clone()
+                .arg(&entry_name)
+                .run_to_file_into(out, log)?;
             // pass: the last commit's date, when the store is a git repo
             // (the stamp exists exactly then); passage: the .age file's.
             let mtime = match (&self.pass, &stamp) {
@@ -680,11 +1001,10 @@ impl Secrets {
             }
         }
         if let Some(stamp) = &stamp {
-            use std::io::Write;
             writeln!(secrets.create_file(Path::new(".pass_info"))?, "{stamp}")?;
         }
         let source = format!("{}/", secrets.path().display());
-        run_cmd(&self.rsync(&source))
+        run_cmd(&self.rsync(&source), log).map(|()| Ended::Done)
     }
 
     fn script(&self) -> String {
@@ -694,7 +1014,7 @@ impl Secrets {
         let mut script = format!(
             "{}\n(\ntmp_dir=$(mktemp -d -t populate-{kind}.XXXXXXXX)\n\
              trap 'rm -fR \"$tmp_dir\"' EXIT\ntrap 'exit 130' INT TERM HUP\numask 077\n",
-            claim(&self.target, Makes::Dir, &self.origin)
+            self.claim(false)
         );
         match self.entries() {
             Ok(entries) => {
@@ -772,6 +1092,7 @@ fn last_commit_time(dir: &str, file: &Path) -> Result<Option<std::time::SystemTi
 mod tests {
     use super::*;
     use crate::source::Filter;
+    use mktarget::{Origin, Target};
 
     fn origin() -> Origin {
         Origin {
@@ -784,9 +1105,13 @@ mod tests {
         Target::parse(s, &origin()).unwrap()
     }
 
+    fn session(target: &Target) -> Session {
+        Session::open(target, &origin(), mktarget::Multiplex::Off).unwrap()
+    }
+
     #[test]
     fn rsync_argv_follows_krops() {
-        let mut t = target("root@h:22/var/src/cfg");
+        let mut t = target("root@h:22/var/src");
         t.sudo = true;
         t.extra_options = vec!["-o".into(), "ProxyCommand=nc %h %p".into()];
         let file = FileSource {
@@ -806,7 +1131,7 @@ mod tests {
             delete_excluded: true,
         };
         assert_eq!(
-            rsync(&t, &file, "/src/", &origin()).argv(),
+            rsync(&session(&t), &file, "/src/", "/var/src/cfg").argv(),
             [
                 "rsync",
                 "--checksum",
@@ -827,13 +1152,13 @@ mod tests {
         );
         let plain = default_file_options();
         let argv = rsync(
-            &target("/var/src/x"),
+            &session(&target("/var/src")),
             &FileSource {
                 delete_excluded: false,
                 ..plain
             },
             "/x",
-            &origin(),
+            "/var/src/x",
         )
         .argv();
         assert_eq!(
@@ -852,10 +1177,10 @@ mod tests {
     #[test]
     fn rsync_names_an_ipv6_host_in_brackets_and_ssh_gets_no_host() {
         let argv = rsync(
-            &target("root@[::1]:2222/var/src/cfg"),
+            &session(&target("root@[::1]:2222/var/src")),
             &default_file_options(),
             "/src/",
-            &origin(),
+            "/var/src/cfg",
         )
         .argv();
         assert_eq!(
@@ -874,31 +1199,111 @@ mod tests {
 
     #[test]
     fn sentinel_with_force_and_backup_makes_a_directory() {
-        let step = sentinel_step(
-            &target("/var/src"),
-            Options {
-                force: true,
-                backup: true,
-            },
-            &origin(),
+        let local = session(&target("/var/src"));
+        let options = Options {
+            force: true,
+            backup: true,
+            ..Options::default()
+        };
+        let script = sentinel_step(&local, options).script(&local);
+        assert!(script.contains("mkdir -p /var/src/.populate"), "{script}");
+        let options = Options {
+            backup: false,
+            ..options
+        };
+        let script = sentinel_step(&local, options).script(&local);
+        assert!(script.contains("touch /var/src/.populate"), "{script}");
+    }
+
+    /// Runs a batch over a local session and returns the outcomes' statuses.
+    fn batch_outcomes(sources: serde_json::Value, dest: &Path) -> Vec<String> {
+        let session = Arc::new(session(&target(dest.to_str().unwrap())));
+        let sources = crate::source::from_json(&sources, None).unwrap();
+        let options = Options {
+            force: true,
+            ..Options::default()
+        };
+        let plan = Plan::new(&session, &sources, options).unwrap();
+        let report = plan.run_with(&Printer::new(plan.steps.len(), Box::new(std::io::sink())));
+        report
+            .steps
+            .iter()
+            .map(|step| match &step.status {
+                StepStatus::Failed(err) => format!("{}: failed: {}", step.label, err.message),
+                status => format!("{}: {status:?}", step.label),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_runs_each_part_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("src");
+        let outcomes = batch_outcomes(
+            serde_json::json!({"a": {"symlink": "x"}, "b": {"symlink": "y"}}),
+            &dest,
         );
-        assert!(
-            step.script().contains("mkdir -p /var/src/.populate"),
-            "{}",
-            step.script()
+        assert_eq!(
+            outcomes,
+            [
+                "sentinel check: Done",
+                "source a (symlink): Done",
+                "source b (symlink): Done"
+            ]
         );
-        let step = sentinel_step(
-            &target("/var/src"),
-            Options {
-                force: true,
-                backup: false,
-            },
-            &origin(),
+        assert_eq!(std::fs::read_link(dest.join("b")).unwrap(), Path::new("y"));
+        // A directory where a link goes is claimed, then the link made.
+        std::fs::remove_file(dest.join("a")).unwrap();
+        std::fs::create_dir(dest.join("a")).unwrap();
+        std::fs::write(dest.join("a/keep"), "x").unwrap();
+        let outcomes = batch_outcomes(
+            serde_json::json!({"a": {"symlink": "x"}, "b": {"symlink": "z"}}),
+            &dest,
         );
-        assert!(
-            step.script().contains("touch /var/src/.populate"),
-            "{}",
-            step.script()
+        assert_eq!(outcomes[2], "source b (symlink): Done");
+    }
+
+    #[test]
+    fn a_failing_part_fails_its_step_and_the_rest_do_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("src");
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::write(dest.join(".populate"), "").unwrap();
+        let session = Arc::new(session(&target(dest.to_str().unwrap())));
+        let options = Options::default();
+        let mut plan = Plan::new(&session, &Sources::new(), options).unwrap();
+        for (name, body) in [
+            ("a", "true\n"),
+            ("b", "run sh -c 'exit 7'\n"),
+            ("c", "true\n"),
+        ] {
+            plan.steps.push(Step {
+                label: format!("source {name} (symlink)"),
+                name: Some(name.to_owned()),
+                kind: "symlink",
+                place: name.to_owned(),
+                work: Work::Batched {
+                    body: body.to_owned(),
+                },
+            });
+        }
+        let report = plan.run_with(&Printer::new(4, Box::new(std::io::sink())));
+        let statuses: Vec<String> = report
+            .steps
+            .iter()
+            .map(|step| match &step.status {
+                StepStatus::Failed(err) => format!("failed: {}", err.message),
+                status => format!("{status:?}"),
+            })
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                "Done",
+                "Done",
+                "failed: `sh -c exit 7` failed: exit status 7",
+                "NotRun"
+            ]
         );
     }
 }

@@ -103,7 +103,9 @@ fn sshd_config(world: &World, address: IpAddr, port: u16, host_key: &Path) -> St
     line("MaxSessions 100".into());
     line("PrintMotd no".into());
     line("PrintLastLog no".into());
-    line("LogLevel ERROR".into());
+    // INFO: one "Accepted publickey" line per handshake, which
+    // `World::handshakes` counts.
+    line("LogLevel INFO".into());
     let set_env: Vec<String> = world
         .remote_env()
         .into_iter()
@@ -335,9 +337,14 @@ impl World {
         assert!(sshd.is_some(), "the world has no running host {alias:?}");
     }
 
-    /// What sshd of host `alias` wrote to stderr so far (errors only).
+    /// What sshd of host `alias` wrote to stderr so far (its log, level INFO).
     pub fn sshd_log(&self, alias: &str) -> String {
         fs::read_to_string(self.root.join("hosts").join(alias).join("sshd.log")).unwrap_or_default()
+    }
+
+    /// How many ssh connections host `alias` accepted so far (handshakes).
+    pub fn handshakes(&self, alias: &str) -> usize {
+        self.sshd_log(alias).matches("Accepted publickey").count()
     }
 
     /// Runs `remote_command` on `dest` (`USER@ALIAS`) with the world's ssh config
