@@ -244,11 +244,13 @@ impl Cmd {
         Ok(output)
     }
 
-    /// Starts the command in the background, with our stdout and stderr (a
-    /// long-lived helper, such as an ssh master); see [`Started`].
+    /// Starts the command in the background, its stdout and stderr going to
+    /// our stderr (a long-lived helper, such as an ssh master, whose output
+    /// is never data); see [`Started`].
     pub fn start(&self) -> Result<Started> {
         let handle = self
             .expression()
+            .stdout_to_stderr()
             .unchecked()
             .start()
             .with_context(|| format!("cannot start `{}`", self.brief()))?;

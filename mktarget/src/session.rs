@@ -175,7 +175,9 @@ impl Session {
     }
 
     fn start_master(&self, socket: &Path) -> Option<Started> {
-        let mut cmd = Cmd::new("ssh").args(self.target.ssh_argv_before_options(false));
+        let mut argv = self.target.ssh_argv_before_options(false).into_iter();
+        let program = argv.next().unwrap_or_default();
+        let mut cmd = Cmd::new(program).args(argv);
         cmd = cmd.args([
             "-M".to_owned(),
             "-N".to_owned(),
@@ -363,7 +365,17 @@ fn users_own_control(target: &Target) -> Option<bool> {
     let master = value("controlmaster").filter(|v| v != "false" && v != "no");
     let path = value("controlpath").filter(|v| v != "none");
     let persist = value("controlpersist").filter(|v| v != "no" && v != "false");
-    if master.is_none() && path.is_none() && persist.is_none() {
+    // `-o ControlMaster=no` in extraOptions means "no sharing", though ssh
+    // -G shows it as the default.
+    let options = target.extra_options.join(" ").to_ascii_lowercase();
+    let named = ["controlmaster", "controlpath", "controlpersist"]
+        .iter()
+        .any(|name| options.contains(name))
+        || target
+            .extra_options
+            .iter()
+            .any(|option| option == "-M" || option.starts_with("-S"));
+    if !named && master.is_none() && path.is_none() && persist.is_none() {
         return None;
     }
     Some(master.is_some() && persist.is_some())
@@ -421,7 +433,8 @@ mod tests {
     fn the_users_own_sharing_is_left_alone() {
         let mut target = Target::from_arg("root@server/srv", &origin()).unwrap();
         for (options, persists) in [
-            (vec!["-o", "ControlMaster=no"], None),
+            (vec!["-o", "ControlMaster=no"], Some(false)),
+            (vec!["-v"], None),
             (vec!["-oControlPath=/run/user/ssh-%C"], Some(false)),
             (vec!["-S", "/tmp/mine"], Some(false)),
             (

@@ -257,17 +257,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Run<'_> {
-    /// Prints the step's first log line and notes when it started, once.
-    fn start(&self, i: usize) {
+    /// Notes when step `i` started, once.
+    fn clock(&self, i: usize) {
         let mut started = lock(&self.started);
         if started[i].is_none() {
             started[i] = Some(Instant::now());
-            let step = &self.plan.steps[i];
-            self.printer.write(
-                i,
-                format!("populate: {} → {}\n", step.label, step.place).as_bytes(),
-            );
         }
+    }
+
+    /// Prints step `i`'s first log line.
+    fn header(&self, i: usize) {
+        let step = &self.plan.steps[i];
+        let line = format!("populate: {} → {}\n", step.label, step.place);
+        self.printer.write(i, line.as_bytes());
     }
 
     fn doing(&self, label: &str, on: bool) {
@@ -350,7 +352,7 @@ impl Run<'_> {
             self.doing(label, true);
         }
         for (i, _) in parts {
-            self.start(*i);
+            self.clock(*i);
         }
         let output = cmd.output();
         for label in &labels {
@@ -360,12 +362,15 @@ impl Run<'_> {
             Ok(output) => output,
             Err(err) => {
                 let (first, _) = parts[0];
+                self.header(first);
                 return self.end(first, StepStatus::Failed(StepError::from(err)));
             }
         };
         let mut rest = String::from_utf8_lossy(&output.stdout).into_owned();
         for (n, (i, _)) in parts.iter().enumerate() {
             let step = &self.plan.steps[*i];
+            // Only parts that ran (or the one that broke off) are logged.
+            self.header(*i);
             let Some(at) = rest.find(BATCH_MARKER) else {
                 // The run ended before this part finished: ssh failed, or
                 // a signal.
@@ -437,7 +442,10 @@ impl Run<'_> {
                         return;
                     };
                     let step = &self.plan.steps[i];
-                    self.start(i);
+                    if step.work.batched().is_none() {
+                        self.header(i);
+                    }
+                    self.clock(i);
                     self.doing(&step.label, true);
                     let mut out = self.printer.step(i);
                     let status = match step.run(&self.plan.session, &mut out) {
