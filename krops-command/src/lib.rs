@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use mktarget::Origin;
+use populate::fleet::{FleetArgs, Kind, Setting};
 use populate::{populate_then, Final, Plan, PopulateArgs};
 
 /// What runs when no SCRIPT is given: print the target path.
@@ -18,11 +19,25 @@ pub const DEFAULT_SCRIPT: &str = "printf '%s\\n' \"$1\"";
 /// is remote, under sudo when it says so), so SCRIPT finds the target path in
 /// $1. Exits with SCRIPT's exit status. With --sources FILE, SCRIPT reads
 /// this tool's stdin.
+///
+/// With --fleet FILE, runs on every host FILE names instead, several at once
+/// (see --jobs and --on): FILE is a JSON object of host name → writeCommand's
+/// attributes (target, source, and optionally command, allocateTTY, force,
+/// backup), where command is the script (else SCRIPT). Each host's output
+/// lines start with its name; options and a SCRIPT given here apply to every
+/// host and win over FILE. Exits 1 when any host failed.
 #[derive(Debug, Parser)]
 #[command(name = "krops-command", version)]
+#[command(mut_arg("target", |arg| arg
+    .required(false)
+    .required_unless_present("fleet")
+    .conflicts_with("fleet")))]
+#[command(mut_arg("sources", |arg| arg.conflicts_with("fleet")))]
 pub struct Cli {
     #[command(flatten)]
     pub populate: PopulateArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
     /// Allocate a terminal on the target (ssh -t), e.g. for an interactive SCRIPT
     #[arg(long)]
     pub allocate_tty: bool,
@@ -31,7 +46,41 @@ pub struct Cli {
     pub script: String,
 }
 
+/// What a fleet host may set: writeCommand's attributes besides target and source.
+pub const FLEET_SETTINGS: &[Setting] = &[
+    Setting {
+        key: "command",
+        option: "SCRIPT",
+        kind: Kind::Script,
+    },
+    Setting {
+        key: "allocateTTY",
+        option: "--allocate-tty",
+        kind: Kind::Flag,
+    },
+    Setting {
+        key: "force",
+        option: "--force",
+        kind: Kind::Flag,
+    },
+    Setting {
+        key: "backup",
+        option: "--backup",
+        kind: Kind::Flag,
+    },
+];
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if cli.fleet.fleet.is_some() {
+        return populate::fleet::run(
+            "krops-command",
+            &cli.fleet,
+            FLEET_SETTINGS,
+            &<Cli as clap::CommandFactory>::command(),
+            &populate::fleet::args(),
+            cli.populate.dry_run,
+        );
+    }
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     let sources = cli.populate.read_sources()?;

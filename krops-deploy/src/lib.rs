@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
 use mktarget::shell::{quote, quote_words};
 use mktarget::{Origin, Target};
+use populate::fleet::{FleetArgs, Kind, Setting};
 use populate::{populate_then, Final, Plan, PopulateArgs};
 
 /// Populate a NixOS target, then run nixos-rebuild on it.
@@ -16,11 +17,25 @@ use populate::{populate_then, Final, Plan, PopulateArgs};
 /// from --target) and to --target, then runs
 /// `NIX_PATH=PATH nixos-rebuild OPERATION` on the build target, which builds
 /// the system and activates it on the target.
+///
+/// With --fleet FILE, deploys every host FILE names instead, several at once
+/// (see --jobs and --on): FILE is a JSON object of host name → writeDeploy's
+/// attributes (target, source, and optionally buildTarget, operation,
+/// crossDeploy, useNixOutputMonitor, force, backup). Each host's output lines
+/// start with its name; options given here apply to every host and win over
+/// FILE. Exits 1 when any host failed.
 #[derive(Debug, Parser)]
 #[command(name = "krops-deploy", version)]
+#[command(mut_arg("target", |arg| arg
+    .required(false)
+    .required_unless_present("fleet")
+    .conflicts_with("fleet")))]
+#[command(mut_arg("sources", |arg| arg.conflicts_with("fleet")))]
 pub struct Cli {
     #[command(flatten)]
     pub populate: PopulateArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
     /// Evaluate and build on this target instead (populated too); it must reach --target over ssh
     #[arg(long, value_name = "TARGET", allow_hyphen_values = true)]
     pub build_target: Option<String>,
@@ -52,6 +67,49 @@ pub enum Nom {
     /// Never use nom
     False,
 }
+
+/// The values of --nom, as a fleet's useNixOutputMonitor may say them.
+pub const NOM_MODES: &[&str] = &[
+    "opportunistic",
+    "optimistic",
+    "pessimistic",
+    "true",
+    "false",
+];
+
+/// What a fleet host may set: writeDeploy's attributes besides target and source.
+pub const FLEET_SETTINGS: &[Setting] = &[
+    Setting {
+        key: "buildTarget",
+        option: "--build-target",
+        kind: Kind::Target,
+    },
+    Setting {
+        key: "operation",
+        option: "--operation",
+        kind: Kind::Text,
+    },
+    Setting {
+        key: "crossDeploy",
+        option: "--cross-deploy",
+        kind: Kind::Flag,
+    },
+    Setting {
+        key: "useNixOutputMonitor",
+        option: "--nom",
+        kind: Kind::Choice(NOM_MODES),
+    },
+    Setting {
+        key: "force",
+        option: "--force",
+        kind: Kind::Flag,
+    },
+    Setting {
+        key: "backup",
+        option: "--backup",
+        kind: Kind::Flag,
+    },
+];
 
 impl Nom {
     fn name(self) -> &'static str {
@@ -156,6 +214,16 @@ pub fn rebuild_script(nix_path: &str, sshopts: Option<&str>, args: &[String], mo
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if cli.fleet.fleet.is_some() {
+        return populate::fleet::run(
+            "krops-deploy",
+            &cli.fleet,
+            FLEET_SETTINGS,
+            &<Cli as clap::CommandFactory>::command(),
+            &populate::fleet::args(),
+            cli.populate.dry_run,
+        );
+    }
     if cli.fast {
         eprintln!("krops-deploy: warning: --fast is deprecated: deploys are always fast now");
     }
@@ -248,6 +316,26 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn fleet_nom_modes_are_the_options_values() {
+        let names: Vec<String> = Nom::value_variants()
+            .iter()
+            .map(|v| v.to_possible_value().unwrap().get_name().to_owned())
+            .collect();
+        assert_eq!(names, NOM_MODES);
+    }
+
+    #[test]
+    fn fleet_refuses_target_and_sources_and_needs_one_of_them() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["krops-deploy"], args].concat());
+        assert!(parse(&["--fleet", "f"]).is_ok());
+        assert!(parse(&["--fleet", "f", "--target", "t"]).is_err());
+        assert!(parse(&["--fleet", "f", "--sources", "s"]).is_err());
+        assert!(parse(&["--force"]).is_err());
+        assert!(parse(&["--target", "t", "--on", "web*"]).is_err());
+        assert!(parse(&["--fleet", "f", "--jobs", "0"]).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::IntoRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
@@ -278,6 +279,28 @@ impl Cmd {
         Ok(output.status)
     }
 
+    /// Runs the command with its stdout and stderr written to `stdout` and
+    /// `stderr` (the write ends of pipes someone else reads, e.g. a fleet
+    /// prefixing each host's lines) and returns how it exited. Our copies of
+    /// the ends are closed once it started, so the readers see the end of
+    /// its output when it (and whatever it left holding them) is done.
+    pub fn status_to(&self, stdout: impl IntoRawFd, stderr: impl IntoRawFd) -> Result<ExitStatus> {
+        let expr = self
+            .expression()
+            .stdout_file(stdout)
+            .stderr_file(stderr)
+            .unchecked();
+        let handle = expr
+            .start()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        drop(expr);
+        let _registered = interrupt::register(handle.pids(), self.own_group());
+        let output = handle
+            .into_output()
+            .with_context(|| format!("waiting for `{}`", self.brief()))?;
+        Ok(output.status)
+    }
+
     /// Whether `status` says this command, an ssh, lost or never had its
     /// connection (ssh's own exit status 255).
     pub fn connection_failed(&self, status: ExitStatus) -> bool {
@@ -431,6 +454,19 @@ mod tests {
         let status = cmd.status().unwrap();
         assert_eq!(describe(status), "killed by signal 15");
         assert_eq!(exit_code(status), 143);
+    }
+
+    #[test]
+    fn status_to_keeps_stdout_and_stderr_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+        let status = Cmd::new("/bin/sh")
+            .args(["-c", "echo to-out; echo to-err >&2; exit 4"])
+            .status_to(File::create(&out).unwrap(), File::create(&err).unwrap())
+            .unwrap();
+        assert_eq!(status.code(), Some(4));
+        assert_eq!(std::fs::read_to_string(out).unwrap(), "to-out\n");
+        assert_eq!(std::fs::read_to_string(err).unwrap(), "to-err\n");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (krops-deploy, krops-test, krops-command) reuse [`PopulateArgs`] and
 //! [`Plan`] to populate before they act.
 
+pub mod fleet;
 pub mod git;
 pub mod report;
 pub mod script;
@@ -25,9 +26,15 @@ pub use sync::{Options, Plan, MAX_JOBS};
 /// What every tool that populates takes on its command line.
 #[derive(Debug, clap::Args)]
 pub struct PopulateArgs {
+    // Required; an Option only so that a driver's --fleet can stand in for it.
     /// Where to sync: krops's `[[USER]@]HOST[:PORT][/PATH]` or a JSON object as mktarget prints it
-    #[arg(long, value_name = "TARGET", allow_hyphen_values = true)]
-    pub target: String,
+    #[arg(
+        long,
+        value_name = "TARGET",
+        allow_hyphen_values = true,
+        required = true
+    )]
+    pub target: Option<String>,
     /// Create the sentinel file PATH/.populate (and PATH) if missing
     #[arg(long)]
     pub force: bool,
@@ -72,7 +79,10 @@ impl PopulateArgs {
 
     /// Parses `--target` (see [`Target::from_arg`]).
     pub fn target(&self, origin: &Origin) -> Result<Target> {
-        Target::from_arg(&self.target, origin)
+        let Some(arg) = &self.target else {
+            bail!("--target is required");
+        };
+        Target::from_arg(arg, origin)
     }
 
     /// Reads and validates sources.json from `--sources` or stdin.

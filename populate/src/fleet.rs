@@ -1,0 +1,958 @@
+//! Fleets: one run of a driver for many hosts (`krops-deploy --fleet FILE`,
+//! `krops-command --fleet FILE`; SPEC §4). FILE maps a host name to what
+//! krops's writer for that driver takes (`target`, `source`, …). The whole
+//! file is checked first; then every selected host runs as a child process
+//! of the same tool in single-host mode, several at once, with each line of
+//! its output prefixed with its name, and a summary ends the run.
+//!
+//! A host's run is the tool's own single-host mode, so a fleet does exactly
+//! what running the tool once per host would: the command line's other
+//! options reach every host unchanged, whatever options the tool has.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, ExitStatus};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use mktarget::interrupt::{self, PrivateDir};
+use mktarget::target::kind;
+use mktarget::{Cmd, Origin, Target};
+use serde_json::Value;
+
+/// The fleet's own options; a driver flattens them into its command line
+/// beside [`crate::PopulateArgs`]. (`--jobs` and `--on` also conflict with
+/// `--target`: clap does not enforce `requires` of an argument that
+/// conflicts with one given.)
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// Run on every host of FILE (`-`: stdin), a JSON object of host name → the writer's attributes (target, source, …)
+    #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
+    pub fleet: Option<PathBuf>,
+    /// With --fleet: how many hosts run at once (default: all, at most 8)
+    #[arg(long, value_name = "N", requires = "fleet", conflicts_with = "target", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+    /// With --fleet: only these hosts, by name or pattern (`*` and `?` match any characters: web*)
+    #[arg(
+        long,
+        value_name = "NAME,…",
+        requires = "fleet",
+        conflicts_with = "target",
+        value_delimiter = ','
+    )]
+    pub on: Vec<String>,
+}
+
+/// The ids of [`FleetArgs`]'s options, which no host's run gets.
+const FLEET_OPTIONS: [&str; 3] = ["fleet", "jobs", "on"];
+
+/// Hosts that run at once unless `--jobs` says otherwise.
+pub const DEFAULT_JOBS: usize = 8;
+
+/// What a fleet host may set besides `target` and `source`: a writer's
+/// attribute and the option of the driver it becomes.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    /// The attribute, in krops's words (`crossDeploy`).
+    pub key: &'static str,
+    /// The driver's option (`--cross-deploy`); unused for [`Kind::Script`].
+    pub option: &'static str,
+    pub kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    /// A boolean: the option (a flag) when true.
+    Flag,
+    /// A string, the option's value.
+    Text,
+    /// A target as `--target` takes it (a string or an object), or null.
+    Target,
+    /// A boolean or one of these strings, the option's value.
+    Choice(&'static [&'static str]),
+    /// A string, the driver's SCRIPT argument.
+    Script,
+}
+
+/// One host of the fleet, checked.
+#[derive(Debug)]
+pub struct Host {
+    pub name: String,
+    pub target: Target,
+    /// Its sources, as the JSON `populate --sources` reads.
+    pub sources: Value,
+    /// Each setting it makes: the setting and the words it becomes.
+    pub settings: Vec<(Setting, Vec<String>)>,
+}
+
+/// Host names: portable characters only (they prefix output lines and name
+/// files), not starting with `-`.
+fn check_host_name(name: &str) -> Result<()> {
+    let portable = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if name.is_empty() || name.starts_with('-') || !portable || name.len() > 255 {
+        bail!(
+            "fleet.{name:?}: a host name must be 1 to 255 of the characters A-Z a-z 0-9 . _ - \
+             and not start with '-'"
+        );
+    }
+    Ok(())
+}
+
+/// Parses and checks a fleet file; `settings` are the driver's.
+pub fn parse(
+    text: &str,
+    settings: &[Setting],
+    origin: &Origin,
+    home: Option<&str>,
+) -> Result<Vec<Host>> {
+    let value = match mktarget::json::parse(text) {
+        Ok(value) => value,
+        Err(err) => bail!("fleet: malformed JSON: {err}"),
+    };
+    let Value::Object(object) = value else {
+        bail!(
+            "fleet: expected an object of host name → {{target, source, …}}, got {}",
+            kind(&value)
+        );
+    };
+    if object.is_empty() {
+        bail!("fleet: no hosts: the object names none");
+    }
+    object
+        .iter()
+        .map(|(name, value)| host(name, value, settings, origin, home))
+        .collect()
+}
+
+fn host(
+    name: &str,
+    value: &Value,
+    settings: &[Setting],
+    origin: &Origin,
+    home: Option<&str>,
+) -> Result<Host> {
+    check_host_name(name)?;
+    let path = format!("fleet.{name}");
+    let Value::Object(object) = value else {
+        bail!(
+            "{path}: expected an object with target and source, got {}",
+            kind(value)
+        );
+    };
+    let expected = || {
+        ["target", "source"]
+            .into_iter()
+            .chain(settings.iter().map(|s| s.key))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for key in object.keys() {
+        if key != "target" && key != "source" && !settings.iter().any(|s| s.key == key) {
+            bail!("{path}.{key}: unknown field (expected {})", expected());
+        }
+    }
+    let required = |key: &str| {
+        object
+            .get(key)
+            .with_context(|| format!("{path}.{key}: missing field"))
+    };
+    let target = target(required("target")?, origin)
+        .with_context(|| format!("{path}.target"))?
+        .with_context(|| format!("{path}.target: must not be null"))?;
+    let sources = required("source")?.clone();
+    crate::source::from_json(&sources, home).with_context(|| format!("{path}.source"))?;
+    let mut made = Vec::new();
+    for setting in settings {
+        if let Some(value) = object.get(setting.key) {
+            let words =
+                words(setting, value, origin).with_context(|| format!("{path}.{}", setting.key))?;
+            made.push((*setting, words));
+        }
+    }
+    Ok(Host {
+        name: name.to_owned(),
+        target,
+        sources,
+        settings: made,
+    })
+}
+
+/// A target as a writer takes it: a string, an object, or null (none).
+fn target(value: &Value, origin: &Origin) -> Result<Option<Target>> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Target::parse(s, origin).map(Some),
+        Value::Object(_) => Target::from_json(value, origin).map(Some),
+        _ => bail!("expected a target string or object, got {}", kind(value)),
+    }
+}
+
+/// The words a setting becomes on the host's command line (none when off).
+/// A value is joined to its option (`--operation=VALUE`), so that one
+/// starting with `-` is read as the value and checked by the tool.
+fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result<Vec<String>> {
+    let option = setting.option.to_owned();
+    let valued = |value: &str| vec![format!("{option}={value}")];
+    Ok(match (setting.kind, value) {
+        (Kind::Flag, Value::Bool(on)) => {
+            if *on {
+                vec![option]
+            } else {
+                vec![]
+            }
+        }
+        (Kind::Flag, _) => bail!("expected a boolean, got {}", kind(value)),
+        (Kind::Text, Value::String(s)) => valued(s),
+        (Kind::Text, _) => bail!("expected a string, got {}", kind(value)),
+        (Kind::Script, Value::String(s)) => vec![s.clone()],
+        (Kind::Script, _) => bail!("expected a script (a string), got {}", kind(value)),
+        (Kind::Target, _) => match target(value, origin)? {
+            Some(target) => valued(&serde_json::to_string(&target)?),
+            None => vec![],
+        },
+        (Kind::Choice(_), Value::Bool(b)) => valued(&b.to_string()),
+        (Kind::Choice(choices), Value::String(s)) if choices.contains(&s.as_str()) => valued(s),
+        (Kind::Choice(choices), _) => bail!(
+            "expected true, false or one of {}, got {value}",
+            choices.join(", ")
+        ),
+    })
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any characters and
+/// `?` one.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Iterative matching with one backtrack point for the last `*`.
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some((i, j));
+            i += 1;
+        } else if let Some((si, sj)) = star {
+            i = si + 1;
+            j = sj + 1;
+            star = Some((si, sj + 1));
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|&c| c == '*')
+}
+
+/// The hosts `--on` picks (all when it is empty); a pattern that matches
+/// no host is an error naming it.
+pub fn select(hosts: Vec<Host>, on: &[String]) -> Result<Vec<Host>> {
+    if on.is_empty() {
+        return Ok(hosts);
+    }
+    for pattern in on {
+        if !hosts.iter().any(|host| glob_match(pattern, &host.name)) {
+            let names: Vec<&str> = hosts.iter().map(|host| host.name.as_str()).collect();
+            bail!(
+                "--on {pattern:?} matches no host of the fleet ({})",
+                names.join(", ")
+            );
+        }
+    }
+    Ok(hosts
+        .into_iter()
+        .filter(|host| on.iter().any(|pattern| glob_match(pattern, &host.name)))
+        .collect())
+}
+
+/// What of our own command line every host's run gets.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The words, without the fleet's options.
+    pub words: Vec<String>,
+    /// The long options among them (`--operation`), which win over a host's settings.
+    pub given: BTreeSet<String>,
+    /// Whether they hold a positional argument (krops-command's SCRIPT).
+    pub positional: bool,
+}
+
+/// Splits our arguments (without the program name) as `command` reads
+/// them and drops the fleet's options, so every other option reaches each
+/// host as it was given, including options added to the tool later.
+pub fn forwarded(command: &clap::Command, args: &[String]) -> Forwarded {
+    let takes_value = |long: &str| {
+        command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(long))
+            .map(|arg| {
+                (
+                    arg.get_id().as_str().to_owned(),
+                    arg.get_action().takes_values(),
+                )
+            })
+    };
+    let mut out = Forwarded::default();
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        if word == "--" {
+            let rest: Vec<String> = words.by_ref().cloned().collect();
+            out.positional |= !rest.is_empty();
+            out.words.push(word.clone());
+            out.words.extend(rest);
+            break;
+        }
+        let Some(long) = word.strip_prefix("--") else {
+            // A short option or a positional argument.
+            out.positional |= !word.starts_with('-') || word == "-";
+            out.words.push(word.clone());
+            continue;
+        };
+        let (name, inline_value) = match long.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (long, false),
+        };
+        let (id, takes) = takes_value(name).unwrap_or_else(|| (name.to_owned(), false));
+        let value = if takes && !inline_value {
+            words.next()
+        } else {
+            None
+        };
+        if FLEET_OPTIONS.contains(&id.as_str()) {
+            continue;
+        }
+        out.given.insert(format!("--{name}"));
+        out.words.push(word.clone());
+        out.words.extend(value.cloned());
+    }
+    // A trailing `--` with nothing after it would swallow a host's SCRIPT.
+    if out.words.last().is_some_and(|w| w == "--") && !out.positional {
+        out.words.pop();
+    }
+    out
+}
+
+/// A host's command line (without the program): its target and sources,
+/// its settings the command line does not override, then the command line.
+pub fn host_args(host: &Host, sources_file: &Path, forwarded: &Forwarded) -> Result<Vec<String>> {
+    let mut args = vec![
+        "--target".to_owned(),
+        serde_json::to_string(&host.target)?,
+        "--sources".to_owned(),
+        sources_file.display().to_string(),
+    ];
+    let mut script = None;
+    for (setting, words) in &host.settings {
+        match setting.kind {
+            Kind::Script if !forwarded.positional => script = words.first().cloned(),
+            Kind::Script => {}
+            _ if forwarded.given.contains(setting.option) => {}
+            _ => args.extend(words.iter().cloned()),
+        }
+    }
+    args.extend(forwarded.words.iter().cloned());
+    if let Some(script) = script {
+        args.extend(["--".to_owned(), script]);
+    }
+    Ok(args)
+}
+
+/// Where a host's stdout or stderr goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sink {
+    /// Line by line to ours, each line prefixed with `HOST | `.
+    Prefixed,
+    /// Kept, to be shown later or not at all.
+    Kept,
+}
+
+/// How one host's run ended.
+#[derive(Debug)]
+struct Outcome {
+    /// How the run exited, or why it could not run.
+    status: std::result::Result<ExitStatus, String>,
+    seconds: f64,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Outcome {
+    fn ok(&self) -> bool {
+        self.status.as_ref().is_ok_and(ExitStatus::success)
+    }
+
+    fn result(&self) -> String {
+        match &self.status {
+            Ok(status) if status.success() => "ok".to_owned(),
+            Ok(status) => format!("failed ({})", mktarget::command::describe(*status)),
+            Err(why) => format!("failed ({why})"),
+        }
+    }
+}
+
+/// Copies `from` to our stdout or stderr line by line with `prefix`, or
+/// keeps it.
+fn pump(from: impl Read, prefix: &str, stream: Stream, sink: Sink) -> Vec<u8> {
+    let mut reader = BufReader::new(from);
+    let mut kept = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if sink == Sink::Kept {
+            kept.extend_from_slice(&line);
+            continue;
+        }
+        let mut out = Vec::with_capacity(prefix.len() + line.len() + 1);
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(&line);
+        if !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        // One write per line, so hosts' lines never mix; a closed stream
+        // of ours must not stop the host halfway.
+        let _ = match stream {
+            Stream::Stdout => std::io::stdout().lock().write_all(&out),
+            Stream::Stderr => std::io::stderr().lock().write_all(&out),
+        };
+    }
+    kept
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Runs `command` for host `name`, its output going as the sinks say.
+fn run_host(name: &str, command: &Cmd, stdout: Sink, stderr: Sink) -> Outcome {
+    let started = Instant::now();
+    let prefix = format!("{name} | ");
+    let pipes = os_pipe::pipe().and_then(|out| Ok((out, os_pipe::pipe()?)));
+    let ((out_reader, out_writer), (err_reader, err_writer)) = match pipes {
+        Ok(pipes) => pipes,
+        Err(err) => {
+            return Outcome {
+                status: Err(format!("cannot make a pipe: {err}")),
+                seconds: 0.0,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let out = scope.spawn(|| pump(out_reader, &prefix, Stream::Stdout, stdout));
+        let err = scope.spawn(|| pump(err_reader, &prefix, Stream::Stderr, stderr));
+        let status = command
+            .status_to(out_writer, err_writer)
+            .map_err(|err| format!("{err:#}"));
+        Outcome {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    })
+}
+
+/// Runs `each` for every host, at most `jobs` at once; the results in the
+/// hosts' order. After a signal no new host starts (the handler ends us).
+fn in_parallel<T: Send>(count: usize, jobs: usize, each: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<T>>> = (0..count).map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, count.max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= count || interrupt::interrupted() {
+                    break;
+                }
+                let result = each(i);
+                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+            });
+        }
+    });
+    interrupt::wait_if_interrupted();
+    results
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .expect("every host ran")
+        })
+        .collect()
+}
+
+/// A private dir holding each host's sources file, removed at the end and
+/// on a signal.
+fn sources_dir() -> Result<(PrivateDir, PathBuf)> {
+    interrupt::private_dir("the fleet's sources files", || {
+        let path = tempfile::Builder::new()
+            .prefix("krops-fleet.")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()?
+            .keep();
+        Ok((path.clone(), path))
+    })
+    .context("cannot create a private temp dir for the fleet's sources files")
+}
+
+/// Reads the fleet file (`-`: stdin).
+fn read(file: &Path) -> Result<String> {
+    if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the fleet from stdin")?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the fleet from {}", file.display()))
+    }
+}
+
+/// A driver's `--fleet` mode: checks the fleet file, runs every selected
+/// host as `tool` in single-host mode (first all with `--dry-run`, so that
+/// nothing runs anywhere unless every host's input is good), and ends with
+/// a summary on stderr; exit status 1 when any host failed.
+///
+/// `command` is the driver's clap command and `args` our arguments without
+/// the program name: they give what every host's run gets.
+pub fn run(
+    tool: &'static str,
+    fleet: &FleetArgs,
+    settings: &[Setting],
+    command: &clap::Command,
+    args: &[String],
+    dry_run: bool,
+) -> Result<ExitCode> {
+    let file = fleet.fleet.as_deref().context("--fleet is required")?;
+    let origin = Origin::from_env();
+    let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
+    let hosts = parse(&read(file)?, settings, &origin, home.as_deref())?;
+    let hosts = select(hosts, &fleet.on)?;
+    let forwarded = forwarded(command, args);
+    let program = std::env::current_exe()
+        .context("cannot find this tool's own executable to run each host")?
+        .display()
+        .to_string();
+    let (_dir, dir) = sources_dir()?;
+    let mut host_args = Vec::new();
+    for host in &hosts {
+        let file = dir.join(format!("{}.json", host.name));
+        std::fs::write(&file, serde_json::to_vec(&host.sources)?)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        host_args.push(self::host_args(host, &file, &forwarded)?);
+    }
+    let jobs = fleet
+        .jobs
+        .map_or(hosts.len().min(DEFAULT_JOBS), usize::from);
+    let count = hosts.len();
+
+    if !dry_run {
+        // Every host checks its whole input the way its run will, running nothing.
+        interrupt::doing(format!("checking the fleet's {count} hosts"));
+        let checks = in_parallel(count, jobs, |i| {
+            let check = Cmd::new(&program).arg("--dry-run").args(&host_args[i]);
+            run_host(&hosts[i].name, &check, Sink::Kept, Sink::Kept)
+        });
+        let refused: Vec<usize> = (0..count).filter(|&i| !checks[i].ok()).collect();
+        if !refused.is_empty() {
+            for &i in &refused {
+                let prefix = format!("{} | ", hosts[i].name);
+                let mut stderr = std::io::stderr().lock();
+                for line in String::from_utf8_lossy(&checks[i].stderr).lines() {
+                    let _ = writeln!(stderr, "{prefix}{line}");
+                }
+                if let Err(why) = &checks[i].status {
+                    let _ = writeln!(stderr, "{prefix}{why}");
+                }
+            }
+            let names: Vec<&str> = refused.iter().map(|&i| hosts[i].name.as_str()).collect();
+            bail!(
+                "fleet: the input of {} refused (see above); nothing ran on any host",
+                names.join(", ")
+            );
+        }
+    }
+
+    interrupt::doing(format!("the fleet's {count} hosts"));
+    let stdout = if dry_run { Sink::Kept } else { Sink::Prefixed };
+    let outcomes = in_parallel(count, jobs, |i| {
+        let command = Cmd::new(&program).args(&host_args[i]);
+        run_host(&hosts[i].name, &command, stdout, Sink::Prefixed)
+    });
+    if dry_run {
+        // Each host's plan as it would print it alone, one after another.
+        let mut out = std::io::stdout().lock();
+        for (host, outcome) in hosts.iter().zip(&outcomes) {
+            writeln!(out, "# ---- fleet host {} ----", host.name)?;
+            out.write_all(&outcome.stdout)?;
+        }
+        out.flush()?;
+    }
+    let failed = outcomes.iter().filter(|o| !o.ok()).count();
+    eprint!("{}", summary(tool, &hosts, &outcomes));
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The table at the end: host, result, seconds.
+fn summary(tool: &str, hosts: &[Host], outcomes: &[Outcome]) -> String {
+    let failed = outcomes.iter().filter(|o| !o.ok()).count();
+    let mut text = format!(
+        "{tool}: fleet: {} of {} hosts ok{}\n",
+        hosts.len() - failed,
+        hosts.len(),
+        if failed > 0 {
+            format!(", {failed} failed")
+        } else {
+            String::new()
+        }
+    );
+    let name_width = hosts.iter().map(|h| h.name.len()).max().unwrap_or(0);
+    let results: Vec<String> = outcomes.iter().map(Outcome::result).collect();
+    let result_width = results.iter().map(String::len).max().unwrap_or(0);
+    for ((host, outcome), result) in hosts.iter().zip(outcomes).zip(&results) {
+        text.push_str(&format!(
+            "  {:name_width$}  {:result_width$}  {:6.1} s\n",
+            host.name, result, outcome.seconds
+        ));
+    }
+    text
+}
+
+/// Our arguments without the program name, for [`run`] (clap has read
+/// them, so every word a host's run gets is text).
+pub fn args() -> Vec<String> {
+    std::env::args_os()
+        .skip(1)
+        .map(|arg: OsString| arg.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn origin() -> Origin {
+        Origin {
+            user: Some("alice".into()),
+            host: "laptop".into(),
+        }
+    }
+
+    const SETTINGS: &[Setting] = &[
+        Setting {
+            key: "operation",
+            option: "--operation",
+            kind: Kind::Text,
+        },
+        Setting {
+            key: "force",
+            option: "--force",
+            kind: Kind::Flag,
+        },
+        Setting {
+            key: "buildTarget",
+            option: "--build-target",
+            kind: Kind::Target,
+        },
+        Setting {
+            key: "useNixOutputMonitor",
+            option: "--nom",
+            kind: Kind::Choice(&["opportunistic", "false"]),
+        },
+        Setting {
+            key: "command",
+            option: "",
+            kind: Kind::Script,
+        },
+    ];
+
+    fn parse_err(fleet: Value) -> String {
+        format!(
+            "{:#}",
+            parse(&fleet.to_string(), SETTINGS, &origin(), None).unwrap_err()
+        )
+    }
+
+    fn host(value: Value) -> Host {
+        let fleet = json!({ "web1": value });
+        parse(&fleet.to_string(), SETTINGS, &origin(), None)
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let good = json!({"target": "root@web1", "source": {}});
+        let with = |key: &str, value: Value| {
+            let mut host = good.clone();
+            host[key] = value;
+            json!({ "web1": host })
+        };
+        for (fleet, expected) in [
+            (json!([]), "fleet: expected an object"),
+            (json!({}), "fleet: no hosts"),
+            (json!({"web 1": good}), "fleet.\"web 1\": a host name"),
+            (json!({"-web": good}), "fleet.\"-web\": a host name"),
+            (json!({"web1": 3}), "fleet.web1: expected an object"),
+            (
+                with("targte", json!("x")),
+                "fleet.web1.targte: unknown field",
+            ),
+            (
+                json!({"web1": {"source": {}}}),
+                "fleet.web1.target: missing field",
+            ),
+            (
+                json!({"web1": {"target": "root@web1"}}),
+                "fleet.web1.source: missing field",
+            ),
+            (
+                with("target", json!(7)),
+                "fleet.web1.target: expected a target",
+            ),
+            (
+                with("target", json!(null)),
+                "fleet.web1.target: must not be null",
+            ),
+            (
+                with("target", json!({"host": "h", "prot": 1})),
+                "fleet.web1.target: target.prot: unknown field",
+            ),
+            (
+                with("source", json!({"x": {"nope": 1}})),
+                "fleet.web1.source: x.nope: unknown field",
+            ),
+            (
+                with("force", json!("yes")),
+                "fleet.web1.force: expected a boolean",
+            ),
+            (
+                with("operation", json!(1)),
+                "fleet.web1.operation: expected a string",
+            ),
+            (
+                with("useNixOutputMonitor", json!("sometimes")),
+                "fleet.web1.useNixOutputMonitor: expected true, false or one of",
+            ),
+            (
+                with("buildTarget", json!("-oops")),
+                "fleet.web1.buildTarget: ",
+            ),
+        ] {
+            let err = parse_err(fleet.clone());
+            assert!(err.contains(expected), "{fleet}: {err}");
+        }
+        let err = format!(
+            "{:#}",
+            parse(
+                r#"{"a": {"target": "t", "source": {}}, "a": {}}"#,
+                SETTINGS,
+                &origin(),
+                None
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("duplicate key \"a\""), "{err}");
+    }
+
+    #[test]
+    fn settings_become_options() {
+        let web1 = host(json!({
+            "target": {"host": "web1", "user": "root"},
+            "source": {"s": {"symlink": "x"}},
+            "operation": "boot", "force": true, "buildTarget": "b",
+            "useNixOutputMonitor": false, "command": "echo hi",
+        }));
+        let words: Vec<Vec<String>> = web1.settings.iter().map(|(_, w)| w.clone()).collect();
+        assert_eq!(words[0], ["--operation=boot"]);
+        assert_eq!(words[1], ["--force"]);
+        assert!(words[2][0].starts_with("--build-target={"));
+        assert!(words[2][0].contains("\"host\":\"b\""));
+        assert_eq!(words[3], ["--nom=false"]);
+        assert_eq!(words[4], ["echo hi"]);
+        assert!(
+            host(json!({"target": "t", "source": {}, "force": false})).settings[0]
+                .1
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn globs_match_like_the_shell() {
+        for (pattern, name, matches) in [
+            ("web*", "web1", true),
+            ("web*", "web", true),
+            ("web*", "db1", false),
+            ("w?b1", "web1", true),
+            ("w?b1", "wb1", false),
+            ("*", "anything", true),
+            ("*1", "web1", true),
+            ("*b*1", "web21", true),
+            ("web1", "web1", true),
+            ("web1", "web10", false),
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "aXbYbZ", false),
+        ] {
+            assert_eq!(glob_match(pattern, name), matches, "{pattern} {name}");
+        }
+    }
+
+    #[test]
+    fn on_selects_and_names_patterns_matching_nothing() {
+        let fleet = json!({
+            "web1": {"target": "a", "source": {}},
+            "web2": {"target": "b", "source": {}},
+            "db1": {"target": "c", "source": {}},
+        });
+        let hosts = || parse(&fleet.to_string(), SETTINGS, &origin(), None).unwrap();
+        let names = |on: &[&str]| -> Vec<String> {
+            let on: Vec<String> = on.iter().map(|s| s.to_string()).collect();
+            select(hosts(), &on)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.name)
+                .collect()
+        };
+        assert_eq!(names(&[]), ["db1", "web1", "web2"]);
+        assert_eq!(names(&["web*"]), ["web1", "web2"]);
+        assert_eq!(names(&["db1", "web2"]), ["db1", "web2"]);
+        let err = select(hosts(), &["web*".into(), "mail*".into()]).unwrap_err();
+        assert!(
+            err.to_string().contains("--on \"mail*\" matches no host"),
+            "{err}"
+        );
+    }
+
+    fn cli() -> clap::Command {
+        clap::Command::new("t")
+            .arg(clap::Arg::new("fleet").long("fleet"))
+            .arg(clap::Arg::new("jobs").long("jobs"))
+            .arg(clap::Arg::new("on").long("on"))
+            .arg(clap::Arg::new("operation").long("operation"))
+            .arg(
+                clap::Arg::new("force")
+                    .long("force")
+                    .action(clap::ArgAction::SetTrue),
+            )
+            .arg(clap::Arg::new("script"))
+    }
+
+    fn strings(words: &[&str]) -> Vec<String> {
+        words.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn forwarded_drops_only_the_fleets_options() {
+        let out = forwarded(
+            &cli(),
+            &strings(&[
+                "--fleet",
+                "-",
+                "--force",
+                "--jobs=2",
+                "--operation",
+                "--on",
+                "--on",
+                "a,b",
+                "--new-flag",
+            ]),
+        );
+        // `--operation`'s value is `--on` (as clap reads it), kept.
+        assert_eq!(
+            out.words,
+            strings(&["--force", "--operation", "--on", "--new-flag"])
+        );
+        assert_eq!(
+            out.given,
+            ["--force", "--operation", "--new-flag"]
+                .map(String::from)
+                .into()
+        );
+        assert!(!out.positional);
+        let out = forwarded(&cli(), &strings(&["--fleet=f", "echo", "hi"]));
+        assert_eq!(out.words, strings(&["echo", "hi"]));
+        assert!(out.positional);
+        let out = forwarded(&cli(), &strings(&["--fleet", "f", "--"]));
+        assert!(out.words.is_empty() && !out.positional);
+        let out = forwarded(&cli(), &strings(&["--", "-x"]));
+        assert_eq!(out.words, strings(&["--", "-x"]));
+        assert!(out.positional);
+    }
+
+    #[test]
+    fn host_args_let_the_command_line_win() {
+        let web1 = host(json!({
+            "target": "root@web1/srv", "source": {},
+            "operation": "boot", "force": true, "command": "-echo",
+        }));
+        let file = Path::new("/tmp/x/web1.json");
+        let args = host_args(&web1, file, &forwarded(&cli(), &strings(&["--dry-run"]))).unwrap();
+        assert_eq!(args[0], "--target");
+        assert!(args[1].contains("\"path\":\"/srv\""), "{}", args[1]);
+        assert_eq!(
+            args[2..],
+            strings(&[
+                "--sources",
+                "/tmp/x/web1.json",
+                "--operation=boot",
+                "--force",
+                "--dry-run",
+                "--",
+                "-echo"
+            ])
+        );
+        let cli_wins = forwarded(&cli(), &strings(&["--operation", "test", "--force", "ls"]));
+        let args = host_args(&web1, file, &cli_wins).unwrap();
+        assert_eq!(
+            args[4..],
+            strings(&["--operation", "test", "--force", "ls"])
+        );
+    }
+
+    #[test]
+    fn summary_lists_result_and_seconds() {
+        let hosts = vec![
+            host(json!({"target": "a", "source": {}})),
+            Host {
+                name: "db-primary".into(),
+                ..host(json!({"target": "b", "source": {}}))
+            },
+        ];
+        let status =
+            |code: i32| <ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw(code << 8);
+        let outcome = |code, seconds| Outcome {
+            status: Ok(status(code)),
+            seconds,
+            stdout: vec![],
+            stderr: vec![],
+        };
+        let text = summary(
+            "krops-deploy",
+            &hosts,
+            &[outcome(0, 1.25), outcome(3, 12.0)],
+        );
+        assert_eq!(
+            text,
+            "krops-deploy: fleet: 1 of 2 hosts ok, 1 failed\n\
+             \x20 web1        ok                         1.2 s\n\
+             \x20 db-primary  failed (exit status 3)    12.0 s\n"
+        );
+    }
+}
