@@ -138,11 +138,11 @@ fn without_multiplexing_every_step_connects_on_its_own() {
             world.run_command(&mut cmd, sources.to_string().as_bytes())
         };
         out.assert_success();
-        // The batch (sentinel, symlinks, claims), 8 trees, 2 checkouts, the
-        // pipe and the store's claim (its stamp is unchanged, so no rsync):
-        // each its own connection, as in krops.
+        // The batch (sentinel, symlinks), 8 trees (each a claim and an
+        // rsync), 2 checkouts, the pipe and the store's claim (its stamp is
+        // unchanged, so no rsync): each its own connection, as in krops.
         let made = world.handshakes("alpha") - before;
-        assert_eq!(made, 13, "{how}");
+        assert_eq!(made, 21, "{how}");
         assert_nothing_left(&world);
     }
     shared.assert_unchanged(&Tree::snapshot(&dest));
@@ -318,8 +318,9 @@ fn the_user_s_own_connection_sharing_is_left_alone() {
         "extraOptions": ["-o", "ControlMaster=no"]});
     let before = world.handshakes("alpha");
     populate(&world, &target.to_string(), &["--force"], &sources).assert_success();
-    // The batch and the rsync, each on its own (ours would make it one).
-    assert_eq!(world.handshakes("alpha") - before, 2, "ours was used");
+    // The batch, the file's claim and its rsync, each on its own (ours
+    // would make them one).
+    assert_eq!(world.handshakes("alpha") - before, 3, "ours was used");
     assert_nothing_left(&world);
 
     // Their own master, persisting in the background: used, not hanging.
@@ -356,4 +357,89 @@ fn the_user_s_own_connection_sharing_is_left_alone() {
         ]),
         b"",
     );
+}
+
+#[test]
+fn a_failing_source_leaves_the_places_of_sources_that_did_not_start() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("src");
+    let target = alpha.target("root", &dest);
+    world.write("tree/a.nix", "{ }\n");
+    let tree = json!({"file": world.path("tree").to_str().unwrap()});
+    populate(&world, &target, &["--force"], &json!({"keep": tree})).assert_success();
+    // An earlier deploy left a symlink where a later file source now goes.
+    std::os::unix::fs::symlink("keep", dest.join("z-later")).unwrap();
+    let fails = executable(&world, "gen/fails", "#!/bin/sh\nexit 7\n");
+    let sources = json!({
+        "a-first": tree,
+        "b-fails": {"pipe": fails.to_str().unwrap()},
+        "z-later": tree,
+    });
+    let out = populate(&world, &target, &["--source-jobs", "1"], &sources);
+    out.assert_failure();
+    let stderr = out.stderr_str();
+    assert!(dest.join("a-first/a.nix").exists(), "{stderr}");
+    assert_eq!(
+        std::fs::read_link(dest.join("z-later")).ok(),
+        Some(PathBuf::from("keep")),
+        "the later source's place was claimed though it never synced: {stderr}"
+    );
+    assert!(
+        !stderr.contains("source z-later"),
+        "logged but never started: {stderr}"
+    );
+}
+
+#[test]
+fn a_signal_ends_the_tool_even_when_its_stderr_is_gone() {
+    let world = World::new();
+    let dest = world.path("src");
+    let marker = world.path("started");
+    let slow = executable(
+        &world,
+        "gen/slow",
+        &format!("#!/bin/sh\ntouch {}\nexec sleep 60\n", marker.display()),
+    );
+    let sources = world.write(
+        "sources.json",
+        json!({"slow": {"pipe": slow.to_str().unwrap()}}).to_string(),
+    );
+    let mut child: Child = world
+        .command(world.tool("populate"))
+        .args(["--target", dest.to_str().unwrap(), "--force"])
+        .args(["--sources", sources.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Whoever read our stderr went away (a closed terminal, `| head`).
+    drop(child.stderr.take());
+    for _ in 0..400 {
+        if marker.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(marker.exists(), "populate never started the pipe");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..600 {
+        if let Some(done) = child.try_wait().unwrap() {
+            status = Some(done);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("populate did not exit after SIGTERM with its stderr gone");
+    };
+    assert_eq!(status.code(), Some(143));
+    let tmp: Vec<_> = std::fs::read_dir(world.tmp_dir()).unwrap().collect();
+    assert!(tmp.is_empty(), "temp files left: {tmp:?}");
 }

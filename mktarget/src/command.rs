@@ -25,6 +25,7 @@ pub struct Cmd {
     dir: Option<String>,
     stdin: Stdin,
     quiet: bool,
+    foreground: bool,
 }
 
 /// Where a command's stdin comes from. Children never inherit ours unless
@@ -46,6 +47,7 @@ impl Cmd {
             dir: None,
             stdin: Stdin::Null,
             quiet: false,
+            foreground: false,
         }
     }
 
@@ -70,6 +72,13 @@ impl Cmd {
 
     pub fn dir(mut self, dir: impl Into<String>) -> Cmd {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// Keeps it in our process group though its stdin is not ours, so it
+    /// can prompt on our terminal (see [`interrupt`]).
+    pub fn foreground(mut self) -> Cmd {
+        self.foreground = true;
         self
     }
 
@@ -105,6 +114,9 @@ impl Cmd {
     /// [`interrupt`]): all but those that share our terminal, which must
     /// stay in the foreground group to read it.
     fn own_group(&self) -> bool {
+        if self.foreground {
+            return false;
+        }
         match &self.stdin {
             Stdin::Null => true,
             Stdin::Inherit => false,

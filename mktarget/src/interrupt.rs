@@ -8,6 +8,7 @@
 //! removes the private dirs registered for cleanup (decrypted secrets), says
 //! what was interrupted, and exits with 128 + the signal's number.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
@@ -188,6 +189,17 @@ fn stop(pid: u32, own_group: bool, signal: Signal) {
     };
 }
 
+/// Whether process `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
 fn signal_name(signal: i32) -> &'static str {
     match signal {
         SIGINT => "SIGINT",
@@ -210,7 +222,14 @@ fn handle(signal: i32) {
     let started = Instant::now();
     let mut killed = false;
     loop {
-        let left = state().children.clone();
+        // A child that exited but is not yet waited for (a zombie) is gone:
+        // the thread that would wait for it may be parked.
+        let left: Vec<(u32, bool)> = state()
+            .children
+            .iter()
+            .copied()
+            .filter(|&(pid, _)| running(pid))
+            .collect();
         if left.is_empty() || started.elapsed() > 2 * GRACE {
             break;
         }
@@ -242,7 +261,9 @@ fn handle(signal: i32) {
     if !state.removed.is_empty() {
         message.push_str(&format!("; {} removed", state.removed.join(" and ")));
     }
-    eprintln!("{message}");
+    // Not eprintln!: with our stderr gone (a closed terminal) it would
+    // panic, and the tool would never exit.
+    let _ = writeln!(std::io::stderr(), "{message}");
     // Exits holding the lock: see `state`.
     std::process::exit(128 + signal);
 }

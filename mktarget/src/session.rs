@@ -189,9 +189,13 @@ impl Session {
         cmd = cmd
             .args(self.target.extra_options.iter().cloned())
             .arg(self.target.ssh_host());
-        // A password or passphrase prompt needs our terminal.
+        // A host key, passphrase or password prompt needs our terminal:
+        // ssh opens /dev/tty, which only the foreground process group may
+        // read, so with one the master stays in ours.
         if std::io::stdin().is_terminal() {
             cmd = cmd.stdin_inherit();
+        } else if std::fs::File::open("/dev/tty").is_ok() {
+            cmd = cmd.foreground();
         }
         let who = self.target.destination();
         let mut started = match cmd.start() {
@@ -213,6 +217,7 @@ impl Session {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Ok(None) => return Some(started),
+                Ok(Some(_)) if interrupt::interrupted() => return None,
                 Ok(Some(status)) => {
                     eprintln!(
                         "krops: warning: the shared ssh connection to {who} could not start \

@@ -95,7 +95,9 @@ enum Work {
     Sentinel { body: String },
     /// A script on the target, cheap enough to batch (backup, symlink).
     Batched { body: String },
-    /// The claim of the place (batched), then rsync from here.
+    /// The claim of the place, then rsync from here: both when the source
+    /// syncs (a claim ahead of time would leave the place empty when an
+    /// earlier source fails).
     Rsync { claim: String, rsync: Cmd },
     /// A script on the target that runs as a session of its own, as it may
     /// take long (git); `late` ones wait for every other source
@@ -112,14 +114,13 @@ impl Work {
     fn batched(&self) -> Option<&str> {
         match self {
             Work::Sentinel { body } | Work::Batched { body } => Some(body),
-            Work::Rsync { claim, .. } => Some(claim),
             _ => None,
         }
     }
 
     /// Whether the batch does all of the step.
     fn all_batched(&self) -> bool {
-        matches!(self, Work::Sentinel { .. } | Work::Batched { .. })
+        self.batched().is_some()
     }
 
     fn late(&self) -> bool {
@@ -442,9 +443,7 @@ impl Run<'_> {
                         return;
                     };
                     let step = &self.plan.steps[i];
-                    if step.work.batched().is_none() {
-                        self.header(i);
-                    }
+                    self.header(i);
                     self.clock(i);
                     self.doing(&step.label, true);
                     let mut out = self.printer.step(i);
@@ -497,7 +496,10 @@ impl Step {
     fn run(&self, session: &Session, out: &mut dyn Write) -> Result<Ended> {
         match &self.work {
             Work::Sentinel { .. } | Work::Batched { .. } => Ok(Ended::Done),
-            Work::Rsync { rsync, .. } => run_cmd(rsync, out).map(|()| Ended::Done),
+            Work::Rsync { claim, rsync } => {
+                run_cmd(&session.shell(&format!("{PRELUDE}{claim}")), out)?;
+                run_cmd(rsync, out).map(|()| Ended::Done)
+            }
             Work::Alone { body, .. } => {
                 run_cmd(&session.shell(&format!("{PRELUDE}{body}")), out).map(|()| Ended::Done)
             }
