@@ -1,12 +1,18 @@
-# Sourced by scripts/demo and scripts/bench: a throwaway ssh target on this
+# Sourced by scripts/demo and scripts/bench: throwaway ssh targets on this
 # machine. `throwaway_target WORK ALIAS` starts a real sshd on 127.0.0.1 (a
-# free port, its own host key, a generated client key, all in WORK/ssh),
+# free port, its own host key, logging at INFO to WORK/ssh/ALIAS/sshd.log),
 # puts an `ssh` wrapper that knows ALIAS first on PATH, and puts WORK/bin
-# first on the target's PATH (for stand-ins). `throwaway_target_stop` ends it.
+# first on the target's PATH (for stand-ins). Call it again with the same
+# WORK and another ALIAS for more targets, each its own sshd on its own
+# port, all known to the same wrapper and reached with the same client key.
+# `throwaway_handshakes [ALIAS...]` counts the logins the sshd of these
+# aliases (all by default) have accepted so far; `throwaway_target_stop`
+# ends every sshd started.
 
 as_root=()
 [ "$(id -u)" -eq 0 ] || as_root=(sudo)
-throwaway_sshd_pid=
+throwaway_sshd_pids=()
+throwaway_work=
 
 # Installs the Debian packages the given programs come from, if missing.
 ensure_packages() {
@@ -23,20 +29,30 @@ ensure_packages() {
 }
 
 throwaway_target() {
-  local work=$1 alias=$2 user attempt port
+  local work=$1 alias=$2 user attempt port pid dir
   user=$(id -un)
-  mkdir -p "$work/bin" "$work/ssh"
+  dir="$work/ssh/$alias"
+  mkdir -p "$work/bin" "$dir"
   chmod 0755 "$work"
-  ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/host_key"
-  ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/client_key"
-  cp "$work/ssh/client_key.pub" "$work/ssh/authorized_keys"
+  throwaway_work=$work
+  # The client key and the wrapper's ssh config are shared by all targets.
+  if [ ! -e "$work/ssh/client_key" ]; then
+    ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/client_key"
+    : >"$work/ssh/authorized_keys"
+    cat "$work/ssh/client_key.pub" >>"$work/ssh/authorized_keys"
+    : >"$work/ssh/config"
+    : >"$work/ssh/known_hosts"
+  fi
+  ssh-keygen -q -t ed25519 -N '' -f "$dir/host_key"
+  echo "$alias $(cut -d' ' -f1,2 "$dir/host_key.pub")" >>"$work/ssh/known_hosts"
   for attempt in 1 2 3 4 5 6 7 8; do
     port=$((20000 + RANDOM % 40000))
-    cat >"$work/ssh/sshd_config" <<CONFIG
+    cat >"$dir/sshd_config" <<CONFIG
 ListenAddress 127.0.0.1
 Port $port
-HostKey $work/ssh/host_key
+HostKey $dir/host_key
 PidFile none
+LogLevel INFO
 AuthorizedKeysFile $work/ssh/authorized_keys
 StrictModes no
 UsePAM no
@@ -46,7 +62,7 @@ PermitRootLogin prohibit-password
 MaxStartups 100:30:200
 SetEnv PATH=$work/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CONFIG
-    cat >"$work/ssh/config" <<CONFIG
+    cat >"$dir/client_config" <<CONFIG
 Host $alias
   HostName 127.0.0.1
   Port $port
@@ -57,29 +73,46 @@ Host $alias
   BatchMode yes
   LogLevel ERROR
 CONFIG
-    echo "$alias $(cut -d' ' -f1,2 "$work/ssh/host_key.pub")" >"$work/ssh/known_hosts"
-    "${as_root[@]}" /usr/sbin/sshd -D -e -f "$work/ssh/sshd_config" 2>"$work/ssh/sshd.log" &
-    throwaway_sshd_pid=$!
+    "${as_root[@]}" /usr/sbin/sshd -D -e -f "$dir/sshd_config" 2>"$dir/sshd.log" &
+    pid=$!
     for _ in $(seq 50); do
-      if /usr/bin/ssh -F "$work/ssh/config" "$user@$alias" true 2>/dev/null; then
-        printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$work/ssh/config" >"$work/bin/ssh"
-        chmod +x "$work/bin/ssh"
-        export PATH="$work/bin:$PATH"
+      if /usr/bin/ssh -F "$dir/client_config" "$user@$alias" true 2>/dev/null; then
+        throwaway_sshd_pids+=("$pid")
+        cat "$dir/client_config" >>"$work/ssh/config"
+        if [ ! -e "$work/bin/ssh" ]; then
+          printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$work/ssh/config" >"$work/bin/ssh"
+          chmod +x "$work/bin/ssh"
+          export PATH="$work/bin:$PATH"
+        fi
         echo "sshd listens on 127.0.0.1:$port; ssh knows it as $alias" >&2
         return 0
       fi
-      kill -0 "$throwaway_sshd_pid" 2>/dev/null || break
+      kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
-    kill "$throwaway_sshd_pid" 2>/dev/null || true
-    throwaway_sshd_pid=
+    "${as_root[@]}" kill "$pid" 2>/dev/null || true
   done
-  cat "$work/ssh/sshd.log" >&2
+  cat "$dir/sshd.log" >&2
   echo "error: sshd did not start" >&2
   return 1
 }
 
+# Prints how many logins the sshd of the given aliases (default: all)
+# accepted so far, summed.
+throwaway_handshakes() {
+  local logs=() alias
+  if [ "$#" -eq 0 ]; then
+    logs=("$throwaway_work"/ssh/*/sshd.log)
+  else
+    for alias in "$@"; do logs+=("$throwaway_work/ssh/$alias/sshd.log"); done
+  fi
+  cat "${logs[@]}" | grep -c 'Accepted publickey' || true
+}
+
 throwaway_target_stop() {
-  [ -z "$throwaway_sshd_pid" ] || "${as_root[@]}" kill "$throwaway_sshd_pid" 2>/dev/null || true
-  throwaway_sshd_pid=
+  local pid
+  for pid in "${throwaway_sshd_pids[@]}"; do
+    "${as_root[@]}" kill "$pid" 2>/dev/null || true
+  done
+  throwaway_sshd_pids=()
 }
