@@ -2,7 +2,7 @@
 //! plain, with extraOptions, and with sudo (SPEC §2, issue 2).
 
 use krops_tests::World;
-use mktarget::{Cmd, Origin, Target};
+use mktarget::{Cmd, Multiplex, Origin, Session, Target};
 
 /// The world's view of this machine: root on `origin`.
 fn origin() -> Origin {
@@ -10,6 +10,11 @@ fn origin() -> Origin {
         user: Some("root".into()),
         host: "origin".into(),
     }
+}
+
+/// How the tools reach `target`, each ssh on its own (SPEC §2's commands).
+fn session(target: &Target) -> Session {
+    Session::open(target, &origin(), Multiplex::Off).unwrap()
 }
 
 /// The world's PATH, so that `ssh` is the world's wrapper with its config.
@@ -25,7 +30,7 @@ fn populate_style_scripts_run_on_a_remote_target() {
     let _alpha = world.add_host("alpha");
     let target = Target::parse("root@alpha/srv", &origin()).unwrap();
     assert!(!target.is_local(&origin()));
-    let out = in_world(&world, target.shell(SCRIPT, &origin()))
+    let out = in_world(&world, session(&target).shell(SCRIPT))
         .read()
         .unwrap();
     assert!(out.starts_with("root|it's|$(not run)|"), "{out}");
@@ -43,7 +48,7 @@ fn extra_options_reach_ssh() {
         "-o".into(),
         "ServerAliveInterval 30".into(),
     ];
-    let cmd = target.shell("echo reached", &origin());
+    let cmd = session(&target).shell("echo reached");
     assert_eq!(cmd.program(), "ssh");
     let out = cmd.env("PATH", "/usr/bin:/bin").read().unwrap();
     assert_eq!(out, "reached\n");
@@ -51,8 +56,8 @@ fn extra_options_reach_ssh() {
     target.extra_options.push("-oNoSuchOption=1".into());
     let err = format!(
         "{:#}",
-        target
-            .shell("true", &origin())
+        session(&target)
+            .shell("true")
             .env("PATH", "/usr/bin:/bin")
             .read()
             .unwrap_err()
@@ -69,22 +74,17 @@ fn sudo_runs_populate_steps_and_commands_as_root() {
     let _alpha = world.add_host("alpha");
     let user = world.sudo_user();
     let mut target = Target::parse(&format!("{user}@alpha/srv"), &origin()).unwrap();
-    let plain = in_world(&world, target.shell("id -u", &origin()))
+    let plain = in_world(&world, session(&target).shell("id -u"))
         .read()
         .unwrap();
     assert_ne!(plain.trim(), "0");
     target.sudo = true;
-    let step = in_world(&world, target.shell(SCRIPT, &origin()))
+    let step = in_world(&world, session(&target).shell(SCRIPT))
         .read()
         .unwrap();
     assert!(step.starts_with("root|it's|$(not run)|"), "{step}");
     let args = vec!["krops-command".to_owned(), "/path with 'quotes'".to_owned()];
-    let command = target.command(
-        "printf '%s:%s' \"$(id -u)\" \"$1\"",
-        &args,
-        false,
-        &origin(),
-    );
+    let command = session(&target).command("printf '%s:%s' \"$(id -u)\" \"$1\"", &args, false);
     assert_eq!(
         in_world(&world, command).read().unwrap(),
         "0:/path with 'quotes'"
@@ -96,7 +96,7 @@ fn local_targets_run_without_ssh() {
     let world = World::new();
     let target = Target::parse("/srv", &origin()).unwrap();
     assert!(target.is_local(&origin()));
-    let cmd = target.shell("echo local", &origin());
+    let cmd = session(&target).shell("echo local");
     assert_eq!(cmd.argv(), ["/bin/sh", "-c", "echo local"]);
     assert_eq!(in_world(&world, cmd).read().unwrap(), "local\n");
 }

@@ -51,6 +51,12 @@ impl Cmd {
         }
     }
 
+    /// The command whose argv (program first) is `argv`.
+    pub fn from_argv(argv: impl IntoIterator<Item = String>) -> Cmd {
+        let mut argv = argv.into_iter();
+        Cmd::new(argv.next().unwrap_or_default()).args(argv)
+    }
+
     pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
         self.args.push(arg.into());
         self
@@ -523,18 +529,10 @@ impl Started {
 
     /// Sends SIGTERM, waits up to `grace` for it to exit, then kills it.
     pub fn terminate(&mut self, grace: std::time::Duration) {
-        use nix::sys::signal::{kill, killpg, Signal};
-        use nix::unistd::Pid;
+        use nix::sys::signal::Signal;
         let signal_all = |signal: Signal| {
             for &pid in &self.pids {
-                let Ok(pid) = i32::try_from(pid).map(Pid::from_raw) else {
-                    continue;
-                };
-                let _ = if self.own_group {
-                    killpg(pid, signal)
-                } else {
-                    kill(pid, signal)
-                };
+                interrupt::stop(pid, self.own_group, signal);
             }
         };
         signal_all(Signal::SIGTERM);

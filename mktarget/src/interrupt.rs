@@ -178,7 +178,8 @@ fn remove(state: &mut State, path: &Path) {
     }
 }
 
-fn stop(pid: u32, own_group: bool, signal: Signal) {
+/// Sends `signal` to a child: to its whole process group when it leads one.
+pub(crate) fn stop(pid: u32, own_group: bool, signal: Signal) {
     let Ok(pid) = i32::try_from(pid).map(Pid::from_raw) else {
         return;
     };

@@ -175,9 +175,7 @@ impl Session {
     }
 
     fn start_master(&self, socket: &Path) -> Option<Started> {
-        let mut argv = self.target.ssh_argv_before_options(false).into_iter();
-        let program = argv.next().unwrap_or_default();
-        let mut cmd = Cmd::new(program).args(argv);
+        let mut cmd = Cmd::from_argv(self.target.ssh_argv_before_options(false));
         cmd = cmd.args([
             "-M".to_owned(),
             "-N".to_owned(),
@@ -303,19 +301,14 @@ impl Session {
         argv.extend(["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()]);
         argv.extend(args.iter().cloned());
         if self.is_local() {
-            let mut argv = argv.into_iter();
-            let program = argv.next().unwrap_or_default();
-            Cmd::new(program).args(argv)
+            Cmd::from_argv(argv)
         } else {
             self.ssh(quote_words(&argv), tty)
         }
     }
 
     fn ssh(&self, remote_command: String, tty: bool) -> Cmd {
-        let mut argv = self.ssh_argv(tty).into_iter();
-        let program = argv.next().unwrap_or_default();
-        Cmd::new(program)
-            .args(argv)
+        Cmd::from_argv(self.ssh_argv(tty))
             .arg(self.target.ssh_host())
             .arg(remote_command)
     }
@@ -353,9 +346,7 @@ fn users_own_control(target: &Target) -> Option<bool> {
     argv.push("-G".to_owned());
     argv.extend(target.extra_options.iter().cloned());
     argv.push(target.ssh_host().to_owned());
-    let mut argv = argv.into_iter();
-    let program = argv.next().unwrap_or_default();
-    let out = match Cmd::new(program).args(argv).output() {
+    let out = match Cmd::from_argv(argv).output() {
         Ok(out) if out.status.success() => out,
         // ssh will say what is wrong when the run connects.
         _ => return None,
@@ -417,6 +408,132 @@ mod tests {
             user: Some("alice".into()),
             host: "laptop".into(),
         }
+    }
+
+    fn parse(s: &str) -> Target {
+        Target::from_arg(s, &origin()).unwrap()
+    }
+
+    /// An unshared session, whose commands are SPEC §2's.
+    fn off(target: &Target) -> Session {
+        Session::open(target, &origin(), Multiplex::Off).unwrap()
+    }
+
+    #[test]
+    fn rsync_gets_the_ssh_argv_quoted_for_its_e() {
+        let mut t = parse("root@h");
+        t.extra_options = vec!["-o".into(), "ProxyCommand=nc %h %p".into()];
+        assert_eq!(
+            off(&t).rsync_shell(),
+            "'ssh' '-l' 'root' '-T' '-o' 'ProxyCommand=nc %h %p'"
+        );
+    }
+
+    #[test]
+    fn destinations() {
+        assert_eq!(off(&parse("root@h/p")).rsync_destination("/p"), "root@h:/p");
+        assert_eq!(off(&parse("@h/p")).rsync_destination("/p"), "h:/p");
+        assert_eq!(off(&parse("/p")).rsync_destination("/p"), "/p");
+        assert_eq!(parse("@h").destination(), "h");
+        assert_eq!(
+            off(&parse("h/p")).display_path("/p/.populate"),
+            "h:/p/.populate"
+        );
+        assert_eq!(
+            off(&parse("/p")).display_path("/p/.populate"),
+            "/p/.populate"
+        );
+    }
+
+    #[test]
+    fn each_program_gets_an_ipv6_host_its_own_way() {
+        let t = parse("root@[::1]:22/var/src");
+        let s = off(&t);
+        assert_eq!(t.ssh_host(), "::1");
+        assert_eq!(t.bracketed_host(), "[::1]");
+        // ssh: the bare address as its host argument.
+        assert_eq!(
+            s.shell("true").argv(),
+            ["ssh", "-l", "root", "-p", "22", "-T", "::1", "true"]
+        );
+        assert_eq!(
+            s.command("id", &[], true).argv(),
+            [
+                "ssh",
+                "-l",
+                "root",
+                "-p",
+                "22",
+                "-t",
+                "::1",
+                "/bin/sh -c id"
+            ]
+        );
+        // rsync and nixos-rebuild: in brackets.
+        assert_eq!(s.rsync_destination("/var/src"), "root@[::1]:/var/src");
+        assert_eq!(t.destination(), "root@[::1]");
+        assert_eq!(parse("@[2001:db8::1]").destination(), "[2001:db8::1]");
+        assert_eq!(
+            s.rsync_destination("/var/src/nixos-config"),
+            "root@[::1]:/var/src/nixos-config"
+        );
+        // Messages: unambiguous.
+        assert_eq!(
+            s.display_path("/var/src/.populate"),
+            "[::1]:/var/src/.populate"
+        );
+        // A JSON host "::1" is the same target.
+        let host = serde_json::json!({"user": "root", "host": "::1", "port": "22"});
+        let json = Target::from_json(&host, &origin()).unwrap();
+        assert_eq!(
+            off(&json).rsync_destination("/var/src"),
+            "root@[::1]:/var/src"
+        );
+        assert_eq!(off(&json).shell("true").argv(), s.shell("true").argv());
+    }
+
+    #[test]
+    fn populate_steps_on_targets() {
+        assert_eq!(
+            off(&parse("")).shell("echo hi").argv(),
+            ["/bin/sh", "-c", "echo hi"]
+        );
+        assert_eq!(
+            off(&parse("root@h:2")).shell("echo hi").argv(),
+            ["ssh", "-l", "root", "-p", "2", "-T", "h", "echo hi"]
+        );
+        let mut t = parse("u@h");
+        t.sudo = true;
+        assert_eq!(
+            off(&t).shell("echo 'hi'").argv(),
+            [
+                "ssh",
+                "-l",
+                "u",
+                "-T",
+                "h",
+                "sudo bash -c 'echo '\\''hi'\\'''"
+            ]
+        );
+    }
+
+    #[test]
+    fn driver_commands_on_targets() {
+        let args = ["/var/src".to_owned()];
+        assert_eq!(
+            off(&parse("")).command("echo $1", &args, false).argv(),
+            ["/bin/sh", "-c", "echo $1", "/var/src"]
+        );
+        let mut t = parse("u@h");
+        assert_eq!(
+            off(&t).command("echo $1", &args, true).argv(),
+            ["ssh", "-l", "u", "-t", "h", "/bin/sh -c 'echo $1' /var/src"]
+        );
+        t.sudo = true;
+        assert_eq!(
+            off(&t).command("id", &[], false).argv(),
+            ["ssh", "-l", "u", "-T", "h", "sudo /bin/sh -c id"]
+        );
     }
 
     #[test]

@@ -8,9 +8,6 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::command::Cmd;
-use crate::shell::{quote, quote_words, rsync_quote_words};
-
 /// A validated krops target. Construct it with [`Target::parse`],
 /// [`Target::from_json`] or [`Target::from_arg`], which refuse bad input.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -342,13 +339,6 @@ impl Target {
         self.user == origin.user && (self.host == origin.host || self.host == "localhost")
     }
 
-    /// This target with its path extended by one source name.
-    pub fn join(&self, name: &str) -> Target {
-        let mut target = self.clone();
-        target.path = format!("{}/{name}", self.path);
-        target
-    }
-
     /// The user to log in as, when ssh's config should not decide.
     fn login_user(&self) -> Option<&str> {
         self.user.as_deref().filter(|user| !user.is_empty())
@@ -373,11 +363,6 @@ impl Target {
         }
         argv.push(if tty { "-t" } else { "-T" }.to_owned());
         argv
-    }
-
-    /// The ssh command for rsync's `-e`, quoted the way rsync splits it.
-    pub fn rsync_shell(&self) -> String {
-        rsync_quote_words(self.ssh_argv(false))
     }
 
     /// How ssh takes this target's host as its host argument: as it is, an
@@ -418,68 +403,6 @@ impl Target {
         } else {
             self.destination()
         }
-    }
-
-    /// rsync's destination for this target's path: `[USER@]HOST:PATH`
-    /// (`root@[::1]:/var/src` for an IPv6 host), or just the path when the
-    /// target is local.
-    pub fn rsync_destination(&self, origin: &Origin) -> String {
-        if self.is_local(origin) {
-            self.path.clone()
-        } else {
-            format!("{}:{}", self.destination(), self.path)
-        }
-    }
-
-    /// `[HOST:]PATH`, how messages name a place on this target
-    /// (`[::1]:/var/src/.populate` for an IPv6 host).
-    pub fn display_path(&self, path: &str, origin: &Origin) -> String {
-        if self.is_local(origin) {
-            path.to_owned()
-        } else {
-            format!("{}:{path}", self.bracketed_host())
-        }
-    }
-
-    /// A populate step: `script` runs as is on a local target, else as
-    /// `ssh … HOST SCRIPT`, or `ssh … HOST "sudo bash -c q(SCRIPT)"` with sudo.
-    pub fn shell(&self, script: &str, origin: &Origin) -> Cmd {
-        if self.is_local(origin) {
-            return Cmd::new("/bin/sh").args(["-c", script]);
-        }
-        let remote = if self.sudo {
-            format!("sudo bash -c {}", quote(script))
-        } else {
-            script.to_owned()
-        };
-        self.ssh(remote, false)
-    }
-
-    /// A driver's final command: `[sudo] /bin/sh -c q(SCRIPT) ARGS...`,
-    /// through ssh when the target is remote.
-    pub fn command(&self, script: &str, args: &[String], tty: bool, origin: &Origin) -> Cmd {
-        let mut argv: Vec<String> = Vec::new();
-        if self.sudo {
-            argv.push("sudo".to_owned());
-        }
-        argv.extend(["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()]);
-        argv.extend(args.iter().cloned());
-        if self.is_local(origin) {
-            let mut argv = argv.into_iter();
-            let program = argv.next().unwrap_or_default();
-            Cmd::new(program).args(argv)
-        } else {
-            self.ssh(quote_words(&argv), tty)
-        }
-    }
-
-    fn ssh(&self, remote_command: String, tty: bool) -> Cmd {
-        let mut argv = self.ssh_argv(tty).into_iter();
-        let program = argv.next().unwrap_or_default();
-        Cmd::new(program)
-            .args(argv)
-            .arg(self.ssh_host())
-            .arg(remote_command)
     }
 }
 
@@ -848,114 +771,6 @@ mod tests {
         assert_eq!(
             t.ssh_argv(false),
             ["ssh", "-l", "root", "-T", "-o", "ProxyCommand=nc %h %p"]
-        );
-        assert_eq!(
-            t.rsync_shell(),
-            "'ssh' '-l' 'root' '-T' '-o' 'ProxyCommand=nc %h %p'"
-        );
-    }
-
-    #[test]
-    fn destinations() {
-        let o = origin();
-        assert_eq!(parse("root@h/p").rsync_destination(&o), "root@h:/p");
-        assert_eq!(parse("@h/p").rsync_destination(&o), "h:/p");
-        assert_eq!(parse("/p").rsync_destination(&o), "/p");
-        assert_eq!(parse("@h").destination(), "h");
-        assert_eq!(
-            parse("h/p").display_path("/p/.populate", &o),
-            "h:/p/.populate"
-        );
-        assert_eq!(parse("/p").display_path("/p/.populate", &o), "/p/.populate");
-    }
-
-    #[test]
-    fn each_program_gets_an_ipv6_host_its_own_way() {
-        let o = origin();
-        let t = parse("root@[::1]:22/var/src");
-        assert_eq!(t.ssh_host(), "::1");
-        assert_eq!(t.bracketed_host(), "[::1]");
-        // ssh: the bare address as its host argument.
-        assert_eq!(
-            t.shell("true", &o).argv(),
-            ["ssh", "-l", "root", "-p", "22", "-T", "::1", "true"]
-        );
-        assert_eq!(
-            t.command("id", &[], true, &o).argv(),
-            [
-                "ssh",
-                "-l",
-                "root",
-                "-p",
-                "22",
-                "-t",
-                "::1",
-                "/bin/sh -c id"
-            ]
-        );
-        // rsync and nixos-rebuild: in brackets.
-        assert_eq!(t.rsync_destination(&o), "root@[::1]:/var/src");
-        assert_eq!(t.destination(), "root@[::1]");
-        assert_eq!(parse("@[2001:db8::1]").destination(), "[2001:db8::1]");
-        assert_eq!(
-            t.join("nixos-config").rsync_destination(&o),
-            "root@[::1]:/var/src/nixos-config"
-        );
-        // Messages: unambiguous.
-        assert_eq!(
-            t.display_path("/var/src/.populate", &o),
-            "[::1]:/var/src/.populate"
-        );
-        // A JSON host "::1" is the same target.
-        let json =
-            Target::from_json(&json!({"user": "root", "host": "::1", "port": "22"}), &o).unwrap();
-        assert_eq!(json.rsync_destination(&o), "root@[::1]:/var/src");
-        assert_eq!(json.shell("true", &o).argv(), t.shell("true", &o).argv());
-    }
-
-    #[test]
-    fn populate_steps_on_targets() {
-        let o = origin();
-        assert_eq!(
-            parse("").shell("echo hi", &o).argv(),
-            ["/bin/sh", "-c", "echo hi"]
-        );
-        assert_eq!(
-            parse("root@h:2").shell("echo hi", &o).argv(),
-            ["ssh", "-l", "root", "-p", "2", "-T", "h", "echo hi"]
-        );
-        let mut t = parse("u@h");
-        t.sudo = true;
-        assert_eq!(
-            t.shell("echo 'hi'", &o).argv(),
-            [
-                "ssh",
-                "-l",
-                "u",
-                "-T",
-                "h",
-                "sudo bash -c 'echo '\\''hi'\\'''"
-            ]
-        );
-    }
-
-    #[test]
-    fn driver_commands_on_targets() {
-        let o = origin();
-        let args = ["/var/src".to_owned()];
-        assert_eq!(
-            parse("").command("echo $1", &args, false, &o).argv(),
-            ["/bin/sh", "-c", "echo $1", "/var/src"]
-        );
-        let mut t = parse("u@h");
-        assert_eq!(
-            t.command("echo $1", &args, true, &o).argv(),
-            ["ssh", "-l", "u", "-t", "h", "/bin/sh -c 'echo $1' /var/src"]
-        );
-        t.sudo = true;
-        assert_eq!(
-            t.command("id", &[], false, &o).argv(),
-            ["ssh", "-l", "u", "-T", "h", "sudo /bin/sh -c id"]
         );
     }
 

@@ -131,7 +131,6 @@ impl Work {
 /// A pass or passage store to decrypt into a private dir and sync.
 #[derive(Debug)]
 struct Secrets {
-    session: Arc<Session>,
     /// P on the target.
     path: String,
     /// Where the store's files are (pass: `DIR/NAME`, passage: `DIR`).
@@ -368,7 +367,7 @@ impl Run<'_> {
             }
         };
         let mut rest = String::from_utf8_lossy(&output.stdout).into_owned();
-        for (n, (i, _)) in parts.iter().enumerate() {
+        for (i, _) in parts {
             let step = &self.plan.steps[*i];
             // Only parts that ran (or the one that broke off) are logged.
             self.header(*i);
@@ -378,11 +377,8 @@ impl Run<'_> {
                 self.printer.write(*i, rest.as_bytes());
                 self.printer.write(*i, &output.stderr);
                 let error = step_failure(&cmd, output.status, &output.stderr);
-                self.end(*i, StepStatus::Failed(error));
-                for (j, _) in &parts[n + 1..] {
-                    self.printer.finish(*j);
-                }
-                return true;
+                // The parts after it never ran: `finish` says so.
+                return self.end(*i, StepStatus::Failed(error));
             };
             let part_output = rest[..at].to_owned();
             let after = &rest[at + BATCH_MARKER.len()..];
@@ -413,11 +409,7 @@ impl Run<'_> {
                 ),
                 _ => part_failure(code, part_output.as_bytes()),
             };
-            self.end(*i, StepStatus::Failed(error));
-            for (j, _) in &parts[n + 1..] {
-                self.printer.finish(*j);
-            }
-            return true;
+            return self.end(*i, StepStatus::Failed(error));
         }
         if !output.status.success() {
             let (last, _) = parts[parts.len() - 1];
@@ -503,7 +495,7 @@ impl Step {
             Work::Alone { body, .. } => {
                 run_cmd(&session.shell(&format!("{PRELUDE}{body}")), out).map(|()| Ended::Done)
             }
-            Work::Secrets(secrets) => secrets.run(out),
+            Work::Secrets(secrets) => secrets.run(session, out),
             Work::Pipe(pipe) => pipe.run(out).map(|()| Ended::Done),
         }
     }
@@ -515,7 +507,7 @@ impl Step {
                 shell(body)
             }
             Work::Rsync { claim, rsync } => format!("{}\n{rsync}", shell(claim)),
-            Work::Secrets(secrets) => secrets.script(),
+            Work::Secrets(secrets) => secrets.script(session),
             Work::Pipe(pipe) => pipe.script(),
         }
     }
@@ -535,41 +527,45 @@ fn run_cmd(cmd: &Cmd, out: &mut dyn Write) -> Result<()> {
 /// (what a script's `run` named), or what ssh or rsync said, and the
 /// status; never the whole script, nor the output again (it was shown).
 fn step_failure(cmd: &Cmd, status: std::process::ExitStatus, tail: &[u8]) -> StepError {
-    let status_text = describe(status);
-    let tail_text = String::from_utf8_lossy(tail).into_owned();
-    let mut error = StepError {
-        command: None,
-        status: Some(status_text.clone()),
-        tail: tail_text.clone(),
-        message: String::new(),
-    };
-    if let Some(failed) = failed_command(&tail_text) {
-        error.command = Some(failed.to_owned());
-        error.message = format!("`{failed}` failed: {status_text}");
-        return error;
-    }
-    error.message = match cmd.program() {
-        _ if cmd.connection_failed(status) => {
-            format!("the ssh connection failed ({status_text}; ssh's message is above)")
-        }
-        "ssh" | "/bin/sh" => format!("its script failed: {status_text}"),
-        "rsync" => format!("rsync failed: {status_text} (its messages are above)"),
-        _ => {
-            error.command = Some(cmd.brief());
-            format!("`{}` failed: {status_text}", cmd.brief())
-        }
-    };
-    error
+    failure(describe(status), tail, |status_text| match cmd.program() {
+        _ if cmd.connection_failed(status) => (
+            None,
+            format!("the ssh connection failed ({status_text}; ssh's message is above)"),
+        ),
+        "ssh" | "/bin/sh" => (None, format!("its script failed: {status_text}")),
+        "rsync" => (
+            None,
+            format!("rsync failed: {status_text} (its messages are above)"),
+        ),
+        _ => (
+            Some(cmd.brief()),
+            format!("`{}` failed: {status_text}", cmd.brief()),
+        ),
+    })
 }
 
 /// The error of a batched part that exited with `code`.
 fn part_failure(code: i32, output: &[u8]) -> StepError {
-    let status_text = format!("exit status {code}");
-    let tail = String::from_utf8_lossy(output).into_owned();
-    let command = failed_command(&tail).map(str::to_owned);
-    let message = match &command {
-        Some(failed) => format!("`{failed}` failed: {status_text}"),
-        None => format!("its script failed: {status_text}"),
+    failure(format!("exit status {code}"), output, |status_text| {
+        (None, format!("its script failed: {status_text}"))
+    })
+}
+
+/// A failed step's error: the command a script's `run` named in `tail`,
+/// if it named one, else what `otherwise` says (the command, if known, and
+/// the message), given how it exited.
+fn failure(
+    status_text: String,
+    tail: &[u8],
+    otherwise: impl FnOnce(&str) -> (Option<String>, String),
+) -> StepError {
+    let tail = String::from_utf8_lossy(tail).into_owned();
+    let (command, message) = match failed_command(&tail) {
+        Some(failed) => (
+            Some(failed.to_owned()),
+            format!("`{failed}` failed: {status_text}"),
+        ),
+        None => otherwise(&status_text),
     };
     StepError {
         command,
@@ -678,7 +674,7 @@ fn backup_script(session: &Session) -> String {
     )
 }
 
-fn source_work(session: &Arc<Session>, path: &str, source: &Source) -> Result<Work> {
+fn source_work(session: &Session, path: &str, source: &Source) -> Result<Work> {
     let p = quote(path);
     let claim = |makes| claim_line(session, path, makes);
     Ok(match source {
@@ -722,7 +718,6 @@ fn source_work(session: &Arc<Session>, path: &str, source: &Source) -> Result<Wo
                 );
             }
             Work::Secrets(Box::new(Secrets {
-                session: Arc::clone(session),
                 path: path.to_owned(),
                 root,
                 show: Cmd::new("pass").env("PASSWORD_STORE_DIR", dir).arg("show"),
@@ -744,7 +739,6 @@ fn source_work(session: &Arc<Session>, path: &str, source: &Source) -> Result<Wo
                 );
             }
             Work::Secrets(Box::new(Secrets {
-                session: Arc::clone(session),
                 path: path.to_owned(),
                 root: PathBuf::from(dir),
                 show: Cmd::new("passage")
@@ -940,34 +934,31 @@ impl Secrets {
         Ok(entries)
     }
 
-    fn rsync(&self, source: &str) -> Cmd {
-        rsync(&self.session, &default_file_options(), source, &self.path)
+    fn rsync(&self, session: &Session, source: &str) -> Cmd {
+        rsync(session, &default_file_options(), source, &self.path)
     }
 
     /// The claim of the store's place, then, for pass with a stamp, the
     /// target's stamp on stdout.
-    fn claim(&self, stamp: bool) -> Cmd {
-        let mut script = format!(
-            "{PRELUDE}{}",
-            claim_line(&self.session, &self.path, Makes::Dir)
-        );
+    fn claim(&self, session: &Session, stamp: bool) -> Cmd {
+        let mut script = format!("{PRELUDE}{}", claim_line(session, &self.path, Makes::Dir));
         if stamp {
             script.push_str(&format!(
                 "cat {}/.pass_info 2>/dev/null || :\n",
                 quote(&self.path)
             ));
         }
-        self.session.shell(&script)
+        session.shell(&script)
     }
 
-    fn run(&self, log: &mut dyn Write) -> Result<Ended> {
+    fn run(&self, session: &Session, log: &mut dyn Write) -> Result<Ended> {
         let stamp = match &self.pass {
             Some((dir, name)) => pass_stamp(dir, name, &self.root)?,
             None => None,
         };
         // The place is claimed first, so that neither the stamp nor the
         // secrets are read or written through a symlink.
-        let claim = self.claim(stamp.is_some());
+        let claim = self.claim(session, stamp.is_some());
         let output = claim.output()?;
         let _ = log.write_all(&output.stderr);
         if !output.status.success() {
@@ -1014,17 +1005,17 @@ impl Secrets {
             writeln!(secrets.create_file(Path::new(".pass_info"))?, "{stamp}")?;
         }
         let source = format!("{}/", secrets.path().display());
-        run_cmd(&self.rsync(&source), log).map(|()| Ended::Done)
+        run_cmd(&self.rsync(session, &source), log).map(|()| Ended::Done)
     }
 
-    fn script(&self) -> String {
+    fn script(&self, session: &Session) -> String {
         let kind = self.kind();
         // One subshell per store: its own temp dir, removed when it ends,
         // also on a signal, so several stores never share or leak one.
         let mut script = format!(
             "{}\n(\ntmp_dir=$(mktemp -d -t populate-{kind}.XXXXXXXX)\n\
              trap 'rm -fR \"$tmp_dir\"' EXIT\ntrap 'exit 130' INT TERM HUP\numask 077\n",
-            self.claim(false)
+            self.claim(session, false)
         );
         match self.entries() {
             Ok(entries) => {
@@ -1051,7 +1042,7 @@ impl Secrets {
         }
         // The placeholder word quotes to exactly this; put the variable back.
         let rsync = self
-            .rsync("$tmp_dir/")
+            .rsync(session, "$tmp_dir/")
             .to_string()
             .replace("'$tmp_dir/'", "\"$tmp_dir\"/");
         script.push_str(&rsync);
