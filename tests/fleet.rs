@@ -2,7 +2,6 @@
 //! three real sshd hosts (SPEC §4 "Fleets", issue 9), with the world's
 //! stand-ins for nixos-rebuild and nom.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -83,9 +82,7 @@ fn summary_row(out: &Output, host: &str) -> String {
 
 /// An executable script at `rel` in the world.
 fn script(world: &World, rel: &str, body: &str) -> PathBuf {
-    let path = world.write(rel, format!("#!/bin/sh\n{body}"));
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    world.write_executable(rel, format!("#!/bin/sh\n{body}"))
 }
 
 /// A pipe source command for `host` that marks that it started, then waits

@@ -5,8 +5,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::Duration;
 
 use krops_tests::{Output, Tree, World};
 use serde_json::{json, Value};
@@ -19,12 +17,6 @@ fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Out
 
 fn text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-}
-
-fn executable(world: &World, rel: &str, script: &str) -> PathBuf {
-    let path = world.write(rel, script);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 /// A directory outside every target path, with something precious in it
@@ -58,7 +50,7 @@ fn tree_sources(world: &World, run: &str) -> Vec<(&'static str, Value)> {
     let repo = world.git_repo(&format!("nixpkgs-{run}"));
     repo.write("default.nix", "{ }\n");
     let commit = repo.commit("first");
-    let pipe = executable(world, "gen/version", "#!/bin/sh\necho 24.05\n");
+    let pipe = world.write_executable("gen/version", "#!/bin/sh\necho 24.05\n");
     let single = world.write("single/hosts.nix", "{ hosts = 1; }\n");
     vec![
         ("file", json!({"file": world.path("cfg").to_str().unwrap()})),
@@ -132,7 +124,7 @@ fn a_directory_where_a_link_or_file_goes_is_replaced() {
     let target = alpha.target("root", &dest);
     world.write("tree/x.nix", "{ }\n");
     let tree = json!({"file": world.path("tree").to_str().unwrap()});
-    let pipe = executable(&world, "gen/out", "#!/bin/sh\necho piped\n");
+    let pipe = world.write_executable("gen/out", "#!/bin/sh\necho piped\n");
     populate(
         &world,
         &target,
@@ -165,7 +157,7 @@ fn a_failing_pipe_leaves_the_previous_file() {
         } else {
             alpha.target("root", &dest)
         };
-        let good = executable(&world, "gen/good", "#!/bin/sh\necho complete output\n");
+        let good = world.write_executable("gen/good", "#!/bin/sh\necho complete output\n");
         populate(
             &world,
             &target,
@@ -173,8 +165,7 @@ fn a_failing_pipe_leaves_the_previous_file() {
             &json!({"version": {"pipe": good.to_str().unwrap()}}),
         )
         .assert_success();
-        let bad = executable(
-            &world,
+        let bad = world.write_executable(
             "gen/bad",
             "#!/bin/sh\necho partial\necho 'generator broke' >&2\nexit 3\n",
         );
@@ -254,41 +245,6 @@ fn force_backup_turns_krops_s_file_sentinel_into_a_directory() {
     assert_eq!(text(&other.join(".populate")), "notes\n");
 }
 
-/// Starts `tool` in the background with `args`, waits until `marker`
-/// exists, then sends `signal`; returns its exit status and stderr.
-fn interrupt(
-    world: &World,
-    tool: &str,
-    args: &[&str],
-    marker: &Path,
-    signal: &str,
-) -> (Option<i32>, String) {
-    let mut child: Child = world
-        .command(world.tool(tool))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..400 {
-        if marker.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(marker.exists(), "{tool} never reached {}", marker.display());
-    let kill = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status.code(), stderr)
-}
-
 /// Processes whose command line contains `needle`.
 fn processes_with(needle: &str) -> Vec<String> {
     let out = std::process::Command::new("pgrep")
@@ -308,10 +264,9 @@ fn a_signal_to_the_tool_alone_stops_its_children() {
     for (signal, code) in [("TERM", 143), ("HUP", 129), ("INT", 130)] {
         // A pipe command that hangs: populate's child, in its own group.
         let marker = world.path(&format!("started-{signal}"));
-        let slow = executable(
-            &world,
+        let slow = world.write_executable(
             &format!("gen/slow-{signal}"),
-            &format!(
+            format!(
                 "#!/bin/sh\necho partial\ntouch {}\nsleep 60\n",
                 marker.display()
             ),
@@ -329,7 +284,7 @@ fn a_signal_to_the_tool_alone_stops_its_children() {
             "--sources",
             sources.to_str().unwrap(),
         ];
-        let (status, stderr) = interrupt(&world, "populate", &args, &marker, signal);
+        let (status, stderr) = world.signal_when("populate", &args, &marker, signal);
         assert_eq!(status, Some(code), "SIG{signal}: {stderr}");
         assert!(
             stderr.contains(&format!(
@@ -378,7 +333,7 @@ fn a_signal_during_a_remote_step_stops_ssh_and_a_rerun_works() {
         "--sources",
         sources.to_str().unwrap(),
     ];
-    let (status, stderr) = interrupt(&world, "populate", &args, &marker, "TERM");
+    let (status, stderr) = world.signal_when("populate", &args, &marker, "TERM");
     assert_eq!(status, Some(143), "{stderr}");
     assert!(
         stderr.contains("interrupted by SIGTERM during source slow (derivation)"),
@@ -714,8 +669,8 @@ mod review {
         let user = world.sudo_user();
         let dest = world.path("src");
         let target = alpha.target("root", &dest);
-        let first = executable(&world, "gen/one", "#!/bin/sh\necho one\n");
-        let second = executable(&world, "gen/two", "#!/bin/sh\necho two\n");
+        let first = world.write_executable("gen/one", "#!/bin/sh\necho one\n");
+        let second = world.write_executable("gen/two", "#!/bin/sh\necho two\n");
         let sources = |cmd: &Path| json!({"version": {"pipe": cmd.to_str().unwrap()}});
         populate(&world, &target, &["--force"], &sources(&first)).assert_success();
         let file = dest.join("version");
@@ -762,7 +717,7 @@ mod review {
         let alpha = world.add_host("alpha");
         let dest = world.path("src");
         let name = "v".repeat(255);
-        let cmd = executable(&world, "gen/v", "#!/bin/sh\necho long\n");
+        let cmd = world.write_executable("gen/v", "#!/bin/sh\necho long\n");
         populate(
             &world,
             &alpha.target("root", &dest),
@@ -871,7 +826,7 @@ mod review {
             sources.to_str().unwrap(),
             &script,
         ];
-        let (status, stderr) = interrupt(&world, "krops-command", &args, &marker, "TERM");
+        let (status, stderr) = world.signal_when("krops-command", &args, &marker, "TERM");
         // What the message says is true: the script goes on there.
         let still = processes_with("/bin/sleep 62");
         let _ = std::process::Command::new("pkill")

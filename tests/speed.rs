@@ -2,8 +2,7 @@
 //! synced in parallel (issue 9), against the real sshd of the test world.
 //! The sshd logs at INFO, so [`World::handshakes`] counts connections.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -14,12 +13,6 @@ fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Out
     let mut args = vec!["--target", target];
     args.extend_from_slice(flags);
     world.run("populate", &args, sources.to_string().as_bytes())
-}
-
-fn executable(world: &World, rel: &str, script: &str) -> PathBuf {
-    let path = world.write(rel, script);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 /// Twelve sources as issue 9's benchmark has them, plus a pipe and secrets.
@@ -44,7 +37,7 @@ fn sources(world: &World) -> Value {
     }
     sources.insert("link0".into(), json!({"symlink": "tree0"}));
     sources.insert("link1".into(), json!({"symlink": "repo1/default.nix"}));
-    let pipe = executable(world, "gen/version", "#!/bin/sh\necho 24.05\n");
+    let pipe = world.write_executable("gen/version", "#!/bin/sh\necho 24.05\n");
     sources.insert("version".into(), json!({"pipe": pipe.to_str().unwrap()}));
     let pass = world.pass_store();
     pass.insert("host/key", "secret-1");
@@ -195,20 +188,15 @@ fn the_first_failure_in_source_order_is_reported_after_the_running_steps() {
     let dest = world.path("src");
     let target = alpha.target("root", &dest);
     let slow_marker = world.path("slow-finished");
-    let slow = executable(
-        &world,
+    let slow = world.write_executable(
         "gen/slow",
-        &format!(
+        format!(
             "#!/bin/sh\nsleep 1\necho slow\ntouch {}\n",
             slow_marker.display()
         ),
     );
-    let fails = executable(
-        &world,
-        "gen/fails",
-        "#!/bin/sh\necho 'b says no' >&2\nexit 3\n",
-    );
-    let fails_too = executable(&world, "gen/fails-too", "#!/bin/sh\nexit 4\n");
+    let fails = world.write_executable("gen/fails", "#!/bin/sh\necho 'b says no' >&2\nexit 3\n");
+    let fails_too = world.write_executable("gen/fails-too", "#!/bin/sh\nexit 4\n");
     let sources = json!({
         "a-slow": {"pipe": slow.to_str().unwrap()},
         "b-fails": {"pipe": fails.to_str().unwrap()},
@@ -247,33 +235,6 @@ fn the_first_failure_in_source_order_is_reported_after_the_running_steps() {
     assert_nothing_left(&world);
 }
 
-/// Starts `tool` with `args`, waits for `marker`, sends SIGTERM.
-fn terminate(world: &World, tool: &str, args: &[&str], marker: &Path) -> (Option<i32>, String) {
-    let mut child: Child = world
-        .command(world.tool(tool))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..400 {
-        if marker.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(marker.exists(), "{tool} never reached {}", marker.display());
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status.code(), stderr)
-}
-
 #[test]
 fn a_failing_step_or_a_signal_leaves_no_master_or_socket() {
     let world = World::new();
@@ -288,17 +249,16 @@ fn a_failing_step_or_a_signal_leaves_no_master_or_socket() {
     assert_nothing_left(&world);
 
     let marker = world.path("started");
-    let slow = executable(
-        &world,
+    let slow = world.write_executable(
         "gen/slow",
-        &format!("#!/bin/sh\ntouch {}\nexec sleep 60\n", marker.display()),
+        format!("#!/bin/sh\ntouch {}\nexec sleep 60\n", marker.display()),
     );
     let sources = world.write(
         "sources.json",
         json!({"slow": {"pipe": slow.to_str().unwrap()}, "l": {"symlink": "x"}}).to_string(),
     );
     let args = ["--target", &target, "--sources", sources.to_str().unwrap()];
-    let (status, stderr) = terminate(&world, "populate", &args, &marker);
+    let (status, stderr) = world.signal_when("populate", &args, &marker, "TERM");
     assert_eq!(status, Some(143), "{stderr}");
     assert!(
         stderr.contains("interrupted by SIGTERM during source slow (pipe)"),
@@ -370,7 +330,7 @@ fn a_failing_source_leaves_the_places_of_sources_that_did_not_start() {
     populate(&world, &target, &["--force"], &json!({"keep": tree})).assert_success();
     // An earlier deploy left a symlink where a later file source now goes.
     std::os::unix::fs::symlink("keep", dest.join("z-later")).unwrap();
-    let fails = executable(&world, "gen/fails", "#!/bin/sh\nexit 7\n");
+    let fails = world.write_executable("gen/fails", "#!/bin/sh\nexit 7\n");
     let sources = json!({
         "a-first": tree,
         "b-fails": {"pipe": fails.to_str().unwrap()},
@@ -396,10 +356,9 @@ fn a_signal_ends_the_tool_even_when_its_stderr_is_gone() {
     let world = World::new();
     let dest = world.path("src");
     let marker = world.path("started");
-    let slow = executable(
-        &world,
+    let slow = world.write_executable(
         "gen/slow",
-        &format!("#!/bin/sh\ntouch {}\nexec sleep 60\n", marker.display()),
+        format!("#!/bin/sh\ntouch {}\nexec sleep 60\n", marker.display()),
     );
     let sources = world.write(
         "sources.json",

@@ -195,6 +195,14 @@ impl World {
         path
     }
 
+    /// Writes `content` to `root/REL` as an executable (0755) file.
+    #[track_caller]
+    pub fn write_executable(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.write(rel, content);
+        chmod(&path, 0o755);
+        path
+    }
+
     /// The world's HOME (`root/home`), with a `.gitconfig`.
     pub fn home(&self) -> PathBuf {
         self.root.join("home")
@@ -369,6 +377,44 @@ impl World {
     }
 
     /// Like [`World::run_command`] with another deadline, for a slow command.
+    /// Starts `tool` with `args` (stdin and stdout empty), waits until
+    /// `marker` exists, then sends it `signal` (`TERM`, `INT`, `HUP`) alone;
+    /// returns its exit status and stderr.
+    #[track_caller]
+    pub fn signal_when(
+        &self,
+        tool: &str,
+        args: &[&str],
+        marker: &Path,
+        signal: &str,
+    ) -> (Option<i32>, String) {
+        let mut child = self
+            .command(self.tool(tool))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {tool}: {err}"));
+        for _ in 0..400 {
+            if marker.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(marker.exists(), "{tool} never reached {}", marker.display());
+        let kill = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(kill.success());
+        let status = child.wait().expect("wait for the tool");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read the tool's stderr");
+        (status.code(), stderr)
+    }
+
     pub fn run_command_with_timeout(
         &self,
         cmd: &mut Command,
