@@ -14,15 +14,16 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use mktarget::interrupt::{self, PrivateDir};
+use mktarget::interrupt;
 use mktarget::target::kind;
 use mktarget::{Cmd, Origin, Target};
 use serde_json::Value;
+
+use crate::secrets::SecretDir;
+use crate::source::is_portable;
 
 /// The fleet's own options; a driver flattens them into its command line
 /// beside [`crate::PopulateArgs`]. (`--jobs` and `--on` also conflict with
@@ -92,10 +93,7 @@ pub struct Host {
 /// Host names: portable characters only (they prefix output lines and name
 /// files), not starting with `-`.
 fn check_host_name(name: &str) -> Result<()> {
-    let portable = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if name.is_empty() || name.starts_with('-') || !portable || name.len() > 255 {
+    if name.is_empty() || name.starts_with('-') || !is_portable(name) || name.len() > 255 {
         bail!(
             "fleet.{name:?}: a host name must be 1 to 255 of the characters A-Z a-z 0-9 . _ - \
              and not start with '-'"
@@ -467,43 +465,12 @@ fn run_host(name: &str, command: &Cmd, stdout: Sink, stderr: Sink) -> Outcome {
 /// Runs `each` for every host, at most `jobs` at once; the results in the
 /// hosts' order. After a signal no new host starts (the handler ends us).
 fn in_parallel<T: Send>(count: usize, jobs: usize, each: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<T>>> = (0..count).map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, count.max(1)) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= count || interrupt::interrupted() {
-                    break;
-                }
-                let result = each(i);
-                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
-            });
-        }
-    });
+    let results = crate::parallel::each(count, jobs, interrupt::interrupted, each);
     interrupt::wait_if_interrupted();
     results
         .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .expect("every host ran")
-        })
+        .map(|result| result.expect("every host ran"))
         .collect()
-}
-
-/// A private dir holding each host's sources file, removed at the end and
-/// on a signal.
-fn sources_dir() -> Result<(PrivateDir, PathBuf)> {
-    interrupt::private_dir("the fleet's sources files", || {
-        let path = tempfile::Builder::new()
-            .prefix("krops-fleet.")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir()?
-            .keep();
-        Ok((path.clone(), path))
-    })
-    .context("cannot create a private temp dir for the fleet's sources files")
 }
 
 /// Reads the fleet file (`-`: stdin).
@@ -545,12 +512,15 @@ pub fn run(
         .context("cannot find this tool's own executable to run each host")?
         .display()
         .to_string();
-    let (_dir, dir) = sources_dir()?;
+    // Removed at the end and on a signal.
+    let dir = SecretDir::holding("krops-fleet.", "the fleet's sources files")?;
     let mut host_args = Vec::new();
     for host in &hosts {
-        let file = dir.join(format!("{}.json", host.name));
-        std::fs::write(&file, serde_json::to_vec(&host.sources)?)
-            .with_context(|| format!("cannot write {}", file.display()))?;
+        let name = format!("{}.json", host.name);
+        dir.create_file(Path::new(&name))?
+            .write_all(&serde_json::to_vec(&host.sources)?)
+            .with_context(|| format!("cannot write {name}"))?;
+        let file = dir.path().join(name);
         host_args.push(self::host_args(host, &file, &forwarded)?);
     }
     let jobs = fleet

@@ -4,6 +4,7 @@
 
 pub mod fleet;
 pub mod git;
+pub mod parallel;
 pub mod report;
 pub mod script;
 pub mod secrets;

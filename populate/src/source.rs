@@ -110,11 +110,15 @@ pub fn from_json(value: &Value, home: Option<&str>) -> Result<Sources> {
 /// A source name becomes one path component below the target path; names
 /// starting with `.populate` are populate's own (the sentinel, its backup,
 /// a pipe's temp file).
+/// Whether `name` has only portable filename characters: `A-Z a-z 0-9 . _ -`.
+pub fn is_portable(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 fn check_name(name: &str) -> Result<()> {
-    let portable = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if name.is_empty() || name == "." || name == ".." || name.starts_with('-') || !portable {
+    if name.is_empty() || name == "." || name == ".." || name.starts_with('-') || !is_portable(name)
+    {
         bail!(
             "sources.{name:?}: a source name must be one path component of the characters \
              A-Z a-z 0-9 . _ - (not \".\", \"..\", nor starting with '-')"

@@ -7,10 +7,10 @@
 //! outcome is data ([`Report`]); its output is kept together, in plan order
 //! ([`Printer`]).
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -216,7 +216,7 @@ impl Plan {
             if stopped {
                 break;
             }
-            let queue: VecDeque<usize> = (0..self.steps.len())
+            let queue: Vec<usize> = (0..self.steps.len())
                 .filter(|&i| !self.steps[i].work.all_batched() && self.steps[i].work.late() == late)
                 .collect();
             stopped = run.parallel(queue);
@@ -420,35 +420,24 @@ impl Run<'_> {
 
     /// Runs the steps in `queue`, `jobs` at a time; returns whether one
     /// failed (or a signal came).
-    fn parallel(&self, queue: VecDeque<usize>) -> bool {
-        let queue = Mutex::new(queue);
-        let failed = std::sync::atomic::AtomicBool::new(false);
-        let workers = self.plan.jobs.min(lock(&queue).len());
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| loop {
-                    if failed.load(std::sync::atomic::Ordering::SeqCst) || interrupt::interrupted()
-                    {
-                        return;
-                    }
-                    let Some(i) = lock(&queue).pop_front() else {
-                        return;
-                    };
-                    let step = &self.plan.steps[i];
-                    self.header(i);
-                    self.clock(i);
-                    self.doing(&step.label, true);
-                    let mut out = self.printer.step(i);
-                    let status = match step.run(&self.plan.session, &mut out) {
-                        Ok(Ended::Done) => StepStatus::Done,
-                        Ok(Ended::Unchanged) => StepStatus::Unchanged,
-                        Err(err) => StepStatus::Failed(StepError::from(err)),
-                    };
-                    self.doing(&step.label, false);
-                    if self.end(i, status) {
-                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
-                });
+    fn parallel(&self, queue: Vec<usize>) -> bool {
+        let failed = AtomicBool::new(false);
+        let stop = || failed.load(Ordering::SeqCst) || interrupt::interrupted();
+        crate::parallel::each(queue.len(), self.plan.jobs, stop, |k| {
+            let i = queue[k];
+            let step = &self.plan.steps[i];
+            self.header(i);
+            self.clock(i);
+            self.doing(&step.label, true);
+            let mut out = self.printer.step(i);
+            let status = match step.run(&self.plan.session, &mut out) {
+                Ok(Ended::Done) => StepStatus::Done,
+                Ok(Ended::Unchanged) => StepStatus::Unchanged,
+                Err(err) => StepStatus::Failed(StepError::from(err)),
+            };
+            self.doing(&step.label, false);
+            if self.end(i, status) {
+                failed.store(true, Ordering::SeqCst);
             }
         });
         failed.into_inner() || interrupt::interrupted()
