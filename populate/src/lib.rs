@@ -3,12 +3,12 @@
 //! [`Plan`] to populate before they act.
 
 pub mod fleet;
-pub mod git;
 pub mod parallel;
 pub mod report;
 pub mod script;
 pub mod secrets;
 pub mod source;
+mod step;
 pub mod sync;
 
 use std::io::{IsTerminal, Read};

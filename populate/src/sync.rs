@@ -7,25 +7,19 @@
 //! outcome is data ([`Report`]); its output is kept together, in plan order
 //! ([`Printer`]).
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use mktarget::command::{describe, Cmd};
+use anyhow::{Context, Result};
 use mktarget::interrupt;
 use mktarget::shell::quote;
 use mktarget::Session;
-use walkdir::WalkDir;
 
-use crate::git::git_script;
 use crate::report::{Printer, Report, StepError, StepOutcome, StepStatus};
-use crate::script::{failed_command, PRELUDE};
-use crate::secrets::SecretDir;
-use crate::source::{FileSource, Source, Sources};
+use crate::script::PRELUDE;
+use crate::source::Sources;
+use crate::step::{part_failure, step_failure, Ended, Work};
 
 /// How the sentinel check reports a missing sentinel (any other failure is
 /// the transport's, e.g. ssh's 255, or a failed `run`).
@@ -89,74 +83,6 @@ struct Step {
     work: Work,
 }
 
-#[derive(Debug)]
-enum Work {
-    /// The sentinel check: a script whose exit status says what is wrong.
-    Sentinel { body: String },
-    /// A script on the target, cheap enough to batch (backup, symlink).
-    Batched { body: String },
-    /// The claim of the place, then rsync from here: both when the source
-    /// syncs (a claim ahead of time would leave the place empty when an
-    /// earlier source fails).
-    Rsync { claim: String, rsync: Cmd },
-    /// A script on the target that runs as a session of its own, as it may
-    /// take long (git); `late` ones wait for every other source
-    /// (derivations, which may build from them).
-    Alone { body: String, late: bool },
-    /// A pass or passage store: decrypted here, then synced.
-    Secrets(Box<Secrets>),
-    /// A pipe: its command's output, kept here, then moved into place there.
-    Pipe(Box<Pipe>),
-}
-
-impl Work {
-    /// The part of the step that runs in a batch, if any: a script body.
-    fn batched(&self) -> Option<&str> {
-        match self {
-            Work::Sentinel { body } | Work::Batched { body } => Some(body),
-            _ => None,
-        }
-    }
-
-    /// Whether the batch does all of the step.
-    fn all_batched(&self) -> bool {
-        self.batched().is_some()
-    }
-
-    fn late(&self) -> bool {
-        matches!(self, Work::Alone { late: true, .. })
-    }
-}
-
-/// A pass or passage store to decrypt into a private dir and sync.
-#[derive(Debug)]
-struct Secrets {
-    /// P on the target.
-    path: String,
-    /// Where the store's files are (pass: `DIR/NAME`, passage: `DIR`).
-    root: PathBuf,
-    /// `pass show` or `passage show` and its environment, without the entry name.
-    show: Cmd,
-    /// pass only: the store dir and entry name, for the change stamp.
-    pass: Option<(String, String)>,
-}
-
-/// A pipe source: the command runs here with its output going to a private
-/// file; only when it succeeded is the output sent, and the target moves it
-/// into place only when all of it arrived.
-#[derive(Debug)]
-struct Pipe {
-    command: Cmd,
-    /// Reads the output (its size, a newline, then the bytes) on the target.
-    receive: Cmd,
-}
-
-/// How a step that ran ended.
-enum Ended {
-    Done,
-    Unchanged,
-}
-
 impl Plan {
     pub fn new(session: &Arc<Session>, sources: &Sources, options: Options) -> Result<Plan> {
         let root = &session.target().path;
@@ -176,7 +102,7 @@ impl Plan {
         for (name, source) in sources {
             let label = format!("source {name} ({})", source.type_name());
             let path = format!("{root}/{name}");
-            let work = source_work(session, &path, source).with_context(|| label.clone())?;
+            let work = source.work(session, &path).with_context(|| label.clone())?;
             steps.push(Step {
                 label,
                 name: Some(name.clone()),
@@ -233,7 +159,7 @@ impl Plan {
             script.push_str(&format!(
                 "\n# {}\n{}\n",
                 step.label,
-                step.script(&self.session)
+                step.work.script(&self.session)
             ));
         }
         script
@@ -430,7 +356,7 @@ impl Run<'_> {
             self.clock(i);
             self.doing(&step.label, true);
             let mut out = self.printer.step(i);
-            let status = match step.run(&self.plan.session, &mut out) {
+            let status = match step.work.run(&self.plan.session, &mut out) {
                 Ok(Ended::Done) => StepStatus::Done,
                 Ok(Ended::Unchanged) => StepStatus::Unchanged,
                 Err(err) => StepStatus::Failed(StepError::from(err)),
@@ -469,129 +395,6 @@ impl Run<'_> {
             .collect();
         Report { steps }
     }
-}
-
-impl Step {
-    /// Runs what the batch did not: the whole step, or an rsync source's
-    /// rsync after its claim.
-    fn run(&self, session: &Session, out: &mut dyn Write) -> Result<Ended> {
-        match &self.work {
-            Work::Sentinel { .. } | Work::Batched { .. } => Ok(Ended::Done),
-            Work::Rsync { claim, rsync } => {
-                run_cmd(&session.shell(&format!("{PRELUDE}{claim}")), out)?;
-                run_cmd(rsync, out).map(|()| Ended::Done)
-            }
-            Work::Alone { body, .. } => {
-                run_cmd(&session.shell(&format!("{PRELUDE}{body}")), out).map(|()| Ended::Done)
-            }
-            Work::Secrets(secrets) => secrets.run(session, out),
-            Work::Pipe(pipe) => pipe.run(out).map(|()| Ended::Done),
-        }
-    }
-
-    fn script(&self, session: &Session) -> String {
-        let shell = |body: &str| session.shell(&format!("{PRELUDE}{body}")).to_string();
-        match &self.work {
-            Work::Sentinel { body } | Work::Batched { body } | Work::Alone { body, .. } => {
-                shell(body)
-            }
-            Work::Rsync { claim, rsync } => format!("{}\n{rsync}", shell(claim)),
-            Work::Secrets(secrets) => secrets.script(session),
-            Work::Pipe(pipe) => pipe.script(),
-        }
-    }
-}
-
-/// Runs one command of a step, its output going to `out` as it comes.
-fn run_cmd(cmd: &Cmd, out: &mut dyn Write) -> Result<()> {
-    let (status, tail) = cmd.run_unchecked_into(out)?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(step_failure(cmd, status, &tail).into())
-    }
-}
-
-/// The error of a failed command of a step: the one command that failed
-/// (what a script's `run` named), or what ssh or rsync said, and the
-/// status; never the whole script, nor the output again (it was shown).
-fn step_failure(cmd: &Cmd, status: std::process::ExitStatus, tail: &[u8]) -> StepError {
-    failure(describe(status), tail, |status_text| match cmd.program() {
-        _ if cmd.connection_failed(status) => (
-            None,
-            format!("the ssh connection failed ({status_text}; ssh's message is above)"),
-        ),
-        "ssh" | "/bin/sh" => (None, format!("its script failed: {status_text}")),
-        "rsync" => (
-            None,
-            format!("rsync failed: {status_text} (its messages are above)"),
-        ),
-        _ => (
-            Some(cmd.brief()),
-            format!("`{}` failed: {status_text}", cmd.brief()),
-        ),
-    })
-}
-
-/// The error of a batched part that exited with `code`.
-fn part_failure(code: i32, output: &[u8]) -> StepError {
-    failure(format!("exit status {code}"), output, |status_text| {
-        (None, format!("its script failed: {status_text}"))
-    })
-}
-
-/// A failed step's error: the command a script's `run` named in `tail`,
-/// if it named one, else what `otherwise` says (the command, if known, and
-/// the message), given how it exited.
-fn failure(
-    status_text: String,
-    tail: &[u8],
-    otherwise: impl FnOnce(&str) -> (Option<String>, String),
-) -> StepError {
-    let tail = String::from_utf8_lossy(tail).into_owned();
-    let (command, message) = match failed_command(&tail) {
-        Some(failed) => (
-            Some(failed.to_owned()),
-            format!("`{failed}` failed: {status_text}"),
-        ),
-        None => otherwise(&status_text),
-    };
-    StepError {
-        command,
-        status: Some(status_text),
-        tail,
-        message,
-    }
-}
-
-/// What a source makes at its place on the target: the first argument of
-/// the prelude's `claim`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Makes {
-    /// A directory: a file tree, a checkout, a secret store.
-    Dir,
-    /// A regular file: a single-file file source, a pipe's output.
-    File,
-    /// A symlink: a symlink source.
-    Link,
-    /// A derivation's out link: a symlink into the Nix store (nix-build
-    /// replaces only those).
-    OutLink,
-}
-
-/// The line that claims `p` (see [`PRELUDE`]'s `claim`).
-fn claim_line(session: &Session, p: &str, makes: Makes) -> String {
-    let kind = match makes {
-        Makes::Dir => "dir",
-        Makes::File => "file",
-        Makes::Link => "link",
-        Makes::OutLink => "outlink",
-    };
-    format!(
-        "claim {kind} {} {}\n",
-        quote(p),
-        quote(&session.display_path(p))
-    )
 }
 
 fn sentinel_step(session: &Session, options: Options) -> Step {
@@ -663,426 +466,11 @@ fn backup_script(session: &Session) -> String {
     )
 }
 
-fn source_work(session: &Session, path: &str, source: &Source) -> Result<Work> {
-    let p = quote(path);
-    let claim = |makes| claim_line(session, path, makes);
-    Ok(match source {
-        Source::Derivation { text } => Work::Alone {
-            body: format!(
-                "{}run nix-build -E {} -o {p} >&2\n",
-                claim(Makes::OutLink),
-                quote(text)
-            ),
-            late: true,
-        },
-        Source::File(file) => {
-            let local = Path::new(&file.path);
-            if !local.exists() {
-                bail!("file.path: {} does not exist", file.path);
-            }
-            let makes = if local.is_dir() {
-                Makes::Dir
-            } else {
-                Makes::File
-            };
-            Work::Rsync {
-                claim: claim(makes),
-                rsync: rsync(session, file, &rsync_source(local), path),
-            }
-        }
-        Source::Git(git) => Work::Alone {
-            body: format!(
-                "{}{}",
-                claim(Makes::Dir),
-                git_script(path, &session.display_path(path), git)
-            ),
-            late: false,
-        },
-        Source::Pass { dir, name } => {
-            let root = Path::new(dir).join(name);
-            if !root.is_dir() {
-                bail!(
-                    "pass: {} is not a directory in the password store",
-                    root.display()
-                );
-            }
-            Work::Secrets(Box::new(Secrets {
-                path: path.to_owned(),
-                root,
-                show: Cmd::new("pass").env("PASSWORD_STORE_DIR", dir).arg("show"),
-                pass: Some((dir.clone(), name.clone())),
-            }))
-        }
-        Source::Passage {
-            dir,
-            identities_file,
-            age,
-        } => {
-            if !Path::new(dir).is_dir() {
-                bail!("passage.dir: {dir} is not a directory");
-            }
-            if !Path::new(identities_file).is_file() {
-                bail!(
-                    "passage.identities_file: {identities_file} does not exist \
-                     (passage needs it to decrypt the store)"
-                );
-            }
-            Work::Secrets(Box::new(Secrets {
-                path: path.to_owned(),
-                root: PathBuf::from(dir),
-                show: Cmd::new("passage")
-                    .env("PASSAGE_AGE", age)
-                    .env("PASSAGE_DIR", dir)
-                    .env("PASSAGE_IDENTITIES_FILE", identities_file)
-                    .arg("show"),
-                pass: None,
-            }))
-        }
-        Source::Pipe { command } => {
-            let executable = std::fs::metadata(command)
-                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
-            if !executable {
-                bail!("pipe.command: {command} is not an executable file");
-            }
-            Work::Pipe(Box::new(Pipe {
-                command: Cmd::new(command.clone()),
-                receive: session.shell(&format!(
-                    "{PRELUDE}{}{}",
-                    claim(Makes::File),
-                    pipe_receive_script(path)
-                )),
-            }))
-        }
-        Source::Symlink { target: link } => Work::Batched {
-            // `--`: a link text may begin with '-'.
-            body: format!(
-                "{}run ln -fnsT -- {} {p}\n",
-                claim(Makes::Link),
-                quote(link)
-            ),
-        },
-    })
-}
-/// Receives a pipe's output on the target: its size on the first line, then
-/// the bytes, written beside P and moved into place only when all arrived
-/// (krops's `cat > P` left a partial file when the connection or the
-/// command broke). An existing P's mode and owner carry over, as they did
-/// with krops's `cat > P`.
-fn pipe_receive_script(path: &str) -> String {
-    let p = quote(path);
-    let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
-    // Not named after the source: a name near 255 bytes would not fit.
-    let tmp = quote(&format!("{dir}/.populate-pipe"));
-    format!(
-        "IFS= read -r size\n\
-         tmp={tmp}.$$\n\
-         trap 'rm -f \"$tmp\"' EXIT\n\
-         rm -f \"$tmp\"\n\
-         run tee -- \"$tmp\" >/dev/null\n\
-         got=$(wc -c < \"$tmp\")\n\
-         if test \"$got\" -ne \"$size\"; then\n  \
-         printf 'populate: only %s of %s bytes arrived; %s is left as it was\\n' \"$got\" \"$size\" {p} >&2\n  \
-         exit 1\nfi\n\
-         if test -f {p}; then\n  \
-         run chmod --reference={p} \"$tmp\"\n  \
-         chown --reference={p} \"$tmp\" 2>/dev/null || :\nfi\n\
-         run mv -fT \"$tmp\" {p}\n"
-    )
-}
-
-/// Sends a file's size on a line, then the file: what the receive script reads.
-fn sized(file: &str) -> Cmd {
-    Cmd::new("/bin/sh").args(["-c", "wc -c < \"$1\" && cat \"$1\"", "sh", file])
-}
-
-impl Pipe {
-    fn run(&self, log: &mut dyn Write) -> Result<()> {
-        let out = SecretDir::holding("populate-pipe.", "the pipe's output")?;
-        let file = out.create_file(Path::new("out"))?;
-        // Its output may be secret: it stays out of the log and the error.
-        self.command.run_to_file_into(file, log).context(
-            "the command failed, so nothing was sent and the target's file is left as it was",
-        )?;
-        let path = out.path().join("out");
-        run_cmd(
-            &self
-                .receive
-                .clone()
-                .pipe_from(sized(&path.to_string_lossy())),
-            log,
-        )
-    }
-
-    fn script(&self) -> String {
-        let receive = self
-            .receive
-            .clone()
-            .pipe_from(sized("$tmp_dir/out"))
-            .to_string()
-            .replace("'$tmp_dir/out'", "\"$tmp_dir\"/out");
-        format!(
-            "(\ntmp_dir=$(mktemp -d -t populate-pipe.XXXXXXXX)\n\
-             trap 'rm -fR \"$tmp_dir\"' EXIT\ntrap 'exit 130' INT TERM HUP\n\
-             {} > \"$tmp_dir\"/out\n{receive}\n)",
-            self.command
-        )
-    }
-}
-
-/// rsync copies a directory's contents when its name ends in `/`.
-fn rsync_source(path: &Path) -> String {
-    let mut source = path.to_string_lossy().into_owned();
-    if path.is_dir() && !source.ends_with('/') {
-        source.push('/');
-    }
-    source
-}
-
-/// `rsync [--checksum] [--rsync-path="sudo rsync"] [--exclude|--include PAT]…
-/// -e SSH -vFrlptD [--delete-excluded] SRC DEST`
-fn rsync(session: &Session, file: &FileSource, source: &str, path: &str) -> Cmd {
-    let mut cmd = Cmd::new("rsync");
-    if file.use_checksum {
-        cmd = cmd.arg("--checksum");
-    }
-    if session.target().sudo {
-        cmd = cmd.arg("--rsync-path=sudo rsync");
-    }
-    for pattern in &file.exclude {
-        cmd = cmd.args(["--exclude", pattern]);
-    }
-    for filter in &file.filters {
-        let option = if filter.include {
-            "--include"
-        } else {
-            "--exclude"
-        };
-        cmd = cmd.args([option, &filter.pattern]);
-    }
-    cmd = cmd.args(["-e", &session.rsync_shell(), "-vFrlptD"]);
-    if file.delete_excluded {
-        cmd = cmd.arg("--delete-excluded");
-    }
-    cmd.args([source.to_owned(), session.rsync_destination(path)])
-}
-
-/// What pass and passage trees are synced with: rsync's defaults in krops.
-fn default_file_options() -> FileSource {
-    FileSource {
-        // rsync() takes the source path separately.
-        path: String::new(),
-        use_checksum: false,
-        exclude: Vec::new(),
-        filters: Vec::new(),
-        delete_excluded: true,
-    }
-}
-
-impl Secrets {
-    fn kind(&self) -> &'static str {
-        if self.pass.is_some() {
-            "pass"
-        } else {
-            "passage"
-        }
-    }
-
-    /// Every secret file below the store root, following symlinks, as
-    /// (file, entry name relative to the root, name of the decrypted file).
-    fn entries(&self) -> Result<Vec<(PathBuf, String, String)>> {
-        let mut entries = Vec::new();
-        for entry in WalkDir::new(&self.root)
-            .follow_links(true)
-            .sort_by_file_name()
-        {
-            let entry = entry.with_context(|| format!("reading {}", self.root.display()))?;
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            let rel = entry
-                .path()
-                .strip_prefix(&self.root)
-                .expect("walkdir stays below its root");
-            let rel = rel
-                .to_str()
-                .with_context(|| format!("{}: not UTF-8", entry.path().display()))?;
-            let decrypted = match self.pass {
-                Some(_) if entry.file_name() == ".gpg-id" => continue,
-                Some(_) => rel.strip_suffix(".gpg").unwrap_or(rel),
-                None => match rel.strip_suffix(".age") {
-                    Some(stem) => stem,
-                    None => continue,
-                },
-            };
-            let entry_name = match &self.pass {
-                Some((_, name)) => format!("{}/{decrypted}", name.trim_end_matches('/')),
-                None => decrypted.to_owned(),
-            };
-            entries.push((entry.path().to_owned(), entry_name, decrypted.to_owned()));
-        }
-        Ok(entries)
-    }
-
-    fn rsync(&self, session: &Session, source: &str) -> Cmd {
-        rsync(session, &default_file_options(), source, &self.path)
-    }
-
-    /// The claim of the store's place, then, for pass with a stamp, the
-    /// target's stamp on stdout.
-    fn claim(&self, session: &Session, stamp: bool) -> Cmd {
-        let mut script = format!("{PRELUDE}{}", claim_line(session, &self.path, Makes::Dir));
-        if stamp {
-            script.push_str(&format!(
-                "cat {}/.pass_info 2>/dev/null || :\n",
-                quote(&self.path)
-            ));
-        }
-        session.shell(&script)
-    }
-
-    fn run(&self, session: &Session, log: &mut dyn Write) -> Result<Ended> {
-        let stamp = match &self.pass {
-            Some((dir, name)) => pass_stamp(dir, name, &self.root)?,
-            None => None,
-        };
-        // The place is claimed first, so that neither the stamp nor the
-        // secrets are read or written through a symlink.
-        let claim = self.claim(session, stamp.is_some());
-        let output = claim.output()?;
-        let _ = log.write_all(&output.stderr);
-        if !output.status.success() {
-            return Err(step_failure(&claim, output.status, &output.stderr).into());
-        }
-        if let Some(stamp) = &stamp {
-            if String::from_utf8_lossy(&output.stdout).trim_end_matches('\n') == stamp {
-                let _ = writeln!(
-                    log,
-                    "populate: {} is unchanged since the last run, skipping",
-                    self.root.display()
-                );
-                return Ok(Ended::Unchanged);
-            }
-        }
-        let secrets = SecretDir::new(&format!("populate-{}.", self.kind()))?;
-        for (file, entry_name, decrypted) in self.entries()? {
-            let out = secrets.create_file(Path::new(&decrypted))?;
-            self.show
-                .clone()
-                .arg(&entry_name)
-                .run_to_file_into(out, log)?;
-            // pass: the last commit's date, when the store is a git repo
-            // (the stamp exists exactly then); passage: the .age file's.
-            let mtime = match (&self.pass, &stamp) {
-                (Some((dir, _)), Some(_)) => last_commit_time(dir, &file)?,
-                (Some(_), None) => None,
-                (None, _) => Some(
-                    std::fs::metadata(&file)
-                        .and_then(|meta| meta.modified())
-                        .with_context(|| format!("cannot read the mtime of {}", file.display()))?,
-                ),
-            };
-            if let Some(mtime) = mtime {
-                let decrypted = secrets.path().join(&decrypted);
-                std::fs::File::options()
-                    .write(true)
-                    .open(&decrypted)
-                    .and_then(|out| out.set_modified(mtime))
-                    .with_context(|| format!("cannot set the mtime of {}", decrypted.display()))?;
-            }
-        }
-        if let Some(stamp) = &stamp {
-            writeln!(secrets.create_file(Path::new(".pass_info"))?, "{stamp}")?;
-        }
-        let source = format!("{}/", secrets.path().display());
-        run_cmd(&self.rsync(session, &source), log).map(|()| Ended::Done)
-    }
-
-    fn script(&self, session: &Session) -> String {
-        let kind = self.kind();
-        // One subshell per store: its own temp dir, removed when it ends,
-        // also on a signal, so several stores never share or leak one.
-        let mut script = format!(
-            "{}\n(\ntmp_dir=$(mktemp -d -t populate-{kind}.XXXXXXXX)\n\
-             trap 'rm -fR \"$tmp_dir\"' EXIT\ntrap 'exit 130' INT TERM HUP\numask 077\n",
-            self.claim(session, false)
-        );
-        match self.entries() {
-            Ok(entries) => {
-                for (_, entry_name, decrypted) in entries {
-                    let dir = Path::new(&decrypted)
-                        .parent()
-                        .filter(|d| !d.as_os_str().is_empty());
-                    if let Some(dir) = dir {
-                        script.push_str(&format!(
-                            "mkdir -p \"$tmp_dir\"/{}\n",
-                            quote(&dir.to_string_lossy())
-                        ));
-                    }
-                    script.push_str(&format!(
-                        "{} > \"$tmp_dir\"/{}\n",
-                        self.show.clone().arg(&entry_name),
-                        quote(&decrypted)
-                    ));
-                }
-            }
-            Err(err) => {
-                script.push_str(&format!("# cannot list {}: {err:#}\n", self.root.display()))
-            }
-        }
-        // The placeholder word quotes to exactly this; put the variable back.
-        let rsync = self
-            .rsync(session, "$tmp_dir/")
-            .to_string()
-            .replace("'$tmp_dir/'", "\"$tmp_dir\"/");
-        script.push_str(&rsync);
-        script.push_str("\n)");
-        script
-    }
-}
-
-/// pass's change stamp: `NAME <last commit touching NAME>` plus the last
-/// commit of each symlink's resolved target, when the store is a git repo.
-fn pass_stamp(dir: &str, name: &str, root: &Path) -> Result<Option<String>> {
-    if !Path::new(dir).join(".git").exists() {
-        return Ok(None);
-    }
-    let last_commit = |path: &str| {
-        Cmd::new("git")
-            .args(["-C", dir, "log", "-1", "--format=%H", "--", path])
-            .read()
-    };
-    let mut hashes = last_commit(name)?;
-    let mut links = Vec::new();
-    for entry in WalkDir::new(root) {
-        let entry = entry.with_context(|| format!("reading {}", root.display()))?;
-        if entry.path_is_symlink() {
-            links.push(std::fs::canonicalize(entry.path())?);
-        }
-    }
-    links.sort();
-    for link in links {
-        hashes.push_str(&last_commit(&link.to_string_lossy())?);
-    }
-    Ok(Some(format!("{name} {}", hashes.trim_end_matches('\n'))))
-}
-
-fn last_commit_time(dir: &str, file: &Path) -> Result<Option<std::time::SystemTime>> {
-    let out = Cmd::new("git")
-        .args(["-C", dir, "log", "-1", "--format=%at", "--"])
-        .arg(file.to_string_lossy())
-        .read()?;
-    Ok(out
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Filter;
     use mktarget::{Origin, Target};
+    use std::path::Path;
 
     fn origin() -> Origin {
         Origin {
@@ -1100,94 +488,6 @@ mod tests {
     }
 
     #[test]
-    fn rsync_argv_follows_krops() {
-        let mut t = target("root@h:22/var/src");
-        t.sudo = true;
-        t.extra_options = vec!["-o".into(), "ProxyCommand=nc %h %p".into()];
-        let file = FileSource {
-            path: "/src".into(),
-            use_checksum: true,
-            exclude: vec![".git".into()],
-            filters: vec![
-                Filter {
-                    include: true,
-                    pattern: "*.nix".into(),
-                },
-                Filter {
-                    include: false,
-                    pattern: "*".into(),
-                },
-            ],
-            delete_excluded: true,
-        };
-        assert_eq!(
-            rsync(&session(&t), &file, "/src/", "/var/src/cfg").argv(),
-            [
-                "rsync",
-                "--checksum",
-                "--rsync-path=sudo rsync",
-                "--exclude",
-                ".git",
-                "--include",
-                "*.nix",
-                "--exclude",
-                "*",
-                "-e",
-                "'ssh' '-l' 'root' '-p' '22' '-T' '-o' 'ProxyCommand=nc %h %p'",
-                "-vFrlptD",
-                "--delete-excluded",
-                "/src/",
-                "root@h:/var/src/cfg",
-            ]
-        );
-        let plain = default_file_options();
-        let argv = rsync(
-            &session(&target("/var/src")),
-            &FileSource {
-                delete_excluded: false,
-                ..plain
-            },
-            "/x",
-            "/var/src/x",
-        )
-        .argv();
-        assert_eq!(
-            argv,
-            [
-                "rsync",
-                "-e",
-                "'ssh' '-l' 'alice' '-T'",
-                "-vFrlptD",
-                "/x",
-                "/var/src/x"
-            ]
-        );
-    }
-
-    #[test]
-    fn rsync_names_an_ipv6_host_in_brackets_and_ssh_gets_no_host() {
-        let argv = rsync(
-            &session(&target("root@[::1]:2222/var/src")),
-            &default_file_options(),
-            "/src/",
-            "/var/src/cfg",
-        )
-        .argv();
-        assert_eq!(
-            argv,
-            [
-                "rsync",
-                "-e",
-                "'ssh' '-l' 'root' '-p' '2222' '-T'",
-                "-vFrlptD",
-                "--delete-excluded",
-                "/src/",
-                "root@[::1]:/var/src/cfg",
-            ]
-        );
-    }
-
-    #[test]
     fn sentinel_with_force_and_backup_makes_a_directory() {
         let local = session(&target("/var/src"));
         let options = Options {
@@ -1195,13 +495,13 @@ mod tests {
             backup: true,
             ..Options::default()
         };
-        let script = sentinel_step(&local, options).script(&local);
+        let script = sentinel_step(&local, options).work.script(&local);
         assert!(script.contains("mkdir -p /var/src/.populate"), "{script}");
         let options = Options {
             backup: false,
             ..options
         };
-        let script = sentinel_step(&local, options).script(&local);
+        let script = sentinel_step(&local, options).work.script(&local);
         assert!(script.contains("touch /var/src/.populate"), "{script}");
     }
 

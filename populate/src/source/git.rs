@@ -10,9 +10,70 @@
 //! abbreviated hash; anything else (`:/message`, `@{…}`) in the checkout
 //! after `git fetch origin`.
 
+use anyhow::{bail, Result};
 use mktarget::shell::quote;
+use mktarget::Session;
+use serde_json::Value;
 
-use crate::source::GitSource;
+use super::fields::Fields;
+use crate::step::{claim_line, Makes, Work};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitSource {
+    pub url: String,
+    pub git_ref: String,
+    pub shallow: bool,
+    pub fetch_always: bool,
+    pub clean_exclude: Vec<String>,
+}
+
+/// `{"url": URL, "ref": REF, "shallow", "fetchAlways", "clean": {"exclude"}}`.
+pub(super) fn parse(path: &str, value: &Value) -> Result<GitSource> {
+    let mut fields = Fields::new(path, value)?;
+    let url = fields.string("url")?;
+    let git_ref = fields.string("ref")?;
+    let shallow = fields.opt_bool("shallow")?.unwrap_or(false);
+    let fetch_always = fields.opt_bool("fetchAlways")?.unwrap_or(false);
+    let clean_exclude = match fields.take("clean") {
+        None => Vec::new(),
+        Some(clean) => {
+            let mut clean = Fields::new(&format!("{path}.clean"), clean)?;
+            let exclude = clean.strings("exclude")?;
+            clean.finish()?;
+            exclude
+        }
+    };
+    fields.finish()?;
+    // git would read these as options: `git clone --upload-pack=…`.
+    for (field, value) in [("url", &url), ("ref", &git_ref)] {
+        if value.is_empty() || value.starts_with('-') {
+            bail!("{path}.{field}: {value:?} must be non-empty and must not begin with '-'");
+        }
+    }
+    if let Some(why) = shallow.then(|| shallow_refusal(&git_ref)).flatten() {
+        bail!("{path}.ref: {why}");
+    }
+    Ok(GitSource {
+        url,
+        git_ref,
+        shallow,
+        fetch_always,
+        clean_exclude,
+    })
+}
+
+impl GitSource {
+    pub(super) fn work(&self, session: &Session, p: &str) -> Result<Work> {
+        Ok(Work::Alone {
+            body: format!(
+                "{}{}",
+                claim_line(session, p, Makes::Dir),
+                git_script(p, &session.display_path(p), self)
+            ),
+            late: false,
+        })
+    }
+}
 
 /// Which way the script resolves a git source's `ref`.
 #[derive(Debug, PartialEq, Eq)]

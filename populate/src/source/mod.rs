@@ -1,0 +1,463 @@
+//! What a source is (SPEC §3, "Source input"): parsed once from JSON into
+//! validated types, every refusal naming the JSON path of what is wrong;
+//! and what each does on the target ([`Work`]). One module a source type,
+//! each with its fields, its parser and its work.
+
+mod derivation;
+mod fields;
+mod file;
+pub(crate) mod git;
+mod pass;
+mod passage;
+pub(crate) mod pipe;
+pub(crate) mod store;
+mod symlink;
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use mktarget::target::kind;
+use mktarget::Session;
+use serde_json::Value;
+
+use crate::step::Work;
+
+pub use derivation::DerivationSource;
+pub use file::{FileSource, Filter};
+pub use git::GitSource;
+pub use pass::PassSource;
+pub use passage::PassageSource;
+pub use pipe::PipeSource;
+pub use symlink::SymlinkSource;
+
+/// All sources of a run, in byte order of their names.
+pub type Sources = BTreeMap<String, Source>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Derivation(DerivationSource),
+    File(FileSource),
+    Git(GitSource),
+    Pass(PassSource),
+    Passage(PassageSource),
+    Pipe(PipeSource),
+    Symlink(SymlinkSource),
+}
+
+/// A source type: the key that names it in sources.json.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Derivation,
+    File,
+    Git,
+    Pass,
+    Passage,
+    Pipe,
+    Symlink,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Derivation,
+        Kind::File,
+        Kind::Git,
+        Kind::Pass,
+        Kind::Passage,
+        Kind::Pipe,
+        Kind::Symlink,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Derivation => "derivation",
+            Kind::File => "file",
+            Kind::Git => "git",
+            Kind::Pass => "pass",
+            Kind::Passage => "passage",
+            Kind::Pipe => "pipe",
+            Kind::Symlink => "symlink",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// `derivation, file, …`, for messages.
+    fn list() -> String {
+        Kind::ALL.map(Kind::name).join(", ")
+    }
+}
+
+impl Source {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Source::Derivation(_) => Kind::Derivation,
+            Source::File(_) => Kind::File,
+            Source::Git(_) => Kind::Git,
+            Source::Pass(_) => Kind::Pass,
+            Source::Passage(_) => Kind::Passage,
+            Source::Pipe(_) => Kind::Pipe,
+            Source::Symlink(_) => Kind::Symlink,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// What the source does at `p` on the target; refuses what is missing
+    /// here (a file, a store, a command).
+    pub(crate) fn work(&self, session: &Session, p: &str) -> Result<Work> {
+        match self {
+            Source::Derivation(source) => source.work(session, p),
+            Source::File(source) => source.work(session, p),
+            Source::Git(source) => source.work(session, p),
+            Source::Pass(source) => source.work(session, p),
+            Source::Passage(source) => source.work(session, p),
+            Source::Pipe(source) => source.work(session, p),
+            Source::Symlink(source) => source.work(session, p),
+        }
+    }
+}
+
+/// Parses sources.json text. `home` expands `~/` in passage identity paths.
+pub fn parse(text: &str, home: Option<&str>) -> Result<Sources> {
+    let value = match mktarget::json::parse(text) {
+        Ok(value) => value,
+        Err(err) => bail!("sources: malformed JSON: {err}"),
+    };
+    from_json(&value, home)
+}
+
+pub fn from_json(value: &Value, home: Option<&str>) -> Result<Sources> {
+    let Value::Object(object) = value else {
+        bail!(
+            "sources: expected an object of name → source, got {}",
+            kind(value)
+        );
+    };
+    let mut sources = Sources::new();
+    for (name, value) in object {
+        check_name(name)?;
+        sources.insert(name.clone(), source(name, value, home)?);
+    }
+    Ok(sources)
+}
+
+/// A source name becomes one path component below the target path; names
+/// starting with `.populate` are populate's own (the sentinel, its backup,
+/// a pipe's temp file).
+/// Whether `name` has only portable filename characters: `A-Z a-z 0-9 . _ -`.
+pub fn is_portable(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.starts_with('-') || !is_portable(name)
+    {
+        bail!(
+            "sources.{name:?}: a source name must be one path component of the characters \
+             A-Z a-z 0-9 . _ - (not \".\", \"..\", nor starting with '-')"
+        );
+    }
+    if name.len() > 255 {
+        bail!(
+            "sources.{name:?}: a source name is a file name on the target, and those are at most 255 bytes long; this one has {}",
+            name.len()
+        );
+    }
+    if name.starts_with(".populate") {
+        bail!(
+            "sources.{name:?}: names starting with .populate are populate's own on the target \
+             (the sentinel PATH/.populate and what it keeps there): choose another name"
+        );
+    }
+    Ok(())
+}
+
+fn source(name: &str, value: &Value, home: Option<&str>) -> Result<Source> {
+    let Value::Object(object) = value else {
+        bail!(
+            "{name}: expected an object naming one source type, got {}",
+            kind(value)
+        );
+    };
+    let mut declared = None;
+    let mut present = Vec::new();
+    for (key, field) in object {
+        if key == "type" {
+            match field {
+                Value::String(t) => match Kind::from_name(t) {
+                    Some(kind) => declared = Some(kind),
+                    None => bail!(
+                        "{name}.type: unknown source type {t:?} (expected one of {})",
+                        Kind::list()
+                    ),
+                },
+                _ => bail!("{name}.type: expected a string, got {}", kind(field)),
+            }
+        } else if let Some(kind) = Kind::from_name(key) {
+            if !field.is_null() {
+                present.push((kind, field));
+            }
+        } else {
+            bail!(
+                "{name}.{key}: unknown field (expected one of type, {})",
+                Kind::list()
+            );
+        }
+    }
+    let (given, field) = match present.as_slice() {
+        [] => bail!(
+            "{name}: no source type given (expected one of {})",
+            Kind::list()
+        ),
+        [one] => *one,
+        several => bail!(
+            "{name}: several source types given ({}); a source has exactly one",
+            several
+                .iter()
+                .map(|(kind, _)| kind.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    if let Some(declared) = declared {
+        if declared != given {
+            bail!(
+                "{name}.type: says {:?} but the source gives {:?}",
+                declared.name(),
+                given.name()
+            );
+        }
+    }
+    let path = format!("{name}.{}", given.name());
+    Ok(match given {
+        Kind::Derivation => Source::Derivation(derivation::parse(&path, field)?),
+        Kind::File => Source::File(file::parse(&path, field)?),
+        Kind::Git => Source::Git(git::parse(&path, field)?),
+        Kind::Pass => Source::Pass(pass::parse(&path, field)?),
+        Kind::Passage => Source::Passage(passage::parse(&path, field, home)?),
+        Kind::Pipe => Source::Pipe(pipe::parse(&path, field)?),
+        Kind::Symlink => Source::Symlink(symlink::parse(&path, field)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse_json(value: Value) -> Result<Sources> {
+        from_json(&value, Some("/home/alice"))
+    }
+
+    fn refused(value: Value) -> String {
+        format!(
+            "{:#}",
+            parse_json(value.clone()).expect_err(&value.to_string())
+        )
+    }
+
+    #[test]
+    fn short_forms_get_every_default() {
+        let sources = parse_json(json!({
+            "nixos-config": {"file": "/etc/cfg"},
+            "store": {"file": "/nix/store/abc-cfg"},
+            "drv": {"derivation": "with import <nixpkgs> {}; hello"},
+            "secrets": {"passage": "~/.passage/store/host"},
+            "out": {"pipe": "/bin/date"},
+            "link": {"symlink": "nixpkgs/lib"},
+        }))
+        .unwrap();
+        assert_eq!(
+            sources["nixos-config"],
+            Source::File(FileSource {
+                path: "/etc/cfg".into(),
+                use_checksum: false,
+                exclude: vec![],
+                filters: vec![],
+                delete_excluded: true
+            })
+        );
+        assert!(matches!(&sources["store"], Source::File(f) if f.use_checksum));
+        assert_eq!(
+            sources["drv"],
+            Source::Derivation(DerivationSource {
+                text: "with import <nixpkgs> {}; hello".into()
+            })
+        );
+        assert_eq!(
+            sources["secrets"],
+            Source::Passage(PassageSource {
+                dir: "/home/alice/.passage/store/host".into(),
+                identities_file: "/home/alice/.passage/identities".into(),
+                age: "age".into()
+            })
+        );
+        assert_eq!(
+            sources["out"],
+            Source::Pipe(PipeSource {
+                command: "/bin/date".into()
+            })
+        );
+        assert_eq!(
+            sources["link"],
+            Source::Symlink(SymlinkSource {
+                target: "nixpkgs/lib".into()
+            })
+        );
+    }
+
+    #[test]
+    fn krops_evaluated_form_is_accepted() {
+        // What `builtins.toJSON (lib.evalSource [...])` prints, with null keys.
+        let sources = parse_json(json!({
+            "nixpkgs": {
+                "derivation": null, "file": null, "pass": null, "passage": null,
+                "pipe": null, "symlink": null, "type": "git",
+                "git": {
+                    "clean": {"exclude": ["/.version-suffix"]}, "fetchAlways": false,
+                    "ref": "4b4bbce199d3b3a8001ee93495604289b01aaad3",
+                    "shallow": true, "url": "https://github.com/NixOS/nixpkgs"
+                }
+            },
+            "nixos-config": {
+                "type": "file",
+                "file": {"deleteExcluded": true, "exclude": [], "filters": [{"pattern": "*.nix", "type": "include"}],
+                         "path": "/nix/store/x-nixos-config", "useChecksum": false}
+            }
+        }))
+        .unwrap();
+        let Source::Git(git) = &sources["nixpkgs"] else {
+            panic!()
+        };
+        assert!(git.shallow && !git.fetch_always);
+        assert_eq!(git.clean_exclude, ["/.version-suffix"]);
+        let Source::File(file) = &sources["nixos-config"] else {
+            panic!()
+        };
+        assert!(!file.use_checksum, "an explicit useChecksum wins");
+        assert_eq!(
+            file.filters,
+            [Filter {
+                include: true,
+                pattern: "*.nix".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn sources_are_in_byte_order() {
+        let sources = parse_json(
+            json!({"b": {"symlink": "x"}, "B": {"symlink": "x"}, "a": {"symlink": "x"}}),
+        )
+        .unwrap();
+        assert_eq!(sources.keys().collect::<Vec<_>>(), ["B", "a", "b"]);
+    }
+
+    #[test]
+    fn refusals_name_the_json_path() {
+        let cases = [
+            (
+                json!({"nixpkgs": {"git": {"url": "u"}}}),
+                "nixpkgs.git.ref: missing field",
+            ),
+            (
+                json!({"x": {"git": {"url": "u", "ref": "r", "shalow": true}}}),
+                "x.git.shalow: unknown field",
+            ),
+            (
+                json!({"x": {"git": {"url": "u", "ref": 1}}}),
+                "x.git.ref: expected a string, got a number",
+            ),
+            (
+                json!({"x": {"git": {"url": "--upload-pack=touch /tmp/x", "ref": "r"}}}),
+                "x.git.url",
+            ),
+            (
+                json!({"x": {"git": {"url": "u", "ref": "-r"}}}),
+                "x.git.ref",
+            ),
+            (
+                json!({"x": {"git": {"url": "u", "ref": "r", "clean": {"exclude": [1]}}}}),
+                "x.git.clean.exclude[0]",
+            ),
+            (
+                json!({"x": {"file": "etc/cfg"}}),
+                "x.file: \"etc/cfg\" is not an absolute path",
+            ),
+            (
+                json!({"x": {"file": {"path": "/a", "filters": [{"type": "maybe", "pattern": "*"}]}}}),
+                "x.file.filters[0].type: unknown filter type",
+            ),
+            (
+                json!({"x": {"file": {"path": "/a", "useChecksum": "yes"}}}),
+                "x.file.useChecksum: expected a boolean",
+            ),
+            (
+                json!({"x": {"pass": {"dir": "/p", "name": "../etc"}}}),
+                "x.pass.name",
+            ),
+            (
+                json!({"x": {"pass": {"dir": "p", "name": "n"}}}),
+                "x.pass.dir",
+            ),
+            (json!({"x": {"pipe": "date"}}), "x.pipe"),
+            (
+                json!({"x": {"passage": {"dir": "/d", "identities_file": "ids"}}}),
+                "x.passage.identities_file",
+            ),
+            (json!({"x": {"rsync": "/a"}}), "x.rsync: unknown field"),
+            (
+                json!({"x": {"type": "ftp", "file": "/a"}}),
+                "x.type: unknown source type \"ftp\"",
+            ),
+            (
+                json!({"x": {"type": "git", "file": "/a"}}),
+                "x.type: says \"git\"",
+            ),
+            (
+                json!({"x": {"file": "/a", "symlink": "b"}}),
+                "x: several source types given (file, symlink)",
+            ),
+            (json!({"x": {}}), "x: no source type given"),
+            (json!({"x": "/a"}), "x: expected an object"),
+            (
+                json!({"..": {"symlink": "x"}}),
+                "sources.\"..\": a source name",
+            ),
+            (json!({".": {"symlink": "x"}}), "sources.\".\""),
+            (json!({"a/b": {"symlink": "x"}}), "sources.\"a/b\""),
+            (json!({"-x": {"symlink": "x"}}), "sources.\"-x\""),
+            (json!({"": {"symlink": "x"}}), "sources.\"\""),
+            (
+                json!({".populate": {"file": "/a"}}),
+                "sources.\".populate\": names starting with .populate",
+            ),
+            (
+                json!({".populate-pipe.x": {"symlink": "x"}}),
+                "sources.\".populate-pipe.x\"",
+            ),
+            (json!(["x"]), "sources: expected an object"),
+        ];
+        let long = "n".repeat(256);
+        let err = refused(json!({ long.clone(): {"symlink": "x"} }));
+        assert!(
+            err.contains("at most 255 bytes long; this one has 256"),
+            "{err}"
+        );
+        assert!(parse(&json!({ &long[1..]: {"symlink": "x"} }).to_string(), None).is_ok());
+        for (input, expected) in cases {
+            let err = refused(input.clone());
+            assert!(
+                err.contains(expected),
+                "{input}: expected {expected:?} in {err:?}"
+            );
+        }
+        let err = format!("{:#}", parse("{", None).unwrap_err());
+        assert!(err.contains("sources: malformed JSON"), "{err}");
+    }
+}

@@ -1,0 +1,130 @@
+//! The pipe source: a command run here, its output written to P on the
+//! target, whole or not at all.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use mktarget::shell::quote;
+use mktarget::{Cmd, Session};
+use serde_json::Value;
+
+use super::fields::{absolute, Fields};
+use crate::script::PRELUDE;
+use crate::secrets::SecretDir;
+use crate::step::{claim_line, run_cmd, Makes, Work};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipeSource {
+    /// An executable, run without arguments.
+    pub command: String,
+}
+
+/// `"COMMAND"` or `{"command": COMMAND}`, an absolute path.
+pub(super) fn parse(path: &str, value: &Value) -> Result<PipeSource> {
+    if let Value::String(_) = value {
+        return Ok(PipeSource {
+            command: absolute(path, value)?,
+        });
+    }
+    let mut fields = Fields::new(path, value)?;
+    let command = fields.absolute("command")?;
+    fields.finish()?;
+    Ok(PipeSource { command })
+}
+
+impl PipeSource {
+    pub(super) fn work(&self, session: &Session, p: &str) -> Result<Work> {
+        let command = &self.command;
+        let executable = std::fs::metadata(command)
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
+        if !executable {
+            bail!("pipe.command: {command} is not an executable file");
+        }
+        Ok(Work::Pipe(Box::new(Pipe {
+            command: Cmd::new(command.clone()),
+            receive: session.shell(&format!(
+                "{PRELUDE}{}{}",
+                claim_line(session, p, Makes::File),
+                receive_script(p)
+            )),
+        })))
+    }
+}
+
+/// A pipe source: the command runs here with its output going to a private
+/// file; only when it succeeded is the output sent, and the target moves it
+/// into place only when all of it arrived.
+#[derive(Debug)]
+pub(crate) struct Pipe {
+    command: Cmd,
+    /// Reads the output (its size, a newline, then the bytes) on the target.
+    receive: Cmd,
+}
+
+/// Receives a pipe's output on the target: its size on the first line, then
+/// the bytes, written beside P and moved into place only when all arrived
+/// (krops's `cat > P` left a partial file when the connection or the
+/// command broke). An existing P's mode and owner carry over, as they did
+/// with krops's `cat > P`.
+fn receive_script(path: &str) -> String {
+    let p = quote(path);
+    let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
+    // Not named after the source: a name near 255 bytes would not fit.
+    let tmp = quote(&format!("{dir}/.populate-pipe"));
+    format!(
+        "IFS= read -r size\n\
+         tmp={tmp}.$$\n\
+         trap 'rm -f \"$tmp\"' EXIT\n\
+         rm -f \"$tmp\"\n\
+         run tee -- \"$tmp\" >/dev/null\n\
+         got=$(wc -c < \"$tmp\")\n\
+         if test \"$got\" -ne \"$size\"; then\n  \
+         printf 'populate: only %s of %s bytes arrived; %s is left as it was\\n' \"$got\" \"$size\" {p} >&2\n  \
+         exit 1\nfi\n\
+         if test -f {p}; then\n  \
+         run chmod --reference={p} \"$tmp\"\n  \
+         chown --reference={p} \"$tmp\" 2>/dev/null || :\nfi\n\
+         run mv -fT \"$tmp\" {p}\n"
+    )
+}
+
+/// Sends a file's size on a line, then the file: what the receive script reads.
+fn sized(file: &str) -> Cmd {
+    Cmd::new("/bin/sh").args(["-c", "wc -c < \"$1\" && cat \"$1\"", "sh", file])
+}
+
+impl Pipe {
+    pub(crate) fn run(&self, log: &mut dyn Write) -> Result<()> {
+        let out = SecretDir::holding("populate-pipe.", "the pipe's output")?;
+        let file = out.create_file(Path::new("out"))?;
+        // Its output may be secret: it stays out of the log and the error.
+        self.command.run_to_file_into(file, log).context(
+            "the command failed, so nothing was sent and the target's file is left as it was",
+        )?;
+        let path = out.path().join("out");
+        run_cmd(
+            &self
+                .receive
+                .clone()
+                .pipe_from(sized(&path.to_string_lossy())),
+            log,
+        )
+    }
+
+    pub(crate) fn script(&self) -> String {
+        let receive = self
+            .receive
+            .clone()
+            .pipe_from(sized("$tmp_dir/out"))
+            .to_string()
+            .replace("'$tmp_dir/out'", "\"$tmp_dir\"/out");
+        format!(
+            "(\ntmp_dir=$(mktemp -d -t populate-pipe.XXXXXXXX)\n\
+             trap 'rm -fR \"$tmp_dir\"' EXIT\ntrap 'exit 130' INT TERM HUP\n\
+             {} > \"$tmp_dir\"/out\n{receive}\n)",
+            self.command
+        )
+    }
+}

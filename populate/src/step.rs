@@ -1,0 +1,181 @@
+//! What one step of a populate run does ([`Work`]), and how a step's
+//! failure is told ([`StepError`]). The sources make their work
+//! ([`crate::source`]); the plan runs it ([`crate::sync`]).
+
+use std::io::Write;
+
+use anyhow::Result;
+use mktarget::command::{describe, Cmd};
+use mktarget::shell::quote;
+use mktarget::Session;
+
+use crate::report::StepError;
+use crate::script::{failed_command, PRELUDE};
+use crate::source::pipe::Pipe;
+use crate::source::store::Secrets;
+
+#[derive(Debug)]
+pub(crate) enum Work {
+    /// The sentinel check: a script whose exit status says what is wrong.
+    Sentinel { body: String },
+    /// A script on the target, cheap enough to batch (backup, symlink).
+    Batched { body: String },
+    /// The claim of the place, then rsync from here: both when the source
+    /// syncs (a claim ahead of time would leave the place empty when an
+    /// earlier source fails).
+    Rsync { claim: String, rsync: Cmd },
+    /// A script on the target that runs as a session of its own, as it may
+    /// take long (git); `late` ones wait for every other source
+    /// (derivations, which may build from them).
+    Alone { body: String, late: bool },
+    /// A pass or passage store: decrypted here, then synced.
+    Secrets(Box<Secrets>),
+    /// A pipe: its command's output, kept here, then moved into place there.
+    Pipe(Box<Pipe>),
+}
+
+impl Work {
+    /// The part of the step that runs in a batch, if any: a script body.
+    pub(crate) fn batched(&self) -> Option<&str> {
+        match self {
+            Work::Sentinel { body } | Work::Batched { body } => Some(body),
+            _ => None,
+        }
+    }
+
+    /// Whether the batch does all of the step.
+    pub(crate) fn all_batched(&self) -> bool {
+        self.batched().is_some()
+    }
+
+    pub(crate) fn late(&self) -> bool {
+        matches!(self, Work::Alone { late: true, .. })
+    }
+
+    /// Runs what the batch did not: the whole step, or an rsync source's
+    /// rsync after its claim.
+    pub(crate) fn run(&self, session: &Session, out: &mut dyn Write) -> Result<Ended> {
+        match self {
+            Work::Sentinel { .. } | Work::Batched { .. } => Ok(Ended::Done),
+            Work::Rsync { claim, rsync } => {
+                run_cmd(&session.shell(&format!("{PRELUDE}{claim}")), out)?;
+                run_cmd(rsync, out).map(|()| Ended::Done)
+            }
+            Work::Alone { body, .. } => {
+                run_cmd(&session.shell(&format!("{PRELUDE}{body}")), out).map(|()| Ended::Done)
+            }
+            Work::Secrets(secrets) => secrets.run(session, out),
+            Work::Pipe(pipe) => pipe.run(out).map(|()| Ended::Done),
+        }
+    }
+
+    pub(crate) fn script(&self, session: &Session) -> String {
+        let shell = |body: &str| session.shell(&format!("{PRELUDE}{body}")).to_string();
+        match self {
+            Work::Sentinel { body } | Work::Batched { body } | Work::Alone { body, .. } => {
+                shell(body)
+            }
+            Work::Rsync { claim, rsync } => format!("{}\n{rsync}", shell(claim)),
+            Work::Secrets(secrets) => secrets.script(session),
+            Work::Pipe(pipe) => pipe.script(),
+        }
+    }
+}
+
+/// How a step that ran ended.
+pub(crate) enum Ended {
+    Done,
+    Unchanged,
+}
+
+/// What a source makes at its place on the target: the first argument of
+/// the prelude's `claim`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Makes {
+    /// A directory: a file tree, a checkout, a secret store.
+    Dir,
+    /// A regular file: a single-file file source, a pipe's output.
+    File,
+    /// A symlink: a symlink source.
+    Link,
+    /// A derivation's out link: a symlink into the Nix store (nix-build
+    /// replaces only those).
+    OutLink,
+}
+
+/// The line that claims `p` (see [`PRELUDE`]'s `claim`).
+pub(crate) fn claim_line(session: &Session, p: &str, makes: Makes) -> String {
+    let kind = match makes {
+        Makes::Dir => "dir",
+        Makes::File => "file",
+        Makes::Link => "link",
+        Makes::OutLink => "outlink",
+    };
+    format!(
+        "claim {kind} {} {}\n",
+        quote(p),
+        quote(&session.display_path(p))
+    )
+}
+
+/// Runs one command of a step, its output going to `out` as it comes.
+pub(crate) fn run_cmd(cmd: &Cmd, out: &mut dyn Write) -> Result<()> {
+    let (status, tail) = cmd.run_unchecked_into(out)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(step_failure(cmd, status, &tail).into())
+    }
+}
+
+/// The error of a failed command of a step: the one command that failed
+/// (what a script's `run` named), or what ssh or rsync said, and the
+/// status; never the whole script, nor the output again (it was shown).
+pub(crate) fn step_failure(cmd: &Cmd, status: std::process::ExitStatus, tail: &[u8]) -> StepError {
+    failure(describe(status), tail, |status_text| match cmd.program() {
+        _ if cmd.connection_failed(status) => (
+            None,
+            format!("the ssh connection failed ({status_text}; ssh's message is above)"),
+        ),
+        "ssh" | "/bin/sh" => (None, format!("its script failed: {status_text}")),
+        "rsync" => (
+            None,
+            format!("rsync failed: {status_text} (its messages are above)"),
+        ),
+        _ => (
+            Some(cmd.brief()),
+            format!("`{}` failed: {status_text}", cmd.brief()),
+        ),
+    })
+}
+
+/// The error of a batched part that exited with `code`.
+pub(crate) fn part_failure(code: i32, output: &[u8]) -> StepError {
+    failure(format!("exit status {code}"), output, |status_text| {
+        (None, format!("its script failed: {status_text}"))
+    })
+}
+
+/// A failed step's error: the command a script's `run` named in `tail`,
+/// if it named one, else what `otherwise` says (the command, if known, and
+/// the message), given how it exited.
+fn failure(
+    status_text: String,
+    tail: &[u8],
+    otherwise: impl FnOnce(&str) -> (Option<String>, String),
+) -> StepError {
+    let tail = String::from_utf8_lossy(tail).into_owned();
+    let (command, message) = match failed_command(&tail) {
+        Some(failed) => (
+            Some(failed.to_owned()),
+            format!("`{failed}` failed: {status_text}"),
+        ),
+        None => otherwise(&status_text),
+    };
+    StepError {
+        command,
+        status: Some(status_text),
+        tail,
+        message,
+    }
+}
