@@ -20,10 +20,11 @@ pub(crate) enum Work {
     Sentinel { body: String },
     /// A script on the target, cheap enough to batch (backup, symlink).
     Batched { body: String },
-    /// The claim of the place, then rsync from here: both when the source
+    /// rsync from here, after the claim of its place: both when the source
     /// syncs (a claim ahead of time would leave the place empty when an
-    /// earlier source fails).
-    Rsync { claim: String, rsync: Cmd },
+    /// earlier source fails). The claim is a script of its own only where
+    /// rsync's `--rsync-path` cannot run it (a local target).
+    Rsync { claim: Option<String>, rsync: Cmd },
     /// A script on the target that runs as a session of its own, as it may
     /// take long (git); `late` ones wait for every other source
     /// (derivations, which may build from them).
@@ -58,7 +59,9 @@ impl Work {
         match self {
             Work::Sentinel { .. } | Work::Batched { .. } => Ok(Ended::Done),
             Work::Rsync { claim, rsync } => {
-                run_cmd(&session.shell(&format!("{PRELUDE}{claim}")), out)?;
+                if let Some(claim) = claim {
+                    run_cmd(&session.shell(&format!("{PRELUDE}{claim}")), out)?;
+                }
                 run_cmd(rsync, out).map(|()| Ended::Done)
             }
             Work::Alone { body, .. } => {
@@ -75,7 +78,11 @@ impl Work {
             Work::Sentinel { body } | Work::Batched { body } | Work::Alone { body, .. } => {
                 shell(body)
             }
-            Work::Rsync { claim, rsync } => format!("{}\n{rsync}", shell(claim)),
+            Work::Rsync {
+                claim: Some(claim),
+                rsync,
+            } => format!("{}\n{rsync}", shell(claim)),
+            Work::Rsync { claim: None, rsync } => rsync.to_string(),
             Work::Secrets(secrets) => secrets.script(session),
             Work::Pipe(pipe) => pipe.script(),
         }

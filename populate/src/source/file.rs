@@ -6,7 +6,10 @@ use anyhow::{bail, Result};
 use mktarget::{Cmd, Session};
 use serde_json::Value;
 
+use mktarget::shell::quote;
+
 use super::fields::{absolute, Fields};
+use crate::script::PRELUDE;
 use crate::step::{claim_line, Makes, Work};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,10 +91,32 @@ impl FileSource {
         } else {
             Makes::File
         };
-        Ok(Work::Rsync {
-            claim: claim_line(session, p, makes),
-            rsync: rsync(session, self, &rsync_source(local), p),
-        })
+        Ok(rsync_work(session, self, &rsync_source(local), p, makes))
+    }
+}
+
+/// The step that claims `p` for what `makes` says and rsyncs `source`
+/// there. On a remote target the claim runs in rsync's own session, before
+/// the remote rsync starts (its `--rsync-path`): one session a source, not
+/// two. A local rsync starts no shell, so there the claim runs first.
+pub(crate) fn rsync_work(
+    session: &Session,
+    file: &FileSource,
+    source: &str,
+    p: &str,
+    makes: Makes,
+) -> Work {
+    let claim = claim_line(session, p, makes);
+    if session.is_local() {
+        Work::Rsync {
+            claim: Some(claim),
+            rsync: rsync(session, file, source, p, None),
+        }
+    } else {
+        Work::Rsync {
+            claim: None,
+            rsync: rsync(session, file, source, p, Some(&claim)),
+        }
     }
 }
 
@@ -104,15 +129,33 @@ fn rsync_source(path: &Path) -> String {
     source
 }
 
-/// `rsync [--checksum] [--rsync-path="sudo rsync"] [--exclude|--include PAT]…
-/// -e SSH -vFrlptD [--delete-excluded] SRC DEST`
-pub(crate) fn rsync(session: &Session, file: &FileSource, source: &str, path: &str) -> Cmd {
+/// `rsync [--checksum] [--rsync-path=RSYNC] [--exclude|--include PAT]…
+/// -e SSH -vFrlptD [--delete-excluded] SRC DEST`, where RSYNC is `sudo
+/// rsync` with sudo, as in krops; with a `claim` (a [`claim_line`]),
+/// `[sudo] /bin/sh -c 'PRELUDE CLAIM exec "$0" "$@"' rsync`: the target's
+/// shell runs it with rsync's own arguments after it.
+pub(crate) fn rsync(
+    session: &Session,
+    file: &FileSource,
+    source: &str,
+    path: &str,
+    claim: Option<&str>,
+) -> Cmd {
     let mut cmd = Cmd::new("rsync");
     if file.use_checksum {
         cmd = cmd.arg("--checksum");
     }
-    if session.target().sudo {
-        cmd = cmd.arg("--rsync-path=sudo rsync");
+    let sudo = if session.target().sudo { "sudo " } else { "" };
+    match claim {
+        Some(claim) => {
+            let script = format!("{PRELUDE}{claim}exec \"$0\" \"$@\"\n");
+            cmd = cmd.arg(format!(
+                "--rsync-path={sudo}/bin/sh -c {} rsync",
+                quote(&script)
+            ));
+        }
+        None if session.target().sudo => cmd = cmd.arg("--rsync-path=sudo rsync"),
+        None => {}
     }
     for pattern in &file.exclude {
         cmd = cmd.args(["--exclude", pattern]);
@@ -186,7 +229,7 @@ mod tests {
             delete_excluded: true,
         };
         assert_eq!(
-            rsync(&session(&t), &file, "/src/", "/var/src/cfg").argv(),
+            rsync(&session(&t), &file, "/src/", "/var/src/cfg", None).argv(),
             [
                 "rsync",
                 "--checksum",
@@ -214,6 +257,7 @@ mod tests {
             },
             "/x",
             "/var/src/x",
+            None,
         )
         .argv();
         assert_eq!(
@@ -236,6 +280,7 @@ mod tests {
             &default_file_options(),
             "/src/",
             "/var/src/cfg",
+            None,
         )
         .argv();
         assert_eq!(
@@ -249,6 +294,44 @@ mod tests {
                 "/src/",
                 "root@[::1]:/var/src/cfg",
             ]
+        );
+    }
+
+    /// The `--rsync-path` as the target's shell runs it: rsync appends its
+    /// own arguments, so here `--version` stands in for `--server …`.
+    #[test]
+    fn a_claim_in_the_rsync_path_runs_before_rsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let place = dir.path().join("it's here");
+        std::os::unix::fs::symlink("/etc", &place).unwrap();
+        let p = place.to_str().unwrap();
+        let remote = session(&target("root@h/var/src"));
+        let claim = claim_line(&remote, p, Makes::Dir);
+        let argv = rsync(&remote, &default_file_options(), "/src/", p, Some(&claim)).argv();
+        let rsync_path = argv[1].strip_prefix("--rsync-path=").unwrap();
+        let output = std::process::Command::new("/bin/sh")
+            .args(["-c", &format!("{rsync_path} --version")])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert!(String::from_utf8_lossy(&output.stdout).starts_with("rsync  version"));
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("replacing the symlink at h:"), "{said}");
+        assert!(!place.exists() && place.symlink_metadata().is_err());
+        // With sudo, the whole of it runs as root.
+        let mut t = target("root@h/var/src");
+        t.sudo = true;
+        let argv = rsync(
+            &session(&t),
+            &default_file_options(),
+            "/src/",
+            p,
+            Some(&claim),
+        )
+        .argv();
+        assert!(
+            argv[1].starts_with("--rsync-path=sudo /bin/sh -c 'set -efu"),
+            "{argv:?}"
         );
     }
 }

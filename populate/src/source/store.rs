@@ -73,7 +73,8 @@ impl Secrets {
     }
 
     fn rsync(&self, session: &Session, source: &str) -> Cmd {
-        rsync(session, &default_file_options(), source, &self.path)
+        // The claim ran before the secrets were decrypted.
+        rsync(session, &default_file_options(), source, &self.path, None)
     }
 
     /// The claim of the store's place, then, for pass with a stamp, the
