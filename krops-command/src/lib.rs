@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
+use mktarget::tool::Example;
 use mktarget::Origin;
 use populate::fleet::{FleetArgs, Kind, Setting};
 use populate::{populate_then, Final, Plan, PopulateArgs};
@@ -27,7 +28,7 @@ pub const DEFAULT_SCRIPT: &str = "printf '%s\\n' \"$1\"";
 /// lines start with its name; options and a SCRIPT given here apply to every
 /// host and win over FILE. Exits 1 when any host failed.
 #[derive(Debug, Parser)]
-#[command(name = "krops-command", version)]
+#[command(name = "krops-command", version, after_help = mktarget::tool::examples_help(EXAMPLES))]
 #[command(mut_arg("target", |arg| arg
     .required(false)
     .required_unless_present("fleet")
@@ -44,6 +45,27 @@ pub struct Cli {
     /// The sh script to run on the target; $1 is the target path (default: print it)
     #[arg(default_value = DEFAULT_SCRIPT, hide_default_value = true)]
     pub script: String,
+}
+
+/// What `krops-command --help` and its man page show.
+pub const EXAMPLES: &[Example] = &[
+    Example {
+        what: "Check that server01's configuration builds, without activating it:",
+        line: r#"krops-command --target root@server01 'nixos-rebuild dry-build -I "$1"' < sources.json"#,
+    },
+    Example {
+        what: "Open a shell in the target path on server01:",
+        line: r#"krops-command --target root@server01 --allocate-tty --sources sources.json 'cd "$1" && exec sh -i'"#,
+    },
+    Example {
+        what: "Show the free space at the target path of every host of a fleet:",
+        line: r#"krops-command --fleet fleet.json 'df -h "$1"'"#,
+    },
+];
+
+/// The command line `krops-command` parses, for its man page and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// What a fleet host may set: writeCommand's attributes besides target and source.
@@ -76,7 +98,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             "krops-command",
             &cli.fleet,
             FLEET_SETTINGS,
-            &<Cli as clap::CommandFactory>::command(),
+            &command(),
             &populate::fleet::args(),
             cli.populate.dry_run,
         );

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
 use mktarget::shell::{quote, quote_words};
+use mktarget::tool::Example;
 use mktarget::{Origin, Target};
 use populate::fleet::{FleetArgs, Kind, Setting};
 use populate::{populate_then, Final, Plan, PopulateArgs};
@@ -25,7 +26,7 @@ use populate::{populate_then, Final, Plan, PopulateArgs};
 /// start with its name; options given here apply to every host and win over
 /// FILE. Exits 1 when any host failed.
 #[derive(Debug, Parser)]
-#[command(name = "krops-deploy", version)]
+#[command(name = "krops-deploy", version, after_help = mktarget::tool::examples_help(EXAMPLES))]
 #[command(mut_arg("target", |arg| arg
     .required(false)
     .required_unless_present("fleet")
@@ -51,6 +52,31 @@ pub struct Cli {
     /// Deprecated: deploys are always fast now; accepted and ignored
     #[arg(long)]
     pub fast: bool,
+}
+
+/// What `krops-deploy --help` and its man page show.
+pub const EXAMPLES: &[Example] = &[
+    Example {
+        what: "Deploy server01:",
+        line: "krops-deploy --target root@server01 < sources.json",
+    },
+    Example {
+        what: "Build on another machine, and activate at the next boot:",
+        line: "krops-deploy --target root@server01 --build-target root@builder --operation boot < sources.json",
+    },
+    Example {
+        what: "Print the plan of every web host of a fleet, and run nothing:",
+        line: "krops-deploy --fleet fleet.json --on 'web*' --dry-run",
+    },
+    Example {
+        what: "Deploy a whole fleet, two hosts at a time:",
+        line: "krops-deploy --fleet fleet.json --jobs 2",
+    },
+];
+
+/// The command line `krops-deploy` parses, for its man page and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// krops's `useNixOutputMonitor`.
@@ -219,7 +245,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             "krops-deploy",
             &cli.fleet,
             FLEET_SETTINGS,
-            &<Cli as clap::CommandFactory>::command(),
+            &command(),
             &populate::fleet::args(),
             cli.populate.dry_run,
         );

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
+use mktarget::tool::Example;
 use mktarget::{Cmd, Origin};
 use populate::{populate_then, Final, Plan, PopulateArgs};
 
@@ -14,13 +15,30 @@ use populate::{populate_then, Final, Plan, PopulateArgs};
 /// machine), then runs `NIX_PATH=PATH nix-build -A system '<nixpkgs/nixos>'`.
 /// stdout is the built system's store path; everything else goes to stderr.
 #[derive(Debug, Parser)]
-#[command(name = "krops-test", version)]
+#[command(name = "krops-test", version, after_help = mktarget::tool::examples_help(EXAMPLES))]
 pub struct Cli {
     #[command(flatten)]
     pub populate: PopulateArgs,
     /// Pass --show-trace to nix-build
     #[arg(long)]
     pub trace: bool,
+}
+
+/// What `krops-test --help` and its man page show.
+pub const EXAMPLES: &[Example] = &[
+    Example {
+        what: "Build server01's system here without activating it (the first run creates the directory):",
+        line: "krops-test --target /tmp/server01-src --force < sources.json",
+    },
+    Example {
+        what: "The same with nix's trace of an evaluation error, the sources from a file:",
+        line: "krops-test --target /tmp/server01-src --trace --sources sources.json",
+    },
+];
+
+/// The command line `krops-test` parses, for its man page and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// `NIX_PATH=PATH nix-build -A system --keep-going --no-out-link [--show-trace] '<nixpkgs/nixos>'`

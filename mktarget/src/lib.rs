@@ -32,7 +32,7 @@ pub use target::{Origin, Target};
 /// and no extra ssh options. The options override fields afterwards, like
 /// `lib.mkTarget "…" // { … }` in krops.
 #[derive(Debug, Parser)]
-#[command(name = "mktarget", version)]
+#[command(name = "mktarget", version, after_help = tool::examples_help(EXAMPLES))]
 pub struct Cli {
     /// The target: a string, a JSON object, or `-` for stdin (default: this machine)
     #[arg(default_value = "", allow_hyphen_values = true)]
@@ -55,6 +55,27 @@ pub struct Cli {
     /// Pass OPT to ssh; repeat for several words (replaces the target's list)
     #[arg(long = "extra-option", value_name = "OPT", allow_hyphen_values = true)]
     extra_options: Vec<String>,
+}
+
+/// What `mktarget --help` and its man page show.
+pub const EXAMPLES: &[tool::Example] = &[
+    tool::Example {
+        what: "Parse krops's string form:",
+        line: "mktarget root@server01:4444/etc/krops",
+    },
+    tool::Example {
+        what: "Fill in the fields a JSON object leaves out, then override one:",
+        line: r#"echo '{"host": "server01", "sudo": true}' | mktarget - --path /etc/krops"#,
+    },
+    tool::Example {
+        what: "Reach the host through a jump host (one ssh word per --extra-option):",
+        line: "mktarget deploy@server01 --extra-option -J --extra-option bastion.example.org",
+    },
+];
+
+/// The command line `mktarget` parses, for its man page and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 impl Cli {

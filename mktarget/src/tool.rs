@@ -40,6 +40,30 @@ pub fn parse<P: clap::Parser>(tool: &str) -> P {
     }
 }
 
+/// One example of a tool's use, shown at the end of its `--help` and in the
+/// EXAMPLES section of its man page: what it does, and a command line that
+/// works as written, given the files it names (`sources.json`,
+/// `fleet.json`; tests/docs.rs runs every one).
+#[derive(Clone, Copy, Debug)]
+pub struct Example {
+    pub what: &'static str,
+    pub line: &'static str,
+}
+
+/// A tool's `after_help`: its examples under a heading styled like clap's
+/// own (the style is dropped when stdout is not a terminal).
+pub fn examples_help(examples: &[Example]) -> clap::builder::StyledStr {
+    let heading = *clap::builder::Styles::default().get_header();
+    let mut text = format!("{heading}Examples:{heading:#}\n");
+    for (i, example) in examples.iter().enumerate() {
+        if i > 0 {
+            text.push('\n');
+        }
+        text.push_str(&format!("  {}\n    $ {}\n", example.what, example.line));
+    }
+    text.into()
+}
+
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause

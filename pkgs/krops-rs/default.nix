@@ -1,12 +1,12 @@
 # The krops-rs tools (mktarget, populate, krops-deploy, krops-test,
-# krops-command), built from this workspace. Each finds openssh, rsync, git
-# and gnupg on its PATH; a program the user's PATH provides comes first, so
-# users can still substitute their own (pass, passage and nix come from the
-# user's PATH alone).
+# krops-command), built from this workspace, with their man pages and bash,
+# zsh and fish completions. Each finds openssh, rsync, git and gnupg on its
+# PATH; a program the user's PATH provides comes first, so users can still
+# substitute their own (pass, passage and nix come from the user's PATH
+# alone).
 { lib
 , rustPlatform
 , makeWrapper
-, installShellFiles
 , git
 , gnupg
 , openssh
@@ -17,10 +17,6 @@ let
   root = ../..;
   workspace = lib.importTOML (root + "/Cargo.toml");
   tools = [ "mktarget" "populate" "krops-deploy" "krops-test" "krops-command" ];
-  # Man pages (man/TOOL.1) and shell completions (completions/TOOL.bash,
-  # .fish, .zsh), once the workspace has them.
-  hasMan = builtins.pathExists (root + "/man");
-  hasCompletions = builtins.pathExists (root + "/completions");
 in
 rustPlatform.buildRustPackage {
   pname = "krops-rs";
@@ -34,7 +30,7 @@ rustPlatform.buildRustPackage {
   };
   cargoLock.lockFile = root + "/Cargo.lock";
 
-  nativeBuildInputs = [ makeWrapper installShellFiles ];
+  nativeBuildInputs = [ makeWrapper ];
   nativeCheckInputs = [ git ];
 
   cargoBuildFlags = map (tool: "--bin=${tool}") tools;
@@ -42,15 +38,17 @@ rustPlatform.buildRustPackage {
   # writable Nix store.
   cargoTestFlags = [ "--workspace" "--exclude" "krops-tests" ];
 
+  # The man pages and completions come from the tools' own command lines:
+  # the workspace's xtask writes share/man/man1/TOOL.1,
+  # share/bash-completion/completions/TOOL, share/zsh/site-functions/_TOOL
+  # and share/fish/vendor_completions.d/TOOL.fish below $out. `cargo run`
+  # builds it for the build machine, so this works when cross-compiling.
   postInstall = ''
     for tool in ${lib.escapeShellArgs tools}; do
       wrapProgram "$out/bin/$tool" \
         --suffix PATH : ${lib.escapeShellArg (lib.makeBinPath [ openssh rsync git gnupg ])}
     done
-  '' + lib.optionalString hasMan ''
-    installManPage man/*
-  '' + lib.optionalString hasCompletions ''
-    installShellCompletion completions/*
+    cargo run --frozen --package xtask -- dist "$out"
   '';
 
   meta = {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use mktarget::tool::Example;
 use mktarget::{Cmd, Multiplex, Origin, Session, Target};
 
 pub use report::{Printer, Report, StepError, StepOutcome, StepStatus};
@@ -172,10 +173,31 @@ pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) ->
 /// PATH up, then syncs every source to PATH/NAME in byte order of the names.
 /// The whole input is validated before anything runs. Logs go to stderr.
 #[derive(Debug, Parser)]
-#[command(name = "populate", version)]
+#[command(name = "populate", version, after_help = mktarget::tool::examples_help(EXAMPLES))]
 pub struct Cli {
     #[command(flatten)]
     pub args: PopulateArgs,
+}
+
+/// What `populate --help` and its man page show.
+pub const EXAMPLES: &[Example] = &[
+    Example {
+        what: "Print what would run, as a sh script, and run nothing:",
+        line: "populate --target root@server01 --dry-run < sources.json",
+    },
+    Example {
+        what: "First sync to a new target: create /etc/krops and its sentinel file:",
+        line: "populate --target root@server01:22/etc/krops --force --sources sources.json",
+    },
+    Example {
+        what: "Sync as a user with sudo there, one source at a time:",
+        line: "populate --target \"$(mktarget deploy@server01 --sudo)\" --source-jobs 1 < sources.json",
+    },
+];
+
+/// The command line `populate` parses, for its man page and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {

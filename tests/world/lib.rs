@@ -313,7 +313,8 @@ impl World {
     }
 
     /// The path of the built workspace binary `name` (`mktarget`, `populate`,
-    /// `krops-deploy`, `krops-test`, `krops-command`): in `$KROPS_BIN_DIR` if set,
+    /// `krops-deploy`, `krops-test`, `krops-command`, or `xtask`, which
+    /// writes the man pages and completions): in `$KROPS_BIN_DIR` if set,
     /// else in the cargo target dir this test executable was built into.
     #[track_caller]
     pub fn tool(&self, name: &str) -> PathBuf {
@@ -344,6 +345,14 @@ impl World {
             let crates: &[&str] = match name {
                 "mktarget" => &["mktarget"],
                 "populate" => &["mktarget", "populate"],
+                "xtask" => &[
+                    "mktarget",
+                    "populate",
+                    "krops-deploy",
+                    "krops-test",
+                    "krops-command",
+                    "xtask",
+                ],
                 driver => &["mktarget", "populate", driver],
             };
             let newest = crates
