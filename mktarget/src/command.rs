@@ -297,6 +297,25 @@ impl Cmd {
         Ok(output.status)
     }
 
+    /// Runs the command with its stderr going to ours as it comes and its
+    /// stdout captured, for a step whose log should show live but whose
+    /// stdout is data (a store path); returns how it exited and its stdout.
+    pub fn status_and_stdout(&self) -> Result<(ExitStatus, String)> {
+        let handle = self
+            .expression()
+            .stdout_capture()
+            .unchecked()
+            .start()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        let _registered = interrupt::register(handle.pids(), self.own_group());
+        let output = handle
+            .into_output()
+            .with_context(|| format!("waiting for `{}`", self.brief()))?;
+        let stdout = String::from_utf8(output.stdout)
+            .with_context(|| format!("`{}` printed something that is not UTF-8", self.brief()))?;
+        Ok((output.status, stdout))
+    }
+
     /// Runs the command with its stdout and stderr written to `stdout` and
     /// `stderr` (the write ends of pipes someone else reads, e.g. a fleet
     /// prefixing each host's lines) and returns how it exited. Our copies of
@@ -485,6 +504,15 @@ mod tests {
         assert_eq!(status.code(), Some(4));
         assert_eq!(std::fs::read_to_string(out).unwrap(), "to-out\n");
         assert_eq!(std::fs::read_to_string(err).unwrap(), "to-err\n");
+    }
+
+    #[test]
+    fn status_and_stdout_keeps_only_stdout() {
+        let (status, stdout) = Cmd::new("/bin/sh")
+            .args(["-c", "echo data; echo log >&2; exit 3"])
+            .status_and_stdout()
+            .unwrap();
+        assert_eq!((status.code(), stdout.as_str()), (Some(3), "data\n"));
     }
 
     #[test]
