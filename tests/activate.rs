@@ -139,6 +139,12 @@ fn a_switch_that_locks_out_new_logins_is_rolled_back() {
         .assert_stderr_contains(
             "root@alpha rolled back to the previous system (nixos-rebuild switch --rollback)",
         );
+    // ssh's refusal is shown once, however often it was retried.
+    assert_eq!(
+        out.stderr_str().matches("Permission denied").count(),
+        1,
+        "{out}"
+    );
     assert!(world.logins_work(), "the rollback let logins in again");
     assert_eq!(world.current_system("alpha"), Some(old.clone()));
     assert_eq!(world.profile_system("alpha"), Some(old.clone()));

@@ -15,7 +15,7 @@
 //! activation). A confirmation that arrives as the deadline passes therefore
 //! either counts or is refused, never both.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -348,11 +348,33 @@ enum Try {
     NoAnswer,
 }
 
-/// Runs `script` on the target over a new connection, its output going to
-/// our stderr, stopping it at `deadline`.
-fn try_fresh(session: &Session, script: &str, deadline: Instant) -> Try {
+/// Shows on stderr what tries over new connections printed, except a
+/// failed connection's message that the last failed try printed too: a
+/// target that refuses logins is retried every second.
+#[derive(Debug, Default)]
+struct Echo {
+    last_failure: Vec<u8>,
+}
+
+impl Echo {
+    fn show(&mut self, output: &std::process::Output, connected: bool) {
+        let mut stderr = std::io::stderr().lock();
+        if connected {
+            self.last_failure.clear();
+            let _ = stderr.write_all(&output.stdout);
+            let _ = stderr.write_all(&output.stderr);
+        } else if output.stderr != self.last_failure {
+            let _ = stderr.write_all(&output.stderr);
+            self.last_failure = output.stderr.clone();
+        }
+    }
+}
+
+/// Runs `script` on the target over a new connection, stopping it at
+/// `deadline`; what it printed goes to `echo`.
+fn try_fresh(session: &Session, script: &str, deadline: Instant, echo: &mut Echo) -> Try {
     let cmd = session.fresh_command(script, &[]);
-    let mut started = match cmd.start() {
+    let mut started = match cmd.start_captured() {
         Ok(started) => started,
         Err(err) => {
             eprintln!("krops-deploy: {err:#}");
@@ -360,8 +382,12 @@ fn try_fresh(session: &Session, script: &str, deadline: Instant) -> Try {
         }
     };
     loop {
-        match started.try_wait() {
-            Ok(Some(status)) => return classify(&cmd, status),
+        match started.try_output() {
+            Ok(Some(output)) => {
+                let result = classify(&cmd, output.status);
+                echo.show(&output, result != Try::NoAnswer);
+                return result;
+            }
             Ok(None) if Instant::now() < deadline && !mktarget::interrupt::interrupted() => {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -401,13 +427,16 @@ impl Watchdog {
         let on = session.machine();
         let timeout = Duration::from_secs(self.timeout.into());
         let deadline = Instant::now() + timeout;
+        let mut echo = Echo::default();
         let reason = if !activated {
             eprintln!(
                 "krops-deploy: the activation failed: withholding the confirmation, so the \
                  watchdog on {on} rolls back if the running system changed"
             );
             while Instant::now() < deadline && !mktarget::interrupt::interrupted() {
-                if try_fresh(session, &self.withhold_script(), deadline) == Try::Exited(0) {
+                if try_fresh(session, &self.withhold_script(), deadline, &mut echo)
+                    == Try::Exited(0)
+                {
                     break;
                 }
                 std::thread::sleep(RETRY);
@@ -422,7 +451,7 @@ impl Watchdog {
             let script = self.confirm_script(check);
             let mut reason = format!("no new ssh connection to {on} within {} s", self.timeout);
             while Instant::now() < deadline && !mktarget::interrupt::interrupted() {
-                match try_fresh(session, &script, deadline) {
+                match try_fresh(session, &script, deadline, &mut echo) {
                     Try::Exited(CONFIRMED) => {
                         eprintln!(
                             "krops-deploy: confirmed over a new ssh connection to {on}: the new \
@@ -461,21 +490,37 @@ impl Watchdog {
             "krops-deploy: not confirmed ({reason}): waiting to learn from {on} whether it \
              rolled back"
         );
-        let outcome = self.wait_for_outcome(session, deadline + REPORT_GRACE);
+        let outcome = self.wait_for_outcome(session, deadline + REPORT_GRACE, &mut echo);
         Report::NotConfirmed { reason, outcome }
     }
 
     /// Asks for the watchdog's result over new connections until `until`.
-    fn wait_for_outcome(&self, session: &Session, until: Instant) -> Option<Outcome> {
+    fn wait_for_outcome(
+        &self,
+        session: &Session,
+        until: Instant,
+        echo: &mut Echo,
+    ) -> Option<Outcome> {
         let script = self.result_script();
         while Instant::now() < until && !mktarget::interrupt::interrupted() {
             let cmd = session.fresh_command(&script, &[]);
-            if let Ok((status, stdout)) = cmd.status_and_stdout() {
-                if status.success() {
-                    if let Some(outcome) = Outcome::parse(&stdout) {
+            if let Ok(output) = cmd.output() {
+                let connected = !cmd.connection_failed(output.status);
+                if !output.status.success() || !connected {
+                    echo.show(
+                        &std::process::Output {
+                            stdout: Vec::new(),
+                            ..output.clone()
+                        },
+                        connected,
+                    );
+                }
+                if output.status.success() {
+                    if let Some(outcome) = Outcome::parse(&String::from_utf8_lossy(&output.stdout))
+                    {
                         return Some(outcome);
                     }
-                } else if status.code() == Some(GONE) {
+                } else if output.status.code() == Some(GONE) {
                     return None;
                 }
             }
