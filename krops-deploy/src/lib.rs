@@ -1,16 +1,26 @@
 //! krops-deploy: populate the build target and the target, then run
-//! `nixos-rebuild` on the build target (SPEC §4, krops's `writeDeploy`).
+//! `nixos-rebuild` on the build target (SPEC §4, krops's `writeDeploy`);
+//! optionally preview what it changes first, and confirm the switch over a
+//! new connection or have the target roll it back (issue 12).
 
-use std::process::ExitCode;
+pub mod preview;
+pub mod watchdog;
+
+use std::io::{BufRead, Write};
+use std::process::{ExitCode, ExitStatus};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use mktarget::command::exit_code;
 use mktarget::shell::{quote, quote_words};
 use mktarget::tool::Example;
-use mktarget::{Origin, Target};
+use mktarget::{Cmd, Origin, Session, Target};
 use populate::fleet::{FleetArgs, Kind, Setting};
 use populate::{populate_then, Final, Plan, PopulateArgs};
+
+use preview::{Built, Preview};
+use watchdog::{Operation, Outcome, Paths, Report, Watchdog};
 
 /// Populate a NixOS target, then run nixos-rebuild on it.
 ///
@@ -22,9 +32,14 @@ use populate::{populate_then, Final, Plan, PopulateArgs};
 /// With --fleet FILE, deploys every host FILE names instead, several at once
 /// (see --jobs and --on): FILE is a JSON object of host name → writeDeploy's
 /// attributes (target, source, and optionally buildTarget, operation,
-/// crossDeploy, useNixOutputMonitor, force, backup). Each host's output lines
-/// start with its name; options given here apply to every host and win over
-/// FILE. Exits 1 when any host failed.
+/// crossDeploy, useNixOutputMonitor, force, backup, confirmTimeout). Each
+/// host's output lines start with its name; options given here apply to
+/// every host and win over FILE. Exits 1 when any host failed.
+///
+/// --preview builds the new system without activating it and prints what
+/// would change; --ask then asks before activating it. --confirm-timeout
+/// has the target roll a switch back unless a new ssh connection confirms
+/// it in time.
 #[derive(Debug, Parser)]
 #[command(name = "krops-deploy", version, after_help = mktarget::tool::examples_help(EXAMPLES))]
 #[command(mut_arg("target", |arg| arg
@@ -52,6 +67,18 @@ pub struct Cli {
     /// Deprecated: deploys are always fast now; accepted and ignored
     #[arg(long)]
     pub fast: bool,
+    /// Build the new system (nixos-rebuild build) without activating it and print on stdout what would change against the running system
+    #[arg(long, conflicts_with = "ask")]
+    pub preview: bool,
+    /// Preview, then ask `Activate? [y/N]` on the terminal and activate the system just built only on y (needs a terminal)
+    #[arg(long, conflicts_with = "fleet")]
+    pub ask: bool,
+    /// For switch and test: the target rolls back unless a new ssh connection confirms the deploy within SECONDS after activation
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub confirm_timeout: Option<u32>,
+    /// With --confirm-timeout: run SCRIPT with /bin/sh on the target over the new connection first; if it fails, the deploy is not confirmed
+    #[arg(long, value_name = "SCRIPT", allow_hyphen_values = true)]
+    pub check: Option<String>,
 }
 
 /// What `krops-deploy --help` and its man page show.
@@ -135,7 +162,15 @@ pub const FLEET_SETTINGS: &[Setting] = &[
         option: "--backup",
         kind: Kind::Flag,
     },
+    Setting {
+        key: "confirmTimeout",
+        option: "--confirm-timeout",
+        kind: Kind::Count,
+    },
 ];
+
+/// The operations `--ask` can activate a built system with.
+const ACTIVATING: &[&str] = &["switch", "boot", "test", "dry-activate"];
 
 impl Nom {
     fn name(self) -> &'static str {
@@ -265,6 +300,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
              test, build or dry-activate"
         );
     }
+    check_activation_options(&cli)?;
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     let build = match &cli.build_target {
@@ -297,21 +333,487 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         None => None,
     };
-    let script = rebuild_script(&build.path, sshopts.as_deref(), &args, cli.nom);
-    let on = build_session.machine();
-    let role = if build == target {
-        "the target"
-    } else {
-        "the build target"
+    let deploy = Deploy {
+        operation: cli.operation.clone(),
+        cross_deploy: cli.cross_deploy,
+        nom: cli.nom,
+        target_session,
+        build_session,
+        sshopts,
+        paths: Paths::nixos(),
     };
-    let rebuild = Final {
-        command: build_session.command(&script, &[], false),
-        what: format!("nixos-rebuild {} on {on} ({role})", cli.operation),
-        remote: (!build_session.is_local()).then(|| on.clone()),
-        session: build_session,
+    let watchdog = match cli.confirm_timeout {
+        Some(timeout) if !cli.preview => Some(Watchdog::new(
+            timeout,
+            Operation::from_name(&cli.operation)
+                .context("--confirm-timeout checked the operation")?,
+        )?),
+        _ => None,
     };
-    populate_then("krops-deploy", &plans, &rebuild, cli.populate.dry_run)
+    let dry_run = cli.populate.dry_run;
+    if cli.preview || cli.ask {
+        return deploy.preview_then(
+            &plans,
+            cli.ask,
+            watchdog.as_ref(),
+            cli.check.as_deref(),
+            dry_run,
+        );
+    }
+    if watchdog.is_some() && build != target {
+        // nixos-rebuild would activate over its own ssh, where no watchdog
+        // can tell when activation ends: build there, activate here.
+        return deploy.build_then_activate(
+            &plans,
+            watchdog.as_ref(),
+            cli.check.as_deref(),
+            dry_run,
+        );
+    }
+    let rebuild = Final::new(
+        &deploy.build_session,
+        deploy.rebuild_command(&args, watchdog.as_ref()),
+        deploy.on_build("nixos-rebuild", &cli.operation),
+    );
+    let Some(watchdog) = watchdog else {
+        return populate_then("krops-deploy", &plans, &rebuild, dry_run);
+    };
+    if dry_run {
+        let confirm = deploy.confirm_command(&watchdog, cli.check.as_deref());
+        let confirm_what = confirm_what(&watchdog);
+        print!(
+            "{}",
+            populate::dry_run_script(
+                &plans,
+                &[(&rebuild.what, &rebuild.command), (&confirm_what, &confirm)]
+            )
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    populate::populate_all(&plans)?;
+    let status = rebuild.run("krops-deploy")?;
+    Ok(deploy.conclude(&watchdog, cli.check.as_deref(), status))
 }
+
+/// Checks what the activation options need, before anything runs.
+fn check_activation_options(cli: &Cli) -> Result<()> {
+    let operation = cli.operation.as_str();
+    if cli.ask && !ACTIVATING.contains(&operation) {
+        bail!(
+            "--ask activates the built system: --operation must be one of {}, not {operation}",
+            ACTIVATING.join(", ")
+        );
+    }
+    if cli.preview {
+        return Ok(());
+    }
+    if cli.confirm_timeout.is_some() && Operation::from_name(operation).is_none() {
+        bail!(
+            "--confirm-timeout works with --operation switch or test (it rolls back an \
+             activation), not {operation}"
+        );
+    }
+    if cli.check.is_some() && cli.confirm_timeout.is_none() {
+        bail!("--check needs --confirm-timeout: the check decides whether a deploy is confirmed");
+    }
+    if cli.ask && !cli.populate.dry_run {
+        terminal().context(
+            "--ask needs a terminal to ask on, and this process has none; use --preview to \
+             look without activating",
+        )?;
+    }
+    Ok(())
+}
+
+/// The controlling terminal, to ask on.
+fn terminal() -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+}
+
+/// Asks `Activate? [y/N]` on the terminal; true only for y or yes.
+fn ask_activate() -> Result<bool> {
+    let mut tty = terminal().context("cannot open the terminal to ask")?;
+    tty.write_all(b"Activate? [y/N] ")?;
+    tty.flush()?;
+    let mut answer = String::new();
+    std::io::BufReader::new(tty)
+        .read_line(&mut answer)
+        .context("cannot read the answer from the terminal")?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+fn confirm_what(watchdog: &Watchdog) -> String {
+    format!(
+        "confirm over a new ssh connection, retried for {} s (unless one is made, the \
+         watchdog rolls back)",
+        watchdog.timeout
+    )
+}
+
+/// One deploy's commands, once its input is checked.
+struct Deploy {
+    operation: String,
+    cross_deploy: bool,
+    nom: Nom,
+    target_session: Arc<Session>,
+    build_session: Arc<Session>,
+    /// NIX_SSHOPTS for the build target to reach the target, if any.
+    sshopts: Option<String>,
+    paths: Paths,
+}
+
+impl Deploy {
+    fn target(&self) -> &Target {
+        self.target_session.target()
+    }
+
+    fn build(&self) -> &Target {
+        self.build_session.target()
+    }
+
+    fn separate_build(&self) -> bool {
+        self.build() != self.target()
+    }
+
+    /// `PROGRAM OPERATION on MACHINE (the [build] target)`, for messages.
+    fn on_build(&self, program: &str, operation: &str) -> String {
+        let role = if self.separate_build() {
+            "the build target"
+        } else {
+            "the target"
+        };
+        format!(
+            "{program} {operation} on {} ({role})",
+            self.build_session.machine()
+        )
+    }
+
+    /// The rebuild on the build target, as krops runs it; on the target
+    /// with the watchdog started first when there is one.
+    fn rebuild_command(&self, args: &[String], watchdog: Option<&Watchdog>) -> Cmd {
+        let script = rebuild_script(&self.build().path, self.sshopts.as_deref(), args, self.nom);
+        let script = match watchdog {
+            Some(watchdog) => watchdog.guard(&script),
+            None => script,
+        };
+        self.build_session.command(&script, &[], false)
+    }
+
+    /// `nixos-rebuild build` in a private directory on the build target.
+    fn build_command(&self) -> Cmd {
+        let mut args = vec!["build".to_owned()];
+        if self.cross_deploy {
+            args.push("--no-build-nix".to_owned());
+        }
+        let rebuild = rebuild_script(&self.build().path, None, &args, self.nom);
+        self.build_session
+            .command(&preview::build_script(&rebuild), &[], false)
+    }
+
+    fn activate_command(&self, system: &str, watchdog: Option<&Watchdog>) -> Cmd {
+        let script = preview::activate_script(&self.paths, &self.operation, system);
+        let script = match watchdog {
+            Some(watchdog) => watchdog.guard(&script),
+            None => script,
+        };
+        self.target_session.command(&script, &[], false)
+    }
+
+    fn confirm_command(&self, watchdog: &Watchdog, check: Option<&str>) -> Cmd {
+        self.target_session
+            .fresh_command(&watchdog.confirm_script(check), &[])
+    }
+
+    /// Builds the new system, copies it to the target (when the build
+    /// target is another machine) and returns it; `Err(code)` when a step
+    /// failed (it said so).
+    fn build_and_copy(&self) -> Result<std::result::Result<Built, ExitCode>> {
+        let build = Final::new(
+            &self.build_session,
+            self.build_command(),
+            self.on_build("nixos-rebuild", "build"),
+        );
+        let (status, stdout) = build.run_capturing_stdout("krops-deploy")?;
+        if !status.success() {
+            return Ok(Err(ExitCode::from(exit_code(status))));
+        }
+        let built = preview::parse_built(&stdout)?;
+        if self.separate_build() {
+            let copy = self.copy_final(&built.system);
+            let status = copy.run("krops-deploy")?;
+            if !status.success() {
+                self.cleanup(&built);
+                return Ok(Err(ExitCode::from(exit_code(status))));
+            }
+        }
+        Ok(Ok(built))
+    }
+
+    fn copy_final(&self, system: &str) -> Final {
+        let script = preview::copy_script(
+            self.sshopts.as_deref(),
+            &self.target().destination(),
+            system,
+        );
+        Final::new(
+            &self.build_session,
+            self.build_session.command(&script, &[], false),
+            format!(
+                "copying the system from {} to {}",
+                self.build_session.machine(),
+                self.target_session.machine()
+            ),
+        )
+    }
+
+    /// Removes the build's directory; a failure only warns.
+    fn cleanup(&self, built: &Built) {
+        let cmd = self
+            .build_session
+            .command(&preview::cleanup_script(built), &[], false);
+        if let Err(err) = cmd.run() {
+            eprintln!(
+                "krops-deploy: warning: cannot remove {}: {err:#}",
+                built.dir
+            );
+        }
+    }
+
+    /// Compares the built system with the target's running system.
+    fn preview(&self, built: &Built) -> Result<Preview> {
+        let cmd = self.target_session.command(
+            &preview::diff_script(&self.paths, &built.system),
+            &[],
+            false,
+        );
+        let compare = Final::new(
+            &self.target_session,
+            cmd,
+            format!(
+                "comparing the new system with the running one on {}",
+                self.target_session.machine()
+            ),
+        );
+        let (status, stdout) = compare.run_capturing_stdout("krops-deploy")?;
+        if !status.success() {
+            bail!("cannot compare the new system with the running one");
+        }
+        preview::parse_diff(&built.system, &stdout)
+    }
+
+    /// `--preview` and `--ask`: populate, build, show what changes; with
+    /// `ask`, activate what was built if the answer is yes.
+    fn preview_then(
+        &self,
+        plans: &[Plan],
+        ask: bool,
+        watchdog: Option<&Watchdog>,
+        check: Option<&str>,
+        dry_run: bool,
+    ) -> Result<ExitCode> {
+        if dry_run {
+            let mut steps = self.dry_run_build_steps();
+            let compare = self.target_session.command(
+                &preview::diff_script(&self.paths, NEW_PLACEHOLDER),
+                &[],
+                false,
+            );
+            steps.push((
+                format!(
+                    "compare it with the running system on {}",
+                    self.target_session.machine()
+                ),
+                compare,
+            ));
+            if ask {
+                steps.extend(self.dry_run_activation_steps(watchdog, check));
+            }
+            return self.print_dry_run(plans, &steps);
+        }
+        populate::populate_all(plans)?;
+        let built = match self.build_and_copy()? {
+            Ok(built) => built,
+            Err(code) => return Ok(code),
+        };
+        let result = self.preview(&built);
+        let preview = match result {
+            Ok(preview) => preview,
+            Err(err) => {
+                self.cleanup(&built);
+                return Err(err);
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(preview::render(&preview, &self.target_session.machine()).as_bytes())?;
+        out.flush()?;
+        drop(out);
+        if !ask {
+            self.cleanup(&built);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let yes = ask_activate();
+        let yes = match yes {
+            Ok(yes) => yes,
+            Err(err) => {
+                self.cleanup(&built);
+                return Err(err);
+            }
+        };
+        if !yes {
+            self.cleanup(&built);
+            bail!(
+                "not activated: the answer was not y (the built system stays in the Nix store \
+                 until it is collected)"
+            );
+        }
+        let code = self.activate(&built.system, watchdog, check);
+        self.cleanup(&built);
+        code
+    }
+
+    /// A build target with `--confirm-timeout`: build there, activate on the
+    /// target with its watchdog.
+    fn build_then_activate(
+        &self,
+        plans: &[Plan],
+        watchdog: Option<&Watchdog>,
+        check: Option<&str>,
+        dry_run: bool,
+    ) -> Result<ExitCode> {
+        if dry_run {
+            let mut steps = self.dry_run_build_steps();
+            steps.extend(self.dry_run_activation_steps(watchdog, check));
+            return self.print_dry_run(plans, &steps);
+        }
+        populate::populate_all(plans)?;
+        let built = match self.build_and_copy()? {
+            Ok(built) => built,
+            Err(code) => return Ok(code),
+        };
+        let code = self.activate(&built.system, watchdog, check);
+        self.cleanup(&built);
+        code
+    }
+
+    /// Activates `system` on the target (guarded by `watchdog`, then
+    /// confirmed or rolled back, when there is one).
+    fn activate(
+        &self,
+        system: &str,
+        watchdog: Option<&Watchdog>,
+        check: Option<&str>,
+    ) -> Result<ExitCode> {
+        let activate = Final::new(
+            &self.target_session,
+            self.activate_command(system, watchdog),
+            format!(
+                "activating the new system ({}) on {}",
+                self.operation,
+                self.target_session.machine()
+            ),
+        );
+        let status = activate.run("krops-deploy")?;
+        Ok(match watchdog {
+            Some(watchdog) => self.conclude(watchdog, check, status),
+            None => ExitCode::from(exit_code(status)),
+        })
+    }
+
+    /// After a guarded activation that ended with `status`: confirm or
+    /// learn what the watchdog did, and say so. Never success after a
+    /// rollback.
+    fn conclude(&self, watchdog: &Watchdog, check: Option<&str>, status: ExitStatus) -> ExitCode {
+        let on = self.target_session.machine();
+        let report = watchdog.conclude(&self.target_session, check, status.success());
+        let failed = || {
+            if status.success() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::from(exit_code(status))
+            }
+        };
+        let Report::NotConfirmed { reason, outcome } = report else {
+            return ExitCode::from(exit_code(status));
+        };
+        let what = match outcome {
+            Some(Outcome::RolledBack(how)) => {
+                format!("{on} rolled back to the previous system ({how})")
+            }
+            Some(Outcome::Unchanged(why)) => {
+                format!("nothing was rolled back on {on}: {why}")
+            }
+            Some(Outcome::Failed(how)) => format!(
+                "rolling back on {on} FAILED ({how}); its log is {}/log there",
+                watchdog.dir()
+            ),
+            Some(Outcome::Confirmed) => {
+                // The confirmation was made, though its answer was lost.
+                eprintln!("krops-deploy: the watchdog on {on} recorded the confirmation");
+                return ExitCode::from(exit_code(status));
+            }
+            None => format!(
+                "{on} could not be reached to learn whether it rolled back (the watchdog's \
+                 record is {} there)",
+                watchdog.dir()
+            ),
+        };
+        eprintln!("krops-deploy: error: not confirmed ({reason}): {what}");
+        failed()
+    }
+
+    fn dry_run_build_steps(&self) -> Vec<(String, Cmd)> {
+        let mut steps = vec![(
+            format!(
+                "{} in a private directory; it prints the directory and the new system, \
+                 {NEW_PLACEHOLDER} below",
+                self.on_build("nixos-rebuild", "build")
+            ),
+            self.build_command(),
+        )];
+        if self.separate_build() {
+            let copy = self.copy_final(NEW_PLACEHOLDER);
+            steps.push((copy.what, copy.command));
+        }
+        steps
+    }
+
+    fn dry_run_activation_steps(
+        &self,
+        watchdog: Option<&Watchdog>,
+        check: Option<&str>,
+    ) -> Vec<(String, Cmd)> {
+        let mut steps = vec![(
+            format!(
+                "activate it ({}) on {}",
+                self.operation,
+                self.target_session.machine()
+            ),
+            self.activate_command(NEW_PLACEHOLDER, watchdog),
+        )];
+        if let Some(watchdog) = watchdog {
+            steps.push((
+                confirm_what(watchdog),
+                self.confirm_command(watchdog, check),
+            ));
+        }
+        steps
+    }
+
+    fn print_dry_run(&self, plans: &[Plan], steps: &[(String, Cmd)]) -> Result<ExitCode> {
+        let steps: Vec<(&str, &Cmd)> = steps.iter().map(|(w, c)| (w.as_str(), c)).collect();
+        print!("{}", populate::dry_run_script(plans, &steps));
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// How `--dry-run` writes the store path of the system a build would make.
+const NEW_PLACEHOLDER: &str = "/nix/store/NEW-SYSTEM";
 
 pub fn main() -> ExitCode {
     mktarget::tool::main("krops-deploy", || {

@@ -282,6 +282,26 @@ impl Cmd {
         })
     }
 
+    /// Starts the command in the background with its stdout and stderr
+    /// captured, for a caller that polls it against a deadline
+    /// ([`Started::try_output`]) and decides what of its output to show.
+    pub fn start_captured(&self) -> Result<Started> {
+        let handle = self
+            .expression()
+            .stdout_capture()
+            .stderr_capture()
+            .unchecked()
+            .start()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        let registered = interrupt::register(handle.pids(), self.own_group());
+        Ok(Started {
+            pids: handle.pids(),
+            own_group: self.own_group(),
+            handle,
+            _registered: registered,
+        })
+    }
+
     /// Runs the command with our stdout and stderr and returns how it exited:
     /// for a driver's final command, whose status is the tool's status.
     pub fn status(&self) -> Result<ExitStatus> {
@@ -295,6 +315,25 @@ impl Cmd {
             .into_output()
             .with_context(|| format!("waiting for `{}`", self.brief()))?;
         Ok(output.status)
+    }
+
+    /// Runs the command with its stderr going to ours as it comes and its
+    /// stdout captured, for a step whose log should show live but whose
+    /// stdout is data (a store path); returns how it exited and its stdout.
+    pub fn status_and_stdout(&self) -> Result<(ExitStatus, String)> {
+        let handle = self
+            .expression()
+            .stdout_capture()
+            .unchecked()
+            .start()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        let _registered = interrupt::register(handle.pids(), self.own_group());
+        let output = handle
+            .into_output()
+            .with_context(|| format!("waiting for `{}`", self.brief()))?;
+        let stdout = String::from_utf8(output.stdout)
+            .with_context(|| format!("`{}` printed something that is not UTF-8", self.brief()))?;
+        Ok((output.status, stdout))
     }
 
     /// Runs the command with its stdout and stderr written to `stdout` and
@@ -488,6 +527,34 @@ mod tests {
     }
 
     #[test]
+    fn status_and_stdout_keeps_only_stdout() {
+        let (status, stdout) = Cmd::new("/bin/sh")
+            .args(["-c", "echo data; echo log >&2; exit 3"])
+            .status_and_stdout()
+            .unwrap();
+        assert_eq!((status.code(), stdout.as_str()), (Some(3), "data\n"));
+    }
+
+    #[test]
+    fn a_captured_start_is_polled_for_its_output() {
+        let mut started = Cmd::new("/bin/sh")
+            .args(["-c", "echo out; echo err >&2; exit 2"])
+            .start_captured()
+            .unwrap();
+        let output = loop {
+            if let Some(output) = started.try_output().unwrap() {
+                break output;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(output.status.code(), Some(2));
+        assert_eq!(
+            (&output.stdout[..], &output.stderr[..]),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
+    }
+
+    #[test]
     fn stdin_is_null_unless_inherited() {
         assert_eq!(Cmd::new("cat").read().unwrap(), "");
     }
@@ -525,6 +592,12 @@ impl Started {
     /// How it exited, if it has.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         Ok(self.handle.try_wait()?.map(|output| output.status))
+    }
+
+    /// How it exited and what it printed, if it has exited (for a command
+    /// started with [`Cmd::start_captured`]; else the output is empty).
+    pub fn try_output(&mut self) -> Result<Option<std::process::Output>> {
+        Ok(self.handle.try_wait()?.cloned())
     }
 
     /// Sends SIGTERM, waits up to `grace` for it to exit, then kills it.

@@ -248,6 +248,33 @@ impl Session {
         argv
     }
 
+    /// `ssh [-l USER] [-p PORT] -T EXTRA_OPTIONS... -S none` without the
+    /// host: a connection of its own, which goes through no master, neither
+    /// ours nor one the user's options or config set up. `-S none` comes
+    /// last because ssh takes the last `-S` over any ControlPath, so it also
+    /// wins over a `-S` or ControlPath among the user's options, which
+    /// otherwise all apply. What a new login sees, not what an open
+    /// connection still allows.
+    pub fn fresh_ssh_argv(&self) -> Vec<String> {
+        let mut argv = self.target.ssh_argv(false);
+        argv.extend(["-S".to_owned(), "none".to_owned()]);
+        argv
+    }
+
+    /// A driver's command as [`Session::command`] builds it (without a
+    /// terminal), run over a new ssh connection ([`Session::fresh_ssh_argv`]);
+    /// on a local target, the same local command.
+    pub fn fresh_command(&self, script: &str, args: &[String]) -> Cmd {
+        let argv = self.command_argv(script, args);
+        if self.is_local() {
+            Cmd::from_argv(argv)
+        } else {
+            Cmd::from_argv(self.fresh_ssh_argv())
+                .arg(self.target.ssh_host())
+                .arg(quote_words(&argv))
+        }
+    }
+
     /// The ssh command for rsync's `-e`, quoted the way rsync splits it.
     pub fn rsync_shell(&self) -> String {
         rsync_quote_words(self.ssh_argv(false))
@@ -294,17 +321,23 @@ impl Session {
     /// A driver's final command: `[sudo] /bin/sh -c q(SCRIPT) ARGS...`,
     /// through ssh when the target is remote.
     pub fn command(&self, script: &str, args: &[String], tty: bool) -> Cmd {
+        let argv = self.command_argv(script, args);
+        if self.is_local() {
+            Cmd::from_argv(argv)
+        } else {
+            self.ssh(quote_words(&argv), tty)
+        }
+    }
+
+    /// `[sudo] /bin/sh -c SCRIPT ARGS...`, what a driver's command runs.
+    fn command_argv(&self, script: &str, args: &[String]) -> Vec<String> {
         let mut argv: Vec<String> = Vec::new();
         if self.target.sudo {
             argv.push("sudo".to_owned());
         }
         argv.extend(["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()]);
         argv.extend(args.iter().cloned());
-        if self.is_local() {
-            Cmd::from_argv(argv)
-        } else {
-            self.ssh(quote_words(&argv), tty)
-        }
+        argv
     }
 
     fn ssh(&self, remote_command: String, tty: bool) -> Cmd {
@@ -567,6 +600,66 @@ mod tests {
             target.extra_options = options.iter().map(|s| s.to_string()).collect();
             assert_eq!(users_own_control(&target), persists, "{options:?}");
         }
+    }
+
+    #[test]
+    fn fresh_commands_go_through_no_master() {
+        let mut t = parse("u@h:2");
+        t.sudo = true;
+        t.extra_options = vec!["-v".into()];
+        // Shared: the usual command goes through our socket, the fresh one
+        // through none, with the user's options.
+        let shared = Session::open(&t, &origin(), Multiplex::Share).unwrap();
+        assert!(shared.is_shared());
+        let socket = format!("ControlPath={}", shared.control_socket().unwrap().display());
+        assert!(shared.command("id", &[], false).argv().contains(&socket));
+        let fresh = shared.fresh_command("echo $1", &["x y".to_owned()]);
+        assert_eq!(
+            fresh.argv(),
+            [
+                "ssh",
+                "-l",
+                "u",
+                "-p",
+                "2",
+                "-T",
+                "-v",
+                "-S",
+                "none",
+                "h",
+                "sudo /bin/sh -c 'echo $1' 'x y'"
+            ]
+        );
+        // Local: the same command as ever.
+        let local = off(&parse("/srv"));
+        assert_eq!(
+            local.fresh_command("id", &[]).argv(),
+            local.command("id", &[], false).argv()
+        );
+    }
+
+    #[test]
+    fn a_fresh_ssh_ignores_a_control_path_from_anywhere() {
+        // ssh -G prints what a connection would use: no control path left.
+        let mut t = parse("root@h");
+        t.extra_options = vec![
+            "-o".into(),
+            "ControlPath=/tmp/a".into(),
+            "-S".into(),
+            "/tmp/b".into(),
+        ];
+        let mut argv = off(&t).fresh_ssh_argv();
+        argv.extend(["-G".to_owned(), "h".to_owned()]);
+        let out = Cmd::from_argv(argv).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let config = String::from_utf8(out.stdout).unwrap();
+        // (ssh -G prints no controlpath line for none.)
+        assert!(!config.contains("controlpath"), "{config}");
+        // Without `-S none` it would have used the user's.
+        let mut argv = t.ssh_argv(false);
+        argv.extend(["-G".to_owned(), "h".to_owned()]);
+        let config = Cmd::from_argv(argv).read().unwrap();
+        assert!(config.contains("controlpath /tmp/"), "{config}");
     }
 
     #[test]

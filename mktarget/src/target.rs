@@ -158,7 +158,7 @@ fn is_ipv6_literal(host: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     };
-    address.parse::<Ipv6Addr>().is_ok() && zone.map_or(true, valid_zone)
+    address.parse::<Ipv6Addr>().is_ok() && zone.is_none_or(valid_zone)
 }
 
 impl Target {

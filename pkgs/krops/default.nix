@@ -20,6 +20,7 @@ in
   writeDeploy = name: {
     backup ? false,
     buildTarget ? null,
+    confirmTimeout ? null,
     crossDeploy ? false,
     fast ? null,
     force ? false,
@@ -34,6 +35,12 @@ in
         if lib.isBool useNixOutputMonitor then lib.toJSON useNixOutputMonitor
         else if lib.elem useNixOutputMonitor nomModes then useNixOutputMonitor
         else throw "${what}: useNixOutputMonitor: ${lib.toJSON useNixOutputMonitor} is not one of ${lib.concatStringsSep ", " nomModes}, true, false";
+      # Seconds within which a new ssh connection must confirm a switch or
+      # test, else the target rolls it back; null: no confirmation (krops).
+      confirmTimeout' =
+        if confirmTimeout == null then null
+        else if lib.isInt confirmTimeout && confirmTimeout >= 1 then toString confirmTimeout
+        else throw "${what}: confirmTimeout: expected a whole number of seconds (at least 1), got ${lib.toJSON confirmTimeout}";
       deprecated =
         if fast != null
         then lib.trace "${what}: it's now always fast, setting the `fast` attribute is deprecated and will be removed in future"
@@ -47,6 +54,7 @@ in
       ++ option "--nom" nom
       ++ flag "--force" (checkBool what "force" force)
       ++ flag "--backup" (checkBool what "backup" backup)
+      ++ option "--confirm-timeout" confirmTimeout'
     ));
 
   writeTest = name: {

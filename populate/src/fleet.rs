@@ -77,6 +77,8 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     /// A string, the driver's SCRIPT argument.
     Script,
+    /// A whole number of at least 1, the option's value (seconds), or null (none).
+    Count,
 }
 
 /// One host of the fleet, checked.
@@ -214,6 +216,11 @@ fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result<Vec<String
             Some(target) => valued(&serde_json::to_string(&target)?),
             None => vec![],
         },
+        (Kind::Count, Value::Null) => vec![],
+        (Kind::Count, Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {
+            valued(&n.to_string())
+        }
+        (Kind::Count, _) => bail!("expected a whole number of at least 1, got {value}"),
         (Kind::Choice(_), Value::Bool(b)) => valued(&b.to_string()),
         (Kind::Choice(choices), Value::String(s)) if choices.contains(&s.as_str()) => valued(s),
         (Kind::Choice(choices), _) => bail!(
@@ -651,6 +658,11 @@ mod tests {
             option: "",
             kind: Kind::Script,
         },
+        Setting {
+            key: "confirmTimeout",
+            option: "--confirm-timeout",
+            kind: Kind::Count,
+        },
     ];
 
     fn parse_err(fleet: Value) -> String {
@@ -725,6 +737,18 @@ mod tests {
                 with("buildTarget", json!("-oops")),
                 "fleet.web1.buildTarget: ",
             ),
+            (
+                with("confirmTimeout", json!(0)),
+                "fleet.web1.confirmTimeout: expected a whole number of at least 1, got 0",
+            ),
+            (
+                with("confirmTimeout", json!(2.5)),
+                "fleet.web1.confirmTimeout: expected a whole number",
+            ),
+            (
+                with("confirmTimeout", json!("30")),
+                "fleet.web1.confirmTimeout: expected a whole number",
+            ),
         ] {
             let err = parse_err(fleet.clone());
             assert!(err.contains(expected), "{fleet}: {err}");
@@ -748,7 +772,7 @@ mod tests {
             "target": {"host": "web1", "user": "root"},
             "source": {"s": {"symlink": "x"}},
             "operation": "boot", "force": true, "buildTarget": "b",
-            "useNixOutputMonitor": false, "command": "echo hi",
+            "useNixOutputMonitor": false, "command": "echo hi", "confirmTimeout": 30,
         }));
         let words: Vec<Vec<String>> = web1.settings.iter().map(|(_, w)| w.clone()).collect();
         assert_eq!(words[0], ["--operation=boot"]);
@@ -757,6 +781,12 @@ mod tests {
         assert!(words[2][0].contains("\"host\":\"b\""));
         assert_eq!(words[3], ["--nom=false"]);
         assert_eq!(words[4], ["echo hi"]);
+        assert_eq!(words[5], ["--confirm-timeout=30"]);
+        assert!(
+            host(json!({"target": "t", "source": {}, "confirmTimeout": null})).settings[0]
+                .1
+                .is_empty()
+        );
         assert!(
             host(json!({"target": "t", "source": {}, "force": false})).settings[0]
                 .1

@@ -13,7 +13,7 @@ pub mod sync;
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{ExitCode, ExitStatus};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -129,42 +129,93 @@ pub struct Final {
 /// of it as one sh script instead.
 pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) -> Result<ExitCode> {
     if dry_run {
-        let mut script = String::from("#!/bin/sh\n");
-        for plan in plans {
-            script.push_str(&plan.script());
-            script.push('\n');
-        }
-        script.push_str(&format!("# then {}\n{}\n", last.what, last.command));
-        print!("{script}");
+        print!("{}", dry_run_script(plans, &[(&last.what, &last.command)]));
         return Ok(ExitCode::SUCCESS);
     }
+    populate_all(plans)?;
+    let status = last.run(tool)?;
+    Ok(ExitCode::from(mktarget::command::exit_code(status)))
+}
+
+/// The `--dry-run` script of a driver: each plan, then each later step as
+/// `# then WHAT` and its command.
+pub fn dry_run_script(plans: &[Plan], steps: &[(&str, &Cmd)]) -> String {
+    let mut script = String::from("#!/bin/sh\n");
+    for plan in plans {
+        script.push_str(&plan.script());
+        script.push('\n');
+    }
+    for (what, command) in steps {
+        script.push_str(&format!("# then {what}\n{command}\n"));
+    }
+    script
+}
+
+/// Runs each populate plan, in order; an error when one fails or a signal
+/// came.
+pub fn populate_all(plans: &[Plan]) -> Result<()> {
     for plan in plans {
         plan.run()?;
     }
     if mktarget::interrupt::interrupted() {
         bail!("interrupted");
     }
-    last.session.connect();
-    mktarget::interrupt::doing(&last.what);
-    if let Some(on) = &last.remote {
-        mktarget::interrupt::remote(on);
+    Ok(())
+}
+
+impl Final {
+    /// `command` through `session`, which messages call `what`.
+    pub fn new(session: &Arc<Session>, command: Cmd, what: String) -> Final {
+        Final {
+            command,
+            what,
+            remote: (!session.is_local()).then(|| session.machine()),
+            session: Arc::clone(session),
+        }
     }
-    let status = last.command.status()?;
-    if !status.success() {
+
+    /// Runs the command with our stdout and stderr and returns how it
+    /// exited; when it failed, says so as `TOOL: error: …`.
+    pub fn run(&self, tool: &str) -> Result<ExitStatus> {
+        self.start_running();
+        let status = self.command.status()?;
+        self.report(tool, status);
+        Ok(status)
+    }
+
+    /// Like [`Final::run`], with its stdout captured (data: a store path).
+    pub fn run_capturing_stdout(&self, tool: &str) -> Result<(ExitStatus, String)> {
+        self.start_running();
+        let (status, stdout) = self.command.status_and_stdout()?;
+        self.report(tool, status);
+        Ok((status, stdout))
+    }
+
+    fn start_running(&self) {
+        self.session.connect();
+        mktarget::interrupt::doing(&self.what);
+        if let Some(on) = &self.remote {
+            mktarget::interrupt::remote(on);
+        }
+    }
+
+    fn report(&self, tool: &str, status: ExitStatus) {
+        if status.success() {
+            return;
+        }
         mktarget::interrupt::wait_if_interrupted();
         let how = mktarget::command::describe(status);
-        if last.command.connection_failed(status) {
+        if self.command.connection_failed(status) {
             // ssh says 255 for both; a message above tells which.
             eprintln!(
                 "{tool}: error: {}: the ssh connection failed, or the command was killed by a \
                  signal on the target ({how}; ssh's message, if any, is above)",
-                last.what
+                self.what
             );
         } else {
-            eprintln!("{tool}: error: {} failed: {how}", last.what);
+            eprintln!("{tool}: error: {} failed: {how}", self.what);
         }
     }
-    Ok(ExitCode::from(mktarget::command::exit_code(status)))
 }
 
 /// Sync krops sources (sources.json on stdin) to a target.

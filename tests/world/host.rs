@@ -198,6 +198,13 @@ impl World {
     /// port, as a target naming the literal (`root@[::1]:PORT/…`) reaches it.
     #[track_caller]
     pub fn add_host_at(&self, alias: &str, address: IpAddr) -> Host {
+        self.add_host_with(alias, address, false)
+    }
+
+    /// [`World::add_host_at`]; with `nixos`, sshd runs in a mount namespace
+    /// of its own (see [`World::add_nixos_host`]).
+    #[track_caller]
+    pub(crate) fn add_host_with(&self, alias: &str, address: IpAddr, nixos: bool) -> Host {
         assert!(valid_alias(alias), "bad host alias {alias:?}");
         let dir = self.mkdir(&format!("hosts/{alias}"));
         let host_key = dir.join("ssh_host_ed25519_key");
@@ -218,7 +225,7 @@ impl World {
 
         let mut failures = Vec::new();
         for _ in 0..BIND_ATTEMPTS {
-            match self.start_sshd(alias, address, &dir, &host_key, &public_key) {
+            match self.start_sshd(alias, address, &dir, &host_key, &public_key, nixos) {
                 Start::Ready(sshd) => {
                     let host = sshd.host.clone();
                     self.lock_hosts().insert(alias.to_owned(), sshd);
@@ -240,6 +247,7 @@ impl World {
         dir: &Path,
         host_key: &Path,
         public_key: &str,
+        nixos: bool,
     ) -> Start {
         let port = free_port(address);
         let host = Host {
@@ -261,7 +269,12 @@ impl World {
         let log_file = fs::File::create(&log)
             .unwrap_or_else(|err| panic!("cannot create {}: {err}", log.display()));
         // sshd re-executes itself and therefore needs its absolute path.
-        let child = Command::new("/usr/sbin/sshd")
+        let mut sshd = if nixos {
+            crate::nixos::namespaced(dir, "/usr/sbin/sshd")
+        } else {
+            Command::new("/usr/sbin/sshd")
+        };
+        let child = sshd
             .arg("-D")
             .arg("-e")
             .arg("-f")

@@ -23,6 +23,7 @@
 mod git;
 mod host;
 pub mod nix;
+mod nixos;
 mod run;
 mod secrets;
 mod standins;

@@ -46,6 +46,30 @@ echo "nixos-rebuild stand-in: $*"
 echo "nixos-rebuild stand-in: this line goes to stderr" >&2
 code=0
 if [ -f "$log/nixos-rebuild.exit" ]; then code=$(cat "$log/nixos-rebuild.exit"); fi
+# Playing NixOS (tests/world/nixos.rs), when given a system: build links it
+# as ./result; switch, boot, test and dry-activate activate it with its own
+# switch-to-configuration; switch --rollback activates the profile's
+# previous generation. The system profile only on a world NixOS host.
+if [ "$code" = 0 ] && [ -f "$log/nixos-rebuild.system" ]; then
+  system=$(cat "$log/nixos-rebuild.system")
+  profile=
+  if [ -f /run/krops-test-nixos ]; then profile=/nix/var/nix/profiles/system; fi
+  case " $* " in
+    *" --rollback "*)
+      if [ "$1" = switch ] && [ -n "$profile" ]; then
+        nix-env --profile "$profile" --rollback >&2 || code=1
+        "$profile/bin/switch-to-configuration" switch || code=$?
+      fi ;;
+    *)
+      case $1 in
+        build) ln -sfn "$system" result ;;
+        switch|boot)
+          if [ -n "$profile" ]; then nix-env --profile "$profile" --set "$system" >&2 || code=1; fi
+          "$system/bin/switch-to-configuration" "$1" || code=$? ;;
+        test|dry-activate) "$system/bin/switch-to-configuration" "$1" || code=$? ;;
+      esac ;;
+  esac
+fi
 standin_exit "$code"
 "#;
 

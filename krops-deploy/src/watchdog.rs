@@ -1,0 +1,765 @@
+//! The confirmed switch of `--confirm-timeout` (issue 12): shell text that
+//! runs on the target, and the deployer's side of it.
+//!
+//! Before activating, the target starts a watchdog ([`Watchdog::start_script`])
+//! that outlives the ssh session. After activation, the deployer confirms
+//! over a new ssh connection ([`Watchdog::confirm_script`]), which proves
+//! that new logins still work; without a confirmation within the timeout
+//! after activation, the watchdog rolls back and records what it did, which
+//! the deployer then reads ([`Watchdog::result_script`]).
+//!
+//! The watchdog and the deployer agree through one symlink, `DIR/verdict`,
+//! which whoever comes first creates (`ln -s` fails when it exists):
+//! `confirmed` by the deployer, `rollback` by the watchdog at its deadline or
+//! by the deployer when it withholds the confirmation (a failed check or
+//! activation). A confirmation that arrives as the deadline passes therefore
+//! either counts or is refused, never both.
+
+use std::io::{Read, Write};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use mktarget::shell::quote;
+use mktarget::Session;
+
+/// Where the watchdog keeps its state and finds the system: NixOS's paths
+/// ([`Paths::nixos`]); other values only for running the scripts in a test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    /// The root-only directory of the watchdogs' state.
+    pub state: String,
+    /// The running system.
+    pub current_system: String,
+    /// The system profile, whose generations `switch` adds.
+    pub profile: String,
+    /// Exists when systemd runs the machine.
+    pub systemd: String,
+}
+
+impl Paths {
+    pub fn nixos() -> Paths {
+        Paths {
+            state: "/run/krops".to_owned(),
+            current_system: "/run/current-system".to_owned(),
+            profile: "/nix/var/nix/profiles/system".to_owned(),
+            systemd: "/run/systemd/system".to_owned(),
+        }
+    }
+}
+
+/// The operations a watchdog can undo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Undone with `nixos-rebuild switch --rollback`.
+    Switch,
+    /// Undone by activating the system that ran before, again.
+    Test,
+}
+
+impl Operation {
+    /// The operation named `name`, if a watchdog can undo it.
+    pub fn from_name(name: &str) -> Option<Operation> {
+        match name {
+            "switch" => Some(Operation::Switch),
+            "test" => Some(Operation::Test),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Switch => "switch",
+            Operation::Test => "test",
+        }
+    }
+}
+
+/// One deploy's watchdog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watchdog {
+    /// A fresh name per deploy (hex digits).
+    pub id: String,
+    /// Seconds after activation within which the confirmation must come.
+    pub timeout: u32,
+    pub operation: Operation,
+    pub paths: Paths,
+}
+
+/// What the watchdog ended with, as it records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Confirmed,
+    /// Rolled back, how.
+    RolledBack(String),
+    /// Nothing to roll back: the running system had not changed.
+    Unchanged(String),
+    /// Rolling back failed, what and how.
+    Failed(String),
+}
+
+impl Outcome {
+    /// Reads a result line (`rolled-back nixos-rebuild switch --rollback`).
+    pub fn parse(line: &str) -> Option<Outcome> {
+        let line = line.trim_end();
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let rest = rest.to_owned();
+        Some(match word {
+            "confirmed" => Outcome::Confirmed,
+            "rolled-back" => Outcome::RolledBack(rest),
+            "unchanged" => Outcome::Unchanged(rest),
+            "failed" => Outcome::Failed(rest),
+            _ => return None,
+        })
+    }
+}
+
+/// The watchdog itself, run detached with its parameters as `$1`…`$8`.
+/// It waits for the end of activation (DIR/activated, or the activating
+/// shell gone), then up to TIMEOUT seconds for a verdict; at the deadline
+/// it gives its own (`rollback`). On `rollback` it undoes the deploy, unless
+/// the running system is still the one recorded before activation.
+const WATCHDOG: &str = r#"dir=$1 timeout=$2 operation=$3 watch=$4 current=$5 profile=$6 id=$7 state=$8
+log() { printf '%s %s\n' "$(date '+%Y-%m-%dT%H:%M:%S')" "$*" >>"$dir/log"; }
+finish() {
+  printf '%s\n' "$*" >"$dir/result.new" && mv -f "$dir/result.new" "$dir/result"
+  printf '%s %s %s\n' "$(date '+%Y-%m-%dT%H:%M:%S')" "$id" "$*" >>"$state/log"
+  if command -v logger >/dev/null 2>&1; then logger -t krops-watchdog -- "$id $*" || :; fi
+}
+log "krops watchdog $id: $operation, rolled back unless confirmed within $timeout s after activation"
+ended=
+while [ ! -L "$dir/verdict" ]; do
+  now=$(date +%s)
+  if [ -z "$ended" ]; then
+    if [ -e "$dir/activated" ] || ! kill -0 "$watch" 2>/dev/null; then
+      ended=$now
+      log "activation over: waiting $timeout s for the confirmation"
+    fi
+  fi
+  if [ -n "$ended" ] && [ $((now - ended)) -ge "$timeout" ]; then
+    ln -s rollback "$dir/verdict" 2>/dev/null || :
+  else
+    sleep 1
+  fi
+done
+verdict=$(readlink "$dir/verdict")
+if [ "$verdict" = confirmed ]; then
+  finish confirmed
+  rm -rf "$dir"
+  exit 0
+fi
+previous=$(cat "$dir/previous-system")
+generation=$(cat "$dir/previous-generation")
+if [ -e "$current" ]; then running=$(readlink -f "$current"); else running=; fi
+if [ -n "$previous" ] && [ "$running" = "$previous" ]; then
+  finish "unchanged the running system is still $previous"
+  exit 0
+fi
+rollback() {
+  if [ "$operation" = switch ] && { [ -z "$generation" ] || [ "$(readlink "$profile")" != "$generation" ]; }; then
+    how='nixos-rebuild switch --rollback'
+    log "no confirmation: rolling back with $how"
+    nixos-rebuild switch --rollback
+  elif [ -n "$previous" ]; then
+    how="$previous/bin/switch-to-configuration test"
+    log "no confirmation: activating the previous system again with $how"
+    "$previous/bin/switch-to-configuration" test
+  else
+    how="no previous system ($current did not exist)"
+    return 1
+  fi
+}
+rollback </dev/null >>"$dir/log" 2>&1
+status=$?
+if [ "$status" = 0 ]; then
+  finish "rolled-back $how"
+else
+  finish "failed $how: exit status $status"
+fi
+"#;
+
+/// How the confirmation script ends: the exit statuses it uses.
+pub const CONFIRMED: i32 = 0;
+/// The check failed; the confirmation was withheld (verdict `rollback`).
+pub const CHECK_FAILED: i32 = 10;
+/// The watchdog had already given its verdict: too late.
+pub const TOO_LATE: i32 = 11;
+/// The watchdog's directory is gone.
+pub const GONE: i32 = 12;
+/// No result yet.
+const PENDING: i32 = 3;
+
+impl Watchdog {
+    /// A watchdog with a fresh name, for `operation`.
+    pub fn new(timeout: u32, operation: Operation) -> Result<Watchdog> {
+        Ok(Watchdog {
+            id: fresh_id()?,
+            timeout,
+            operation,
+            paths: Paths::nixos(),
+        })
+    }
+
+    /// Its directory on the target: STATE/ID, root's only.
+    pub fn dir(&self) -> String {
+        format!("{}/{}", self.paths.state, self.id)
+    }
+
+    /// Shell text, run on the target as root right before activation in the
+    /// script that activates, that starts the watchdog detached (with
+    /// `systemd-run` where systemd runs, else with `setsid` and `nohup`),
+    /// watching that script's shell. It runs in a subshell, failing when
+    /// the watchdog cannot start; the script must then not activate.
+    pub fn start_script(&self) -> String {
+        let p = &self.paths;
+        let (current, profile) = (quote(&p.current_system), quote(&p.profile));
+        format!(
+            "(\n\
+             set -eu\n\
+             umask 077\n\
+             state={state} dir={dir}\n\
+             mkdir -p \"$state\"\n\
+             chmod 700 \"$state\"\n\
+             mkdir \"$dir\"\n\
+             if [ -e {current} ]; then readlink -f {current}; fi >\"$dir/previous-system\"\n\
+             if [ -L {profile} ]; then readlink {profile}; fi >\"$dir/previous-generation\"\n\
+             set -- \"$dir\" {timeout} {operation} \"$$\" {current} {profile} {id} \"$state\"\n\
+             watchdog={watchdog}\n\
+             if [ -d {systemd} ] && command -v systemd-run >/dev/null 2>&1; then\n\
+             \x20 systemd-run --quiet --collect --unit={unit} --setenv=PATH=\"$PATH\" \
+             /bin/sh -c \"$watchdog\" krops-watchdog \"$@\"\n\
+             else\n\
+             \x20 if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi\n\
+             \x20 $detach nohup /bin/sh -c \"$watchdog\" krops-watchdog \"$@\" </dev/null >>\"$dir/log\" 2>&1 &\n\
+             fi\n\
+             )",
+            state = quote(&p.state),
+            dir = quote(&self.dir()),
+            timeout = self.timeout,
+            operation = self.operation.name(),
+            id = quote(&self.id),
+            watchdog = quote(WATCHDOG),
+            systemd = quote(&p.systemd),
+            unit = quote(&format!("krops-watchdog-{}", self.id)),
+        )
+    }
+
+    /// `activate` wrapped for a confirmed activation on the target: the
+    /// watchdog starts first (nothing is activated when it cannot), then
+    /// `activate` runs in a subshell; the watchdog is told that it ended
+    /// (DIR/activated), and the script exits with its status.
+    pub fn guard(&self, activate: &str) -> String {
+        format!(
+            "{start}\n\
+             if [ $? != 0 ]; then\n\
+             \x20 echo 'krops-deploy: cannot start the confirmation watchdog in '{state}' (it needs root): nothing was activated' >&2\n\
+             \x20 exit 1\n\
+             fi\n\
+             (\n{activate}\n)\n\
+             status=$?\n\
+             : >{activated}\n\
+             exit \"$status\"\n",
+            start = self.start_script(),
+            state = quote(&self.paths.state),
+            activated = quote(&format!("{}/activated", self.dir())),
+        )
+    }
+
+    /// Run by the deployer over a new connection: runs `check` (if any; its
+    /// output goes to stderr) and confirms when it succeeds, else withholds
+    /// the confirmation. Exits [`CONFIRMED`], [`CHECK_FAILED`], [`TOO_LATE`]
+    /// or [`GONE`].
+    pub fn confirm_script(&self, check: Option<&str>) -> String {
+        let check = match check {
+            Some(check) => format!(
+                "if ! /bin/sh -c {} krops-check </dev/null >&2; then\n\
+                 \x20 ln -s rollback \"$dir/verdict\" 2>/dev/null\n\
+                 \x20 exit {CHECK_FAILED}\n\
+                 fi\n",
+                quote(check)
+            ),
+            None => String::new(),
+        };
+        format!(
+            "dir={dir}\n\
+             [ -d \"$dir\" ] || exit {GONE}\n\
+             if [ ! -L \"$dir/verdict\" ]; then\n\
+             {check}\
+             ln -s confirmed \"$dir/verdict\" 2>/dev/null\n\
+             fi\n\
+             [ \"$(readlink \"$dir/verdict\")\" = confirmed ] && exit {CONFIRMED}\n\
+             exit {TOO_LATE}\n",
+            dir = quote(&self.dir()),
+        )
+    }
+
+    /// Run by the deployer when it withholds the confirmation: the watchdog
+    /// rolls back now rather than at its deadline. Exits 0 when the verdict
+    /// is `rollback`.
+    pub fn withhold_script(&self) -> String {
+        format!(
+            "dir={dir}\n\
+             [ -d \"$dir\" ] || exit {GONE}\n\
+             ln -s rollback \"$dir/verdict\" 2>/dev/null\n\
+             [ \"$(readlink \"$dir/verdict\")\" = rollback ]\n",
+            dir = quote(&self.dir()),
+        )
+    }
+
+    /// Prints the watchdog's result line, from its directory or, once that
+    /// is gone, from the state's log; exits 3 while there is none yet and
+    /// [`GONE`] when there is no trace of it.
+    pub fn result_script(&self) -> String {
+        format!(
+            "dir={dir}\n\
+             if [ -f \"$dir/result\" ]; then cat \"$dir/result\"; exit 0; fi\n\
+             if [ -d \"$dir\" ]; then exit {PENDING}; fi\n\
+             line=$(sed -n 's/^[^ ]* '{id}' //p' {log} 2>/dev/null | tail -n 1)\n\
+             if [ -n \"$line\" ]; then printf '%s\\n' \"$line\"; exit 0; fi\n\
+             exit {GONE}\n",
+            dir = quote(&self.dir()),
+            id = quote(&self.id),
+            log = quote(&format!("{}/log", self.paths.state)),
+        )
+    }
+}
+
+/// 128 random bits in hex, from the kernel.
+fn fresh_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for the watchdog's name")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// How often the deployer tries a new connection while it may.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How long after the timeout the deployer keeps trying to learn what the
+/// watchdog did (a rollback is a whole activation).
+pub const REPORT_GRACE: Duration = Duration::from_secs(300);
+
+/// How a try over a new connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Try {
+    Exited(i32),
+    /// Connection failed (ssh's 255), killed, or not done by the deadline.
+    NoAnswer,
+}
+
+/// Shows on stderr what tries over new connections printed, except a
+/// failed connection's message that the last failed try printed too: a
+/// target that refuses logins is retried every second.
+#[derive(Debug, Default)]
+struct Echo {
+    last_failure: Vec<u8>,
+}
+
+impl Echo {
+    fn show(&mut self, output: &std::process::Output, connected: bool) {
+        let mut stderr = std::io::stderr().lock();
+        if connected {
+            self.last_failure.clear();
+            let _ = stderr.write_all(&output.stdout);
+            let _ = stderr.write_all(&output.stderr);
+        } else if output.stderr != self.last_failure {
+            let _ = stderr.write_all(&output.stderr);
+            self.last_failure = output.stderr.clone();
+        }
+    }
+}
+
+/// Runs `script` on the target over a new connection, stopping it at
+/// `deadline`; what it printed goes to `echo`.
+fn try_fresh(session: &Session, script: &str, deadline: Instant, echo: &mut Echo) -> Try {
+    let cmd = session.fresh_command(script, &[]);
+    let mut started = match cmd.start_captured() {
+        Ok(started) => started,
+        Err(err) => {
+            eprintln!("krops-deploy: {err:#}");
+            return Try::NoAnswer;
+        }
+    };
+    loop {
+        match started.try_output() {
+            Ok(Some(output)) => {
+                let result = classify(&cmd, output.status);
+                echo.show(&output, result != Try::NoAnswer);
+                return result;
+            }
+            Ok(None) if Instant::now() < deadline && !mktarget::interrupt::interrupted() => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => {
+                started.terminate(Duration::from_secs(2));
+                return Try::NoAnswer;
+            }
+        }
+    }
+}
+
+fn classify(cmd: &mktarget::Cmd, status: ExitStatus) -> Try {
+    match status.code() {
+        Some(code) if !cmd.connection_failed(status) => Try::Exited(code),
+        _ => Try::NoAnswer,
+    }
+}
+
+/// What the deployer saw of a confirmed activation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Report {
+    /// Confirmed over a new connection: the new system stays.
+    Confirmed,
+    /// Not confirmed, for this reason; what the watchdog then did, if the
+    /// deployer could learn it.
+    NotConfirmed {
+        reason: String,
+        outcome: Option<Outcome>,
+    },
+}
+
+impl Watchdog {
+    /// The deployer's side after activation: confirm over new connections
+    /// (retried until the timeout; after `activated` failed, withhold
+    /// instead), then, when not confirmed, wait for the watchdog's result.
+    pub fn conclude(&self, session: &Session, check: Option<&str>, activated: bool) -> Report {
+        let on = session.machine();
+        let timeout = Duration::from_secs(self.timeout.into());
+        let deadline = Instant::now() + timeout;
+        let mut echo = Echo::default();
+        let reason = if !activated {
+            eprintln!(
+                "krops-deploy: the activation failed: withholding the confirmation, so the \
+                 watchdog on {on} rolls back if the running system changed"
+            );
+            while Instant::now() < deadline && !mktarget::interrupt::interrupted() {
+                if try_fresh(session, &self.withhold_script(), deadline, &mut echo)
+                    == Try::Exited(0)
+                {
+                    break;
+                }
+                std::thread::sleep(RETRY);
+            }
+            "the activation failed".to_owned()
+        } else {
+            eprintln!(
+                "krops-deploy: confirming over a new ssh connection to {on} (the watchdog rolls \
+                 back {} s after activation unless confirmed)",
+                self.timeout
+            );
+            let script = self.confirm_script(check);
+            let mut reason = format!("no new ssh connection to {on} within {} s", self.timeout);
+            while Instant::now() < deadline && !mktarget::interrupt::interrupted() {
+                match try_fresh(session, &script, deadline, &mut echo) {
+                    Try::Exited(CONFIRMED) => {
+                        eprintln!(
+                            "krops-deploy: confirmed over a new ssh connection to {on}: the new \
+                             system stays"
+                        );
+                        return Report::Confirmed;
+                    }
+                    Try::Exited(CHECK_FAILED) => {
+                        reason = "the check failed".to_owned();
+                        break;
+                    }
+                    Try::Exited(TOO_LATE) => {
+                        reason = format!(
+                            "the confirmation came too late (more than {} s after activation)",
+                            self.timeout
+                        );
+                        break;
+                    }
+                    Try::Exited(GONE) => {
+                        reason = format!("the watchdog's record {} is gone", self.dir());
+                        break;
+                    }
+                    Try::Exited(code) => {
+                        reason = format!(
+                            "confirming on {on} failed (exit status {code}; its message, if any, \
+                             is above)"
+                        );
+                    }
+                    Try::NoAnswer => {}
+                }
+                std::thread::sleep(RETRY);
+            }
+            reason
+        };
+        eprintln!(
+            "krops-deploy: not confirmed ({reason}): waiting to learn from {on} whether it \
+             rolled back"
+        );
+        let outcome = self.wait_for_outcome(session, deadline + REPORT_GRACE, &mut echo);
+        Report::NotConfirmed { reason, outcome }
+    }
+
+    /// Asks for the watchdog's result over new connections until `until`.
+    fn wait_for_outcome(
+        &self,
+        session: &Session,
+        until: Instant,
+        echo: &mut Echo,
+    ) -> Option<Outcome> {
+        let script = self.result_script();
+        while Instant::now() < until && !mktarget::interrupt::interrupted() {
+            let cmd = session.fresh_command(&script, &[]);
+            if let Ok(output) = cmd.output() {
+                let connected = !cmd.connection_failed(output.status);
+                if !output.status.success() || !connected {
+                    echo.show(
+                        &std::process::Output {
+                            stdout: Vec::new(),
+                            ..output.clone()
+                        },
+                        connected,
+                    );
+                }
+                if output.status.success() {
+                    if let Some(outcome) = Outcome::parse(&String::from_utf8_lossy(&output.stdout))
+                    {
+                        return Some(outcome);
+                    }
+                } else if output.status.code() == Some(GONE) {
+                    return None;
+                }
+            }
+            std::thread::sleep(RETRY);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::{Command, Output};
+
+    /// A watchdog whose paths are in `root`, with `nixos-rebuild` a
+    /// stand-in in `root/bin` that records its arguments.
+    fn watchdog(root: &Path, operation: Operation, timeout: u32) -> Watchdog {
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let rebuild = bin.join("nixos-rebuild");
+        std::fs::write(
+            &rebuild,
+            "#!/bin/sh\necho \"$*\" >>\"$(dirname \"$0\")/../rebuilds\"\n",
+        )
+        .unwrap();
+        chmod_x(&rebuild);
+        let path = |name: &str| root.join(name).display().to_string();
+        Watchdog {
+            id: fresh_id().unwrap(),
+            timeout,
+            operation,
+            paths: Paths {
+                state: path("run/krops"),
+                current_system: path("run/current-system"),
+                profile: path("profiles/system"),
+                systemd: path("run/systemd/system"),
+            },
+        }
+    }
+
+    fn chmod_x(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn sh(root: &Path, script: &str) -> Output {
+        Command::new("/bin/sh")
+            .args(["-c", script])
+            .env(
+                "PATH",
+                format!("{}:/usr/bin:/bin", root.join("bin").display()),
+            )
+            .output()
+            .unwrap()
+    }
+
+    /// A "system": a directory whose switch-to-configuration records calls.
+    fn system(root: &Path, name: &str) -> String {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let switch = dir.join("bin/switch-to-configuration");
+        std::fs::write(
+            &switch,
+            format!("#!/bin/sh\necho \"{name} $*\" >>\"$(dirname \"$0\")/../../activations\"\n"),
+        )
+        .unwrap();
+        chmod_x(&switch);
+        dir.display().to_string()
+    }
+
+    fn link(target: &str, at: &str) {
+        let _ = std::fs::remove_file(at);
+        std::os::unix::fs::symlink(target, at).unwrap();
+    }
+
+    /// Waits (bounded, not timed) for the watchdog's result line.
+    fn result(root: &Path, watchdog: &Watchdog) -> String {
+        for _ in 0..600 {
+            let out = sh(root, &watchdog.result_script());
+            if out.status.success() {
+                return String::from_utf8(out.stdout).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the watchdog never recorded a result");
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_confirmed_activation_is_kept_and_its_record_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let w = watchdog(root, Operation::Switch, 30);
+        let out = sh(root, &w.guard("echo activating"));
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "activating\n");
+        let state = root.join("run/krops");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let confirm = sh(root, &w.confirm_script(Some("test -d /")));
+        assert_eq!(confirm.status.code(), Some(CONFIRMED), "{confirm:?}");
+        assert_eq!(result(root, &w), "confirmed\n");
+        for _ in 0..600 {
+            if !Path::new(&w.dir()).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!Path::new(&w.dir()).exists());
+        assert_eq!(read(&root.join("rebuilds")), "");
+        // A second confirmation finds no watchdog.
+        assert_eq!(sh(root, &w.confirm_script(None)).status.code(), Some(GONE));
+    }
+
+    #[test]
+    fn no_confirmation_rolls_a_switch_back_and_says_so() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let w = watchdog(root, Operation::Switch, 1);
+        let (old, new) = (system(root, "old"), system(root, "new"));
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        link(&old, &w.paths.current_system);
+        // The activation switches to the new system; nobody confirms.
+        let activate = format!("ln -sfn {} {}", quote(&new), quote(&w.paths.current_system));
+        let out = sh(root, &w.guard(&activate));
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            Outcome::parse(&result(root, &w)),
+            Some(Outcome::RolledBack(
+                "nixos-rebuild switch --rollback".to_owned()
+            ))
+        );
+        assert_eq!(read(&root.join("rebuilds")), "switch --rollback\n");
+        assert!(read(&Path::new(&w.dir()).join("log")).contains("no confirmation"));
+        assert!(read(&root.join("run/krops/log")).contains(&format!(" {} rolled-back", w.id)));
+        // Too late now.
+        let confirm = sh(root, &w.confirm_script(None));
+        assert_eq!(confirm.status.code(), Some(TOO_LATE));
+    }
+
+    #[test]
+    fn a_failing_check_withholds_the_confirmation_and_a_test_goes_back() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let w = watchdog(root, Operation::Test, 600);
+        let (old, new) = (system(root, "old"), system(root, "new"));
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        link(&old, &w.paths.current_system);
+        let activate = format!("ln -sfn {} {}", quote(&new), quote(&w.paths.current_system));
+        assert!(sh(root, &w.guard(&activate)).status.success());
+        let confirm = sh(
+            root,
+            &w.confirm_script(Some("echo 'it'\\''s down'; exit 3")),
+        );
+        assert_eq!(confirm.status.code(), Some(CHECK_FAILED), "{confirm:?}");
+        assert_eq!(String::from_utf8_lossy(&confirm.stderr), "it's down\n");
+        // Long before the 600 s: the withheld confirmation is a verdict.
+        assert_eq!(
+            Outcome::parse(&result(root, &w)),
+            Some(Outcome::RolledBack(format!(
+                "{old}/bin/switch-to-configuration test"
+            )))
+        );
+        assert_eq!(read(&root.join("activations")), "old test\n");
+    }
+
+    #[test]
+    fn nothing_is_rolled_back_when_the_running_system_did_not_change() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let w = watchdog(root, Operation::Switch, 600);
+        let old = system(root, "old");
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        link(&old, &w.paths.current_system);
+        // The activation failed before it changed anything.
+        let out = sh(root, &w.guard("exit 4"));
+        assert_eq!(out.status.code(), Some(4));
+        assert!(sh(root, &w.withhold_script()).status.success());
+        assert_eq!(
+            Outcome::parse(&result(root, &w)),
+            Some(Outcome::Unchanged(format!(
+                "the running system is still {old}"
+            )))
+        );
+        assert_eq!(read(&root.join("rebuilds")), "");
+    }
+
+    #[test]
+    fn a_switch_that_left_the_profile_alone_is_undone_without_touching_it() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let w = watchdog(root, Operation::Switch, 600);
+        let (old, new) = (system(root, "old"), system(root, "new"));
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        std::fs::create_dir_all(root.join("profiles")).unwrap();
+        link(&old, &w.paths.current_system);
+        link("system-7-link", &w.paths.profile);
+        let activate = format!("ln -sfn {} {}", quote(&new), quote(&w.paths.current_system));
+        assert!(sh(root, &w.guard(&activate)).status.success());
+        assert!(sh(root, &w.withhold_script()).status.success());
+        assert_eq!(
+            Outcome::parse(&result(root, &w)),
+            Some(Outcome::RolledBack(format!(
+                "{old}/bin/switch-to-configuration test"
+            )))
+        );
+        assert_eq!(read(&root.join("rebuilds")), "");
+    }
+
+    #[test]
+    fn without_root_nothing_is_activated() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let mut w = watchdog(root, Operation::Switch, 600);
+        // A state directory that cannot be made.
+        std::fs::write(root.join("file"), "").unwrap();
+        w.paths.state = root.join("file/krops").display().to_string();
+        let out = sh(root, &w.guard("echo ACTIVATED"));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ACTIVATED"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was activated"));
+    }
+
+    #[test]
+    fn outcomes_parse() {
+        assert_eq!(Outcome::parse("confirmed\n"), Some(Outcome::Confirmed));
+        assert_eq!(
+            Outcome::parse("failed x: exit status 1"),
+            Some(Outcome::Failed("x: exit status 1".into()))
+        );
+        assert_eq!(Outcome::parse("what"), None);
+        assert_eq!(fresh_id().unwrap().len(), 32);
+        assert_ne!(fresh_id().unwrap(), fresh_id().unwrap());
+    }
+}
