@@ -7,7 +7,10 @@
 # port, all known to the same wrapper and reached with the same client key.
 # `throwaway_handshakes [ALIAS...]` counts the logins the sshd of these
 # aliases (all by default) have accepted so far; `throwaway_target_stop`
-# ends every sshd started.
+# ends every sshd started. Sessions get SHLVL=1, so bash does not source
+# the login user's ~/.bashrc for them: on this kind of machine root's runs
+# `pyenv rehash`, which costs ~90 ms and takes a machine-wide lock at every
+# login, which no NixOS target does.
 
 as_root=()
 [ "$(id -u)" -eq 0 ] || as_root=(sudo)
@@ -60,7 +63,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 MaxStartups 100:30:200
-SetEnv PATH=$work/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+SetEnv PATH=$work/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SHLVL=1
 CONFIG
     cat >"$dir/client_config" <<CONFIG
 Host $alias

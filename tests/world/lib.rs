@@ -287,6 +287,13 @@ impl World {
                 "GIT_CONFIG_GLOBAL".to_owned(),
                 self.git_config_file().display().to_string(),
             ),
+            // bash sources ~/.bashrc for a command sshd runs only when SHLVL
+            // is below 2 on entry: with 1, it does not. This machine's root
+            // ~/.bashrc runs `pyenv rehash`, which takes a lock file that a
+            // session killed meanwhile (as the fault tests do) leaves behind,
+            // and every later login then waits 60 s for it. A NixOS target's
+            // root has no such ~/.bashrc either.
+            ("SHLVL".to_owned(), "1".to_owned()),
         ]
     }
 
@@ -477,7 +484,10 @@ impl World {
             let keys: Vec<String> = self.remote_env().into_iter().map(|(key, _)| key).collect();
             let missing: Vec<&String> = keys
                 .iter()
-                .filter(|key| *key != "PATH" && !rule.contains(key.as_str()))
+                // PATH is sudo's secure_path; SHLVL matters only to the
+                // login shell, before sudo.
+                .filter(|key| !["PATH", "SHLVL"].contains(&key.as_str()))
+                .filter(|key| !rule.contains(key.as_str()))
                 .collect();
             let complete = rule.contains(FIXED_STANDIN_DIR);
             (!complete || !missing.is_empty()).then(|| {
