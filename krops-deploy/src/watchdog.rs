@@ -129,6 +129,9 @@ finish() {
 log "krops watchdog $id: $operation, rolled back unless confirmed within $timeout s after activation"
 ended=
 while [ ! -L "$dir/verdict" ]; do
+  # Its directory gone (removed by hand, or a new boot's /run): nothing is
+  # left to decide, and no verdict could be written.
+  [ -d "$dir" ] || exit 1
   now=$(date +%s)
   if [ -z "$ended" ]; then
     if [ -e "$dir/activated" ] || ! kill -0 "$watch" 2>/dev/null; then
@@ -137,7 +140,7 @@ while [ ! -L "$dir/verdict" ]; do
     fi
   fi
   if [ -n "$ended" ] && [ $((now - ended)) -ge "$timeout" ]; then
-    ln -s rollback "$dir/verdict" 2>/dev/null || :
+    ln -s rollback "$dir/verdict" 2>/dev/null || [ -L "$dir/verdict" ] || exit 1
   else
     sleep 1
   fi
@@ -640,6 +643,39 @@ mod tests {
         assert_eq!(read(&root.join("rebuilds")), "");
         // A second confirmation finds no watchdog.
         assert_eq!(sh(root, &w.confirm_script(None)).status.code(), Some(GONE));
+    }
+
+    /// The processes whose command line names `id`.
+    fn running_with(id: &str) -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                String::from_utf8_lossy(&cmdline)
+                    .contains(id)
+                    .then(|| entry.file_name().to_string_lossy().into_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_watchdog_whose_directory_is_gone_ends() {
+        let root = tempfile::tempdir().unwrap();
+        let w = watchdog(root.path(), Operation::Switch, 1);
+        let out = sh(root.path(), &w.guard("true"));
+        assert!(out.status.success(), "{out:?}");
+        assert!(!running_with(&w.id).is_empty(), "no watchdog started");
+        // Before the fix it looped for ever, without sleeping, once its
+        // deadline had passed and no verdict could be written.
+        std::fs::remove_dir_all(w.dir()).unwrap();
+        for _ in 0..600 {
+            if running_with(&w.id).is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the watchdog still runs: {:?}", running_with(&w.id));
     }
 
     #[test]
