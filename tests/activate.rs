@@ -252,6 +252,15 @@ fn the_watchdog_survives_the_deployer_and_its_ssh_session() {
         "TERM",
     );
     assert_eq!(code, Some(143), "{stderr}");
+    // Stopped during the activation or the confirmation, it says what the
+    // target does next.
+    assert!(
+        stderr.contains(
+            "the deploy is not confirmed: unless it already was, the watchdog on root@alpha \
+             rolls it back 1 s after the activation ends"
+        ),
+        "{stderr}"
+    );
     eventually("the watchdog rolled back", || {
         watchdog_log(&world, "alpha").contains(" rolled-back ")
     });
@@ -270,6 +279,57 @@ fn the_watchdog_survives_the_deployer_and_its_ssh_session() {
         "rolled-back {}/bin/switch-to-configuration test",
         old.display()
     )));
+}
+
+#[test]
+fn ctrl_c_while_confirming_says_that_the_target_rolls_back() {
+    let world = World::new();
+    let (_, target, old, _) = nixos(&world, "alpha", false);
+    let sources = world.write("sources.json", sources(&world).to_string());
+    // The check outlasts the timeout: nothing confirms, whenever the
+    // signal comes.
+    let checking = world.path("checking");
+    let check = format!(
+        "touch {}; sleep 5",
+        krops_tests::quote(checking.as_os_str())
+    );
+    let (code, stderr) = world.signal_when(
+        "krops-deploy",
+        &[
+            "--target",
+            &target,
+            "--sources",
+            sources.to_str().unwrap(),
+            "--force",
+            "--nom",
+            "false",
+            "--confirm-timeout",
+            "3",
+            "--check",
+            &check,
+        ],
+        &checking,
+        "INT",
+    );
+    assert_eq!(code, Some(130), "{stderr}");
+    // Not "during nixos-rebuild switch", which had ended, and no reason
+    // made up for the missing confirmation.
+    assert!(
+        stderr.contains(
+            "interrupted by SIGINT during the confirmation of the deploy over a new ssh \
+             connection to root@alpha"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the watchdog on root@alpha rolls it back 3 s after the activation ends"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not confirmed ("), "{stderr}");
+    eventually("the watchdog rolled back", || {
+        watchdog_log(&world, "alpha").contains(" rolled-back ")
+    });
+    assert_eq!(world.current_system("alpha"), Some(old));
 }
 
 #[test]

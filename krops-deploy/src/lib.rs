@@ -391,6 +391,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     populate::populate_all(&plans)?;
+    mktarget::interrupt::aftermath(watchdog.aftermath(&deploy.target_session.machine()));
     let status = rebuild.run("krops-deploy")?;
     Ok(deploy.conclude(&watchdog, cli.check.as_deref(), status))
 }
@@ -718,6 +719,9 @@ impl Deploy {
                 self.target_session.machine()
             ),
         );
+        if let Some(watchdog) = watchdog {
+            mktarget::interrupt::aftermath(watchdog.aftermath(&self.target_session.machine()));
+        }
         let status = activate.run("krops-deploy")?;
         Ok(match watchdog {
             Some(watchdog) => self.conclude(watchdog, check, status),

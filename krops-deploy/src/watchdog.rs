@@ -203,6 +203,16 @@ impl Watchdog {
         })
     }
 
+    /// What the target does when the deployer is stopped from the
+    /// activation on, for the interrupt message.
+    pub fn aftermath(&self, on: &str) -> String {
+        format!(
+            "the deploy is not confirmed: unless it already was, the watchdog on {on} rolls it \
+             back {} s after the activation ends (its record: {}/log there)",
+            self.timeout, self.paths.state
+        )
+    }
+
     /// Its directory on the target: STATE/ID, root's only.
     pub fn dir(&self) -> String {
         format!("{}/{}", self.paths.state, self.id)
@@ -428,6 +438,11 @@ impl Watchdog {
     /// instead), then, when not confirmed, wait for the watchdog's result.
     pub fn conclude(&self, session: &Session, check: Option<&str>, activated: bool) -> Report {
         let on = session.machine();
+        mktarget::interrupt::doing(if activated {
+            format!("the confirmation of the deploy over a new ssh connection to {on}")
+        } else {
+            format!("withholding the confirmation from {on}")
+        });
         let timeout = Duration::from_secs(self.timeout.into());
         let deadline = Instant::now() + timeout;
         let mut echo = Echo::default();
@@ -456,6 +471,9 @@ impl Watchdog {
             while Instant::now() < deadline && !mktarget::interrupt::interrupted() {
                 match try_fresh(session, &script, deadline, &mut echo) {
                     Try::Exited(CONFIRMED) => {
+                        mktarget::interrupt::aftermath(format!(
+                            "the deploy on {on} was confirmed: the new system stays"
+                        ));
                         eprintln!(
                             "krops-deploy: confirmed over a new ssh connection to {on}: the new \
                              system stays"
@@ -489,11 +507,15 @@ impl Watchdog {
             }
             reason
         };
+        // Stopped by a signal: not a reason to give, the handler says why.
+        mktarget::interrupt::wait_if_interrupted();
+        mktarget::interrupt::doing(format!("waiting to learn from {on} whether it rolled back"));
         eprintln!(
             "krops-deploy: not confirmed ({reason}): waiting to learn from {on} whether it \
              rolled back"
         );
         let outcome = self.wait_for_outcome(session, deadline + REPORT_GRACE, &mut echo);
+        mktarget::interrupt::wait_if_interrupted();
         Report::NotConfirmed { reason, outcome }
     }
 

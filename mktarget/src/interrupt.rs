@@ -34,6 +34,9 @@ struct State {
     doing: Option<String>,
     /// Where a command runs that stopping ssh does not stop, if one does.
     remote: Option<String>,
+    /// What happens anyway after an interrupt (a watchdog's rollback on the
+    /// target), for the message.
+    aftermath: Option<String>,
     /// The signal received, once one was.
     signal: Option<i32>,
 }
@@ -45,6 +48,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     removed: Vec::new(),
     doing: None,
     remote: None,
+    aftermath: None,
     signal: None,
 });
 static INSTALL: Once = Once::new();
@@ -92,6 +96,13 @@ pub fn doing(what: impl Into<String>) {
 /// terminal, so it gets no hangup; the message says so.
 pub fn remote(on: impl Into<String>) {
     state().remote = Some(on.into());
+}
+
+/// Says what happens anyway if the tool is interrupted from now on (`the
+/// watchdog on root@server01 rolls the deploy back …`): the message ends
+/// with it, so that a user who stops the tool knows what the target does.
+pub fn aftermath(what: impl Into<String>) {
+    state().aftermath = Some(what.into());
 }
 
 /// A running child, unregistered when dropped (after it was waited for).
@@ -261,6 +272,9 @@ fn handle(signal: i32) {
     }
     if !state.removed.is_empty() {
         message.push_str(&format!("; {} removed", state.removed.join(" and ")));
+    }
+    if let Some(aftermath) = &state.aftermath {
+        message.push_str(&format!("; {aftermath}"));
     }
     // Not eprintln!: with our stderr gone (a closed terminal) it would
     // panic, and the tool would never exit.
