@@ -405,6 +405,9 @@ fn check_activation_options(cli: &Cli) -> Result<()> {
             ACTIVATING.join(", ")
         );
     }
+    if cli.check.is_some() && cli.confirm_timeout.is_none() {
+        bail!("--check needs --confirm-timeout: the check decides whether a deploy is confirmed");
+    }
     if cli.preview {
         return Ok(());
     }
@@ -413,9 +416,6 @@ fn check_activation_options(cli: &Cli) -> Result<()> {
             "--confirm-timeout works with --operation switch or test (it rolls back an \
              activation), not {operation}"
         );
-    }
-    if cli.check.is_some() && cli.confirm_timeout.is_none() {
-        bail!("--check needs --confirm-timeout: the check decides whether a deploy is confirmed");
     }
     if cli.ask && !cli.populate.dry_run {
         terminal().context(
@@ -848,6 +848,21 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn check_without_confirm_timeout_is_refused_with_preview_too() {
+        // It would never run: a user must not believe it guards anything.
+        for args in [&["--check", "true"][..], &["--preview", "--check", "true"]] {
+            let err = check_activation_options(&cli(args)).unwrap_err();
+            assert!(
+                err.to_string().contains("--check needs --confirm-timeout"),
+                "{err}"
+            );
+        }
+        // A fleet's confirmTimeout goes with --preview: accepted.
+        let ok = cli(&["--preview", "--confirm-timeout", "5", "--check", "true"]);
+        assert!(check_activation_options(&ok).is_ok());
     }
 
     #[test]
