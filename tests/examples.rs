@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use krops_tests::{Host, Output, World};
+use krops_tests::{Host, Output, Tree, World};
 use serde_json::json;
 
 /// Runs `scripts/examples/NAME ARGS` in the world root with the built tools
@@ -222,6 +222,25 @@ fn deploy_with_hooks_fails_when_the_post_hook_fails() {
     out.assert_failure()
         .assert_stderr_contains("is deployed, but its post-deploy hook failed");
     assert_eq!(rebuilds(&world), [["switch"]]);
+}
+
+#[test]
+fn deploy_with_hooks_dry_run_runs_no_hook_and_changes_nothing() {
+    let world = World::new();
+    let (alpha, target, sources) = hooked(&world);
+    let before = Tree::snapshot(&dest(&world, &alpha));
+    let out = example(
+        &world,
+        "deploy-with-hooks",
+        &[&target, sources.to_str().unwrap(), "--dry-run"],
+        &[
+            ("PRE_HOOK", "touch \"$1/pre-ran\""),
+            ("POST_HOOK", "touch \"$1/post-ran\""),
+        ],
+    );
+    out.assert_success();
+    assert!(rebuilds(&world).is_empty(), "nothing activated");
+    before.assert_unchanged(&Tree::snapshot(&dest(&world, &alpha)));
 }
 
 #[test]
