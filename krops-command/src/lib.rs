@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Parser;
 use mktarget::Origin;
 use populate::fleet::{FleetArgs, Kind, Setting};
-use populate::{populate_then, Final, Plan, PopulateArgs};
+use populate::{populate_then, Final, Plan, PopulateArgs, Results};
 
 /// What runs when no SCRIPT is given: print the target path.
 pub const DEFAULT_SCRIPT: &str = "printf '%s\\n' \"$1\"";
@@ -70,7 +70,18 @@ pub const FLEET_SETTINGS: &[Setting] = &[
     },
 ];
 
+/// What krops-command's stdout carries, which the results must not join.
+pub const STDOUT_CARRIES: &str = "the command's own output";
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    cli.populate
+        .output
+        .with_results("krops-command", Some(STDOUT_CARRIES), |results| {
+            command(&cli, results)
+        })
+}
+
+fn command(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     if cli.fleet.fleet.is_some() {
         return populate::fleet::run(
             "krops-command",
@@ -78,7 +89,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             FLEET_SETTINGS,
             &<Cli as clap::CommandFactory>::command(),
             &populate::fleet::args(),
-            cli.populate.dry_run,
+            &cli.populate,
+            results,
         );
     }
     let origin = Origin::from_env();
@@ -102,7 +114,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         remote: remote.then(|| on.clone()),
         session,
     };
-    populate_then("krops-command", &[plan], &last, cli.populate.dry_run)
+    populate_then("krops-command", &[plan], &last, &cli.populate, results)
 }
 
 pub fn main() -> ExitCode {

@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 use mktarget::shell::{quote, quote_words};
 use mktarget::{Origin, Target};
 use populate::fleet::{FleetArgs, Kind, Setting};
-use populate::{populate_then, Final, Plan, PopulateArgs};
+use populate::{populate_then, Final, Plan, PopulateArgs, Results};
 
 /// Populate a NixOS target, then run nixos-rebuild on it.
 ///
@@ -214,6 +214,12 @@ pub fn rebuild_script(nix_path: &str, sshopts: Option<&str>, args: &[String], mo
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    cli.populate
+        .output
+        .with_results("krops-deploy", None, |results| deploy(&cli, results))
+}
+
+fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     if cli.fleet.fleet.is_some() {
         return populate::fleet::run(
             "krops-deploy",
@@ -221,7 +227,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             FLEET_SETTINGS,
             &<Cli as clap::CommandFactory>::command(),
             &populate::fleet::args(),
-            cli.populate.dry_run,
+            &cli.populate,
+            results,
         );
     }
     if cli.fast {
@@ -258,7 +265,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         plans.push(Plan::new(&build_session, &sources, options)?);
     }
     plans.push(Plan::new(&target_session, &sources, options)?);
-    let args = rebuild_args(&cli, &target, &build);
+    let args = rebuild_args(cli, &target, &build);
     let sshopts = match nix_sshopts(&target, &build) {
         Some(Ok(opts)) => Some(opts),
         Some(Err(word)) => {
@@ -284,7 +291,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         remote: (!build_session.is_local()).then(|| on.clone()),
         session: build_session,
     };
-    populate_then("krops-deploy", &plans, &rebuild, cli.populate.dry_run)
+    populate_then("krops-deploy", &plans, &rebuild, &cli.populate, results)
 }
 
 pub fn main() -> ExitCode {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::Parser;
 use mktarget::{Cmd, Origin};
-use populate::{populate_then, Final, Plan, PopulateArgs};
+use populate::{populate_then, Final, Plan, PopulateArgs, Results};
 
 /// Populate a local target, then build its system with nix-build.
 ///
@@ -38,6 +38,14 @@ pub fn build_command(path: &str, trace: bool) -> Cmd {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    cli.populate.output.with_results(
+        "krops-test",
+        Some("the built system's store path"),
+        |results| test(&cli, results),
+    )
+}
+
+fn test(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     if !target.is_local(&origin) {
@@ -60,7 +68,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             remote: None,
             session,
         },
-        cli.populate.dry_run,
+        &cli.populate,
+        results,
     )
 }
 

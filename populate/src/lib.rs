@@ -4,23 +4,28 @@
 
 pub mod fleet;
 pub mod parallel;
+pub mod progress;
 pub mod report;
+pub mod results;
 pub mod script;
 pub mod secrets;
 pub mod source;
 mod step;
 pub mod sync;
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mktarget::{Cmd, Multiplex, Origin, Session, Target};
 
-pub use report::{Printer, Report, StepError, StepOutcome, StepStatus};
+pub use progress::{Style, Verbosity};
+pub use report::{Printer, Report, StepError, StepOutcome, StepStatus, Transfer};
+pub use results::{Results, ResultsTo};
 pub use source::{Source, Sources};
 pub use sync::{Options, Plan, MAX_JOBS};
 
@@ -55,6 +60,77 @@ pub struct PopulateArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u8).range(1..=sync::MAX_JOBS as i64))]
     pub source_jobs: u8,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// How a run reports: on stderr as it goes, and as JSON at the end.
+#[derive(Debug, Default, clap::Args)]
+pub struct OutputArgs {
+    /// Print errors only (and a failed step's output)
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// On a terminal, also show every step's own output (else shown only under a failed step)
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// At the end, print the results as one JSON document on stdout (see README)
+    #[arg(long, conflicts_with_all = ["json_file", "dry_run"])]
+    pub json: bool,
+    /// At the end, write the results as one JSON document to FILE (`-`: stdout)
+    #[arg(long, value_name = "FILE", conflicts_with = "dry_run")]
+    pub json_file: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    pub fn verbosity(&self) -> Verbosity {
+        if self.quiet {
+            Verbosity::Quiet
+        } else if self.verbose {
+            Verbosity::Verbose
+        } else {
+            Verbosity::Normal
+        }
+    }
+
+    /// How the run shows itself on our stderr.
+    pub fn style(&self) -> Style {
+        Style::detect(self.verbosity())
+    }
+
+    /// Where the results go, if anywhere. `stdout_carries` says what a
+    /// tool's stdout is for besides the results (krops-test's store path),
+    /// which the results must not be mixed into.
+    pub fn results_to(&self, stdout_carries: Option<&str>) -> Result<Option<ResultsTo>> {
+        let to = match &self.json_file {
+            Some(path) if path.as_os_str() == "-" => Some(ResultsTo::Stdout),
+            Some(path) => Some(ResultsTo::File(path.clone())),
+            None if self.json => Some(ResultsTo::Stdout),
+            None => None,
+        };
+        if let (Some(ResultsTo::Stdout), Some(carries)) = (&to, stdout_carries) {
+            bail!(
+                "--json: stdout carries {carries}, so the results go to a file: --json-file FILE"
+            );
+        }
+        Ok(to)
+    }
+
+    /// Runs `body`, then writes the results where `--json`/`--json-file`
+    /// say, also when `body` failed (the document then says why).
+    pub fn with_results(
+        &self,
+        tool: &str,
+        stdout_carries: Option<&str>,
+        body: impl FnOnce(&mut Results) -> Result<ExitCode>,
+    ) -> Result<ExitCode> {
+        let to = self.results_to(stdout_carries)?;
+        let mut results = Results::new(tool);
+        let outcome = body(&mut results);
+        if let Some(to) = to {
+            results.write(&to, outcome.as_ref().err())?;
+        }
+        outcome
+    }
 }
 
 impl PopulateArgs {
@@ -124,10 +200,16 @@ pub struct Final {
 }
 
 /// What every driver does: run each populate plan, then the final command
-/// on the target, and end with its exit status. With `dry_run`, print all
-/// of it as one sh script instead.
-pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) -> Result<ExitCode> {
-    if dry_run {
+/// on the target, and end with its exit status; `results` records it all.
+/// With `--dry-run`, print all of it as one sh script instead.
+pub fn populate_then(
+    tool: &str,
+    plans: &[Plan],
+    last: &Final,
+    args: &PopulateArgs,
+    results: &mut Results,
+) -> Result<ExitCode> {
+    if args.dry_run {
         let mut script = String::from("#!/bin/sh\n");
         for plan in plans {
             script.push_str(&plan.script());
@@ -137,8 +219,11 @@ pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) ->
         print!("{script}");
         return Ok(ExitCode::SUCCESS);
     }
+    let style = args.output.style();
     for plan in plans {
-        plan.run()?;
+        let report = plan.run(style);
+        results.add_target(&report);
+        report.into_result()?;
     }
     if mktarget::interrupt::interrupted() {
         bail!("interrupted");
@@ -148,10 +233,33 @@ pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) ->
     if let Some(on) = &last.remote {
         mktarget::interrupt::remote(on);
     }
-    let status = last.command.status()?;
+    // Where the command's own output goes: its stdout is ours unless the
+    // results go there; with --quiet its stderr is shown only when it fails.
+    let results_on_stdout = args.output.results_to(None)? == Some(ResultsTo::Stdout);
+    progress::final_started(style, tool, &last.what);
+    let began = Instant::now();
+    let ran = last
+        .command
+        .status_redirected(results_on_stdout, style.quiet());
+    let (status, kept) = match ran {
+        Ok(ran) => ran,
+        Err(err) => {
+            results.set_final(&last.what, None, began.elapsed());
+            return Err(err);
+        }
+    };
+    results.set_final(&last.what, Some(status), began.elapsed());
+    let how = mktarget::command::describe(status);
+    progress::final_ended(
+        style,
+        tool,
+        &last.what,
+        (!status.success()).then_some(how.as_str()),
+        began.elapsed(),
+    );
     if !status.success() {
         mktarget::interrupt::wait_if_interrupted();
-        let how = mktarget::command::describe(status);
+        let _ = std::io::stderr().write_all(&kept);
         if last.command.connection_failed(status) {
             // ssh says 255 for both; a message above tells which.
             eprintln!(
@@ -179,15 +287,23 @@ pub struct Cli {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    cli.args
+        .output
+        .with_results("populate", None, |results| populate(&cli.args, results))
+}
+
+fn populate(args: &PopulateArgs, results: &mut Results) -> Result<ExitCode> {
     let origin = Origin::from_env();
-    let target = cli.args.target(&origin)?;
-    let sources = cli.args.read_sources()?;
-    let session = cli.args.session(&target, &origin)?;
-    let plan = Plan::new(&session, &sources, cli.args.options())?;
-    if cli.args.dry_run {
+    let target = args.target(&origin)?;
+    let sources = args.read_sources()?;
+    let session = args.session(&target, &origin)?;
+    let plan = Plan::new(&session, &sources, args.options())?;
+    if args.dry_run {
         print!("{}", plan.script());
     } else {
-        plan.run()?;
+        let report = plan.run(args.output.style());
+        results.add_target(&report);
+        report.into_result()?;
     }
     Ok(ExitCode::SUCCESS)
 }

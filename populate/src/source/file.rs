@@ -105,7 +105,9 @@ fn rsync_source(path: &Path) -> String {
 }
 
 /// `rsync [--checksum] [--rsync-path="sudo rsync"] [--exclude|--include PAT]…
-/// -e SSH -vFrlptD [--delete-excluded] SRC DEST`
+/// -e SSH -vFrlptD --itemize-changes [--delete-excluded] SRC DEST`: krops's,
+/// with each change itemized (`>f.st...... a.nix`), which the log shows and
+/// the results count.
 pub(crate) fn rsync(session: &Session, file: &FileSource, source: &str, path: &str) -> Cmd {
     let mut cmd = Cmd::new("rsync");
     if file.use_checksum {
@@ -125,7 +127,12 @@ pub(crate) fn rsync(session: &Session, file: &FileSource, source: &str, path: &s
         };
         cmd = cmd.args([option, &filter.pattern]);
     }
-    cmd = cmd.args(["-e", &session.rsync_shell(), "-vFrlptD"]);
+    cmd = cmd.args([
+        "-e",
+        &session.rsync_shell(),
+        "-vFrlptD",
+        "--itemize-changes",
+    ]);
     if file.delete_excluded {
         cmd = cmd.arg("--delete-excluded");
     }
@@ -200,6 +207,7 @@ mod tests {
                 "-e",
                 "'ssh' '-l' 'root' '-p' '22' '-T' '-o' 'ProxyCommand=nc %h %p'",
                 "-vFrlptD",
+                "--itemize-changes",
                 "--delete-excluded",
                 "/src/",
                 "root@h:/var/src/cfg",
@@ -223,6 +231,7 @@ mod tests {
                 "-e",
                 "'ssh' '-l' 'alice' '-T'",
                 "-vFrlptD",
+                "--itemize-changes",
                 "/x",
                 "/var/src/x"
             ]
@@ -245,6 +254,7 @@ mod tests {
                 "-e",
                 "'ssh' '-l' 'root' '-p' '2222' '-T'",
                 "-vFrlptD",
+                "--itemize-changes",
                 "--delete-excluded",
                 "/src/",
                 "root@[::1]:/var/src/cfg",
