@@ -337,7 +337,9 @@ fn prefixes_keep_stdout_and_stderr_apart() {
             "{prefix}nixos-rebuild stand-in: this line goes to stderr\n"
         )));
         assert!(stderr.contains(&format!("{prefix}# use nix-output-monitor: false\n")));
-        assert!(stderr.contains(&format!("{prefix}populate: source nixos-config (file)")));
+        assert!(stderr.contains(&format!(" populate: source nixos-config (file) → {name}:")));
+        assert!(stderr.lines().any(|line| line.starts_with(&prefix)
+            && line.contains(" populate: source nixos-config (file) → ")));
     }
     assert!(!stdout.contains("goes to stderr"), "{out}");
     assert!(!stderr.contains("stand-in: switch\n"), "{out}");

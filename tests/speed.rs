@@ -158,13 +158,16 @@ fn parallel_sources_give_the_same_tree_as_sequential_ones() {
             &sources,
         );
         out.assert_success();
-        // Each step's log line comes before its output, in source order.
+        // Each step's first log line (after its timestamp) comes before
+        // its output, in source order.
         let stderr = out.stderr_str();
         let order: Vec<&str> = stderr
             .lines()
-            .filter_map(|line| line.strip_prefix("populate: source "))
-            .map(|rest| rest.split(' ').next().unwrap())
+            .filter_map(|line| line.split_once(" populate: source "))
+            .filter(|(_, rest)| rest.contains(" → "))
+            .map(|(_, rest)| rest.split(' ').next().unwrap())
             .collect();
+        assert_eq!(order.len(), 14, "{stderr}");
         let mut sorted = order.clone();
         sorted.sort();
         assert_eq!(order, sorted, "--source-jobs {jobs}: {stderr}");

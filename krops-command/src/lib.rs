@@ -8,7 +8,7 @@ use clap::Parser;
 use mktarget::tool::Example;
 use mktarget::Origin;
 use populate::fleet::{FleetArgs, Kind, Setting};
-use populate::{populate_then, Final, Plan, PopulateArgs};
+use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
 
 /// What runs when no SCRIPT is given: print the target path.
 pub const DEFAULT_SCRIPT: &str = "printf '%s\\n' \"$1\"";
@@ -92,7 +92,18 @@ pub const FLEET_SETTINGS: &[Setting] = &[
     },
 ];
 
+/// What krops-command's stdout carries, which the results must not join.
+pub const STDOUT_CARRIES: &str = "the command's own output";
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    cli.populate
+        .output
+        .with_results("krops-command", Some(STDOUT_CARRIES), |results| {
+            run_command(&cli, results)
+        })
+}
+
+fn run_command(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     if cli.fleet.fleet.is_some() {
         return populate::fleet::run(
             "krops-command",
@@ -100,7 +111,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             FLEET_SETTINGS,
             &command(),
             &populate::fleet::args(),
-            cli.populate.dry_run,
+            &cli.populate,
+            results,
         );
     }
     let origin = Origin::from_env();
@@ -124,7 +136,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         remote: remote.then(|| on.clone()),
         session,
     };
-    populate_then("krops-command", &[plan], &last, cli.populate.dry_run)
+    let reporting = &mut Reporting::new("krops-command", &cli.populate, results)?;
+    populate_then(&[plan], &last, cli.populate.dry_run, reporting)
 }
 
 pub fn main() -> ExitCode {

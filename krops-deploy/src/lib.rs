@@ -17,7 +17,7 @@ use mktarget::shell::{quote, quote_words};
 use mktarget::tool::Example;
 use mktarget::{Cmd, Origin, Session, Target};
 use populate::fleet::{FleetArgs, Kind, Setting};
-use populate::{populate_then, Final, Plan, PopulateArgs};
+use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
 
 use preview::{Built, Preview};
 use watchdog::{Operation, Outcome, Paths, Report, Watchdog};
@@ -275,6 +275,12 @@ pub fn rebuild_script(nix_path: &str, sshopts: Option<&str>, args: &[String], mo
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    cli.populate
+        .output
+        .with_results("krops-deploy", None, |results| deploy(&cli, results))
+}
+
+fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     if cli.fleet.fleet.is_some() {
         return populate::fleet::run(
             "krops-deploy",
@@ -282,7 +288,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             FLEET_SETTINGS,
             &command(),
             &populate::fleet::args(),
-            cli.populate.dry_run,
+            &cli.populate,
+            results,
         );
     }
     if cli.fast {
@@ -300,7 +307,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
              test, build or dry-activate"
         );
     }
-    check_activation_options(&cli)?;
+    check_activation_options(cli)?;
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     let build = match &cli.build_target {
@@ -320,7 +327,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         plans.push(Plan::new(&build_session, &sources, options)?);
     }
     plans.push(Plan::new(&target_session, &sources, options)?);
-    let args = rebuild_args(&cli, &target, &build);
+    let args = rebuild_args(cli, &target, &build);
     let sshopts = match nix_sshopts(&target, &build) {
         Some(Ok(opts)) => Some(opts),
         Some(Err(word)) => {
@@ -351,6 +358,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         _ => None,
     };
     let dry_run = cli.populate.dry_run;
+    let reporting = &mut Reporting::new("krops-deploy", &cli.populate, results)?;
     if cli.preview || cli.ask {
         return deploy.preview_then(
             &plans,
@@ -358,6 +366,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             watchdog.as_ref(),
             cli.check.as_deref(),
             dry_run,
+            reporting,
         );
     }
     if watchdog.is_some() && build != target {
@@ -368,6 +377,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             watchdog.as_ref(),
             cli.check.as_deref(),
             dry_run,
+            reporting,
         );
     }
     let rebuild = Final::new(
@@ -376,7 +386,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         deploy.on_build("nixos-rebuild", &cli.operation),
     );
     let Some(watchdog) = watchdog else {
-        return populate_then("krops-deploy", &plans, &rebuild, dry_run);
+        return populate_then(&plans, &rebuild, dry_run, reporting);
     };
     if dry_run {
         let confirm = deploy.confirm_command(&watchdog, cli.check.as_deref());
@@ -390,9 +400,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    populate::populate_all(&plans)?;
+    populate::populate_all(&plans, reporting)?;
     mktarget::interrupt::aftermath(watchdog.aftermath(&deploy.target_session.machine()));
-    let status = rebuild.run("krops-deploy")?;
+    let status = rebuild.run(reporting)?;
     Ok(deploy.conclude(&watchdog, cli.check.as_deref(), status))
 }
 
@@ -534,20 +544,23 @@ impl Deploy {
     /// Builds the new system, copies it to the target (when the build
     /// target is another machine) and returns it; `Err(code)` when a step
     /// failed (it said so).
-    fn build_and_copy(&self) -> Result<std::result::Result<Built, ExitCode>> {
+    fn build_and_copy(
+        &self,
+        reporting: &mut Reporting,
+    ) -> Result<std::result::Result<Built, ExitCode>> {
         let build = Final::new(
             &self.build_session,
             self.build_command(),
             self.on_build("nixos-rebuild", "build"),
         );
-        let (status, stdout) = build.run_capturing_stdout("krops-deploy")?;
+        let (status, stdout) = build.run_capturing_stdout(reporting)?;
         if !status.success() {
             return Ok(Err(ExitCode::from(exit_code(status))));
         }
         let built = preview::parse_built(&stdout)?;
         if self.separate_build() {
             let copy = self.copy_final(&built.system);
-            let status = copy.run("krops-deploy")?;
+            let status = copy.run(reporting)?;
             if !status.success() {
                 self.cleanup(&built);
                 return Ok(Err(ExitCode::from(exit_code(status))));
@@ -587,7 +600,7 @@ impl Deploy {
     }
 
     /// Compares the built system with the target's running system.
-    fn preview(&self, built: &Built) -> Result<Preview> {
+    fn preview(&self, built: &Built, reporting: &mut Reporting) -> Result<Preview> {
         let cmd = self.target_session.command(
             &preview::diff_script(&self.paths, &built.system),
             &[],
@@ -601,7 +614,7 @@ impl Deploy {
                 self.target_session.machine()
             ),
         );
-        let (status, stdout) = compare.run_capturing_stdout("krops-deploy")?;
+        let (status, stdout) = compare.run_capturing_stdout(reporting)?;
         if !status.success() {
             bail!("cannot compare the new system with the running one");
         }
@@ -617,6 +630,7 @@ impl Deploy {
         watchdog: Option<&Watchdog>,
         check: Option<&str>,
         dry_run: bool,
+        reporting: &mut Reporting,
     ) -> Result<ExitCode> {
         if dry_run {
             let mut steps = self.dry_run_build_steps();
@@ -637,12 +651,12 @@ impl Deploy {
             }
             return self.print_dry_run(plans, &steps);
         }
-        populate::populate_all(plans)?;
-        let built = match self.build_and_copy()? {
+        populate::populate_all(plans, reporting)?;
+        let built = match self.build_and_copy(reporting)? {
             Ok(built) => built,
             Err(code) => return Ok(code),
         };
-        let result = self.preview(&built);
+        let result = self.preview(&built, reporting);
         let preview = match result {
             Ok(preview) => preview,
             Err(err) => {
@@ -673,7 +687,7 @@ impl Deploy {
                  until it is collected)"
             );
         }
-        let code = self.activate(&built.system, watchdog, check);
+        let code = self.activate(&built.system, watchdog, check, reporting);
         self.cleanup(&built);
         code
     }
@@ -686,18 +700,19 @@ impl Deploy {
         watchdog: Option<&Watchdog>,
         check: Option<&str>,
         dry_run: bool,
+        reporting: &mut Reporting,
     ) -> Result<ExitCode> {
         if dry_run {
             let mut steps = self.dry_run_build_steps();
             steps.extend(self.dry_run_activation_steps(watchdog, check));
             return self.print_dry_run(plans, &steps);
         }
-        populate::populate_all(plans)?;
-        let built = match self.build_and_copy()? {
+        populate::populate_all(plans, reporting)?;
+        let built = match self.build_and_copy(reporting)? {
             Ok(built) => built,
             Err(code) => return Ok(code),
         };
-        let code = self.activate(&built.system, watchdog, check);
+        let code = self.activate(&built.system, watchdog, check, reporting);
         self.cleanup(&built);
         code
     }
@@ -709,6 +724,7 @@ impl Deploy {
         system: &str,
         watchdog: Option<&Watchdog>,
         check: Option<&str>,
+        reporting: &mut Reporting,
     ) -> Result<ExitCode> {
         let activate = Final::new(
             &self.target_session,
@@ -722,7 +738,7 @@ impl Deploy {
         if let Some(watchdog) = watchdog {
             mktarget::interrupt::aftermath(watchdog.aftermath(&self.target_session.machine()));
         }
-        let status = activate.run("krops-deploy")?;
+        let status = activate.run(reporting)?;
         Ok(match watchdog {
             Some(watchdog) => self.conclude(watchdog, check, status),
             None => ExitCode::from(exit_code(status)),

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use mktarget::tool::Example;
 use mktarget::{Cmd, Origin};
-use populate::{populate_then, Final, Plan, PopulateArgs};
+use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
 
 /// Populate a local target, then build its system with nix-build.
 ///
@@ -56,6 +56,14 @@ pub fn build_command(path: &str, trace: bool) -> Cmd {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    cli.populate.output.with_results(
+        "krops-test",
+        Some("the built system's store path"),
+        |results| test(&cli, results),
+    )
+}
+
+fn test(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     if !target.is_local(&origin) {
@@ -70,7 +78,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let session = cli.populate.session(&target, &origin)?;
     let plan = Plan::new(&session, &sources, cli.populate.options())?;
     populate_then(
-        "krops-test",
         &[plan],
         &Final {
             command: build_command(&target.path, cli.trace),
@@ -79,6 +86,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             session,
         },
         cli.populate.dry_run,
+        &mut Reporting::new("krops-test", &cli.populate, results)?,
     )
 }
 

@@ -336,6 +336,33 @@ impl Cmd {
         Ok((output.status, stdout))
     }
 
+    /// Like [`Cmd::status`], its stdout going to our stderr when
+    /// `stdout_to_stderr` (ours then carries something else), and its stderr
+    /// (with that stdout) kept and returned instead of shown when
+    /// `keep_stderr` (`--quiet`: shown only if it failed).
+    pub fn status_redirected(
+        &self,
+        stdout_to_stderr: bool,
+        keep_stderr: bool,
+    ) -> Result<(ExitStatus, Vec<u8>)> {
+        let mut expr = self.expression();
+        if stdout_to_stderr {
+            expr = expr.stdout_to_stderr();
+        }
+        if keep_stderr {
+            expr = expr.stderr_capture();
+        }
+        let handle = expr
+            .unchecked()
+            .start()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        let _registered = interrupt::register(handle.pids(), self.own_group());
+        let output = handle
+            .into_output()
+            .with_context(|| format!("waiting for `{}`", self.brief()))?;
+        Ok((output.status, output.stderr))
+    }
+
     /// Runs the command with its stdout and stderr written to `stdout` and
     /// `stderr` (the write ends of pipes someone else reads, e.g. a fleet
     /// prefixing each host's lines) and returns how it exited. Our copies of
@@ -552,6 +579,16 @@ mod tests {
             (&output.stdout[..], &output.stderr[..]),
             (&b"out\n"[..], &b"err\n"[..])
         );
+    }
+
+    #[test]
+    fn status_redirected_keeps_stderr_and_moves_stdout_there() {
+        let cmd = Cmd::new("/bin/sh").args(["-c", "echo to-out; echo to-err >&2; exit 3"]);
+        let (status, kept) = cmd.status_redirected(true, true).unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(String::from_utf8(kept).unwrap(), "to-out\nto-err\n");
+        let (status, kept) = cmd.status_redirected(false, false).unwrap();
+        assert_eq!((status.code(), kept.len()), (Some(3), 0));
     }
 
     #[test]

@@ -22,8 +22,12 @@ use mktarget::target::kind;
 use mktarget::{Cmd, Origin, Target};
 use serde_json::Value;
 
+use indicatif::{MultiProgress, ProgressBar};
+
+use crate::progress::{self, Style, Verbosity};
 use crate::secrets::SecretDir;
 use crate::source::is_portable;
+use crate::{PopulateArgs, Results, ResultsTo};
 
 /// The fleet's own options; a driver flattens them into its command line
 /// beside [`crate::PopulateArgs`]. (`--jobs` and `--on` also conflict with
@@ -48,8 +52,9 @@ pub struct FleetArgs {
     pub on: Vec<String>,
 }
 
-/// The ids of [`FleetArgs`]'s options, which no host's run gets.
-const FLEET_OPTIONS: [&str; 3] = ["fleet", "jobs", "on"];
+/// The ids of [`FleetArgs`]'s options, and of where the results go (each
+/// host's go to a file of the fleet's), which no host's run gets.
+const FLEET_OPTIONS: [&str; 5] = ["fleet", "jobs", "on", "json", "json_file"];
 
 /// Hosts that run at once unless `--jobs` says otherwise.
 pub const DEFAULT_JOBS: usize = 8;
@@ -374,6 +379,9 @@ enum Sink {
     Prefixed,
     /// Kept, to be shown later or not at all.
     Kept,
+    /// Kept, each line telling the host's live line what it does now
+    /// (a terminal's display); with `--verbose` also prefixed to ours.
+    Watched,
 }
 
 /// How one host's run ended.
@@ -400,20 +408,139 @@ impl Outcome {
     }
 }
 
+/// A fleet's view on our stdout and stderr: plain prefixed lines, or on a
+/// terminal a live line per host with what it does now.
+struct Board {
+    style: Style,
+    live: Option<(MultiProgress, Vec<ProgressBar>)>,
+}
+
+impl Board {
+    fn new(style: Style, hosts: &[Host]) -> Board {
+        if !style.live {
+            return Board { style, live: None };
+        }
+        let multi = style.multi();
+        let width = hosts.iter().map(|h| h.name.len()).max().unwrap_or(0);
+        let bars = hosts
+            .iter()
+            .map(|host| {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(style.still());
+                bar.set_prefix(format!("{:width$}", host.name));
+                bar.set_message(format!("  {}", style.dim(&format!("{:width$}", host.name))));
+                bar
+            })
+            .collect();
+        Board {
+            style,
+            live: Some((multi, bars)),
+        }
+    }
+
+    /// Writes to our stdout or stderr (above the live lines).
+    fn write(&self, stream: Stream, bytes: &[u8]) {
+        let write = || {
+            // One write per line, so hosts' lines never mix; a closed
+            // stream of ours must not stop the host halfway.
+            let _ = match stream {
+                Stream::Stdout => std::io::stdout().lock().write_all(bytes),
+                Stream::Stderr => std::io::stderr().lock().write_all(bytes),
+            };
+        };
+        match &self.live {
+            Some((multi, _)) => multi.suspend(write),
+            None => write(),
+        }
+    }
+
+    fn started(&self, i: usize) {
+        if let Some((_, bars)) = &self.live {
+            bars[i].set_style(self.style.spinner("{spinner} {prefix}  {secs}  {msg}"));
+            bars[i].set_message("");
+            bars[i].reset_elapsed();
+            bars[i].enable_steady_tick(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// A line host `i` printed: a step's plain line tells what it does now.
+    fn saw(&self, i: usize, line: &[u8]) {
+        if let Some((_, bars)) = &self.live {
+            let line = String::from_utf8_lossy(line);
+            if let Some(what) = progress::strip_timestamp(line.trim_end()) {
+                let what = what.strip_prefix("populate: ").unwrap_or(what);
+                bars[i].set_message(what.to_owned());
+            }
+        }
+    }
+
+    fn ended(&self, i: usize, outcome: &Outcome) {
+        if let Some((_, bars)) = &self.live {
+            let mark = if outcome.ok() {
+                self.style.check()
+            } else {
+                self.style.cross()
+            };
+            bars[i].disable_steady_tick();
+            bars[i].set_style(self.style.still());
+            bars[i].finish_with_message(format!(
+                "{mark} {}  {:.1} s  {}",
+                bars[i].prefix(),
+                outcome.seconds,
+                outcome.result()
+            ));
+        }
+    }
+
+    /// Replaces the live lines with each failed host's line and output
+    /// (unless `--verbose` showed it as it came).
+    fn finish(self, hosts: &[Host], outcomes: &[Outcome]) {
+        let Some((multi, bars)) = self.live else {
+            return;
+        };
+        let _ = multi.clear();
+        let mut stderr = std::io::stderr().lock();
+        for ((host, outcome), bar) in hosts.iter().zip(outcomes).zip(&bars) {
+            if outcome.ok() {
+                continue;
+            }
+            let _ = writeln!(stderr, "{}", bar.message());
+            if self.style.verbosity != Verbosity::Verbose {
+                for line in String::from_utf8_lossy(&outcome.stderr).lines() {
+                    let _ = writeln!(stderr, "{} | {line}", host.name);
+                }
+            }
+        }
+    }
+}
+
 /// Copies `from` to our stdout or stderr line by line with `prefix`, or
-/// keeps it.
-fn pump(from: impl Read, prefix: &str, stream: Stream, sink: Sink) -> Vec<u8> {
+/// keeps it (see [`Sink`]); host `i`'s.
+fn pump(
+    from: impl Read,
+    board: &Board,
+    i: usize,
+    prefix: &str,
+    stream: Stream,
+    sink: Sink,
+) -> Vec<u8> {
     let mut reader = BufReader::new(from);
     let mut kept = Vec::new();
     let mut line = Vec::new();
+    let verbose = board.style.verbosity == Verbosity::Verbose;
     loop {
         line.clear();
         match reader.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        if sink == Sink::Kept {
+        if sink != Sink::Prefixed {
             kept.extend_from_slice(&line);
+        }
+        if sink == Sink::Watched {
+            board.saw(i, &line);
+        }
+        if sink == Sink::Kept || (sink == Sink::Watched && !verbose) {
             continue;
         }
         let mut out = Vec::with_capacity(prefix.len() + line.len() + 1);
@@ -422,12 +549,7 @@ fn pump(from: impl Read, prefix: &str, stream: Stream, sink: Sink) -> Vec<u8> {
         if !out.ends_with(b"\n") {
             out.push(b'\n');
         }
-        // One write per line, so hosts' lines never mix; a closed stream
-        // of ours must not stop the host halfway.
-        let _ = match stream {
-            Stream::Stdout => std::io::stdout().lock().write_all(&out),
-            Stream::Stderr => std::io::stderr().lock().write_all(&out),
-        };
+        board.write(stream, &out);
     }
     kept
 }
@@ -438,8 +560,16 @@ enum Stream {
     Stderr,
 }
 
-/// Runs `command` for host `name`, its output going as the sinks say.
-fn run_host(name: &str, command: &Cmd, stdout: Sink, stderr: Sink) -> Outcome {
+/// Runs `command` for host `i`, its output going as the sinks say (its
+/// stdout to our stderr when `stdout_to` says so: ours carries the results).
+fn run_host(
+    board: &Board,
+    i: usize,
+    name: &str,
+    command: &Cmd,
+    (stdout, stdout_to): (Sink, Stream),
+    stderr: Sink,
+) -> Outcome {
     let started = Instant::now();
     let prefix = format!("{name} | ");
     let pipes = os_pipe::pipe().and_then(|out| Ok((out, os_pipe::pipe()?)));
@@ -455,8 +585,8 @@ fn run_host(name: &str, command: &Cmd, stdout: Sink, stderr: Sink) -> Outcome {
         }
     };
     std::thread::scope(|scope| {
-        let out = scope.spawn(|| pump(out_reader, &prefix, Stream::Stdout, stdout));
-        let err = scope.spawn(|| pump(err_reader, &prefix, Stream::Stderr, stderr));
+        let out = scope.spawn(|| pump(out_reader, board, i, &prefix, stdout_to, stdout));
+        let err = scope.spawn(|| pump(err_reader, board, i, &prefix, Stream::Stderr, stderr));
         let status = command
             .status_to(out_writer, err_writer)
             .map_err(|err| format!("{err:#}"));
@@ -507,8 +637,11 @@ pub fn run(
     settings: &[Setting],
     command: &clap::Command,
     args: &[String],
-    dry_run: bool,
+    populate: &PopulateArgs,
+    results: &mut Results,
 ) -> Result<ExitCode> {
+    results.fleet();
+    let dry_run = populate.dry_run;
     let file = fleet.fleet.as_deref().context("--fleet is required")?;
     let origin = Origin::from_env();
     let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
@@ -530,17 +663,23 @@ pub fn run(
         let file = dir.path().join(name);
         host_args.push(self::host_args(host, &file, &forwarded)?);
     }
+    // Each host writes its results beside its sources; we gather them.
+    let wants_results = populate.output.json || populate.output.json_file.is_some();
+    let results_file = |i: usize| dir.path().join(format!("{}.results.json", hosts[i].name));
     let jobs = fleet
         .jobs
         .map_or(hosts.len().min(DEFAULT_JOBS), usize::from);
     let count = hosts.len();
+    let style = populate.output.style();
 
     if !dry_run {
         // Every host checks its whole input the way its run will, running nothing.
         interrupt::doing(format!("checking the fleet's {count} hosts"));
+        let quiet = Board::new(Style::plain(Verbosity::Quiet), &[]);
         let checks = in_parallel(count, jobs, |i| {
             let check = Cmd::new(&program).arg("--dry-run").args(&host_args[i]);
-            run_host(&hosts[i].name, &check, Sink::Kept, Sink::Kept)
+            let stdout = (Sink::Kept, Stream::Stdout);
+            run_host(&quiet, i, &hosts[i].name, &check, stdout, Sink::Kept)
         });
         let refused: Vec<usize> = (0..count).filter(|&i| !checks[i].ok()).collect();
         if !refused.is_empty() {
@@ -564,10 +703,38 @@ pub fn run(
 
     interrupt::doing(format!("the fleet's {count} hosts"));
     let stdout = if dry_run { Sink::Kept } else { Sink::Prefixed };
+    let stdout_to = if populate.output.results_to(None)? == Some(ResultsTo::Stdout) {
+        Stream::Stderr
+    } else {
+        Stream::Stdout
+    };
+    let stderr = if style.live {
+        Sink::Watched
+    } else {
+        Sink::Prefixed
+    };
+    let board = Board::new(style, &hosts);
     let outcomes = in_parallel(count, jobs, |i| {
-        let command = Cmd::new(&program).args(&host_args[i]);
-        run_host(&hosts[i].name, &command, stdout, Sink::Prefixed)
+        let mut command = Cmd::new(&program);
+        if wants_results && !dry_run {
+            command = command
+                .arg("--json-file")
+                .arg(results_file(i).display().to_string());
+        }
+        let command = command.args(&host_args[i]);
+        board.started(i);
+        let outcome = run_host(
+            &board,
+            i,
+            &hosts[i].name,
+            &command,
+            (stdout, stdout_to),
+            stderr,
+        );
+        board.ended(i, &outcome);
+        outcome
     });
+    board.finish(&hosts, &outcomes);
     if dry_run {
         // Each host's plan as it would print it alone, one after another.
         let mut out = std::io::stdout().lock();
@@ -577,8 +744,18 @@ pub fn run(
         }
         out.flush()?;
     }
+    for (i, (host, outcome)) in hosts.iter().zip(&outcomes).enumerate() {
+        let document = std::fs::read(results_file(i))
+            .ok()
+            .and_then(|text| serde_json::from_slice(&text).ok());
+        let exit_code = outcome.status.as_ref().ok().and_then(ExitStatus::code);
+        let elapsed = std::time::Duration::from_secs_f64(outcome.seconds);
+        results.add_host(&host.name, exit_code, elapsed, document);
+    }
     let failed = outcomes.iter().filter(|o| !o.ok()).count();
-    eprint!("{}", summary(tool, &hosts, &outcomes));
+    if !style.quiet() || failed > 0 {
+        eprint!("{}", summary(tool, &hosts, &outcomes));
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

@@ -4,24 +4,29 @@
 
 pub mod fleet;
 pub mod parallel;
+pub mod progress;
 pub mod report;
+pub mod results;
 pub mod script;
 pub mod secrets;
 pub mod source;
 mod step;
 pub mod sync;
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::{ExitCode, ExitStatus};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mktarget::tool::Example;
 use mktarget::{Cmd, Multiplex, Origin, Session, Target};
 
-pub use report::{Printer, Report, StepError, StepOutcome, StepStatus};
+pub use progress::{Style, Verbosity};
+pub use report::{Printer, Report, StepError, StepOutcome, StepStatus, Transfer};
+pub use results::{Results, ResultsTo};
 pub use source::{Source, Sources};
 pub use sync::{Options, Plan, MAX_JOBS};
 
@@ -56,6 +61,77 @@ pub struct PopulateArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u8).range(1..=sync::MAX_JOBS as i64))]
     pub source_jobs: u8,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// How a run reports: on stderr as it goes, and as JSON at the end.
+#[derive(Debug, Default, clap::Args)]
+pub struct OutputArgs {
+    /// Print errors only (and a failed step's output)
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// On a terminal, also show every step's own output (else shown only under a failed step)
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// At the end, print the results as one JSON document on stdout (see README)
+    #[arg(long, conflicts_with_all = ["json_file", "dry_run"])]
+    pub json: bool,
+    /// At the end, write the results as one JSON document to FILE (`-`: stdout)
+    #[arg(long, value_name = "FILE", conflicts_with = "dry_run")]
+    pub json_file: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    pub fn verbosity(&self) -> Verbosity {
+        if self.quiet {
+            Verbosity::Quiet
+        } else if self.verbose {
+            Verbosity::Verbose
+        } else {
+            Verbosity::Normal
+        }
+    }
+
+    /// How the run shows itself on our stderr.
+    pub fn style(&self) -> Style {
+        Style::detect(self.verbosity())
+    }
+
+    /// Where the results go, if anywhere. `stdout_carries` says what a
+    /// tool's stdout is for besides the results (krops-test's store path),
+    /// which the results must not be mixed into.
+    pub fn results_to(&self, stdout_carries: Option<&str>) -> Result<Option<ResultsTo>> {
+        let to = match &self.json_file {
+            Some(path) if path.as_os_str() == "-" => Some(ResultsTo::Stdout),
+            Some(path) => Some(ResultsTo::File(path.clone())),
+            None if self.json => Some(ResultsTo::Stdout),
+            None => None,
+        };
+        if let (Some(ResultsTo::Stdout), Some(carries)) = (&to, stdout_carries) {
+            bail!(
+                "--json: stdout carries {carries}, so the results go to a file: --json-file FILE"
+            );
+        }
+        Ok(to)
+    }
+
+    /// Runs `body`, then writes the results where `--json`/`--json-file`
+    /// say, also when `body` failed (the document then says why).
+    pub fn with_results(
+        &self,
+        tool: &str,
+        stdout_carries: Option<&str>,
+        body: impl FnOnce(&mut Results) -> Result<ExitCode>,
+    ) -> Result<ExitCode> {
+        let to = self.results_to(stdout_carries)?;
+        let mut results = Results::new(tool);
+        let outcome = body(&mut results);
+        if let Some(to) = to {
+            results.write(&to, outcome.as_ref().err())?;
+        }
+        outcome
+    }
 }
 
 impl PopulateArgs {
@@ -124,16 +200,42 @@ pub struct Final {
     pub session: Arc<Session>,
 }
 
+/// How a driver's run shows its steps and records them: the tool's name
+/// for messages, the progress style, whether our stdout carries the
+/// results (so a command's stdout must go elsewhere), and the results.
+pub struct Reporting<'r> {
+    pub tool: &'static str,
+    pub style: Style,
+    pub results_on_stdout: bool,
+    pub results: &'r mut Results,
+}
+
+impl<'r> Reporting<'r> {
+    pub fn new(tool: &'static str, args: &PopulateArgs, results: &'r mut Results) -> Result<Self> {
+        Ok(Reporting {
+            tool,
+            style: args.output.style(),
+            results_on_stdout: args.output.results_to(None)? == Some(ResultsTo::Stdout),
+            results,
+        })
+    }
+}
+
 /// What every driver does: run each populate plan, then the final command
-/// on the target, and end with its exit status. With `dry_run`, print all
-/// of it as one sh script instead.
-pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) -> Result<ExitCode> {
+/// on the target, and end with its exit status; the results record it all.
+/// With `dry_run`, print all of it as one sh script instead.
+pub fn populate_then(
+    plans: &[Plan],
+    last: &Final,
+    dry_run: bool,
+    reporting: &mut Reporting,
+) -> Result<ExitCode> {
     if dry_run {
         print!("{}", dry_run_script(plans, &[(&last.what, &last.command)]));
         return Ok(ExitCode::SUCCESS);
     }
-    populate_all(plans)?;
-    let status = last.run(tool)?;
+    populate_all(plans, reporting)?;
+    let status = last.run(reporting)?;
     Ok(ExitCode::from(mktarget::command::exit_code(status)))
 }
 
@@ -151,11 +253,13 @@ pub fn dry_run_script(plans: &[Plan], steps: &[(&str, &Cmd)]) -> String {
     script
 }
 
-/// Runs each populate plan, in order; an error when one fails or a signal
-/// came.
-pub fn populate_all(plans: &[Plan]) -> Result<()> {
+/// Runs each populate plan, in order, into the results; an error when one
+/// fails or a signal came.
+pub fn populate_all(plans: &[Plan], reporting: &mut Reporting) -> Result<()> {
     for plan in plans {
-        plan.run()?;
+        let report = plan.run(reporting.style);
+        reporting.results.add_target(&report);
+        report.into_result()?;
     }
     if mktarget::interrupt::interrupted() {
         bail!("interrupted");
@@ -174,29 +278,73 @@ impl Final {
         }
     }
 
-    /// Runs the command with our stdout and stderr and returns how it
-    /// exited; when it failed, says so as `TOOL: error: …`.
-    pub fn run(&self, tool: &str) -> Result<ExitStatus> {
-        self.start_running();
-        let status = self.command.status()?;
-        self.report(tool, status);
+    /// Runs the command and returns how it exited, its progress shown and
+    /// its outcome recorded as the run's final command; when it failed,
+    /// says so as `TOOL: error: …`. Its stdout is ours, or our stderr when
+    /// ours carries the results; with `--quiet` its stderr is shown only
+    /// when it fails.
+    pub fn run(&self, reporting: &mut Reporting) -> Result<ExitStatus> {
+        let began = self.start_running(reporting);
+        let ran = self
+            .command
+            .status_redirected(reporting.results_on_stdout, reporting.style.quiet());
+        let (status, kept) = self.record(reporting, began, ran)?;
+        if !status.success() {
+            let _ = std::io::stderr().write_all(&kept);
+        }
+        self.report(reporting.tool, status);
         Ok(status)
     }
 
-    /// Like [`Final::run`], with its stdout captured (data: a store path).
-    pub fn run_capturing_stdout(&self, tool: &str) -> Result<(ExitStatus, String)> {
-        self.start_running();
-        let (status, stdout) = self.command.status_and_stdout()?;
-        self.report(tool, status);
+    /// Like [`Final::run`], with its stdout captured (data: a store path)
+    /// and its stderr shown as it comes.
+    pub fn run_capturing_stdout(&self, reporting: &mut Reporting) -> Result<(ExitStatus, String)> {
+        let began = self.start_running(reporting);
+        let ran = self.command.status_and_stdout();
+        let (status, stdout) = self.record(reporting, began, ran)?;
+        self.report(reporting.tool, status);
         Ok((status, stdout))
     }
 
-    fn start_running(&self) {
+    fn start_running(&self, reporting: &Reporting) -> Instant {
         self.session.connect();
         mktarget::interrupt::doing(&self.what);
         if let Some(on) = &self.remote {
             mktarget::interrupt::remote(on);
         }
+        progress::final_started(reporting.style, reporting.tool, &self.what);
+        Instant::now()
+    }
+
+    /// Records how the command ended (or that it could not run) in the
+    /// results and the progress.
+    fn record<T>(
+        &self,
+        reporting: &mut Reporting,
+        began: Instant,
+        ran: Result<(ExitStatus, T)>,
+    ) -> Result<(ExitStatus, T)> {
+        let (status, kept) = match ran {
+            Ok(ran) => ran,
+            Err(err) => {
+                reporting
+                    .results
+                    .set_final(&self.what, None, began.elapsed());
+                return Err(err);
+            }
+        };
+        reporting
+            .results
+            .set_final(&self.what, Some(status), began.elapsed());
+        let how = mktarget::command::describe(status);
+        progress::final_ended(
+            reporting.style,
+            reporting.tool,
+            &self.what,
+            (!status.success()).then_some(how.as_str()),
+            began.elapsed(),
+        );
+        Ok((status, kept))
     }
 
     fn report(&self, tool: &str, status: ExitStatus) {
@@ -252,15 +400,23 @@ pub fn command() -> clap::Command {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    cli.args
+        .output
+        .with_results("populate", None, |results| populate(&cli.args, results))
+}
+
+fn populate(args: &PopulateArgs, results: &mut Results) -> Result<ExitCode> {
     let origin = Origin::from_env();
-    let target = cli.args.target(&origin)?;
-    let sources = cli.args.read_sources()?;
-    let session = cli.args.session(&target, &origin)?;
-    let plan = Plan::new(&session, &sources, cli.args.options())?;
-    if cli.args.dry_run {
+    let target = args.target(&origin)?;
+    let sources = args.read_sources()?;
+    let session = args.session(&target, &origin)?;
+    let plan = Plan::new(&session, &sources, args.options())?;
+    if args.dry_run {
         print!("{}", plan.script());
     } else {
-        plan.run()?;
+        let report = plan.run(args.output.style());
+        results.add_target(&report);
+        report.into_result()?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,77 @@ pub struct StepOutcome {
     pub place: String,
     pub status: StepStatus,
     pub elapsed: Duration,
+    /// What rsync did, for the steps that sync with rsync and got that far.
+    pub transfer: Option<Transfer>,
+}
+
+/// What one rsync did, as it reported it with `--itemize-changes` and `-v`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transfer {
+    /// rsync's itemized lines, one a changed file (`>f+++++++++ a.nix`,
+    /// `*deleting   old.nix`); none when nothing changed.
+    pub changes: Vec<String>,
+    /// The bytes it sent (`sent 1,234 bytes …`), when it said.
+    pub bytes_sent: Option<u64>,
+}
+
+impl Transfer {
+    /// Reads one line of rsync's output.
+    pub fn read_line(&mut self, line: &str) {
+        let line = line.trim_end_matches(['\n', '\r']);
+        if is_itemized(line) {
+            self.changes.push(line.to_owned());
+        } else if let Some(sent) = sent_bytes(line) {
+            self.bytes_sent = Some(sent);
+        }
+    }
+
+    /// `2 files changed, 1234 bytes sent`.
+    pub fn summary(&self) -> String {
+        let files = match self.changes.len() {
+            1 => "1 file changed".to_owned(),
+            n => format!("{n} files changed"),
+        };
+        match self.bytes_sent {
+            Some(bytes) => format!("{files}, {bytes} bytes sent"),
+            None => files,
+        }
+    }
+}
+
+/// Whether `line` is one of rsync's itemized changes: an 11-character code
+/// (`YXcstpoguax`: update type, file type, attributes) and the name, or
+/// `*deleting` and the name.
+fn is_itemized(line: &str) -> bool {
+    let bytes = line.as_bytes();
+    if bytes.len() < 13 || bytes[11] != b' ' || !line.is_char_boundary(11) {
+        return false;
+    }
+    if let Some(message) = line[..11].strip_prefix('*') {
+        return message.trim_end().bytes().all(|b| b.is_ascii_lowercase());
+    }
+    b"<>ch.".contains(&bytes[0])
+        && b"fdLDS".contains(&bytes[1])
+        && bytes[2..11].iter().all(|b| b".+ ?cstpoguaxn".contains(b))
+}
+
+/// The number in rsync's `sent 1,234 bytes  received 56 bytes …` (its
+/// digit groups separated by `,` or `.` as the locale says).
+fn sent_bytes(line: &str) -> Option<u64> {
+    let rest = line.strip_prefix("sent ")?;
+    let (number, after) = rest.split_once(' ')?;
+    if !after.starts_with("bytes") {
+        return None;
+    }
+    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+    if digits.is_empty()
+        || !number
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ',' || c == '.')
+    {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 #[derive(Clone, Debug)]
@@ -79,7 +150,11 @@ impl std::error::Error for StepError {}
 /// Every step's outcome, in plan order.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// The target path as messages name it: `[HOST:]PATH`.
+    pub target: String,
     pub steps: Vec<StepOutcome>,
+    /// How long the whole run took.
+    pub elapsed: Duration,
 }
 
 impl Report {
@@ -131,11 +206,6 @@ impl Printer {
                 slots: (0..steps).map(|_| Slot::default()).collect(),
             }),
         }
-    }
-
-    /// A printer to our stderr.
-    pub fn stderr(steps: usize) -> Printer {
-        Printer::new(steps, Box::new(std::io::stderr()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PrinterState> {
@@ -251,8 +321,11 @@ mod tests {
             place: format!("h:/var/src/{label}"),
             status,
             elapsed: Duration::ZERO,
+            transfer: None,
         };
         let report = Report {
+            target: "h:/var/src".into(),
+            elapsed: Duration::ZERO,
             steps: vec![
                 step("a", StepStatus::Done),
                 step("b", StepStatus::Failed(StepError::message("first"))),
@@ -261,5 +334,47 @@ mod tests {
         };
         let err = report.into_result().unwrap_err().to_string();
         assert_eq!(err, "b → h:/var/src/b: first");
+    }
+
+    #[test]
+    fn rsyncs_itemized_changes_and_bytes_sent_are_read() {
+        let mut transfer = Transfer::default();
+        for line in [
+            "sending incremental file list",
+            ".d..t...... ./",
+            ">f+++++++++ configuration.nix",
+            "cd+++++++++ modules/",
+            ">f.st...... modules/a b.nix",
+            "*deleting   old.nix",
+            "cL+++++++++ link -> target",
+            "",
+            "sent 1,234,567 bytes  received 35 bytes  2,469,204.00 bytes/sec",
+            "total size is 12  speedup is 0.00",
+            "rsync: [sender] some error",
+        ] {
+            transfer.read_line(&format!("{line}\n"));
+        }
+        assert_eq!(
+            transfer.changes,
+            [
+                ".d..t...... ./",
+                ">f+++++++++ configuration.nix",
+                "cd+++++++++ modules/",
+                ">f.st...... modules/a b.nix",
+                "*deleting   old.nix",
+                "cL+++++++++ link -> target",
+            ]
+        );
+        assert_eq!(transfer.bytes_sent, Some(1_234_567));
+        assert_eq!(transfer.summary(), "6 files changed, 1234567 bytes sent");
+        let mut nothing = Transfer::default();
+        for line in [
+            "sending incremental file list",
+            "sent 52 bytes  received 12 bytes  128.00 bytes/sec",
+        ] {
+            nothing.read_line(line);
+        }
+        assert!(nothing.changes.is_empty());
+        assert_eq!(nothing.summary(), "0 files changed, 52 bytes sent");
     }
 }

@@ -9,7 +9,7 @@ use mktarget::command::{describe, Cmd};
 use mktarget::shell::quote;
 use mktarget::Session;
 
-use crate::report::StepError;
+use crate::report::{StepError, Transfer};
 use crate::script::{failed_command, PRELUDE};
 use crate::source::pipe::Pipe;
 use crate::source::store::Secrets;
@@ -57,18 +57,17 @@ impl Work {
     /// rsync after its claim.
     pub(crate) fn run(&self, session: &Session, out: &mut dyn Write) -> Result<Ended> {
         match self {
-            Work::Sentinel { .. } | Work::Batched { .. } => Ok(Ended::Done),
+            Work::Sentinel { .. } | Work::Batched { .. } => Ok(Ended::Done(None)),
             Work::Rsync { claim, rsync } => {
                 if let Some(claim) = claim {
                     run_cmd(&session.shell(&format!("{PRELUDE}{claim}")), out)?;
                 }
-                run_cmd(rsync, out).map(|()| Ended::Done)
+                run_rsync(rsync, out).map(|transfer| Ended::Done(Some(transfer)))
             }
-            Work::Alone { body, .. } => {
-                run_cmd(&session.shell(&format!("{PRELUDE}{body}")), out).map(|()| Ended::Done)
-            }
+            Work::Alone { body, .. } => run_cmd(&session.shell(&format!("{PRELUDE}{body}")), out)
+                .map(|()| Ended::Done(None)),
             Work::Secrets(secrets) => secrets.run(session, out),
-            Work::Pipe(pipe) => pipe.run(out).map(|()| Ended::Done),
+            Work::Pipe(pipe) => pipe.run(out).map(|()| Ended::Done(None)),
         }
     }
 
@@ -91,7 +90,8 @@ impl Work {
 
 /// How a step that ran ended.
 pub(crate) enum Ended {
-    Done,
+    /// With what rsync did, for the steps that sync with it.
+    Done(Option<Transfer>),
     Unchanged,
 }
 
@@ -132,6 +132,47 @@ pub(crate) fn run_cmd(cmd: &Cmd, out: &mut dyn Write) -> Result<()> {
         Ok(())
     } else {
         Err(step_failure(cmd, status, &tail).into())
+    }
+}
+
+/// Runs an rsync of a step (with `--itemize-changes`), its output going to
+/// `out` as it comes, and returns what it says it did.
+pub(crate) fn run_rsync(cmd: &Cmd, out: &mut dyn Write) -> Result<Transfer> {
+    let mut watch = Watch {
+        out,
+        line: Vec::new(),
+        transfer: Transfer::default(),
+    };
+    run_cmd(cmd, &mut watch)?;
+    let rest = std::mem::take(&mut watch.line);
+    watch.transfer.read_line(&String::from_utf8_lossy(&rest));
+    Ok(watch.transfer)
+}
+
+/// Passes a command's output on and reads it line by line.
+struct Watch<'a> {
+    out: &'a mut dyn Write,
+    line: Vec<u8>,
+    transfer: Transfer,
+}
+
+impl Write for Watch<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The output goes on whatever happens to it there.
+        let _ = self.out.write_all(buf);
+        for &byte in buf {
+            if byte == b'\n' {
+                let line = std::mem::take(&mut self.line);
+                self.transfer.read_line(&String::from_utf8_lossy(&line));
+            } else {
+                self.line.push(byte);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 

@@ -4,19 +4,21 @@
 //! sources' places) batched into as few remote runs as fit, then the other
 //! sources `jobs` at a time over the target's one shared connection, then
 //! derivations (which may build from the sources just synced). Each step's
-//! outcome is data ([`Report`]); its output is kept together, in plan order
-//! ([`Printer`]).
+//! outcome is data ([`Report`]); its display ([`Progress`]) keeps each
+//! step's output together, in plan order.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use mktarget::interrupt;
 use mktarget::shell::quote;
 use mktarget::Session;
 
-use crate::report::{Printer, Report, StepError, StepOutcome, StepStatus};
+use crate::progress::{Progress, Row, Style};
+use crate::report::{Report, StepError, StepOutcome, StepStatus};
 use crate::script::PRELUDE;
 use crate::source::Sources;
 use crate::step::{part_failure, step_failure, Ended, Work};
@@ -118,21 +120,52 @@ impl Plan {
         })
     }
 
-    /// Runs the plan, its output to our stderr; the first failure (in plan
-    /// order) is the error.
-    pub fn run(&self) -> Result<Report> {
-        self.run_with(&Printer::stderr(self.steps.len()))
-            .into_result()
+    /// Runs the plan, shown on our stderr as `style` says, and returns
+    /// every step's outcome ([`Report::into_result`] makes the first
+    /// failure, in plan order, the error). A failure stops new steps from
+    /// starting; the running ones finish.
+    pub fn run(&self, style: Style) -> Report {
+        let progress = Progress::new(style, self.rows());
+        let report = self.run_with(&progress);
+        progress.finish();
+        report
     }
 
-    /// Runs the plan with its output going to `printer` (one slot a step)
-    /// and returns every step's outcome. A failure stops new steps from
-    /// starting; the running ones finish.
-    pub fn run_with(&self, printer: &Printer) -> Report {
+    /// Runs the plan with plain lines (or, with `style` quiet, errors only)
+    /// going to `out`.
+    pub fn run_to(&self, style: Style, out: Box<dyn Write + Send>) -> Report {
+        self.run_with(&Progress::plain(style, self.rows(), out))
+    }
+
+    /// The steps as the display shows them.
+    fn rows(&self) -> Vec<Row> {
+        let host = if self.session.is_local() {
+            "local".to_owned()
+        } else {
+            self.session.target().bracketed_host().into_owned()
+        };
+        self.steps
+            .iter()
+            .map(|step| Row {
+                label: step.label.clone(),
+                place: step.place.clone(),
+                host: host.clone(),
+                name: step.name.clone().unwrap_or_else(|| step.label.clone()),
+                kind: if step.name.is_some() {
+                    step.kind.to_owned()
+                } else {
+                    String::new()
+                },
+            })
+            .collect()
+    }
+
+    fn run_with(&self, progress: &Progress) -> Report {
+        let began = Instant::now();
         self.session.connect();
         let run = Run {
             plan: self,
-            printer,
+            progress,
             outcomes: Mutex::new(self.steps.iter().map(|_| None).collect()),
             started: Mutex::new(vec![None; self.steps.len()]),
             running: Mutex::new(Vec::new()),
@@ -147,7 +180,9 @@ impl Plan {
                 .collect();
             stopped = run.parallel(queue);
         }
-        run.finish()
+        let mut report = run.finish();
+        report.elapsed = began.elapsed();
+        report
     }
 
     /// The plan as a POSIX sh script, for `--dry-run`, one command or
@@ -169,9 +204,10 @@ impl Plan {
 /// One run of a plan: the outcomes so far, and what runs now.
 struct Run<'a> {
     plan: &'a Plan,
-    printer: &'a Printer,
+    progress: &'a Progress,
     outcomes: Mutex<Vec<Option<StepOutcome>>>,
-    started: Mutex<Vec<Option<Instant>>>,
+    /// When each step started, by our clock and the wall's.
+    started: Mutex<Vec<Option<(Instant, SystemTime)>>>,
     /// The labels of the steps running now, for the interrupt message.
     running: Mutex<Vec<String>>,
 }
@@ -187,15 +223,15 @@ impl Run<'_> {
     fn clock(&self, i: usize) {
         let mut started = lock(&self.started);
         if started[i].is_none() {
-            started[i] = Some(Instant::now());
+            started[i] = Some((Instant::now(), SystemTime::now()));
+            self.progress.start(i);
         }
     }
 
     /// Prints step `i`'s first log line.
     fn header(&self, i: usize) {
-        let step = &self.plan.steps[i];
-        let line = format!("populate: {} → {}\n", step.label, step.place);
-        self.printer.write(i, line.as_bytes());
+        let at = lock(&self.started)[i].map_or_else(SystemTime::now, |(_, at)| at);
+        self.progress.header(i, at);
     }
 
     fn doing(&self, label: &str, on: bool) {
@@ -210,23 +246,30 @@ impl Run<'_> {
         }
     }
 
-    /// Records how step `i` ended and lets the printer move on; returns
+    /// Records how step `i` ended and lets the display move on; returns
     /// whether it failed.
     fn end(&self, i: usize, status: StepStatus) -> bool {
+        self.end_with(i, status, None)
+    }
+
+    /// Like [`Run::end`], with what rsync did.
+    fn end_with(&self, i: usize, status: StepStatus, transfer: Option<crate::Transfer>) -> bool {
         let step = &self.plan.steps[i];
         let elapsed = lock(&self.started)[i]
-            .map(|t| t.elapsed())
+            .map(|(t, _)| t.elapsed())
             .unwrap_or_default();
         let failed = matches!(status, StepStatus::Failed(_));
-        lock(&self.outcomes)[i] = Some(StepOutcome {
+        let outcome = StepOutcome {
             label: step.label.clone(),
             name: step.name.clone(),
             kind: step.kind.to_owned(),
             place: step.place.clone(),
             status,
             elapsed,
-        });
-        self.printer.finish(i);
+            transfer,
+        };
+        self.progress.end(i, &outcome);
+        lock(&self.outcomes)[i] = Some(outcome);
         failed
     }
 
@@ -300,8 +343,8 @@ impl Run<'_> {
             let Some(at) = rest.find(BATCH_MARKER) else {
                 // The run ended before this part finished: ssh failed, or
                 // a signal.
-                self.printer.write(*i, rest.as_bytes());
-                self.printer.write(*i, &output.stderr);
+                self.progress.output(*i, rest.as_bytes());
+                self.progress.output(*i, &output.stderr);
                 let error = step_failure(&cmd, output.status, &output.stderr);
                 // The parts after it never ran: `finish` says so.
                 return self.end(*i, StepStatus::Failed(error));
@@ -315,7 +358,7 @@ impl Run<'_> {
                 .and_then(|code| code.parse().ok())
                 .unwrap_or(1);
             rest = after[(line_end + 1).min(after.len())..].to_owned();
-            self.printer.write(*i, part_output.as_bytes());
+            self.progress.output(*i, part_output.as_bytes());
             if code == 0 {
                 if step.work.all_batched() {
                     self.end(*i, StepStatus::Done);
@@ -339,7 +382,7 @@ impl Run<'_> {
         }
         if !output.status.success() {
             let (last, _) = parts[parts.len() - 1];
-            self.printer.write(last, &output.stderr);
+            self.progress.output(last, &output.stderr);
         }
         false
     }
@@ -355,14 +398,14 @@ impl Run<'_> {
             self.header(i);
             self.clock(i);
             self.doing(&step.label, true);
-            let mut out = self.printer.step(i);
-            let status = match step.work.run(&self.plan.session, &mut out) {
-                Ok(Ended::Done) => StepStatus::Done,
-                Ok(Ended::Unchanged) => StepStatus::Unchanged,
-                Err(err) => StepStatus::Failed(StepError::from(err)),
+            let mut out = self.progress.step(i);
+            let (status, transfer) = match step.work.run(&self.plan.session, &mut out) {
+                Ok(Ended::Done(transfer)) => (StepStatus::Done, transfer),
+                Ok(Ended::Unchanged) => (StepStatus::Unchanged, None),
+                Err(err) => (StepStatus::Failed(StepError::from(err)), None),
             };
             self.doing(&step.label, false);
-            if self.end(i, status) {
+            if self.end_with(i, status, transfer) {
                 failed.store(true, Ordering::SeqCst);
             }
         });
@@ -381,19 +424,29 @@ impl Run<'_> {
             .enumerate()
             .map(|(i, (outcome, step))| {
                 outcome.unwrap_or_else(|| {
-                    self.printer.finish(i);
-                    StepOutcome {
+                    let outcome = StepOutcome {
                         label: step.label.clone(),
                         name: step.name.clone(),
                         kind: step.kind.to_owned(),
                         place: step.place.clone(),
                         status: StepStatus::NotRun,
                         elapsed: std::time::Duration::ZERO,
-                    }
+                        transfer: None,
+                    };
+                    self.progress.end(i, &outcome);
+                    outcome
                 })
             })
             .collect();
-        Report { steps }
+        Report {
+            target: self
+                .plan
+                .session
+                .display_path(&self.plan.session.target().path)
+                .into_owned(),
+            steps,
+            elapsed: std::time::Duration::ZERO,
+        }
     }
 }
 
@@ -487,6 +540,10 @@ mod tests {
         Session::open(target, &origin(), mktarget::Multiplex::Off).unwrap()
     }
 
+    fn quiet() -> Style {
+        Style::plain(crate::progress::Verbosity::Quiet)
+    }
+
     #[test]
     fn sentinel_with_force_and_backup_makes_a_directory() {
         let local = session(&target("/var/src"));
@@ -514,7 +571,7 @@ mod tests {
             ..Options::default()
         };
         let plan = Plan::new(&session, &sources, options).unwrap();
-        let report = plan.run_with(&Printer::new(plan.steps.len(), Box::new(std::io::sink())));
+        let report = plan.run_to(quiet(), Box::new(std::io::sink()));
         report
             .steps
             .iter()
@@ -577,7 +634,7 @@ mod tests {
                 },
             });
         }
-        let report = plan.run_with(&Printer::new(4, Box::new(std::io::sink())));
+        let report = plan.run_to(quiet(), Box::new(std::io::sink()));
         let statuses: Vec<String> = report
             .steps
             .iter()

@@ -130,10 +130,12 @@ fn rsync_source(path: &Path) -> String {
 }
 
 /// `rsync [--checksum] [--rsync-path=RSYNC] [--exclude|--include PAT]…
-/// -e SSH -vFrlptD [--delete-excluded] SRC DEST`, where RSYNC is `sudo
-/// rsync` with sudo, as in krops; with a `claim` (a [`claim_line`]),
-/// `[sudo] /bin/sh -c 'PRELUDE CLAIM exec "$0" "$@"' rsync`: the target's
-/// shell runs it with rsync's own arguments after it.
+/// -e SSH -vFrlptD --itemize-changes [--delete-excluded] SRC DEST`: krops's,
+/// with each change itemized (`>f.st...... a.nix`), which the log shows and
+/// the results count. RSYNC is `sudo rsync` with sudo, as in krops; with a
+/// `claim` (a [`claim_line`]), `[sudo] /bin/sh -c 'PRELUDE CLAIM exec "$0"
+/// "$@"' rsync`: the target's shell runs it with rsync's own arguments
+/// after it.
 pub(crate) fn rsync(
     session: &Session,
     file: &FileSource,
@@ -168,7 +170,12 @@ pub(crate) fn rsync(
         };
         cmd = cmd.args([option, &filter.pattern]);
     }
-    cmd = cmd.args(["-e", &session.rsync_shell(), "-vFrlptD"]);
+    cmd = cmd.args([
+        "-e",
+        &session.rsync_shell(),
+        "-vFrlptD",
+        "--itemize-changes",
+    ]);
     if file.delete_excluded {
         cmd = cmd.arg("--delete-excluded");
     }
@@ -243,6 +250,7 @@ mod tests {
                 "-e",
                 "'ssh' '-l' 'root' '-p' '22' '-T' '-o' 'ProxyCommand=nc %h %p'",
                 "-vFrlptD",
+                "--itemize-changes",
                 "--delete-excluded",
                 "/src/",
                 "root@h:/var/src/cfg",
@@ -267,6 +275,7 @@ mod tests {
                 "-e",
                 "'ssh' '-l' 'alice' '-T'",
                 "-vFrlptD",
+                "--itemize-changes",
                 "/x",
                 "/var/src/x"
             ]
@@ -290,6 +299,7 @@ mod tests {
                 "-e",
                 "'ssh' '-l' 'root' '-p' '2222' '-T'",
                 "-vFrlptD",
+                "--itemize-changes",
                 "--delete-excluded",
                 "/src/",
                 "root@[::1]:/var/src/cfg",

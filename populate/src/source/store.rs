@@ -12,7 +12,7 @@ use walkdir::WalkDir;
 use super::file::{default_file_options, rsync};
 use crate::script::PRELUDE;
 use crate::secrets::SecretDir;
-use crate::step::{claim_line, run_cmd, step_failure, Ended, Makes};
+use crate::step::{claim_line, run_rsync, step_failure, Ended, Makes};
 
 /// A pass or passage store to decrypt into a private dir and sync.
 #[derive(Debug)]
@@ -144,7 +144,7 @@ impl Secrets {
             writeln!(secrets.create_file(Path::new(".pass_info"))?, "{stamp}")?;
         }
         let source = format!("{}/", secrets.path().display());
-        run_cmd(&self.rsync(session, &source), log).map(|()| Ended::Done)
+        run_rsync(&self.rsync(session, &source), log).map(|transfer| Ended::Done(Some(transfer)))
     }
 
     pub(crate) fn script(&self, session: &Session) -> String {
