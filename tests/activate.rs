@@ -395,6 +395,39 @@ fn preview_prints_what_changes_and_activates_nothing() {
 }
 
 #[test]
+fn preview_with_json_puts_the_preview_in_the_results_and_nothing_else_on_stdout() {
+    let world = World::new();
+    let (_, target, old, new) = nixos(&world, "alpha", false);
+    let out = deploy(
+        &world,
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--nom",
+            "false",
+            "--preview",
+            "--json",
+        ],
+    );
+    out.assert_success();
+    let doc: serde_json::Value =
+        serde_json::from_str(&out.stdout_str()).expect("one JSON document");
+    let preview = &doc["preview"];
+    assert_eq!(preview["running"], old.display().to_string(), "{doc}");
+    assert_eq!(preview["new"], new.display().to_string());
+    assert_eq!(preview["differ"], true);
+    assert_eq!(preview["diff"]["tool"], "nix store diff-closures");
+    assert!(preview["diff"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("nixos-system-test: 1.0 → 2.0"));
+    // What a person reads went to stderr.
+    out.assert_stderr_contains("changes (nix store diff-closures):");
+    assert!(world.activations().is_empty());
+}
+
+#[test]
 fn preview_of_the_running_system_says_nothing_changes() {
     let world = World::new();
     let (_, target, old, _) = nixos(&world, "alpha", false);

@@ -664,10 +664,19 @@ impl Deploy {
                 return Err(err);
             }
         };
-        let mut out = std::io::stdout().lock();
-        out.write_all(preview::render(&preview, &self.target_session.machine()).as_bytes())?;
-        out.flush()?;
-        drop(out);
+        let shown = preview::render(&preview, &self.target_session.machine());
+        reporting
+            .results
+            .extra
+            .insert("preview".to_owned(), preview.to_json());
+        // The preview is stdout's, unless the results are.
+        if reporting.results_on_stdout {
+            std::io::stderr().write_all(shown.as_bytes())?;
+        } else {
+            let mut out = std::io::stdout().lock();
+            out.write_all(shown.as_bytes())?;
+            out.flush()?;
+        }
         if !ask {
             self.cleanup(&built);
             return Ok(ExitCode::SUCCESS);

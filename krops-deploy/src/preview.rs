@@ -28,6 +28,22 @@ pub struct Preview {
     pub diff: Option<Diff>,
 }
 
+impl Preview {
+    /// The preview as the `--json` results carry it: `{"running", "new",
+    /// "differ", "diff": {"tool", "text"} | null}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "running": self.running,
+            "new": self.new,
+            "differ": self.differ,
+            "diff": self.diff.as_ref().map(|diff| serde_json::json!({
+                "tool": diff.tool.command(),
+                "text": diff.text,
+            })),
+        })
+    }
+}
+
 /// What changes, as `tool` printed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diff {
