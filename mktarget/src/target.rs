@@ -102,6 +102,11 @@ fn split(s: &str) -> Result<Parts<'_>, String> {
         };
         let host = &bracketed[..close];
         if !is_ipv6_literal(host) {
+            let host = if host.len() <= SHOWN_CHARS && !host.contains(char::is_control) {
+                host.to_owned()
+            } else {
+                shown(host)
+            };
             return Err(format!(
                 "target.host: [{host}] is not an IPv6 address (only an IPv6 address goes in brackets)"
             ));
@@ -171,7 +176,10 @@ impl Target {
 
     fn parse_unvalidated(s: &str, origin: &Origin) -> Result<Target> {
         let parts = split(s).map_err(|why| {
-            anyhow::anyhow!("target {s:?} does not match [[USER]@]HOST[:PORT][/PATH]: {why}")
+            anyhow::anyhow!(
+                "target {} does not match [[USER]@]HOST[:PORT][/PATH]: {why}",
+                shown(s)
+            )
         })?;
         let mut target = origin.default_target();
         if let Some(user) = parts.user {
@@ -279,26 +287,27 @@ impl Target {
         check_name(&self.host, "target.host", false)?;
         if let Some(c) = self.host.chars().find(|c| "@/".contains(*c)) {
             bail!(
-                "target.host: {:?} contains {c:?}, which no host name has: the user goes in target.user and the path in target.path",
-                self.host
+                "target.host: {} contains {c:?}, which no host name has: the user goes in target.user and the path in target.path",
+                shown(&self.host)
             );
         }
         if let Some(user) = self.user.as_deref().filter(|user| user.contains(':')) {
             bail!(
-                "target.user: {user:?} contains ':', which rsync would read as the end of the host"
+                "target.user: {} contains ':', which rsync would read as the end of the host",
+                shown(user)
             );
         }
         if self.host.contains(['[', ']']) {
             bail!(
-                "target.host: {:?} has brackets: give an IPv6 address without them (\"::1\"); \
+                "target.host: {} has brackets: give an IPv6 address without them (\"::1\"); \
                  brackets belong only in the string form (root@[::1]:22/var/src)",
-                self.host
+                shown(&self.host)
             );
         }
         if self.host.contains(':') && !is_ipv6_literal(&self.host) {
             bail!(
-                "target.host: {:?} contains ':' but is not an IPv6 address (with an optional %zone)",
-                self.host
+                "target.host: {} contains ':' but is not an IPv6 address (with an optional %zone)",
+                shown(&self.host)
             );
         }
         if let Some(port) = &self.port {
@@ -306,28 +315,38 @@ impl Target {
                 && port.bytes().all(|b| b.is_ascii_digit())
                 && matches!(port.parse::<u32>(), Ok(1..=65535));
             if !valid {
-                bail!("target.port: {port:?} is not a port number (1-65535)");
+                bail!(
+                    "target.port: {} is not a port number (1-65535)",
+                    shown(port)
+                );
             }
         }
+        let path = shown(&self.path);
         if !self.path.starts_with('/') {
-            bail!("target.path: {:?} is not an absolute path", self.path);
+            bail!("target.path: {path} is not an absolute path");
         }
         if self.path.contains(char::is_control) {
             bail!(
-                "target.path: {:?} contains a control character (a newline, a tab, a NUL byte)",
-                self.path
+                "target.path: {path} contains a control character (a newline, a tab, a NUL byte)"
             );
         }
         if self.path.contains(':') {
             bail!(
-                "target.path: {:?} contains ':', which would break NIX_PATH (it separates \
-                 entries with ':'); choose a path without ':'",
-                self.path
+                "target.path: {path} contains ':', which would break NIX_PATH (it separates \
+                 entries with ':'); choose a path without ':'"
             );
         }
+        if self.path.len() > PATH_MAX_BYTES {
+            bail!("target.path: {path} is too long (a path has at most {PATH_MAX_BYTES} bytes)");
+        }
         for (i, option) in self.extra_options.iter().enumerate() {
-            if option.contains('\0') {
-                bail!("target.extraOptions[{i}]: contains a NUL byte");
+            // No ssh option holds one; a newline would also split rsync's
+            // -e and NIX_SSHOPTS.
+            if option.contains(char::is_control) {
+                bail!(
+                    "target.extraOptions[{i}]: {} contains a control character (a newline, a tab, a NUL byte)",
+                    shown(option)
+                );
             }
         }
         Ok(())
@@ -428,13 +447,32 @@ fn check_name(value: &str, field: &str, may_be_empty: bool) -> Result<()> {
         bail!("{field}: must not be empty");
     }
     if value.starts_with('-') {
-        bail!("{field}: {value:?} begins with '-' (ssh would read it as an option)");
+        bail!(
+            "{field}: {} begins with '-' (ssh would read it as an option)",
+            shown(value)
+        );
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        bail!("{field}: {value:?} contains whitespace or control characters");
+        bail!(
+            "{field}: {} contains whitespace or control characters",
+            shown(value)
+        );
+    }
+    if value.len() > NAME_MAX_BYTES {
+        bail!(
+            "{field}: {} is too long (ssh takes at most {NAME_MAX_BYTES} bytes)",
+            shown(value)
+        );
     }
     Ok(())
 }
+
+/// The longest user or host name ssh takes (its `NI_MAXHOST` buffer).
+const NAME_MAX_BYTES: usize = 1024;
+
+/// The longest path a program on the target takes (Linux's `PATH_MAX`,
+/// the terminating NUL byte included).
+pub const PATH_MAX_BYTES: usize = 4095;
 
 fn string(value: &Value, field: &str) -> Result<String> {
     match value {
@@ -447,6 +485,36 @@ fn nullable_string(value: &Value, field: &str) -> Result<Option<String>> {
     match value {
         Value::Null => Ok(None),
         _ => string(value, field).map(Some),
+    }
+}
+
+/// How an error message shows a string from the input: quoted, with control
+/// characters escaped, and cut after [`SHOWN_CHARS`] characters (the whole
+/// length said instead), so that a 50 MB field does not become a 50 MB
+/// message.
+pub fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
+/// How many characters of a string [`shown`] keeps.
+pub const SHOWN_CHARS: usize = 80;
+
+/// How an error message names an object's key in a JSON path
+/// (`nixpkgs.git.url`): as it is when it has only portable filename
+/// characters and is short, else as [`shown`] quotes it.
+pub fn shown_key(key: &str) -> Cow<'_, str> {
+    let plain = !key.is_empty()
+        && key.len() <= SHOWN_CHARS
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if plain {
+        Cow::Borrowed(key)
+    } else {
+        Cow::Owned(shown(key))
     }
 }
 
@@ -739,6 +807,32 @@ mod tests {
         assert!(err(json!({"path": "/var/src\n/etc"})).contains("target.path"));
         assert!(err(json!({"path": "/var/\tsrc"})).contains("control character"));
         assert!(err(json!(["h"])).contains("expected a string or an object"));
+        assert!(err(json!({"extraOptions": ["-o", "A=b\nC=d"]}))
+            .contains("target.extraOptions[1]: \"A=b\\nC=d\" contains a control character"));
+        assert!(err(json!({"host": "h".repeat(1025)})).contains("is too long"));
+        assert!(
+            err(json!({"path": format!("/{}", "p".repeat(4095))})).contains("target.path: \"/ppp")
+        );
+        assert!(Target::from_json(
+            &json!({"path": format!("/{}", "p".repeat(4094))}),
+            &origin()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn messages_show_input_quoted_and_cut_short() {
+        assert_eq!(shown("a\nb"), "\"a\\nb\"");
+        let long = "é".repeat(100);
+        assert_eq!(
+            shown(&long),
+            format!("\"{}\"… (200 bytes)", "é".repeat(SHOWN_CHARS))
+        );
+        assert_eq!(shown_key("git"), "git");
+        assert_eq!(shown_key("a b"), "\"a b\"");
+        assert_eq!(shown_key(""), "\"\"");
+        let err = refused(&format!("{}@h", "-".repeat(100_000)));
+        assert!(err.len() < 400, "{err}");
     }
 
     #[test]
