@@ -127,6 +127,15 @@ pub struct Final {
 /// on the target, and end with its exit status. With `dry_run`, print all
 /// of it as one sh script instead.
 pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) -> Result<ExitCode> {
+    let longest = last.command.longest_word();
+    if longest > mktarget::command::MAX_ARG_BYTES {
+        bail!(
+            "{}: it would be {longest} bytes in one argument, more than the {} Linux \
+             passes to a program: the script is too long",
+            last.what,
+            mktarget::command::MAX_ARG_BYTES
+        );
+    }
     if dry_run {
         let mut script = String::from("#!/bin/sh\n");
         for plan in plans {

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use mktarget::command::MAX_ARG_BYTES;
 use mktarget::interrupt;
 use mktarget::shell::quote;
 use mktarget::Session;
@@ -34,6 +35,8 @@ const LINKED_SENTINEL: i32 = 5;
 /// `sh -c` (on the target, of the login shell), and Linux takes at most
 /// 128 KiB in one.
 const BATCH_BYTES: usize = 96 * 1024;
+/// What a batch adds to a part's script, at most (its lines around it, quoted).
+const BATCH_LINES: usize = 256;
 /// What a batch prints after each part: `\x1ekrops-step INDEX STATUS`.
 const BATCH_MARKER: &str = "\x1ekrops-step ";
 
@@ -103,6 +106,14 @@ impl Plan {
             let label = format!("source {name} ({})", source.type_name());
             let path = format!("{root}/{name}");
             let work = source.work(session, &path).with_context(|| label.clone())?;
+            let longest = work.longest_word(session);
+            if longest + BATCH_LINES > MAX_ARG_BYTES {
+                bail!(
+                    "{label}: what it runs on the target would be {longest} bytes in one \
+                     argument, more than the {MAX_ARG_BYTES} Linux passes to a program: a \
+                     field of the source (a Nix expression, a URL, patterns) is too long"
+                );
+            }
             steps.push(Step {
                 label,
                 name: Some(name.clone()),
