@@ -868,6 +868,65 @@ mod tests {
         );
     }
 
+    /// Valid targets of every shape: a user or none (an empty one lets
+    /// ssh's config choose), a host name or an IPv6 literal with or without
+    /// a zone, a port or none, a path of any characters but control
+    /// characters and ':', sudo, ssh options.
+    fn valid_target() -> impl proptest::strategy::Strategy<Value = Target> {
+        use proptest::prelude::*;
+        let user = proptest::option::of(prop_oneof![
+            Just(String::new()),
+            "[a-z_][a-z0-9_.-]{0,11}",
+            "[a-z]{1,6}@[a-z]{1,6}\\.example",
+        ]);
+        let host = prop_oneof![
+            "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\\.[a-z0-9]{1,8}){0,3}",
+            any::<[u16; 8]>().prop_map(|words| Ipv6Addr::from(words).to_string()),
+            (any::<[u16; 8]>(), "[a-z0-9]{1,6}")
+                .prop_map(|(words, zone)| format!("{}%{zone}", Ipv6Addr::from(words))),
+        ];
+        let port = proptest::option::of((1..=65535u32).prop_map(|port| port.to_string()));
+        let path = proptest::collection::vec("[^\\x00-\\x1f\\x7f-\\u{9f}:/]{1,12}", 0..4)
+            .prop_map(|parts| format!("/{}", parts.join("/")));
+        let options = proptest::collection::vec("[^\\x00-\\x1f\\x7f-\\u{9f}]{0,16}", 0..4);
+        (user, host, port, path, any::<bool>(), options).prop_map(
+            |(user, host, port, path, sudo, extra_options)| Target {
+                user,
+                host,
+                port,
+                path,
+                sudo,
+                extra_options,
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any valid target → JSON → parse is the identity: as an object
+        /// (`Target::from_json`), as `--target` text (`Target::from_arg`,
+        /// through the strict JSON parser), and in the string form when
+        /// that can say it all (no sudo, no ssh options, a user without '@').
+        #[test]
+        fn any_valid_target_reads_back_from_its_json(target in valid_target()) {
+            proptest::prop_assert!(target.validate().is_ok(), "{:?}: {:#}", target, target.validate().unwrap_err());
+            for origin in [origin(), Origin { user: None, host: "other".into() }] {
+                let json = serde_json::to_value(&target).unwrap();
+                proptest::prop_assert_eq!(&Target::from_json(&json, &origin).unwrap(), &target);
+                let text = serde_json::to_string(&target).unwrap();
+                proptest::prop_assert_eq!(&Target::from_arg(&text, &origin).unwrap(), &target);
+                if target.user.as_deref().is_some_and(|user| !user.contains('@'))
+                    && !target.sudo
+                    && target.extra_options.is_empty()
+                {
+                    let string = target.to_string();
+                    proptest::prop_assert_eq!(&Target::from_arg(&string, &origin).unwrap(), &target);
+                }
+            }
+        }
+    }
+
     #[test]
     fn serializes_with_krops_field_names() {
         let json = serde_json::to_value(parse("@h:22")).unwrap();
