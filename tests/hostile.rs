@@ -238,7 +238,7 @@ fn rows(s: &Setup) -> Vec<Row> {
         populate(s, MalformedJson, r#"{"a": {"symlink": "x"}"#, &["sources: malformed JSON", "EOF"]),
         populate(s, MalformedJson, "", &["sources: malformed JSON"]),
         populate(s, MalformedJson, r#"{"a": {"symlink": "x"}} {"#, &["sources: malformed JSON", "trailing"]),
-        populate(s, MalformedJson, b"{\"a\": {\"symlink\": \"\xff\"}}".to_vec(), &["sources", "UTF-8"]),
+        populate(s, MalformedJson, b"{\"a\": {\"symlink\": \"\xff\"}}".to_vec(), &["cannot read sources from stdin: it is not UTF-8 text (byte 19"]),
         populate(s, MalformedJson, r#"{"a": {"symlink": "\ud800x"}}"#, &["sources: malformed JSON", "hex escape"]),
         populate(s, MalformedJson, r#"{'a': {'symlink': 'x'}}"#, &["sources: malformed JSON", "line 1 column 2"]),
         row(MalformedJson, "mktarget", &["-"], br#"{"host": "alpha","#, &["target: malformed JSON object"]),
@@ -359,6 +359,8 @@ fn rows(s: &Setup) -> Vec<Row> {
         with_target(s, Size, "populate", &target_json(s, json!({"path": format!("/{}", "p".repeat(5000))})), &["target.path:", "is too long"]),
         with_target(s, Size, "krops-deploy", &target_json(s, json!({"host": "h".repeat(2000)})), &["target.host:", "is too long"]),
         row(Size, "krops-command", &["--target", t, &"'".repeat(100_000)], good.as_bytes(), &["the command on root@alpha: it would be", "the script is too long"]),
+        row(Size, "populate", &["--target", t, "--sources", "/dev/zero"], b"", &["cannot read sources from /dev/zero: more than 64 MiB"]),
+        row(Size, "krops-deploy", &["--fleet", "/dev/zero"], b"", &["cannot read the fleet from /dev/zero: more than 64 MiB"]),
         // Deeply nested JSON.
         populate(s, Nesting, deep_list.clone(), &["sources: malformed JSON", "recursion limit exceeded"]),
         populate(s, Nesting, format!("{{\"a\": {deep_objects}"), &["sources: malformed JSON", "recursion limit exceeded"]),

@@ -5,11 +5,40 @@
 //! limit (128) is an error too.
 
 use std::fmt;
+use std::io::Read;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::target::{shown, shown_key};
+
+/// The most input the tools read as JSON. sources.json of 10,000 sources
+/// is a few MB; this much means a device or an endless pipe
+/// (`--sources /dev/zero`), which would otherwise fill the memory.
+pub const MAX_INPUT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads all of `input` as text, at most [`MAX_INPUT_BYTES`]; `what` names
+/// it in errors (`sources from stdin`).
+pub fn read(input: impl Read, what: &str) -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    input
+        .take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| anyhow::anyhow!("cannot read {what}: {err}"))?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
+        anyhow::bail!(
+            "cannot read {what}: more than {} MiB, which no JSON input of krops is; \
+             is it a device or an endless pipe?",
+            MAX_INPUT_BYTES / 1024 / 1024
+        );
+    }
+    String::from_utf8(bytes).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot read {what}: it is not UTF-8 text (byte {} is not)",
+            err.utf8_error().valid_up_to()
+        )
+    })
+}
 
 /// Parses `text`, refusing duplicate keys.
 pub fn parse(text: &str) -> serde_json::Result<Value> {
@@ -158,6 +187,19 @@ mod tests {
         );
         // The same key in two objects is no duplicate.
         assert!(parse(r#"{"a": {"k": 1}, "b": {"k": 1}}"#).is_ok());
+    }
+
+    #[test]
+    fn input_is_read_up_to_a_limit_and_must_be_text() {
+        assert_eq!(read(&b"{}"[..], "x").unwrap(), "{}");
+        let err = read(std::io::repeat(b' '), "sources from stdin").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read sources from stdin: more than 64 MiB"),
+            "{err}"
+        );
+        let err = read(&b"{\"a\": \"\xff\"}"[..], "x").unwrap_err();
+        assert!(err.to_string().contains("not UTF-8 text (byte 7"), "{err}");
     }
 
     #[test]

@@ -502,14 +502,11 @@ fn in_parallel<T: Send>(count: usize, jobs: usize, each: impl Fn(usize) -> T + S
 /// Reads the fleet file (`-`: stdin).
 fn read(file: &Path) -> Result<String> {
     if file == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read the fleet from stdin")?;
-        Ok(text)
+        mktarget::json::read(std::io::stdin(), "the fleet from stdin")
     } else {
-        std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the fleet from {}", file.display()))
+        let what = format!("the fleet from {}", file.display());
+        let file = std::fs::File::open(file).with_context(|| format!("cannot read {what}"))?;
+        mktarget::json::read(file, &what)
     }
 }
 

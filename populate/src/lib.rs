@@ -11,7 +11,7 @@ pub mod source;
 mod step;
 pub mod sync;
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -89,8 +89,12 @@ impl PopulateArgs {
     /// Reads and validates sources.json from `--sources` or stdin.
     pub fn read_sources(&self) -> Result<Sources> {
         let text = match &self.sources {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read sources from {}", path.display()))?,
+            Some(path) => {
+                let what = format!("sources from {}", path.display());
+                let file =
+                    std::fs::File::open(path).with_context(|| format!("cannot read {what}"))?;
+                mktarget::json::read(file, &what)?
+            }
             None => {
                 if std::io::stdin().is_terminal() {
                     eprintln!(
@@ -98,11 +102,7 @@ impl PopulateArgs {
                          Ctrl-D, or pass --sources FILE or pipe it in"
                     );
                 }
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .context("cannot read sources from stdin")?;
-                text
+                mktarget::json::read(std::io::stdin(), "sources from stdin")?
             }
         };
         let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
