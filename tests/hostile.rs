@@ -281,6 +281,8 @@ fn rows(s: &Setup) -> Vec<Row> {
         fleet(Name, "krops-deploy", json!({"..": {"target": t, "source": {}}}).to_string().into_bytes(), &["fleet.\"..\": a host name"]),
         fleet(Name, "krops-command", json!({"-web": {"target": t, "source": {}}}).to_string().into_bytes(), &["fleet.\"-web\": a host name"]),
         fleet(Name, "krops-deploy", json!({"web": {"target": t, "source": {"../x": {"symlink": "y"}}}}).to_string().into_bytes(), &["fleet.web.source", "sources.\"../x\""]),
+        fleet(Name, "krops-deploy", json!({"": {"target": t, "source": {}}}).to_string().into_bytes(), &["fleet.\"\": a host name"]),
+        fleet(Name, "krops-command", json!({"a/b": {"target": t, "source": {}}}).to_string().into_bytes(), &["fleet.\"a/b\": a host name"]),
         // Relative paths.
         source(s, RelativePath, json!({"file": "cfg/configuration.nix"}), &["a.file: \"cfg/configuration.nix\" is not an absolute path"]),
         source(s, RelativePath, json!({"pipe": "date"}), &["a.pipe: \"date\" is not an absolute path"]),
@@ -295,6 +297,7 @@ fn rows(s: &Setup) -> Vec<Row> {
         row(LeadingDash, "krops-deploy", &["--target", t, "--build-target", "-oProxyCommand=x"], good.as_bytes(), &["--build-target", "target.host: \"-oProxyCommand=x\" begins with '-'"]),
         fleet(LeadingDash, "krops-deploy", s.fleet(json!({"buildTarget": {"user": "-l", "host": "alpha"}})), &["fleet.web.buildTarget", "target.user: \"-l\" begins with '-'"]),
         row(LeadingDash, "mktarget", &["alpha", "--user=-oProxyCommand=x"], b"", &["target.user"]),
+        fleet(LeadingDash, "krops-command", s.fleet(json!({"target": "-oProxyCommand=x"})), &["fleet.web.target: target.host: \"-oProxyCommand=x\" begins with '-'"]),
         row(LeadingDash, "mktarget", &["-"], b"-J evil@alpha", &["target.user: \"-J evil\" begins with '-'"]),
         // NUL, newlines and other control characters in every string field.
         populate(s, ControlCharacter, json!({"a\nb": {"symlink": "x"}}).to_string(), &["sources.\"a\\nb\": a source name"]),
@@ -334,6 +337,7 @@ fn rows(s: &Setup) -> Vec<Row> {
         with_target(s, Port, "populate", &target_json(s, json!({"port": "22\n"})), &["target.port: \"22\\n\" is not a port number"]),
         with_target(s, Port, "populate", &target_json(s, json!({"port": 22.5})), &["target.port: \"22.5\" is not a port number"]),
         row(Port, "mktarget", &["alpha", "--port", ""], b"", &["target.port: \"\" is not a port number"]),
+        fleet(Port, "krops-deploy", s.fleet(json!({"target": {"host": "alpha", "port": 0, "path": remote}})), &["fleet.web.target: target.port: \"0\" is not a port number"]),
         // --target JSON with extra fields.
         row(TargetExtraField, "mktarget", &[r#"{"host": "alpha", "password": "hunter2"}"#], b"", &["target.password: unknown field"]),
         with_target(s, TargetExtraField, "populate", &target_json(s, json!({"sduo": true})), &["target.sduo: unknown field"]),
@@ -522,7 +526,11 @@ fn hostile_input_is_refused_naming_the_field_and_nothing_runs() {
     for (class, n) in &count {
         println!("  {:>3}  {}", n, class.label());
     }
-    println!("by tool: {tools:?}");
+    let fleets = rows
+        .iter()
+        .filter(|row| row.args.iter().any(|arg| arg == "--fleet"))
+        .count();
+    println!("by tool: {tools:?}, {fleets} of them --fleet files");
     assert!(
         failures.is_empty(),
         "{} of {} bad inputs were not refused as they should be:\n\n{}",
