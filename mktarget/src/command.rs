@@ -17,6 +17,12 @@ use crate::shell::quote;
 /// How many bytes of a failed command's stderr its error quotes.
 const TAIL_BYTES: usize = 2048;
 
+/// The longest single argument Linux passes to a program
+/// (`MAX_ARG_STRLEN`, 32 pages, the terminating NUL byte included). A
+/// script for the target is one argument of `sh -c` there, of the login
+/// shell sshd starts.
+pub const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cmd {
     program: String,
@@ -107,6 +113,24 @@ impl Cmd {
 
     pub fn program(&self) -> &str {
         &self.program
+    }
+
+    /// The length of its longest word (the program, an argument, an
+    /// environment entry), and of its input command's when it has one:
+    /// beyond [`MAX_ARG_BYTES`] it cannot start.
+    pub fn longest_word(&self) -> usize {
+        let words = std::iter::once(self.program.len())
+            .chain(self.args.iter().map(String::len))
+            .chain(
+                self.env
+                    .iter()
+                    .map(|(name, value)| name.len() + 1 + value.len()),
+            );
+        let source = match &self.stdin {
+            Stdin::Pipe(source) => source.longest_word(),
+            _ => 0,
+        };
+        words.max().unwrap_or(0).max(source)
     }
 
     /// The program followed by its arguments.
@@ -485,6 +509,15 @@ mod tests {
             .env("X", "1 2");
         assert_eq!(sh(&cmd.to_string()), cmd.read().unwrap());
         assert_eq!(cmd.read().unwrap(), "<a b><it's><$(id)><`x`><><new\nline>");
+    }
+
+    #[test]
+    fn longest_word_counts_argv_env_and_the_input_command() {
+        let cmd = Cmd::new("sh").args(["-c", "12345"]).env("X", "1");
+        assert_eq!(cmd.longest_word(), 5);
+        assert_eq!(cmd.clone().env("LONG", "123456").longest_word(), 11);
+        let piped = cmd.pipe_from(Cmd::new("printf").arg("x".repeat(20)));
+        assert_eq!(piped.longest_word(), 20);
     }
 
     #[test]

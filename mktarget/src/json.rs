@@ -1,32 +1,87 @@
 //! JSON input as the tools read it: like `serde_json::from_str`, but a key
-//! given twice in one object is an error naming it (serde_json would keep
-//! the last one, so a copy-pasted source silently replaces another).
-//! Input nested deeper than serde_json's limit (128) is an error too.
+//! given twice in one object is an error naming it by its path
+//! (`nixpkgs.git.url`; serde_json would keep the last one, so a copy-pasted
+//! source silently replaces another). Input nested deeper than serde_json's
+//! limit (128) is an error too.
 
 use std::fmt;
+use std::io::Read;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use crate::target::{shown, shown_key};
+
+/// The most input the tools read as JSON. sources.json of 10,000 sources
+/// is a few MB; this much means a device or an endless pipe
+/// (`--sources /dev/zero`), which would otherwise fill the memory.
+pub const MAX_INPUT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads all of `input` as text, at most [`MAX_INPUT_BYTES`]; `what` names
+/// it in errors (`sources from stdin`).
+pub fn read(input: impl Read, what: &str) -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    input
+        .take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| anyhow::anyhow!("cannot read {what}: {err}"))?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
+        anyhow::bail!(
+            "cannot read {what}: more than {} MiB, which no JSON input of krops is; \
+             is it a device or an endless pipe?",
+            MAX_INPUT_BYTES / 1024 / 1024
+        );
+    }
+    String::from_utf8(bytes).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot read {what}: it is not UTF-8 text (byte {} is not)",
+            err.utf8_error().valid_up_to()
+        )
+    })
+}
 
 /// Parses `text`, refusing duplicate keys.
 pub fn parse(text: &str) -> serde_json::Result<Value> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let value = Strict::deserialize(&mut deserializer)?;
+    let value = Strict { at: &Place::Root }.deserialize(&mut deserializer)?;
     deserializer.end()?;
-    Ok(value.0)
+    Ok(value)
 }
 
-struct Strict(Value);
+/// Where a value is in the input, for the message about a duplicate key:
+/// a chain up to the root, made only of borrows (nothing is allocated
+/// unless a duplicate is found).
+enum Place<'a> {
+    Root,
+    Key(&'a Place<'a>, &'a str),
+    Index(&'a Place<'a>, usize),
+}
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Strict, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(Strict)
+impl fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Root => Ok(()),
+            Place::Key(Place::Root, key) => f.write_str(&shown_key(key)),
+            Place::Key(parent, key) => write!(f, "{parent}.{}", shown_key(key)),
+            Place::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
     }
 }
 
-struct StrictVisitor;
+/// Deserializes any value at a place, refusing duplicate keys.
+struct Strict<'a> {
+    at: &'a Place<'a>,
+}
 
-impl<'de> Visitor<'de> for StrictVisitor {
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,21 +122,30 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(Strict(item)) = seq.next_element()? {
-            items.push(item);
+        loop {
+            let at = Place::Index(self.at, items.len());
+            match seq.next_element_seed(Strict { at: &at })? {
+                Some(item) => items.push(item),
+                None => return Ok(Value::Array(items)),
+            }
         }
-        Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
             if map.contains_key(&key) {
+                let within = match self.at {
+                    Place::Root => String::new(),
+                    parent => format!(" in {parent}"),
+                };
                 return Err(de::Error::custom(format_args!(
-                    "duplicate key {key:?} (a key may appear once in an object)"
+                    "duplicate key {}{within} (a key may appear once in an object)",
+                    shown(&key)
                 )));
             }
-            let Strict(value) = access.next_value()?;
+            let at = Place::Key(self.at, &key);
+            let value = access.next_value_seed(Strict { at: &at })?;
             map.insert(key, value);
         }
         Ok(Value::Object(map))
@@ -106,9 +170,36 @@ mod tests {
     #[test]
     fn duplicate_keys_are_named_at_any_depth() {
         let err = parse(r#"{"a": {"symlink": "x"}, "a": {"symlink": "y"}}"#).unwrap_err();
-        assert!(err.to_string().contains("duplicate key \"a\""), "{err}");
+        assert!(
+            err.to_string().contains("duplicate key \"a\" (a key"),
+            "{err}"
+        );
         let err = parse(r#"{"a": {"git": {"url": "u", "url": "v"}}}"#).unwrap_err();
-        assert!(err.to_string().contains("duplicate key \"url\""), "{err}");
+        assert!(
+            err.to_string().contains("duplicate key \"url\" in a.git ("),
+            "{err}"
+        );
+        let err = parse(r#"[0, {"l": [{}, {"b c": {"k": 1, "k": 2}}]}]"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(r#"duplicate key "k" in [1].l[1]."b c" ("#),
+            "{err}"
+        );
+        // The same key in two objects is no duplicate.
+        assert!(parse(r#"{"a": {"k": 1}, "b": {"k": 1}}"#).is_ok());
+    }
+
+    #[test]
+    fn input_is_read_up_to_a_limit_and_must_be_text() {
+        assert_eq!(read(&b"{}"[..], "x").unwrap(), "{}");
+        let err = read(std::io::repeat(b' '), "sources from stdin").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read sources from stdin: more than 64 MiB"),
+            "{err}"
+        );
+        let err = read(&b"{\"a\": \"\xff\"}"[..], "x").unwrap_err();
+        assert!(err.to_string().contains("not UTF-8 text (byte 7"), "{err}");
     }
 
     #[test]

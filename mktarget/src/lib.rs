@@ -10,10 +10,10 @@ pub mod shell;
 pub mod target;
 pub mod tool;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use serde_json::{Map, Value};
 
@@ -102,10 +102,7 @@ impl Cli {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let arg = if cli.target == "-" {
-        let mut input = String::new();
-        std::io::stdin()
-            .read_to_string(&mut input)
-            .context("reading the target from stdin")?;
+        let input = json::read(std::io::stdin(), "the target from stdin")?;
         input.trim_end_matches(['\n', '\r']).to_owned()
     } else {
         cli.target.clone()

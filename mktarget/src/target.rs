@@ -102,6 +102,11 @@ fn split(s: &str) -> Result<Parts<'_>, String> {
         };
         let host = &bracketed[..close];
         if !is_ipv6_literal(host) {
+            let host = if host.len() <= SHOWN_CHARS && !host.contains(char::is_control) {
+                host.to_owned()
+            } else {
+                shown(host)
+            };
             return Err(format!(
                 "target.host: [{host}] is not an IPv6 address (only an IPv6 address goes in brackets)"
             ));
@@ -171,7 +176,10 @@ impl Target {
 
     fn parse_unvalidated(s: &str, origin: &Origin) -> Result<Target> {
         let parts = split(s).map_err(|why| {
-            anyhow::anyhow!("target {s:?} does not match [[USER]@]HOST[:PORT][/PATH]: {why}")
+            anyhow::anyhow!(
+                "target {} does not match [[USER]@]HOST[:PORT][/PATH]: {why}",
+                shown(s)
+            )
         })?;
         let mut target = origin.default_target();
         if let Some(user) = parts.user {
@@ -279,26 +287,27 @@ impl Target {
         check_name(&self.host, "target.host", false)?;
         if let Some(c) = self.host.chars().find(|c| "@/".contains(*c)) {
             bail!(
-                "target.host: {:?} contains {c:?}, which no host name has: the user goes in target.user and the path in target.path",
-                self.host
+                "target.host: {} contains {c:?}, which no host name has: the user goes in target.user and the path in target.path",
+                shown(&self.host)
             );
         }
         if let Some(user) = self.user.as_deref().filter(|user| user.contains(':')) {
             bail!(
-                "target.user: {user:?} contains ':', which rsync would read as the end of the host"
+                "target.user: {} contains ':', which rsync would read as the end of the host",
+                shown(user)
             );
         }
         if self.host.contains(['[', ']']) {
             bail!(
-                "target.host: {:?} has brackets: give an IPv6 address without them (\"::1\"); \
+                "target.host: {} has brackets: give an IPv6 address without them (\"::1\"); \
                  brackets belong only in the string form (root@[::1]:22/var/src)",
-                self.host
+                shown(&self.host)
             );
         }
         if self.host.contains(':') && !is_ipv6_literal(&self.host) {
             bail!(
-                "target.host: {:?} contains ':' but is not an IPv6 address (with an optional %zone)",
-                self.host
+                "target.host: {} contains ':' but is not an IPv6 address (with an optional %zone)",
+                shown(&self.host)
             );
         }
         if let Some(port) = &self.port {
@@ -306,28 +315,38 @@ impl Target {
                 && port.bytes().all(|b| b.is_ascii_digit())
                 && matches!(port.parse::<u32>(), Ok(1..=65535));
             if !valid {
-                bail!("target.port: {port:?} is not a port number (1-65535)");
+                bail!(
+                    "target.port: {} is not a port number (1-65535)",
+                    shown(port)
+                );
             }
         }
+        let path = shown(&self.path);
         if !self.path.starts_with('/') {
-            bail!("target.path: {:?} is not an absolute path", self.path);
+            bail!("target.path: {path} is not an absolute path");
         }
         if self.path.contains(char::is_control) {
             bail!(
-                "target.path: {:?} contains a control character (a newline, a tab, a NUL byte)",
-                self.path
+                "target.path: {path} contains a control character (a newline, a tab, a NUL byte)"
             );
         }
         if self.path.contains(':') {
             bail!(
-                "target.path: {:?} contains ':', which would break NIX_PATH (it separates \
-                 entries with ':'); choose a path without ':'",
-                self.path
+                "target.path: {path} contains ':', which would break NIX_PATH (it separates \
+                 entries with ':'); choose a path without ':'"
             );
         }
+        if self.path.len() > PATH_MAX_BYTES {
+            bail!("target.path: {path} is too long (a path has at most {PATH_MAX_BYTES} bytes)");
+        }
         for (i, option) in self.extra_options.iter().enumerate() {
-            if option.contains('\0') {
-                bail!("target.extraOptions[{i}]: contains a NUL byte");
+            // No ssh option holds one; a newline would also split rsync's
+            // -e and NIX_SSHOPTS.
+            if option.contains(char::is_control) {
+                bail!(
+                    "target.extraOptions[{i}]: {} contains a control character (a newline, a tab, a NUL byte)",
+                    shown(option)
+                );
             }
         }
         Ok(())
@@ -428,13 +447,32 @@ fn check_name(value: &str, field: &str, may_be_empty: bool) -> Result<()> {
         bail!("{field}: must not be empty");
     }
     if value.starts_with('-') {
-        bail!("{field}: {value:?} begins with '-' (ssh would read it as an option)");
+        bail!(
+            "{field}: {} begins with '-' (ssh would read it as an option)",
+            shown(value)
+        );
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        bail!("{field}: {value:?} contains whitespace or control characters");
+        bail!(
+            "{field}: {} contains whitespace or control characters",
+            shown(value)
+        );
+    }
+    if value.len() > NAME_MAX_BYTES {
+        bail!(
+            "{field}: {} is too long (ssh takes at most {NAME_MAX_BYTES} bytes)",
+            shown(value)
+        );
     }
     Ok(())
 }
+
+/// The longest user or host name ssh takes (its `NI_MAXHOST` buffer).
+const NAME_MAX_BYTES: usize = 1024;
+
+/// The longest path a program on the target takes (Linux's `PATH_MAX`,
+/// the terminating NUL byte included).
+pub const PATH_MAX_BYTES: usize = 4095;
 
 fn string(value: &Value, field: &str) -> Result<String> {
     match value {
@@ -447,6 +485,36 @@ fn nullable_string(value: &Value, field: &str) -> Result<Option<String>> {
     match value {
         Value::Null => Ok(None),
         _ => string(value, field).map(Some),
+    }
+}
+
+/// How an error message shows a string from the input: quoted, with control
+/// characters escaped, and cut after [`SHOWN_CHARS`] characters (the whole
+/// length said instead), so that a 50 MB field does not become a 50 MB
+/// message.
+pub fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
+/// How many characters of a string [`shown`] keeps.
+pub const SHOWN_CHARS: usize = 80;
+
+/// How an error message names an object's key in a JSON path
+/// (`nixpkgs.git.url`): as it is when it has only portable filename
+/// characters and is short, else as [`shown`] quotes it.
+pub fn shown_key(key: &str) -> Cow<'_, str> {
+    let plain = !key.is_empty()
+        && key.len() <= SHOWN_CHARS
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if plain {
+        Cow::Borrowed(key)
+    } else {
+        Cow::Owned(shown(key))
     }
 }
 
@@ -739,6 +807,32 @@ mod tests {
         assert!(err(json!({"path": "/var/src\n/etc"})).contains("target.path"));
         assert!(err(json!({"path": "/var/\tsrc"})).contains("control character"));
         assert!(err(json!(["h"])).contains("expected a string or an object"));
+        assert!(err(json!({"extraOptions": ["-o", "A=b\nC=d"]}))
+            .contains("target.extraOptions[1]: \"A=b\\nC=d\" contains a control character"));
+        assert!(err(json!({"host": "h".repeat(1025)})).contains("is too long"));
+        assert!(
+            err(json!({"path": format!("/{}", "p".repeat(4095))})).contains("target.path: \"/ppp")
+        );
+        assert!(Target::from_json(
+            &json!({"path": format!("/{}", "p".repeat(4094))}),
+            &origin()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn messages_show_input_quoted_and_cut_short() {
+        assert_eq!(shown("a\nb"), "\"a\\nb\"");
+        let long = "é".repeat(100);
+        assert_eq!(
+            shown(&long),
+            format!("\"{}\"… (200 bytes)", "é".repeat(SHOWN_CHARS))
+        );
+        assert_eq!(shown_key("git"), "git");
+        assert_eq!(shown_key("a b"), "\"a b\"");
+        assert_eq!(shown_key(""), "\"\"");
+        let err = refused(&format!("{}@h", "-".repeat(100_000)));
+        assert!(err.len() < 400, "{err}");
     }
 
     #[test]
@@ -772,6 +866,65 @@ mod tests {
             t.ssh_argv(false),
             ["ssh", "-l", "root", "-T", "-o", "ProxyCommand=nc %h %p"]
         );
+    }
+
+    /// Valid targets of every shape: a user or none (an empty one lets
+    /// ssh's config choose), a host name or an IPv6 literal with or without
+    /// a zone, a port or none, a path of any characters but control
+    /// characters and ':', sudo, ssh options.
+    fn valid_target() -> impl proptest::strategy::Strategy<Value = Target> {
+        use proptest::prelude::*;
+        let user = proptest::option::of(prop_oneof![
+            Just(String::new()),
+            "[a-z_][a-z0-9_.-]{0,11}",
+            "[a-z]{1,6}@[a-z]{1,6}\\.example",
+        ]);
+        let host = prop_oneof![
+            "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\\.[a-z0-9]{1,8}){0,3}",
+            any::<[u16; 8]>().prop_map(|words| Ipv6Addr::from(words).to_string()),
+            (any::<[u16; 8]>(), "[a-z0-9]{1,6}")
+                .prop_map(|(words, zone)| format!("{}%{zone}", Ipv6Addr::from(words))),
+        ];
+        let port = proptest::option::of((1..=65535u32).prop_map(|port| port.to_string()));
+        let path = proptest::collection::vec("[^\\x00-\\x1f\\x7f-\\u{9f}:/]{1,12}", 0..4)
+            .prop_map(|parts| format!("/{}", parts.join("/")));
+        let options = proptest::collection::vec("[^\\x00-\\x1f\\x7f-\\u{9f}]{0,16}", 0..4);
+        (user, host, port, path, any::<bool>(), options).prop_map(
+            |(user, host, port, path, sudo, extra_options)| Target {
+                user,
+                host,
+                port,
+                path,
+                sudo,
+                extra_options,
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any valid target → JSON → parse is the identity: as an object
+        /// (`Target::from_json`), as `--target` text (`Target::from_arg`,
+        /// through the strict JSON parser), and in the string form when
+        /// that can say it all (no sudo, no ssh options, a user without '@').
+        #[test]
+        fn any_valid_target_reads_back_from_its_json(target in valid_target()) {
+            proptest::prop_assert!(target.validate().is_ok(), "{:?}: {:#}", target, target.validate().unwrap_err());
+            for origin in [origin(), Origin { user: None, host: "other".into() }] {
+                let json = serde_json::to_value(&target).unwrap();
+                proptest::prop_assert_eq!(&Target::from_json(&json, &origin).unwrap(), &target);
+                let text = serde_json::to_string(&target).unwrap();
+                proptest::prop_assert_eq!(&Target::from_arg(&text, &origin).unwrap(), &target);
+                if target.user.as_deref().is_some_and(|user| !user.contains('@'))
+                    && !target.sudo
+                    && target.extra_options.is_empty()
+                {
+                    let string = target.to_string();
+                    proptest::prop_assert_eq!(&Target::from_arg(&string, &origin).unwrap(), &target);
+                }
+            }
+        }
     }
 
     #[test]

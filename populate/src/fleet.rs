@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use mktarget::interrupt;
-use mktarget::target::kind;
+use mktarget::target::{kind, shown, shown_key};
 use mktarget::{Cmd, Origin, Target};
 use serde_json::Value;
 
@@ -98,12 +98,19 @@ pub struct Host {
 }
 
 /// Host names: portable characters only (they prefix output lines and name
-/// files), not starting with `-`.
+/// files), not starting with `-`, not `.` or `..`.
 fn check_host_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.starts_with('-') || !is_portable(name) || name.len() > 255 {
+    if name.is_empty()
+        || name.starts_with('-')
+        || name == "."
+        || name == ".."
+        || !is_portable(name)
+        || name.len() > 255
+    {
         bail!(
-            "fleet.{name:?}: a host name must be 1 to 255 of the characters A-Z a-z 0-9 . _ - \
-             and not start with '-'"
+            "fleet.{}: a host name must be 1 to 255 of the characters A-Z a-z 0-9 . _ - \
+             and not start with '-' (nor be \".\" or \"..\")",
+            shown(name)
         );
     }
     Ok(())
@@ -159,7 +166,11 @@ fn host(
     };
     for key in object.keys() {
         if key != "target" && key != "source" && !settings.iter().any(|s| s.key == key) {
-            bail!("{path}.{key}: unknown field (expected {})", expected());
+            bail!(
+                "{path}.{}: unknown field (expected {})",
+                shown_key(key),
+                expected()
+            );
         }
     }
     let required = |key: &str| {
@@ -213,8 +224,17 @@ fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result<Vec<String
             }
         }
         (Kind::Flag, _) => bail!("expected a boolean, got {}", kind(value)),
+        // An option's value is one line; a script may span lines, but no
+        // argument holds a NUL byte.
+        (Kind::Text, Value::String(s)) if s.contains(char::is_control) => bail!(
+            "{} contains a control character (a newline, a tab, a NUL byte)",
+            shown(s)
+        ),
         (Kind::Text, Value::String(s)) => valued(s),
         (Kind::Text, _) => bail!("expected a string, got {}", kind(value)),
+        (Kind::Script, Value::String(s)) if s.contains('\0') => {
+            bail!("{} contains a NUL byte", shown(s))
+        }
         (Kind::Script, Value::String(s)) => vec![s.clone()],
         (Kind::Script, _) => bail!("expected a script (a string), got {}", kind(value)),
         (Kind::Target, _) => match target(value, origin)? {
@@ -228,9 +248,15 @@ fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result<Vec<String
         (Kind::Count, _) => bail!("expected a whole number of at least 1, got {value}"),
         (Kind::Choice(_), Value::Bool(b)) => valued(&b.to_string()),
         (Kind::Choice(choices), Value::String(s)) if choices.contains(&s.as_str()) => valued(s),
+        (Kind::Choice(choices), Value::String(s)) => bail!(
+            "expected true, false or one of {}, got {}",
+            choices.join(", "),
+            shown(s)
+        ),
         (Kind::Choice(choices), _) => bail!(
-            "expected true, false or one of {}, got {value}",
-            choices.join(", ")
+            "expected true, false or one of {}, got {}",
+            choices.join(", "),
+            kind(value)
         ),
     })
 }
@@ -613,14 +639,11 @@ fn in_parallel<T: Send>(count: usize, jobs: usize, each: impl Fn(usize) -> T + S
 /// Reads the fleet file (`-`: stdin).
 fn read(file: &Path) -> Result<String> {
     if file == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read the fleet from stdin")?;
-        Ok(text)
+        mktarget::json::read(std::io::stdin(), "the fleet from stdin")
     } else {
-        std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the fleet from {}", file.display()))
+        let what = format!("the fleet from {}", file.display());
+        let file = std::fs::File::open(file).with_context(|| format!("cannot read {what}"))?;
+        mktarget::json::read(file, &what)
     }
 }
 
@@ -925,6 +948,20 @@ mod tests {
             (
                 with("confirmTimeout", json!("30")),
                 "fleet.web1.confirmTimeout: expected a whole number",
+            ),
+            (json!({"..": good}), "fleet.\"..\": a host name"),
+            (json!({".": good}), "fleet.\".\": a host name"),
+            (
+                with("operation", json!("boot\n--rollback")),
+                "fleet.web1.operation: \"boot\\n--rollback\" contains a control character",
+            ),
+            (
+                with("command", json!("true\0")),
+                "fleet.web1.command: \"true\\0\" contains a NUL byte",
+            ),
+            (
+                with("useNixOutputMonitor", json!(["x".repeat(1000)])),
+                "fleet.web1.useNixOutputMonitor: expected true, false or one of opportunistic, false, got a list",
             ),
         ] {
             let err = parse_err(fleet.clone());

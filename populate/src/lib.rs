@@ -13,7 +13,7 @@ pub mod source;
 mod step;
 pub mod sync;
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::{ExitCode, ExitStatus};
 use std::sync::Arc;
@@ -166,8 +166,12 @@ impl PopulateArgs {
     /// Reads and validates sources.json from `--sources` or stdin.
     pub fn read_sources(&self) -> Result<Sources> {
         let text = match &self.sources {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read sources from {}", path.display()))?,
+            Some(path) => {
+                let what = format!("sources from {}", path.display());
+                let file =
+                    std::fs::File::open(path).with_context(|| format!("cannot read {what}"))?;
+                mktarget::json::read(file, &what)?
+            }
             None => {
                 if std::io::stdin().is_terminal() {
                     eprintln!(
@@ -175,11 +179,7 @@ impl PopulateArgs {
                          Ctrl-D, or pass --sources FILE or pipe it in"
                     );
                 }
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .context("cannot read sources from stdin")?;
-                text
+                mktarget::json::read(std::io::stdin(), "sources from stdin")?
             }
         };
         let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
@@ -230,6 +230,15 @@ pub fn populate_then(
     dry_run: bool,
     reporting: &mut Reporting,
 ) -> Result<ExitCode> {
+    let longest = last.command.longest_word();
+    if longest > mktarget::command::MAX_ARG_BYTES {
+        bail!(
+            "{}: it would be {longest} bytes in one argument, more than the {} Linux \
+             passes to a program: the script is too long",
+            last.what,
+            mktarget::command::MAX_ARG_BYTES
+        );
+    }
     if dry_run {
         print!("{}", dry_run_script(plans, &[(&last.what, &last.command)]));
         return Ok(ExitCode::SUCCESS);

@@ -71,6 +71,24 @@ impl Work {
         }
     }
 
+    /// The length of the longest word of the commands it runs from what
+    /// the input said (the scripts on the target; rsync's argv): beyond
+    /// [`mktarget::command::MAX_ARG_BYTES`], less a batch's own lines, it
+    /// could not start. Secrets and pipes run commands made of paths
+    /// that are checked to be short.
+    pub(crate) fn longest_word(&self, session: &Session) -> usize {
+        let shell = |body: &str| session.shell(&format!("{PRELUDE}{body}")).longest_word();
+        match self {
+            Work::Sentinel { body } | Work::Batched { body } | Work::Alone { body, .. } => {
+                shell(body)
+            }
+            Work::Rsync { claim, rsync } => {
+                claim.as_deref().map_or(0, shell).max(rsync.longest_word())
+            }
+            Work::Secrets(_) | Work::Pipe(_) => 0,
+        }
+    }
+
     pub(crate) fn script(&self, session: &Session) -> String {
         let shell = |body: &str| session.shell(&format!("{PRELUDE}{body}")).to_string();
         match self {

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use mktarget::command::MAX_ARG_BYTES;
 use mktarget::interrupt;
 use mktarget::shell::quote;
 use mktarget::Session;
@@ -36,6 +37,8 @@ const LINKED_SENTINEL: i32 = 5;
 /// `sh -c` (on the target, of the login shell), and Linux takes at most
 /// 128 KiB in one.
 const BATCH_BYTES: usize = 96 * 1024;
+/// What a batch adds to a part's script, at most (its lines around it, quoted).
+const BATCH_LINES: usize = 256;
 /// What a batch prints after each part: `\x1ekrops-step INDEX STATUS`.
 const BATCH_MARKER: &str = "\x1ekrops-step ";
 
@@ -105,6 +108,14 @@ impl Plan {
             let label = format!("source {name} ({})", source.type_name());
             let path = format!("{root}/{name}");
             let work = source.work(session, &path).with_context(|| label.clone())?;
+            let longest = work.longest_word(session);
+            if longest + BATCH_LINES > MAX_ARG_BYTES {
+                bail!(
+                    "{label}: what it runs on the target would be {longest} bytes in one \
+                     argument, more than the {MAX_ARG_BYTES} Linux passes to a program: a \
+                     field of the source (a Nix expression, a URL, patterns) is too long"
+                );
+            }
             steps.push(Step {
                 label,
                 name: Some(name.clone()),
@@ -542,6 +553,256 @@ mod tests {
 
     fn quiet() -> Style {
         Style::plain(crate::progress::Verbosity::Quiet)
+    }
+
+    /// A source as the property test makes it; its local files are made
+    /// when the test runs ([`materialize`]).
+    #[derive(Clone, Debug)]
+    enum Spec {
+        File {
+            tree: bool,
+            checksum: Option<bool>,
+            filters: Vec<(bool, String)>,
+        },
+        Git {
+            url: String,
+            git_ref: String,
+            shallow: bool,
+            clean: Vec<String>,
+        },
+        Pass(Vec<String>),
+        Passage(Vec<String>),
+        Pipe,
+        Symlink(String),
+        Derivation(String),
+    }
+
+    /// Free text: any characters but NUL, shell syntax often.
+    fn free_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "[^\\x00]{1,24}",
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("'"),
+                    Just("\""),
+                    Just("$("),
+                    Just(")"),
+                    Just("`"),
+                    Just("\n"),
+                    Just("\\"),
+                    Just(" "),
+                    Just("é"),
+                    Just("*"),
+                    Just("-"),
+                    Just("a"),
+                ],
+                1..16,
+            )
+            .prop_map(|parts| parts.concat()),
+        ]
+    }
+
+    fn spec() -> impl proptest::strategy::Strategy<Value = Spec> {
+        use proptest::prelude::*;
+        let entries = || proptest::collection::vec("[a-z]{1,6}(/[a-z' ]{1,6})?", 0..4);
+        let url = prop_oneof![
+            "https://example\\.org/[a-z]{1,8}\\.git",
+            "/srv/git/[a-z' $]{1,8}",
+            "git@example\\.org:[a-z]{1,8}/[a-z]{1,8}\\.git",
+            "file:///[^\\x00-\\x1f\\x7f-\\u{9f}]{1,12}",
+        ];
+        let git_ref = prop_oneof![
+            Just("main".to_owned()),
+            "[0-9a-f]{40}",
+            "[0-9a-f]{7}",
+            Just("main~1".to_owned()),
+            Just("v1^{}".to_owned()),
+            Just(":/fix it".to_owned()),
+            Just("origin/release-1".to_owned()),
+            "[a-z]{1,8}(/[a-z]{1,8})?",
+        ];
+        prop_oneof![
+            (
+                any::<bool>(),
+                proptest::option::of(any::<bool>()),
+                proptest::collection::vec((any::<bool>(), free_text()), 0..4),
+            )
+                .prop_map(|(tree, checksum, filters)| Spec::File {
+                    tree,
+                    checksum,
+                    filters
+                }),
+            (
+                url,
+                git_ref,
+                any::<bool>(),
+                proptest::collection::vec(free_text(), 0..3)
+            )
+                .prop_filter(
+                    "a shallow ref names one commit",
+                    |(_, git_ref, shallow, _)| {
+                        !shallow || crate::source::git::shallow_refusal(git_ref).is_none()
+                    }
+                )
+                .prop_map(|(url, git_ref, shallow, clean)| Spec::Git {
+                    url,
+                    git_ref,
+                    shallow,
+                    clean
+                }),
+            entries().prop_map(Spec::Pass),
+            entries().prop_map(Spec::Passage),
+            Just(Spec::Pipe),
+            free_text().prop_map(Spec::Symlink),
+            free_text()
+                .prop_filter("an expression", |text| !text.trim().is_empty())
+                .prop_map(Spec::Derivation),
+        ]
+    }
+
+    /// Makes `spec`'s local files below `base` and returns its JSON.
+    fn materialize(base: &Path, name: &str, spec: &Spec) -> serde_json::Value {
+        use serde_json::json;
+        let text = |path: &Path| path.to_str().unwrap().to_owned();
+        let write = |path: &Path, content: &str| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        };
+        match spec {
+            Spec::File {
+                tree,
+                checksum,
+                filters,
+            } => {
+                let path = base.join("files").join(name);
+                if *tree {
+                    write(&path.join("a/b.nix"), "{ }\n");
+                } else {
+                    write(&path, "{ }\n");
+                }
+                let filters: Vec<_> = filters
+                    .iter()
+                    .map(|(include, pattern)| {
+                        json!({"type": if *include { "include" } else { "exclude" }, "pattern": pattern})
+                    })
+                    .collect();
+                json!({"file": {"path": text(&path), "useChecksum": checksum, "filters": filters}})
+            }
+            Spec::Git {
+                url,
+                git_ref,
+                shallow,
+                clean,
+            } => json!({"git": {"url": url, "ref": git_ref, "shallow": shallow,
+                                "clean": {"exclude": clean}}}),
+            Spec::Pass(entries) => {
+                let store = base.join("pass").join(name);
+                std::fs::create_dir_all(store.join("host")).unwrap();
+                for entry in entries {
+                    write(&store.join("host").join(format!("{entry}.gpg")), "x");
+                }
+                json!({"pass": {"dir": text(&store), "name": "host"}})
+            }
+            Spec::Passage(entries) => {
+                let store = base.join("passage").join(name);
+                std::fs::create_dir_all(&store).unwrap();
+                for entry in entries {
+                    write(&store.join(format!("{entry}.age")), "x");
+                }
+                let identities = base.join("identities");
+                write(&identities, "AGE-SECRET-KEY-1");
+                json!({"passage": {"dir": text(&store), "identities_file": text(&identities)}})
+            }
+            Spec::Pipe => {
+                let command = base.join("bin").join(name);
+                write(&command, "#!/bin/sh\necho hi\n");
+                std::fs::set_permissions(
+                    &command,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                )
+                .unwrap();
+                json!({"pipe": text(&command)})
+            }
+            Spec::Symlink(link) => json!({"symlink": link}),
+            Spec::Derivation(expression) => json!({"derivation": expression}),
+        }
+    }
+
+    /// Whether `/bin/sh -n` reads `script` without a syntax error.
+    fn sh_n(script: &str) -> Result<(), String> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-n")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any valid sources object → plan → `--dry-run` script: the script,
+        /// and every script a step runs on the target, pass `sh -n`, and the
+        /// script names every source. Local, remote and sudo targets; local
+        /// files below a directory whose name is full of shell syntax.
+        #[test]
+        fn any_valid_sources_make_a_dry_run_script_sh_reads(
+            specs in proptest::collection::btree_map(
+                "[A-Za-z0-9_][A-Za-z0-9._-]{0,15}", spec(), 1..8),
+            how in 0..3u8,
+            force in proptest::prelude::any::<bool>(),
+            backup in proptest::prelude::any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let base = dir.path().join("we'ird \"d\" $(touch x) `y` \\ é");
+            let json: serde_json::Map<String, serde_json::Value> = specs
+                .iter()
+                .map(|(name, spec)| (name.clone(), materialize(&base, name, spec)))
+                .collect();
+            let sources = crate::source::from_json(&json.into(), Some("/home/alice"))
+                .map_err(|err| proptest::test_runner::TestCaseError::fail(format!("{err:#}")))?;
+            let root = base.join("target path");
+            let mut target = match how {
+                0 => target(root.to_str().unwrap()),
+                _ => target("root@server01:2222/var/src/it's here"),
+            };
+            target.sudo = how == 2;
+            let session = Arc::new(session(&target));
+            let options = Options { force, backup, ..Options::default() };
+            let plan = Plan::new(&session, &sources, options)
+                .map_err(|err| proptest::test_runner::TestCaseError::fail(format!("{err:#}")))?;
+            let script = plan.script();
+            if let Err(err) = sh_n(&script) {
+                proptest::prop_assert!(false, "sh -n: {}\n{}", err, script);
+            }
+            for step in &plan.steps {
+                let body = match &step.work {
+                    Work::Sentinel { body } | Work::Batched { body } | Work::Alone { body, .. } => body,
+                    _ => continue,
+                };
+                if let Err(err) = sh_n(&format!("{PRELUDE}{body}")) {
+                    proptest::prop_assert!(false, "{}: sh -n: {}\n{}", step.label, err, body);
+                }
+            }
+            for (name, source) in &sources {
+                let label = format!("\n# source {name} ({})\n", source.type_name());
+                proptest::prop_assert!(script.contains(&label), "no {:?} in\n{}", label, script);
+            }
+        }
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! The derivation source: `nix-build -E TEXT -o P` on the target, after the
 //! other sources (it may build from them).
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use mktarget::shell::quote;
 use mktarget::Session;
 use serde_json::Value;
 
-use super::fields::Fields;
+use super::fields::{self, Fields};
 use crate::step::{claim_line, Makes, Work};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,12 +17,20 @@ pub struct DerivationSource {
 
 /// `"TEXT"` or `{"text": TEXT}`.
 pub(super) fn parse(path: &str, value: &Value) -> Result<DerivationSource> {
-    if let Value::String(text) = value {
-        return Ok(DerivationSource { text: text.clone() });
+    let text = match value {
+        Value::String(text) => text.clone(),
+        _ => {
+            let mut fields = Fields::new(path, value)?;
+            let text = fields.string("text")?;
+            fields.finish()?;
+            text
+        }
+    };
+    // A Nix expression may span lines and hold tabs (see `text`).
+    fields::text(&format!("{path}.text"), &text)?;
+    if text.trim().is_empty() {
+        bail!("{path}.text: must be a Nix expression, not empty");
     }
-    let mut fields = Fields::new(path, value)?;
-    let text = fields.string("text")?;
-    fields.finish()?;
     Ok(DerivationSource { text })
 }
 

@@ -2,15 +2,51 @@
 //! naming the JSON path of what is wrong.
 
 use anyhow::{bail, Result};
-use mktarget::target::kind;
+use mktarget::target::{kind, shown, shown_key, PATH_MAX_BYTES};
 use serde_json::{Map, Value};
 
+/// A path here or on the target: absolute, one line (see [`line`]), and
+/// no longer than a program takes.
 pub(super) fn absolute(path: &str, value: &Value) -> Result<String> {
     match value {
-        Value::String(s) if s.starts_with('/') => Ok(s.clone()),
-        Value::String(s) => bail!("{path}: {s:?} is not an absolute path"),
+        Value::String(s) if s.starts_with('/') => {
+            line(path, s)?;
+            if s.len() > PATH_MAX_BYTES {
+                bail!(
+                    "{path}: {} is too long (a path has at most {PATH_MAX_BYTES} bytes)",
+                    shown(s)
+                );
+            }
+            Ok(s.clone())
+        }
+        Value::String(s) => bail!("{path}: {} is not an absolute path", shown(s)),
         _ => bail!("{path}: expected a string, got {}", kind(value)),
     }
+}
+
+/// Refuses a NUL byte, which no argument, file name or file text on the
+/// way holds. Free text (a Nix expression, a symlink's text, a filter or
+/// clean pattern) may hold any other character: a file name may hold a
+/// newline, a tab or an escape, and a pattern or link may name it.
+pub(super) fn text<'a>(path: &str, s: &'a str) -> Result<&'a str> {
+    if s.contains('\0') {
+        bail!("{path}: {} contains a NUL byte", shown(s));
+    }
+    Ok(s)
+}
+
+/// Refuses control characters (a newline, a tab, a NUL byte, an escape)
+/// in what is one line: a path, a URL, a ref, a program. There they are a
+/// mistake (a pasted line break), and a newline would split the line in
+/// logs and in what git and pass read.
+pub(super) fn line<'a>(path: &str, s: &'a str) -> Result<&'a str> {
+    if s.contains(char::is_control) {
+        bail!(
+            "{path}: {} contains a control character (a newline, a tab, a NUL byte)",
+            shown(s)
+        );
+    }
+    Ok(s)
 }
 
 /// The fields of one JSON object, taken one by one; what is left over is an
@@ -99,9 +135,32 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub(super) fn strings(&mut self, key: &str) -> Result<Vec<String>> {
+    /// A string that is one line (see [`line`]).
+    pub(super) fn line(&mut self, key: &str) -> Result<String> {
+        let s = self.string(key)?;
+        line(&self.field(key), &s)?;
+        Ok(s)
+    }
+
+    pub(super) fn opt_line(&mut self, key: &str) -> Result<Option<String>> {
+        let s = self.opt_string(key)?;
+        if let Some(s) = &s {
+            line(&self.field(key), s)?;
+        }
+        Ok(s)
+    }
+
+    /// A string of free text (see [`text`]).
+    pub(super) fn text(&mut self, key: &str) -> Result<String> {
+        let s = self.string(key)?;
+        text(&self.field(key), &s)?;
+        Ok(s)
+    }
+
+    /// A list of free texts (see [`text`]).
+    pub(super) fn texts(&mut self, key: &str) -> Result<Vec<String>> {
         self.list(key, |path, value| match value {
-            Value::String(s) => Ok(s.clone()),
+            Value::String(s) => Ok(text(path, s)?.to_owned()),
             other => bail!("{path}: expected a string, got {}", kind(other)),
         })
     }
@@ -113,7 +172,7 @@ impl<'a> Fields<'a> {
             .find(|key| !self.taken.contains(&key.as_str()))
         {
             None => Ok(()),
-            Some(key) => bail!("{}.{key}: unknown field", self.path),
+            Some(key) => bail!("{}.{}: unknown field", self.path, shown_key(key)),
         }
     }
 }

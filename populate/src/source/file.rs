@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use mktarget::target::shown;
 use mktarget::{Cmd, Session};
 use serde_json::Value;
 
@@ -38,7 +39,7 @@ pub(super) fn parse(path: &str, value: &Value) -> Result<FileSource> {
     };
     let local = fields.absolute("path")?;
     let use_checksum = fields.opt_bool("useChecksum")?;
-    let exclude = fields.strings("exclude")?;
+    let exclude = fields.texts("exclude")?;
     let filters = fields.list("filters", filter)?;
     let delete_excluded = fields.opt_bool("deleteExcluded")?.unwrap_or(true);
     fields.finish()?;
@@ -72,10 +73,13 @@ fn filter(path: &str, value: &Value) -> Result<Filter> {
         None | Some("exclude") => false,
         Some("include") => true,
         Some(other) => {
-            bail!("{path}.type: unknown filter type {other:?} (expected include or exclude)")
+            bail!(
+                "{path}.type: unknown filter type {} (expected include or exclude)",
+                shown(other)
+            )
         }
     };
-    let pattern = fields.string("pattern")?;
+    let pattern = fields.text("pattern")?;
     fields.finish()?;
     Ok(Filter { include, pattern })
 }

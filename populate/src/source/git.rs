@@ -12,6 +12,7 @@
 
 use anyhow::{bail, Result};
 use mktarget::shell::quote;
+use mktarget::target::{shown, PATH_MAX_BYTES};
 use mktarget::Session;
 use serde_json::Value;
 
@@ -30,15 +31,15 @@ pub struct GitSource {
 /// `{"url": URL, "ref": REF, "shallow", "fetchAlways", "clean": {"exclude"}}`.
 pub(super) fn parse(path: &str, value: &Value) -> Result<GitSource> {
     let mut fields = Fields::new(path, value)?;
-    let url = fields.string("url")?;
-    let git_ref = fields.string("ref")?;
+    let url = fields.line("url")?;
+    let git_ref = fields.line("ref")?;
     let shallow = fields.opt_bool("shallow")?.unwrap_or(false);
     let fetch_always = fields.opt_bool("fetchAlways")?.unwrap_or(false);
     let clean_exclude = match fields.take("clean") {
         None => Vec::new(),
         Some(clean) => {
             let mut clean = Fields::new(&format!("{path}.clean"), clean)?;
-            let exclude = clean.strings("exclude")?;
+            let exclude = clean.texts("exclude")?;
             clean.finish()?;
             exclude
         }
@@ -47,8 +48,20 @@ pub(super) fn parse(path: &str, value: &Value) -> Result<GitSource> {
     // git would read these as options: `git clone --upload-pack=…`.
     for (field, value) in [("url", &url), ("ref", &git_ref)] {
         if value.is_empty() || value.starts_with('-') {
-            bail!("{path}.{field}: {value:?} must be non-empty and must not begin with '-'");
+            bail!(
+                "{path}.{field}: {} must be non-empty and must not begin with '-'",
+                shown(value)
+            );
         }
+        if value.len() > PATH_MAX_BYTES {
+            bail!(
+                "{path}.{field}: {} is too long (at most {PATH_MAX_BYTES} bytes)",
+                shown(value)
+            );
+        }
+    }
+    if let Some(why) = url_refusal(&url) {
+        bail!("{path}.url: {} {why}", shown(&url));
     }
     if let Some(why) = shallow.then(|| shallow_refusal(&git_ref)).flatten() {
         bail!("{path}.ref: {why}");
@@ -73,6 +86,21 @@ impl GitSource {
             late: false,
         })
     }
+}
+
+/// Why git would misread `url`, if it would: a host or user that ssh
+/// would take for an option (`ssh://-oProxyCommand=…/x`); git itself
+/// refuses these too, but only on the target, after the run began.
+fn url_refusal(url: &str) -> Option<&'static str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if authority.starts_with('-') || host.starts_with('-') {
+        return Some("names a user or host beginning with '-', which ssh would read as an option");
+    }
+    None
 }
 
 /// Which way the script resolves a git source's `ref`.

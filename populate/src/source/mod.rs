@@ -16,7 +16,7 @@ mod symlink;
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use mktarget::target::kind;
+use mktarget::target::{kind, shown, shown_key};
 use mktarget::Session;
 use serde_json::Value;
 
@@ -155,22 +155,23 @@ pub fn is_portable(name: &str) -> bool {
 }
 
 fn check_name(name: &str) -> Result<()> {
+    let shown = shown(name);
     if name.is_empty() || name == "." || name == ".." || name.starts_with('-') || !is_portable(name)
     {
         bail!(
-            "sources.{name:?}: a source name must be one path component of the characters \
+            "sources.{shown}: a source name must be one path component of the characters \
              A-Z a-z 0-9 . _ - (not \".\", \"..\", nor starting with '-')"
         );
     }
     if name.len() > 255 {
         bail!(
-            "sources.{name:?}: a source name is a file name on the target, and those are at most 255 bytes long; this one has {}",
+            "sources.{shown}: a source name is a file name on the target, and those are at most 255 bytes long; this one has {}",
             name.len()
         );
     }
     if name.starts_with(".populate") {
         bail!(
-            "sources.{name:?}: names starting with .populate are populate's own on the target \
+            "sources.{shown}: names starting with .populate are populate's own on the target \
              (the sentinel PATH/.populate and what it keeps there): choose another name"
         );
     }
@@ -192,7 +193,8 @@ fn source(name: &str, value: &Value, home: Option<&str>) -> Result<Source> {
                 Value::String(t) => match Kind::from_name(t) {
                     Some(kind) => declared = Some(kind),
                     None => bail!(
-                        "{name}.type: unknown source type {t:?} (expected one of {})",
+                        "{name}.type: unknown source type {} (expected one of {})",
+                        shown(t),
                         Kind::list()
                     ),
                 },
@@ -204,7 +206,8 @@ fn source(name: &str, value: &Value, home: Option<&str>) -> Result<Source> {
             }
         } else {
             bail!(
-                "{name}.{key}: unknown field (expected one of type, {})",
+                "{name}.{}: unknown field (expected one of type, {})",
+                shown_key(key),
                 Kind::list()
             );
         }
@@ -442,6 +445,59 @@ mod tests {
                 "sources.\".populate-pipe.x\"",
             ),
             (json!(["x"]), "sources: expected an object"),
+            (
+                json!({"x": {"git": {"url": "u\nv", "ref": "r"}}}),
+                "x.git.url: \"u\\nv\" contains a control character",
+            ),
+            (
+                json!({"x": {"git": {"url": "ssh://-oProxyCommand=x/r", "ref": "r"}}}),
+                "x.git.url: \"ssh://-oProxyCommand=x/r\" names a user or host beginning with '-'",
+            ),
+            (
+                json!({"x": {"git": {"url": "u", "ref": "r", "clean": {"exclude": ["\0"]}}}}),
+                "x.git.clean.exclude[0]: \"\\0\" contains a NUL byte",
+            ),
+            (
+                json!({"x": {"file": "/a\tb"}}),
+                "x.file: \"/a\\tb\" contains a control",
+            ),
+            (
+                json!({"x": {"file": {"path": "/a", "filters": [{"pattern": "\0"}]}}}),
+                "x.file.filters[0].pattern: \"\\0\" contains a NUL byte",
+            ),
+            (
+                json!({"x": {"symlink": "\0"}}),
+                "x.symlink.target: \"\\0\" contains a NUL",
+            ),
+            (json!({"x": {"derivation": "\0"}}), "x.derivation.text"),
+            (
+                json!({"x": {"derivation": " \n"}}),
+                "x.derivation.text: must be a Nix",
+            ),
+            (
+                json!({"x": {"pass": {"dir": "/p", "name": "a\rb"}}}),
+                "x.pass.name: \"a\\rb\" contains a control character",
+            ),
+            (
+                json!({"x": {"passage": {"dir": "/d", "age": "a\u{1b}"}}}),
+                "x.passage.age",
+            ),
+            (
+                json!({"x": {"pipe": {"command": "/bin/\u{7f}"}}}),
+                "x.pipe.command",
+            ),
+            (
+                json!({"x": {"symlink": "l".repeat(4096)}}),
+                "(4096 bytes) is too long (a symlink's text has at most 4095 bytes)",
+            ),
+            (
+                json!({"x": {"file": format!("/{}", "f".repeat(4095))}}),
+                "x.file: \"/fff",
+            ),
+            (
+                json!({"x": {"s\u{1b}": "x"}}),
+                "x.\"s\\u{1b}\": unknown field",
+            ),
         ];
         let long = "n".repeat(256);
         let err = refused(json!({ long.clone(): {"symlink": "x"} }));
@@ -450,6 +506,15 @@ mod tests {
             "{err}"
         );
         assert!(parse(&json!({ &long[1..]: {"symlink": "x"} }).to_string(), None).is_ok());
+        // What may be meant: control characters in a link's text, a pattern,
+        // a Nix expression; the longest link text.
+        assert!(parse_json(json!({
+            "l": {"symlink": "a\nb\tc"},
+            "m": {"symlink": "m".repeat(4095)},
+            "f": {"file": {"path": "/a", "filters": [{"pattern": "x\ny"}]}},
+            "d": {"derivation": "let\n\tx = 1;\nin x"},
+        }))
+        .is_ok());
         for (input, expected) in cases {
             let err = refused(input.clone());
             assert!(

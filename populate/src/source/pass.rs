@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use mktarget::target::shown;
 use mktarget::{Cmd, Session};
 use serde_json::Value;
 
@@ -23,11 +24,14 @@ pub struct PassSource {
 pub(super) fn parse(path: &str, value: &Value) -> Result<PassSource> {
     let mut fields = Fields::new(path, value)?;
     let dir = fields.absolute("dir")?;
-    let name = fields.string("name")?;
+    let name = fields.line("name")?;
     fields.finish()?;
     let components: Vec<&str> = name.split('/').filter(|c| !c.is_empty()).collect();
     if name.starts_with('/') || components.is_empty() || components.contains(&"..") {
-        bail!("{path}.name: {name:?} must be a relative path inside the password store");
+        bail!(
+            "{path}.name: {} must be a relative path inside the password store",
+            shown(&name)
+        );
     }
     Ok(PassSource { dir, name })
 }

@@ -7,7 +7,9 @@ use anyhow::{bail, Result};
 use mktarget::{Cmd, Session};
 use serde_json::Value;
 
-use super::fields::Fields;
+use mktarget::target::shown;
+
+use super::fields::{absolute, Fields};
 use super::store::Secrets;
 use crate::step::Work;
 
@@ -27,13 +29,13 @@ pub(super) fn parse(path: &str, value: &Value, home: Option<&str>) -> Result<Pas
     let expand = |field: &str, p: String| -> Result<String> {
         let expanded = match (p.strip_prefix("~/"), home) {
             (Some(rest), Some(home)) => format!("{home}/{rest}"),
-            (Some(_), None) => bail!("{path}.{field}: {p:?} starts with ~/ but HOME is not set"),
+            (Some(_), None) => bail!(
+                "{path}.{field}: {} starts with ~/ but HOME is not set",
+                shown(&p)
+            ),
             (None, _) => p,
         };
-        if !expanded.starts_with('/') {
-            bail!("{path}.{field}: {expanded:?} is not an absolute path");
-        }
-        Ok(expanded)
+        absolute(&format!("{path}.{field}"), &Value::String(expanded))
     };
     let (dir, identities_file, age) = match value {
         Value::String(dir) => (dir.clone(), None, None),
@@ -41,7 +43,7 @@ pub(super) fn parse(path: &str, value: &Value, home: Option<&str>) -> Result<Pas
             let mut fields = Fields::new(path, value)?;
             let dir = fields.string("dir")?;
             let identities = fields.opt_string("identities_file")?;
-            let age = fields.opt_string("age")?;
+            let age = fields.opt_line("age")?;
             fields.finish()?;
             (dir, identities, age)
         }
@@ -53,7 +55,7 @@ pub(super) fn parse(path: &str, value: &Value, home: Option<&str>) -> Result<Pas
     )?;
     let age = age.unwrap_or_else(|| "age".to_owned());
     if age.is_empty() || age.starts_with('-') {
-        bail!("{path}.age: {age:?} is not a program name or path");
+        bail!("{path}.age: {} is not a program name or path", shown(&age));
     }
     Ok(PassageSource {
         dir,

@@ -6,7 +6,9 @@ use mktarget::shell::quote;
 use mktarget::Session;
 use serde_json::Value;
 
-use super::fields::Fields;
+use mktarget::target::{shown, PATH_MAX_BYTES};
+
+use super::fields::{text, Fields};
 use crate::step::{claim_line, Makes, Work};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,13 +23,22 @@ pub(super) fn parse(path: &str, value: &Value) -> Result<SymlinkSource> {
         Value::String(target) => target.clone(),
         _ => {
             let mut fields = Fields::new(path, value)?;
-            let target = fields.string("target")?;
+            let target = fields.text("target")?;
             fields.finish()?;
             target
         }
     };
+    // A link's text may hold any character but NUL (see `text`); it is
+    // quoted for the target's shell.
+    text(&format!("{path}.target"), &target)?;
     if target.is_empty() {
         bail!("{path}.target: must not be empty");
+    }
+    if target.len() > PATH_MAX_BYTES {
+        bail!(
+            "{path}.target: {} is too long (a symlink's text has at most {PATH_MAX_BYTES} bytes)",
+            shown(&target)
+        );
     }
     Ok(SymlinkSource { target })
 }

@@ -1,0 +1,599 @@
+//! End-to-end: hostile and malformed input (issue 10). A table of bad
+//! inputs to `mktarget`, `populate` and the drivers (`krops-deploy`,
+//! `krops-test`, `krops-command`, their `--fleet` files included), each
+//! run against a real sshd target of the test world, and for the drivers
+//! the `nixos-rebuild` stand-in. Every row must be refused with a message
+//! that names the field, a non-zero exit status that is not a panic's
+//! (101), no panic message and no backtrace (the tools run with
+//! `RUST_BACKTRACE=1`), and the canary must show that nothing ran: the
+//! target's sshd log is unchanged (no connection, not even a refused one),
+//! the stand-in recorded no call, the target directories are unchanged to
+//! the modification time, and no temp file is left here.
+//!
+//! Which control characters are refused, and which are not (see also
+//! `control_characters_that_may_be_meant_arrive_as_given`): a NUL byte
+//! everywhere, as no argument, file name or file holds one; any control
+//! character in what is one line (a source or host name, a path, a URL, a
+//! ref, a program, a target field, an ssh option, an option's value),
+//! where it is a mistake. Free text keeps them: a symlink's text, a file
+//! filter or `clean.exclude` pattern (file names may hold a newline, a tab
+//! or an escape, and links and patterns may name them), a Nix expression
+//! and a `krops-command` script (both span lines).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use krops_tests::{Host, Output, Tree, World};
+use serde_json::{json, Value};
+
+/// What kind of bad input a row is, for the count by class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    MalformedJson,
+    WrongType,
+    UnknownField,
+    DuplicateKey,
+    Name,
+    RelativePath,
+    LeadingDash,
+    ControlCharacter,
+    Port,
+    TargetExtraField,
+    GitOption,
+    Size,
+    Nesting,
+}
+
+impl Class {
+    const ALL: [Class; 13] = [
+        Class::MalformedJson,
+        Class::WrongType,
+        Class::UnknownField,
+        Class::DuplicateKey,
+        Class::Name,
+        Class::RelativePath,
+        Class::LeadingDash,
+        Class::ControlCharacter,
+        Class::Port,
+        Class::TargetExtraField,
+        Class::GitOption,
+        Class::Size,
+        Class::Nesting,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Class::MalformedJson => "malformed or truncated JSON",
+            Class::WrongType => "wrong types",
+            Class::UnknownField => "unknown fields",
+            Class::DuplicateKey => "duplicate keys",
+            Class::Name => "bad source and host names",
+            Class::RelativePath => "relative paths",
+            Class::LeadingDash => "hosts and users starting with -",
+            Class::ControlCharacter => "NUL, newline and control characters",
+            Class::Port => "bad ports",
+            Class::TargetExtraField => "--target JSON with extra fields",
+            Class::GitOption => "git URLs and refs read as options",
+            Class::Size => "oversized input (50 MB, too long fields)",
+            Class::Nesting => "deeply nested JSON",
+        }
+    }
+}
+
+/// One bad input: which tool, its arguments and stdin, and the words its
+/// error must contain.
+struct Row {
+    class: Class,
+    tool: &'static str,
+    args: Vec<String>,
+    stdin: Vec<u8>,
+    expect: Vec<String>,
+}
+
+/// The world the rows run against: host alpha with a populated target,
+/// and a local target for krops-test.
+struct Setup {
+    world: World,
+    /// alpha's target path, with a sentinel and a file.
+    remote: PathBuf,
+    /// `root@alpha/…`.
+    target: String,
+    /// A local target (krops-test builds here), with a sentinel.
+    local: PathBuf,
+    /// An existing file for file sources.
+    cfg: String,
+}
+
+impl Setup {
+    fn new() -> (Setup, Host) {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let remote = world.mkdir("alpha/src");
+        world.write("alpha/src/.populate", "");
+        world.write("alpha/src/keep", "kept\n");
+        let local = world.mkdir("local/src");
+        world.write("local/src/.populate", "");
+        let cfg = world.write("cfg/configuration.nix", "{ }\n");
+        let setup = Setup {
+            target: alpha.target("root", &remote),
+            cfg: cfg.to_str().unwrap().to_owned(),
+            world,
+            remote,
+            local,
+        };
+        (setup, alpha)
+    }
+
+    /// A good source, for fleets and for rows that break something else.
+    fn good_sources(&self) -> Value {
+        json!({"nixos-config": {"file": self.cfg}})
+    }
+
+    /// A fleet file with one host `web` deploying to alpha, `extra`
+    /// merged into its entry.
+    fn fleet(&self, extra: Value) -> Vec<u8> {
+        let mut entry = json!({"target": self.target, "source": self.good_sources()});
+        for (key, value) in extra.as_object().unwrap() {
+            entry[key] = value.clone();
+        }
+        json!({ "web": entry }).to_string().into_bytes()
+    }
+
+    fn local_target(&self) -> String {
+        self.local.to_str().unwrap().to_owned()
+    }
+}
+
+fn words(expect: &[&str]) -> Vec<String> {
+    expect.iter().map(|word| (*word).to_owned()).collect()
+}
+
+/// A row of `tool ARGS` with `stdin`.
+fn row(class: Class, tool: &'static str, args: &[&str], stdin: &[u8], expect: &[&str]) -> Row {
+    Row {
+        class,
+        tool,
+        args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+        stdin: stdin.to_vec(),
+        expect: words(expect),
+    }
+}
+
+/// `populate --target root@alpha/… --force` with `sources` on stdin: had
+/// the input been taken, --force would sync it.
+fn populate(s: &Setup, class: Class, sources: impl Into<Vec<u8>>, expect: &[&str]) -> Row {
+    Row {
+        class,
+        tool: "populate",
+        args: vec!["--target".into(), s.target.clone(), "--force".into()],
+        stdin: sources.into(),
+        expect: words(expect),
+    }
+}
+
+/// `populate` with a bad source `a` of `value`.
+fn source(s: &Setup, class: Class, value: Value, expect: &[&str]) -> Row {
+    populate(s, class, json!({ "a": value }).to_string(), expect)
+}
+
+/// `TOOL --target TARGET` (a driver: nothing after it) with good sources.
+fn with_target(s: &Setup, class: Class, tool: &'static str, target: &str, expect: &[&str]) -> Row {
+    Row {
+        class,
+        tool,
+        args: vec!["--target".into(), target.to_owned()],
+        stdin: s.good_sources().to_string().into_bytes(),
+        expect: words(expect),
+    }
+}
+
+/// `TOOL --fleet -` with `fleet` on stdin.
+fn fleet(class: Class, tool: &'static str, fleet: Vec<u8>, expect: &[&str]) -> Row {
+    Row {
+        class,
+        tool,
+        args: vec!["--fleet".into(), "-".into()],
+        stdin: fleet,
+        expect: words(expect),
+    }
+}
+
+/// A target object naming alpha and its path, `extra` merged in.
+fn target_json(s: &Setup, extra: Value) -> String {
+    let mut target = json!({"user": "root", "host": "alpha", "path": s.remote});
+    for (key, value) in extra.as_object().unwrap() {
+        target[key] = value.clone();
+    }
+    target.to_string()
+}
+
+/// About 50 MB of sources.json: `count` good symlink sources, then `last`.
+fn fifty_megabytes(last: &str) -> Vec<u8> {
+    let mut text = String::from("{");
+    let mut i = 0;
+    while text.len() < 50 * 1024 * 1024 {
+        text.push_str(&format!(
+            "\"s{i:07}\": {{\"symlink\": \"to/some/where/{i:07}\"}}, "
+        ));
+        i += 1;
+    }
+    text.push_str(last);
+    text.push('}');
+    text.into_bytes()
+}
+
+/// The table, one row a line.
+#[rustfmt::skip]
+fn rows(s: &Setup) -> Vec<Row> {
+    use Class::*;
+    let t = s.target.as_str();
+    let cfg = s.cfg.as_str();
+    let remote = s.remote.to_str().unwrap();
+    let good = s.good_sources().to_string();
+    let deep_list = "[".repeat(100_000);
+    let deep_objects = "{\"a\": ".repeat(100_000);
+    let long_quotes = "'".repeat(100_000);
+    let mut rows = vec![
+        // Malformed and truncated JSON.
+        populate(s, MalformedJson, r#"{"a": {"symlink": "x"}"#, &["sources: malformed JSON", "EOF"]),
+        populate(s, MalformedJson, "", &["sources: malformed JSON"]),
+        populate(s, MalformedJson, r#"{"a": {"symlink": "x"}} {"#, &["sources: malformed JSON", "trailing"]),
+        populate(s, MalformedJson, b"{\"a\": {\"symlink\": \"\xff\"}}".to_vec(), &["cannot read sources from stdin: it is not UTF-8 text (byte 19"]),
+        populate(s, MalformedJson, r#"{"a": {"symlink": "\ud800x"}}"#, &["sources: malformed JSON", "hex escape"]),
+        populate(s, MalformedJson, r#"{'a': {'symlink': 'x'}}"#, &["sources: malformed JSON", "line 1 column 2"]),
+        row(MalformedJson, "mktarget", &["-"], br#"{"host": "alpha","#, &["target: malformed JSON object"]),
+        row(MalformedJson, "populate", &["--target", r#"{"host": "alpha""#], good.as_bytes(), &["target: malformed JSON object"]),
+        fleet(MalformedJson, "krops-deploy", br#"{"web": {"target": "root@alpha""#.to_vec(), &["fleet: malformed JSON"]),
+        fleet(MalformedJson, "krops-command", b"".to_vec(), &["fleet: malformed JSON"]),
+        // Wrong types.
+        populate(s, WrongType, "[]", &["sources: expected an object", "got a list"]),
+        source(s, WrongType, json!("x"), &["a: expected an object", "got a string"]),
+        source(s, WrongType, json!({"git": {"url": 1, "ref": "main"}}), &["a.git.url: expected a string, got a number"]),
+        source(s, WrongType, json!({"file": {"path": cfg, "useChecksum": "yes"}}), &["a.file.useChecksum: expected a boolean"]),
+        source(s, WrongType, json!({"file": {"path": cfg, "filters": {"type": "include"}}}), &["a.file.filters: expected a list"]),
+        row(WrongType, "mktarget", &[r#"{"host": "alpha", "sudo": "yes"}"#], b"", &["target.sudo: expected a boolean"]),
+        row(WrongType, "mktarget", &[r#"{"extraOptions": "-v"}"#], b"", &["target.extraOptions: expected a list"]),
+        fleet(WrongType, "krops-deploy", s.fleet(json!({"target": 5})), &["fleet.web.target: expected a target string or object, got a number"]),
+        fleet(WrongType, "krops-command", s.fleet(json!({"allocateTTY": "yes"})), &["fleet.web.allocateTTY: expected a boolean"]),
+        fleet(WrongType, "krops-deploy", s.fleet(json!({"useNixOutputMonitor": "maybe"})), &["fleet.web.useNixOutputMonitor", "\"maybe\""]),
+        fleet(WrongType, "krops-deploy", br#"[{"target": "root@alpha"}]"#.to_vec(), &["fleet: expected an object", "got a list"]),
+        // Unknown fields.
+        source(s, UnknownField, json!({"git": {"url": "https://example.org/r", "ref": "main", "depth": 1}}), &["a.git.depth: unknown field"]),
+        source(s, UnknownField, json!({"rsync": cfg}), &["a.rsync: unknown field"]),
+        source(s, UnknownField, json!({"type": "git", "file": cfg}), &["a.type: says \"git\" but the source gives \"file\""]),
+        fleet(UnknownField, "krops-command", s.fleet(json!({"comand": "true"})), &["fleet.web.comand: unknown field"]),
+        fleet(UnknownField, "krops-deploy", s.fleet(json!({"allocateTTY": true})), &["fleet.web.allocateTTY: unknown field"]),
+        // Duplicate keys: refused, never the last one winning.
+        populate(s, DuplicateKey, r#"{"a": {"symlink": "x"}, "a": {"symlink": "y"}}"#, &["duplicate key \"a\""]),
+        populate(s, DuplicateKey, r#"{"a": {"git": {"url": "https://example.org/r", "ref": "main", "ref": "v1"}}}"#, &["duplicate key \"ref\" in a.git"]),
+        populate(s, DuplicateKey, r#"{"a": {"symlink": "x", "symlink": "y"}}"#, &["duplicate key \"symlink\" in a"]),
+        row(DuplicateKey, "populate", &["--target", r#"{"host": "alpha", "host": "beta"}"#], good.as_bytes(), &["duplicate key \"host\""]),
+        fleet(DuplicateKey, "krops-deploy", format!(r#"{{"web": {{"target": "{t}", "source": {good}}}, "web": {{"target": "{t}", "source": {good}}}}}"#).into_bytes(), &["fleet: malformed JSON", "duplicate key \"web\""]),
+        fleet(DuplicateKey, "krops-command", format!(r#"{{"web": {{"target": "{t}", "source": {good}, "command": "true", "command": "reboot"}}}}"#).into_bytes(), &["duplicate key \"command\" in web"]),
+        // Source and host names.
+        populate(s, Name, json!({"..": {"symlink": "x"}}).to_string(), &["sources.\"..\": a source name"]),
+        populate(s, Name, json!({".": {"symlink": "x"}}).to_string(), &["sources.\".\": a source name"]),
+        populate(s, Name, json!({"a/b": {"symlink": "x"}}).to_string(), &["sources.\"a/b\": a source name"]),
+        populate(s, Name, json!({"-x": {"symlink": "x"}}).to_string(), &["sources.\"-x\": a source name"]),
+        populate(s, Name, json!({"": {"symlink": "x"}}).to_string(), &["sources.\"\": a source name"]),
+        populate(s, Name, json!({".populate": {"symlink": "x"}}).to_string(), &["sources.\".populate\": names starting with .populate"]),
+        populate(s, Name, json!({ "n".repeat(256): {"symlink": "x"}}).to_string(), &["at most 255 bytes long"]),
+        fleet(Name, "krops-deploy", json!({"..": {"target": t, "source": {}}}).to_string().into_bytes(), &["fleet.\"..\": a host name"]),
+        fleet(Name, "krops-command", json!({"-web": {"target": t, "source": {}}}).to_string().into_bytes(), &["fleet.\"-web\": a host name"]),
+        fleet(Name, "krops-deploy", json!({"web": {"target": t, "source": {"../x": {"symlink": "y"}}}}).to_string().into_bytes(), &["fleet.web.source", "sources.\"../x\""]),
+        fleet(Name, "krops-deploy", json!({"": {"target": t, "source": {}}}).to_string().into_bytes(), &["fleet.\"\": a host name"]),
+        fleet(Name, "krops-command", json!({"a/b": {"target": t, "source": {}}}).to_string().into_bytes(), &["fleet.\"a/b\": a host name"]),
+        // Relative paths.
+        source(s, RelativePath, json!({"file": "cfg/configuration.nix"}), &["a.file: \"cfg/configuration.nix\" is not an absolute path"]),
+        source(s, RelativePath, json!({"pipe": "date"}), &["a.pipe: \"date\" is not an absolute path"]),
+        source(s, RelativePath, json!({"pass": {"dir": "store", "name": "host"}}), &["a.pass.dir: \"store\" is not an absolute path"]),
+        source(s, RelativePath, json!({"pass": {"dir": "/store", "name": "../etc"}}), &["a.pass.name: \"../etc\" must be a relative path inside"]),
+        source(s, RelativePath, json!({"passage": {"dir": "/store", "identities_file": "ids"}}), &["a.passage.identities_file: \"ids\" is not an absolute path"]),
+        row(RelativePath, "populate", &["--target", &target_json(s, json!({"path": "var/src"}))], good.as_bytes(), &["target.path: \"var/src\" is not an absolute path"]),
+        row(RelativePath, "krops-test", &["--target", &json!({"path": "local/src"}).to_string()], good.as_bytes(), &["target.path: \"local/src\" is not an absolute path"]),
+        // Hosts and users that ssh would read as options.
+        with_target(s, LeadingDash, "populate", "-oProxyCommand=touch /tmp/PWNED", &["target.host: \"-oProxyCommand=touch \" begins with '-'"]),
+        with_target(s, LeadingDash, "krops-command", &format!("-oProxyCommand=x@alpha{remote}"), &["target.user: \"-oProxyCommand=x\" begins with '-'"]),
+        row(LeadingDash, "krops-deploy", &["--target", t, "--build-target", "-oProxyCommand=x"], good.as_bytes(), &["--build-target", "target.host: \"-oProxyCommand=x\" begins with '-'"]),
+        fleet(LeadingDash, "krops-deploy", s.fleet(json!({"buildTarget": {"user": "-l", "host": "alpha"}})), &["fleet.web.buildTarget", "target.user: \"-l\" begins with '-'"]),
+        row(LeadingDash, "mktarget", &["alpha", "--user=-oProxyCommand=x"], b"", &["target.user"]),
+        fleet(LeadingDash, "krops-command", s.fleet(json!({"target": "-oProxyCommand=x"})), &["fleet.web.target: target.host: \"-oProxyCommand=x\" begins with '-'"]),
+        row(LeadingDash, "mktarget", &["-"], b"-J evil@alpha", &["target.user: \"-J evil\" begins with '-'"]),
+        // NUL, newlines and other control characters in every string field.
+        populate(s, ControlCharacter, json!({"a\nb": {"symlink": "x"}}).to_string(), &["sources.\"a\\nb\": a source name"]),
+        source(s, ControlCharacter, json!({"file": format!("{cfg}\0")}), &["a.file:", "contains a control character"]),
+        source(s, ControlCharacter, json!({"file": {"path": format!("{cfg}\n")}}), &["a.file.path:", "contains a control character"]),
+        source(s, ControlCharacter, json!({"file": {"path": cfg, "filters": [{"type": "exclude", "pattern": "a\0b"}]}}), &["a.file.filters[0].pattern: \"a\\0b\" contains a NUL byte"]),
+        source(s, ControlCharacter, json!({"file": {"path": cfg, "exclude": ["\0"]}}), &["a.file.exclude[0]: \"\\0\" contains a NUL byte"]),
+        source(s, ControlCharacter, json!({"git": {"url": "https://example.org/r\nx", "ref": "main"}}), &["a.git.url: \"https://example.org/r\\nx\" contains a control character"]),
+        source(s, ControlCharacter, json!({"git": {"url": "https://example.org/r\0", "ref": "main"}}), &["a.git.url:", "contains a control character"]),
+        source(s, ControlCharacter, json!({"git": {"url": "https://example.org/r", "ref": "main\t"}}), &["a.git.ref: \"main\\t\" contains a control character"]),
+        source(s, ControlCharacter, json!({"git": {"url": "https://example.org/r", "ref": "main", "clean": {"exclude": ["x\0"]}}}), &["a.git.clean.exclude[0]:", "contains a NUL byte"]),
+        source(s, ControlCharacter, json!({"symlink": "x\0y"}), &["a.symlink.target: \"x\\0y\" contains a NUL byte"]),
+        source(s, ControlCharacter, json!({"derivation": "with import <nixpkgs> {};\0hello"}), &["a.derivation.text:", "contains a NUL byte"]),
+        source(s, ControlCharacter, json!({"pass": {"dir": "/store", "name": "host\nx"}}), &["a.pass.name:", "contains a control character"]),
+        source(s, ControlCharacter, json!({"passage": {"dir": "/store\u{1b}[2J"}}), &["a.passage.dir:", "contains a control character"]),
+        source(s, ControlCharacter, json!({"passage": {"dir": "/store", "age": "age\n-d"}}), &["a.passage.age:", "contains a control character"]),
+        source(s, ControlCharacter, json!({"pipe": {"command": "/bin/date\r"}}), &["a.pipe.command:", "contains a control character"]),
+        populate(s, ControlCharacter, json!({"a": {"symlink\n": "x"}}).to_string(), &["a.\"symlink\\n\": unknown field"]),
+        with_target(s, ControlCharacter, "populate", &target_json(s, json!({"user": "ro\not"})), &["target.user: \"ro\\not\" contains whitespace or control characters"]),
+        with_target(s, ControlCharacter, "krops-deploy", &target_json(s, json!({"host": "alpha\0"})), &["target.host:", "control characters"]),
+        with_target(s, ControlCharacter, "krops-command", &format!("root@al\tpha{remote}"), &["target.host: \"al\\tpha\""]),
+        with_target(s, ControlCharacter, "populate", &target_json(s, json!({"path": format!("{remote}\n/etc")})), &["target.path:", "contains a control character"]),
+        with_target(s, ControlCharacter, "krops-test", &json!({"path": format!("{}\0", s.local_target())}).to_string(), &["target.path:", "contains a control character"]),
+        with_target(s, ControlCharacter, "populate", &target_json(s, json!({"extraOptions": ["-o", "LogLevel=ERROR\nProxyCommand=x"]})), &["target.extraOptions[1]:", "contains a control character"]),
+        with_target(s, ControlCharacter, "krops-deploy", &target_json(s, json!({"extraOptions": ["-v\0"]})), &["target.extraOptions[0]:", "contains a control character"]),
+        fleet(ControlCharacter, "krops-deploy", s.fleet(json!({"operation": "switch\0"})), &["fleet.web.operation:", "contains a control character"]),
+        fleet(ControlCharacter, "krops-command", s.fleet(json!({"command": "echo a\0b"})), &["fleet.web.command:", "contains a NUL byte"]),
+        row(ControlCharacter, "krops-deploy", &["--target", t, "--operation", "switch\n--rollback"], good.as_bytes(), &["--operation \"switch\\n--rollback\""]),
+        // Ports.
+        with_target(s, Port, "populate", &format!("root@alpha:0{remote}"), &["target.port: \"0\" is not a port number"]),
+        with_target(s, Port, "krops-deploy", &format!("root@alpha:65536{remote}"), &["target.port: \"65536\" is not a port number"]),
+        with_target(s, Port, "krops-command", &target_json(s, json!({"port": -1})), &["target.port: \"-1\" is not a port number"]),
+        with_target(s, Port, "populate", &format!("root@alpha:22abc{remote}"), &["target.port: \"22abc\" is not a port number"]),
+        with_target(s, Port, "populate", &format!("root@alpha:18446744073709551616{remote}"), &["target.port: \"18446744073709551616\" is not a port number"]),
+        with_target(s, Port, "populate", &target_json(s, json!({"port": 18446744073709551616.0})), &["target.port:", "is not a port number"]),
+        row(Port, "populate", &["--target", &format!("{{\"host\": \"alpha\", \"port\": 18446744073709551616, \"path\": \"{remote}\"}}")], good.as_bytes(), &["target.port:", "is not a port number"]),
+        with_target(s, Port, "populate", &target_json(s, json!({"port": "22\n"})), &["target.port: \"22\\n\" is not a port number"]),
+        with_target(s, Port, "populate", &target_json(s, json!({"port": 22.5})), &["target.port: \"22.5\" is not a port number"]),
+        row(Port, "mktarget", &["alpha", "--port", ""], b"", &["target.port: \"\" is not a port number"]),
+        fleet(Port, "krops-deploy", s.fleet(json!({"target": {"host": "alpha", "port": 0, "path": remote}})), &["fleet.web.target: target.port: \"0\" is not a port number"]),
+        // --target JSON with extra fields.
+        row(TargetExtraField, "mktarget", &[r#"{"host": "alpha", "password": "hunter2"}"#], b"", &["target.password: unknown field"]),
+        with_target(s, TargetExtraField, "populate", &target_json(s, json!({"sduo": true})), &["target.sduo: unknown field"]),
+        with_target(s, TargetExtraField, "krops-deploy", &target_json(s, json!({"buildTarget": "root@alpha"})), &["target.buildTarget: unknown field"]),
+        with_target(s, TargetExtraField, "krops-command", &target_json(s, json!({"command": "reboot"})), &["target.command: unknown field"]),
+        with_target(s, TargetExtraField, "krops-test", &json!({"path": s.local_target(), "trace": true}).to_string(), &["target.trace: unknown field"]),
+        fleet(TargetExtraField, "krops-deploy", s.fleet(json!({"target": {"host": "alpha", "path": remote, "sduo": true}})), &["fleet.web.target", "target.sduo: unknown field"]),
+        // Git URLs and refs that git would read as options.
+        source(s, GitOption, json!({"git": {"url": "--upload-pack=touch /tmp/PWNED", "ref": "main"}}), &["a.git.url: \"--upload-pack=touch /tmp/PWNED\" must be non-empty and must not begin with '-'"]),
+        source(s, GitOption, json!({"git": {"url": "-cprotocol.ext.allow=always", "ref": "main"}}), &["a.git.url: \"-cprotocol.ext.allow=always\""]),
+        source(s, GitOption, json!({"git": {"url": "https://example.org/r", "ref": "-cfoo=bar"}}), &["a.git.ref: \"-cfoo=bar\" must be non-empty and must not begin with '-'"]),
+        source(s, GitOption, json!({"git": {"url": "https://example.org/r", "ref": "--output=/tmp/PWNED"}}), &["a.git.ref: \"--output=/tmp/PWNED\""]),
+        source(s, GitOption, json!({"git": {"url": "ssh://-oProxyCommand=touch%20PWNED/r", "ref": "main"}}), &["a.git.url:", "names a user or host beginning with '-'"]),
+        source(s, GitOption, json!({"git": {"url": "ssh://git@-oProxyCommand=x/r", "ref": "main"}}), &["a.git.url:", "names a user or host beginning with '-'"]),
+        source(s, GitOption, json!({"git": {"url": "https://example.org/r", "ref": ""}}), &["a.git.ref: \"\" must be non-empty"]),
+        // Oversized input: 50 MB, and fields longer than a program takes.
+        populate(s, Size, format!("{{\"a\": {{\"symlink\": \"{}\"}}}}", "x".repeat(50 * 1024 * 1024)), &["a.symlink.target:", "(52428800 bytes) is too long"]),
+        populate(s, Size, fifty_megabytes(r#""zzz": {"symlink": "x", "oops": 1}"#), &["zzz.oops: unknown field"]),
+        source(s, Size, json!({"derivation": "x".repeat(200_000)}), &["source a (derivation): what it runs on the target would be", "too long"]),
+        source(s, Size, json!({"derivation": long_quotes}), &["source a (derivation):", "too long"]),
+        source(s, Size, json!({"file": format!("/{}", "d/".repeat(3000))}), &["a.file:", "is too long (a path has at most 4095 bytes)"]),
+        source(s, Size, json!({"git": {"url": format!("https://example.org/{}", "r".repeat(5000)), "ref": "main"}}), &["a.git.url:", "is too long"]),
+        with_target(s, Size, "populate", &target_json(s, json!({"path": format!("/{}", "p".repeat(5000))})), &["target.path:", "is too long"]),
+        with_target(s, Size, "krops-deploy", &target_json(s, json!({"host": "h".repeat(2000)})), &["target.host:", "is too long"]),
+        row(Size, "krops-command", &["--target", t, &"'".repeat(100_000)], good.as_bytes(), &["the command on root@alpha: it would be", "the script is too long"]),
+        row(Size, "populate", &["--target", t, "--sources", "/dev/zero"], b"", &["cannot read sources from /dev/zero: more than 64 MiB"]),
+        row(Size, "krops-deploy", &["--fleet", "/dev/zero"], b"", &["cannot read the fleet from /dev/zero: more than 64 MiB"]),
+        // Deeply nested JSON.
+        populate(s, Nesting, deep_list.clone(), &["sources: malformed JSON", "recursion limit exceeded"]),
+        populate(s, Nesting, format!("{{\"a\": {deep_objects}"), &["sources: malformed JSON", "recursion limit exceeded"]),
+        row(Nesting, "mktarget", &["-"], deep_objects.as_bytes(), &["target: malformed JSON object", "recursion limit exceeded"]),
+        row(Nesting, "krops-deploy", &["--target", &format!("{{\"host\": {deep_list}")], good.as_bytes(), &["target: malformed JSON object", "recursion limit exceeded"]),
+        fleet(Nesting, "krops-command", format!("{{\"web\": {deep_list}").into_bytes(), &["fleet: malformed JSON", "recursion limit exceeded"]),
+        row(Nesting, "krops-test", &["--target", &s.local_target()], deep_list.as_bytes(), &["sources: malformed JSON", "recursion limit exceeded"]),
+    ];
+    // krops-test takes only local targets; its sources are checked alike.
+    rows.push(Row {
+        class: Name,
+        tool: "krops-test",
+        args: vec!["--target".into(), s.local_target()],
+        stdin: json!({"nixpkgs/lib": {"symlink": "x"}}).to_string().into_bytes(),
+        expect: words(&["sources.\"nixpkgs/lib\": a source name"]),
+    });
+    rows
+}
+
+/// What the canary looks at: everything a run could have touched.
+#[derive(Debug, PartialEq, Eq)]
+struct Canary {
+    sshd_log: String,
+    handshakes: usize,
+    rebuilds: usize,
+    remote: Tree,
+    local: Tree,
+    tmp: Vec<PathBuf>,
+}
+
+fn canary(s: &Setup) -> Canary {
+    let world = &s.world;
+    let mut tmp: Vec<PathBuf> = std::fs::read_dir(world.tmp_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    tmp.sort();
+    Canary {
+        sshd_log: world.sshd_log("alpha"),
+        handshakes: world.handshakes("alpha"),
+        rebuilds: world.records("nixos-rebuild").len(),
+        remote: world.tree_with_mtimes(&s.remote),
+        local: world.tree_with_mtimes(&s.local),
+        tmp,
+    }
+}
+
+/// Runs `row`'s tool with `RUST_BACKTRACE=1`.
+fn run(s: &Setup, row: &Row) -> Output {
+    let mut cmd = s.world.command(s.world.tool(row.tool));
+    cmd.args(&row.args).env("RUST_BACKTRACE", "1");
+    s.world.run_command(&mut cmd, &row.stdin)
+}
+
+/// What is wrong with how `row` ended, if anything.
+fn problems(row: &Row, out: &Output, before: &Canary, after: &Canary) -> Vec<String> {
+    let mut problems = Vec::new();
+    let all = format!("{}{}", out.stdout_str(), out.stderr_str());
+    if out.timed_out {
+        problems.push("timed out".to_owned());
+    }
+    match out.code() {
+        None => problems.push(format!("killed by a signal: {}", out.status)),
+        Some(0) => problems.push("exit status 0: the input was taken".to_owned()),
+        Some(101) => problems.push("exit status 101: a panic".to_owned()),
+        Some(_) => {}
+    }
+    for sign in ["panicked", "stack backtrace", "RUST_BACKTRACE"] {
+        if all.contains(sign) {
+            problems.push(format!("the output has {sign:?}"));
+        }
+    }
+    let stderr = out.stderr_str();
+    if !stderr.contains(&format!("{}: error: ", row.tool)) {
+        problems.push(format!("no `{}: error: ` line", row.tool));
+    }
+    for word in &row.expect {
+        if !stderr.contains(word.as_str()) {
+            problems.push(format!("the error lacks {word:?}"));
+        }
+    }
+    if stderr.len() > 4096 {
+        problems.push(format!("the error is {} bytes long", stderr.len()));
+    }
+    if after.handshakes != before.handshakes || after.sshd_log != before.sshd_log {
+        problems.push(format!(
+            "the target's sshd saw a connection:\n{}",
+            &after.sshd_log[before.sshd_log.len().min(after.sshd_log.len())..]
+        ));
+    }
+    if after.rebuilds != before.rebuilds {
+        problems.push("nixos-rebuild ran".to_owned());
+    }
+    if after.remote != before.remote {
+        problems.push("the remote target changed".to_owned());
+    }
+    if after.local != before.local {
+        problems.push("the local target changed".to_owned());
+    }
+    if after.tmp != before.tmp {
+        problems.push(format!("temp files left: {:?}", after.tmp));
+    }
+    problems
+}
+
+/// How a row shows in a failure: the tool, the arguments and the start of
+/// stdin, each cut short.
+fn describe(row: &Row) -> String {
+    let cut = |text: &str| -> String {
+        if text.chars().count() > 120 {
+            format!(
+                "{}… ({} bytes)",
+                text.chars().take(120).collect::<String>(),
+                text.len()
+            )
+        } else {
+            text.to_owned()
+        }
+    };
+    let args: Vec<String> = row
+        .args
+        .iter()
+        .map(|arg| format!("{:?}", cut(arg)))
+        .collect();
+    format!(
+        "[{}] {} {} < {:?}",
+        row.class.label(),
+        row.tool,
+        args.join(" "),
+        cut(&String::from_utf8_lossy(&row.stdin))
+    )
+}
+
+#[test]
+fn hostile_input_is_refused_naming_the_field_and_nothing_runs() {
+    let (s, _alpha) = Setup::new();
+    let rows = rows(&s);
+    let mut failures = Vec::new();
+    let mut count: BTreeMap<Class, usize> = BTreeMap::new();
+    let mut tools: BTreeMap<&str, usize> = BTreeMap::new();
+    for row in &rows {
+        *count.entry(row.class).or_default() += 1;
+        *tools.entry(row.tool).or_default() += 1;
+        let before = canary(&s);
+        let out = run(&s, row);
+        let after = canary(&s);
+        let problems = problems(row, &out, &before, &after);
+        if !problems.is_empty() {
+            let shown: String = out.to_string().chars().take(3000).collect();
+            failures.push(format!(
+                "{}\n  - {}\n{shown}",
+                describe(row),
+                problems.join("\n  - ")
+            ));
+        }
+    }
+    // The figures for the README's "Reliability" table.
+    println!("bad inputs by class ({} in all):", rows.len());
+    for (class, n) in &count {
+        println!("  {:>3}  {}", n, class.label());
+    }
+    let fleets = rows
+        .iter()
+        .filter(|row| row.args.iter().any(|arg| arg == "--fleet"))
+        .count();
+    println!("by tool: {tools:?}, {fleets} of them --fleet files");
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad inputs were not refused as they should be:\n\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n\n")
+    );
+    assert!(rows.len() >= 40, "only {} rows", rows.len());
+    for class in Class::ALL {
+        assert!(count.contains_key(&class), "no row of class {class:?}");
+    }
+    for tool in [
+        "mktarget",
+        "populate",
+        "krops-deploy",
+        "krops-test",
+        "krops-command",
+    ] {
+        assert!(tools.contains_key(tool), "no row for {tool}");
+    }
+    // The canary itself works: a good input does reach the target.
+    let out = run(
+        &s,
+        &populate(&s, Class::Name, s.good_sources().to_string(), &[]),
+    );
+    out.assert_success();
+    assert!(
+        s.world.handshakes("alpha") > 0,
+        "the canary saw no connection"
+    );
+    assert!(s.remote.join("nixos-config").is_file());
+}
+
+/// Control characters where a user may mean them arrive as given: a
+/// symlink's text and a file filter's pattern name file names, which may
+/// hold a newline, a tab or an escape.
+#[test]
+fn control_characters_that_may_be_meant_arrive_as_given() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("alpha/src");
+    let tree = world.mkdir("tree");
+    world.write("tree/keep", "kept\n");
+    world.write("tree/skip\nme", "skipped\n");
+    let link_text = "line one\nline\ttwo \u{1b}[0m";
+    let sources = json!({
+        "link": {"symlink": link_text},
+        "tree": {"file": {"path": tree.to_str().unwrap(),
+                          "filters": [{"type": "exclude", "pattern": "skip\nme"}]}},
+    });
+    let out = world.run(
+        "populate",
+        &["--target", &alpha.target("root", &dest), "--force"],
+        sources.to_string().as_bytes(),
+    );
+    out.assert_success();
+    assert_eq!(
+        std::fs::read_link(dest.join("link")).unwrap(),
+        Path::new(link_text)
+    );
+    assert!(dest.join("tree/keep").is_file());
+    assert!(
+        !dest.join("tree/skip\nme").exists(),
+        "the filter was not applied"
+    );
+}
