@@ -267,12 +267,22 @@ impl Cmd {
     /// our stderr (a long-lived helper, such as an ssh master, whose output
     /// is never data); see [`Started`].
     pub fn start(&self) -> Result<Started> {
-        let handle = self
-            .expression()
-            .stdout_to_stderr()
-            .unchecked()
+        self.start_expression(self.expression().stdout_to_stderr())
+    }
+
+    /// Like [`Cmd::start`], its stdout and stderr going to `stderr` (the
+    /// write end of a pipe someone reads); our copy of it is closed once
+    /// the command started.
+    pub fn start_with_stderr(&self, stderr: impl IntoRawFd) -> Result<Started> {
+        self.start_expression(self.expression().stdout_to_stderr().stderr_file(stderr))
+    }
+
+    fn start_expression(&self, expr: duct::Expression) -> Result<Started> {
+        let expr = expr.unchecked();
+        let handle = expr
             .start()
             .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        drop(expr);
         let registered = interrupt::register(handle.pids(), self.own_group());
         Ok(Started {
             pids: handle.pids(),
@@ -317,12 +327,6 @@ impl Cmd {
             .into_output()
             .with_context(|| format!("waiting for `{}`", self.brief()))?;
         Ok(output.status)
-    }
-
-    /// Whether `status` says this command, an ssh, lost or never had its
-    /// connection (ssh's own exit status 255).
-    pub fn connection_failed(&self, status: ExitStatus) -> bool {
-        self.program == "ssh" && status.code() == Some(255)
     }
 
     /// The error for this command ending with `status`: its command line, how

@@ -143,7 +143,7 @@ pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) ->
     if mktarget::interrupt::interrupted() {
         bail!("interrupted");
     }
-    last.session.connect();
+    last.session.connect().with_context(|| last.what.clone())?;
     mktarget::interrupt::doing(&last.what);
     if let Some(on) = &last.remote {
         mktarget::interrupt::remote(on);
@@ -151,16 +151,15 @@ pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) ->
     let status = last.command.status()?;
     if !status.success() {
         mktarget::interrupt::wait_if_interrupted();
-        let how = mktarget::command::describe(status);
-        if last.command.connection_failed(status) {
-            // ssh says 255 for both; a message above tells which.
-            eprintln!(
-                "{tool}: error: {}: the ssh connection failed, or the command was killed by a \
-                 signal on the target ({how}; ssh's message, if any, is above)",
-                last.what
-            );
-        } else {
-            eprintln!("{tool}: error: {} failed: {how}", last.what);
+        // Its output was ours, so ssh's message is above; the shared
+        // connection's master may tell more.
+        match last.session.connection_failure(&last.command, status, &[]) {
+            Some(why) => eprintln!("{tool}: error: {}: {why}", last.what),
+            None => eprintln!(
+                "{tool}: error: {} failed: {}",
+                last.what,
+                mktarget::command::describe(status)
+            ),
         }
     }
     Ok(ExitCode::from(mktarget::command::exit_code(status)))

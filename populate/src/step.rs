@@ -58,14 +58,15 @@ impl Work {
         match self {
             Work::Sentinel { .. } | Work::Batched { .. } => Ok(Ended::Done),
             Work::Rsync { claim, rsync } => {
-                run_cmd(&session.shell(&format!("{PRELUDE}{claim}")), out)?;
-                run_cmd(rsync, out).map(|()| Ended::Done)
+                run_cmd(session, &session.shell(&format!("{PRELUDE}{claim}")), out)?;
+                run_cmd(session, rsync, out).map(|()| Ended::Done)
             }
             Work::Alone { body, .. } => {
-                run_cmd(&session.shell(&format!("{PRELUDE}{body}")), out).map(|()| Ended::Done)
+                run_cmd(session, &session.shell(&format!("{PRELUDE}{body}")), out)
+                    .map(|()| Ended::Done)
             }
             Work::Secrets(secrets) => secrets.run(session, out),
-            Work::Pipe(pipe) => pipe.run(out).map(|()| Ended::Done),
+            Work::Pipe(pipe) => pipe.run(session, out).map(|()| Ended::Done),
         }
     }
 
@@ -118,25 +119,36 @@ pub(crate) fn claim_line(session: &Session, p: &str, makes: Makes) -> String {
     )
 }
 
-/// Runs one command of a step, its output going to `out` as it comes.
-pub(crate) fn run_cmd(cmd: &Cmd, out: &mut dyn Write) -> Result<()> {
+/// Runs one command of a step on `session`'s target, its output going to
+/// `out` as it comes.
+pub(crate) fn run_cmd(session: &Session, cmd: &Cmd, out: &mut dyn Write) -> Result<()> {
     let (status, tail) = cmd.run_unchecked_into(out)?;
     if status.success() {
         Ok(())
     } else {
-        Err(step_failure(cmd, status, &tail).into())
+        Err(step_failure(session, cmd, status, &tail).into())
     }
 }
 
-/// The error of a failed command of a step: the one command that failed
-/// (what a script's `run` named), or what ssh or rsync said, and the
-/// status; never the whole script, nor the output again (it was shown).
-pub(crate) fn step_failure(cmd: &Cmd, status: std::process::ExitStatus, tail: &[u8]) -> StepError {
+/// The error of a failed command of a step: that the connection to the
+/// target failed and why (ssh's own words), or the one command that failed
+/// (what a script's `run` named), or what rsync said, and the status;
+/// never the whole script, nor the output again (it was shown).
+pub(crate) fn step_failure(
+    session: &Session,
+    cmd: &Cmd,
+    status: std::process::ExitStatus,
+    tail: &[u8],
+) -> StepError {
+    if let Some(message) = session.connection_failure(cmd, status, tail) {
+        return StepError {
+            command: None,
+            status: Some(describe(status)),
+            tail: String::from_utf8_lossy(tail).into_owned(),
+            message,
+        };
+    }
     failure(describe(status), tail, |status_text| match cmd.program() {
-        _ if cmd.connection_failed(status) => (
-            None,
-            format!("the ssh connection failed ({status_text}; ssh's message is above)"),
-        ),
         "ssh" | "/bin/sh" => (None, format!("its script failed: {status_text}")),
         "rsync" => (
             None,
