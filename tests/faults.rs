@@ -680,7 +680,7 @@ fn signals_while_200_pass_secrets_are_decrypted_leave_nothing_behind() {
             let file = keys.join(format!("{}/s{i:03}", i % 7));
             assert_eq!(
                 std::fs::read_to_string(&file).unwrap(),
-                format!("pass-plaintext-{i:03}\n")
+                format!("pass-plaintext-{i:03}")
             );
         }
         assert_eq!(files_below(keys), SECRETS + 1, "the secrets and .pass_info");

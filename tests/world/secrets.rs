@@ -160,9 +160,10 @@ impl PassStore {
         );
     }
 
-    /// Adds many entries at once, as `pass insert` would (each `NAME.gpg`
-    /// encrypted to the store's key), with one gpg and one commit: a store of
-    /// hundreds of secrets in seconds.
+    /// Adds many entries at once, as [`PassStore::insert`] would (each
+    /// `NAME.gpg` holding exactly its secret, encrypted to the store's key),
+    /// with one gpg and one commit: a store of hundreds of secrets in
+    /// seconds.
     #[track_caller]
     pub fn insert_many(&self, entries: &[(String, String)]) {
         let staging = tempfile::Builder::new()
@@ -172,7 +173,7 @@ impl PassStore {
         let mut plain = Vec::new();
         for (i, (_, secret)) in entries.iter().enumerate() {
             let path = staging.path().join(i.to_string());
-            fs::write(&path, format!("{secret}\n")).expect("write a staged secret");
+            fs::write(&path, secret).expect("write a staged secret");
             plain.push(path);
         }
         self.run(
