@@ -115,11 +115,17 @@ fn sshd_config(world: &World, address: IpAddr, port: u16, host_key: &Path) -> St
     // INFO: one "Accepted publickey" line per handshake, which
     // `World::handshakes` counts.
     line("LogLevel INFO".into());
-    let set_env: Vec<String> = world
+    let mut set_env: Vec<String> = world
         .remote_env()
         .into_iter()
         .map(|(key, value)| format!("\"{key}={value}\""))
         .collect();
+    // bash run by sshd reads the user's ~/.bashrc, unless it is not the
+    // first shell: the machine's dotfiles stay out of the world. (A root
+    // ~/.bashrc that runs `pyenv init` takes a lock file in every session;
+    // a host killed in the middle of one left every later session of the
+    // machine waiting a minute for it.)
+    set_env.push("SHLVL=1".to_owned());
     line(format!("SetEnv {}", set_env.join(" ")));
     config
 }
