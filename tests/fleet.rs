@@ -224,7 +224,8 @@ fn a_failing_host_leaves_the_others_deployed() {
     out.assert_stderr_contains("krops-deploy: fleet: 1 of 3 hosts ok, 2 failed\n")
         .assert_stderr_contains("beta | krops-deploy: error: sentinel check → beta:")
         .assert_stderr_contains("gamma | krops-deploy: error: sentinel check → gamma:")
-        .assert_stderr_contains("the ssh connection failed");
+        .assert_stderr_contains("the ssh connection to root@gamma failed: ")
+        .assert_stderr_contains("Connection refused");
 }
 
 #[test]

@@ -403,7 +403,8 @@ fn an_unreachable_target_says_the_connection_failed() {
     );
     out.assert_failure()
         .assert_stderr_contains("populate: error: sentinel check → alpha:")
-        .assert_stderr_contains("the ssh connection failed (exit status 255");
+        .assert_stderr_contains("the ssh connection to root@alpha failed: ssh: connect to host")
+        .assert_stderr_contains("Connection refused");
 }
 
 #[test]

@@ -56,6 +56,54 @@ fn two_hosts_answer_through_the_ssh_wrapper() {
 }
 
 #[test]
+fn a_killed_host_drops_its_sessions_and_comes_back_with_its_key() {
+    use std::io::BufRead;
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let mut session = world
+        .command("ssh")
+        .args(["root@alpha", "echo up; exec sleep 61"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(session.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "up\n");
+    // The local ssh runs in the world's environment.
+    let ours = world.processes();
+    assert!(ours.iter().any(|p| p.contains("exec sleep 61")), "{ours:?}");
+    world.kill_host("alpha");
+    // Its connection is gone with the session: ssh ends at once.
+    assert_eq!(session.wait().unwrap().code(), Some(255));
+    world.assert_no_processes_left();
+    world.ssh("root@alpha", "true").assert_failure();
+    let _alpha = world.restart_host(&alpha);
+    // The same host key: strict checking still passes.
+    assert_eq!(ssh_ok(&world, "root@alpha", "echo back"), "back\n");
+}
+
+#[test]
+fn a_frozen_host_accepts_connections_and_never_answers() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    world.freeze_host("alpha");
+    let out = world.run_command_with_timeout(
+        world
+            .command("ssh")
+            .args(["-o", "ConnectTimeout=2", "root@alpha", "true"]),
+        b"",
+        std::time::Duration::from_secs(60),
+    );
+    out.assert_code(255)
+        .assert_stderr_contains("Connection timed out during banner exchange");
+    world.kill_host("alpha");
+}
+
+#[test]
 fn rsync_reaches_a_host_through_the_wrapper() {
     let world = World::new();
     world.add_host("alpha");

@@ -291,12 +291,22 @@ impl Cmd {
     /// our stderr (a long-lived helper, such as an ssh master, whose output
     /// is never data); see [`Started`].
     pub fn start(&self) -> Result<Started> {
-        let handle = self
-            .expression()
-            .stdout_to_stderr()
-            .unchecked()
+        self.start_expression(self.expression().stdout_to_stderr())
+    }
+
+    /// Like [`Cmd::start`], its stdout and stderr going to `stderr` (the
+    /// write end of a pipe someone reads); our copy of it is closed once
+    /// the command started.
+    pub fn start_with_stderr(&self, stderr: impl IntoRawFd) -> Result<Started> {
+        self.start_expression(self.expression().stdout_to_stderr().stderr_file(stderr))
+    }
+
+    fn start_expression(&self, expr: duct::Expression) -> Result<Started> {
+        let expr = expr.unchecked();
+        let handle = expr
             .start()
             .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        drop(expr);
         let registered = interrupt::register(handle.pids(), self.own_group());
         Ok(Started {
             pids: handle.pids(),

@@ -21,7 +21,7 @@ use signal_hook::iterator::Signals;
 /// How long children get to stop after SIGTERM before they are killed.
 const GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     tool: &'static str,
     /// Running children: (pid, whether it leads a process group of its own).
@@ -39,6 +39,18 @@ struct State {
     aftermath: Option<String>,
     /// The signal received, once one was.
     signal: Option<i32>,
+    /// What to print after the message (a fleet's summary of its hosts).
+    report: Option<Box<dyn Fn() -> String + Send>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("tool", &self.tool)
+            .field("children", &self.children)
+            .field("signal", &self.signal)
+            .finish_non_exhaustive()
+    }
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -50,6 +62,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     remote: None,
     aftermath: None,
     signal: None,
+    report: None,
 });
 static INSTALL: Once = Once::new();
 
@@ -103,6 +116,14 @@ pub fn remote(on: impl Into<String>) {
 /// with it, so that a user who stops the tool knows what the target does.
 pub fn aftermath(what: impl Into<String>) {
     state().aftermath = Some(what.into());
+}
+
+/// Has the handler print what `report` returns after its message, once the
+/// children stopped (a fleet's summary of which hosts finished). `report`
+/// runs in the handler, which holds this module's lock: it must not call
+/// into this module, nor wait for a lock that is held while doing so.
+pub fn on_signal_report(report: impl Fn() -> String + Send + 'static) {
+    state().report = Some(Box::new(report));
 }
 
 /// A running child, unregistered when dropped (after it was waited for).
@@ -279,6 +300,9 @@ fn handle(signal: i32) {
     // Not eprintln!: with our stderr gone (a closed terminal) it would
     // panic, and the tool would never exit.
     let _ = writeln!(std::io::stderr(), "{message}");
+    if let Some(report) = &state.report {
+        let _ = std::io::stderr().write_all(report().as_bytes());
+    }
     // Exits holding the lock: see `state`.
     std::process::exit(128 + signal);
 }

@@ -9,16 +9,25 @@
 //! interrupt handler on a signal (it is a registered child, the dir a
 //! registered private dir). A user's own ControlMaster/ControlPath/
 //! ControlPersist, in extraOptions or their ssh config, is left alone: the
-//! session then adds nothing. If the master cannot start, the session warns
+//! session then adds nothing. If the master cannot reach the target
+//! (refused, timed out, host key or login rejected), that is the run's one
+//! error, quoting ssh; if it fails for another reason, the session warns
 //! once and every ssh connects on its own, as without sharing.
+//!
+//! Every ssh of a remote session also gets [`DEFAULT_OPTIONS`] (a connect
+//! timeout and keepalives), after the user's extraOptions so that theirs
+//! win (ssh takes the first value it is given), and only those that
+//! neither extraOptions nor the user's ssh config (as `ssh -G` reports it)
+//! set.
 
 use std::borrow::Cow;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 
 use crate::command::{Cmd, Started};
 use crate::interrupt::{self, PrivateDir};
@@ -68,11 +77,44 @@ struct Control {
     socket: PathBuf,
     /// The master, once started: `None` before, `Some(None)` when it could
     /// not start (then every ssh connects on its own).
-    master: Mutex<Option<Option<Started>>>,
+    master: Mutex<Option<Option<Master>>>,
     /// Removes the socket's dir when dropped; declared last, so it goes
     /// after the master has stopped.
     _dir: PrivateDir,
 }
+
+/// A running master and what it says on stderr.
+#[derive(Debug)]
+struct Master {
+    process: Started,
+    log: Arc<Mutex<MasterLog>>,
+}
+
+/// The master's stderr: kept until it is up, so that a failure to connect
+/// is told once, in the run's error; then passed on to ours as it comes.
+/// Its end stays kept, for the error of a step that lost the connection.
+#[derive(Debug, Default)]
+struct MasterLog {
+    text: Vec<u8>,
+    /// Passing it on.
+    live: bool,
+    /// The master closed its stderr: the text is complete.
+    closed: bool,
+}
+
+/// How much of the master's stderr is kept.
+const MASTER_LOG_BYTES: usize = 8192;
+
+/// The ssh options every remote session adds, after the user's, unless
+/// the user's options or ssh config set them: give up on a host that does
+/// not answer within 30 s (TCP connect and ssh handshake), and notice a
+/// connection that stopped answering within a minute (4 unanswered
+/// keepalives 15 s apart).
+pub const DEFAULT_OPTIONS: [(&str, &str); 3] = [
+    ("ConnectTimeout", "30"),
+    ("ServerAliveInterval", "15"),
+    ("ServerAliveCountMax", "4"),
+];
 
 /// A target and how to reach it; see the module's documentation.
 #[derive(Debug)]
@@ -80,6 +122,54 @@ pub struct Session {
     target: Target,
     origin: Origin,
     reach: Reach,
+    /// The [`DEFAULT_OPTIONS`] this session adds, as ssh words.
+    defaults: Vec<String>,
+}
+
+/// What ssh's configuration for a target is, as `ssh -G` prints it
+/// (keywords in lower case); empty when it could not tell.
+#[derive(Clone, Debug, Default)]
+pub struct SshConfig {
+    settings: Vec<(String, String)>,
+}
+
+impl SshConfig {
+    /// Runs `ssh -G` with the target's user, port and extraOptions; it
+    /// connects to nothing.
+    pub fn of(target: &Target) -> SshConfig {
+        let mut argv = target.ssh_argv_before_options(false);
+        argv.push("-G".to_owned());
+        argv.extend(target.extra_options.iter().cloned());
+        argv.push(target.ssh_host().to_owned());
+        match Cmd::from_argv(argv).output() {
+            Ok(out) if out.status.success() => {
+                SshConfig::parse(&String::from_utf8_lossy(&out.stdout))
+            }
+            // ssh will say what is wrong when the run connects.
+            _ => SshConfig::default(),
+        }
+    }
+
+    /// Reads `ssh -G`'s output: one `keyword value` a line.
+    pub fn parse(text: &str) -> SshConfig {
+        let settings = text
+            .lines()
+            .filter_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                Some((key.to_ascii_lowercase(), value.to_owned()))
+            })
+            .collect();
+        SshConfig { settings }
+    }
+
+    /// The value of `keyword` (any case), if ssh printed one.
+    pub fn get(&self, keyword: &str) -> Option<&str> {
+        let keyword = keyword.to_ascii_lowercase();
+        self.settings
+            .iter()
+            .find(|(key, _)| *key == keyword)
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 impl Session {
@@ -88,11 +178,29 @@ impl Session {
     /// ControlPath or ControlPersist of their own, prepares a private dir
     /// for the control socket.
     pub fn open(target: &Target, origin: &Origin, multiplex: Multiplex) -> Result<Session> {
-        let reach = if target.is_local(origin) {
+        let config = if target.is_local(origin) {
+            SshConfig::default()
+        } else {
+            SshConfig::of(target)
+        };
+        Session::open_with(target, origin, multiplex, &config)
+    }
+
+    /// Like [`Session::open`], with `config` standing for what `ssh -G`
+    /// says of the target (for tests that must not depend on this
+    /// machine's ssh config).
+    pub fn open_with(
+        target: &Target,
+        origin: &Origin,
+        multiplex: Multiplex,
+        config: &SshConfig,
+    ) -> Result<Session> {
+        let local = target.is_local(origin);
+        let reach = if local {
             Reach::Local
         } else if multiplex == Multiplex::Off {
             Reach::Ssh
-        } else if let Some(persist) = users_own_control(target) {
+        } else if let Some(persist) = users_own_control(target, config) {
             if persist {
                 Reach::UsersPersisting(Mutex::new(false))
             } else {
@@ -115,10 +223,16 @@ impl Session {
                 }
             }
         };
+        let defaults = if local {
+            Vec::new()
+        } else {
+            default_options(target, config)
+        };
         Ok(Session {
             target: target.clone(),
             origin: origin.clone(),
             reach,
+            defaults,
         })
     }
 
@@ -149,9 +263,12 @@ impl Session {
 
     /// Starts the master, once; a no-op for local targets, unshared
     /// sessions, and after the first call. Waits until the master listens
-    /// or has given up; if it gave up, warns and lets every ssh connect on
-    /// its own (ssh with `ControlMaster=no` does when the socket is absent).
-    pub fn connect(&self) {
+    /// or has given up. If it could not reach the target, that is the
+    /// error, quoting ssh's message (which is not shown otherwise), and the
+    /// run should end with it; if it failed for another reason,
+    /// warns and lets every ssh connect on its own (ssh with
+    /// `ControlMaster=no` does when the socket is absent).
+    pub fn connect(&self) -> Result<()> {
         if let Reach::UsersPersisting(started) = &self.reach {
             let mut started = started.lock().unwrap_or_else(|p| p.into_inner());
             if !*started && !interrupt::interrupted() {
@@ -159,22 +276,35 @@ impl Session {
                 // Its failure shows again, with ssh's message, in the first step.
                 let _ = self.ssh("true".to_owned(), false).quiet().status();
             }
-            return;
+            return Ok(());
         }
         let Reach::Shared(control) = &self.reach else {
-            return;
+            return Ok(());
         };
         let mut master = control
             .master
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if master.is_some() || interrupt::interrupted() {
-            return;
+        if interrupt::interrupted() {
+            return Ok(());
         }
-        *master = Some(self.start_master(&control.socket));
+        if master.is_some() {
+            return Ok(());
+        }
+        match self.start_master(&control.socket) {
+            Ok(started) => {
+                *master = Some(started);
+                Ok(())
+            }
+            Err(err) => {
+                // Told once; nothing tries again.
+                *master = Some(None);
+                Err(err)
+            }
+        }
     }
 
-    fn start_master(&self, socket: &Path) -> Option<Started> {
+    fn start_master(&self, socket: &Path) -> Result<Option<Master>> {
         let mut cmd = Cmd::from_argv(self.target.ssh_argv_before_options(false));
         cmd = cmd.args([
             "-M".to_owned(),
@@ -186,6 +316,7 @@ impl Session {
         ]);
         cmd = cmd
             .args(self.target.extra_options.iter().cloned())
+            .args(self.defaults.iter().cloned())
             .arg(self.target.ssh_host());
         // A host key, passphrase or password prompt needs our terminal:
         // ssh opens /dev/tty, which only the foreground process group may
@@ -196,44 +327,65 @@ impl Session {
             cmd = cmd.foreground();
         }
         let who = self.target.destination();
-        let mut started = match cmd.start() {
-            Ok(started) => started,
-            Err(err) => {
-                eprintln!(
-                    "krops: warning: cannot start a shared ssh connection to {who} ({err:#}); \
-                     each step connects on its own"
-                );
-                return None;
-            }
+        let fall_back = |why: String| {
+            eprintln!(
+                "krops: warning: cannot start a shared ssh connection to {who} ({why}); \
+                 each step connects on its own"
+            );
+            Ok(None)
         };
+        let (reader, writer) = match os_pipe::pipe() {
+            Ok(pipe) => pipe,
+            Err(err) => return fall_back(format!("cannot make a pipe: {err}")),
+        };
+        let mut process = match cmd.start_with_stderr(writer) {
+            Ok(process) => process,
+            Err(err) => return fall_back(format!("{err:#}")),
+        };
+        let log = Arc::new(Mutex::new(MasterLog::default()));
+        pump_master_log(reader, Arc::clone(&log));
         loop {
             if socket.exists() {
-                return Some(started);
+                // Up: what it said so far (warnings) is shown, and so is
+                // what it says from now on.
+                {
+                    let mut said = lock(&log);
+                    let _ = std::io::stderr().write_all(&said.text);
+                    said.live = true;
+                }
+                return Ok(Some(Master { process, log }));
             }
-            match started.try_wait() {
+            match process.try_wait() {
                 Ok(None) if !interrupt::interrupted() => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Ok(None) => return Some(started),
-                Ok(Some(_)) if interrupt::interrupted() => return None,
+                Ok(None) => return Ok(Some(Master { process, log })),
+                Ok(Some(_)) if interrupt::interrupted() => return Ok(None),
                 Ok(Some(status)) => {
-                    eprintln!(
-                        "krops: warning: the shared ssh connection to {who} could not start \
-                         ({}); each step connects on its own",
+                    let said = wait_for_log(&log);
+                    let lines = connection_lines(&said);
+                    if !lines.is_empty() {
+                        return Err(anyhow!(
+                            "the ssh connection to {who} failed: {}",
+                            lines.join(" ")
+                        ));
+                    }
+                    let said = said.trim_end();
+                    let why = if said.is_empty() {
                         crate::command::describe(status)
-                    );
-                    return None;
+                    } else {
+                        format!("{}: {said}", crate::command::describe(status))
+                    };
+                    return fall_back(why);
                 }
-                Err(err) => {
-                    eprintln!("krops: warning: shared ssh connection to {who}: {err:#}");
-                    return None;
-                }
+                Err(err) => return fall_back(format!("{err:#}")),
             }
         }
     }
 
-    /// `ssh [-l USER] [-p PORT] -T|-t [SHARING] EXTRA_OPTIONS...` without the
-    /// host; SHARING is `-o ControlPath=S -o ControlMaster=no` when shared.
+    /// `ssh [-l USER] [-p PORT] -T|-t [SHARING] EXTRA_OPTIONS... [DEFAULTS]`
+    /// without the host; SHARING is `-o ControlPath=S -o ControlMaster=no`
+    /// when shared, DEFAULTS those of [`DEFAULT_OPTIONS`] the user left unset.
     pub fn ssh_argv(&self, tty: bool) -> Vec<String> {
         let mut argv = self.target.ssh_argv_before_options(tty);
         if let Reach::Shared(control) = &self.reach {
@@ -245,6 +397,7 @@ impl Session {
             ]);
         }
         argv.extend(self.target.extra_options.iter().cloned());
+        argv.extend(self.defaults.iter().cloned());
         argv
     }
 
@@ -358,7 +511,85 @@ impl Session {
             .take();
         if let Some(Some(mut master)) = master {
             // The master removes its socket when it stops.
-            master.terminate(Duration::from_secs(5));
+            master.process.terminate(Duration::from_secs(5));
+        }
+    }
+
+    /// When `cmd`, an ssh of this session (or an rsync through one), ended
+    /// with `status` and output ending in `tail` because of the connection:
+    /// what the error says, `the ssh connection to HOST failed: WHY`, where
+    /// WHY is ssh's own message (from `tail`, else from the shared
+    /// connection's master, if it ended). `None` when the command itself
+    /// failed.
+    pub fn connection_failure(&self, cmd: &Cmd, status: ExitStatus, tail: &[u8]) -> Option<String> {
+        let ssh_failed = status.code() == Some(255);
+        // rsync passes ssh's 255 on; a lost connection may also end it
+        // with a protocol or I/O error (12, 10, 11): any failure of rsync
+        // is looked at.
+        let suspect = match cmd.program() {
+            "ssh" => ssh_failed,
+            "rsync" => true,
+            _ => false,
+        };
+        if self.is_local() || !suspect {
+            return None;
+        }
+        let who = self.target.destination();
+        let lines = connection_lines(&String::from_utf8_lossy(tail));
+        if !lines.is_empty() {
+            return Some(format!(
+                "the ssh connection to {who} failed: {}",
+                lines.join(" ")
+            ));
+        }
+        if let Some((ended, said)) = self.master_ended() {
+            let lines = connection_lines(&said);
+            let why = if lines.is_empty() {
+                format!("{}; ssh printed no reason", crate::command::describe(ended))
+            } else {
+                lines.join(" ")
+            };
+            return Some(format!(
+                "the ssh connection to {who} was lost: the shared connection ended ({why})"
+            ));
+        }
+        let how = crate::command::describe(status);
+        match cmd.program() {
+            // ssh says 255 for both; its message, if any, tells which.
+            "ssh" => Some(format!(
+                "the ssh connection to {who} failed, or the command was killed by a signal \
+                 on the target ({how}; ssh's message, if any, is above)"
+            )),
+            "rsync" if ssh_failed => Some(format!(
+                "the ssh connection to {who} failed (rsync: {how}, which is ssh's; \
+                 ssh's message, if any, is above)"
+            )),
+            _ => None,
+        }
+    }
+
+    /// How the master ended and what it said, when it ran and has ended
+    /// (the shared connection is gone). Waits a moment for it to end: a
+    /// step can see the connection go before its master has exited.
+    fn master_ended(&self) -> Option<(ExitStatus, String)> {
+        let Reach::Shared(control) = &self.reach else {
+            return None;
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            {
+                let mut master = lock(&control.master);
+                let Some(Some(master)) = master.as_mut() else {
+                    return None;
+                };
+                if let Ok(Some(status)) = master.process.try_wait() {
+                    return Some((status, wait_for_log(&master.log)));
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -369,37 +600,155 @@ impl Drop for Session {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads the master's stderr into `log` until it closes, passing it on to
+/// ours once the log is live.
+fn pump_master_log(mut reader: os_pipe::PipeReader, log: Arc<Mutex<MasterLog>>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut log = lock(&log);
+            if log.live {
+                let _ = std::io::stderr().write_all(&buf[..n]);
+            }
+            log.text.extend_from_slice(&buf[..n]);
+            if log.text.len() > 2 * MASTER_LOG_BYTES {
+                let cut = log.text.len() - MASTER_LOG_BYTES;
+                log.text.drain(..cut);
+            }
+        }
+        lock(&log).closed = true;
+    });
+}
+
+/// The master's log, once it is complete (or after a moment: a process
+/// the master started may hold its stderr open).
+fn wait_for_log(log: &Mutex<MasterLog>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let log = lock(log);
+        if log.closed || Instant::now() >= deadline {
+            return String::from_utf8_lossy(&log.text).into_owned();
+        }
+        drop(log);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What OpenSSH says when it cannot reach a host, cannot log in, or loses
+/// the connection: a line of ssh's output containing one of these is
+/// quoted in the error.
+const CONNECTION_MESSAGES: &[&str] = &[
+    "ssh: connect to host ",
+    "ssh: Could not resolve hostname ",
+    "Connection timed out during banner exchange",
+    "kex_exchange_identification: ",
+    "banner exchange: ",
+    "host key is known for",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "Host key verification failed.",
+    "Too many authentication failures",
+    "Unable to negotiate with ",
+    "Connection closed by ",
+    "Connection reset by ",
+    " closed by remote host.",
+    "Timeout, server ",
+    "client_loop: send disconnect: ",
+    "Received disconnect from ",
+    "ssh_dispatch_run_fatal: ",
+    "Bad owner or permissions on ",
+];
+
+/// The lines of `output` in which ssh says why it could not connect or
+/// lost the connection (see [`CONNECTION_MESSAGES`], and a rejected login,
+/// `USER@HOST: Permission denied (publickey,password).`), trimmed, each
+/// once.
+pub fn connection_lines(output: &str) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for line in output.lines() {
+        let line = line.trim();
+        let said = CONNECTION_MESSAGES.iter().any(|m| line.contains(m)) || login_rejected(line);
+        if said && !lines.iter().any(|l| l == line) {
+            lines.push(line.to_owned());
+        }
+    }
+    lines
+}
+
+/// Whether `line` is ssh's `… Permission denied (METHOD,…).`, not another
+/// program's `Permission denied (13)`.
+fn login_rejected(line: &str) -> bool {
+    let Some((_, methods)) = line.split_once("Permission denied (") else {
+        return false;
+    };
+    methods.strip_suffix(").").is_some_and(|methods| {
+        !methods.is_empty()
+            && methods
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b",-@.".contains(&b))
+    })
+}
+
+/// Whether `keyword` appears in the target's extraOptions (a user who
+/// names an option there decides it, even when ssh -G cannot tell their
+/// value from the default).
+fn names_option(target: &Target, keyword: &str) -> bool {
+    target.extra_options.iter().any(|option| {
+        option
+            .to_ascii_lowercase()
+            .contains(&keyword.to_ascii_lowercase())
+    })
+}
+
+/// The [`DEFAULT_OPTIONS`] to add for `target`: those that neither its
+/// extraOptions name nor its ssh config sets (`config`, from `ssh -G`,
+/// shows an unset option with ssh's default: `none`, `0` (`300` with
+/// BatchMode), `3`).
+fn default_options(target: &Target, config: &SshConfig) -> Vec<String> {
+    let batch = config.get("batchmode") == Some("yes");
+    let mut words = Vec::new();
+    for (keyword, value) in DEFAULT_OPTIONS {
+        let unset = match (keyword, config.get(keyword)) {
+            (_, None) => true,
+            ("ConnectTimeout", Some(v)) => v == "none",
+            ("ServerAliveInterval", Some(v)) => v == "0" || (batch && v == "300"),
+            ("ServerAliveCountMax", Some(v)) => v == "3",
+            _ => false,
+        };
+        if unset && !names_option(target, keyword) {
+            words.extend(["-o".to_owned(), format!("{keyword}={value}")]);
+        }
+    }
+    words
+}
+
 /// Whether the user's options or ssh config for this target set up
 /// connection sharing of their own (ControlMaster, ControlPath,
 /// ControlPersist; `-M`, `-S`), which ours must not override or fight:
 /// `None` when not, else whether their master persists in the background.
-/// `ssh -G` prints the configuration ssh would use, without connecting.
-fn users_own_control(target: &Target) -> Option<bool> {
-    let mut argv = target.ssh_argv_before_options(false);
-    argv.push("-G".to_owned());
-    argv.extend(target.extra_options.iter().cloned());
-    argv.push(target.ssh_host().to_owned());
-    let out = match Cmd::from_argv(argv).output() {
-        Ok(out) if out.status.success() => out,
-        // ssh will say what is wrong when the run connects.
-        _ => return None,
-    };
-    let config = String::from_utf8_lossy(&out.stdout).into_owned();
-    let value = |name: &str| {
-        config.lines().find_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            (key == name).then(|| value.to_owned())
-        })
-    };
-    let master = value("controlmaster").filter(|v| v != "false" && v != "no");
-    let path = value("controlpath").filter(|v| v != "none");
-    let persist = value("controlpersist").filter(|v| v != "no" && v != "false");
+/// `config` is what `ssh -G` prints for the target.
+fn users_own_control(target: &Target, config: &SshConfig) -> Option<bool> {
+    let master = config
+        .get("controlmaster")
+        .filter(|v| *v != "false" && *v != "no");
+    let path = config.get("controlpath").filter(|v| *v != "none");
+    let persist = config
+        .get("controlpersist")
+        .filter(|v| *v != "no" && *v != "false");
     // `-o ControlMaster=no` in extraOptions means "no sharing", though ssh
     // -G shows it as the default.
-    let options = target.extra_options.join(" ").to_ascii_lowercase();
     let named = ["controlmaster", "controlpath", "controlpersist"]
         .iter()
-        .any(|name| options.contains(name))
+        .any(|name| names_option(target, name))
         || target
             .extra_options
             .iter()
@@ -447,9 +796,159 @@ mod tests {
         Target::from_arg(s, &origin()).unwrap()
     }
 
-    /// An unshared session, whose commands are SPEC §2's.
+    /// What `ssh -G` says for a user whose ssh config sets every option of
+    /// [`DEFAULT_OPTIONS`] itself: the session adds none.
+    fn all_set() -> SshConfig {
+        SshConfig::parse("connecttimeout 5\nserveraliveinterval 30\nserveralivecountmax 2\n")
+    }
+
+    /// An unshared session, whose commands are SPEC §2's (no default
+    /// options: see [`all_set`]).
     fn off(target: &Target) -> Session {
-        Session::open(target, &origin(), Multiplex::Off).unwrap()
+        Session::open_with(target, &origin(), Multiplex::Off, &all_set()).unwrap()
+    }
+
+    fn words(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    /// `ssh -G` with the session's ssh argv: the options ssh would use.
+    fn effective(session: &Session) -> SshConfig {
+        let mut argv = session.ssh_argv(false);
+        argv.insert(1, "-G".to_owned());
+        argv.push(session.target().ssh_host().to_owned());
+        SshConfig::parse(&Cmd::from_argv(argv).read().unwrap())
+    }
+
+    #[test]
+    fn default_options_come_after_the_users_and_only_when_unset() {
+        let mut t = parse("root@h");
+        let defaults = [
+            "-o",
+            "ConnectTimeout=30",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
+        ];
+        let nothing_set =
+            SshConfig::parse("connecttimeout none\nserveraliveinterval 0\nserveralivecountmax 3\n");
+        let open = |t: &Target, config: &SshConfig| {
+            Session::open_with(t, &origin(), Multiplex::Off, config).unwrap()
+        };
+        assert_eq!(
+            open(&t, &nothing_set).ssh_argv(false),
+            [words(&["ssh", "-l", "root", "-T"]), words(&defaults)].concat()
+        );
+        // ssh -G could not tell: all of them.
+        assert_eq!(
+            open(&t, &SshConfig::default()).ssh_argv(false)[4..],
+            defaults
+        );
+        // Named in extraOptions (even as ssh's default value): the user's.
+        t.extra_options = words(&["-o", "ServerAliveInterval=0", "-v"]);
+        assert_eq!(
+            open(&t, &nothing_set).ssh_argv(false),
+            words(&[
+                "ssh",
+                "-l",
+                "root",
+                "-T",
+                "-o",
+                "ServerAliveInterval=0",
+                "-v",
+                "-o",
+                "ConnectTimeout=30",
+                "-o",
+                "ServerAliveCountMax=4",
+            ])
+        );
+        // Set by the user's ssh config: theirs.
+        t.extra_options.clear();
+        let config =
+            SshConfig::parse("connecttimeout 45\nserveraliveinterval 0\nserveralivecountmax 3\n");
+        assert_eq!(open(&t, &config).ssh_argv(false)[4..], defaults[2..]);
+        // BatchMode makes ssh's own default 300 s: still ours.
+        let batch = SshConfig::parse(
+            "batchmode yes\nconnecttimeout none\nserveraliveinterval 300\nserveralivecountmax 3\n",
+        );
+        assert_eq!(open(&t, &batch).ssh_argv(false)[4..], defaults);
+        // A local target has no ssh.
+        let local = open(&parse("/srv"), &nothing_set);
+        assert_eq!(local.shell("true").argv(), ["/bin/sh", "-c", "true"]);
+    }
+
+    #[test]
+    fn the_users_connect_timeout_wins_in_real_ssh() {
+        let dir = tempfile::tempdir().unwrap();
+        // In extraOptions, whatever ssh -G said of the config.
+        let mut t = parse("root@h");
+        t.extra_options = words(&["-oConnectTimeout=3"]);
+        let session =
+            Session::open_with(&t, &origin(), Multiplex::Off, &SshConfig::default()).unwrap();
+        let config = effective(&session);
+        assert_eq!(config.get("connecttimeout"), Some("3"));
+        assert_eq!(config.get("serveraliveinterval"), Some("15"));
+        assert_eq!(config.get("serveralivecountmax"), Some("4"));
+        // In an ssh config file: ssh -G tells, and no default is added.
+        let file = dir.path().join("config");
+        std::fs::write(
+            &file,
+            "Host h\n  ConnectTimeout 7\n  ServerAliveInterval 60\n",
+        )
+        .unwrap();
+        t.extra_options = words(&["-F", file.to_str().unwrap()]);
+        let session = Session::open(&t, &origin(), Multiplex::Off).unwrap();
+        let argv = session.ssh_argv(false);
+        assert!(
+            !argv
+                .iter()
+                .any(|w| w.starts_with("ConnectTimeout") || w.starts_with("ServerAliveInterval")),
+            "{argv:?}"
+        );
+        let config = effective(&session);
+        assert_eq!(config.get("connecttimeout"), Some("7"));
+        assert_eq!(config.get("serveraliveinterval"), Some("60"));
+        assert_eq!(config.get("serveralivecountmax"), Some("4"));
+    }
+
+    #[test]
+    fn ssh_s_reasons_are_found_in_its_output() {
+        for (output, expected) in [
+            (
+                "ssh: connect to host 127.0.0.1 port 4: Connection refused\r\n",
+                vec!["ssh: connect to host 127.0.0.1 port 4: Connection refused"],
+            ),
+            (
+                "No ED25519 host key is known for alpha and you have requested strict checking.\n\
+                 Host key verification failed.\n",
+                vec![
+                    "No ED25519 host key is known for alpha and you have requested strict checking.",
+                    "Host key verification failed.",
+                ],
+            ),
+            (
+                "building...\nroot@127.0.0.1: Permission denied (publickey).\n",
+                vec!["root@127.0.0.1: Permission denied (publickey)."],
+            ),
+            (
+                "Connection timed out during banner exchange\nConnection timed out during banner exchange\n",
+                vec!["Connection timed out during banner exchange"],
+            ),
+            (
+                "./\nbig\nConnection to 127.0.0.1 closed by remote host.\nrsync: [sender] write error: Broken pipe (32)\n",
+                vec!["Connection to 127.0.0.1 closed by remote host."],
+            ),
+            ("Timeout, server 127.0.0.1 not responding.\n", vec!["Timeout, server 127.0.0.1 not responding."]),
+            ("error: missing sentinel file\n", vec![]),
+            (
+                "rsync: [receiver] mkstemp \"/x/.a.Zx\" failed: Permission denied (13)\n\
+                 u@h: Permission denied (publickey,keyboard-interactive).\n",
+                vec!["u@h: Permission denied (publickey,keyboard-interactive)."],
+            ),
+        ] {
+            assert_eq!(connection_lines(output), expected, "{output:?}");
+        }
     }
 
     #[test]
@@ -570,7 +1069,7 @@ mod tests {
     }
 
     #[test]
-    fn local_and_unshared_sessions_add_nothing() {
+    fn local_and_unshared_sessions_add_no_sharing() {
         let local = Session::open(
             &Target::from_arg("/srv", &origin()).unwrap(),
             &origin(),
@@ -579,7 +1078,7 @@ mod tests {
         .unwrap();
         assert!(local.is_local() && !local.is_shared());
         let remote = Target::from_arg("root@server:22/srv", &origin()).unwrap();
-        let off = Session::open(&remote, &origin(), Multiplex::Off).unwrap();
+        let off = off(&remote);
         assert_eq!(off.ssh_argv(false), remote.ssh_argv(false));
         assert_eq!(off.rsync_destination("/srv/a"), "root@server:/srv/a");
     }
@@ -598,7 +1097,8 @@ mod tests {
             ),
         ] {
             target.extra_options = options.iter().map(|s| s.to_string()).collect();
-            assert_eq!(users_own_control(&target), persists, "{options:?}");
+            let config = SshConfig::of(&target);
+            assert_eq!(users_own_control(&target, &config), persists, "{options:?}");
         }
     }
 

@@ -14,6 +14,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -425,11 +426,15 @@ impl Outcome {
         self.status.as_ref().is_ok_and(ExitStatus::success)
     }
 
-    fn result(&self) -> String {
-        match &self.status {
-            Ok(status) if status.success() => "ok".to_owned(),
-            Ok(status) => format!("failed ({})", mktarget::command::describe(*status)),
-            Err(why) => format!("failed ({why})"),
+    fn row(&self) -> Row {
+        let result = match &self.status {
+            Ok(status) if status.success() => HostResult::Ok,
+            Ok(status) => HostResult::Failed(mktarget::command::describe(*status)),
+            Err(why) => HostResult::Failed(why.clone()),
+        };
+        Row {
+            result,
+            seconds: self.seconds,
         }
     }
 }
@@ -513,7 +518,7 @@ impl Board {
                 "{mark} {}  {:.1} s  {}",
                 bars[i].prefix(),
                 outcome.seconds,
-                outcome.result()
+                outcome.row().result.text()
             ));
         }
     }
@@ -538,6 +543,44 @@ impl Board {
             }
         }
     }
+}
+
+/// One host's line of the summary.
+#[derive(Clone, Debug)]
+struct Row {
+    result: HostResult,
+    seconds: f64,
+}
+
+/// How a host's run ended, as the summary says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HostResult {
+    Ok,
+    /// With how (`exit status 1`).
+    Failed(String),
+    /// Stopped by a signal to the fleet.
+    Interrupted,
+    /// A signal came before it started.
+    NotStarted,
+}
+
+impl HostResult {
+    fn text(&self) -> String {
+        match self {
+            HostResult::Ok => "ok".to_owned(),
+            HostResult::Failed(how) => format!("failed ({how})"),
+            HostResult::Interrupted => "interrupted".to_owned(),
+            HostResult::NotStarted => "not started".to_owned(),
+        }
+    }
+}
+
+/// Where each host's run is, for the summary a signal prints.
+#[derive(Clone, Debug)]
+enum Progress {
+    Waiting,
+    Running(Instant),
+    Done(Row),
 }
 
 /// Copies `from` to our stdout or stderr line by line with `prefix`, or
@@ -725,6 +768,29 @@ pub fn run(
     }
 
     interrupt::doing(format!("the fleet's {count} hosts"));
+    // On a signal, the handler says which hosts finished, and how.
+    let progress = Arc::new(Mutex::new(vec![Progress::Waiting; count]));
+    {
+        let progress = Arc::clone(&progress);
+        let names: Vec<String> = hosts.iter().map(|host| host.name.clone()).collect();
+        interrupt::on_signal_report(move || {
+            let rows: Vec<Row> = lock(&progress)
+                .iter()
+                .map(|progress| match progress {
+                    Progress::Waiting => Row {
+                        result: HostResult::NotStarted,
+                        seconds: 0.0,
+                    },
+                    Progress::Running(started) => Row {
+                        result: HostResult::Interrupted,
+                        seconds: started.elapsed().as_secs_f64(),
+                    },
+                    Progress::Done(row) => row.clone(),
+                })
+                .collect();
+            summary(tool, &names, &rows)
+        });
+    }
     let stdout = if dry_run { Sink::Kept } else { Sink::Prefixed };
     let stdout_to = if populate.output.results_to(None)? == Some(ResultsTo::Stdout) {
         Stream::Stderr
@@ -738,6 +804,7 @@ pub fn run(
     };
     let board = Board::new(style, &hosts);
     let outcomes = in_parallel(count, jobs, |i| {
+        lock(&progress)[i] = Progress::Running(Instant::now());
         let mut command = Cmd::new(&program);
         if wants_results && !dry_run {
             command = command
@@ -755,6 +822,13 @@ pub fn run(
             stderr,
         );
         board.ended(i, &outcome);
+        let mut row = outcome.row();
+        // A host the signal stopped is interrupted, not failed. (Asked
+        // before taking the lock the handler's report takes.)
+        if row.result != HostResult::Ok && interrupt::interrupted() {
+            row.result = HostResult::Interrupted;
+        }
+        lock(&progress)[i] = Progress::Done(row);
         outcome
     });
     board.finish(&hosts, &outcomes);
@@ -777,7 +851,9 @@ pub fn run(
     }
     let failed = outcomes.iter().filter(|o| !o.ok()).count();
     if !style.quiet() || failed > 0 {
-        eprint!("{}", summary(tool, &hosts, &outcomes));
+        let names: Vec<String> = hosts.iter().map(|host| host.name.clone()).collect();
+        let rows: Vec<Row> = outcomes.iter().map(Outcome::row).collect();
+        eprint!("{}", summary(tool, &names, &rows));
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
@@ -786,29 +862,39 @@ pub fn run(
     })
 }
 
-/// The table at the end: host, result, seconds.
-fn summary(tool: &str, hosts: &[Host], outcomes: &[Outcome]) -> String {
-    let failed = outcomes.iter().filter(|o| !o.ok()).count();
-    let mut text = format!(
-        "{tool}: fleet: {} of {} hosts ok{}\n",
-        hosts.len() - failed,
-        hosts.len(),
-        if failed > 0 {
-            format!(", {failed} failed")
-        } else {
-            String::new()
+/// The table at the end: host, result, seconds, after a line that counts
+/// the results.
+fn summary(tool: &str, names: &[String], rows: &[Row]) -> String {
+    let count =
+        |wanted: fn(&HostResult) -> bool| rows.iter().filter(|row| wanted(&row.result)).count();
+    let ok = count(|r| *r == HostResult::Ok);
+    let mut text = format!("{tool}: fleet: {ok} of {} hosts ok", names.len());
+    for (n, what) in [
+        (count(|r| matches!(r, HostResult::Failed(_))), "failed"),
+        (count(|r| *r == HostResult::Interrupted), "interrupted"),
+        (count(|r| *r == HostResult::NotStarted), "not started"),
+    ] {
+        if n > 0 {
+            text.push_str(&format!(", {n} {what}"));
         }
-    );
-    let name_width = hosts.iter().map(|h| h.name.len()).max().unwrap_or(0);
-    let results: Vec<String> = outcomes.iter().map(Outcome::result).collect();
+    }
+    text.push('\n');
+    let name_width = names.iter().map(String::len).max().unwrap_or(0);
+    let results: Vec<String> = rows.iter().map(|row| row.result.text()).collect();
     let result_width = results.iter().map(String::len).max().unwrap_or(0);
-    for ((host, outcome), result) in hosts.iter().zip(outcomes).zip(&results) {
+    for ((name, row), result) in names.iter().zip(rows).zip(&results) {
         text.push_str(&format!(
-            "  {:name_width$}  {:result_width$}  {:6.1} s\n",
-            host.name, result, outcome.seconds
+            "  {name:name_width$}  {result:result_width$}  {:6.1} s\n",
+            row.seconds
         ));
     }
     text
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Our arguments without the program name, for [`run`] (clap has read
@@ -1142,7 +1228,7 @@ mod tests {
 
     #[test]
     fn summary_lists_result_and_seconds() {
-        let hosts = vec![
+        let hosts = [
             host(json!({"target": "a", "source": {}})),
             Host {
                 name: "db-primary".into(),
@@ -1157,16 +1243,34 @@ mod tests {
             stdout: vec![],
             stderr: vec![],
         };
-        let text = summary(
-            "krops-deploy",
-            &hosts,
-            &[outcome(0, 1.25), outcome(3, 12.0)],
-        );
+        let names: Vec<String> = hosts.iter().map(|host| host.name.clone()).collect();
+        let rows: Vec<Row> = [outcome(0, 1.25), outcome(3, 12.0)]
+            .iter()
+            .map(Outcome::row)
+            .collect();
+        let text = summary("krops-deploy", &names, &rows);
         assert_eq!(
             text,
             "krops-deploy: fleet: 1 of 2 hosts ok, 1 failed\n\
              \x20 web1        ok                         1.2 s\n\
              \x20 db-primary  failed (exit status 3)    12.0 s\n"
+        );
+        let row = |result, seconds| Row { result, seconds };
+        let text = summary(
+            "krops-command",
+            &["a".into(), "b".into(), "c".into()],
+            &[
+                row(HostResult::Ok, 2.0),
+                row(HostResult::Interrupted, 3.5),
+                row(HostResult::NotStarted, 0.0),
+            ],
+        );
+        assert_eq!(
+            text,
+            "krops-command: fleet: 1 of 3 hosts ok, 1 interrupted, 1 not started\n\
+             \x20 a  ok              2.0 s\n\
+             \x20 b  interrupted     3.5 s\n\
+             \x20 c  not started     0.0 s\n"
         );
     }
 }

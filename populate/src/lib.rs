@@ -293,7 +293,7 @@ impl Final {
     /// ours carries the results; with `--quiet` its stderr is shown only
     /// when it fails.
     pub fn run(&self, reporting: &mut Reporting) -> Result<ExitStatus> {
-        let began = self.start_running(reporting);
+        let began = self.start_running(reporting)?;
         let ran = self
             .command
             .status_redirected(reporting.results_on_stdout, reporting.style.quiet());
@@ -308,21 +308,21 @@ impl Final {
     /// Like [`Final::run`], with its stdout captured (data: a store path)
     /// and its stderr shown as it comes.
     pub fn run_capturing_stdout(&self, reporting: &mut Reporting) -> Result<(ExitStatus, String)> {
-        let began = self.start_running(reporting);
+        let began = self.start_running(reporting)?;
         let ran = self.command.status_and_stdout();
         let (status, stdout) = self.record(reporting, began, ran)?;
         self.report(reporting.tool, status);
         Ok((status, stdout))
     }
 
-    fn start_running(&self, reporting: &Reporting) -> Instant {
-        self.session.connect();
+    fn start_running(&self, reporting: &Reporting) -> Result<Instant> {
+        self.session.connect().with_context(|| self.what.clone())?;
         mktarget::interrupt::doing(&self.what);
         if let Some(on) = &self.remote {
             mktarget::interrupt::remote(on);
         }
         progress::final_started(reporting.style, reporting.tool, &self.what);
-        Instant::now()
+        Ok(Instant::now())
     }
 
     /// Records how the command ended (or that it could not run) in the
@@ -361,16 +361,15 @@ impl Final {
             return;
         }
         mktarget::interrupt::wait_if_interrupted();
-        let how = mktarget::command::describe(status);
-        if self.command.connection_failed(status) {
-            // ssh says 255 for both; a message above tells which.
-            eprintln!(
-                "{tool}: error: {}: the ssh connection failed, or the command was killed by a \
-                 signal on the target ({how}; ssh's message, if any, is above)",
-                self.what
-            );
-        } else {
-            eprintln!("{tool}: error: {} failed: {how}", self.what);
+        // Its output was ours, so ssh's message is above; the shared
+        // connection's master may tell more.
+        match self.session.connection_failure(&self.command, status, &[]) {
+            Some(why) => eprintln!("{tool}: error: {}: {why}", self.what),
+            None => eprintln!(
+                "{tool}: error: {} failed: {}",
+                self.what,
+                mktarget::command::describe(status)
+            ),
         }
     }
 }

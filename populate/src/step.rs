@@ -60,14 +60,16 @@ impl Work {
             Work::Sentinel { .. } | Work::Batched { .. } => Ok(Ended::Done(None)),
             Work::Rsync { claim, rsync } => {
                 if let Some(claim) = claim {
-                    run_cmd(&session.shell(&format!("{PRELUDE}{claim}")), out)?;
+                    run_cmd(session, &session.shell(&format!("{PRELUDE}{claim}")), out)?;
                 }
-                run_rsync(rsync, out).map(|transfer| Ended::Done(Some(transfer)))
+                run_rsync(session, rsync, out).map(|transfer| Ended::Done(Some(transfer)))
             }
-            Work::Alone { body, .. } => run_cmd(&session.shell(&format!("{PRELUDE}{body}")), out)
-                .map(|()| Ended::Done(None)),
+            Work::Alone { body, .. } => {
+                run_cmd(session, &session.shell(&format!("{PRELUDE}{body}")), out)
+                    .map(|()| Ended::Done(None))
+            }
             Work::Secrets(secrets) => secrets.run(session, out),
-            Work::Pipe(pipe) => pipe.run(out).map(|()| Ended::Done(None)),
+            Work::Pipe(pipe) => pipe.run(session, out).map(|()| Ended::Done(None)),
         }
     }
 
@@ -143,25 +145,26 @@ pub(crate) fn claim_line(session: &Session, p: &str, makes: Makes) -> String {
     )
 }
 
-/// Runs one command of a step, its output going to `out` as it comes.
-pub(crate) fn run_cmd(cmd: &Cmd, out: &mut dyn Write) -> Result<()> {
+/// Runs one command of a step on `session`'s target, its output going to
+/// `out` as it comes.
+pub(crate) fn run_cmd(session: &Session, cmd: &Cmd, out: &mut dyn Write) -> Result<()> {
     let (status, tail) = cmd.run_unchecked_into(out)?;
     if status.success() {
         Ok(())
     } else {
-        Err(step_failure(cmd, status, &tail).into())
+        Err(step_failure(session, cmd, status, &tail).into())
     }
 }
 
 /// Runs an rsync of a step (with `--itemize-changes`), its output going to
 /// `out` as it comes, and returns what it says it did.
-pub(crate) fn run_rsync(cmd: &Cmd, out: &mut dyn Write) -> Result<Transfer> {
+pub(crate) fn run_rsync(session: &Session, cmd: &Cmd, out: &mut dyn Write) -> Result<Transfer> {
     let mut watch = Watch {
         out,
         line: Vec::new(),
         transfer: Transfer::default(),
     };
-    run_cmd(cmd, &mut watch)?;
+    run_cmd(session, cmd, &mut watch)?;
     let rest = std::mem::take(&mut watch.line);
     watch.transfer.read_line(&String::from_utf8_lossy(&rest));
     Ok(watch.transfer)
@@ -194,15 +197,25 @@ impl Write for Watch<'_> {
     }
 }
 
-/// The error of a failed command of a step: the one command that failed
-/// (what a script's `run` named), or what ssh or rsync said, and the
-/// status; never the whole script, nor the output again (it was shown).
-pub(crate) fn step_failure(cmd: &Cmd, status: std::process::ExitStatus, tail: &[u8]) -> StepError {
+/// The error of a failed command of a step: that the connection to the
+/// target failed and why (ssh's own words), or the one command that failed
+/// (what a script's `run` named), or what rsync said, and the status;
+/// never the whole script, nor the output again (it was shown).
+pub(crate) fn step_failure(
+    session: &Session,
+    cmd: &Cmd,
+    status: std::process::ExitStatus,
+    tail: &[u8],
+) -> StepError {
+    if let Some(message) = session.connection_failure(cmd, status, tail) {
+        return StepError {
+            command: None,
+            status: Some(describe(status)),
+            tail: String::from_utf8_lossy(tail).into_owned(),
+            message,
+        };
+    }
     failure(describe(status), tail, |status_text| match cmd.program() {
-        _ if cmd.connection_failed(status) => (
-            None,
-            format!("the ssh connection failed ({status_text}; ssh's message is above)"),
-        ),
         "ssh" | "/bin/sh" => (None, format!("its script failed: {status_text}")),
         "rsync" => (
             None,

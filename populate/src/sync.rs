@@ -173,7 +173,6 @@ impl Plan {
 
     fn run_with(&self, progress: &Progress) -> Report {
         let began = Instant::now();
-        self.session.connect();
         let run = Run {
             plan: self,
             progress,
@@ -181,6 +180,17 @@ impl Plan {
             started: Mutex::new(vec![None; self.steps.len()]),
             running: Mutex::new(Vec::new()),
         };
+        // The target cannot be reached: the first step (the sentinel
+        // check) fails with ssh's reason, and nothing else runs.
+        if let Err(err) = self.session.connect() {
+            run.header(0);
+            run.clock(0);
+            run.end(
+                0,
+                StepStatus::Failed(StepError::message(format!("{err:#}"))),
+            );
+            return run.finish();
+        }
         let mut stopped = run.batches();
         for late in [false, true] {
             if stopped {
@@ -356,7 +366,7 @@ impl Run<'_> {
                 // a signal.
                 self.progress.output(*i, rest.as_bytes());
                 self.progress.output(*i, &output.stderr);
-                let error = step_failure(&cmd, output.status, &output.stderr);
+                let error = step_failure(&self.plan.session, &cmd, output.status, &output.stderr);
                 // The parts after it never ran: `finish` says so.
                 return self.end(*i, StepStatus::Failed(error));
             };
@@ -548,7 +558,11 @@ mod tests {
     }
 
     fn session(target: &Target) -> Session {
-        Session::open(target, &origin(), mktarget::Multiplex::Off).unwrap()
+        // A user whose ssh config sets the options sessions would add.
+        let config = mktarget::session::SshConfig::parse(
+            "connecttimeout 5\nserveraliveinterval 30\nserveralivecountmax 2\n",
+        );
+        Session::open_with(target, &origin(), mktarget::Multiplex::Off, &config).unwrap()
     }
 
     fn quiet() -> Style {

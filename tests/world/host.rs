@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use crate::run::{self, Output};
 use crate::World;
 
-/// How long a new host may take to accept `ssh root@ALIAS true`.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new host may take to accept `ssh root@ALIAS true`: generous,
+/// as a loaded machine (parallel suites on two cores) can take seconds for
+/// one ssh handshake.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a new host is tried on a fresh port when another process took its
 /// port between our pick and sshd's bind.
 const BIND_ATTEMPTS: usize = 5;
@@ -63,6 +65,9 @@ pub(crate) struct Sshd {
     pub(crate) host: Host,
     child: Child,
     log: PathBuf,
+    /// Stopped with its sessions by [`World::freeze_host`]: the sessions
+    /// are killed with it.
+    frozen: bool,
 }
 
 impl Sshd {
@@ -73,7 +78,11 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
-        // Only the listener is ours; a session's sshd ends with its connection.
+        // Only the listener is ours; a session's sshd ends with its
+        // connection, unless it was frozen.
+        if self.frozen {
+            kill_sessions(self.child.id());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -106,6 +115,8 @@ fn sshd_config(world: &World, address: IpAddr, port: u16, host_key: &Path) -> St
     // INFO: one "Accepted publickey" line per handshake, which
     // `World::handshakes` counts.
     line("LogLevel INFO".into());
+    // remote_env sets SHLVL=1, so the machine's ~/.bashrc stays out of the
+    // world (see there).
     let set_env: Vec<String> = world
         .remote_env()
         .into_iter()
@@ -290,6 +301,7 @@ impl World {
             host: host.clone(),
             child,
             log,
+            frozen: false,
         };
         self.lock_hosts_config(|blocks| {
             blocks.insert(alias.to_owned(), client_block(self, &host));
@@ -316,11 +328,11 @@ impl World {
                     self.command("/usr/bin/ssh")
                         .arg("-F")
                         .arg(&self.ssh_config)
-                        .args(["-o", "ConnectTimeout=5", "-T"])
+                        .args(["-o", "ConnectTimeout=20", "-T"])
                         .arg(host.dest("root"))
                         .arg("true"),
                     b"",
-                    Duration::from_secs(8),
+                    Duration::from_secs(25),
                 );
                 if out.success() {
                     return Start::Ready(sshd);
@@ -350,6 +362,91 @@ impl World {
         assert!(sshd.is_some(), "the world has no running host {alias:?}");
     }
 
+    /// Kills host `alias` as a crash would: its sshd and every session it
+    /// started (SIGKILL), so that connections drop in the middle of whatever
+    /// they carry. [`World::stop_host`] stops only the listener, and
+    /// established sessions go on. Its ssh config entry stays;
+    /// [`World::restart_host`] brings it back.
+    #[track_caller]
+    pub fn kill_host(&self, alias: &str) {
+        let sshd = self.lock_hosts().remove(alias);
+        let Some(sshd) = sshd else {
+            panic!("the world has no running host {alias:?}");
+        };
+        kill_sessions(sshd.child.id());
+        // Kills the listener (SIGKILL works on a stopped process) and waits
+        // for it.
+        drop(sshd);
+    }
+
+    /// Freezes host `alias` as a hung machine or a cut cable would look:
+    /// its sshd and every session stopped (SIGSTOP), their connections open
+    /// but silent; new connections are accepted by the kernel and never
+    /// answered. The processes are killed when the host is killed or the
+    /// world dropped.
+    #[track_caller]
+    pub fn freeze_host(&self, alias: &str) {
+        let mut hosts = self.lock_hosts();
+        let Some(sshd) = hosts.get_mut(alias) else {
+            panic!("the world has no running host {alias:?}");
+        };
+        let listener = sshd.child.id();
+        signal(&[listener], "STOP");
+        sshd.frozen = true;
+        // A stopped listener forks no new session; sessions may still fork.
+        let mut stopped: Vec<u32> = Vec::new();
+        loop {
+            let new: Vec<u32> = descendants(listener)
+                .into_iter()
+                .filter(|pid| !stopped.contains(pid))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            signal(&new, "STOP");
+            stopped.extend(new);
+        }
+    }
+
+    /// Starts the sshd of a host that [`World::stop_host`] or
+    /// [`World::kill_host`] ended, with its old host key (so the world's
+    /// known_hosts still holds) on a fresh port, which its ssh config entry
+    /// then names; returns it once `ssh root@ALIAS true` works.
+    #[track_caller]
+    pub fn restart_host(&self, host: &Host) -> Host {
+        let alias = host.alias();
+        assert!(
+            !self.lock_hosts().contains_key(alias),
+            "host {alias:?} is still running"
+        );
+        let dir = self.root.join("hosts").join(alias);
+        let host_key = dir.join("ssh_host_ed25519_key");
+        let public = fs::read_to_string(host_key.with_extension("pub"))
+            .unwrap_or_else(|err| panic!("cannot read the public host key of {alias}: {err}"));
+        let public_key = public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        // A NixOS host (World::add_nixos_host) comes back in its namespace.
+        let nixos = dir.join("run").join(crate::nixos::NIXOS_MARKER).exists();
+        let mut failures = Vec::new();
+        for _ in 0..BIND_ATTEMPTS {
+            match self.start_sshd(alias, host.address, &dir, &host_key, &public_key, nixos) {
+                Start::Ready(sshd) => {
+                    let host = sshd.host.clone();
+                    self.lock_hosts().insert(alias.to_owned(), sshd);
+                    return host;
+                }
+                Start::PortTaken(log) => failures.push(log),
+            }
+        }
+        panic!(
+            "sshd for host {alias} could not bind a port in {BIND_ATTEMPTS} attempts:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
     /// What sshd of host `alias` wrote to stderr so far (its log, level INFO).
     pub fn sshd_log(&self, alias: &str) -> String {
         fs::read_to_string(self.root.join("hosts").join(alias).join("sshd.log")).unwrap_or_default()
@@ -373,4 +470,75 @@ impl World {
             b"",
         )
     }
+}
+
+/// Stops the listener `pid` (so it starts no new session) and kills every
+/// session below it.
+fn kill_sessions(listener: u32) {
+    signal(&[listener], "STOP");
+    loop {
+        let sessions = descendants(listener);
+        if sessions.is_empty() {
+            break;
+        }
+        signal(&sessions, "KILL");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every live process below `pid` (children, their children, …), from
+/// /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command name in parentheses: the state, the parent.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid = fields.next().and_then(|ppid| ppid.parse::<u32>().ok());
+        // A zombie is dead already; its parent, stopped, may never reap it.
+        if let (Some(ppid), false) = (ppid, state == "Z" || state == "X") {
+            parents.push((child, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|&&(_, ppid)| ppid == parent)
+                .map(|&(child, _)| child),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// Sends `signal` (`KILL`, `STOP`) to `pids` with kill(1): the workspace
+/// forbids `unsafe`.
+fn signal(pids: &[u32], signal: &str) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids.iter().map(u32::to_string))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }

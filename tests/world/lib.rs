@@ -393,7 +393,6 @@ impl World {
         run::run(cmd, stdin, RUN_TIMEOUT)
     }
 
-    /// Like [`World::run_command`] with another deadline, for a slow command.
     /// Starts `tool` with `args` (stdin and stdout empty), waits until
     /// `marker` exists, then sends it `signal` (`TERM`, `INT`, `HUP`) alone;
     /// returns its exit status and stderr.
@@ -405,6 +404,19 @@ impl World {
         marker: &Path,
         signal: &str,
     ) -> (Option<i32>, String) {
+        self.signal_once(tool, args, || marker.exists(), signal)
+    }
+
+    /// Like [`World::signal_when`], sending the signal once `ready()` says
+    /// so (asked every 50 ms, for up to two minutes).
+    #[track_caller]
+    pub fn signal_once(
+        &self,
+        tool: &str,
+        args: &[&str],
+        mut ready: impl FnMut() -> bool,
+        signal: &str,
+    ) -> (Option<i32>, String) {
         let mut child = self
             .command(self.tool(tool))
             .args(args)
@@ -413,25 +425,42 @@ impl World {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {tool}: {err}"));
-        for _ in 0..400 {
-            if marker.exists() {
+        // Read stderr as it comes, so a chatty tool never blocks on it.
+        let mut pipe = child.stderr.take().expect("stderr");
+        let reader = std::thread::spawn(move || {
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            stderr
+        });
+        let mut is_ready = ready();
+        for _ in 0..2400 {
+            if is_ready {
                 break;
             }
+            if let Ok(Some(status)) = child.try_wait() {
+                let stderr = reader.join().unwrap_or_default();
+                panic!("{tool} ended ({status}) before it was ready for SIG{signal}:\n{stderr}");
+            }
             std::thread::sleep(std::time::Duration::from_millis(50));
+            is_ready = ready();
         }
-        assert!(marker.exists(), "{tool} never reached {}", marker.display());
+        if !is_ready {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = reader.join().unwrap_or_default();
+            panic!("{tool} never became ready for SIG{signal}:\n{stderr}");
+        }
         let kill = Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(kill.success());
         let status = child.wait().expect("wait for the tool");
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-            .expect("read the tool's stderr");
+        let stderr = reader.join().expect("read the tool's stderr");
         (status.code(), stderr)
     }
 
+    /// Like [`World::run_command`] with another deadline, for a slow command.
     pub fn run_command_with_timeout(
         &self,
         cmd: &mut Command,
@@ -439,6 +468,64 @@ impl World {
         timeout: std::time::Duration,
     ) -> Output {
         run::run(cmd, stdin, timeout)
+    }
+
+    /// The processes started in this world's environment that still run:
+    /// those whose environment has the world's `TMPDIR` (every child a tool
+    /// starts inherits it), as `PID CMDLINE`. gpg's own daemons (gpg-agent,
+    /// which `pass` starts and the world stops on drop) are not counted.
+    /// After a tool exited, none of its children should be left.
+    pub fn processes(&self) -> Vec<String> {
+        let needle = format!("TMPDIR={}\0", self.tmp_dir().display());
+        let mut found = Vec::new();
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Ok(environ) = fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if !environ
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
+            {
+                continue;
+            }
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            // A zombie's or a kernel thread's cmdline is empty.
+            if cmdline.is_empty() {
+                continue;
+            }
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let program = cmdline.split(' ').next().unwrap_or("");
+            if ["gpg-agent", "scdaemon", "keyboxd", "dirmngr"]
+                .iter()
+                .any(|daemon| program.ends_with(daemon))
+            {
+                continue;
+            }
+            found.push(format!("{pid} {}", cmdline.trim_end()));
+        }
+        found
+    }
+
+    /// Panics unless every process of the world's environment (see
+    /// [`World::processes`]) ended; waits up to 20 s for those just exiting.
+    #[track_caller]
+    pub fn assert_no_processes_left(&self) {
+        let mut left = self.processes();
+        for _ in 0..200 {
+            if left.is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            left = self.processes();
+        }
+        panic!("processes of the world still running:\n{}", left.join("\n"));
     }
 
     /// Runs `script` with `/bin/sh -c` here, in the fixed environment.

@@ -160,6 +160,41 @@ impl PassStore {
         );
     }
 
+    /// Adds many entries at once, as [`PassStore::insert`] would (each
+    /// `NAME.gpg` holding exactly its secret, encrypted to the store's key),
+    /// with one gpg and one commit: a store of hundreds of secrets in
+    /// seconds.
+    #[track_caller]
+    pub fn insert_many(&self, entries: &[(String, String)]) {
+        let staging = tempfile::Builder::new()
+            .prefix(".staging.")
+            .tempdir_in(&self.dir)
+            .expect("a staging dir in the pass store");
+        let mut plain = Vec::new();
+        for (i, (_, secret)) in entries.iter().enumerate() {
+            let path = staging.path().join(i.to_string());
+            fs::write(&path, secret).expect("write a staged secret");
+            plain.push(path);
+        }
+        self.run(
+            Command::new("gpg")
+                .args(["--batch", "--yes", "--quiet", "-r", &self.fingerprint])
+                .arg("--encrypt-files")
+                .args(&plain),
+            b"",
+        );
+        for ((name, _), path) in entries.iter().zip(&plain) {
+            let to = self.dir.join(format!("{name}.gpg"));
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent).expect("create the entry's directory");
+            }
+            fs::rename(path.with_extension("gpg"), &to)
+                .unwrap_or_else(|err| panic!("cannot move the entry to {}: {err}", to.display()));
+        }
+        drop(staging);
+        self.commit(&format!("Add {} entries", entries.len()));
+    }
+
     /// `pass show NAME` with the real pass.
     #[track_caller]
     pub fn show(&self, name: &str) -> String {

@@ -215,7 +215,11 @@ mod tests {
     }
 
     fn session(target: &Target) -> Session {
-        Session::open(target, &origin(), mktarget::Multiplex::Off).unwrap()
+        // A user whose ssh config sets the options sessions would add.
+        let config = mktarget::session::SshConfig::parse(
+            "connecttimeout 5\nserveraliveinterval 30\nserveralivecountmax 2\n",
+        );
+        Session::open_with(target, &origin(), mktarget::Multiplex::Off, &config).unwrap()
     }
 
     #[test]

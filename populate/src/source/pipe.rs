@@ -96,7 +96,7 @@ fn sized(file: &str) -> Cmd {
 }
 
 impl Pipe {
-    pub(crate) fn run(&self, log: &mut dyn Write) -> Result<()> {
+    pub(crate) fn run(&self, session: &Session, log: &mut dyn Write) -> Result<()> {
         let out = SecretDir::holding("populate-pipe.", "the pipe's output")?;
         let file = out.create_file(Path::new("out"))?;
         // Its output may be secret: it stays out of the log and the error.
@@ -105,6 +105,7 @@ impl Pipe {
         )?;
         let path = out.path().join("out");
         run_cmd(
+            session,
             &self
                 .receive
                 .clone()

@@ -101,7 +101,7 @@ impl Secrets {
         let output = claim.output()?;
         let _ = log.write_all(&output.stderr);
         if !output.status.success() {
-            return Err(step_failure(&claim, output.status, &output.stderr).into());
+            return Err(step_failure(session, &claim, output.status, &output.stderr).into());
         }
         if let Some(stamp) = &stamp {
             if String::from_utf8_lossy(&output.stdout).trim_end_matches('\n') == stamp {
@@ -144,7 +144,8 @@ impl Secrets {
             writeln!(secrets.create_file(Path::new(".pass_info"))?, "{stamp}")?;
         }
         let source = format!("{}/", secrets.path().display());
-        run_rsync(&self.rsync(session, &source), log).map(|transfer| Ended::Done(Some(transfer)))
+        run_rsync(session, &self.rsync(session, &source), log)
+            .map(|transfer| Ended::Done(Some(transfer)))
     }
 
     pub(crate) fn script(&self, session: &Session) -> String {
