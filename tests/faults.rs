@@ -93,6 +93,7 @@ fn config_with_a_wrong_key(world: &World) -> PathBuf {
     )
 }
 
+/// Reliability (Connection fault): target port refuses (shared connection and `--no-multiplex`), unknown host key under `StrictHostKeyChecking=yes`, login rejected → exit 1 at once, the error quotes ssh once (`Connection refused`, `Host key verification failed.`, `Permission denied (publickey).`); nothing written, nothing left here, no rebuild
 #[test]
 fn a_target_that_cannot_be_reached_fails_once_with_ssh_s_reason() {
     let world = World::new();
@@ -173,6 +174,7 @@ fn a_target_that_cannot_be_reached_fails_once_with_ssh_s_reason() {
     assert_nothing_left(&world);
 }
 
+/// Reliability (Connection fault): host accepts TCP and never answers → exit 1 after the default 30 s `ConnectTimeout` (a user's `-o ConnectTimeout=2` wins), quoting `Connection timed out during banner exchange`, waited once
 #[test]
 fn a_host_that_accepts_but_never_answers_times_out() {
     let world = World::new();
@@ -390,26 +392,31 @@ fn connection_lost(during: During, flags: &[&str]) {
     expected.assert_unchanged(&Tree::snapshot(&dest));
 }
 
+/// Reliability (Connection fault): sshd killed with its sessions during a 20 MB rsync → exit 1, "the ssh connection to … was lost"; nothing left here; a rerun leaves the same tree as an uninterrupted run
 #[test]
 fn a_connection_lost_during_an_rsync_fails_and_a_rerun_leaves_the_same_tree() {
     connection_lost(During::Rsync, &["--force"]);
 }
 
+/// Reliability (Connection fault): sshd killed during a remote step (a derivation build) → same
 #[test]
 fn a_connection_lost_during_a_remote_step_fails_and_a_rerun_leaves_the_same_tree() {
     connection_lost(During::RemoteStep, &["--force"]);
 }
 
+/// Reliability (Connection fault): the same with `--no-multiplex` → same
 #[test]
 fn a_connection_lost_without_multiplexing_fails_and_a_rerun_leaves_the_same_tree() {
     connection_lost(During::RemoteStep, &["--force", "--no-multiplex"]);
 }
 
+/// Reliability (Connection fault): sshd killed while a local step runs (a slow pipe; the connection idle) → exit 1 quoting `Connection refused`; the rerun leaves the same tree
 #[test]
 fn a_connection_lost_during_a_local_step_fails_and_a_rerun_leaves_the_same_tree() {
     connection_lost(During::LocalStep, &["--force"]);
 }
 
+/// Reliability (Connection fault): host frozen mid-rsync (connection open, silent) → noticed by the default keepalives in 60–75 s, exit 1 quoting `Timeout, server … not responding.`; nothing left here
 #[test]
 fn a_connection_that_stops_answering_is_noticed_by_default() {
     let world = World::new();
@@ -480,6 +487,7 @@ fn fleet_target(world: &World, host: &Host) -> Value {
     Value::String(host.target("root", &dest))
 }
 
+/// Reliability (Connection fault): fleet of 3, one host never answers → the other 2 deployed, the hanging one reported failed with the timeout message, exit 1
 #[test]
 fn a_fleet_with_a_hanging_host_finishes_the_others() {
     let world = World::new();
@@ -521,6 +529,7 @@ fn a_fleet_with_a_hanging_host_finishes_the_others() {
     assert_nothing_left(&world);
 }
 
+/// Reliability (Interrupt): SIGINT to a fleet mid-host → exit 130, summary "1 of 3 hosts ok, 1 interrupted, 1 not started"; nothing left here
 #[test]
 fn an_interrupted_fleet_says_which_hosts_finished() {
     let world = World::new();
@@ -660,6 +669,7 @@ fn interrupted_decryption(world: &World, sources: &Value, needle: &str, check: i
     check(&dest.join("keys"));
 }
 
+/// Reliability (Interrupt): SIGINT, then SIGTERM, while 200 pass secrets decrypt → exit 130 / 143, children stopped, TMPDIR empty, no plaintext in any local file; the next run syncs all 200
 #[test]
 fn signals_while_200_pass_secrets_are_decrypted_leave_nothing_behind() {
     let world = World::new();
@@ -687,6 +697,7 @@ fn signals_while_200_pass_secrets_are_decrypted_leave_nothing_behind() {
     });
 }
 
+/// Reliability (Interrupt): the same for 200 passage (age) secrets → same
 #[test]
 fn signals_while_200_passage_secrets_are_decrypted_leave_nothing_behind() {
     let world = World::new();
@@ -710,6 +721,7 @@ fn signals_while_200_passage_secrets_are_decrypted_leave_nothing_behind() {
     });
 }
 
+/// Reliability (Interrupt): SIGINT, then SIGTERM, during an rsync → exit 130 / 143, rsync and ssh stopped, TMPDIR empty; a rerun leaves the same tree
 #[test]
 fn signals_during_an_rsync_stop_it_and_a_rerun_leaves_the_same_tree() {
     let world = World::new();
