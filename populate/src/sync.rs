@@ -198,12 +198,18 @@ impl Run<'_> {
         self.printer.write(i, line.as_bytes());
     }
 
-    fn doing(&self, label: &str, on: bool) {
+    /// Says that the steps `labels` start (`on`) or ended, for the
+    /// interrupt message: what runs now. (All of a batch's at once: one by
+    /// one, a batch of thousands would cost its size squared.)
+    fn doing(&self, labels: &[&str], on: bool) {
         let mut running = lock(&self.running);
         if on {
-            running.push(label.to_owned());
-        } else {
+            running.extend(labels.iter().map(|&label| label.to_owned()));
+        } else if let [label] = labels {
             running.retain(|l| l != label);
+        } else {
+            let ended: std::collections::HashSet<&str> = labels.iter().copied().collect();
+            running.retain(|l| !ended.contains(l.as_str()));
         }
         if !running.is_empty() {
             interrupt::doing(running.join(", "));
@@ -274,16 +280,12 @@ impl Run<'_> {
             .iter()
             .map(|(i, _)| self.plan.steps[*i].label.as_str())
             .collect();
-        for label in &labels {
-            self.doing(label, true);
-        }
+        self.doing(&labels, true);
         for (i, _) in parts {
             self.clock(*i);
         }
         let output = cmd.output();
-        for label in &labels {
-            self.doing(label, false);
-        }
+        self.doing(&labels, false);
         let output = match output {
             Ok(output) => output,
             Err(err) => {
@@ -292,7 +294,10 @@ impl Run<'_> {
                 return self.end(first, StepStatus::Failed(StepError::from(err)));
             }
         };
-        let mut rest = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        // What is left of the output: an index, not a copy per part (a
+        // copy would cost the output's size times the parts).
+        let mut rest: &str = &stdout;
         for (i, _) in parts {
             let step = &self.plan.steps[*i];
             // Only parts that ran (or the one that broke off) are logged.
@@ -314,7 +319,7 @@ impl Run<'_> {
                 .nth(1)
                 .and_then(|code| code.parse().ok())
                 .unwrap_or(1);
-            rest = after[(line_end + 1).min(after.len())..].to_owned();
+            rest = &after[(line_end + 1).min(after.len())..];
             self.printer.write(*i, part_output.as_bytes());
             if code == 0 {
                 if step.work.all_batched() {
@@ -354,14 +359,14 @@ impl Run<'_> {
             let step = &self.plan.steps[i];
             self.header(i);
             self.clock(i);
-            self.doing(&step.label, true);
+            self.doing(&[&step.label], true);
             let mut out = self.printer.step(i);
             let status = match step.work.run(&self.plan.session, &mut out) {
                 Ok(Ended::Done) => StepStatus::Done,
                 Ok(Ended::Unchanged) => StepStatus::Unchanged,
                 Err(err) => StepStatus::Failed(StepError::from(err)),
             };
-            self.doing(&step.label, false);
+            self.doing(&[&step.label], false);
             if self.end(i, status) {
                 failed.store(true, Ordering::SeqCst);
             }
