@@ -3,6 +3,7 @@
 //! [`Plan`] to populate before they act.
 
 pub mod fleet;
+pub mod lock;
 pub mod parallel;
 pub mod report;
 pub mod script;
@@ -20,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mktarget::{Cmd, Multiplex, Origin, Session, Target};
 
+pub use lock::Locking;
 pub use report::{Printer, Report, StepError, StepOutcome, StepStatus};
 pub use source::{Source, Sources};
 pub use sync::{Options, Plan, MAX_JOBS};
@@ -55,6 +57,12 @@ pub struct PopulateArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u8).range(1..=sync::MAX_JOBS as i64))]
     pub source_jobs: u8,
+    /// Give up when another run has held the lock on the target path (PATH/.populate-lock) for SECONDS (default: wait as long as it holds it)
+    #[arg(long, value_name = "SECONDS", conflicts_with = "no_lock")]
+    pub lock_timeout: Option<u32>,
+    /// Take no lock on the target path (by default a run holds one from its first write to the end of its final command, so two runs never write or rebuild at once)
+    #[arg(long)]
+    pub no_lock: bool,
 }
 
 impl PopulateArgs {
@@ -63,6 +71,11 @@ impl PopulateArgs {
             force: self.force,
             backup: self.backup,
             jobs: usize::from(self.source_jobs),
+            locking: if self.no_lock {
+                Locking::Off
+            } else {
+                Locking::Wait(self.lock_timeout)
+            },
         }
     }
 
@@ -137,6 +150,7 @@ pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) ->
         print!("{script}");
         return Ok(ExitCode::SUCCESS);
     }
+    lock_all(plans)?;
     for plan in plans {
         plan.run()?;
     }
@@ -164,6 +178,29 @@ pub fn populate_then(tool: &str, plans: &[Plan], last: &Final, dry_run: bool) ->
         }
     }
     Ok(ExitCode::from(mktarget::command::exit_code(status)))
+}
+
+/// Takes the locks of all `plans` before any of them runs (they are held
+/// until the plans are dropped), in one order every run agrees on, so two
+/// runs that lock the same two targets never wait for each other.
+pub fn lock_all(plans: &[Plan]) -> Result<()> {
+    let Some(first) = plans.first() else {
+        return Ok(());
+    };
+    let id = lock::holder_id(first.session());
+    let mut order: Vec<&Plan> = plans.iter().collect();
+    order.sort_by_key(|plan| {
+        let target = plan.session().target();
+        (
+            target.destination(),
+            target.port.clone(),
+            target.path.clone(),
+        )
+    });
+    for plan in order {
+        plan.lock(&id)?;
+    }
+    Ok(())
 }
 
 /// Sync krops sources (sources.json on stdin) to a target.

@@ -16,6 +16,7 @@ use mktarget::interrupt;
 use mktarget::shell::quote;
 use mktarget::Session;
 
+use crate::lock::{Locking, Taken};
 use crate::report::{Printer, Report, StepError, StepOutcome, StepStatus};
 use crate::script::PRELUDE;
 use crate::source::Sources;
@@ -37,8 +38,9 @@ const BATCH_BYTES: usize = 96 * 1024;
 /// What a batch prints after each part: `\x1ekrops-step INDEX STATUS`.
 const BATCH_MARKER: &str = "\x1ekrops-step ";
 
-/// The most source steps run at once: below sshd's default MaxSessions
-/// (10), since each holds a session of the shared connection.
+/// The most source steps run at once: each holds a session of the shared
+/// connection, and so does the lock ([`crate::lock`]); 9 and the lock are
+/// sshd's default MaxSessions (10).
 pub const MAX_JOBS: usize = 9;
 
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +51,9 @@ pub struct Options {
     pub backup: bool,
     /// How many source steps run at once (1..=[`MAX_JOBS`]).
     pub jobs: usize,
+    /// Whether the run takes the lock on the target path, and how long it
+    /// waits for it.
+    pub locking: Locking,
 }
 
 impl Default for Options {
@@ -57,6 +62,7 @@ impl Default for Options {
             force: false,
             backup: false,
             jobs: 4,
+            locking: Locking::Wait(None),
         }
     }
 }
@@ -68,6 +74,11 @@ pub struct Plan {
     session: Arc<Session>,
     steps: Vec<Step>,
     jobs: usize,
+    force: bool,
+    locking: Locking,
+    /// The lock on the target path once taken; let go when the plan is
+    /// dropped, so a driver holds it through its final command.
+    lock: Mutex<Option<Taken>>,
 }
 
 #[derive(Debug)]
@@ -115,12 +126,63 @@ impl Plan {
             session: Arc::clone(session),
             steps,
             jobs: options.jobs.clamp(1, MAX_JOBS),
+            force: options.force,
+            locking: options.locking,
+            lock: Mutex::new(None),
         })
+    }
+
+    /// The connection to the plan's target.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// Takes the lock on the target path (see [`crate::lock`]) unless the
+    /// plan has it or runs without; `id` is this run's holder id. When
+    /// there is nothing to lock yet (no target path, or no sentinel and no
+    /// `--force`) or ssh could not connect, the sentinel check alone runs:
+    /// its failure is the error, as without a lock; if it passes after all
+    /// (another run just made the path, the host is back), the lock is
+    /// taken then.
+    pub fn lock(&self, id: &str) -> Result<()> {
+        let Locking::Wait(timeout) = self.locking else {
+            return Ok(());
+        };
+        let mut held = lock(&self.lock);
+        if held.is_some() {
+            return Ok(());
+        }
+        for _ in 0..3 {
+            match crate::lock::take(&self.session, self.force, timeout, id)? {
+                Taken::Nothing | Taken::Unreachable => self.check_sentinel()?,
+                taken => {
+                    *held = Some(taken);
+                    return Ok(());
+                }
+            }
+        }
+        anyhow::bail!(
+            "lock on {}: the target path kept changing while the lock was taken",
+            self.session.display_path(&self.session.target().path)
+        )
+    }
+
+    /// Runs the sentinel check alone, with its output and error as in a run.
+    fn check_sentinel(&self) -> Result<()> {
+        let printer = Printer::stderr(self.steps.len());
+        let run = Run::new(self, &printer);
+        let body = self.steps[0]
+            .work
+            .batched()
+            .expect("the first step is the batched sentinel check");
+        run.batch(&[(0, body)]);
+        run.finish().into_result().map(|_| ())
     }
 
     /// Runs the plan, its output to our stderr; the first failure (in plan
     /// order) is the error.
     pub fn run(&self) -> Result<Report> {
+        self.lock(&crate::lock::holder_id(&self.session))?;
         self.run_with(&Printer::stderr(self.steps.len()))
             .into_result()
     }
@@ -130,13 +192,7 @@ impl Plan {
     /// starting; the running ones finish.
     pub fn run_with(&self, printer: &Printer) -> Report {
         self.session.connect();
-        let run = Run {
-            plan: self,
-            printer,
-            outcomes: Mutex::new(self.steps.iter().map(|_| None).collect()),
-            started: Mutex::new(vec![None; self.steps.len()]),
-            running: Mutex::new(Vec::new()),
-        };
+        let run = Run::new(self, printer);
         let mut stopped = run.batches();
         for late in [false, true] {
             if stopped {
@@ -154,7 +210,11 @@ impl Plan {
     /// script a step (not batched). No secret is in it: secrets are
     /// decrypted only when the script runs.
     pub fn script(&self) -> String {
-        let mut script = format!("# populate {}\nset -efu\n", self.session.target());
+        let mut script = format!(
+            "# populate {}\n{}set -efu\n",
+            self.session.target(),
+            crate::lock::dry_run_note(&self.session, self.locking)
+        );
         for step in &self.steps {
             script.push_str(&format!(
                 "\n# {}\n{}\n",
@@ -182,7 +242,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(plan: &'a Plan, printer: &'a Printer) -> Run<'a> {
+        Run {
+            plan,
+            printer,
+            outcomes: Mutex::new(plan.steps.iter().map(|_| None).collect()),
+            started: Mutex::new(vec![None; plan.steps.len()]),
+            running: Mutex::new(Vec::new()),
+        }
+    }
+
     /// Notes when step `i` started, once.
     fn clock(&self, i: usize) {
         let mut started = lock(&self.started);
@@ -461,7 +531,7 @@ fn backup_script(session: &Session) -> String {
     format!(
         "if test -L {s} || ! test -d {s}; then\n  printf 'error: sentinel file is not a directory: %s\\n' {shown} >&2\n  exit 1\nfi\n\
          if test -L {b}; then\n  run rm -f {b}\nfi\n\
-         run rsync -aAXF --delete --exclude /.populate --link-dest={p} {src} {dest} >&2\n",
+         run rsync -aAXF --delete --exclude /.populate --exclude /.populate-lock --link-dest={p} {src} {dest} >&2\n",
         s = quote(&sentinel),
         shown = quote(&session.display_path(&sentinel)),
         p = quote(path),
