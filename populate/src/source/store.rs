@@ -4,7 +4,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{Context, Result};
+use mktarget::interrupt;
 use mktarget::shell::quote;
 use mktarget::{Cmd, Session};
 use walkdir::WalkDir;
@@ -13,6 +16,9 @@ use super::file::{default_file_options, rsync};
 use crate::script::PRELUDE;
 use crate::secrets::SecretDir;
 use crate::step::{claim_line, run_cmd, step_failure, Ended, Makes};
+
+/// How many entries of a store are decrypted at once.
+const DECRYPT_JOBS: usize = 8;
 
 /// A pass or passage store to decrypt into a private dir and sync.
 #[derive(Debug)]
@@ -76,6 +82,42 @@ impl Secrets {
         rsync(session, &default_file_options(), source, &self.path)
     }
 
+    /// Decrypts one entry into `secrets`; its stderr, when it succeeded,
+    /// goes to `log`.
+    fn decrypt(
+        &self,
+        secrets: &SecretDir,
+        (file, entry_name, decrypted): &(PathBuf, String, String),
+        stamped: bool,
+        log: &mut Vec<u8>,
+    ) -> Result<()> {
+        let out = secrets.create_file(Path::new(decrypted))?;
+        self.show
+            .clone()
+            .arg(entry_name)
+            .run_to_file_into(out, log)?;
+        // pass: the last commit's date, when the store is a git repo
+        // (the stamp exists exactly then); passage: the .age file's.
+        let mtime = match &self.pass {
+            Some((dir, _)) if stamped => last_commit_time(dir, file)?,
+            Some(_) => None,
+            None => Some(
+                std::fs::metadata(file)
+                    .and_then(|meta| meta.modified())
+                    .with_context(|| format!("cannot read the mtime of {}", file.display()))?,
+            ),
+        };
+        if let Some(mtime) = mtime {
+            let decrypted = secrets.path().join(decrypted);
+            std::fs::File::options()
+                .write(true)
+                .open(&decrypted)
+                .and_then(|out| out.set_modified(mtime))
+                .with_context(|| format!("cannot set the mtime of {}", decrypted.display()))?;
+        }
+        Ok(())
+    }
+
     /// The claim of the store's place, then, for pass with a stamp, the
     /// target's stamp on stdout.
     fn claim(&self, session: &Session, stamp: bool) -> Cmd {
@@ -113,31 +155,27 @@ impl Secrets {
             }
         }
         let secrets = SecretDir::new(&format!("populate-{}.", self.kind()))?;
-        for (file, entry_name, decrypted) in self.entries()? {
-            let out = secrets.create_file(Path::new(&decrypted))?;
-            self.show
-                .clone()
-                .arg(&entry_name)
-                .run_to_file_into(out, log)?;
-            // pass: the last commit's date, when the store is a git repo
-            // (the stamp exists exactly then); passage: the .age file's.
-            let mtime = match (&self.pass, &stamp) {
-                (Some((dir, _)), Some(_)) => last_commit_time(dir, &file)?,
-                (Some(_), None) => None,
-                (None, _) => Some(
-                    std::fs::metadata(&file)
-                        .and_then(|meta| meta.modified())
-                        .with_context(|| format!("cannot read the mtime of {}", file.display()))?,
-                ),
-            };
-            if let Some(mtime) = mtime {
-                let decrypted = secrets.path().join(&decrypted);
-                std::fs::File::options()
-                    .write(true)
-                    .open(&decrypted)
-                    .and_then(|out| out.set_modified(mtime))
-                    .with_context(|| format!("cannot set the mtime of {}", decrypted.display()))?;
+        // Several at once: each `pass show` or `passage show` is mostly
+        // waiting (a shell script, gpg or age starting, gpg-agent), and a
+        // store of hundreds took minutes one by one. Their messages keep
+        // the entries' order; the first failure in that order is the error.
+        let entries = self.entries()?;
+        let failed = AtomicBool::new(false);
+        let stop = || failed.load(Ordering::SeqCst) || interrupt::interrupted();
+        let results = crate::parallel::each(entries.len(), DECRYPT_JOBS, stop, |i| {
+            let mut messages = Vec::new();
+            let result = self.decrypt(&secrets, &entries[i], stamp.is_some(), &mut messages);
+            if result.is_err() {
+                failed.store(true, Ordering::SeqCst);
             }
+            (result, messages)
+        });
+        for (result, messages) in results.into_iter().flatten() {
+            let _ = log.write_all(&messages);
+            result?;
+        }
+        if interrupt::interrupted() {
+            anyhow::bail!("interrupted");
         }
         if let Some(stamp) = &stamp {
             writeln!(secrets.create_file(Path::new(".pass_info"))?, "{stamp}")?;
