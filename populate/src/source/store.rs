@@ -12,7 +12,7 @@ use mktarget::shell::quote;
 use mktarget::{Cmd, Session};
 use walkdir::WalkDir;
 
-use super::file::{default_file_options, rsync};
+use super::file::{default_file_options, rsync, FileSource};
 use crate::script::PRELUDE;
 use crate::secrets::SecretDir;
 use crate::step::{claim_line, run_cmd, step_failure, Ended, Makes};
@@ -78,8 +78,16 @@ impl Secrets {
         Ok(entries)
     }
 
+    /// rsync with `--checksum`: a secret edited twice within one second
+    /// (pass: the decrypted file gets its last commit's time, in seconds)
+    /// or re-encrypted with its old mtime (passage) keeps its size and
+    /// time, and rsync's quick check would skip it. Stores are small.
     fn rsync(&self, session: &Session, source: &str) -> Cmd {
-        rsync(session, &default_file_options(), source, &self.path)
+        let options = FileSource {
+            use_checksum: true,
+            ..default_file_options()
+        };
+        rsync(session, &options, source, &self.path)
     }
 
     /// Decrypts one entry into `secrets`; its stderr, when it succeeded,
