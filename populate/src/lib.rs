@@ -57,7 +57,7 @@ pub struct PopulateArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u8).range(1..=sync::MAX_JOBS as i64))]
     pub source_jobs: u8,
-    /// Give up when another run has held the lock on the target path (PATH/.populate-lock) for SECONDS (default: wait as long as it holds it)
+    /// Wait at most SECONDS for another run to let go of the lock on the target path (PATH/.populate-lock), then give up (default: as long as it takes)
     #[arg(long, value_name = "SECONDS", conflicts_with = "no_lock")]
     pub lock_timeout: Option<u32>,
     /// Take no lock on the target path (by default a run holds one from its first write to the end of its final command, so two runs never write or rebuild at once)
