@@ -539,6 +539,25 @@ fn hostile_input_is_refused_naming_the_field_and_nothing_runs() {
         failures.join("\n\n")
     );
     assert!(rows.len() >= 40, "only {} rows", rows.len());
+    // README's count by class is this table's.
+    let mut table = String::from("| Class of bad input | Cases |\n|---|---|\n");
+    for (class, n) in &count {
+        table.push_str(&format!("| {} | {n} |\n", class.label()));
+    }
+    table.push_str(&format!("| **all** | **{}** |\n", rows.len()));
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let start = "<!-- hostile-counts -->\n";
+    let shown = readme
+        .split_once(start)
+        .and_then(|(_, rest)| rest.split_once("<!-- hostile-counts: end -->"))
+        .map(|(block, _)| block);
+    assert_eq!(
+        shown,
+        Some(table.as_str()),
+        "README.md's counts of bad inputs are stale; between its hostile-counts markers put:\n{table}"
+    );
     for class in Class::ALL {
         assert!(count.contains_key(&class), "no row of class {class:?}");
     }

@@ -119,7 +119,13 @@ fn without_multiplexing_every_step_connects_on_its_own() {
     let target = alpha.target("root", &dest);
     let sources = sources(&world);
     populate(&world, &target, &["--force"], &sources).assert_success();
-    let shared = Tree::snapshot(&dest);
+    // The lock file names each run's holder.
+    let snapshot = || {
+        let mut tree = Tree::snapshot(&dest);
+        tree.0.remove(".populate-lock");
+        tree
+    };
+    let shared = snapshot();
     for how in ["flag", "env"] {
         let before = world.handshakes("alpha");
         let out = if how == "flag" {
@@ -131,15 +137,16 @@ fn without_multiplexing_every_step_connects_on_its_own() {
             world.run_command(&mut cmd, sources.to_string().as_bytes())
         };
         out.assert_success();
-        // The batch (sentinel, symlinks), 8 trees (each an rsync, which
-        // claims its place first), 2 checkouts, the pipe and the store's
-        // claim (its stamp is unchanged, so no rsync): each its own
-        // connection, as in krops (which also claimed apart from rsync).
+        // The lock, the batch (sentinel, symlinks), 8 trees (each an
+        // rsync, which claims its place first), 2 checkouts, the pipe and
+        // the store's claim (its stamp is unchanged, so no rsync): each its
+        // own connection, as in krops (which also claimed apart from rsync,
+        // and took no lock).
         let made = world.handshakes("alpha") - before;
-        assert_eq!(made, 13, "{how}");
+        assert_eq!(made, 14, "{how}");
         assert_nothing_left(&world);
     }
-    shared.assert_unchanged(&Tree::snapshot(&dest));
+    shared.assert_unchanged(&snapshot());
 }
 
 #[test]
@@ -171,9 +178,11 @@ fn parallel_sources_give_the_same_tree_as_sequential_ones() {
         let mut sorted = order.clone();
         sorted.sort();
         assert_eq!(order, sorted, "--source-jobs {jobs}: {stderr}");
-        // What git keeps for itself (index, reflogs) has times in it.
+        // What git keeps for itself (index, reflogs) has times in it, and
+        // the lock file names each run's holder.
         let mut tree = Tree::snapshot(&dest);
-        tree.0.retain(|path, _| !path.contains(".git/"));
+        tree.0
+            .retain(|path, _| !path.contains(".git/") && path != ".populate-lock");
         trees.push(tree);
     }
     trees[0].assert_unchanged(&trees[1]);
@@ -282,9 +291,9 @@ fn the_user_s_own_connection_sharing_is_left_alone() {
         "extraOptions": ["-o", "ControlMaster=no"]});
     let before = world.handshakes("alpha");
     populate(&world, &target.to_string(), &["--force"], &sources).assert_success();
-    // The batch and the file's rsync, each on its own (ours would make
-    // them one).
-    assert_eq!(world.handshakes("alpha") - before, 2, "ours was used");
+    // The lock, the batch and the file's rsync, each on its own (ours
+    // would make them one).
+    assert_eq!(world.handshakes("alpha") - before, 3, "ours was used");
     assert_nothing_left(&world);
 
     // Their own master, persisting in the background: used, not hanging.

@@ -336,6 +336,49 @@ impl Cmd {
         })
     }
 
+    /// Starts the command in the background with its stdin, stdout and
+    /// stderr on pipes of ours: a long-lived helper the tool talks to (the
+    /// target's lock), which sees its stdin close when the tool lets go of
+    /// the returned writer, or exits, or dies. Like every command whose
+    /// stdin is not ours, it runs in a process group of its own.
+    pub fn start_piped(&self) -> Result<Piped> {
+        let pipe = || os_pipe::pipe().context("cannot make a pipe");
+        let (stdin_reader, stdin_writer) = pipe()?;
+        let (stdout_reader, stdout_writer) = pipe()?;
+        let (stderr_reader, stderr_writer) = pipe()?;
+        // Not `expression()`: its stdin_null would win over the pipe.
+        let mut inner = self.clone();
+        inner.stdin = Stdin::Inherit;
+        let expr = inner
+            .expression_inner()
+            .before_spawn(|command| {
+                std::os::unix::process::CommandExt::process_group(command, 0);
+                Ok(())
+            })
+            .stdin_file(stdin_reader)
+            .stdout_file(stdout_writer)
+            .stderr_file(stderr_writer)
+            .unchecked();
+        let handle = expr
+            .start()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        // Our copies of the child's ends: the reader must see its end.
+        drop(expr);
+        let registered = interrupt::register(handle.pids(), true);
+        let started = Started {
+            pids: handle.pids(),
+            own_group: true,
+            handle,
+            _registered: registered,
+        };
+        Ok(Piped {
+            started,
+            stdin: stdin_writer,
+            stdout: stdout_reader,
+            stderr: stderr_reader,
+        })
+    }
+
     /// Runs the command with our stdout and stderr and returns how it exited:
     /// for a driver's final command, whose status is the tool's status.
     pub fn status(&self) -> Result<ExitStatus> {
@@ -658,6 +701,15 @@ mod tests {
     }
 }
 
+/// A command started with [`Cmd::start_piped`], and our ends of its pipes.
+#[derive(Debug)]
+pub struct Piped {
+    pub started: Started,
+    pub stdin: os_pipe::PipeWriter,
+    pub stdout: os_pipe::PipeReader,
+    pub stderr: os_pipe::PipeReader,
+}
+
 /// A command started in the background; stopped with [`Started::terminate`]
 /// (the interrupt handler stops it on a signal: it is registered).
 #[derive(Debug)]
@@ -678,6 +730,20 @@ impl Started {
     /// started with [`Cmd::start_captured`]; else the output is empty).
     pub fn try_output(&mut self) -> Result<Option<std::process::Output>> {
         Ok(self.handle.try_wait()?.cloned())
+    }
+
+    /// Waits up to `timeout` for it to exit; how it exited, if it did.
+    pub fn wait_for(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.handle.try_wait() {
+                Ok(Some(output)) => return Some(output.status),
+                Ok(None) if started.elapsed() < timeout => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// Sends SIGTERM, waits up to `grace` for it to exit, then kills it.

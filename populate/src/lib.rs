@@ -3,6 +3,7 @@
 //! [`Plan`] to populate before they act.
 
 pub mod fleet;
+pub mod lock;
 pub mod parallel;
 pub mod progress;
 pub mod report;
@@ -24,6 +25,7 @@ use clap::Parser;
 use mktarget::tool::Example;
 use mktarget::{Cmd, Multiplex, Origin, Session, Target};
 
+pub use lock::Locking;
 pub use progress::{Style, Verbosity};
 pub use report::{Printer, Report, StepError, StepOutcome, StepStatus, Transfer};
 pub use results::{Results, ResultsTo};
@@ -61,6 +63,12 @@ pub struct PopulateArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u8).range(1..=sync::MAX_JOBS as i64))]
     pub source_jobs: u8,
+    /// Wait at most SECONDS for another run to let go of the lock on the target path (PATH/.populate-lock), then give up (default: as long as it takes)
+    #[arg(long, value_name = "SECONDS", conflicts_with = "no_lock")]
+    pub lock_timeout: Option<u32>,
+    /// Take no lock on the target path (by default a run holds one from its first write to the end of its final command, so two runs never write or rebuild at once)
+    #[arg(long)]
+    pub no_lock: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -140,6 +148,11 @@ impl PopulateArgs {
             force: self.force,
             backup: self.backup,
             jobs: usize::from(self.source_jobs),
+            locking: if self.no_lock {
+                Locking::Off
+            } else {
+                Locking::Wait(self.lock_timeout)
+            },
         }
     }
 
@@ -265,6 +278,7 @@ pub fn dry_run_script(plans: &[Plan], steps: &[(&str, &Cmd)]) -> String {
 /// Runs each populate plan, in order, into the results; an error when one
 /// fails or a signal came.
 pub fn populate_all(plans: &[Plan], reporting: &mut Reporting) -> Result<()> {
+    lock_all(plans)?;
     for plan in plans {
         let report = plan.run(reporting.style);
         reporting.results.add_target(&report);
@@ -374,6 +388,29 @@ impl Final {
     }
 }
 
+/// Takes the locks of all `plans` before any of them runs (they are held
+/// until the plans are dropped), in one order every run agrees on, so two
+/// runs that lock the same two targets never wait for each other.
+pub fn lock_all(plans: &[Plan]) -> Result<()> {
+    let Some(first) = plans.first() else {
+        return Ok(());
+    };
+    let id = lock::holder_id(first.session());
+    let mut order: Vec<&Plan> = plans.iter().collect();
+    order.sort_by_key(|plan| {
+        let target = plan.session().target();
+        (
+            target.destination(),
+            target.port.clone(),
+            target.path.clone(),
+        )
+    });
+    for plan in order {
+        plan.lock(&id)?;
+    }
+    Ok(())
+}
+
 /// Sync krops sources (sources.json on stdin) to a target.
 ///
 /// Checks the sentinel file PATH/.populate on the target, optionally backs
@@ -422,6 +459,7 @@ fn populate(args: &PopulateArgs, results: &mut Results) -> Result<ExitCode> {
     if args.dry_run {
         print!("{}", plan.script());
     } else {
+        lock_all(std::slice::from_ref(&plan))?;
         let report = plan.run(args.output.style());
         results.add_target(&report);
         report.into_result()?;

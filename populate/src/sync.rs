@@ -18,6 +18,7 @@ use mktarget::interrupt;
 use mktarget::shell::quote;
 use mktarget::Session;
 
+use crate::lock::{Locking, Taken};
 use crate::progress::{Progress, Row, Style};
 use crate::report::{Report, StepError, StepOutcome, StepStatus};
 use crate::script::PRELUDE;
@@ -42,8 +43,9 @@ const BATCH_LINES: usize = 256;
 /// What a batch prints after each part: `\x1ekrops-step INDEX STATUS`.
 const BATCH_MARKER: &str = "\x1ekrops-step ";
 
-/// The most source steps run at once: below sshd's default MaxSessions
-/// (10), since each holds a session of the shared connection.
+/// The most source steps run at once: each holds a session of the shared
+/// connection, and so does the lock ([`crate::lock`]); 9 and the lock are
+/// sshd's default MaxSessions (10).
 pub const MAX_JOBS: usize = 9;
 
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +56,9 @@ pub struct Options {
     pub backup: bool,
     /// How many source steps run at once (1..=[`MAX_JOBS`]).
     pub jobs: usize,
+    /// Whether the run takes the lock on the target path, and how long it
+    /// waits for it.
+    pub locking: Locking,
 }
 
 impl Default for Options {
@@ -62,6 +67,7 @@ impl Default for Options {
             force: false,
             backup: false,
             jobs: 4,
+            locking: Locking::Wait(None),
         }
     }
 }
@@ -73,6 +79,11 @@ pub struct Plan {
     session: Arc<Session>,
     steps: Vec<Step>,
     jobs: usize,
+    force: bool,
+    locking: Locking,
+    /// The lock on the target path once taken; let go when the plan is
+    /// dropped, so a driver holds it through its final command.
+    lock: Mutex<Option<Taken>>,
 }
 
 #[derive(Debug)]
@@ -128,7 +139,76 @@ impl Plan {
             session: Arc::clone(session),
             steps,
             jobs: options.jobs.clamp(1, MAX_JOBS),
+            force: options.force,
+            locking: options.locking,
+            lock: Mutex::new(None),
         })
+    }
+
+    /// The connection to the plan's target.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// Takes the lock on the target path (see [`crate::lock`]) unless the
+    /// plan has it or runs without; `id` is this run's holder id. When
+    /// there is nothing to lock yet (no target path, or no sentinel and no
+    /// `--force`) or ssh could not connect, the sentinel check alone runs:
+    /// its failure is the error, as without a lock; if it passes after all
+    /// (another run just made the path, the host is back), the lock is
+    /// taken then.
+    pub fn lock(&self, id: &str) -> Result<()> {
+        let Locking::Wait(timeout) = self.locking else {
+            return Ok(());
+        };
+        let mut held = lock(&self.lock);
+        if held.is_some() {
+            return Ok(());
+        }
+        // Unreachable: said once, as the sentinel check's failure.
+        if let Err(err) = self.session.connect() {
+            return self.check_sentinel(Some(err));
+        }
+        for _ in 0..3 {
+            match crate::lock::take(&self.session, self.force, timeout, id)? {
+                Taken::Nothing | Taken::Unreachable => self.check_sentinel(None)?,
+                taken => {
+                    *held = Some(taken);
+                    return Ok(());
+                }
+            }
+        }
+        anyhow::bail!(
+            "lock on {}: the target path kept changing while the lock was taken",
+            self.session.display_path(&self.session.target().path)
+        )
+    }
+
+    /// Runs the sentinel check alone, with its output and error as in a
+    /// run; with `unreachable`, the connection's failure is its error.
+    fn check_sentinel(&self, unreachable: Option<anyhow::Error>) -> Result<()> {
+        let progress = Progress::new(
+            Style::detect(crate::progress::Verbosity::Normal),
+            self.rows(),
+        );
+        let run = Run::new(self, &progress);
+        if let Some(err) = unreachable {
+            run.header(0);
+            run.clock(0);
+            run.end(
+                0,
+                StepStatus::Failed(StepError::message(format!("{err:#}"))),
+            );
+        } else {
+            let body = self.steps[0]
+                .work
+                .batched()
+                .expect("the first step is the batched sentinel check");
+            run.batch(&[(0, body)]);
+        }
+        let report = run.finish();
+        progress.finish();
+        report.into_result().map(|_| ())
     }
 
     /// Runs the plan, shown on our stderr as `style` says, and returns
@@ -173,13 +253,7 @@ impl Plan {
 
     fn run_with(&self, progress: &Progress) -> Report {
         let began = Instant::now();
-        let run = Run {
-            plan: self,
-            progress,
-            outcomes: Mutex::new(self.steps.iter().map(|_| None).collect()),
-            started: Mutex::new(vec![None; self.steps.len()]),
-            running: Mutex::new(Vec::new()),
-        };
+        let run = Run::new(self, progress);
         // The target cannot be reached: the first step (the sentinel
         // check) fails with ssh's reason, and nothing else runs.
         if let Err(err) = self.session.connect() {
@@ -210,7 +284,11 @@ impl Plan {
     /// script a step (not batched). No secret is in it: secrets are
     /// decrypted only when the script runs.
     pub fn script(&self) -> String {
-        let mut script = format!("# populate {}\nset -efu\n", self.session.target());
+        let mut script = format!(
+            "# populate {}\n{}set -efu\n",
+            self.session.target(),
+            crate::lock::dry_run_note(&self.session, self.locking)
+        );
         for step in &self.steps {
             script.push_str(&format!(
                 "\n# {}\n{}\n",
@@ -239,7 +317,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(plan: &'a Plan, progress: &'a Progress) -> Run<'a> {
+        Run {
+            plan,
+            progress,
+            outcomes: Mutex::new(plan.steps.iter().map(|_| None).collect()),
+            started: Mutex::new(vec![None; plan.steps.len()]),
+            running: Mutex::new(Vec::new()),
+        }
+    }
+
     /// Notes when step `i` started, once.
     fn clock(&self, i: usize) {
         let mut started = lock(&self.started);
@@ -255,12 +343,18 @@ impl Run<'_> {
         self.progress.header(i, at);
     }
 
-    fn doing(&self, label: &str, on: bool) {
+    /// Says that the steps `labels` start (`on`) or ended, for the
+    /// interrupt message: what runs now. (All of a batch's at once: one by
+    /// one, a batch of thousands would cost its size squared.)
+    fn doing(&self, labels: &[&str], on: bool) {
         let mut running = lock(&self.running);
         if on {
-            running.push(label.to_owned());
-        } else {
+            running.extend(labels.iter().map(|&label| label.to_owned()));
+        } else if let [label] = labels {
             running.retain(|l| l != label);
+        } else {
+            let ended: std::collections::HashSet<&str> = labels.iter().copied().collect();
+            running.retain(|l| !ended.contains(l.as_str()));
         }
         if !running.is_empty() {
             interrupt::doing(running.join(", "));
@@ -338,16 +432,12 @@ impl Run<'_> {
             .iter()
             .map(|(i, _)| self.plan.steps[*i].label.as_str())
             .collect();
-        for label in &labels {
-            self.doing(label, true);
-        }
+        self.doing(&labels, true);
         for (i, _) in parts {
             self.clock(*i);
         }
         let output = cmd.output();
-        for label in &labels {
-            self.doing(label, false);
-        }
+        self.doing(&labels, false);
         let output = match output {
             Ok(output) => output,
             Err(err) => {
@@ -356,7 +446,10 @@ impl Run<'_> {
                 return self.end(first, StepStatus::Failed(StepError::from(err)));
             }
         };
-        let mut rest = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        // What is left of the output: an index, not a copy per part (a
+        // copy would cost the output's size times the parts).
+        let mut rest: &str = &stdout;
         for (i, _) in parts {
             let step = &self.plan.steps[*i];
             // Only parts that ran (or the one that broke off) are logged.
@@ -378,7 +471,7 @@ impl Run<'_> {
                 .nth(1)
                 .and_then(|code| code.parse().ok())
                 .unwrap_or(1);
-            rest = after[(line_end + 1).min(after.len())..].to_owned();
+            rest = &after[(line_end + 1).min(after.len())..];
             self.progress.output(*i, part_output.as_bytes());
             if code == 0 {
                 if step.work.all_batched() {
@@ -418,14 +511,14 @@ impl Run<'_> {
             let step = &self.plan.steps[i];
             self.header(i);
             self.clock(i);
-            self.doing(&step.label, true);
+            self.doing(&[&step.label], true);
             let mut out = self.progress.step(i);
             let (status, transfer) = match step.work.run(&self.plan.session, &mut out) {
                 Ok(Ended::Done(transfer)) => (StepStatus::Done, transfer),
                 Ok(Ended::Unchanged) => (StepStatus::Unchanged, None),
                 Err(err) => (StepStatus::Failed(StepError::from(err)), None),
             };
-            self.doing(&step.label, false);
+            self.doing(&[&step.label], false);
             if self.end_with(i, status, transfer) {
                 failed.store(true, Ordering::SeqCst);
             }
@@ -530,7 +623,7 @@ fn backup_script(session: &Session) -> String {
     format!(
         "if test -L {s} || ! test -d {s}; then\n  printf 'error: sentinel file is not a directory: %s\\n' {shown} >&2\n  exit 1\nfi\n\
          if test -L {b}; then\n  run rm -f {b}\nfi\n\
-         run rsync -aAXF --delete --exclude /.populate --link-dest={p} {src} {dest} >&2\n",
+         run rsync -aAXF --delete --exclude /.populate --exclude /.populate-lock --link-dest={p} {src} {dest} >&2\n",
         s = quote(&sentinel),
         shown = quote(&session.display_path(&sentinel)),
         p = quote(path),

@@ -48,6 +48,10 @@ throwaway_target() {
   fi
   ssh-keygen -q -t ed25519 -N '' -f "$dir/host_key"
   echo "$alias $(cut -d' ' -f1,2 "$dir/host_key.pub")" >>"$work/ssh/known_hosts"
+  # SHLVL=1 in every session: the user's login shell, if bash, then skips
+  # ~/.bashrc, which Debian's bash reads for ssh commands; what a
+  # developer's ~/.bashrc does there (pyenv init, say: half a second a
+  # session) is this machine's cost, not krops's, and not a target's.
   for attempt in 1 2 3 4 5 6 7 8; do
     port=$((20000 + RANDOM % 40000))
     cat >"$dir/sshd_config" <<CONFIG

@@ -165,7 +165,7 @@ impl PassStore {
     /// with one gpg and one commit: a store of hundreds of secrets in
     /// seconds.
     #[track_caller]
-    pub fn insert_many(&self, entries: &[(String, String)]) {
+    pub fn insert_all(&self, entries: &[(String, String)]) {
         let staging = tempfile::Builder::new()
             .prefix(".staging.")
             .tempdir_in(&self.dir)
@@ -193,6 +193,49 @@ impl PassStore {
         }
         drop(staging);
         self.commit(&format!("Add {} entries", entries.len()));
+    }
+
+    /// Adds many entries at once, as `pass insert` would store them (each
+    /// secret and a newline, encrypted to the store's key with the real gpg)
+    /// but in one commit, which is much faster than one `pass insert` each.
+    /// With `date` (git's date format, e.g. `@1700000000 +0000`) the commit
+    /// has that author and committer date. The secrets reach gpg on stdin,
+    /// never in an argv.
+    #[track_caller]
+    pub fn insert_many(&self, entries: &[(&str, &str)], date: Option<&str>) {
+        let mut input = String::new();
+        for (name, secret) in entries {
+            assert!(
+                !name.contains(['\n', ' ']) && !secret.contains('\n'),
+                "one line each: {name:?}"
+            );
+            input.push_str(&format!("{name} {secret}\n"));
+        }
+        let script = r#"set -eu
+while IFS=' ' read -r name secret; do
+  file="$PASSWORD_STORE_DIR/$name.gpg"
+  mkdir -p "$(dirname "$file")"
+  printf '%s\n' "$secret" | gpg --batch --yes --quiet -e -r "$1" -o "$file"
+done
+git -C "$PASSWORD_STORE_DIR" add -A
+git -C "$PASSWORD_STORE_DIR" commit -q -m "Add $2 entries"
+"#;
+        let mut env = self.env.clone();
+        if let Some(date) = date {
+            env.insert("GIT_AUTHOR_DATE".into(), date.into());
+            env.insert("GIT_COMMITTER_DATE".into(), date.into());
+        }
+        checked(
+            Command::new("/bin/sh").args([
+                "-c",
+                script,
+                "sh",
+                &self.fingerprint,
+                &entries.len().to_string(),
+            ]),
+            &env,
+            input.as_bytes(),
+        );
     }
 
     /// `pass show NAME` with the real pass.

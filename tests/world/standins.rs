@@ -3,7 +3,8 @@
 //!
 //! Each stand-in records its invocation into `$KROPS_STANDIN_LOG/<name>.XXXXXX/`:
 //! `time` (nanoseconds since the epoch, for ordering), `argv` (NUL-separated),
-//! `env` (`env -0`), `uid`, `cwd`, `stdin` and, once done, `exit`.
+//! `env` (`env -0`), `uid`, `cwd`, `stdin` and, once done, `end` (nanoseconds
+//! since the epoch) and `exit`.
 //! The scripts name no world path, so the same text serves every world and the
 //! shared directory on sudo's `secure_path`.
 
@@ -34,6 +35,7 @@ standin_record() {
   pwd >"$rec/cwd"
 }
 standin_exit() {
+  date +%s%N >"$rec/end"
   echo "$1" >"$rec/exit"
   exit "$1"
 }
@@ -157,6 +159,8 @@ pub struct Record {
     pub exit: Option<i32>,
     /// Start time in nanoseconds since the epoch.
     pub time: u128,
+    /// End time in nanoseconds since the epoch, `None` while it is still running.
+    pub end: Option<u128>,
 }
 
 impl Record {
@@ -238,5 +242,8 @@ fn read_record(dir: &Path) -> Record {
             .ok()
             .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()),
         time: number("time"),
+        end: fs::read(dir.join("end"))
+            .ok()
+            .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()),
     }
 }

@@ -186,7 +186,8 @@ pub(crate) fn rsync(
     cmd.args([source.to_owned(), session.rsync_destination(path)])
 }
 
-/// What pass and passage trees are synced with: rsync's defaults in krops.
+/// rsync's defaults in krops, which pass and passage trees are synced with
+/// (plus `--checksum`: see `store.rs`).
 pub(crate) fn default_file_options() -> FileSource {
     FileSource {
         // rsync() takes the source path separately.

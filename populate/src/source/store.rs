@@ -4,15 +4,21 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{Context, Result};
+use mktarget::interrupt;
 use mktarget::shell::quote;
 use mktarget::{Cmd, Session};
 use walkdir::WalkDir;
 
-use super::file::{default_file_options, rsync};
+use super::file::{default_file_options, rsync, FileSource};
 use crate::script::PRELUDE;
 use crate::secrets::SecretDir;
 use crate::step::{claim_line, run_rsync, step_failure, Ended, Makes};
+
+/// How many entries of a store are decrypted at once.
+const DECRYPT_JOBS: usize = 8;
 
 /// A pass or passage store to decrypt into a private dir and sync.
 #[derive(Debug)]
@@ -72,9 +78,53 @@ impl Secrets {
         Ok(entries)
     }
 
+    /// rsync with `--checksum`: a secret edited twice within one second
+    /// (pass: the decrypted file gets its last commit's time, in seconds)
+    /// or re-encrypted with its old mtime (passage) keeps its size and
+    /// time, and rsync's quick check would skip it. Stores are small.
     fn rsync(&self, session: &Session, source: &str) -> Cmd {
+        let options = FileSource {
+            use_checksum: true,
+            ..default_file_options()
+        };
         // The claim ran before the secrets were decrypted.
-        rsync(session, &default_file_options(), source, &self.path, None)
+        rsync(session, &options, source, &self.path, None)
+    }
+
+    /// Decrypts one entry into `secrets`; its stderr, when it succeeded,
+    /// goes to `log`.
+    fn decrypt(
+        &self,
+        secrets: &SecretDir,
+        (file, entry_name, decrypted): &(PathBuf, String, String),
+        stamped: bool,
+        log: &mut Vec<u8>,
+    ) -> Result<()> {
+        let out = secrets.create_file(Path::new(decrypted))?;
+        self.show
+            .clone()
+            .arg(entry_name)
+            .run_to_file_into(out, log)?;
+        // pass: the last commit's date, when the store is a git repo
+        // (the stamp exists exactly then); passage: the .age file's.
+        let mtime = match &self.pass {
+            Some((dir, _)) if stamped => last_commit_time(dir, file)?,
+            Some(_) => None,
+            None => Some(
+                std::fs::metadata(file)
+                    .and_then(|meta| meta.modified())
+                    .with_context(|| format!("cannot read the mtime of {}", file.display()))?,
+            ),
+        };
+        if let Some(mtime) = mtime {
+            let decrypted = secrets.path().join(decrypted);
+            std::fs::File::options()
+                .write(true)
+                .open(&decrypted)
+                .and_then(|out| out.set_modified(mtime))
+                .with_context(|| format!("cannot set the mtime of {}", decrypted.display()))?;
+        }
+        Ok(())
     }
 
     /// The claim of the store's place, then, for pass with a stamp, the
@@ -114,31 +164,27 @@ impl Secrets {
             }
         }
         let secrets = SecretDir::new(&format!("populate-{}.", self.kind()))?;
-        for (file, entry_name, decrypted) in self.entries()? {
-            let out = secrets.create_file(Path::new(&decrypted))?;
-            self.show
-                .clone()
-                .arg(&entry_name)
-                .run_to_file_into(out, log)?;
-            // pass: the last commit's date, when the store is a git repo
-            // (the stamp exists exactly then); passage: the .age file's.
-            let mtime = match (&self.pass, &stamp) {
-                (Some((dir, _)), Some(_)) => last_commit_time(dir, &file)?,
-                (Some(_), None) => None,
-                (None, _) => Some(
-                    std::fs::metadata(&file)
-                        .and_then(|meta| meta.modified())
-                        .with_context(|| format!("cannot read the mtime of {}", file.display()))?,
-                ),
-            };
-            if let Some(mtime) = mtime {
-                let decrypted = secrets.path().join(&decrypted);
-                std::fs::File::options()
-                    .write(true)
-                    .open(&decrypted)
-                    .and_then(|out| out.set_modified(mtime))
-                    .with_context(|| format!("cannot set the mtime of {}", decrypted.display()))?;
+        // Several at once: each `pass show` or `passage show` is mostly
+        // waiting (a shell script, gpg or age starting, gpg-agent), and a
+        // store of hundreds took minutes one by one. Their messages keep
+        // the entries' order; the first failure in that order is the error.
+        let entries = self.entries()?;
+        let failed = AtomicBool::new(false);
+        let stop = || failed.load(Ordering::SeqCst) || interrupt::interrupted();
+        let results = crate::parallel::each(entries.len(), DECRYPT_JOBS, stop, |i| {
+            let mut messages = Vec::new();
+            let result = self.decrypt(&secrets, &entries[i], stamp.is_some(), &mut messages);
+            if result.is_err() {
+                failed.store(true, Ordering::SeqCst);
             }
+            (result, messages)
+        });
+        for (result, messages) in results.into_iter().flatten() {
+            let _ = log.write_all(&messages);
+            result?;
+        }
+        if interrupt::interrupted() {
+            anyhow::bail!("interrupted");
         }
         if let Some(stamp) = &stamp {
             writeln!(secrets.create_file(Path::new(".pass_info"))?, "{stamp}")?;

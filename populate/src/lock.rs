@@ -1,0 +1,471 @@
+//! The lock on a target (issue 10): two runs against the same target path
+//! must not write at once, nor run two nixos-rebuilds. A run holds the lock
+//! from before its first write until its final command has ended.
+//!
+//! The lock is `flock` on `PATH/.populate-lock`, held by a small script on
+//! the target ([`script`]) for as long as its stdin stays open: a session of
+//! the run's shared ssh connection (a local `/bin/sh` for a local target;
+//! under sudo, like the other steps, when the target says so). When the tool
+//! ends, or dies, its end of that stdin closes, the script exits and the
+//! lock goes with it: a lock held by a process, never a file that outlives
+//! a crash. The lock file itself stays, holding the last holder's name, pid
+//! and start time in one fixed-size line, which a waiting run prints
+//! (`populate: waiting for the lock on HOST:/var/src, held by …`).
+//!
+//! Nothing is locked when the target path or (without `--force`) its
+//! sentinel is missing: a lock file must not appear in a directory populate
+//! does not own. The sentinel check then says what is wrong.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use mktarget::command::{describe, Started};
+use mktarget::shell::quote;
+use mktarget::{interrupt, Session};
+
+/// The lock file, beside the sentinel (names starting with `.populate` are
+/// populate's own: no source can be called so).
+pub const LOCK_FILE: &str = ".populate-lock";
+
+/// What the lock script's lines on stdout start with.
+const MARKER: &str = "krops-lock ";
+
+/// How long a released lock's script gets to end before it is stopped.
+const RELEASE_GRACE: Duration = Duration::from_secs(5);
+
+/// The width of the holder's line in the lock file (the newline included):
+/// every holder overwrites the same bytes, so the file never grows and is
+/// written through the locked descriptor, never through its path.
+const HOLDER_WIDTH: usize = 200;
+
+/// Whether a run takes the lock, and how long it waits for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Locking {
+    /// `--no-lock`.
+    Off,
+    /// Wait at most this many seconds (`--lock-timeout`), else as long as
+    /// it takes.
+    Wait(Option<u32>),
+}
+
+/// How taking the lock ended.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// The script holds it until this is dropped.
+    Held { _process: Box<LockProcess> },
+    /// Another lock of this very run holds it: the same machine and path
+    /// reached under two names (say, a build target that is the target).
+    Ours,
+    /// The target path or its sentinel is missing: nothing to lock.
+    Nothing,
+    /// The ssh connection failed: the sentinel check, the first step, says
+    /// so the way every step does.
+    Unreachable,
+}
+
+/// The script holding the lock; dropping it lets go.
+#[derive(Debug)]
+pub(crate) struct LockProcess {
+    started: Started,
+    /// Its stdin: the lock is held as long as this is open.
+    stdin: Option<os_pipe::PipeWriter>,
+}
+
+impl LockProcess {
+    /// Closes the script's stdin and waits for it to end (it stops waiting
+    /// or lets go of the lock); stops it if it does not.
+    fn release(&mut self) -> Option<std::process::ExitStatus> {
+        self.stdin.take();
+        let status = self.started.wait_for(RELEASE_GRACE);
+        if status.is_none() {
+            self.started.terminate(RELEASE_GRACE);
+        }
+        status
+    }
+}
+
+impl Drop for LockProcess {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            self.release();
+        }
+    }
+}
+
+/// Who holds a lock: `alice@laptop (pid 1234, run 5f3a1c)`, as this run
+/// writes it into the lock file (with `since TIME` after it). Printable
+/// ASCII only: it is one line of a fixed width.
+pub(crate) fn holder_id(session: &Session) -> String {
+    let origin = session.origin();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let id = format!(
+        "{}@{} (pid {}, run {:06x})",
+        origin.user.as_deref().unwrap_or("?"),
+        origin.host,
+        std::process::id(),
+        nanos & 0xff_ffff
+    );
+    printable(&id, 120)
+}
+
+/// `text` with anything but printable ASCII as `?`, cut to `max` chars.
+fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(max)
+        .collect()
+}
+
+/// How messages name what is locked: `HOST:PATH`.
+fn place(session: &Session) -> String {
+    session.display_path(&session.target().path).into_owned()
+}
+
+/// The script that takes and holds the lock on `session`'s target path.
+/// It prints, each on a line of its own after [`MARKER`]: `waiting HOLDER`
+/// whenever it waits and the holder changed, then one of `held` (and keeps
+/// it until its stdin closes), `none` (nothing to lock), `timeout`, or
+/// `error MESSAGE`. `force` is populate's `--force`: the path is made first.
+pub(crate) fn script(session: &Session, force: bool, timeout: Option<u32>, id: &str) -> String {
+    let path = &session.target().path;
+    let lock = format!("{path}/{LOCK_FILE}");
+    let shown = session.display_path(&lock).into_owned();
+    let mut s = format!(
+        "set -u\n\
+         krops_p={p}\nkrops_s={s}\nkrops_l={l}\n\
+         say() {{ printf '{MARKER}%s\\n' \"$*\"; }}\n\
+         if ! command -v flock >/dev/null 2>&1; then\n  \
+         say error 'flock is not installed on the target (it comes with util-linux): install it, or run with --no-lock'\n  \
+         exit 1\nfi\n",
+        p = quote(path),
+        s = quote(&format!("{path}/.populate")),
+        l = quote(&lock),
+    );
+    if force {
+        // The sentinel check makes it too, and says why when it cannot.
+        s.push_str("mkdir -p -- \"$krops_p\" 2>/dev/null || :\n");
+    }
+    s.push_str("if ! test -d \"$krops_p\"; then say none; exit 0; fi\n");
+    if !force {
+        s.push_str(
+            "if test -L \"$krops_s\" || ! test -e \"$krops_s\"; then say none; exit 0; fi\n",
+        );
+    }
+    // The lock file is never followed: a symlink there is replaced. A
+    // watcher reads stdin (saved on fd 3, as a background list's own stdin
+    // is /dev/null) and ends the script when it closes, also while it
+    // waits for the lock; the holder then writes its line through the
+    // locked descriptor and waits for the watcher.
+    s.push_str(&format!(
+        "if test -L \"$krops_l\"; then\n  \
+         printf 'populate: replacing the symlink at %s (a lock file is never followed)\\n' {shown} >&2\n  \
+         rm -f -- \"$krops_l\" || {{ say error 'cannot remove the symlink at '{shown}; exit 1; }}\n\
+         fi\n\
+         if test -e \"$krops_l\" && ! test -f \"$krops_l\"; then\n  \
+         say error {shown}' is not a regular file: remove it (populate keeps its lock there)'\n  \
+         exit 1\nfi\n\
+         if ! (exec 9<>\"$krops_l\") 2>/dev/null; then\n  \
+         say error 'cannot open '{shown}' for writing: run as a user who may write there (or with sudo), or with --no-lock'\n  \
+         exit 1\nfi\n\
+         exec 9<>\"$krops_l\"\n\
+         exec 3<&0\n\
+         {{ cat <&3 >/dev/null 2>&1; kill -TERM $$ 2>/dev/null; }} >/dev/null 2>&1 9>&- &\n\
+         krops_w=$!\n\
+         trap 'kill \"$krops_w\" 2>/dev/null' EXIT\n\
+         exec 3<&-\n\
+         krops_rc=0\nflock -n 9 || krops_rc=$?\n\
+         if test \"$krops_rc\" != 0; then\n",
+        shown = quote(&shown),
+    ));
+    if let Some(seconds) = timeout {
+        s.push_str(&format!("  krops_end=$(( $(date +%s) + {seconds} ))\n"));
+    }
+    s.push_str(&format!(
+        "  krops_told='not told yet'\n  \
+         while :; do\n    \
+         if test \"$krops_rc\" != 1; then\n      \
+         say error 'flock failed on '{shown}\" (exit status $krops_rc)\"\n      \
+         exit 1\n    fi\n    \
+         krops_holder=\n    \
+         test -L \"$krops_l\" || krops_holder=$(head -n 1 -- \"$krops_l\" 2>/dev/null) || :\n    \
+         if test \"$krops_holder\" != \"$krops_told\"; then\n      \
+         say waiting \"$krops_holder\"\n      krops_told=$krops_holder\n    fi\n",
+        shown = quote(&shown),
+    ));
+    if timeout.is_some() {
+        s.push_str(
+            "    if test $(( krops_end - $(date +%s) )) -le 0; then say timeout; exit 0; fi\n",
+        );
+    }
+    s.push_str(&format!(
+        "    krops_rc=0\n    flock -w 1 9 || krops_rc=$?\n    \
+         test \"$krops_rc\" = 0 && break\n  \
+         done\nfi\n\
+         printf '%-{w}.{w}s\\n' {id}\" since $(date '+%Y-%m-%d %H:%M:%S %Z')\" >&9\n\
+         say held\n\
+         wait\n",
+        w = HOLDER_WIDTH - 1,
+        id = quote(id),
+    ));
+    s
+}
+
+/// Takes the lock on `session`'s target path, waiting as `timeout` says
+/// and saying what it waits for; see [`Taken`]. `id` is this run's
+/// [`holder_id`].
+pub(crate) fn take(
+    session: &Session,
+    force: bool,
+    timeout: Option<u32>,
+    id: &str,
+) -> Result<Taken> {
+    // The sentinel check says why (see Plan::lock).
+    if session.connect().is_err() {
+        return Ok(Taken::Unreachable);
+    }
+    let place = place(session);
+    let what = format!("lock on {place}");
+    let cmd = session.shell(&script(session, force, timeout, id));
+    let piped = cmd
+        .start_piped()
+        .with_context(|| format!("cannot take the {what}"))?;
+    let mut process = LockProcess {
+        started: piped.started,
+        stdin: Some(piped.stdin),
+    };
+    let stderr = Gate::new(piped.stderr);
+    let mut lines = BufReader::new(piped.stdout);
+    let mut waiting_since: Option<Instant> = None;
+    let mut holder = String::new();
+    loop {
+        let mut line = String::new();
+        let read = lines
+            .read_line(&mut line)
+            .with_context(|| format!("reading what the {what} says"))?;
+        if read == 0 {
+            // It ended without a verdict.
+            let status = process.release();
+            interrupt::wait_if_interrupted();
+            if status.is_some_and(|status| cmd.connection_failed(status)) {
+                // ssh's message shows again with the sentinel check's error.
+                stderr.set(Mode::Drop);
+                return Ok(Taken::Unreachable);
+            }
+            stderr.set(Mode::Pass);
+            let how = status.map_or_else(|| "did not end".to_owned(), describe);
+            bail!("{what}: taking it failed ({how}; its message, if any, is above)");
+        }
+        stderr.set(Mode::Pass);
+        let line = line.trim_end_matches('\n');
+        let Some(said) = line.strip_prefix(MARKER) else {
+            // Not the script's: a login shell's chatter, say.
+            eprintln!("{line}");
+            continue;
+        };
+        let (word, rest) = said.split_once(' ').unwrap_or((said, ""));
+        match word {
+            "held" => {
+                if let Some(since) = waiting_since {
+                    eprintln!(
+                        "populate: got the {what} after {} s",
+                        since.elapsed().as_secs()
+                    );
+                }
+                return Ok(Taken::Held {
+                    _process: Box::new(process),
+                });
+            }
+            "none" => {
+                process.release();
+                return Ok(Taken::Nothing);
+            }
+            "waiting" => {
+                let text = printable(rest.trim(), HOLDER_WIDTH);
+                if text.starts_with(id) {
+                    process.release();
+                    return Ok(Taken::Ours);
+                }
+                holder = if text.is_empty() {
+                    "another run (it has not said who yet)".to_owned()
+                } else {
+                    text
+                };
+                interrupt::doing(format!("waiting for the {what}"));
+                eprintln!("populate: waiting for the {what}, held by {holder}");
+                waiting_since.get_or_insert_with(Instant::now);
+            }
+            "timeout" => {
+                process.release();
+                bail!(
+                    "{what}: another run holds it ({holder}); gave up after {} s \
+                     (--lock-timeout {}); nothing was synced",
+                    waiting_since.map_or(0, |since| since.elapsed().as_secs()),
+                    timeout.unwrap_or(0)
+                );
+            }
+            "error" => {
+                process.release();
+                bail!("{what}: {}", printable(rest, 400));
+            }
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
+/// What happens to the lock script's stderr (ssh's, sudo's messages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Kept until the script said something: if ssh fails to connect, the
+    /// sentinel check says so (with ssh's message) as the run's first step.
+    Hold,
+    /// To our stderr, what was held first.
+    Pass,
+    /// Dropped.
+    Drop,
+}
+
+/// The lock script's stderr, read by a thread of its own.
+#[derive(Clone)]
+struct Gate(Arc<Mutex<(Mode, Vec<u8>)>>);
+
+impl Gate {
+    fn new(mut from: os_pipe::PipeReader) -> Gate {
+        let gate = Gate(Arc::new(Mutex::new((Mode::Hold, Vec::new()))));
+        let reader = gate.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut state = reader.lock();
+                match state.0 {
+                    Mode::Hold => state.1.extend_from_slice(&buf[..n]),
+                    Mode::Pass => {
+                        let _ = std::io::stderr().write_all(&buf[..n]);
+                    }
+                    Mode::Drop => {}
+                }
+            }
+        });
+        gate
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Mode, Vec<u8>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set(&self, mode: Mode) {
+        let mut state = self.lock();
+        if state.0 == Mode::Hold {
+            let held = std::mem::take(&mut state.1);
+            if mode == Mode::Pass {
+                let _ = std::io::stderr().write_all(&held);
+            }
+            state.0 = mode;
+        }
+    }
+}
+
+/// What `--dry-run`'s script says about the lock the real run takes.
+pub(crate) fn dry_run_note(session: &Session, locking: Locking) -> String {
+    match locking {
+        Locking::Off => "# --no-lock: the real run takes no lock on the target\n".to_owned(),
+        Locking::Wait(timeout) => {
+            let lock = format!("{}/{LOCK_FILE}", session.target().path);
+            let wait = match timeout {
+                Some(seconds) => format!("waiting at most {seconds} s for it"),
+                None => "waiting for it as long as another run holds it".to_owned(),
+            };
+            format!(
+                "# The real run first takes the lock on {} (flock, held until the run ends; \
+                 {wait}). This script takes none.\n",
+                session.display_path(&lock)
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mktarget::{Multiplex, Origin, Target};
+
+    fn origin() -> Origin {
+        Origin {
+            user: Some("alice".into()),
+            host: "laptop".into(),
+        }
+    }
+
+    fn local(path: &std::path::Path) -> Session {
+        let target = Target::parse(path.to_str().unwrap(), &origin()).unwrap();
+        Session::open(&target, &origin(), Multiplex::Off).unwrap()
+    }
+
+    #[test]
+    fn the_script_is_valid_sh() {
+        let session = local(std::path::Path::new("/var/src with 'quotes'"));
+        for (force, timeout) in [(false, None), (true, Some(0)), (true, Some(30))] {
+            let text = script(&session, force, timeout, "a@b (pid 1, run 000001)");
+            let out = std::process::Command::new("/bin/sh")
+                .args(["-n", "-c", &text])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{text}\n{out:?}");
+        }
+    }
+
+    #[test]
+    fn holder_ids_are_one_printable_line() {
+        assert_eq!(printable("a\nb\u{1b}[31mé", 100), "a?b?[31m?");
+        assert_eq!(printable("abcdef", 3), "abc");
+    }
+
+    #[test]
+    fn a_second_taker_waits_and_the_first_lets_go_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("src");
+        let session = local(&path);
+        // Without --force nor a sentinel there is nothing to lock.
+        assert!(matches!(
+            take(&session, false, None, "me").unwrap(),
+            Taken::Nothing
+        ));
+        assert!(!path.exists());
+        let first = match take(&session, true, None, "first (pid 1)").unwrap() {
+            Taken::Held { _process } => *_process,
+            other => panic!("{other:?}"),
+        };
+        let text = std::fs::read_to_string(path.join(LOCK_FILE)).unwrap();
+        assert!(text.starts_with("first (pid 1) since "), "{text:?}");
+        assert_eq!(text.len(), HOLDER_WIDTH);
+        // Another taker gives up; this run's own second taker sees itself.
+        let err = take(&session, true, Some(0), "second").unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("held by") || err.contains("first (pid 1)"),
+            "{err}"
+        );
+        assert!(err.contains("--lock-timeout 0"), "{err}");
+        assert!(matches!(
+            take(&session, true, Some(0), "first (pid 1)").unwrap(),
+            Taken::Ours
+        ));
+        drop(first);
+        let again = take(&session, true, Some(0), "second").unwrap();
+        assert!(matches!(again, Taken::Held { .. }), "{again:?}");
+    }
+}
