@@ -278,7 +278,7 @@ pub fn dry_run_script(plans: &[Plan], steps: &[(&str, &Cmd)]) -> String {
 /// Runs each populate plan, in order, into the results; an error when one
 /// fails or a signal came.
 pub fn populate_all(plans: &[Plan], reporting: &mut Reporting) -> Result<()> {
-    lock_all(plans)?;
+    lock_all(plans, reporting.style, reporting.results)?;
     for plan in plans {
         let report = plan.run(reporting.style);
         reporting.results.add_target(&report);
@@ -390,8 +390,11 @@ impl Final {
 
 /// Takes the locks of all `plans` before any of them runs (they are held
 /// until the plans are dropped), in one order every run agrees on, so two
-/// runs that lock the same two targets never wait for each other.
-pub fn lock_all(plans: &[Plan]) -> Result<()> {
+/// runs that lock the same two targets never wait for each other. A
+/// target with nothing to lock (no sentinel, or not reachable) gets its
+/// failed sentinel check shown as `style` says and recorded in `results`,
+/// as a run without the lock would.
+pub fn lock_all(plans: &[Plan], style: Style, results: &mut Results) -> Result<()> {
     let Some(first) = plans.first() else {
         return Ok(());
     };
@@ -406,7 +409,10 @@ pub fn lock_all(plans: &[Plan]) -> Result<()> {
         )
     });
     for plan in order {
-        plan.lock(&id)?;
+        if let Some(failed) = plan.lock(&id, style)? {
+            results.add_target(&failed);
+            failed.into_result()?;
+        }
     }
     Ok(())
 }
@@ -459,7 +465,7 @@ fn populate(args: &PopulateArgs, results: &mut Results) -> Result<ExitCode> {
     if args.dry_run {
         print!("{}", plan.script());
     } else {
-        lock_all(std::slice::from_ref(&plan))?;
+        lock_all(std::slice::from_ref(&plan), args.output.style(), results)?;
         let report = plan.run(args.output.style());
         results.add_target(&report);
         report.into_result()?;
