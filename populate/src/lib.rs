@@ -121,6 +121,19 @@ impl OutputArgs {
                 "--json: stdout carries {carries}, so the results go to a file: --json-file FILE"
             );
         }
+        if let Some(ResultsTo::File(path)) = &to {
+            // Refused before anything runs, not after a whole deploy.
+            if path.is_dir() {
+                bail!("--json-file: {} is a directory", path.display());
+            }
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(parent) = parent.filter(|p| !p.is_dir()) {
+                bail!(
+                    "--json-file: {} is not a directory: the results could not be written",
+                    parent.display()
+                );
+            }
+        }
         Ok(to)
     }
 
