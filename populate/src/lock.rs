@@ -221,13 +221,14 @@ pub(crate) fn script(session: &Session, force: bool, timeout: Option<u32>, id: &
 }
 
 /// Takes the lock on `session`'s target path, waiting as `timeout` says
-/// and saying what it waits for; see [`Taken`]. `id` is this run's
-/// [`holder_id`].
+/// and saying what it waits for (unless `quiet`: `-q` prints errors
+/// only); see [`Taken`]. `id` is this run's [`holder_id`].
 pub(crate) fn take(
     session: &Session,
     force: bool,
     timeout: Option<u32>,
     id: &str,
+    quiet: bool,
 ) -> Result<Taken> {
     // The sentinel check says why (see Plan::lock).
     if session.connect().is_err() {
@@ -275,7 +276,7 @@ pub(crate) fn take(
         let (word, rest) = said.split_once(' ').unwrap_or((said, ""));
         match word {
             "held" => {
-                if let Some(since) = waiting_since {
+                if let Some(since) = waiting_since.filter(|_| !quiet) {
                     eprintln!(
                         "populate: got the {what} after {} s",
                         since.elapsed().as_secs()
@@ -301,7 +302,9 @@ pub(crate) fn take(
                     text
                 };
                 interrupt::doing(format!("waiting for the {what}"));
-                eprintln!("populate: waiting for the {what}, held by {holder}");
+                if !quiet {
+                    eprintln!("populate: waiting for the {what}, held by {holder}");
+                }
                 waiting_since.get_or_insert_with(Instant::now);
             }
             "timeout" => {
@@ -441,11 +444,11 @@ mod tests {
         let session = local(&path);
         // Without --force nor a sentinel there is nothing to lock.
         assert!(matches!(
-            take(&session, false, None, "me").unwrap(),
+            take(&session, false, None, "me", false).unwrap(),
             Taken::Nothing
         ));
         assert!(!path.exists());
-        let first = match take(&session, true, None, "first (pid 1)").unwrap() {
+        let first = match take(&session, true, None, "first (pid 1)", false).unwrap() {
             Taken::Held { _process } => *_process,
             other => panic!("{other:?}"),
         };
@@ -453,7 +456,7 @@ mod tests {
         assert!(text.starts_with("first (pid 1) since "), "{text:?}");
         assert_eq!(text.len(), HOLDER_WIDTH);
         // Another taker gives up; this run's own second taker sees itself.
-        let err = take(&session, true, Some(0), "second").unwrap_err();
+        let err = take(&session, true, Some(0), "second", false).unwrap_err();
         let err = format!("{err:#}");
         assert!(
             err.contains("held by") || err.contains("first (pid 1)"),
@@ -461,11 +464,11 @@ mod tests {
         );
         assert!(err.contains("--lock-timeout 0"), "{err}");
         assert!(matches!(
-            take(&session, true, Some(0), "first (pid 1)").unwrap(),
+            take(&session, true, Some(0), "first (pid 1)", false).unwrap(),
             Taken::Ours
         ));
         drop(first);
-        let again = take(&session, true, Some(0), "second").unwrap();
+        let again = take(&session, true, Some(0), "second", false).unwrap();
         assert!(matches!(again, Taken::Held { .. }), "{again:?}");
     }
 }

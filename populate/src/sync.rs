@@ -172,7 +172,7 @@ impl Plan {
             return Ok(self.check_sentinel(style, Some(err)));
         }
         for _ in 0..3 {
-            match crate::lock::take(&self.session, self.force, timeout, id)? {
+            match crate::lock::take(&self.session, self.force, timeout, id, style.quiet())? {
                 Taken::Nothing | Taken::Unreachable => {
                     if let Some(failed) = self.check_sentinel(style, None) {
                         return Ok(Some(failed));
