@@ -96,15 +96,23 @@ impl Drop for LockProcess {
 
 /// Who holds a lock: `alice@laptop (pid 1234, run 5f3a1c)`, as this run
 /// writes it into the lock file (with `since TIME` after it). Printable
-/// ASCII only: it is one line of a fixed width.
+/// ASCII only: it is one line of a fixed width. The user is `$LOGNAME`,
+/// else (cron, systemd units, `env -i`) the name of our uid.
 pub(crate) fn holder_id(session: &Session) -> String {
     let origin = session.origin();
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
+    let user = origin.user.clone().unwrap_or_else(|| {
+        let uid = nix::unistd::getuid();
+        match nix::unistd::User::from_uid(uid) {
+            Ok(Some(user)) => user.name,
+            _ => format!("uid {uid}"),
+        }
+    });
     let id = format!(
         "{}@{} (pid {}, run {:06x})",
-        origin.user.as_deref().unwrap_or("?"),
+        user,
         origin.host,
         std::process::id(),
         nanos & 0xff_ffff
@@ -429,6 +437,22 @@ mod tests {
                 .unwrap();
             assert!(out.status.success(), "{text}\n{out:?}");
         }
+    }
+
+    #[test]
+    fn a_holder_without_logname_is_named_by_its_uid() {
+        let nobody = Origin {
+            user: None,
+            host: "laptop".into(),
+        };
+        let target = Target::parse("/var/src", &nobody).unwrap();
+        let session = Session::open(&target, &nobody, Multiplex::Off).unwrap();
+        let id = holder_id(&session);
+        let uid = nix::unistd::getuid();
+        let name = nix::unistd::User::from_uid(uid)
+            .unwrap()
+            .map_or(format!("uid {uid}"), |user| user.name);
+        assert!(id.starts_with(&format!("{name}@laptop (pid ")), "{id}");
     }
 
     #[test]
