@@ -53,7 +53,7 @@ pub struct PopulateArgs {
     /// Print the commands as a POSIX sh script instead of running them
     #[arg(long)]
     pub dry_run: bool,
-    /// Read sources.json from FILE instead of stdin
+    /// Read sources.json from FILE instead of stdin (`-`: stdin, as with --fleet)
     #[arg(long, value_name = "FILE")]
     pub sources: Option<PathBuf>,
     /// Connect to the target once per step, as krops does, instead of sharing one ssh connection (also KROPS_NO_MULTIPLEX=1)
@@ -191,7 +191,7 @@ impl PopulateArgs {
 
     /// Reads and validates sources.json from `--sources` or stdin.
     pub fn read_sources(&self) -> Result<Sources> {
-        let text = match &self.sources {
+        let text = match self.sources.as_ref().filter(|path| path.as_os_str() != "-") {
             Some(path) => {
                 let what = format!("sources from {}", path.display());
                 let file =

@@ -162,3 +162,20 @@ fn a_json_file_that_cannot_be_written_is_refused_first() {
         assert!(!target.exists(), "{file}: the run went ahead: {stderr}");
     }
 }
+
+/// `--sources -` is stdin, as `--fleet -` is and `--json-file -` is stdout.
+#[test]
+fn sources_dash_is_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("src");
+    let t = target.to_str().unwrap();
+    let out = populate(
+        &["--target", t, "--force", "--sources", "-"],
+        r#"{"a": {"symlink": "b"}}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_link(target.join("a")).unwrap(),
+        Path::new("b")
+    );
+}
