@@ -303,6 +303,26 @@ fn lock_timeout_gives_up_with_a_clear_error_and_changes_nothing() {
             "a step ran:\n{stderr}"
         );
     }
+    // -q prints errors only: no "waiting for the lock" line, just the error.
+    let out = world.run(
+        "populate",
+        &[
+            "--target",
+            &target,
+            "--lock-timeout",
+            "0",
+            "--quiet",
+            "--sources",
+            b_sources.to_str().unwrap(),
+        ],
+        b"",
+    );
+    out.assert_code(1);
+    let stderr = out.stderr_str();
+    assert!(
+        stderr.starts_with("populate: error: lock on ") && stderr.lines().count() == 1,
+        "{out}"
+    );
     world.tree_with_mtimes(&dest).assert_unchanged(&before);
     assert!(!world.path("b-started").exists(), "B's pipe ran");
     assert!(world.records("nixos-rebuild").is_empty());

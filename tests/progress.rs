@@ -949,3 +949,42 @@ fn json_for_a_fleet_has_each_hosts_results() {
     out.assert_stderr_contains("alpha | nixos-rebuild stand-in: switch");
     out.assert_stderr_contains("krops-deploy: fleet: 1 of 2 hosts ok, 1 failed");
 }
+
+/// A run whose target has no sentinel file (or cannot be reached) has
+/// nothing to lock: its sentinel check runs alone, before the lock. It
+/// must still honour `--quiet` and land in the results, as with
+/// `--no-lock`.
+#[test]
+fn a_failed_sentinel_check_is_quiet_with_quiet_and_in_the_json() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let target = target(&alpha, &world);
+    for lock in [&[][..], &["--no-lock"][..]] {
+        let args = [&["--target", &target, "--quiet"][..], lock].concat();
+        let out = run(&world, "populate", &args, &sources(&world));
+        out.assert_failure();
+        let stderr = out.stderr_str();
+        assert!(stamped_lines(&stderr).is_empty(), "{out}");
+        assert!(
+            stderr.contains("populate: error: sentinel check → alpha:"),
+            "{out}"
+        );
+        for tool in ["populate", "krops-deploy"] {
+            let args = [&["--target", &target, "--json"][..], lock].concat();
+            let out = run(&world, tool, &args, &sources(&world));
+            out.assert_failure();
+            let results: Results = parse(&out.stdout_str(), &out);
+            let error = results.error.as_deref().unwrap();
+            assert!(error.starts_with("sentinel check → alpha:"), "{out}");
+            assert_eq!(results.targets.len(), 1, "{out}");
+            assert_eq!(results.targets[0].error.as_deref(), Some(error), "{out}");
+            let statuses: Vec<&str> = results.targets[0]
+                .sources
+                .iter()
+                .map(|s| s.status.as_str())
+                .collect();
+            assert_eq!(statuses, ["not-run"; 3], "{out}");
+        }
+    }
+    assert!(!world.path("alpha/src").exists());
+}

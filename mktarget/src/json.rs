@@ -40,8 +40,11 @@ pub fn read(input: impl Read, what: &str) -> anyhow::Result<String> {
     })
 }
 
-/// Parses `text`, refusing duplicate keys.
+/// Parses `text`, refusing duplicate keys. A leading byte order mark (as
+/// some Windows editors write) is ignored, as RFC 8259 allows: else the
+/// error would be a puzzling `expected value at line 1 column 1`.
 pub fn parse(text: &str) -> serde_json::Result<Value> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let value = Strict { at: &Place::Root }.deserialize(&mut deserializer)?;
     deserializer.end()?;
@@ -200,6 +203,17 @@ mod tests {
         );
         let err = read(&b"{\"a\": \"\xff\"}"[..], "x").unwrap_err();
         assert!(err.to_string().contains("not UTF-8 text (byte 7"), "{err}");
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        assert_eq!(
+            parse("\u{feff}{\"a\": 1}").unwrap(),
+            serde_json::json!({"a": 1})
+        );
+        // Only one, and only at the start.
+        assert!(parse("\u{feff}\u{feff}{}").is_err());
+        assert!(parse("{}\u{feff}").is_err());
     }
 
     #[test]

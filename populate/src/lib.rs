@@ -53,7 +53,7 @@ pub struct PopulateArgs {
     /// Print the commands as a POSIX sh script instead of running them
     #[arg(long)]
     pub dry_run: bool,
-    /// Read sources.json from FILE instead of stdin
+    /// Read sources.json from FILE instead of stdin (`-`: stdin, as with --fleet)
     #[arg(long, value_name = "FILE")]
     pub sources: Option<PathBuf>,
     /// Connect to the target once per step, as krops does, instead of sharing one ssh connection (also KROPS_NO_MULTIPLEX=1)
@@ -121,6 +121,19 @@ impl OutputArgs {
                 "--json: stdout carries {carries}, so the results go to a file: --json-file FILE"
             );
         }
+        if let Some(ResultsTo::File(path)) = &to {
+            // Refused before anything runs, not after a whole deploy.
+            if path.is_dir() {
+                bail!("--json-file: {} is a directory", path.display());
+            }
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(parent) = parent.filter(|p| !p.is_dir()) {
+                bail!(
+                    "--json-file: {} is not a directory: the results could not be written",
+                    parent.display()
+                );
+            }
+        }
         Ok(to)
     }
 
@@ -178,7 +191,7 @@ impl PopulateArgs {
 
     /// Reads and validates sources.json from `--sources` or stdin.
     pub fn read_sources(&self) -> Result<Sources> {
-        let text = match &self.sources {
+        let text = match self.sources.as_ref().filter(|path| path.as_os_str() != "-") {
             Some(path) => {
                 let what = format!("sources from {}", path.display());
                 let file =
@@ -278,7 +291,7 @@ pub fn dry_run_script(plans: &[Plan], steps: &[(&str, &Cmd)]) -> String {
 /// Runs each populate plan, in order, into the results; an error when one
 /// fails or a signal came.
 pub fn populate_all(plans: &[Plan], reporting: &mut Reporting) -> Result<()> {
-    lock_all(plans)?;
+    lock_all(plans, reporting.style, reporting.results)?;
     for plan in plans {
         let report = plan.run(reporting.style);
         reporting.results.add_target(&report);
@@ -390,8 +403,11 @@ impl Final {
 
 /// Takes the locks of all `plans` before any of them runs (they are held
 /// until the plans are dropped), in one order every run agrees on, so two
-/// runs that lock the same two targets never wait for each other.
-pub fn lock_all(plans: &[Plan]) -> Result<()> {
+/// runs that lock the same two targets never wait for each other. A
+/// target with nothing to lock (no sentinel, or not reachable) gets its
+/// failed sentinel check shown as `style` says and recorded in `results`,
+/// as a run without the lock would.
+pub fn lock_all(plans: &[Plan], style: Style, results: &mut Results) -> Result<()> {
     let Some(first) = plans.first() else {
         return Ok(());
     };
@@ -406,7 +422,10 @@ pub fn lock_all(plans: &[Plan]) -> Result<()> {
         )
     });
     for plan in order {
-        plan.lock(&id)?;
+        if let Some(failed) = plan.lock(&id, style)? {
+            results.add_target(&failed);
+            failed.into_result()?;
+        }
     }
     Ok(())
 }
@@ -459,7 +478,7 @@ fn populate(args: &PopulateArgs, results: &mut Results) -> Result<ExitCode> {
     if args.dry_run {
         print!("{}", plan.script());
     } else {
-        lock_all(std::slice::from_ref(&plan))?;
+        lock_all(std::slice::from_ref(&plan), args.output.style(), results)?;
         let report = plan.run(args.output.style());
         results.add_target(&report);
         report.into_result()?;

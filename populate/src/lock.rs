@@ -96,15 +96,23 @@ impl Drop for LockProcess {
 
 /// Who holds a lock: `alice@laptop (pid 1234, run 5f3a1c)`, as this run
 /// writes it into the lock file (with `since TIME` after it). Printable
-/// ASCII only: it is one line of a fixed width.
+/// ASCII only: it is one line of a fixed width. The user is `$LOGNAME`,
+/// else (cron, systemd units, `env -i`) the name of our uid.
 pub(crate) fn holder_id(session: &Session) -> String {
     let origin = session.origin();
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
+    let user = origin.user.clone().unwrap_or_else(|| {
+        let uid = nix::unistd::getuid();
+        match nix::unistd::User::from_uid(uid) {
+            Ok(Some(user)) => user.name,
+            _ => format!("uid {uid}"),
+        }
+    });
     let id = format!(
         "{}@{} (pid {}, run {:06x})",
-        origin.user.as_deref().unwrap_or("?"),
+        user,
         origin.host,
         std::process::id(),
         nanos & 0xff_ffff
@@ -221,13 +229,14 @@ pub(crate) fn script(session: &Session, force: bool, timeout: Option<u32>, id: &
 }
 
 /// Takes the lock on `session`'s target path, waiting as `timeout` says
-/// and saying what it waits for; see [`Taken`]. `id` is this run's
-/// [`holder_id`].
+/// and saying what it waits for (unless `quiet`: `-q` prints errors
+/// only); see [`Taken`]. `id` is this run's [`holder_id`].
 pub(crate) fn take(
     session: &Session,
     force: bool,
     timeout: Option<u32>,
     id: &str,
+    quiet: bool,
 ) -> Result<Taken> {
     // The sentinel check says why (see Plan::lock).
     if session.connect().is_err() {
@@ -275,7 +284,7 @@ pub(crate) fn take(
         let (word, rest) = said.split_once(' ').unwrap_or((said, ""));
         match word {
             "held" => {
-                if let Some(since) = waiting_since {
+                if let Some(since) = waiting_since.filter(|_| !quiet) {
                     eprintln!(
                         "populate: got the {what} after {} s",
                         since.elapsed().as_secs()
@@ -301,7 +310,9 @@ pub(crate) fn take(
                     text
                 };
                 interrupt::doing(format!("waiting for the {what}"));
-                eprintln!("populate: waiting for the {what}, held by {holder}");
+                if !quiet {
+                    eprintln!("populate: waiting for the {what}, held by {holder}");
+                }
                 waiting_since.get_or_insert_with(Instant::now);
             }
             "timeout" => {
@@ -429,6 +440,22 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_without_logname_is_named_by_its_uid() {
+        let nobody = Origin {
+            user: None,
+            host: "laptop".into(),
+        };
+        let target = Target::parse("/var/src", &nobody).unwrap();
+        let session = Session::open(&target, &nobody, Multiplex::Off).unwrap();
+        let id = holder_id(&session);
+        let uid = nix::unistd::getuid();
+        let name = nix::unistd::User::from_uid(uid)
+            .unwrap()
+            .map_or(format!("uid {uid}"), |user| user.name);
+        assert!(id.starts_with(&format!("{name}@laptop (pid ")), "{id}");
+    }
+
+    #[test]
     fn holder_ids_are_one_printable_line() {
         assert_eq!(printable("a\nb\u{1b}[31mé", 100), "a?b?[31m?");
         assert_eq!(printable("abcdef", 3), "abc");
@@ -441,11 +468,11 @@ mod tests {
         let session = local(&path);
         // Without --force nor a sentinel there is nothing to lock.
         assert!(matches!(
-            take(&session, false, None, "me").unwrap(),
+            take(&session, false, None, "me", false).unwrap(),
             Taken::Nothing
         ));
         assert!(!path.exists());
-        let first = match take(&session, true, None, "first (pid 1)").unwrap() {
+        let first = match take(&session, true, None, "first (pid 1)", false).unwrap() {
             Taken::Held { _process } => *_process,
             other => panic!("{other:?}"),
         };
@@ -453,7 +480,7 @@ mod tests {
         assert!(text.starts_with("first (pid 1) since "), "{text:?}");
         assert_eq!(text.len(), HOLDER_WIDTH);
         // Another taker gives up; this run's own second taker sees itself.
-        let err = take(&session, true, Some(0), "second").unwrap_err();
+        let err = take(&session, true, Some(0), "second", false).unwrap_err();
         let err = format!("{err:#}");
         assert!(
             err.contains("held by") || err.contains("first (pid 1)"),
@@ -461,11 +488,11 @@ mod tests {
         );
         assert!(err.contains("--lock-timeout 0"), "{err}");
         assert!(matches!(
-            take(&session, true, Some(0), "first (pid 1)").unwrap(),
+            take(&session, true, Some(0), "first (pid 1)", false).unwrap(),
             Taken::Ours
         ));
         drop(first);
-        let again = take(&session, true, Some(0), "second").unwrap();
+        let again = take(&session, true, Some(0), "second", false).unwrap();
         assert!(matches!(again, Taken::Held { .. }), "{again:?}");
     }
 }

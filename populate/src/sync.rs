@@ -156,25 +156,31 @@ impl Plan {
     /// `--force`) or ssh could not connect, the sentinel check alone runs:
     /// its failure is the error, as without a lock; if it passes after all
     /// (another run just made the path, the host is back), the lock is
-    /// taken then.
-    pub fn lock(&self, id: &str) -> Result<()> {
+    /// taken then. The sentinel check shows as `style` says; when it
+    /// fails, its report (for the results) is returned, and the caller
+    /// ends the run with [`Report::into_result`].
+    pub fn lock(&self, id: &str, style: Style) -> Result<Option<Report>> {
         let Locking::Wait(timeout) = self.locking else {
-            return Ok(());
+            return Ok(None);
         };
         let mut held = lock(&self.lock);
         if held.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         // Unreachable: said once, as the sentinel check's failure.
         if let Err(err) = self.session.connect() {
-            return self.check_sentinel(Some(err));
+            return Ok(self.check_sentinel(style, Some(err)));
         }
         for _ in 0..3 {
-            match crate::lock::take(&self.session, self.force, timeout, id)? {
-                Taken::Nothing | Taken::Unreachable => self.check_sentinel(None)?,
+            match crate::lock::take(&self.session, self.force, timeout, id, style.quiet())? {
+                Taken::Nothing | Taken::Unreachable => {
+                    if let Some(failed) = self.check_sentinel(style, None) {
+                        return Ok(Some(failed));
+                    }
+                }
                 taken => {
                     *held = Some(taken);
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -186,11 +192,10 @@ impl Plan {
 
     /// Runs the sentinel check alone, with its output and error as in a
     /// run; with `unreachable`, the connection's failure is its error.
-    fn check_sentinel(&self, unreachable: Option<anyhow::Error>) -> Result<()> {
-        let progress = Progress::new(
-            Style::detect(crate::progress::Verbosity::Normal),
-            self.rows(),
-        );
+    /// Its report when it failed.
+    fn check_sentinel(&self, style: Style, unreachable: Option<anyhow::Error>) -> Option<Report> {
+        let began = Instant::now();
+        let progress = Progress::new(style, self.rows());
         let run = Run::new(self, &progress);
         if let Some(err) = unreachable {
             run.header(0);
@@ -206,9 +211,10 @@ impl Plan {
                 .expect("the first step is the batched sentinel check");
             run.batch(&[(0, body)]);
         }
-        let report = run.finish();
+        let mut report = run.finish();
+        report.elapsed = began.elapsed();
         progress.finish();
-        report.into_result().map(|_| ())
+        report.first_failure().is_some().then_some(report)
     }
 
     /// Runs the plan, shown on our stderr as `style` says, and returns

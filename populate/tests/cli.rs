@@ -139,3 +139,43 @@ fn missing_sentinel_is_an_error_with_krops_message() {
     );
     assert!(!t.exists());
 }
+
+/// `--json-file` where no file can be written is refused before anything
+/// runs, not after the whole sync.
+#[test]
+fn a_json_file_that_cannot_be_written_is_refused_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("src");
+    let t = target.to_str().unwrap();
+    let sources = r#"{"a": {"symlink": "x"}}"#;
+    let missing = dir.path().join("no/such/dir/results.json");
+    for (file, expected) in [
+        (dir.path().to_path_buf(), "is a directory"),
+        (missing, "is not a directory"),
+    ] {
+        let file = file.to_str().unwrap();
+        let out = populate(&["--target", t, "--force", "--json-file", file], sources);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(stderr.contains("--json-file: "), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!target.exists(), "{file}: the run went ahead: {stderr}");
+    }
+}
+
+/// `--sources -` is stdin, as `--fleet -` is and `--json-file -` is stdout.
+#[test]
+fn sources_dash_is_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("src");
+    let t = target.to_str().unwrap();
+    let out = populate(
+        &["--target", t, "--force", "--sources", "-"],
+        r#"{"a": {"symlink": "b"}}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_link(target.join("a")).unwrap(),
+        Path::new("b")
+    );
+}
