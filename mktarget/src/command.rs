@@ -243,13 +243,19 @@ impl Cmd {
     /// Runs the command with stdout and stderr captured and returns how it
     /// ended, for callers that report failures themselves.
     pub fn output(&self) -> Result<std::process::Output> {
-        let handle = self
-            .expression()
-            .stdout_capture()
-            .stderr_capture()
-            .unchecked()
+        self.wait_output(self.expression().stdout_capture().stderr_capture())
+    }
+
+    /// Runs `expr` (this command, its streams directed) to its end, known
+    /// to the interrupt handler meanwhile, and returns how it ended and what
+    /// was captured. Our copies of files `expr` directs to are closed once
+    /// it started, so readers of pipes see their end when it is done.
+    fn wait_output(&self, expr: duct::Expression) -> Result<std::process::Output> {
+        let expr = expr.unchecked();
+        let handle = expr
             .start()
             .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        drop(expr);
         let _registered = interrupt::register(handle.pids(), self.own_group());
         handle
             .into_output()
@@ -272,15 +278,7 @@ impl Cmd {
     /// Runs `expr` (this command with its stdout directed) with stderr
     /// captured: returned when it succeeds, quoted in the error when not.
     fn run_stderr_captured(&self, expr: duct::Expression) -> Result<std::process::Output> {
-        let handle = expr
-            .stderr_capture()
-            .unchecked()
-            .start()
-            .with_context(|| format!("cannot start `{}`", self.brief()))?;
-        let _registered = interrupt::register(handle.pids(), self.own_group());
-        let output = handle
-            .into_output()
-            .with_context(|| format!("waiting for `{}`", self.brief()))?;
+        let output = self.wait_output(expr.stderr_capture())?;
         if !output.status.success() {
             return Err(self.failure(output.status, &output.stderr));
         }
@@ -320,20 +318,7 @@ impl Cmd {
     /// captured, for a caller that polls it against a deadline
     /// ([`Started::try_output`]) and decides what of its output to show.
     pub fn start_captured(&self) -> Result<Started> {
-        let handle = self
-            .expression()
-            .stdout_capture()
-            .stderr_capture()
-            .unchecked()
-            .start()
-            .with_context(|| format!("cannot start `{}`", self.brief()))?;
-        let registered = interrupt::register(handle.pids(), self.own_group());
-        Ok(Started {
-            pids: handle.pids(),
-            own_group: self.own_group(),
-            handle,
-            _registered: registered,
-        })
+        self.start_expression(self.expression().stdout_capture().stderr_capture())
     }
 
     /// Starts the command in the background with its stdin, stdout and
@@ -382,32 +367,14 @@ impl Cmd {
     /// Runs the command with our stdout and stderr and returns how it exited:
     /// for a driver's final command, whose status is the tool's status.
     pub fn status(&self) -> Result<ExitStatus> {
-        let handle = self
-            .expression()
-            .unchecked()
-            .start()
-            .with_context(|| format!("cannot start `{}`", self.brief()))?;
-        let _registered = interrupt::register(handle.pids(), self.own_group());
-        let output = handle
-            .into_output()
-            .with_context(|| format!("waiting for `{}`", self.brief()))?;
-        Ok(output.status)
+        Ok(self.wait_output(self.expression())?.status)
     }
 
     /// Runs the command with its stderr going to ours as it comes and its
     /// stdout captured, for a step whose log should show live but whose
     /// stdout is data (a store path); returns how it exited and its stdout.
     pub fn status_and_stdout(&self) -> Result<(ExitStatus, String)> {
-        let handle = self
-            .expression()
-            .stdout_capture()
-            .unchecked()
-            .start()
-            .with_context(|| format!("cannot start `{}`", self.brief()))?;
-        let _registered = interrupt::register(handle.pids(), self.own_group());
-        let output = handle
-            .into_output()
-            .with_context(|| format!("waiting for `{}`", self.brief()))?;
+        let output = self.wait_output(self.expression().stdout_capture())?;
         let stdout = String::from_utf8(output.stdout)
             .with_context(|| format!("`{}` printed something that is not UTF-8", self.brief()))?;
         Ok((output.status, stdout))
@@ -429,14 +396,7 @@ impl Cmd {
         if keep_stderr {
             expr = expr.stderr_capture();
         }
-        let handle = expr
-            .unchecked()
-            .start()
-            .with_context(|| format!("cannot start `{}`", self.brief()))?;
-        let _registered = interrupt::register(handle.pids(), self.own_group());
-        let output = handle
-            .into_output()
-            .with_context(|| format!("waiting for `{}`", self.brief()))?;
+        let output = self.wait_output(expr)?;
         Ok((output.status, output.stderr))
     }
 
@@ -446,20 +406,8 @@ impl Cmd {
     /// the ends are closed once it started, so the readers see the end of
     /// its output when it (and whatever it left holding them) is done.
     pub fn status_to(&self, stdout: impl IntoRawFd, stderr: impl IntoRawFd) -> Result<ExitStatus> {
-        let expr = self
-            .expression()
-            .stdout_file(stdout)
-            .stderr_file(stderr)
-            .unchecked();
-        let handle = expr
-            .start()
-            .with_context(|| format!("cannot start `{}`", self.brief()))?;
-        drop(expr);
-        let _registered = interrupt::register(handle.pids(), self.own_group());
-        let output = handle
-            .into_output()
-            .with_context(|| format!("waiting for `{}`", self.brief()))?;
-        Ok(output.status)
+        let expr = self.expression().stdout_file(stdout).stderr_file(stderr);
+        Ok(self.wait_output(expr)?.status)
     }
 
     /// Whether `status` says this command, an ssh, lost or never had its
