@@ -121,9 +121,10 @@ impl Outcome {
 /// the running system is still the one recorded before activation.
 const WATCHDOG: &str = r#"dir=$1 timeout=$2 operation=$3 watch=$4 current=$5 profile=$6 id=$7 state=$8
 log() { printf '%s %s\n' "$(date '+%Y-%m-%dT%H:%M:%S')" "$*" >>"$dir/log"; }
+# The state's log first: whoever reads DIR/result finds the line there too.
 finish() {
-  printf '%s\n' "$*" >"$dir/result.new" && mv -f "$dir/result.new" "$dir/result"
   printf '%s %s %s\n' "$(date '+%Y-%m-%dT%H:%M:%S')" "$id" "$*" >>"$state/log"
+  printf '%s\n' "$*" >"$dir/result.new" && mv -f "$dir/result.new" "$dir/result"
   if command -v logger >/dev/null 2>&1; then logger -t krops-watchdog -- "$id $*" || :; fi
 }
 log "krops watchdog $id: $operation, rolled back unless confirmed within $timeout s after activation"
@@ -260,7 +261,9 @@ impl Watchdog {
     /// `activate` wrapped for a confirmed activation on the target: the
     /// watchdog starts first (nothing is activated when it cannot), then
     /// `activate` runs in a subshell; the watchdog is told that it ended
-    /// (DIR/activated), and the script exits with its status.
+    /// (DIR/activated), and the script exits with its status, also when
+    /// that cannot be told (a redirection that fails on `true`, unlike on
+    /// `:`, does not end the shell).
     pub fn guard(&self, activate: &str) -> String {
         format!(
             "{start}\n\
@@ -270,7 +273,7 @@ impl Watchdog {
              fi\n\
              (\n{activate}\n)\n\
              status=$?\n\
-             : >{activated}\n\
+             true 2>/dev/null >{activated}\n\
              exit \"$status\"\n",
             start = self.start_script(),
             state = quote(&self.paths.state),
@@ -281,28 +284,35 @@ impl Watchdog {
     /// Run by the deployer over a new connection: runs `check` (if any; its
     /// output goes to stderr) and confirms when it succeeds, else withholds
     /// the confirmation. Exits [`CONFIRMED`], [`CHECK_FAILED`], [`TOO_LATE`]
-    /// or [`GONE`].
+    /// or [`GONE`]. A confirmation counts the moment its `ln` succeeds: the
+    /// watchdog may finish and remove its directory right after. A retry
+    /// after an earlier try confirmed (its answer lost with its connection)
+    /// finds that in the verdict or, once the directory is gone, in the
+    /// state's log, and exits [`CONFIRMED`] too.
     pub fn confirm_script(&self, check: Option<&str>) -> String {
         let check = match check {
             Some(check) => format!(
-                "if ! /bin/sh -c {} krops-check </dev/null >&2; then\n\
-                 \x20 ln -s rollback \"$dir/verdict\" 2>/dev/null\n\
-                 \x20 exit {CHECK_FAILED}\n\
-                 fi\n",
+                "\x20 if ! /bin/sh -c {} krops-check </dev/null >&2; then\n\
+                 \x20   ln -s rollback \"$dir/verdict\" 2>/dev/null\n\
+                 \x20   exit {CHECK_FAILED}\n\
+                 \x20 fi\n",
                 quote(check)
             ),
             None => String::new(),
         };
         format!(
             "dir={dir}\n\
-             [ -d \"$dir\" ] || exit {GONE}\n\
-             if [ ! -L \"$dir/verdict\" ]; then\n\
+             if [ -d \"$dir\" ] && [ ! -L \"$dir/verdict\" ]; then\n\
              {check}\
-             ln -s confirmed \"$dir/verdict\" 2>/dev/null\n\
+             \x20 ln -s confirmed \"$dir/verdict\" 2>/dev/null && exit {CONFIRMED}\n\
              fi\n\
-             [ \"$(readlink \"$dir/verdict\")\" = confirmed ] && exit {CONFIRMED}\n\
+             [ \"$(readlink \"$dir/verdict\" 2>/dev/null)\" = confirmed ] && exit {CONFIRMED}\n\
+             grep -q '^[^ ]* '{id}' confirmed$' {log} 2>/dev/null && exit {CONFIRMED}\n\
+             [ -d \"$dir\" ] || exit {GONE}\n\
              exit {TOO_LATE}\n",
             dir = quote(&self.dir()),
+            id = quote(&self.id),
+            log = quote(&format!("{}/log", self.paths.state)),
         )
     }
 
@@ -320,12 +330,13 @@ impl Watchdog {
     }
 
     /// Prints the watchdog's result line, from its directory or, once that
-    /// is gone, from the state's log; exits 3 while there is none yet and
+    /// is gone, from the state's log (written first, so a directory removed
+    /// between the two looks is no gap); exits 3 while there is none yet and
     /// [`GONE`] when there is no trace of it.
     pub fn result_script(&self) -> String {
         format!(
             "dir={dir}\n\
-             if [ -f \"$dir/result\" ]; then cat \"$dir/result\"; exit 0; fi\n\
+             if line=$(cat \"$dir/result\" 2>/dev/null); then printf '%s\\n' \"$line\"; exit 0; fi\n\
              if [ -d \"$dir\" ]; then exit {PENDING}; fi\n\
              line=$(sed -n 's/^[^ ]* '{id}' //p' {log} 2>/dev/null | tail -n 1)\n\
              if [ -n \"$line\" ]; then printf '%s\\n' \"$line\"; exit 0; fi\n\
@@ -558,6 +569,7 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::write_executable;
     use std::path::Path;
     use std::process::{Command, Output};
 
@@ -567,12 +579,10 @@ mod tests {
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         let rebuild = bin.join("nixos-rebuild");
-        std::fs::write(
+        write_executable(
             &rebuild,
             "#!/bin/sh\necho \"$*\" >>\"$(dirname \"$0\")/../rebuilds\"\n",
-        )
-        .unwrap();
-        chmod_x(&rebuild);
+        );
         let path = |name: &str| root.join(name).display().to_string();
         Watchdog {
             id: fresh_id().unwrap(),
@@ -585,11 +595,6 @@ mod tests {
                 systemd: path("run/systemd/system"),
             },
         }
-    }
-
-    fn chmod_x(path: &Path) {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     fn sh(root: &Path, script: &str) -> Output {
@@ -608,12 +613,10 @@ mod tests {
         let dir = root.join(name);
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         let switch = dir.join("bin/switch-to-configuration");
-        std::fs::write(
+        write_executable(
             &switch,
-            format!("#!/bin/sh\necho \"{name} $*\" >>\"$(dirname \"$0\")/../../activations\"\n"),
-        )
-        .unwrap();
-        chmod_x(&switch);
+            &format!("#!/bin/sh\necho \"{name} $*\" >>\"$(dirname \"$0\")/../../activations\"\n"),
+        );
         dir.display().to_string()
     }
 
@@ -663,8 +666,20 @@ mod tests {
         }
         assert!(!Path::new(&w.dir()).exists());
         assert_eq!(read(&root.join("rebuilds")), "");
-        // A second confirmation finds no watchdog.
-        assert_eq!(sh(root, &w.confirm_script(None)).status.code(), Some(GONE));
+        // A retry, as after a confirmation whose answer was lost, finds it
+        // confirmed in the log; a watchdog never started is gone.
+        assert_eq!(
+            sh(root, &w.confirm_script(Some("exit 1"))).status.code(),
+            Some(CONFIRMED)
+        );
+        let other = Watchdog {
+            id: fresh_id().unwrap(),
+            ..w.clone()
+        };
+        assert_eq!(
+            sh(root, &other.confirm_script(None)).status.code(),
+            Some(GONE)
+        );
     }
 
     /// The processes whose command line names `id`.
@@ -685,14 +700,24 @@ mod tests {
     fn a_watchdog_whose_directory_is_gone_ends() {
         let root = tempfile::tempdir().unwrap();
         let w = watchdog(root.path(), Operation::Switch, 1);
-        let out = sh(root.path(), &w.guard("true"));
-        assert!(out.status.success(), "{out:?}");
-        assert!(!running_with(&w.id).is_empty(), "no watchdog started");
+        // The activation waits (bounded) until the watchdog has started and
+        // logged, then removes its directory, before the 1 s deadline can
+        // pass: no timing of this test's own decides what is seen.
+        let dir = quote(&w.dir());
+        let activate = format!(
+            "i=0\n\
+             until grep -q 'krops watchdog' {dir}/log 2>/dev/null; do\n\
+             \x20 i=$((i + 1)); [ \"$i\" -lt 600 ] || exit 9; sleep 0.05\n\
+             done\n\
+             rm -rf {dir}"
+        );
+        let out = sh(root.path(), &w.guard(&activate));
+        assert!(out.status.success(), "the watchdog never logged: {out:?}");
         // Before the fix it looped for ever, without sleeping, once its
         // deadline had passed and no verdict could be written.
-        std::fs::remove_dir_all(w.dir()).unwrap();
         for _ in 0..600 {
             if running_with(&w.id).is_empty() {
+                assert_eq!(read(&root.path().join("rebuilds")), "");
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
