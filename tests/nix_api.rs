@@ -175,11 +175,10 @@ fn fixtures(world: &World) -> Fixtures {
     let repo = world.git_repo("nixpkgs");
     repo.write("default.nix", "{ }\n");
     let commit = repo.commit("first");
-    let pipe = world.write(
+    let pipe = world.write_executable(
         "bin-gen/gen",
         "#!/bin/sh\necho 'generated at deploy time'\n",
     );
-    std::fs::set_permissions(&pipe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let pass = world.pass_store();
     pass.insert("hosts/alpha/ssh-key", "alpha-pass-secret");
     pass.insert("hosts/beta/ssh-key", "beta-pass-secret");

@@ -40,11 +40,10 @@ fn every_type(world: &World) -> Value {
     let repo = world.git_repo("nixpkgs");
     repo.write("default.nix", "{ }\n");
     let commit = repo.commit("first");
-    let pipe = world.write(
+    let pipe = world.write_executable(
         "bin-gen/gen",
         "#!/bin/sh\necho 'generated at deploy time'\n",
     );
-    std::fs::set_permissions(&pipe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let pass = world.pass_store();
     pass.insert("hosts/alpha/ssh-key", "pass-secret-1");
     pass.insert("hosts/alpha/sub/token", "pass-secret-2");
@@ -598,11 +597,10 @@ fn secrets_are_removed_on_interrupt() {
     passage.insert("second", "never");
     // An age that decrypts, then hangs: populate is interrupted while the
     // first secret sits decrypted in its temp dir.
-    let slow_age = world.write(
+    let slow_age = world.write_executable(
         "bin-slow/age",
         "#!/bin/sh\n/usr/bin/age \"$@\"\ntouch \"$KROPS_STANDIN_LOG/age-ran\"\nexec sleep 60\n",
     );
-    std::fs::set_permissions(&slow_age, std::fs::Permissions::from_mode(0o755)).unwrap();
     let dest = world.path("local/src");
     let sources = json!({"keys": {"passage": {"dir": passage.dir().to_str().unwrap(), "age": slow_age.to_str().unwrap()}}});
     let mut child = world

@@ -4,6 +4,8 @@
 //! new connection or have the target roll it back (issue 12).
 
 pub mod preview;
+#[cfg(test)]
+mod testing;
 pub mod watchdog;
 
 use std::io::{BufRead, Write};

@@ -242,11 +242,7 @@ mod tests {
             .unwrap()
     }
 
-    fn write_x(path: &Path, text: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(path, text).unwrap();
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    use crate::testing::write_executable as write_x;
 
     fn paths(root: &Path) -> Paths {
         Paths {

@@ -35,7 +35,7 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub use git::{git_head, GitRepo};
@@ -196,11 +196,16 @@ impl World {
         path
     }
 
-    /// Writes `content` to `root/REL` as an executable (0755) file.
+    /// Writes `content` to `root/REL` as an executable (0755) file (see
+    /// [`write_by_child`]).
     #[track_caller]
     pub fn write_executable(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.write(rel, content);
-        chmod(&path, 0o755);
+        let path = self.root.join(rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .unwrap_or_else(|err| panic!("cannot create {}: {err}", parent.display()));
+        }
+        write_by_child(&path, content.as_ref(), 0o755);
         path
     }
 
@@ -669,16 +674,37 @@ pub(crate) fn write_atomically(dir: &Path, name: &str, content: &str, mode: u32)
             return;
         }
     }
-    let mut tmp = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .tempfile_in(dir)
-        .unwrap_or_else(|err| panic!("cannot create a temp file in {}: {err}", dir.display()));
-    tmp.write_all(content.as_bytes())
-        .unwrap_or_else(|err| panic!("cannot write {}: {err}", tmp.path().display()));
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|err| panic!("cannot chmod {}: {err}", tmp.path().display()));
+        .unwrap_or_else(|err| panic!("cannot create a temp file in {}: {err}", dir.display()))
+        .into_temp_path();
+    write_by_child(&tmp, content.as_bytes(), mode);
     tmp.persist(&path)
         .unwrap_or_else(|err| panic!("cannot rename onto {}: {err}", path.display()));
+}
+
+/// Writes `content` to `path` with `mode` through a child process. Tests
+/// run in parallel threads, and a file this process has open for writing is
+/// inherited, still open, by a child another thread is starting until that
+/// child execs; executing the file in that window fails with "Text file
+/// busy". A file only a finished child ever opened has no such writer.
+#[track_caller]
+pub fn write_by_child(path: &Path, content: &[u8], mode: u32) {
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "cat >\"$1\" && chmod \"$2\" \"$1\"", "write"])
+        .arg(path)
+        .arg(format!("{mode:o}"))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start /bin/sh to write {}: {err}", path.display()));
+    let written = child.stdin.take().expect("stdin").write_all(content);
+    let status = child.wait().expect("wait for /bin/sh");
+    assert!(
+        written.is_ok() && status.success(),
+        "cannot write {}: {written:?}, {status}",
+        path.display()
+    );
 }
 
 #[track_caller]
