@@ -695,20 +695,28 @@ impl Started {
     }
 
     /// Sends SIGTERM, waits up to `grace` for it to exit, then kills it.
+    /// SIGTERM is sent again every 100 ms meanwhile: a program that checks
+    /// for a signal before it waits (OpenSSH 9.2's ssh does) misses one
+    /// that lands between the check and the wait until its wait times out.
     pub fn terminate(&mut self, grace: std::time::Duration) {
         use nix::sys::signal::Signal;
+        use std::time::{Duration, Instant};
         let signal_all = |signal: Signal| {
             for &pid in &self.pids {
                 interrupt::stop(pid, self.own_group, signal);
             }
         };
-        signal_all(Signal::SIGTERM);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
+        let mut signalled: Option<Instant> = None;
         while started.elapsed() < grace {
             if !matches!(self.handle.try_wait(), Ok(None)) {
                 return;
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            if signalled.is_none_or(|at| at.elapsed() >= Duration::from_millis(100)) {
+                signal_all(Signal::SIGTERM);
+                signalled = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         signal_all(Signal::SIGKILL);
         let _ = self.handle.wait();

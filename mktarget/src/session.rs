@@ -510,8 +510,19 @@ impl Session {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let Some(Some(mut master)) = master {
-            // The master removes its socket when it stops.
-            master.process.terminate(Duration::from_secs(5));
+            // Asked over its socket (`ssh -O exit`), the master exits at
+            // once, whatever it was doing; a signal is the fallback. It
+            // removes its socket when it stops.
+            let mut argv = self.ssh_argv(false);
+            argv.extend(["-O", "exit", self.target.ssh_host()].map(str::to_owned));
+            if let Ok(mut exit) = Cmd::from_argv(argv).quiet().start_captured() {
+                if exit.wait_for(Duration::from_secs(2)).is_none() {
+                    exit.terminate(Duration::from_secs(1));
+                }
+            }
+            if master.process.wait_for(Duration::from_secs(2)).is_none() {
+                master.process.terminate(Duration::from_secs(5));
+            }
         }
     }
 

@@ -86,6 +86,17 @@ pub struct Plan {
     lock: Mutex<Option<Taken>>,
 }
 
+impl Drop for Plan {
+    /// Lets go of the lock first: its session must end before the shared
+    /// connection it runs over is closed, which dropping the session may do.
+    fn drop(&mut self) {
+        self.lock
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+    }
+}
+
 #[derive(Debug)]
 struct Step {
     /// What the log calls this step: `source nixpkgs (git)`.
