@@ -198,6 +198,17 @@ fn a_host_that_accepts_but_never_answers_times_out() {
         1,
         "waited more than once\n{out}"
     );
+    // The wait is told while it lasts, and the failure takes its time.
+    let stderr = out.stderr_str();
+    assert!(
+        stderr.contains("populate: still connecting to root@alpha: no answer for 3 s"),
+        "{out}"
+    );
+    let failed = stderr
+        .lines()
+        .find(|line| line.contains("populate: sentinel check: failed in "))
+        .unwrap_or_else(|| panic!("no failed sentinel check\n{out}"));
+    assert!(!failed.ends_with("failed in 0.0 s"), "{failed}\n{out}");
     assert_nothing_left(&world);
     // The user's ConnectTimeout wins over the default: 2 s, not 30 (a
     // generous bound: it proves that the default was not waited for).

@@ -323,6 +323,38 @@ fn lock_timeout_gives_up_with_a_clear_error_and_changes_nothing() {
         stderr.starts_with("populate: error: lock on ") && stderr.lines().count() == 1,
         "{out}"
     );
+    // --json names the target and says why nothing ran.
+    let out = world.run(
+        "populate",
+        &[
+            "--target",
+            &target,
+            "--lock-timeout",
+            "0",
+            "--json",
+            "--sources",
+            b_sources.to_str().unwrap(),
+        ],
+        b"",
+    );
+    out.assert_code(1);
+    let doc: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|err| panic!("{err}: {out}"));
+    let targets = doc["targets"].as_array().unwrap_or_else(|| panic!("{doc}"));
+    assert_eq!(targets.len(), 1, "{doc}");
+    assert_eq!(targets[0]["address"], target.as_str(), "{doc}");
+    assert_eq!(targets[0]["ok"], false, "{doc}");
+    let error = targets[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("another run holds it") && doc["error"] == error,
+        "{doc}"
+    );
+    assert!(
+        targets[0]["sources"]
+            .as_array()
+            .is_some_and(|sources| sources.iter().all(|s| s["status"] == "not-run")),
+        "{doc}"
+    );
     world.tree_with_mtimes(&dest).assert_unchanged(&before);
     assert!(!world.path("b-started").exists(), "B's pipe ran");
     assert!(world.records("nixos-rebuild").is_empty());

@@ -33,6 +33,7 @@ struct Results {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct TargetResults {
     target: String,
+    address: String,
     ok: bool,
     seconds: f64,
     sources: Vec<SourceResult>,
@@ -694,6 +695,7 @@ fn json_for_a_populate_and_its_no_op_repeat() {
         target.target,
         format!("alpha:{}", world.path("alpha/src").display())
     );
+    assert_eq!(target.address, self::target(&alpha, &world));
     assert!(target.ok && target.error.is_none() && target.seconds >= 0.0);
     let names: Vec<(&str, &str, &str)> = target
         .sources

@@ -152,9 +152,13 @@ impl std::error::Error for StepError {}
 pub struct Report {
     /// The target path as messages name it: `[HOST:]PATH`.
     pub target: String,
+    /// The whole target, as `mktarget` writes it: `[USER@]HOST[:PORT]PATH`.
+    pub address: String,
     pub steps: Vec<StepOutcome>,
     /// How long the whole run took.
     pub elapsed: Duration,
+    /// What stopped the run before its steps, when not a step (the lock).
+    pub error: Option<String>,
 }
 
 impl Report {
@@ -169,10 +173,18 @@ impl Report {
     /// `Ok` when no step failed, else the first failure as the error a
     /// person reads: `source nixpkgs (git) → host:/var/src/nixpkgs: …`.
     pub fn into_result(self) -> anyhow::Result<Report> {
-        if let Some((step, err)) = self.first_failure() {
-            return Err(anyhow!("{} → {}: {}", step.label, step.place, err.message));
+        match self.error() {
+            Some(error) => Err(anyhow!(error)),
+            None => Ok(self),
         }
-        Ok(self)
+    }
+
+    /// Why the run failed, as [`Report::into_result`] says it.
+    pub fn error(&self) -> Option<String> {
+        self.error.clone().or_else(|| {
+            self.first_failure()
+                .map(|(step, err)| format!("{} → {}: {}", step.label, step.place, err.message))
+        })
     }
 }
 
@@ -325,7 +337,9 @@ mod tests {
         };
         let report = Report {
             target: "h:/var/src".into(),
+            address: "root@h:22/var/src".into(),
             elapsed: Duration::ZERO,
+            error: None,
             steps: vec![
                 step("a", StepStatus::Done),
                 step("b", StepStatus::Failed(StepError::message("first"))),

@@ -55,14 +55,11 @@ impl Results {
 
     /// One populate run's outcome.
     pub fn add_target(&mut self, report: &Report) {
-        let mut error = None;
+        let error = report.error();
         let sources: Vec<Value> = report
             .steps
             .iter()
             .filter_map(|step| {
-                if let (StepStatus::Failed(err), None) = (&step.status, &error) {
-                    error = Some(format!("{} → {}: {}", step.label, step.place, err.message));
-                }
                 let name = step.name.as_ref()?;
                 let (status, error) = match &step.status {
                     StepStatus::Done => ("synced", Value::Null),
@@ -93,6 +90,7 @@ impl Results {
         self.failed |= error.is_some();
         self.targets.push(json!({
             "target": report.target,
+            "address": report.address,
             "ok": error.is_none(),
             "seconds": seconds(report.elapsed),
             "sources": sources,
@@ -209,7 +207,9 @@ mod tests {
         let mut results = Results::new("populate");
         results.add_target(&Report {
             target: "h:/var/src".into(),
+            address: "deploy@h:2222/var/src".into(),
             elapsed: Duration::from_secs(2),
+            error: None,
             steps: vec![
                 step(None, StepStatus::Done, None),
                 step(
@@ -233,6 +233,7 @@ mod tests {
         assert!(doc.get("hosts").is_none());
         let target = &doc["targets"][0];
         assert_eq!(target["error"], "source b (file) → h:/var/src: it broke");
+        assert_eq!(target["address"], "deploy@h:2222/var/src");
         let sources = target["sources"].as_array().unwrap();
         assert_eq!(sources.len(), 3, "{doc}");
         assert_eq!(

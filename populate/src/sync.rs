@@ -9,8 +9,9 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use mktarget::command::MAX_ARG_BYTES;
@@ -47,6 +48,10 @@ const BATCH_MARKER: &str = "\x1ekrops-step ";
 /// connection, and so does the lock ([`crate::lock`]); 9 and the lock are
 /// sshd's default MaxSessions (10).
 pub const MAX_JOBS: usize = 9;
+
+/// How long a target may leave the first connection unanswered before the
+/// log says that it is still connecting.
+const SLOW_CONNECT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -161,6 +166,39 @@ impl Plan {
         &self.session
     }
 
+    /// A report of this plan's target with no steps yet.
+    fn empty_report(&self) -> Report {
+        let target = self.session.target();
+        Report {
+            target: self.session.display_path(&target.path).into_owned(),
+            address: target.to_string(),
+            ..Report::default()
+        }
+    }
+
+    /// The report of a run stopped by `error` before any step ran.
+    fn stopped_report(&self, error: &anyhow::Error, elapsed: Duration) -> Report {
+        let steps = self
+            .steps
+            .iter()
+            .map(|step| StepOutcome {
+                label: step.label.clone(),
+                name: step.name.clone(),
+                kind: step.kind.to_owned(),
+                place: step.place.clone(),
+                status: StepStatus::NotRun,
+                elapsed: Duration::ZERO,
+                transfer: None,
+            })
+            .collect();
+        Report {
+            steps,
+            elapsed,
+            error: Some(format!("{error:#}")),
+            ..self.empty_report()
+        }
+    }
+
     /// Takes the lock on the target path (see [`crate::lock`]) unless the
     /// plan has it or runs without; `id` is this run's holder id. When
     /// there is nothing to lock yet (no target path, or no sentinel and no
@@ -178,39 +216,77 @@ impl Plan {
         if held.is_some() {
             return Ok(None);
         }
-        // Unreachable: said once, as the sentinel check's failure.
-        if let Err(err) = self.session.connect() {
-            return Ok(self.check_sentinel(style, Some(err)));
+        let began = (Instant::now(), SystemTime::now());
+        // Unreachable: said once, as the sentinel check's failure, which
+        // took as long as the try to connect.
+        if let Err(err) = self.connect(style) {
+            return Ok(self.check_sentinel(style, Some((err, began))));
         }
         for _ in 0..3 {
-            match crate::lock::take(&self.session, self.force, timeout, id, style.quiet())? {
-                Taken::Nothing | Taken::Unreachable => {
+            let taken = crate::lock::take(&self.session, self.force, timeout, id, style.quiet());
+            match taken {
+                Err(err) => return Ok(Some(self.stopped_report(&err, began.0.elapsed()))),
+                Ok(Taken::Nothing | Taken::Unreachable) => {
                     if let Some(failed) = self.check_sentinel(style, None) {
                         return Ok(Some(failed));
                     }
                 }
-                taken => {
+                Ok(taken) => {
                     *held = Some(taken);
                     return Ok(None);
                 }
             }
         }
-        anyhow::bail!(
+        let err = anyhow::anyhow!(
             "lock on {}: the target path kept changing while the lock was taken",
             self.session.display_path(&self.session.target().path)
-        )
+        );
+        Ok(Some(self.stopped_report(&err, began.0.elapsed())))
+    }
+
+    /// Opens the shared connection; says so when the target has not
+    /// answered for a while (ssh gives up after its ConnectTimeout), unless
+    /// `style` is quiet.
+    fn connect(&self, style: Style) -> Result<()> {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            if !style.quiet() && !self.session.is_local() {
+                let who = self.session.target().destination();
+                scope.spawn(move || {
+                    if let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(SLOW_CONNECT) {
+                        eprintln!(
+                            "{} populate: still connecting to {who}: no answer for {} s \
+                             (ssh gives up after its ConnectTimeout, 30 s unless set)",
+                            crate::progress::timestamp(SystemTime::now()),
+                            SLOW_CONNECT.as_secs()
+                        );
+                    }
+                });
+            }
+            let connected = self.session.connect();
+            drop(done);
+            connected
+        })
     }
 
     /// Runs the sentinel check alone, with its output and error as in a
-    /// run; with `unreachable`, the connection's failure is its error.
+    /// run; with `unreachable`, the connection's failure is its error and
+    /// the try to connect, begun at the given time, its time.
     /// Its report when it failed.
-    fn check_sentinel(&self, style: Style, unreachable: Option<anyhow::Error>) -> Option<Report> {
-        let began = Instant::now();
+    fn check_sentinel(
+        &self,
+        style: Style,
+        unreachable: Option<(anyhow::Error, (Instant, SystemTime))>,
+    ) -> Option<Report> {
+        let began = unreachable
+            .as_ref()
+            .map_or_else(Instant::now, |(_, since)| since.0);
         let progress = Progress::new(style, self.rows());
         let run = Run::new(self, &progress);
-        if let Some(err) = unreachable {
+        if let Some((err, since)) = unreachable {
+            lock(&run.started)[0] = Some(since);
+            run.progress.start(0);
             run.header(0);
-            run.clock(0);
             run.end(
                 0,
                 StepStatus::Failed(StepError::message(format!("{err:#}"))),
@@ -570,13 +646,8 @@ impl<'a> Run<'a> {
             })
             .collect();
         Report {
-            target: self
-                .plan
-                .session
-                .display_path(&self.plan.session.target().path)
-                .into_owned(),
             steps,
-            elapsed: std::time::Duration::ZERO,
+            ..self.plan.empty_report()
         }
     }
 }
