@@ -32,6 +32,8 @@ pub struct Cmd {
     stdin: Stdin,
     quiet: bool,
     foreground: bool,
+    /// `setpriv`, which starts the program for [`Cmd::die_with_us`].
+    die_with_us: Option<String>,
 }
 
 /// Where a command's stdin comes from. Children never inherit ours unless
@@ -54,6 +56,7 @@ impl Cmd {
             stdin: Stdin::Null,
             quiet: false,
             foreground: false,
+            die_with_us: None,
         }
     }
 
@@ -91,6 +94,21 @@ impl Cmd {
     /// can prompt on our terminal (see [`interrupt`]).
     pub fn foreground(mut self) -> Cmd {
         self.foreground = true;
+        self
+    }
+
+    /// Has the kernel send it SIGTERM when we die, even by SIGKILL, when
+    /// no handler of ours can stop it (Linux's parent-death signal, set by
+    /// util-linux's `setpriv --pdeathsig`, when there is one on PATH): for
+    /// a helper that would otherwise run on without us, like the shared ssh
+    /// connection's master. The signal comes when the thread that started
+    /// the command ends, so only a command started on the main thread gets
+    /// it; one started on another thread, or where there is no `setpriv`
+    /// (not Linux), runs as without.
+    pub fn die_with_us(mut self) -> Cmd {
+        if std::thread::current().name() == Some("main") {
+            self.die_with_us = find_on_path("setpriv");
+        }
         self
     }
 
@@ -167,7 +185,15 @@ impl Cmd {
     }
 
     fn expression_inner(&self) -> duct::Expression {
-        let mut expr = duct::cmd(&self.program, &self.args);
+        let mut expr = match &self.die_with_us {
+            Some(setpriv) => duct::cmd(
+                setpriv,
+                ["--pdeathsig", "TERM", "--", &self.program]
+                    .into_iter()
+                    .chain(self.args.iter().map(String::as_str)),
+            ),
+            None => duct::cmd(&self.program, &self.args),
+        };
         for (name, value) in &self.env {
             expr = expr.env(name, value);
         }
@@ -492,6 +518,19 @@ impl fmt::Display for Cmd {
         }
         Ok(())
     }
+}
+
+/// Where `name` is on PATH: the first executable file of that name.
+fn find_on_path(name: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|file| {
+            std::fs::metadata(file)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+        .map(|file| file.display().to_string())
 }
 
 #[cfg(test)]

@@ -305,7 +305,9 @@ impl Session {
     }
 
     fn start_master(&self, socket: &Path) -> Result<Option<Master>> {
-        let mut cmd = Cmd::from_argv(self.target.ssh_argv_before_options(false));
+        // It ends with us also when we are killed (SIGKILL, the OOM
+        // killer), when we cannot close it.
+        let mut cmd = Cmd::from_argv(self.target.ssh_argv_before_options(false)).die_with_us();
         cmd = cmd.args([
             "-M".to_owned(),
             "-N".to_owned(),
