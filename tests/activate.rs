@@ -480,6 +480,60 @@ fn with_terminal(world: &World, args: &[&str], answer: &str) -> Output {
     world.run_command(&mut cmd, answer.as_bytes())
 }
 
+/// Like [`with_terminal`], but types `keys` only once the terminal shows
+/// `Activate?` (bounded: after a minute without it, nothing is typed).
+fn with_terminal_at_the_question(world: &World, args: &[&str], keys: &str) -> Output {
+    let sources = world.write("sources.json", sources(world).to_string());
+    let mut line = vec![world.tool("krops-deploy").display().to_string()];
+    line.extend(args.iter().map(|a| a.to_string()));
+    line.extend(["--sources".to_owned(), sources.display().to_string()]);
+    let line: Vec<String> = line
+        .iter()
+        .map(|w| krops_tests::quote(std::ffi::OsStr::new(w)))
+        .collect();
+    let typescript = world.path("typescript");
+    let script = "(i=0\n\
+         until grep -q 'Activate?' \"$1\" 2>/dev/null; do\n\
+         \x20 i=$((i + 1)); [ \"$i\" -lt 600 ] || exit 0; sleep 0.1\n\
+         done\n\
+         printf %s \"$3\") | setsid -w script -qefc \"$2\" \"$1\"";
+    let mut cmd = world.command("/bin/sh");
+    cmd.args(["-c", script, "sh"])
+        .arg(&typescript)
+        .arg(line.join(" "))
+        .arg(keys);
+    world.run_command(&mut cmd, b"")
+}
+
+#[test]
+fn ctrl_c_at_the_question_activates_nothing_and_names_what_stays() {
+    let world = World::new();
+    let (_, target, old, _) = nixos(&world, "alpha", false);
+    let args = [
+        "--target",
+        target.as_str(),
+        "--force",
+        "--nom",
+        "false",
+        "--ask",
+    ];
+    // ^C on the terminal: SIGINT to the tool, waiting for the answer.
+    let out = with_terminal_at_the_question(&world, &args, "\x03");
+    out.assert_code(130)
+        .assert_stdout_contains("Activate? [y/N]")
+        .assert_stdout_contains("nothing was activated; the built system's directory /");
+    let dir = out
+        .stdout_str()
+        .split("the built system's directory ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(dir.contains("krops-build."), "{dir}\n{out}");
+    assert_eq!(world.current_system("alpha"), Some(old));
+    assert!(world.activations().is_empty());
+}
+
 #[test]
 fn ask_activates_the_system_it_built_on_yes_only() {
     let world = World::new();

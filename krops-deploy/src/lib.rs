@@ -658,6 +658,14 @@ impl Deploy {
             Ok(built) => built,
             Err(code) => return Ok(code),
         };
+        // Stopped from now on, the tool leaves the build's directory (and
+        // its result link, which keeps the system from being collected).
+        mktarget::interrupt::aftermath(format!(
+            "nothing was activated; the built system's directory {} stays on {} (remove it \
+             with rm -rf)",
+            built.dir,
+            self.build_session.machine()
+        ));
         let result = self.preview(&built, reporting);
         let preview = match result {
             Ok(preview) => preview,
@@ -683,6 +691,7 @@ impl Deploy {
             self.cleanup(&built);
             return Ok(ExitCode::SUCCESS);
         }
+        mktarget::interrupt::doing("asking whether to activate");
         let yes = ask_activate();
         let yes = match yes {
             Ok(yes) => yes,
@@ -698,6 +707,7 @@ impl Deploy {
                  until it is collected)"
             );
         }
+        mktarget::interrupt::no_aftermath();
         let code = self.activate(&built.system, watchdog, check, reporting);
         self.cleanup(&built);
         code
@@ -723,6 +733,7 @@ impl Deploy {
             Ok(built) => built,
             Err(code) => return Ok(code),
         };
+        mktarget::interrupt::no_aftermath();
         let code = self.activate(&built.system, watchdog, check, reporting);
         self.cleanup(&built);
         code

@@ -118,6 +118,11 @@ pub fn aftermath(what: impl Into<String>) {
     state().aftermath = Some(what.into());
 }
 
+/// Nothing happens anyway any more: the message ends without [`aftermath`].
+pub fn no_aftermath() {
+    state().aftermath = None;
+}
+
 /// Has the handler print what `report` returns after its message, once the
 /// children stopped (a fleet's summary of which hosts finished). `report`
 /// runs in the handler, which holds this module's lock: it must not call
