@@ -800,3 +800,38 @@ in (k.writeDeploy "d" {{ source = lib.evalSource {{ l.symlink = "x"; }}; target 
     let script = fs::read_to_string(world.nix_build(&file, "d")).unwrap();
     assert!(script.contains("--confirm-timeout 30"), "{script}");
 }
+
+#[test]
+fn a_watchdog_that_cannot_start_is_not_waited_for() {
+    // A user who may not write /run/krops, without sudo: the watchdog
+    // cannot start and nothing is activated. The deployer then has no
+    // watchdog to withhold the confirmation from or to hear from.
+    let world = World::new();
+    let (_, _, old, _) = nixos(&world, "alpha", false);
+    let user = world.sudo_user();
+    let dest = world.path("alpha/src");
+    fs::create_dir_all(&dest).unwrap();
+    world.chown_to_sudo_user(&dest);
+    let target = json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap()});
+    let out = deploy(
+        &world,
+        &[
+            "--target",
+            &target.to_string(),
+            "--force",
+            "--nom",
+            "false",
+            "--confirm-timeout",
+            "20",
+        ],
+    );
+    out.assert_code(1)
+        .assert_stderr_contains("cannot start the confirmation watchdog")
+        .assert_stderr_contains("has no record of the watchdog")
+        .assert_stderr_contains("it did not start, so nothing was activated");
+    // Before, it asked again every second for the whole timeout, then said
+    // that the host could not be reached.
+    assert!(!out.stderr_str().contains("could not be reached"), "{out}");
+    assert_eq!(world.current_system("alpha"), Some(old));
+    assert!(world.activations().is_empty(), "{out}");
+}

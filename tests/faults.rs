@@ -229,6 +229,54 @@ fn a_host_that_accepts_but_never_answers_times_out() {
     }
 }
 
+/// Reliability (Connection fault): a host that never answers, with and without the lock → the log says `still connecting` while it waits, the failed sentinel check and `--json` count the wait, and the log's timestamps never go back
+#[test]
+fn a_host_that_never_answers_is_told_the_same_with_or_without_the_lock() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let port = silent_port();
+    let sources = json!({"link": {"symlink": "x"}});
+    // Longer than the 3 s before the note, far shorter than the default.
+    let target = json!({"user": "root", "host": "alpha", "port": port.to_string(),
+                        "path": dest, "extraOptions": ["-o", "ConnectTimeout=5"]});
+    for flags in [
+        &["--force", "--json"][..],
+        &["--force", "--json", "--no-lock"],
+    ] {
+        let out = populate(&world, &target.to_string(), flags, &sources);
+        out.assert_code(1);
+        let stderr = out.stderr_str();
+        assert!(
+            stderr.contains("populate: still connecting to root@alpha: no answer for 3 s"),
+            "{flags:?}\n{out}"
+        );
+        let failed = stderr
+            .lines()
+            .find(|line| line.contains("populate: sentinel check: failed in "))
+            .unwrap_or_else(|| panic!("{flags:?}: no failed sentinel check\n{out}"));
+        assert!(
+            !failed.ends_with("failed in 0.0 s"),
+            "{flags:?}: {failed}\n{out}"
+        );
+        let doc: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|err| panic!("{err}: {out}"));
+        // The note came after 3 s without an answer: the target's time holds them.
+        let seconds = doc["targets"][0]["seconds"].as_f64().unwrap_or_default();
+        assert!(seconds >= 3.0, "{flags:?}: {doc}\n{out}");
+        // Lines stamped in the order they were written.
+        let stamps: Vec<&str> = stderr
+            .lines()
+            .filter(|line| line.contains(" populate: "))
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        let mut sorted = stamps.clone();
+        sorted.sort_unstable();
+        assert_eq!(stamps, sorted, "{flags:?}: a timestamp goes back\n{out}");
+        assert_nothing_left(&world);
+    }
+}
+
 /// rsync, slowed down to 1 MB/s while the file `slow-rsync` exists in the
 /// world, so that a test can act in the middle of a transfer. The real
 /// rsync on both ends; the receiving end is found through the host's PATH.

@@ -22,7 +22,7 @@ use populate::fleet::{FleetArgs, Kind, Setting};
 use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
 
 use preview::{Built, Preview};
-use watchdog::{Operation, Outcome, Paths, Report, Watchdog};
+use watchdog::{Learned, Operation, Outcome, Paths, Report, Watchdog};
 
 /// Populate a NixOS target, then run nixos-rebuild on it.
 ///
@@ -784,22 +784,34 @@ impl Deploy {
             return ExitCode::from(exit_code(status));
         };
         let what = match outcome {
-            Some(Outcome::RolledBack(how)) => {
+            Learned::Outcome(Outcome::RolledBack(how)) => {
                 format!("{on} rolled back to the previous system ({how})")
             }
-            Some(Outcome::Unchanged(why)) => {
+            Learned::Outcome(Outcome::Unchanged(why)) => {
                 format!("nothing was rolled back on {on}: {why}")
             }
-            Some(Outcome::Failed(how)) => format!(
+            Learned::Outcome(Outcome::Failed(how)) => format!(
                 "rolling back on {on} FAILED ({how}); its log is {}/log there",
                 watchdog.dir()
             ),
-            Some(Outcome::Confirmed) => {
+            Learned::Outcome(Outcome::Confirmed) => {
                 // The confirmation was made, though its answer was lost.
                 eprintln!("krops-deploy: the watchdog on {on} recorded the confirmation");
                 return ExitCode::from(exit_code(status));
             }
-            None => format!(
+            // Activated only after the watchdog started: its record was
+            // removed since (or a reboot emptied /run).
+            Learned::Gone if status.success() => format!(
+                "{on} has no record of the watchdog ({}): nothing rolls back, the new system \
+                 stays unconfirmed",
+                watchdog.dir()
+            ),
+            Learned::Gone => format!(
+                "{on} has no record of the watchdog ({}): it did not start, so nothing was \
+                 activated, or its record was removed; nothing rolls back",
+                watchdog.dir()
+            ),
+            Learned::Nothing => format!(
                 "{on} could not be reached to learn whether it rolled back (the watchdog's \
                  record is {} there)",
                 watchdog.dir()

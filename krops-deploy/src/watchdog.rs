@@ -127,6 +127,8 @@ finish() {
   printf '%s\n' "$*" >"$dir/result.new" && mv -f "$dir/result.new" "$dir/result"
   if command -v logger >/dev/null 2>&1; then logger -t krops-watchdog -- "$id $*" || :; fi
 }
+# Who runs it, for a later deploy to tell whether it still decides.
+printf '%s\n' "$$" >"$dir/pid"
 log "krops watchdog $id: $operation, rolled back unless confirmed within $timeout s after activation"
 ended=
 while [ ! -L "$dir/verdict" ]; do
@@ -192,6 +194,8 @@ pub const TOO_LATE: i32 = 11;
 pub const GONE: i32 = 12;
 /// No result yet.
 const PENDING: i32 = 3;
+/// [`Watchdog::start_script`]: another deploy's watchdog has not decided.
+const PENDING_OTHER: i32 = 4;
 
 impl Watchdog {
     /// A watchdog with a fresh name, for `operation`.
@@ -223,7 +227,11 @@ impl Watchdog {
     /// script that activates, that starts the watchdog detached (with
     /// `systemd-run` where systemd runs, else with `setsid` and `nohup`),
     /// watching that script's shell. It runs in a subshell, failing when
-    /// the watchdog cannot start; the script must then not activate.
+    /// the watchdog cannot start; the script must then not activate. It
+    /// also fails, with [`PENDING_OTHER`] after saying why, while the
+    /// watchdog of an earlier deploy (one interrupted, or to another target
+    /// path) still waits for its confirmation: its rollback, at its
+    /// deadline, would undo this deploy, confirmed or not.
     pub fn start_script(&self) -> String {
         let p = &self.paths;
         let (current, profile) = (quote(&p.current_system), quote(&p.profile));
@@ -234,6 +242,17 @@ impl Watchdog {
              state={state} dir={dir}\n\
              mkdir -p \"$state\"\n\
              chmod 700 \"$state\"\n\
+             for other in \"$state\"/*/; do\n\
+             \x20 [ -f \"${{other}}pid\" ] && [ ! -e \"${{other}}result\" ] || continue\n\
+             \x20 pid=$(cat \"${{other}}pid\" 2>/dev/null) || continue\n\
+             \x20 other=${{other%/}}\n\
+             \x20 if kill -0 \"$pid\" 2>/dev/null && tr '\\0' ' ' <\"/proc/$pid/cmdline\" 2>/dev/null | grep -qF \"${{other##*/}}\"; then\n\
+             \x20   echo \"krops-deploy: the watchdog of an earlier deploy ($other) has not decided yet: \
+             it rolls that deploy back unless confirmed, which would undo this one; nothing was activated \
+             (its record: $other/log; try again once it has decided)\" >&2\n\
+             \x20   exit {PENDING_OTHER}\n\
+             \x20 fi\n\
+             done\n\
              mkdir \"$dir\"\n\
              if [ -e {current} ]; then readlink -f {current}; fi >\"$dir/previous-system\"\n\
              if [ -L {profile} ]; then readlink {profile}; fi >\"$dir/previous-generation\"\n\
@@ -267,7 +286,9 @@ impl Watchdog {
     pub fn guard(&self, activate: &str) -> String {
         format!(
             "{start}\n\
-             if [ $? != 0 ]; then\n\
+             started=$?\n\
+             if [ \"$started\" = {PENDING_OTHER} ]; then exit 1; fi\n\
+             if [ \"$started\" != 0 ]; then\n\
              \x20 echo 'krops-deploy: cannot start the confirmation watchdog in '{state}' (it needs root): nothing was activated' >&2\n\
              \x20 exit 1\n\
              fi\n\
@@ -437,10 +458,19 @@ pub enum Report {
     Confirmed,
     /// Not confirmed, for this reason; what the watchdog then did, if the
     /// deployer could learn it.
-    NotConfirmed {
-        reason: String,
-        outcome: Option<Outcome>,
-    },
+    NotConfirmed { reason: String, outcome: Learned },
+}
+
+/// What the deployer learnt of the watchdog when it did not confirm.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Learned {
+    /// The watchdog's result.
+    Outcome(Outcome),
+    /// The target has no trace of the watchdog: it never started (nothing
+    /// was activated then), or its record was removed; nothing rolls back.
+    Gone,
+    /// The target could not be asked in time.
+    Nothing,
 }
 
 impl Watchdog {
@@ -463,9 +493,12 @@ impl Watchdog {
                  watchdog on {on} rolls back if the running system changed"
             );
             while Instant::now() < deadline && !mktarget::interrupt::interrupted() {
-                if try_fresh(session, &self.withhold_script(), deadline, &mut echo)
-                    == Try::Exited(0)
-                {
+                // Withheld, or no watchdog to withhold from (it never
+                // started): asking again changes nothing.
+                if matches!(
+                    try_fresh(session, &self.withhold_script(), deadline, &mut echo),
+                    Try::Exited(0 | GONE)
+                ) {
                     break;
                 }
                 std::thread::sleep(RETRY);
@@ -531,12 +564,7 @@ impl Watchdog {
     }
 
     /// Asks for the watchdog's result over new connections until `until`.
-    fn wait_for_outcome(
-        &self,
-        session: &Session,
-        until: Instant,
-        echo: &mut Echo,
-    ) -> Option<Outcome> {
+    fn wait_for_outcome(&self, session: &Session, until: Instant, echo: &mut Echo) -> Learned {
         let script = self.result_script();
         while Instant::now() < until && !mktarget::interrupt::interrupted() {
             let cmd = session.fresh_command(&script, &[]);
@@ -554,15 +582,15 @@ impl Watchdog {
                 if output.status.success() {
                     if let Some(outcome) = Outcome::parse(&String::from_utf8_lossy(&output.stdout))
                     {
-                        return Some(outcome);
+                        return Learned::Outcome(outcome);
                     }
-                } else if output.status.code() == Some(GONE) {
-                    return None;
+                } else if connected && output.status.code() == Some(GONE) {
+                    return Learned::Gone;
                 }
             }
             std::thread::sleep(RETRY);
         }
-        None
+        Learned::Nothing
     }
 }
 
@@ -832,6 +860,63 @@ mod tests {
         assert_eq!(out.status.code(), Some(1));
         assert!(!String::from_utf8_lossy(&out.stdout).contains("ACTIVATED"));
         assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was activated"));
+    }
+
+    #[test]
+    fn a_watchdog_still_deciding_stops_the_next_deploy_from_activating() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let (old, new) = (system(root, "old"), system(root, "new"));
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        let first = watchdog(root, Operation::Switch, 600);
+        link(&old, &first.paths.current_system);
+        // The first deploy activated and was never confirmed (its deployer
+        // interrupted): its watchdog waits for its deadline.
+        let activate = format!(
+            "ln -sfn {} {}",
+            quote(&new),
+            quote(&first.paths.current_system)
+        );
+        assert!(sh(root, &first.guard(&activate)).status.success());
+        for _ in 0..600 {
+            if Path::new(&first.dir()).join("pid").exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A second deploy activating now would be undone by the first's
+        // rollback, even once confirmed: it activates nothing.
+        let second = Watchdog {
+            id: fresh_id().unwrap(),
+            ..first.clone()
+        };
+        let out = sh(root, &second.guard("echo ACTIVATED"));
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ACTIVATED"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "earlier deploy ({}) has not decided yet",
+                first.dir()
+            )) && stderr.contains("nothing was activated")
+                && !stderr.contains("needs root"),
+            "{stderr}"
+        );
+        assert!(!Path::new(&second.dir()).exists());
+        // Once the first has decided, the next deploy goes ahead.
+        assert!(sh(root, &first.withhold_script()).status.success());
+        assert!(matches!(
+            Outcome::parse(&result(root, &first)),
+            Some(Outcome::RolledBack(_))
+        ));
+        let out = sh(root, &second.guard("echo ACTIVATED"));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ACTIVATED\n",
+            "{out:?}"
+        );
+        assert!(sh(root, &second.withhold_script()).status.success());
+        result(root, &second);
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl Plan {
         if held.is_some() {
             return Ok(None);
         }
-        let began = (Instant::now(), SystemTime::now());
+        let began = Instant::now();
         // Unreachable: said once, as the sentinel check's failure, which
         // took as long as the try to connect.
         if let Err(err) = self.connect(style) {
@@ -225,7 +225,7 @@ impl Plan {
         for _ in 0..3 {
             let taken = crate::lock::take(&self.session, self.force, timeout, id, style.quiet());
             match taken {
-                Err(err) => return Ok(Some(self.stopped_report(&err, began.0.elapsed()))),
+                Err(err) => return Ok(Some(self.stopped_report(&err, began.elapsed()))),
                 Ok(Taken::Nothing | Taken::Unreachable) => {
                     if let Some(failed) = self.check_sentinel(style, None) {
                         return Ok(Some(failed));
@@ -241,7 +241,7 @@ impl Plan {
             "lock on {}: the target path kept changing while the lock was taken",
             self.session.display_path(&self.session.target().path)
         );
-        Ok(Some(self.stopped_report(&err, began.0.elapsed())))
+        Ok(Some(self.stopped_report(&err, began.elapsed())))
     }
 
     /// Opens the shared connection; says so when the target has not
@@ -276,21 +276,15 @@ impl Plan {
     fn check_sentinel(
         &self,
         style: Style,
-        unreachable: Option<(anyhow::Error, (Instant, SystemTime))>,
+        unreachable: Option<(anyhow::Error, Instant)>,
     ) -> Option<Report> {
         let began = unreachable
             .as_ref()
-            .map_or_else(Instant::now, |(_, since)| since.0);
+            .map_or_else(Instant::now, |(_, since)| *since);
         let progress = Progress::new(style, self.rows());
         let run = Run::new(self, &progress);
         if let Some((err, since)) = unreachable {
-            lock(&run.started)[0] = Some(since);
-            run.progress.start(0);
-            run.header(0);
-            run.end(
-                0,
-                StepStatus::Failed(StepError::message(format!("{err:#}"))),
-            );
+            run.unreachable(since, &err);
         } else {
             let body = self.steps[0]
                 .work
@@ -309,8 +303,11 @@ impl Plan {
     /// failure, in plan order, the error). A failure stops new steps from
     /// starting; the running ones finish.
     pub fn run(&self, style: Style) -> Report {
+        // Connected before the display starts, which the note that the
+        // target does not answer would tear.
+        let connecting = self.connect_timed(style);
         let progress = Progress::new(style, self.rows());
-        let report = self.run_with(&progress);
+        let report = self.run_with(&progress, connecting);
         progress.finish();
         report
     }
@@ -318,7 +315,15 @@ impl Plan {
     /// Runs the plan with plain lines (or, with `style` quiet, errors only)
     /// going to `out`.
     pub fn run_to(&self, style: Style, out: Box<dyn Write + Send>) -> Report {
-        self.run_with(&Progress::plain(style, self.rows(), out))
+        let connecting = self.connect_timed(style);
+        self.run_with(&Progress::plain(style, self.rows(), out), connecting)
+    }
+
+    /// [`Plan::connect`] (a no-op once connected, as after the lock), with
+    /// when it began: a run's time counts the time spent connecting.
+    fn connect_timed(&self, style: Style) -> (Instant, Result<()>) {
+        let began = Instant::now();
+        (began, self.connect(style))
     }
 
     /// The steps as the display shows them.
@@ -344,19 +349,15 @@ impl Plan {
             .collect()
     }
 
-    fn run_with(&self, progress: &Progress) -> Report {
-        let began = Instant::now();
+    fn run_with(&self, progress: &Progress, (began, connected): (Instant, Result<()>)) -> Report {
         let run = Run::new(self, progress);
         // The target cannot be reached: the first step (the sentinel
         // check) fails with ssh's reason, and nothing else runs.
-        if let Err(err) = self.session.connect() {
-            run.header(0);
-            run.clock(0);
-            run.end(
-                0,
-                StepStatus::Failed(StepError::message(format!("{err:#}"))),
-            );
-            return run.finish();
+        if let Err(err) = connected {
+            run.unreachable(began, &err);
+            let mut report = run.finish();
+            report.elapsed = began.elapsed();
+            return report;
         }
         let mut stopped = run.batches();
         for late in [false, true] {
@@ -428,6 +429,20 @@ impl<'a> Run<'a> {
             started[i] = Some((Instant::now(), SystemTime::now()));
             self.progress.start(i);
         }
+    }
+
+    /// The target could not be reached, trying since `began`: the first
+    /// step (the sentinel check) fails with `err`, its time the time spent
+    /// trying. Its header says now, not when the try began: the note that
+    /// the target does not answer came before it.
+    fn unreachable(&self, began: Instant, err: &anyhow::Error) {
+        lock(&self.started)[0] = Some((began, SystemTime::now()));
+        self.progress.start(0);
+        self.header(0);
+        self.end(
+            0,
+            StepStatus::Failed(StepError::message(format!("{err:#}"))),
+        );
     }
 
     /// Prints step `i`'s first log line.
