@@ -201,7 +201,9 @@ fn a_host_that_accepts_but_never_answers_times_out() {
     // The wait is told while it lasts, and the failure takes its time.
     let stderr = out.stderr_str();
     assert!(
-        stderr.contains("populate: still connecting to root@alpha: no answer for 3 s"),
+        stderr.contains(
+            "populate: still connecting to root@alpha: no answer for 3 s (ssh gives up after 30 s)"
+        ),
         "{out}"
     );
     let failed = stderr
@@ -248,7 +250,10 @@ fn a_host_that_never_answers_is_told_the_same_with_or_without_the_lock() {
         out.assert_code(1);
         let stderr = out.stderr_str();
         assert!(
-            stderr.contains("populate: still connecting to root@alpha: no answer for 3 s"),
+            stderr.contains(
+                "populate: still connecting to root@alpha: no answer for 3 s (ssh gives up after \
+                 the ConnectTimeout you set)"
+            ),
             "{flags:?}\n{out}"
         );
         let failed = stderr

@@ -151,7 +151,9 @@ done
 verdict=$(readlink "$dir/verdict")
 if [ "$verdict" = confirmed ]; then
   finish confirmed
-  rm -rf "$dir"
+  # Gone at once, so a retry of the confirmation finds it in the log and
+  # never in a directory half removed (its verdict gone, the rest not yet).
+  mv "$dir" "$dir.gone" && rm -rf "$dir.gone"
   exit 0
 fi
 previous=$(cat "$dir/previous-system")

@@ -253,6 +253,20 @@ impl Session {
         matches!(self.reach, Reach::Shared(_))
     }
 
+    /// How long ssh waits for the target to answer, as a person reads it:
+    /// `30 s` when the tools set `ConnectTimeout`, else `the ConnectTimeout
+    /// you set` (in `extraOptions` or the ssh config).
+    pub fn connect_timeout(&self) -> String {
+        match self
+            .defaults
+            .iter()
+            .find_map(|option| option.strip_prefix("ConnectTimeout="))
+        {
+            Some(seconds) => format!("{seconds} s"),
+            None => "the ConnectTimeout you set".to_owned(),
+        }
+    }
+
     /// The control socket, when connections are shared.
     pub fn control_socket(&self) -> Option<&Path> {
         match &self.reach {

@@ -252,11 +252,12 @@ impl Plan {
         std::thread::scope(|scope| {
             if !style.quiet() && !self.session.is_local() {
                 let who = self.session.target().destination();
+                let limit = self.session.connect_timeout();
                 scope.spawn(move || {
                     if let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(SLOW_CONNECT) {
                         eprintln!(
                             "{} populate: still connecting to {who}: no answer for {} s \
-                             (ssh gives up after its ConnectTimeout, 30 s unless set)",
+                             (ssh gives up after {limit})",
                             crate::progress::timestamp(SystemTime::now()),
                             SLOW_CONNECT.as_secs()
                         );
