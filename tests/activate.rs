@@ -200,6 +200,37 @@ fn a_failing_check_withholds_the_confirmation_and_rolls_back() {
 }
 
 #[test]
+fn a_check_that_outlasts_the_timeout_is_not_a_lost_connection() {
+    let world = World::new();
+    let (_, target, old, _) = nixos(&world, "alpha", false);
+    // The check is still running when the timeout ends: the watchdog rolls
+    // back, and the reason says the confirmation did not finish in time
+    // (a new connection was made).
+    let out = deploy(
+        &world,
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--nom",
+            "false",
+            "--confirm-timeout",
+            "2",
+            "--check",
+            "sleep 8",
+        ],
+    );
+    out.assert_code(1)
+        .assert_stderr_contains(
+            "not confirmed (the confirmation over a new ssh connection to root@alpha, with its \
+             check, did not finish within 2 s)",
+        )
+        .assert_stderr_contains("rolled back to the previous system");
+    assert!(!out.stderr_str().contains("no new ssh connection"), "{out}");
+    assert_eq!(world.current_system("alpha"), Some(old));
+}
+
+#[test]
 fn a_passing_check_confirms() {
     let world = World::new();
     let (_, target, _, new) = nixos(&world, "alpha", false);

@@ -391,8 +391,12 @@ pub const REPORT_GRACE: Duration = Duration::from_secs(300);
 #[derive(Debug, PartialEq, Eq)]
 enum Try {
     Exited(i32),
-    /// Connection failed (ssh's 255), killed, or not done by the deadline.
+    /// Connection failed (ssh's 255), or stopped by a signal.
     NoAnswer,
+    /// Still running at the deadline, and stopped (the check, say, or a
+    /// connection that hangs); what the target makes of it, the watchdog
+    /// records.
+    TimedOut,
 }
 
 /// Shows on stderr what tries over new connections printed, except a
@@ -437,6 +441,10 @@ fn try_fresh(session: &Session, script: &str, deadline: Instant, echo: &mut Echo
             }
             Ok(None) if Instant::now() < deadline && !mktarget::interrupt::interrupted() => {
                 std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(None) if !mktarget::interrupt::interrupted() => {
+                started.terminate(Duration::from_secs(2));
+                return Try::TimedOut;
             }
             _ => {
                 started.terminate(Duration::from_secs(2));
@@ -545,6 +553,18 @@ impl Watchdog {
                         reason = format!(
                             "confirming on {on} failed (exit status {code}; its message, if any, \
                              is above)"
+                        );
+                    }
+                    Try::TimedOut => {
+                        reason = format!(
+                            "the confirmation over a new ssh connection to {on}{} did not \
+                             finish within {} s",
+                            if check.is_some() {
+                                ", with its check,"
+                            } else {
+                                ""
+                            },
+                            self.timeout
                         );
                     }
                     Try::NoAnswer => {}
