@@ -496,32 +496,34 @@ fn ask_without_a_terminal_refuses_before_anything_runs() {
     assert!(world.records("nixos-rebuild").is_empty());
 }
 
-/// Runs krops-deploy with a terminal (util-linux `script`), typing `answer`.
-fn with_terminal(world: &World, args: &[&str], answer: &str) -> Output {
+/// The shell line that runs krops-deploy with `args` and the world's sources.
+fn deploy_line(world: &World, args: &[&str]) -> String {
     let sources = world.write("sources.json", sources(world).to_string());
     let mut line = vec![world.tool("krops-deploy").display().to_string()];
     line.extend(args.iter().map(|a| a.to_string()));
     line.extend(["--sources".to_owned(), sources.display().to_string()]);
-    let line: Vec<String> = line
-        .iter()
+    line.iter()
         .map(|w| krops_tests::quote(std::ffi::OsStr::new(w)))
-        .collect();
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs krops-deploy with a terminal (util-linux `script`), typing `answer`.
+fn with_terminal(world: &World, args: &[&str], answer: &str) -> Output {
     let mut cmd = world.command("setsid");
-    cmd.args(["-w", "script", "-qefc", &line.join(" "), "/dev/null"]);
+    cmd.args([
+        "-w",
+        "script",
+        "-qefc",
+        &deploy_line(world, args),
+        "/dev/null",
+    ]);
     world.run_command(&mut cmd, answer.as_bytes())
 }
 
 /// Like [`with_terminal`], but types `keys` only once the terminal shows
 /// `Activate?` (bounded: after a minute without it, nothing is typed).
 fn with_terminal_at_the_question(world: &World, args: &[&str], keys: &str) -> Output {
-    let sources = world.write("sources.json", sources(world).to_string());
-    let mut line = vec![world.tool("krops-deploy").display().to_string()];
-    line.extend(args.iter().map(|a| a.to_string()));
-    line.extend(["--sources".to_owned(), sources.display().to_string()]);
-    let line: Vec<String> = line
-        .iter()
-        .map(|w| krops_tests::quote(std::ffi::OsStr::new(w)))
-        .collect();
     let typescript = world.path("typescript");
     let script = "(i=0\n\
          until grep -q 'Activate?' \"$1\" 2>/dev/null; do\n\
@@ -531,7 +533,7 @@ fn with_terminal_at_the_question(world: &World, args: &[&str], keys: &str) -> Ou
     let mut cmd = world.command("/bin/sh");
     cmd.args(["-c", script, "sh"])
         .arg(&typescript)
-        .arg(line.join(" "))
+        .arg(deploy_line(world, args))
         .arg(keys);
     world.run_command(&mut cmd, b"")
 }
