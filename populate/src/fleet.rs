@@ -911,12 +911,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn origin() -> Origin {
-        Origin {
-            user: Some("alice".into()),
-            host: "laptop".into(),
-        }
-    }
+    use crate::testing::origin;
 
     const SETTINGS: &[Setting] = &[
         Setting {

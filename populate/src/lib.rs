@@ -13,6 +13,8 @@ pub mod secrets;
 pub mod source;
 mod step;
 pub mod sync;
+#[cfg(test)]
+mod testing;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

@@ -414,12 +414,7 @@ mod tests {
     use super::*;
     use mktarget::{Multiplex, Origin, Target};
 
-    fn origin() -> Origin {
-        Origin {
-            user: Some("alice".into()),
-            host: "laptop".into(),
-        }
-    }
+    use crate::testing::origin;
 
     fn local(path: &std::path::Path) -> Session {
         let target = Target::parse(path.to_str().unwrap(), &origin()).unwrap();

@@ -740,27 +740,10 @@ fn backup_script(session: &Session) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mktarget::{Origin, Target};
+
     use std::path::Path;
 
-    fn origin() -> Origin {
-        Origin {
-            user: Some("alice".into()),
-            host: "laptop".into(),
-        }
-    }
-
-    fn target(s: &str) -> Target {
-        Target::parse(s, &origin()).unwrap()
-    }
-
-    fn session(target: &Target) -> Session {
-        // A user whose ssh config sets the options sessions would add.
-        let config = mktarget::session::SshConfig::parse(
-            "connecttimeout 5\nserveraliveinterval 30\nserveralivecountmax 2\n",
-        );
-        Session::open_with(target, &origin(), mktarget::Multiplex::Off, &config).unwrap()
-    }
+    use crate::testing::{session, target};
 
     fn quiet() -> Style {
         Style::plain(crate::progress::Verbosity::Quiet)

@@ -202,26 +202,8 @@ pub(crate) fn default_file_options() -> FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mktarget::{Origin, Target};
 
-    fn origin() -> Origin {
-        Origin {
-            user: Some("alice".into()),
-            host: "laptop".into(),
-        }
-    }
-
-    fn target(s: &str) -> Target {
-        Target::parse(s, &origin()).unwrap()
-    }
-
-    fn session(target: &Target) -> Session {
-        // A user whose ssh config sets the options sessions would add.
-        let config = mktarget::session::SshConfig::parse(
-            "connecttimeout 5\nserveraliveinterval 30\nserveralivecountmax 2\n",
-        );
-        Session::open_with(target, &origin(), mktarget::Multiplex::Off, &config).unwrap()
-    }
+    use crate::testing::{session, target};
 
     #[test]
     fn rsync_argv_follows_krops() {
