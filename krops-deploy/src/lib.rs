@@ -733,7 +733,6 @@ impl Deploy {
             Ok(built) => built,
             Err(code) => return Ok(code),
         };
-        mktarget::interrupt::no_aftermath();
         let code = self.activate(&built.system, watchdog, check, reporting);
         self.cleanup(&built);
         code
