@@ -115,6 +115,26 @@ struct Step {
     work: Work,
 }
 
+impl Step {
+    /// This step's outcome: `status`, after `elapsed`.
+    fn outcome(
+        &self,
+        status: StepStatus,
+        elapsed: Duration,
+        transfer: Option<crate::Transfer>,
+    ) -> StepOutcome {
+        StepOutcome {
+            label: self.label.clone(),
+            name: self.name.clone(),
+            kind: self.kind.to_owned(),
+            place: self.place.clone(),
+            status,
+            elapsed,
+            transfer,
+        }
+    }
+}
+
 impl Plan {
     pub fn new(session: &Arc<Session>, sources: &Sources, options: Options) -> Result<Plan> {
         let root = &session.target().path;
@@ -181,15 +201,7 @@ impl Plan {
         let steps = self
             .steps
             .iter()
-            .map(|step| StepOutcome {
-                label: step.label.clone(),
-                name: step.name.clone(),
-                kind: step.kind.to_owned(),
-                place: step.place.clone(),
-                status: StepStatus::NotRun,
-                elapsed: Duration::ZERO,
-                transfer: None,
-            })
+            .map(|step| step.outcome(StepStatus::NotRun, Duration::ZERO, None))
             .collect();
         Report {
             steps,
@@ -483,15 +495,7 @@ impl<'a> Run<'a> {
             .map(|(t, _)| t.elapsed())
             .unwrap_or_default();
         let failed = matches!(status, StepStatus::Failed(_));
-        let outcome = StepOutcome {
-            label: step.label.clone(),
-            name: step.name.clone(),
-            kind: step.kind.to_owned(),
-            place: step.place.clone(),
-            status,
-            elapsed,
-            transfer,
-        };
+        let outcome = step.outcome(status, elapsed, transfer);
         self.progress.end(i, &outcome);
         lock(&self.outcomes)[i] = Some(outcome);
         failed
@@ -647,15 +651,7 @@ impl<'a> Run<'a> {
             .enumerate()
             .map(|(i, (outcome, step))| {
                 outcome.unwrap_or_else(|| {
-                    let outcome = StepOutcome {
-                        label: step.label.clone(),
-                        name: step.name.clone(),
-                        kind: step.kind.to_owned(),
-                        place: step.place.clone(),
-                        status: StepStatus::NotRun,
-                        elapsed: std::time::Duration::ZERO,
-                        transfer: None,
-                    };
+                    let outcome = step.outcome(StepStatus::NotRun, Duration::ZERO, None);
                     self.progress.end(i, &outcome);
                     outcome
                 })
