@@ -35,6 +35,7 @@ enum Class {
     DuplicateKey,
     Name,
     RelativePath,
+    NixPath,
     LeadingDash,
     ControlCharacter,
     Port,
@@ -45,13 +46,14 @@ enum Class {
 }
 
 impl Class {
-    const ALL: [Class; 13] = [
+    const ALL: [Class; 14] = [
         Class::MalformedJson,
         Class::WrongType,
         Class::UnknownField,
         Class::DuplicateKey,
         Class::Name,
         Class::RelativePath,
+        Class::NixPath,
         Class::LeadingDash,
         Class::ControlCharacter,
         Class::Port,
@@ -69,6 +71,7 @@ impl Class {
             Class::DuplicateKey => "duplicate keys",
             Class::Name => "bad source and host names",
             Class::RelativePath => "relative paths",
+            Class::NixPath => "target paths with : or = (NIX_PATH would misread them)",
             Class::LeadingDash => "hosts and users starting with -",
             Class::ControlCharacter => "NUL, newline and control characters",
             Class::Port => "bad ports",
@@ -291,6 +294,15 @@ fn rows(s: &Setup) -> Vec<Row> {
         source(s, RelativePath, json!({"passage": {"dir": "/store", "identities_file": "ids"}}), &["a.passage.identities_file: \"ids\" is not an absolute path"]),
         row(RelativePath, "populate", &["--target", &target_json(s, json!({"path": "var/src"}))], good.as_bytes(), &["target.path: \"var/src\" is not an absolute path"]),
         row(RelativePath, "krops-test", &["--target", &json!({"path": "local/src"}).to_string()], good.as_bytes(), &["target.path: \"local/src\" is not an absolute path"]),
+        // Target paths NIX_PATH would misread: ':' separates its entries,
+        // '=' makes a prefix (NIX_PATH=/srv/a=b names b as /srv/a).
+        row(NixPath, "mktarget", &["root@alpha/srv/a=b"], b"", &["target.path: \"/srv/a=b\" contains '='", "NIX_PATH"]),
+        row(NixPath, "mktarget", &["root@alpha/srv/a:b"], b"", &["target.path: \"/srv/a:b\" contains ':'", "NIX_PATH"]),
+        row(NixPath, "populate", &["--target", &target_json(s, json!({"path": format!("{remote}=x")})), "--force"], good.as_bytes(), &["target.path:", "contains '='"]),
+        with_target(s, NixPath, "krops-deploy", &format!("{t}=x"), &["target.path:", "contains '='"]),
+        with_target(s, NixPath, "krops-command", &format!("{t}:x"), &["target.path:", "contains ':'"]),
+        fleet(NixPath, "krops-deploy", s.fleet(json!({"target": format!("{t}=x")})), &["fleet.web.target", "contains '='"]),
+        fleet(NixPath, "krops-deploy", s.fleet(json!({"buildTarget": {"host": "alpha", "path": "/srv/a=b"}})), &["fleet.web.buildTarget", "contains '='"]),
         // Hosts and users that ssh would read as options.
         with_target(s, LeadingDash, "populate", "-oProxyCommand=touch /tmp/PWNED", &["target.host: \"-oProxyCommand=touch \" begins with '-'"]),
         with_target(s, LeadingDash, "krops-command", &format!("-oProxyCommand=x@alpha{remote}"), &["target.user: \"-oProxyCommand=x\" begins with '-'"]),

@@ -16,7 +16,7 @@ pub struct Target {
     /// A host name or address; an IPv6 literal without brackets (`::1`).
     pub host: String,
     pub port: Option<String>,
-    /// Absolute, without ':' (the target path goes into NIX_PATH).
+    /// Absolute, without ':' or '=' (the target path goes into NIX_PATH).
     pub path: String,
     pub sudo: bool,
     #[serde(rename = "extraOptions")]
@@ -334,6 +334,13 @@ impl Target {
             bail!(
                 "target.path: {path} contains ':', which would break NIX_PATH (it separates \
                  entries with ':'); choose a path without ':'"
+            );
+        }
+        if self.path.contains('=') {
+            bail!(
+                "target.path: {path} contains '=', which NIX_PATH would read as a prefix \
+                 (NIX_PATH=/srv/a=b is the path b under the name /srv/a); choose a path \
+                 without '='"
             );
         }
         if self.path.len() > PATH_MAX_BYTES {
@@ -726,6 +733,21 @@ mod tests {
     }
 
     #[test]
+    fn a_path_with_an_equals_sign_is_refused_because_of_nix_path() {
+        // `NIX_PATH=/srv/a=b` is the prefix `/srv/a` for the path `b`, not
+        // the directory `/srv/a=b`.
+        for input in ["h/srv/a=b", "root@[::1]:22/var/src=x", "/=/var/src"] {
+            let err = refused(input);
+            assert!(
+                err.contains("target.path") && err.contains("'='") && err.contains("NIX_PATH"),
+                "{input:?}: {err}"
+            );
+        }
+        let err = Target::from_json(&json!({"path": "/srv/a=b"}), &origin()).unwrap_err();
+        assert!(format!("{err:#}").contains("target.path"));
+    }
+
+    #[test]
     fn a_path_with_a_colon_is_refused_because_of_nix_path() {
         for input in ["h/a:b", "[::1]:22/var/src:x", "/nix:/var/src"] {
             let err = refused(input);
@@ -871,7 +893,7 @@ mod tests {
     /// Valid targets of every shape: a user or none (an empty one lets
     /// ssh's config choose), a host name or an IPv6 literal with or without
     /// a zone, a port or none, a path of any characters but control
-    /// characters and ':', sudo, ssh options.
+    /// characters, ':' and '=', sudo, ssh options.
     fn valid_target() -> impl proptest::strategy::Strategy<Value = Target> {
         use proptest::prelude::*;
         let user = proptest::option::of(prop_oneof![
@@ -886,7 +908,7 @@ mod tests {
                 .prop_map(|(words, zone)| format!("{}%{zone}", Ipv6Addr::from(words))),
         ];
         let port = proptest::option::of((1..=65535u32).prop_map(|port| port.to_string()));
-        let path = proptest::collection::vec("[^\\x00-\\x1f\\x7f-\\u{9f}:/]{1,12}", 0..4)
+        let path = proptest::collection::vec("[^\\x00-\\x1f\\x7f-\\u{9f}:=/]{1,12}", 0..4)
             .prop_map(|parts| format!("/{}", parts.join("/")));
         let options = proptest::collection::vec("[^\\x00-\\x1f\\x7f-\\u{9f}]{0,16}", 0..4);
         (user, host, port, path, any::<bool>(), options).prop_map(
