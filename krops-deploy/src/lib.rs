@@ -405,7 +405,7 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     populate::populate_all(&plans, reporting)?;
     mktarget::interrupt::aftermath(watchdog.aftermath(&deploy.target_session.machine()));
     let status = rebuild.run(reporting)?;
-    Ok(deploy.conclude(&watchdog, cli.check.as_deref(), status))
+    Ok(deploy.conclude(&watchdog, cli.check.as_deref(), status, reporting))
 }
 
 /// Checks what the activation options need, before anything runs.
@@ -761,15 +761,21 @@ impl Deploy {
         }
         let status = activate.run(reporting)?;
         Ok(match watchdog {
-            Some(watchdog) => self.conclude(watchdog, check, status),
+            Some(watchdog) => self.conclude(watchdog, check, status, reporting),
             None => ExitCode::from(exit_code(status)),
         })
     }
 
     /// After a guarded activation that ended with `status`: confirm or
-    /// learn what the watchdog did, and say so. Never success after a
-    /// rollback.
-    fn conclude(&self, watchdog: &Watchdog, check: Option<&str>, status: ExitStatus) -> ExitCode {
+    /// learn what the watchdog did, and say so, on stderr and in the
+    /// results. Never success after a rollback.
+    fn conclude(
+        &self,
+        watchdog: &Watchdog,
+        check: Option<&str>,
+        status: ExitStatus,
+        reporting: &mut Reporting,
+    ) -> ExitCode {
         let on = self.target_session.machine();
         let report = watchdog.conclude(&self.target_session, check, status.success());
         let failed = || {
@@ -816,7 +822,9 @@ impl Deploy {
                 watchdog.dir()
             ),
         };
-        eprintln!("krops-deploy: error: not confirmed ({reason}): {what}");
+        let why = format!("not confirmed ({reason}): {what}");
+        eprintln!("krops-deploy: error: {why}");
+        reporting.results.final_failed(&why);
         failed()
     }
 

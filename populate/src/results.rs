@@ -33,6 +33,9 @@ pub struct Results {
     targets: Vec<Value>,
     final_command: Option<Value>,
     failed: bool,
+    /// Why the run failed when no error ended it (a deploy that was not
+    /// confirmed ends with a status, not an error).
+    failure: Option<String>,
     /// A fleet's hosts, by name; `None` for a single run.
     hosts: Option<BTreeMap<String, Value>>,
     /// More top-level fields a driver adds (e.g. a preview of what would
@@ -48,6 +51,7 @@ impl Results {
             targets: Vec::new(),
             final_command: None,
             failed: false,
+            failure: None,
             hosts: None,
             extra: Map::new(),
         }
@@ -111,6 +115,17 @@ impl Results {
         }));
     }
 
+    /// The run failed after its final command ended, for `why` (a
+    /// deploy not confirmed, rolled back): the final command is not ok,
+    /// whatever its exit code, and the document's `error` says why.
+    pub fn final_failed(&mut self, why: &str) {
+        self.failed = true;
+        self.failure = Some(why.to_owned());
+        if let Some(Value::Object(last)) = &mut self.final_command {
+            last.insert("ok".into(), json!(false));
+        }
+    }
+
     /// A fleet host's outcome: how its run exited (`None`: it could not
     /// start, or a signal ended it) and its own document, if it wrote one.
     pub fn add_host(
@@ -141,7 +156,9 @@ impl Results {
     /// The document, given how the run ended: an error stops it wherever it
     /// came (bad input, a failed source).
     pub fn to_json(&self, error: Option<&anyhow::Error>) -> Value {
-        let error = error.map(|err| format!("{err:#}"));
+        let error = error
+            .map(|err| format!("{err:#}"))
+            .or_else(|| self.failure.clone());
         let mut doc = Map::new();
         doc.insert("version".into(), json!(VERSION));
         doc.insert("tool".into(), json!(self.tool));
@@ -245,6 +262,20 @@ mod tests {
         assert_eq!(sources[1]["error"]["message"], "it broke");
         assert_eq!(sources[2]["status"], "not-run");
         assert_eq!(doc["final"], Value::Null);
+    }
+
+    #[test]
+    fn a_final_command_that_exited_0_can_still_fail_the_run() {
+        let mut results = Results::new("krops-deploy");
+        let exited_0 = std::process::Command::new("true").status().unwrap();
+        results.set_final("nixos-rebuild switch", Some(exited_0), Duration::ZERO);
+        assert_eq!(results.to_json(None)["ok"], true);
+        results.final_failed("not confirmed: rolled back");
+        let doc = results.to_json(None);
+        assert_eq!(doc["ok"], false);
+        assert_eq!(doc["error"], "not confirmed: rolled back");
+        assert_eq!(doc["final"]["ok"], false);
+        assert_eq!(doc["final"]["exitCode"], 0);
     }
 
     #[test]
