@@ -490,7 +490,7 @@ fn ask_without_a_terminal_refuses_before_anything_runs() {
         .args(["--target", &target, "--force", "--ask", "--sources"])
         .arg(&sources);
     let out = world.run_command(&mut cmd, b"y\n");
-    out.assert_code(1)
+    out.assert_code(2)
         .assert_stderr_contains("krops-deploy: error: --ask needs a terminal to ask on");
     assert!(!world.path("alpha/src").exists());
     assert!(world.records("nixos-rebuild").is_empty());

@@ -879,7 +879,7 @@ fn json_for_krops_command_and_krops_test_goes_to_a_file() {
         for json_args in [&["--json"][..], &["--json-file", "-"][..]] {
             let args = [&["--target", &target, "--force"][..], json_args].concat();
             let out = run(&world, tool, &args, &sources(&world));
-            out.assert_code(1);
+            out.assert_code(2);
             out.assert_stderr_contains(&format!("{tool}: error: --json: stdout carries "));
             out.assert_stderr_contains("--json-file FILE");
             assert!(!dest.exists(), "nothing ran\n{out}");

@@ -94,3 +94,167 @@ fn a_fleets_json_after_a_rollback_says_the_host_is_not_ok_and_why() {
     assert_eq!(host["exitCode"], 1, "{doc}");
     assert_rolled_back(&host["results"], &out);
 }
+
+/// Every mistake on the command line exits 2, as clap's own do, also those
+/// found after parsing; nothing runs.
+#[test]
+fn command_line_mistakes_found_after_parsing_exit_2() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("alpha/src");
+    let target = alpha.target("root", &dest);
+    let local = world.mkdir("local/src");
+    let local = local.to_str().unwrap();
+    let dir = world.mkdir("results");
+    let dir = dir.to_str().unwrap();
+    let missing = world.path("no/such/dir/results.json");
+    let missing = missing.to_str().unwrap();
+    let t = target.as_str();
+    let fleet = |extra: Value| {
+        let mut host = json!({"target": t, "source": sources(&world), "force": true});
+        for (key, value) in extra.as_object().unwrap() {
+            host[key] = value.clone();
+        }
+        json!({ "web": host }).to_string()
+    };
+    let good = sources(&world).to_string();
+    let rows: Vec<(&str, Vec<&str>, String, &str)> = vec![
+        (
+            "krops-deploy",
+            vec!["--target", t, "--check", "true"],
+            good.clone(),
+            "--check needs --confirm-timeout",
+        ),
+        (
+            "krops-deploy",
+            vec![
+                "--target",
+                t,
+                "--confirm-timeout",
+                "5",
+                "--operation",
+                "boot",
+            ],
+            good.clone(),
+            "--confirm-timeout works with --operation switch or test",
+        ),
+        (
+            "krops-deploy",
+            vec!["--target", t, "--ask", "--operation", "build"],
+            good.clone(),
+            "--ask activates the built system",
+        ),
+        (
+            "krops-deploy",
+            vec!["--target", t, "--operation", ""],
+            good.clone(),
+            "--operation \"\": expected a nixos-rebuild operation",
+        ),
+        (
+            "krops-deploy",
+            vec!["--target", t, "--preview", "--confirm-timeout", "5"],
+            good.clone(),
+            "'--preview' cannot be used with '--confirm-timeout <SECONDS>'",
+        ),
+        (
+            "krops-command",
+            vec!["--target", t, "--json"],
+            good.clone(),
+            "--json: stdout carries the command's own output",
+        ),
+        (
+            "krops-test",
+            vec!["--target", local, "--json"],
+            good.clone(),
+            "--json: stdout carries",
+        ),
+        (
+            "populate",
+            vec!["--target", t, "--json-file", dir],
+            good.clone(),
+            "is a directory",
+        ),
+        (
+            "krops-deploy",
+            vec!["--target", t, "--json-file", missing],
+            good.clone(),
+            "is not a directory: the results could not be written",
+        ),
+        (
+            "krops-command",
+            vec!["--fleet", "-"],
+            fleet(json!({"allocateTTY": true})),
+            "fleet.web.allocateTTY: true does not go with --fleet",
+        ),
+        (
+            "krops-command",
+            vec!["--fleet", "-", "--allocate-tty"],
+            fleet(json!({})),
+            "'--fleet <FILE>' cannot be used with '--allocate-tty'",
+        ),
+    ];
+    // The world's own `ssh root@alpha true` that found sshd ready is in
+    // its log, maybe only now.
+    for _ in 0..100 {
+        if world.handshakes("alpha") > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut wrong = Vec::new();
+    for (tool, args, stdin, needle) in &rows {
+        let before = world.handshakes("alpha");
+        let out = world.run(tool, &[&["--force"][..], args].concat(), stdin.as_bytes());
+        if out.code() != Some(2)
+            || !out.stderr_str().contains(&format!("{tool}: error: "))
+            || !out.stderr_str().contains(needle)
+        {
+            wrong.push(format!(
+                "{tool} {args:?}: want exit 2 and {needle:?}\n{out}"
+            ));
+        }
+        if world.handshakes("alpha") != before {
+            wrong.push(format!("{tool} {args:?}: it reached the target\n{out}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+    assert!(!dest.exists());
+    assert!(world.records("nixos-rebuild").is_empty());
+}
+
+#[test]
+fn ask_without_a_terminal_is_a_usage_error() {
+    let world = World::new();
+    let (_, target, _) = nixos(&world, "alpha", false);
+    let sources = world.write("sources.json", sources(&world).to_string());
+    // setsid: no controlling terminal, even when the tests run in one.
+    let mut cmd = world.command("setsid");
+    cmd.arg("-w")
+        .arg(world.tool("krops-deploy"))
+        .args(["--target", &target, "--force", "--ask", "--sources"])
+        .arg(&sources);
+    let out = world.run_command(&mut cmd, b"y\n");
+    out.assert_code(2)
+        .assert_stderr_contains("krops-deploy: error: --ask needs a terminal to ask on");
+    assert!(!world.path("alpha/src").exists());
+}
+
+/// `--preview` of a fleet leaves a host's `confirmTimeout` out: a preview
+/// activates nothing, so there is nothing to confirm.
+#[test]
+fn a_fleet_previews_hosts_that_have_a_confirm_timeout() {
+    let world = World::new();
+    let (_, target, old) = nixos(&world, "alpha", false);
+    let fleet = json!({
+        "alpha": {"target": target, "source": sources(&world), "force": true,
+                  "useNixOutputMonitor": false, "confirmTimeout": 30},
+    });
+    let out = world.run(
+        "krops-deploy",
+        &["--fleet", "-", "--preview"],
+        fleet.to_string().as_bytes(),
+    );
+    out.assert_success()
+        .assert_stdout_contains("alpha | nixos-system-test: 1.0 → 2.0\n");
+    assert_eq!(world.current_system("alpha"), Some(old));
+}

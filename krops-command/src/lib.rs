@@ -39,8 +39,8 @@ pub struct Cli {
     pub populate: PopulateArgs,
     #[command(flatten)]
     pub fleet: FleetArgs,
-    /// Allocate a terminal on the target (ssh -t), e.g. for an interactive SCRIPT
-    #[arg(long)]
+    /// Allocate a terminal on the target (ssh -t), e.g. for an interactive SCRIPT (not with --fleet: its hosts share no terminal)
+    #[arg(long, conflicts_with = "fleet")]
     pub allocate_tty: bool,
     /// The sh script to run on the target; $1 is the target path (default: print it)
     #[arg(default_value = DEFAULT_SCRIPT, hide_default_value = true)]
@@ -74,21 +74,28 @@ pub const FLEET_SETTINGS: &[Setting] = &[
         key: "command",
         option: "SCRIPT",
         kind: Kind::Script,
+        unless: &[],
     },
     Setting {
         key: "allocateTTY",
         option: "--allocate-tty",
-        kind: Kind::Flag,
+        kind: Kind::NotInFleet(
+            "a fleet's hosts share no terminal (their output comes as prefixed lines): run \
+             krops-command --target … --allocate-tty for that host alone",
+        ),
+        unless: &[],
     },
     Setting {
         key: "force",
         option: "--force",
         kind: Kind::Flag,
+        unless: &[],
     },
     Setting {
         key: "backup",
         option: "--backup",
         kind: Kind::Flag,
+        unless: &[],
     },
 ];
 

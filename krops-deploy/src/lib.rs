@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use mktarget::command::exit_code;
 use mktarget::shell::{quote, quote_words};
-use mktarget::tool::Example;
+use mktarget::tool::{usage, Example};
 use mktarget::{Cmd, Origin, Session, Target};
 use populate::fleet::{FleetArgs, Kind, Setting};
 use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
@@ -70,7 +70,7 @@ pub struct Cli {
     #[arg(long)]
     pub fast: bool,
     /// Build the new system (nixos-rebuild build) without activating it and print on stdout what would change against the running system
-    #[arg(long, conflicts_with = "ask")]
+    #[arg(long, conflicts_with_all = ["ask", "confirm_timeout"])]
     pub preview: bool,
     /// Preview, then ask `Activate? [y/N]` on the terminal and activate the system just built only on y (needs a terminal)
     #[arg(long, conflicts_with = "fleet")]
@@ -138,36 +138,44 @@ pub const FLEET_SETTINGS: &[Setting] = &[
         key: "buildTarget",
         option: "--build-target",
         kind: Kind::Target,
+        unless: &[],
     },
     Setting {
         key: "operation",
         option: "--operation",
         kind: Kind::Text,
+        unless: &[],
     },
     Setting {
         key: "crossDeploy",
         option: "--cross-deploy",
         kind: Kind::Flag,
+        unless: &[],
     },
     Setting {
         key: "useNixOutputMonitor",
         option: "--nom",
         kind: Kind::Choice(NOM_MODES),
+        unless: &[],
     },
     Setting {
         key: "force",
         option: "--force",
         kind: Kind::Flag,
+        unless: &[],
     },
     Setting {
         key: "backup",
         option: "--backup",
         kind: Kind::Flag,
+        unless: &[],
     },
     Setting {
         key: "confirmTimeout",
         option: "--confirm-timeout",
         kind: Kind::Count,
+        // A preview activates nothing, so nothing is confirmed.
+        unless: &["--preview"],
     },
 ];
 
@@ -304,10 +312,10 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
             .chars()
             .any(|c| c.is_whitespace() || c.is_control())
     {
-        bail!(
+        return Err(usage(format!(
             "--operation {operation:?}: expected a nixos-rebuild operation such as switch, boot, \
              test, build or dry-activate"
-        );
+        )));
     }
     check_activation_options(cli)?;
     let origin = Origin::from_env();
@@ -352,12 +360,12 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         paths: Paths::nixos(),
     };
     let watchdog = match cli.confirm_timeout {
-        Some(timeout) if !cli.preview => Some(Watchdog::new(
+        Some(timeout) => Some(Watchdog::new(
             timeout,
             Operation::from_name(&cli.operation)
                 .context("--confirm-timeout checked the operation")?,
         )?),
-        _ => None,
+        None => None,
     };
     let dry_run = cli.populate.dry_run;
     let reporting = &mut Reporting::new("krops-deploy", &cli.populate, results)?;
@@ -408,32 +416,32 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     Ok(deploy.conclude(&watchdog, cli.check.as_deref(), status, reporting))
 }
 
-/// Checks what the activation options need, before anything runs.
+/// Checks what the activation options need, before anything runs: a
+/// mistake here is a usage error (exit status 2), like clap's own.
 fn check_activation_options(cli: &Cli) -> Result<()> {
     let operation = cli.operation.as_str();
     if cli.ask && !ACTIVATING.contains(&operation) {
-        bail!(
+        return Err(usage(format!(
             "--ask activates the built system: --operation must be one of {}, not {operation}",
             ACTIVATING.join(", ")
-        );
+        )));
     }
     if cli.check.is_some() && cli.confirm_timeout.is_none() {
-        bail!("--check needs --confirm-timeout: the check decides whether a deploy is confirmed");
-    }
-    if cli.preview {
-        return Ok(());
+        return Err(usage(
+            "--check needs --confirm-timeout: the check decides whether a deploy is confirmed",
+        ));
     }
     if cli.confirm_timeout.is_some() && Operation::from_name(operation).is_none() {
-        bail!(
+        return Err(usage(format!(
             "--confirm-timeout works with --operation switch or test (it rolls back an \
              activation), not {operation}"
-        );
+        )));
     }
-    if cli.ask && !cli.populate.dry_run {
-        terminal().context(
+    if cli.ask && !cli.populate.dry_run && terminal().is_err() {
+        return Err(usage(
             "--ask needs a terminal to ask on, and this process has none; use --preview to \
              look without activating",
-        )?;
+        ));
     }
     Ok(())
 }
@@ -917,9 +925,30 @@ mod tests {
                 "{err}"
             );
         }
-        // A fleet's confirmTimeout goes with --preview: accepted.
-        let ok = cli(&["--preview", "--confirm-timeout", "5", "--check", "true"]);
-        assert!(check_activation_options(&ok).is_ok());
+        // --preview activates nothing, so nothing is confirmed: refused by
+        // clap (a fleet host's confirmTimeout is left out with --preview).
+        let both = [
+            "krops-deploy",
+            "--target",
+            "t",
+            "--preview",
+            "--confirm-timeout",
+            "5",
+        ];
+        let err = Cli::try_parse_from(both).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn mistakes_found_after_parsing_are_usage_errors() {
+        for args in [
+            &["--check", "true"][..],
+            &["--confirm-timeout", "5", "--operation", "boot"],
+            &["--ask", "--operation", "build"],
+        ] {
+            let err = check_activation_options(&cli(args)).unwrap_err();
+            assert!(mktarget::tool::is_usage(&err), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -10,8 +10,37 @@ pub fn main(tool: &'static str, run: impl FnOnce() -> anyhow::Result<ExitCode>) 
     finish(tool, run())
 }
 
-/// Prints `TOOL: error: …` with the whole context chain and exits non-zero;
-/// a closed stdout pipe (`tool | head`) is not an error.
+/// The exit status of a mistake on the command line, clap's own included.
+pub const USAGE_EXIT: u8 = 2;
+
+/// A mistake on the command line that parsing cannot see (options that do
+/// not go together, one that needs a terminal, a `--json-file` that is a
+/// directory): [`finish`] exits [`USAGE_EXIT`] for it, as clap does for
+/// the mistakes it finds, wherever it is in an error's context chain.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// `bail!` for a [`UsageError`]: `return Err(usage(format!(…)))`.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// Whether `err` is, or was caused by, a [`UsageError`].
+pub fn is_usage(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| cause.is::<UsageError>())
+}
+
+/// Prints `TOOL: error: …` with the whole context chain and exits non-zero
+/// (2 for a [`UsageError`], else 1); a closed stdout pipe (`tool | head`)
+/// is not an error.
 pub fn finish(tool: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
@@ -20,7 +49,11 @@ pub fn finish(tool: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
             // A failure an interrupt caused is the handler's to report.
             crate::interrupt::wait_if_interrupted();
             eprintln!("{tool}: error: {err:#}");
-            ExitCode::FAILURE
+            if is_usage(&err) {
+                ExitCode::from(USAGE_EXIT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -70,4 +103,23 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn a_usage_error_is_known_under_any_context() {
+        let err = Err::<(), _>(usage("--check needs --confirm-timeout"))
+            .context("krops-deploy")
+            .unwrap_err();
+        assert!(is_usage(&err));
+        assert_eq!(
+            format!("{err:#}"),
+            "krops-deploy: --check needs --confirm-timeout"
+        );
+        assert!(!is_usage(&anyhow::anyhow!("a source failed")));
+    }
 }

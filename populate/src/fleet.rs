@@ -20,6 +20,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use mktarget::interrupt;
 use mktarget::target::{kind, shown, shown_key};
+use mktarget::tool::usage;
 use mktarget::{Cmd, Origin, Target};
 use serde_json::Value;
 
@@ -69,6 +70,10 @@ pub struct Setting {
     /// The driver's option (`--cross-deploy`); unused for [`Kind::Script`].
     pub option: &'static str,
     pub kind: Kind,
+    /// Options of the command line that make this setting moot: with one
+    /// of them, the host runs without it (`--preview` activates nothing,
+    /// so a `confirmTimeout` has nothing to confirm).
+    pub unless: &'static [&'static str],
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -85,6 +90,9 @@ pub enum Kind {
     Script,
     /// A whole number of at least 1, the option's value (seconds), or null (none).
     Count,
+    /// A boolean that only a host's run alone can have true (the option,
+    /// a terminal's): true is a usage error, saying why.
+    NotInFleet(&'static str),
 }
 
 /// One host of the fleet, checked.
@@ -224,7 +232,13 @@ fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result<Vec<String
                 vec![]
             }
         }
-        (Kind::Flag, _) => bail!("expected a boolean, got {}", kind(value)),
+        (Kind::Flag | Kind::NotInFleet(_), _) if !value.is_boolean() => {
+            bail!("expected a boolean, got {}", kind(value))
+        }
+        (Kind::NotInFleet(why), Value::Bool(true)) => {
+            return Err(usage(format!("true does not go with --fleet: {why}")))
+        }
+        (Kind::Flag | Kind::NotInFleet(_), _) => vec![],
         // An option's value is one line; a script may span lines, but no
         // argument holds a NUL byte.
         (Kind::Text, Value::String(s)) if s.contains(char::is_control) => bail!(
@@ -389,6 +403,10 @@ pub fn host_args(host: &Host, sources_file: &Path, forwarded: &Forwarded) -> Res
             Kind::Script if !forwarded.positional => script = words.first().cloned(),
             Kind::Script => {}
             _ if forwarded.given.contains(setting.option) => {}
+            _ if setting
+                .unless
+                .iter()
+                .any(|option| forwarded.given.contains(*option)) => {}
             _ => args.extend(words.iter().cloned()),
         }
     }
@@ -918,31 +936,43 @@ mod tests {
             key: "operation",
             option: "--operation",
             kind: Kind::Text,
+            unless: &[],
         },
         Setting {
             key: "force",
             option: "--force",
             kind: Kind::Flag,
+            unless: &[],
         },
         Setting {
             key: "buildTarget",
             option: "--build-target",
             kind: Kind::Target,
+            unless: &[],
         },
         Setting {
             key: "useNixOutputMonitor",
             option: "--nom",
             kind: Kind::Choice(&["opportunistic", "false"]),
+            unless: &[],
         },
         Setting {
             key: "command",
             option: "",
             kind: Kind::Script,
+            unless: &[],
         },
         Setting {
             key: "confirmTimeout",
             option: "--confirm-timeout",
             kind: Kind::Count,
+            unless: &["--preview"],
+        },
+        Setting {
+            key: "allocateTTY",
+            option: "--allocate-tty",
+            kind: Kind::NotInFleet("no terminal"),
+            unless: &[],
         },
     ];
 
@@ -1146,6 +1176,11 @@ mod tests {
                     .long("force")
                     .action(clap::ArgAction::SetTrue),
             )
+            .arg(
+                clap::Arg::new("preview")
+                    .long("preview")
+                    .action(clap::ArgAction::SetTrue),
+            )
             .arg(clap::Arg::new("script"))
     }
 
@@ -1219,6 +1254,35 @@ mod tests {
             args[4..],
             strings(&["--operation", "test", "--force", "ls"])
         );
+    }
+
+    #[test]
+    fn a_setting_the_command_line_makes_moot_is_left_out() {
+        let web1 = host(json!({"target": "t", "source": {}, "confirmTimeout": 30}));
+        let file = Path::new("/tmp/x/web1.json");
+        let args = host_args(&web1, file, &forwarded(&cli(), &[])).unwrap();
+        assert_eq!(args[4..], strings(&["--confirm-timeout=30"]));
+        let preview = forwarded(&cli(), &strings(&["--preview"]));
+        let args = host_args(&web1, file, &preview).unwrap();
+        assert_eq!(args[4..], strings(&["--preview"]));
+    }
+
+    #[test]
+    fn a_terminal_of_its_own_is_a_usage_error_in_a_fleet() {
+        let fleet = |tty: Value| {
+            let fleet = json!({"web1": {"target": "t", "source": {}, "allocateTTY": tty}});
+            parse(&fleet.to_string(), SETTINGS, &origin(), None)
+        };
+        assert!(fleet(json!(false)).unwrap()[0].settings[0].1.is_empty());
+        let err = fleet(json!(true)).unwrap_err();
+        assert!(mktarget::tool::is_usage(&err), "{err:#}");
+        assert_eq!(
+            format!("{err:#}"),
+            "fleet.web1.allocateTTY: true does not go with --fleet: no terminal"
+        );
+        let err = fleet(json!("yes")).unwrap_err();
+        assert!(!mktarget::tool::is_usage(&err), "{err:#}");
+        assert!(format!("{err:#}").contains("expected a boolean"), "{err:#}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use mktarget::tool::Example;
+use mktarget::tool::{usage, Example};
 use mktarget::{Cmd, Multiplex, Origin, Session, Target};
 
 pub use lock::Locking;
@@ -119,21 +119,24 @@ impl OutputArgs {
             None => None,
         };
         if let (Some(ResultsTo::Stdout), Some(carries)) = (&to, stdout_carries) {
-            bail!(
+            return Err(usage(format!(
                 "--json: stdout carries {carries}, so the results go to a file: --json-file FILE"
-            );
+            )));
         }
         if let Some(ResultsTo::File(path)) = &to {
             // Refused before anything runs, not after a whole deploy.
             if path.is_dir() {
-                bail!("--json-file: {} is a directory", path.display());
+                return Err(usage(format!(
+                    "--json-file: {} is a directory",
+                    path.display()
+                )));
             }
             let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
             if let Some(parent) = parent.filter(|p| !p.is_dir()) {
-                bail!(
+                return Err(usage(format!(
                     "--json-file: {} is not a directory: the results could not be written",
                     parent.display()
-                );
+                )));
             }
         }
         Ok(to)

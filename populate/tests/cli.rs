@@ -156,7 +156,7 @@ fn a_json_file_that_cannot_be_written_is_refused_first() {
         let file = file.to_str().unwrap();
         let out = populate(&["--target", t, "--force", "--json-file", file], sources);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
         assert!(stderr.contains("--json-file: "), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
         assert!(!target.exists(), "{file}: the run went ahead: {stderr}");
