@@ -58,6 +58,14 @@ rec {
   storeName = name:
     concatStringsSep "-" (lib.filter isString (split "[^-+._?=0-9A-Za-z]+" name));
 
+  # The tools, for a writer called without them: built with `callPackage`.
+  # Plain nixpkgs has no krops-rs, and krops's users call the writers as
+  # krops's (`pkgs.callPackage "${krops}/pkgs/krops" { inherit populate; }`).
+  kropsRs = what: callPackage:
+    if callPackage == null
+    then throw "${what}: give it krops-rs (the tools), or call it with callPackage"
+    else callPackage ../pkgs/krops-rs { };
+
   # A dash script running `TOOL "$@" --sources FILE ARGS…`: arguments the
   # script is run with reach the tool (`./result --dry-run`).
   writeTool = { krops-rs, writers }: name: tool: source: args:

@@ -8,7 +8,17 @@ let
   w = import ../../lib/writers.nix { inherit lib; };
 in
 
-{ krops-rs, writers }:
+# Called with callPackage from plain nixpkgs, as krops's pkgs/krops is
+# (`pkgs.callPackage "${krops}/pkgs/krops" { inherit populate; }`), it builds
+# the tools itself, and takes krops's own arguments (`populate`, `nix`,
+# `openssh`) without needing them: the tools populate and reach targets.
+{ writers
+, callPackage ? null
+, krops-rs ? w.kropsRs "pkgs/krops" callPackage
+, populate ? null
+, nix ? null
+, openssh ? null
+}:
 
 let
   inherit (w) flag option checkBool checkString targetJSON;

@@ -6,7 +6,12 @@ let
   w = import ../../lib/writers.nix { inherit lib; };
 in
 
-{ krops-rs, writers }:
+# Called with callPackage from plain nixpkgs, as krops's pkgs/populate is,
+# it builds the tools itself (see ../krops/default.nix).
+{ writers
+, callPackage ? null
+, krops-rs ? w.kropsRs "pkgs/populate" callPackage
+}:
 
 { backup ? false, force ? false, source, target }:
 let
