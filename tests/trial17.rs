@@ -351,3 +351,33 @@ in {{
     out.assert_success()
         .assert_stdout_contains("nixos-rebuild switch");
 }
+
+/// `-q` prints errors only: a deploy that succeeds says nothing on
+/// stderr, also when it previews or is confirmed over a new connection.
+#[test]
+fn quiet_is_quiet_in_the_preview_and_confirm_paths() {
+    let world = World::new();
+    let (_, target, _) = nixos(&world, "alpha", false);
+    let base = [
+        "--target",
+        target.as_str(),
+        "--force",
+        "--nom",
+        "false",
+        "-q",
+    ];
+    for extra in [
+        &[][..],
+        &["--preview"],
+        &["--preview", "--json"],
+        &["--confirm-timeout", "30"],
+    ] {
+        let out = world.run(
+            "krops-deploy",
+            &[&base[..], extra].concat(),
+            sources(&world).to_string().as_bytes(),
+        );
+        out.assert_success();
+        assert_eq!(out.stderr_str(), "", "{extra:?}: not quiet\n{out}");
+    }
+}

@@ -360,11 +360,14 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         paths: Paths::nixos(),
     };
     let watchdog = match cli.confirm_timeout {
-        Some(timeout) => Some(Watchdog::new(
-            timeout,
-            Operation::from_name(&cli.operation)
-                .context("--confirm-timeout checked the operation")?,
-        )?),
+        Some(timeout) => Some(Watchdog {
+            quiet: cli.populate.output.quiet,
+            ..Watchdog::new(
+                timeout,
+                Operation::from_name(&cli.operation)
+                    .context("--confirm-timeout checked the operation")?,
+            )?
+        }),
         None => None,
     };
     let dry_run = cli.populate.dry_run;
@@ -687,9 +690,12 @@ impl Deploy {
             .results
             .extra
             .insert("preview".to_owned(), preview.to_json());
-        // The preview is stdout's, unless the results are.
+        // The preview is stdout's, unless the results are: then it is a
+        // log, which --quiet leaves out.
         if reporting.results_on_stdout {
-            std::io::stderr().write_all(shown.as_bytes())?;
+            if !reporting.style.quiet() {
+                std::io::stderr().write_all(shown.as_bytes())?;
+            }
         } else {
             let mut out = std::io::stdout().lock();
             out.write_all(shown.as_bytes())?;
@@ -809,7 +815,9 @@ impl Deploy {
             ),
             Learned::Outcome(Outcome::Confirmed) => {
                 // The confirmation was made, though its answer was lost.
-                eprintln!("krops-deploy: the watchdog on {on} recorded the confirmation");
+                if !watchdog.quiet {
+                    eprintln!("krops-deploy: the watchdog on {on} recorded the confirmation");
+                }
                 return ExitCode::from(exit_code(status));
             }
             // Activated only after the watchdog started: its record was

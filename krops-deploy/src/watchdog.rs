@@ -84,6 +84,8 @@ pub struct Watchdog {
     pub timeout: u32,
     pub operation: Operation,
     pub paths: Paths,
+    /// `--quiet`: the deployer's side says only what went wrong.
+    pub quiet: bool,
 }
 
 /// What the watchdog ended with, as it records it.
@@ -207,6 +209,7 @@ impl Watchdog {
             timeout,
             operation,
             paths: Paths::nixos(),
+            quiet: false,
         })
     }
 
@@ -515,11 +518,13 @@ impl Watchdog {
             }
             "the activation failed".to_owned()
         } else {
-            eprintln!(
-                "krops-deploy: confirming over a new ssh connection to {on} (the watchdog rolls \
-                 back {} s after activation unless confirmed)",
-                self.timeout
-            );
+            if !self.quiet {
+                eprintln!(
+                    "krops-deploy: confirming over a new ssh connection to {on} (the watchdog \
+                     rolls back {} s after activation unless confirmed)",
+                    self.timeout
+                );
+            }
             let script = self.confirm_script(check);
             let mut reason = format!("no new ssh connection to {on} within {} s", self.timeout);
             while Instant::now() < deadline && !mktarget::interrupt::interrupted() {
@@ -528,10 +533,12 @@ impl Watchdog {
                         mktarget::interrupt::aftermath(format!(
                             "the deploy on {on} was confirmed: the new system stays"
                         ));
-                        eprintln!(
-                            "krops-deploy: confirmed over a new ssh connection to {on}: the new \
-                             system stays"
-                        );
+                        if !self.quiet {
+                            eprintln!(
+                                "krops-deploy: confirmed over a new ssh connection to {on}: the \
+                                 new system stays"
+                            );
+                        }
                         return Report::Confirmed;
                     }
                     Try::Exited(CHECK_FAILED) => {
@@ -644,6 +651,7 @@ mod tests {
                 profile: path("profiles/system"),
                 systemd: path("run/systemd/system"),
             },
+            quiet: false,
         }
     }
 

@@ -398,12 +398,18 @@ impl Cmd {
 
     /// Runs the command with its stderr going to ours as it comes and its
     /// stdout captured, for a step whose log should show live but whose
-    /// stdout is data (a store path); returns how it exited and its stdout.
-    pub fn status_and_stdout(&self) -> Result<(ExitStatus, String)> {
-        let output = self.wait_output(self.expression().stdout_capture())?;
+    /// stdout is data (a store path); returns how it exited, its stdout,
+    /// and its stderr when `keep_stderr` kept it instead of showing it
+    /// (`--quiet`: shown only if it failed).
+    pub fn status_and_stdout(&self, keep_stderr: bool) -> Result<(ExitStatus, String, Vec<u8>)> {
+        let mut expr = self.expression().stdout_capture();
+        if keep_stderr {
+            expr = expr.stderr_capture();
+        }
+        let output = self.wait_output(expr)?;
         let stdout = String::from_utf8(output.stdout)
             .with_context(|| format!("`{}` printed something that is not UTF-8", self.brief()))?;
-        Ok((output.status, stdout))
+        Ok((output.status, stdout, output.stderr))
     }
 
     /// Like [`Cmd::status`], its stdout going to our stderr when
@@ -628,11 +634,21 @@ mod tests {
 
     #[test]
     fn status_and_stdout_keeps_only_stdout() {
-        let (status, stdout) = Cmd::new("/bin/sh")
-            .args(["-c", "echo data; echo log >&2; exit 3"])
-            .status_and_stdout()
+        let script = ["-c", "echo data; echo log >&2; exit 3"];
+        let (status, stdout, kept) = Cmd::new("/bin/sh")
+            .args(script)
+            .status_and_stdout(false)
             .unwrap();
         assert_eq!((status.code(), stdout.as_str()), (Some(3), "data\n"));
+        assert!(kept.is_empty());
+        let (_, stdout, kept) = Cmd::new("/bin/sh")
+            .args(script)
+            .status_and_stdout(true)
+            .unwrap();
+        assert_eq!(
+            (stdout.as_str(), kept.as_slice()),
+            ("data\n", &b"log\n"[..])
+        );
     }
 
     #[test]

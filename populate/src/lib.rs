@@ -338,11 +338,18 @@ impl Final {
     }
 
     /// Like [`Final::run`], with its stdout captured (data: a store path)
-    /// and its stderr shown as it comes.
+    /// and its stderr shown as it comes (with `--quiet`, only when it
+    /// fails).
     pub fn run_capturing_stdout(&self, reporting: &mut Reporting) -> Result<(ExitStatus, String)> {
         let began = self.start_running(reporting)?;
-        let ran = self.command.status_and_stdout();
-        let (status, stdout) = self.record(reporting, began, ran)?;
+        let ran = self
+            .command
+            .status_and_stdout(reporting.style.quiet())
+            .map(|(status, stdout, kept)| (status, (stdout, kept)));
+        let (status, (stdout, kept)) = self.record(reporting, began, ran)?;
+        if !status.success() {
+            let _ = std::io::stderr().write_all(&kept);
+        }
         self.report(reporting.tool, status);
         Ok((status, stdout))
     }
