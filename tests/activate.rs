@@ -554,7 +554,10 @@ fn ctrl_c_at_the_question_activates_nothing_and_names_what_stays() {
     let out = with_terminal_at_the_question(&world, &args, "\x03");
     out.assert_code(130)
         .assert_stdout_contains("Activate? [y/N]")
+        .assert_stdout_contains("interrupted by SIGINT during asking whether to activate")
         .assert_stdout_contains("nothing was activated; the built system's directory /");
+    // No command runs while the question waits (the build ended before it).
+    assert!(!out.stdout_str().contains("may still be running"), "{out}");
     let dir = out
         .stdout_str()
         .split("the built system's directory ")

@@ -100,8 +100,13 @@ pub fn interrupted() -> bool {
 }
 
 /// Says what the tool is doing now (`source nixpkgs (git) → host:/var/src/nixpkgs`).
+/// A remote command said by [`remote`] was the last thing's: it has ended,
+/// so the message no longer says it may still be running (at `Activate?`,
+/// after the build).
 pub fn doing(what: impl Into<String>) {
-    state().doing = Some(what.into());
+    let mut state = state();
+    state.doing = Some(what.into());
+    state.remote = None;
 }
 
 /// Says that what runs now is a command on `on` (`root@server01`) started
