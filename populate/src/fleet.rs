@@ -516,8 +516,7 @@ impl Board {
     fn saw(&self, i: usize, line: &[u8]) {
         if let Some((_, bars)) = &self.live {
             let line = String::from_utf8_lossy(line);
-            if let Some(what) = progress::strip_timestamp(line.trim_end()) {
-                let what = what.strip_prefix("populate: ").unwrap_or(what);
+            if let Some(what) = progress::doing_now(&line) {
                 bars[i].set_message(what.to_owned());
             }
         }
@@ -1283,6 +1282,38 @@ mod tests {
         let err = fleet(json!("yes")).unwrap_err();
         assert!(!mktarget::tool::is_usage(&err), "{err:#}");
         assert!(format!("{err:#}").contains("expected a boolean"), "{err:#}");
+    }
+
+    #[test]
+    fn a_hosts_live_line_says_what_it_does_now_and_that_it_waits_for_the_lock() {
+        let live = Style {
+            live: true,
+            color: false,
+            verbosity: Verbosity::Normal,
+        };
+        let hosts = [host(json!({"target": "root@web1", "source": {}}))];
+        let board = Board::new(live, &hosts);
+        let message = || board.live.as_ref().unwrap().1[0].message();
+        board.saw(
+            0,
+            b"2024-05-01T12:00:03Z populate: source a (file) \xe2\x86\x92 web1:/var/src/a\n",
+        );
+        assert_eq!(message(), "source a (file) → web1:/var/src/a");
+        board.saw(0, b"sending incremental file list\n");
+        assert_eq!(message(), "source a (file) → web1:/var/src/a");
+        // The lock's line has no timestamp.
+        board.saw(
+            0,
+            b"populate: waiting for the lock on web1:/var/src, held by bob@laptop (pid 7, run \
+              5f3a1c) since 2024-06-01 12:03:04 UTC\n",
+        );
+        assert_eq!(
+            message(),
+            "waiting for the lock on web1:/var/src, held by bob@laptop (pid 7, run 5f3a1c) since \
+             2024-06-01 12:03:04 UTC"
+        );
+        board.saw(0, b"populate: something else\n");
+        assert!(message().starts_with("waiting for the lock"));
     }
 
     #[test]

@@ -156,6 +156,20 @@ pub fn strip_timestamp(line: &str) -> Option<&str> {
     fits.then_some(rest)
 }
 
+/// What a run's plain log line says it does now, for a fleet's live line
+/// of that host: a step's timestamped line, or a wait's (`populate:
+/// waiting for the lock on …`, which has none), without the timestamp and
+/// `populate: `.
+pub fn doing_now(line: &str) -> Option<&str> {
+    let line = line.trim_end();
+    let waiting = || {
+        line.strip_prefix("populate: ")
+            .filter(|rest| rest.starts_with("waiting for the "))
+    };
+    let what = strip_timestamp(line).or_else(waiting)?;
+    Some(what.strip_prefix("populate: ").unwrap_or(what))
+}
+
 /// A step as the display shows it.
 #[derive(Clone, Debug)]
 pub(crate) struct Row {
