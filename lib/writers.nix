@@ -66,16 +66,34 @@ rec {
     then throw "${what}: give it krops-rs (the tools), or call it with callPackage"
     else callPackage ../pkgs/krops-rs { };
 
+  # `option`, left out when the script is run with the flag `unless`
+  # (`./result --preview` activates nothing, so writeDeploy's
+  # confirmTimeout has nothing to confirm), as a fleet leaves out a host's
+  # setting the command line makes moot.
+  optionUnless = unless: name: value:
+    if value == null then [ ] else [ { inherit unless; words = [ name value ]; } ];
+
   # A dash script running `TOOL "$@" --sources FILE ARGS…`: arguments the
   # script is run with reach the tool (`./result --dry-run`).
   writeTool = { krops-rs, writers }: name: tool: source: args:
     let
       sources' = sources source;
-      lines = map (words: concatStringsSep " " (map lib.quote words)) (sources'.args ++ args);
+      # Set (to 1) unless the script's arguments include the flag.
+      keep = flag: "keep_unless_" + lib.replaceStrings [ "-" ] [ "_" ] (lib.substring 2 (lib.stringLength flag) flag);
+      line = words:
+        if lib.isAttrs words
+        then concatStringsSep " " (map (word: "\${${keep words.unless}:+${lib.quote word}}") words.words)
+        else concatStringsSep " " (map lib.quote words);
+      lines = map line (sources'.args ++ args);
+      flags = unique (map (words: words.unless) (lib.filter lib.isAttrs args));
+      checks = concatStringsSep "" (map (flag: ''
+        ${keep flag}=1
+        for arg do if [ "$arg" = ${lib.quote flag} ]; then ${keep flag}=; fi; done
+      '') flags);
     in
     writers.writeDash name ''
       set -efu
-      ${sources'.refs}exec ${lib.quote "${krops-rs}/bin/${tool}"} "$@" \
+      ${checks}${sources'.refs}exec ${lib.quote "${krops-rs}/bin/${tool}"} "$@" \
         ${concatStringsSep " \\\n  " lines}
     '';
 }

@@ -833,8 +833,20 @@ in (k.writeDeploy "d" {{ source = lib.evalSource {{ l.symlink = "x"; }}; target 
             expr("confirmTimeout = 30;").replace(".drvPath", "")
         ),
     );
-    let script = fs::read_to_string(world.nix_build(&file, "d")).unwrap();
-    assert!(script.contains("--confirm-timeout 30"), "{script}");
+    let built = world.nix_build(&file, "d");
+    let script = fs::read_to_string(&built).unwrap();
+    assert!(script.contains("--confirm-timeout"), "{script}");
+    // ./result --preview leaves it out: a preview has nothing to confirm.
+    let mut words = Vec::new();
+    for args in [&["--dry-run"][..], &["--dry-run", "--preview"]] {
+        let out = world.run_command(world.command(&built).args(args), b"");
+        out.assert_success();
+        words.push(
+            out.stdout_str()
+                .contains("# then confirm over a new ssh connection"),
+        );
+    }
+    assert_eq!(words, [true, false]);
 }
 
 #[test]

@@ -21,7 +21,7 @@ in
 }:
 
 let
-  inherit (w) flag option checkBool checkString targetJSON;
+  inherit (w) flag option optionUnless checkBool checkString targetJSON;
   writeTool = w.writeTool { inherit krops-rs writers; };
 
   nomModes = [ "opportunistic" "optimistic" "pessimistic" "true" "false" ];
@@ -64,7 +64,7 @@ in
       ++ option "--nom" nom
       ++ flag "--force" (checkBool what "force" force)
       ++ flag "--backup" (checkBool what "backup" backup)
-      ++ option "--confirm-timeout" confirmTimeout'
+      ++ optionUnless "--preview" "--confirm-timeout" confirmTimeout'
     ));
 
   writeTest = name: {
