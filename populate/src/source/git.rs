@@ -210,16 +210,39 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
     } else {
         format!("git clone --recurse-submodules {url} {p}")
     };
-    // Only a real .git directory makes a checkout here: git would follow a
-    // `.git` symlink or `gitdir:` file to a repository outside the path.
+    // git finds a repository by looking up from where it runs: from a `.git`
+    // that is no repository (an empty one, a skeleton a file source left) it
+    // would find one around the target path (an etckeeper /etc, a home in
+    // git) and reset and clean that. So no variable from the caller may
+    // name a repository (a git hook sets GIT_DIR), git never looks above
+    // P, P counts as a checkout only when git finds its repository at
+    // exactly P/.git (a `.git` symlink or `gitdir:` file leads elsewhere),
+    // and from then on every git command is told its repository and work
+    // tree.
+    let git_dir = quote(&format!("{path}/.git"));
+    let ceiling = quote(
+        std::path::Path::new(path)
+            .parent()
+            .and_then(|parent| parent.to_str())
+            .unwrap_or("/"),
+    );
     let mut script = format!(
-        "if test -L {p}/.git || ! test -d {p}/.git; then\n  \
+        "unset $(git rev-parse --local-env-vars)\n\
+         GIT_CEILING_DIRECTORIES={ceiling}\n\
+         export GIT_CEILING_DIRECTORIES\n\
+         if ! {{ test -d {p}/.git && ! test -L {p}/.git &&\n  \
+         krops_git_dir=$(cd -P {p}/.git && pwd -P) &&\n  \
+         test \"$(cd {p} && git rev-parse --absolute-git-dir)\" = \"$krops_git_dir\"; }}; then\n  \
          if test -e {p}; then\n    \
          printf 'populate: replacing %s: it is not a git checkout of its own\\n' {shown} >&2\n  \
          fi\n  \
-         run rm -fR {p}\nfi\n\
+         run rm -fR {p}\n\
+         fi\n\
          if ! test -e {p}; then\n  run {create} >&2\nfi\n\
          run cd {p}\n\
+         GIT_DIR={git_dir}\n\
+         GIT_WORK_TREE={p}\n\
+         export GIT_DIR GIT_WORK_TREE\n\
          if ! url=$(git config remote.origin.url); then\n  run git remote add origin {url}\n\
          elif test \"$url\" != {url}; then\n  run git remote set-url origin {url}\nfi\n"
     );

@@ -1,0 +1,247 @@
+//! End-to-end: a git source owns `PATH/NAME` and nothing else (issue 17,
+//! "git"): git never finds a repository above it, whatever stands there
+//! becomes a fresh checkout, a deploy leaves the checkout and its submodules
+//! exactly at the commit, and a failure names the command that failed. On a
+//! local target, over ssh and with sudo, against the real git.
+
+use std::path::{Path, PathBuf};
+
+use krops_tests::{git_head, GitRepo, Output, Tree, World};
+use serde_json::{json, Value};
+
+fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Output {
+    let mut args = vec!["--target", target];
+    args.extend_from_slice(flags);
+    world.run("populate", &args, sources.to_string().as_bytes())
+}
+
+/// Runs `git ARGS…` in `dir` (a checkout a tool made) and returns its stdout,
+/// trimmed.
+#[track_caller]
+fn git_in(world: &World, dir: &Path, args: &[&str]) -> String {
+    let mut cmd = world.command("git");
+    cmd.args(["-c", "safe.directory=*", "-C"])
+        .arg(dir)
+        .args(args);
+    let out = world.run_command(&mut cmd, b"");
+    out.assert_success();
+    out.stdout_str().trim_end().to_owned()
+}
+
+/// The three ways to reach the target: `(how, target)`, where `path_of(how)`
+/// is the target path of each.
+fn targets(world: &World, path_of: impl Fn(&str) -> PathBuf) -> Vec<(&'static str, String)> {
+    let alpha = world.add_host("alpha");
+    ["local", "ssh", "sudo"]
+        .into_iter()
+        .map(|how| {
+            let path = path_of(how);
+            let target = match how {
+                "local" => path.to_str().unwrap().to_owned(),
+                "ssh" => alpha.target("root", &path),
+                _ => json!({"user": world.sudo_user(), "host": "alpha",
+                            "path": path.to_str().unwrap(), "sudo": true})
+                .to_string(),
+            };
+            (how, target)
+        })
+        .collect()
+}
+
+/// Runs `git ARGS…` with the world's environment, panicking unless it succeeds.
+#[track_caller]
+fn git(world: &World, args: &[&str], dir: &Path) {
+    world
+        .run_command(world.command("git").args(args).arg(dir), b"")
+        .assert_success();
+}
+
+/// Asserts that `dir` is a fresh checkout of its own at `commit`: its git dir
+/// is exactly `dir/.git`, nothing modified, nothing untracked.
+#[track_caller]
+fn assert_fresh_checkout(world: &World, dir: &Path, commit: &str, what: &str) {
+    let git_dir = dir.join(".git");
+    let meta = std::fs::symlink_metadata(&git_dir)
+        .unwrap_or_else(|err| panic!("{what}: no {}: {err}", git_dir.display()));
+    assert!(meta.is_dir(), "{what}: .git is not a directory");
+    assert_eq!(
+        git_in(world, dir, &["rev-parse", "--absolute-git-dir"]),
+        git_dir.canonicalize().unwrap().to_str().unwrap(),
+        "{what}: git finds another repository"
+    );
+    assert_eq!(git_head(dir), commit, "{what}: not at the commit");
+    assert_eq!(
+        git_in(
+            world,
+            dir,
+            &[
+                "status",
+                "--porcelain",
+                "--ignored",
+                "--ignore-submodules=none"
+            ]
+        ),
+        "",
+        "{what}: the checkout is not clean"
+    );
+}
+
+/// A git work tree around the target path, as an etckeeper `/etc` around
+/// `/etc/krops` or a home directory in git: tracked files, an edit not yet
+/// committed, one staged, an untracked file. Returns it and its target path
+/// `srv/src` (untracked in it).
+fn outer_repo(world: &World, name: &str) -> (GitRepo, PathBuf) {
+    let outer = world.git_repo(name);
+    outer.write("fstab", "tracked\n");
+    outer.write("hosts", "tracked too\n");
+    outer.commit("etckeeper");
+    outer.write("fstab", "tracked, edited, not committed\n");
+    outer.write("hosts", "staged\n");
+    outer.git(&["add", "hosts"]);
+    outer.write("untracked.conf", "untracked\n");
+    outer.git(&["remote", "add", "backup", "/nowhere"]);
+    let path = outer.path().join("srv/src");
+    std::fs::create_dir_all(&path).unwrap();
+    (outer, path)
+}
+
+/// Everything of the outer repo but its target path, bytes, modes and owners:
+/// HEAD, index, refs, config, objects, work tree.
+fn outside_path(outer: &GitRepo) -> Tree {
+    let mut tree = Tree::snapshot(outer.path());
+    tree.0
+        .retain(|path, _| path != "srv" && !path.starts_with("srv/"));
+    tree
+}
+
+/// The README's filter example (`*.nix`, `*/`, nothing else) of a directory
+/// that is a git checkout: the directories of its `.git`, empty.
+fn filter_example(dir: &Path) -> Value {
+    json!({"file": {"path": dir.to_str().unwrap(), "filters": [
+        {"type": "include", "pattern": "*.nix"}, {"type": "include", "pattern": "*/"},
+        {"type": "exclude", "pattern": "*"}]}})
+}
+
+/// Reliability (Interrupt): a clone cut short, an empty `.git`, the `.git` skeleton a filtered file source leaves, inside a git work tree around PATH (local, ssh, sudo) → each replaced by a fresh checkout; the outer repo's HEAD, index, refs, config and files byte-identical
+#[test]
+fn a_dot_git_that_is_no_repository_never_leads_git_to_a_parent_repository() {
+    let world = World::new();
+    let origin = world.git_repo("origin");
+    origin.write("default.nix", "{ }\n");
+    origin.write(".gitignore", "result\n");
+    let commit = origin.commit("first");
+    let other = world.git_repo("other-origin");
+    other.write("other.nix", "{ other = true; }\n");
+    other.commit("another origin's");
+    let modules = world.git_repo("modules");
+    modules.write("module.nix", "{ }\n");
+    modules.commit("a local checkout a file source syncs");
+    // Every shape at PATH/NAME, each a name of its own in one run.
+    let shapes = [
+        "empty-dot-git",
+        "junk-in-dot-git",
+        "half-cloned",
+        "filter-skeleton",
+        "empty-repository",
+        "other-origin",
+    ];
+    let git_source = json!({"git": {"url": origin.url(), "ref": "main"}});
+    let outers: Vec<(GitRepo, PathBuf)> = ["local", "ssh", "sudo"]
+        .iter()
+        .map(|how| outer_repo(&world, &format!("etc-{how}")))
+        .collect();
+    let path_of = |how: &str| {
+        let at = ["local", "ssh", "sudo"]
+            .iter()
+            .position(|h| *h == how)
+            .unwrap();
+        outers[at].1.clone()
+    };
+    for (at, (how, target)) in targets(&world, path_of).into_iter().enumerate() {
+        let (outer, path) = &outers[at];
+        let before = outside_path(outer);
+        let p = |shape: &str| path.join(shape);
+        std::fs::create_dir_all(p("empty-dot-git").join(".git")).unwrap();
+        std::fs::create_dir_all(p("junk-in-dot-git").join(".git/objects")).unwrap();
+        std::fs::write(p("junk-in-dot-git").join(".git/junk"), "junk\n").unwrap();
+        // A clone cut short before it wrote HEAD and its refs: config and
+        // objects, no repository git accepts.
+        let half = p("half-cloned");
+        git(&world, &["clone", "-q", &origin.url()], &half);
+        std::fs::remove_file(half.join(".git/HEAD")).unwrap();
+        std::fs::remove_dir_all(half.join(".git/refs")).unwrap();
+        git(&world, &["init", "-q"], &p("empty-repository"));
+        git(&world, &["clone", "-q", &other.url()], &p("other-origin"));
+        populate(
+            &world,
+            &target,
+            &["--force"],
+            &json!({"filter-skeleton": filter_example(modules.path())}),
+        )
+        .assert_success();
+        assert!(
+            p("filter-skeleton/.git/refs").is_dir(),
+            "{how}: no skeleton"
+        );
+        assert!(
+            !p("filter-skeleton/.git/HEAD").exists(),
+            "{how}: not a skeleton"
+        );
+
+        let sources: serde_json::Map<String, Value> = shapes
+            .iter()
+            .map(|shape| (shape.to_string(), git_source.clone()))
+            .collect();
+        let out = populate(&world, &target, &[], &Value::Object(sources.clone()));
+        before.assert_unchanged(&outside_path(outer));
+        out.assert_success();
+        let stderr = out.stderr_str();
+        // The first four are no repository; the other two are reused.
+        assert_eq!(
+            stderr
+                .matches("it is not a git checkout of its own")
+                .count(),
+            4,
+            "{how}: {stderr}"
+        );
+        for shape in shapes {
+            assert_fresh_checkout(&world, &p(shape), &commit, &format!("{how}: {shape}"));
+            assert!(!p(shape).join("other.nix").exists(), "{how}: {shape}");
+        }
+        // Deployed again, nothing is replaced and nothing outside changes.
+        let out = populate(&world, &target, &[], &Value::Object(sources));
+        out.assert_success();
+        assert!(
+            !out.stderr_str().contains("replacing"),
+            "{}",
+            out.stderr_str()
+        );
+        before.assert_unchanged(&outside_path(outer));
+    }
+}
+
+#[test]
+fn a_git_dir_in_the_environment_never_leads_git_to_another_repository() {
+    // populate run from a git hook (or `git rebase --exec`) of the outer
+    // repo inherits GIT_DIR, GIT_WORK_TREE and GIT_INDEX_FILE; on a local
+    // target its script would hand them to every git command it runs.
+    let world = World::new();
+    let origin = world.git_repo("origin");
+    origin.write("default.nix", "{ }\n");
+    let commit = origin.commit("first");
+    let (outer, path) = outer_repo(&world, "etc");
+    let before = outside_path(&outer);
+    let git_dir = outer.path().join(".git");
+    let sources = json!({"n": {"git": {"url": origin.url(), "ref": "main"}}});
+    for run in ["first", "again"] {
+        let mut cmd = world.command(world.tool("populate"));
+        cmd.args(["--target", path.to_str().unwrap(), "--force"])
+            .env("GIT_DIR", &git_dir)
+            .env("GIT_WORK_TREE", outer.path())
+            .env("GIT_INDEX_FILE", git_dir.join("index"));
+        let out = world.run_command(&mut cmd, sources.to_string().as_bytes());
+        before.assert_unchanged(&outside_path(&outer));
+        out.assert_success();
+        assert_fresh_checkout(&world, &path.join("n"), &commit, run);
+    }
+}
