@@ -245,3 +245,43 @@ fn a_git_dir_in_the_environment_never_leads_git_to_another_repository() {
         assert_fresh_checkout(&world, &path.join("n"), &commit, run);
     }
 }
+
+#[test]
+fn a_checkout_git_refuses_for_its_owner_is_replaced_or_the_failing_command_named() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let user = world.sudo_user();
+    let origin = world.git_repo("origin");
+    origin.write("default.nix", "{ }\n");
+    let commit = origin.commit("first");
+    let sources = json!({"n": {"git": {"url": origin.url(), "ref": "main"}}});
+
+    // The checkout is the sudo test user's, and root deploys: git refuses
+    // it (dubious ownership), so root replaces it with a checkout of its own.
+    let path = world.mkdir("users-then-roots");
+    world.chown_to_sudo_user(&path);
+    populate(&world, &alpha.target(user, &path), &["--force"], &sources).assert_success();
+    let out = populate(&world, &alpha.target("root", &path), &[], &sources);
+    out.assert_success()
+        .assert_stderr_contains("it is not a git checkout of its own");
+    assert!(!out.stderr_str().contains("git remote add"), "{out}");
+    assert_fresh_checkout(&world, &path.join("n"), &commit, "root's");
+    let owner =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path.join("n/.git/HEAD")).unwrap());
+    assert_eq!(owner, 0, "not root's own checkout");
+
+    // root's checkout, and the user deploys without sudo: it cannot replace
+    // it, and the error names what failed, not `git remote add`.
+    let path = world.mkdir("roots-then-users");
+    world.chown_to_sudo_user(&path);
+    populate(&world, &alpha.target("root", &path), &["--force"], &sources).assert_success();
+    world.chown_to_sudo_user(&path.join(".populate-lock"));
+    let before = Tree::snapshot(&path.join("n"));
+    let out = populate(&world, &alpha.target(user, &path), &[], &sources);
+    out.assert_failure()
+        .assert_stderr_contains("source n (git)")
+        .assert_stderr_contains("dubious ownership")
+        .assert_stderr_contains(&format!("`rm -fR {}/n` failed", path.display()));
+    assert!(!out.stderr_str().contains("git remote add"), "{out}");
+    before.assert_unchanged(&Tree::snapshot(&path.join("n")));
+}

@@ -218,7 +218,8 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
     // P, P counts as a checkout only when git finds its repository at
     // exactly P/.git (a `.git` symlink or `gitdir:` file leads elsewhere),
     // and from then on every git command is told its repository and work
-    // tree.
+    // tree. `git config --get` exits 1 for a key that is not set: any other
+    // failure is its own, not `git remote add`'s.
     let git_dir = quote(&format!("{path}/.git"));
     let ceiling = quote(
         std::path::Path::new(path)
@@ -243,8 +244,15 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
          GIT_DIR={git_dir}\n\
          GIT_WORK_TREE={p}\n\
          export GIT_DIR GIT_WORK_TREE\n\
-         if ! url=$(git config remote.origin.url); then\n  run git remote add origin {url}\n\
-         elif test \"$url\" != {url}; then\n  run git remote set-url origin {url}\nfi\n"
+         krops_status=0\n\
+         krops_url=$(git config --get remote.origin.url) || krops_status=$?\n\
+         if test \"$krops_status\" = 1; then\n  \
+         run git remote add origin {url}\n\
+         elif test \"$krops_status\" != 0; then\n  \
+         failed \"$krops_status\" 'git config --get remote.origin.url'\n\
+         elif test \"$krops_url\" != {url}; then\n  \
+         run git remote set-url origin {url}\n\
+         fi\n"
     );
     if git.shallow {
         if let Some(why) = shallow_refusal(&git.git_ref) {
@@ -465,6 +473,46 @@ mod tests {
                 assert!(out.status.success(), "{script}\n{out:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_failing_git_config_is_named_not_git_remote_add() {
+        // Real git fails `git config --get` this way only on a repository
+        // the check before it refuses (dubious ownership, a broken config):
+        // a stand-in says so after the check passed.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n");
+        std::fs::create_dir_all(p.join(".git")).unwrap();
+        let p = p.canonicalize().unwrap();
+        let p = p.to_str().unwrap();
+        let stand_in = r#"git() {
+  case "$*" in
+    'rev-parse --local-env-vars') ;;
+    'rev-parse --absolute-git-dir') pwd -P | sed 's|$|/.git|' ;;
+    config*) echo 'fatal: unable to read config' >&2; return 3 ;;
+    *) echo "unexpected: git $*" >&2; return 99 ;;
+  esac
+}
+"#;
+        let git = GitSource {
+            url: "u".into(),
+            git_ref: "main".into(),
+            shallow: false,
+            fetch_always: false,
+            clean_exclude: vec![],
+        };
+        let script = format!("{PRELUDE}{stand_in}{}", git_script(p, p, &git));
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert_eq!(
+            crate::script::failed_command(&stderr),
+            Some("git config --get remote.origin.url"),
+            "{stderr}"
+        );
     }
 
     #[test]
