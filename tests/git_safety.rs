@@ -285,3 +285,37 @@ fn a_checkout_git_refuses_for_its_owner_is_replaced_or_the_failing_command_named
     assert!(!out.stderr_str().contains("git remote add"), "{out}");
     before.assert_unchanged(&Tree::snapshot(&path.join("n")));
 }
+
+#[test]
+fn turning_shallow_off_deepens_the_checkout() {
+    let world = World::new();
+    let origin = world.git_repo("origin");
+    for n in 1..=3 {
+        origin.write("n", format!("{n}\n"));
+        origin.commit(&format!("commit {n}"));
+    }
+    let parent = origin.git(&["rev-parse", "main~1"]);
+    // A shallow fetch needs a URL git fetches over a protocol.
+    let source = |git_ref: &str, shallow: bool| json!({"n": {"git": {"url": origin.file_url(), "ref": git_ref, "shallow": shallow}}});
+    for (how, target) in targets(&world, |how| world.path(&format!("{how}/src"))) {
+        let dest = world.path(&format!("{how}/src/n"));
+        populate(&world, &target, &["--force"], &source("main", true)).assert_success();
+        assert_eq!(
+            git_in(&world, &dest, &["rev-parse", "--is-shallow-repository"]),
+            "true",
+            "{how}: the first deploy is shallow"
+        );
+        populate(&world, &target, &[], &source("main~1", false)).assert_success();
+        assert_fresh_checkout(&world, &dest, &parent, how);
+        assert_eq!(
+            git_in(&world, &dest, &["rev-parse", "--is-shallow-repository"]),
+            "false",
+            "{how}: shallow is off"
+        );
+        // A ref beyond origin's history names the source and the command.
+        let out = populate(&world, &target, &[], &source("main~9", false));
+        out.assert_failure()
+            .assert_stderr_contains("source n (git)")
+            .assert_stderr_contains("`git rev-parse --verify FETCH_HEAD~9^{commit}` failed");
+    }
+}

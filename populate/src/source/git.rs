@@ -264,6 +264,16 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
             return script;
         }
     }
+    if !git.shallow {
+        // A checkout an earlier deploy fetched shallow has one commit:
+        // `main~1` and friends need the history shallow = false promises.
+        script.push_str(
+            "krops_shallow=$(run git rev-parse --is-shallow-repository)\n\
+             if test \"$krops_shallow\" = true; then\n  \
+             run git fetch --unshallow origin >&2\n\
+             fi\n",
+        );
+    }
     script.push_str(&resolve_script(git));
     script.push_str(
         "if ! test \"$(git log --format=%H -1 2>/dev/null)\" = \"$hash\"; then\n  \
