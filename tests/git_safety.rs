@@ -319,3 +319,99 @@ fn turning_shallow_off_deepens_the_checkout() {
             .assert_stderr_contains("`git rev-parse --verify FETCH_HEAD~9^{commit}` failed");
     }
 }
+
+/// Asserts that the (sub)module checkout at `dir` is at `commit` with nothing
+/// modified, staged, untracked or ignored in it.
+#[track_caller]
+fn assert_clean(world: &World, dir: &Path, commit: &str, what: &str) {
+    assert_eq!(git_head(dir), commit, "{what}: not at the commit");
+    assert_eq!(
+        git_in(
+            world,
+            dir,
+            &[
+                "status",
+                "--porcelain",
+                "--ignored",
+                "--ignore-submodules=none"
+            ]
+        ),
+        "",
+        "{what}: not clean"
+    );
+}
+
+#[test]
+fn local_changes_in_a_checkout_and_its_submodules_do_not_survive_a_deploy() {
+    let world = World::new();
+    let inner = world.git_repo("inner");
+    inner.write("inner.nix", "{ inner = 1; }\n");
+    let inner_commit = inner.commit("inner");
+    let lib = world.git_repo("lib");
+    lib.write("lib.nix", "{ v = 1; }\n");
+    lib.write(".gitignore", "result\n");
+    lib.add_submodule(&inner, "inner");
+    let lib_v1 = lib.commit("lib v1 with inner");
+    let repo = world.git_repo("main-repo");
+    repo.write("default.nix", "import ./lib/lib.nix\n");
+    repo.add_submodule(&lib, "lib");
+    let first = repo.commit("with lib v1");
+    // Origin moves lib on, changing the file the target has edited.
+    lib.write("lib.nix", "{ v = 2; }\n");
+    let lib_v2 = lib.commit("lib v2");
+    repo.git(&["-C", "lib", "pull", "-q", "origin", "main"]);
+    repo.git(&["add", "lib"]);
+    let second = repo.commit("with lib v2");
+    // And then drops it.
+    repo.git(&["rm", "-q", "lib"]);
+    let third = repo.commit("without lib");
+    let source = |commit: &str| json!({"n": {"git": {"url": repo.url(), "ref": commit}}});
+
+    for (how, target) in targets(&world, |how| world.path(&format!("{how}/src"))) {
+        let p = world.path(&format!("{how}/src/n"));
+        populate(&world, &target, &["--force"], &source(&first)).assert_success();
+        let mess = |first_edit: &str| {
+            std::fs::write(p.join("default.nix"), first_edit).unwrap();
+            std::fs::write(p.join("untracked"), "x\n").unwrap();
+            git(&world, &["init", "-q"], &p.join("stray-repo"));
+            std::fs::write(p.join("lib/lib.nix"), "{ v = \"local\"; }\n").unwrap();
+            std::fs::write(p.join("lib/staged"), "x\n").unwrap();
+            git_in(&world, &p.join("lib"), &["add", "staged"]);
+            std::fs::write(p.join("lib/untracked"), "x\n").unwrap();
+            std::fs::write(p.join("lib/result"), "ignored\n").unwrap();
+            std::fs::write(p.join("lib/inner/inner.nix"), "{ }\n").unwrap();
+            std::fs::write(p.join("lib/inner/untracked"), "x\n").unwrap();
+        };
+
+        // The same commit again: everything is reset and cleaned.
+        mess("edited on the target\n");
+        populate(&world, &target, &[], &source(&first)).assert_success();
+        assert_clean(&world, &p, &first, &format!("{how}: checkout"));
+        assert!(!p.join("stray-repo").exists(), "{how}: an untracked repo");
+        assert_clean(&world, &p.join("lib"), &lib_v1, &format!("{how}: lib"));
+        assert_clean(&world, &p.join("lib/inner"), &inner_commit, how);
+        // Nothing to do: nothing written, .git and the submodules' included.
+        let before = Tree::snapshot(&p);
+        populate(&world, &target, &[], &source(&first)).assert_success();
+        before.assert_unchanged(&Tree::snapshot(&p));
+
+        // A new commit that moves lib over its local edits.
+        mess("edited again\n");
+        populate(&world, &target, &[], &source(&second)).assert_success();
+        assert_clean(&world, &p, &second, &format!("{how}: checkout"));
+        assert_clean(&world, &p.join("lib"), &lib_v2, &format!("{how}: lib v2"));
+        assert_eq!(
+            std::fs::read_to_string(p.join("lib/lib.nix")).unwrap(),
+            "{ v = 2; }\n"
+        );
+        assert_clean(&world, &p.join("lib/inner"), &inner_commit, how);
+
+        // A commit without lib: its checkout goes with it.
+        populate(&world, &target, &[], &source(&third)).assert_success();
+        assert_clean(&world, &p, &third, &format!("{how}: without lib"));
+        assert!(
+            !p.join("lib").exists(),
+            "{how}: the dropped submodule stays"
+        );
+    }
+}

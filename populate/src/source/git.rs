@@ -275,12 +275,27 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
         );
     }
     script.push_str(&resolve_script(git));
-    script.push_str(
+    // The source owns P: what was changed, added or left there since (an
+    // edit, a build's output, a repository cloned into it, a submodule's
+    // own) goes, in the submodules too, before they move (their update
+    // would refuse to overwrite an edit). A checkout with nothing to reset
+    // is left alone, so that a deploy with nothing to do writes nothing
+    // (`git reset` logs every run in the reflog).
+    let unchanged = "git diff-files --quiet --ignore-submodules && \
+         git diff-index --quiet --cached --ignore-submodules HEAD --";
+    script.push_str(&format!(
         "if ! test \"$(git log --format=%H -1 2>/dev/null)\" = \"$hash\"; then\n  \
-         run git reset --hard \"$hash\" >&2\n  \
-         run git submodule update --init --recursive >&2\nfi\n",
-    );
-    script.push_str("run git clean -dfx");
+         run git reset --hard \"$hash\" >&2\n\
+         elif ! {{ {unchanged}; }}; then\n  \
+         run git reset -q --hard >&2\n\
+         fi\n\
+         run git submodule foreach --quiet --recursive {} >&2\n\
+         run git submodule update --init --recursive >&2\n",
+        quote(&format!(
+            "{unchanged} || git reset -q --hard && git clean -q -dffx"
+        )),
+    ));
+    script.push_str("run git clean -dffx");
     for pattern in &git.clean_exclude {
         script.push_str(&format!(" -e {}", quote(pattern)));
     }
