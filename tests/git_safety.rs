@@ -142,6 +142,7 @@ fn a_dot_git_that_is_no_repository_never_leads_git_to_a_parent_repository() {
         "junk-in-dot-git",
         "half-cloned",
         "filter-skeleton",
+        "work-tree-elsewhere",
         "empty-repository",
         "other-origin",
     ];
@@ -172,6 +173,14 @@ fn a_dot_git_that_is_no_repository_never_leads_git_to_a_parent_repository() {
         std::fs::remove_dir_all(half.join(".git/refs")).unwrap();
         git(&world, &["init", "-q"], &p("empty-repository"));
         git(&world, &["clone", "-q", &other.url()], &p("other-origin"));
+        // A repository whose work tree is the one around PATH.
+        let elsewhere = p("work-tree-elsewhere");
+        git(&world, &["clone", "-q", &origin.url()], &elsewhere);
+        git_in(
+            &world,
+            &elsewhere,
+            &["config", "core.worktree", outer.path().to_str().unwrap()],
+        );
         populate(
             &world,
             &target,
@@ -196,12 +205,13 @@ fn a_dot_git_that_is_no_repository_never_leads_git_to_a_parent_repository() {
         before.assert_unchanged(&outside_path(outer));
         out.assert_success();
         let stderr = out.stderr_str();
-        // The first four are no repository; the other two are reused.
+        // The first five are no checkout of their own; the other two are
+        // reused.
         assert_eq!(
             stderr
                 .matches("it is not a git checkout of its own")
                 .count(),
-            4,
+            5,
             "{how}: {stderr}"
         );
         for shape in shapes {

@@ -216,8 +216,9 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
     // git) and reset and clean that. So no variable from the caller may
     // name a repository (a git hook sets GIT_DIR), git never looks above
     // P, P counts as a checkout only when git finds its repository at
-    // exactly P/.git (a `.git` symlink or `gitdir:` file leads elsewhere),
-    // and from then on every git command is told its repository and work
+    // exactly P/.git (a `.git` symlink or `gitdir:` file leads elsewhere)
+    // and P is its work tree (`core.worktree` may name another), and from
+    // then on every git command is told its repository and work
     // tree. `git config --get` exits 1 for a key that is not set: any other
     // failure is its own, not `git remote add`'s.
     let git_dir = quote(&format!("{path}/.git"));
@@ -232,8 +233,8 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
          GIT_CEILING_DIRECTORIES={ceiling}\n\
          export GIT_CEILING_DIRECTORIES\n\
          if ! {{ test -d {p}/.git && ! test -L {p}/.git &&\n  \
-         krops_git_dir=$(cd -P {p}/.git && pwd -P) &&\n  \
-         test \"$(cd {p} && git rev-parse --absolute-git-dir)\" = \"$krops_git_dir\"; }}; then\n  \
+         krops_checkout=$(cd -P {p}/.git && pwd -P && cd .. && pwd -P) &&\n  \
+         test \"$(cd {p} && git rev-parse --absolute-git-dir --show-toplevel)\" = \"$krops_checkout\"; }}; then\n  \
          if test -e {p}; then\n    \
          printf 'populate: replacing %s: it is not a git checkout of its own\\n' {shown} >&2\n  \
          fi\n  \
@@ -513,7 +514,7 @@ mod tests {
         let stand_in = r#"git() {
   case "$*" in
     'rev-parse --local-env-vars') ;;
-    'rev-parse --absolute-git-dir') pwd -P | sed 's|$|/.git|' ;;
+    'rev-parse --absolute-git-dir --show-toplevel') pwd -P | sed 's|$|/.git|'; pwd -P ;;
     config*) echo 'fatal: unable to read config' >&2; return 3 ;;
     *) echo "unexpected: git $*" >&2; return 99 ;;
   esac
