@@ -281,7 +281,9 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
     // own) goes, in the submodules too, before they move (their update
     // would refuse to overwrite an edit). A checkout with nothing to reset
     // is left alone, so that a deploy with nothing to do writes nothing
-    // (`git reset` logs every run in the reflog).
+    // (`git reset` logs every run in the reflog). Without `.gitmodules`
+    // there is no submodule to update, and git's submodule commands take
+    // 30 ms each to find that out.
     let unchanged = "git diff-files --quiet --ignore-submodules && \
          git diff-index --quiet --cached --ignore-submodules HEAD --";
     script.push_str(&format!(
@@ -290,8 +292,10 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
          elif ! {{ {unchanged}; }}; then\n  \
          run git reset -q --hard >&2\n\
          fi\n\
-         run git submodule foreach --quiet --recursive {} >&2\n\
-         run git submodule update --init --recursive >&2\n",
+         if test -f .gitmodules; then\n  \
+         run git submodule foreach --quiet --recursive {} >&2\n  \
+         run git submodule update --init --recursive >&2\n\
+         fi\n",
         quote(&format!(
             "{unchanged} || git reset -q --hard && git clean -q -dffx"
         )),
