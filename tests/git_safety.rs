@@ -425,3 +425,59 @@ fn local_changes_in_a_checkout_and_its_submodules_do_not_survive_a_deploy() {
         );
     }
 }
+
+#[test]
+fn a_broken_checkout_is_replaced_or_fails_naming_the_source_and_the_command() {
+    let world = World::new();
+    let origin = world.git_repo("origin");
+    origin.write("default.nix", "{ }\n");
+    let commit = origin.commit("first");
+    let git_source = json!({"git": {"url": origin.url(), "ref": "main"}});
+    let outers: Vec<(GitRepo, PathBuf)> = ["local", "ssh", "sudo"]
+        .iter()
+        .map(|how| outer_repo(&world, &format!("etc-{how}")))
+        .collect();
+    let path_of = |how: &str| {
+        let at = ["local", "ssh", "sudo"]
+            .iter()
+            .position(|h| *h == how)
+            .unwrap();
+        outers[at].1.clone()
+    };
+    for (at, (how, target)) in targets(&world, path_of).into_iter().enumerate() {
+        let (outer, path) = &outers[at];
+        let before = outside_path(outer);
+        let names = ["bad-head", "bad-config", "bad-ref", "bad-index"];
+        let all: serde_json::Map<String, Value> = names
+            .iter()
+            .map(|name| (name.to_string(), git_source.clone()))
+            .collect();
+        populate(&world, &target, &["--force"], &Value::Object(all)).assert_success();
+        let p = |name: &str| path.join(name);
+        std::fs::write(p("bad-head/.git/HEAD"), "garbage\n").unwrap();
+        std::fs::write(p("bad-config/.git/config"), "[[[\n").unwrap();
+        std::fs::write(p("bad-ref/.git/refs/heads/main"), "garbage\n").unwrap();
+        std::fs::write(p("bad-index/.git/index"), "garbage\n").unwrap();
+
+        // git no longer sees a repository there: a fresh checkout.
+        let sources = json!({"bad-head": git_source, "bad-config": git_source});
+        let out = populate(&world, &target, &[], &sources);
+        before.assert_unchanged(&outside_path(outer));
+        out.assert_success();
+        for name in ["bad-head", "bad-config"] {
+            assert_fresh_checkout(&world, &p(name), &commit, &format!("{how}: {name}"));
+        }
+        // A repository git sees, but cannot use: the error says which source
+        // and which command.
+        for (name, command) in [
+            ("bad-ref", "git fetch origin main"),
+            ("bad-index", "git fetch origin main"),
+        ] {
+            let out = populate(&world, &target, &[], &json!({name: git_source}));
+            before.assert_unchanged(&outside_path(outer));
+            out.assert_failure()
+                .assert_stderr_contains(&format!("source {name} (git)"))
+                .assert_stderr_contains(&format!("`{command}` failed"));
+        }
+    }
+}
