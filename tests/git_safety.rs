@@ -234,7 +234,9 @@ fn a_dot_git_that_is_no_repository_never_leads_git_to_a_parent_repository() {
 fn a_git_dir_in_the_environment_never_leads_git_to_another_repository() {
     // populate run from a git hook (or `git rebase --exec`) of the outer
     // repo inherits GIT_DIR, GIT_WORK_TREE and GIT_INDEX_FILE; on a local
-    // target its script would hand them to every git command it runs.
+    // target its script would hand them to every git command it runs. What
+    // a user configures through the environment (here a URL rewrite, as CI
+    // passes credentials) still reaches git.
     let world = World::new();
     let origin = world.git_repo("origin");
     origin.write("default.nix", "{ }\n");
@@ -242,13 +244,20 @@ fn a_git_dir_in_the_environment_never_leads_git_to_another_repository() {
     let (outer, path) = outer_repo(&world, "etc");
     let before = outside_path(&outer);
     let git_dir = outer.path().join(".git");
-    let sources = json!({"n": {"git": {"url": origin.url(), "ref": "main"}}});
+    let url = "https://git.example.invalid/origin";
+    let sources = json!({"n": {"git": {"url": url, "ref": "main"}}});
     for run in ["first", "again"] {
         let mut cmd = world.command(world.tool("populate"));
         cmd.args(["--target", path.to_str().unwrap(), "--force"])
             .env("GIT_DIR", &git_dir)
             .env("GIT_WORK_TREE", outer.path())
-            .env("GIT_INDEX_FILE", git_dir.join("index"));
+            .env("GIT_INDEX_FILE", git_dir.join("index"))
+            .env("GIT_CONFIG_COUNT", "1")
+            .env(
+                "GIT_CONFIG_KEY_0",
+                format!("url.{}.insteadOf", origin.url()),
+            )
+            .env("GIT_CONFIG_VALUE_0", url);
         let out = world.run_command(&mut cmd, sources.to_string().as_bytes());
         before.assert_unchanged(&outside_path(&outer));
         out.assert_success();

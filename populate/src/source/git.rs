@@ -198,6 +198,16 @@ pub fn shallow_refusal(git_ref: &str) -> Option<String> {
     })
 }
 
+/// The variables that tell git which repository, or which part of one, to
+/// use (`git rev-parse --local-env-vars` but for the `-c` settings
+/// `GIT_CONFIG_PARAMETERS` and `GIT_CONFIG_COUNT`, which a user may set on
+/// purpose, e.g. credentials in CI), and `GIT_NAMESPACE`; a git hook sets
+/// several.
+const REPOSITORY_VARIABLES: &str = "GIT_DIR GIT_WORK_TREE GIT_IMPLICIT_WORK_TREE \
+     GIT_COMMON_DIR GIT_INDEX_FILE GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES \
+     GIT_GRAFT_FILE GIT_SHALLOW_FILE GIT_NO_REPLACE_OBJECTS GIT_REPLACE_REF_BASE \
+     GIT_PREFIX GIT_CONFIG GIT_NAMESPACE";
+
 /// The git step's body, run on the target after [`PRELUDE`] (which defines
 /// `run`) and the claim of its place (see `sync.rs`); `shown` is the path
 /// as messages name it.
@@ -229,7 +239,7 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
             .unwrap_or("/"),
     );
     let mut script = format!(
-        "unset $(git rev-parse --local-env-vars)\n\
+        "unset {REPOSITORY_VARIABLES}\n\
          GIT_CEILING_DIRECTORIES={ceiling}\n\
          export GIT_CEILING_DIRECTORIES\n\
          if ! {{ test -d {p}/.git && ! test -L {p}/.git &&\n  \
@@ -506,6 +516,21 @@ mod tests {
     }
 
     #[test]
+    fn every_variable_that_names_a_repository_is_unset() {
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", "--local-env-vars"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let unset: Vec<&str> = REPOSITORY_VARIABLES.split_whitespace().collect();
+        for var in String::from_utf8(out.stdout).unwrap().lines() {
+            if !["GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT"].contains(&var) {
+                assert!(unset.contains(&var), "{var} is not unset");
+            }
+        }
+    }
+
+    #[test]
     fn a_failing_git_config_is_named_not_git_remote_add() {
         // Real git fails `git config --get` this way only on a repository
         // the check before it refuses (dubious ownership, a broken config):
@@ -517,7 +542,6 @@ mod tests {
         let p = p.to_str().unwrap();
         let stand_in = r#"git() {
   case "$*" in
-    'rev-parse --local-env-vars') ;;
     'rev-parse --absolute-git-dir --show-toplevel') pwd -P | sed 's|$|/.git|'; pwd -P ;;
     config*) echo 'fatal: unable to read config' >&2; return 3 ;;
     *) echo "unexpected: git $*" >&2; return 99 ;;
