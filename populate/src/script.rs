@@ -3,7 +3,8 @@
 //! Scripts run with `set -efu`. A command whose failure ends the step is
 //! written `run CMD…`: when it fails, `run` prints one line naming it and its
 //! status, which the step's error then quotes (instead of the whole script),
-//! and exits with that status.
+//! and exits with that status. `failed STATUS COMMAND` does the same for a
+//! command whose status the script looked at itself.
 
 /// The prelude of every populate script: `set -efu`, `run` (see above) and
 /// `claim KIND P SHOWN`, which removes, without following links, whatever
@@ -13,11 +14,11 @@
 /// link, which nix-build replaces only when it points into the store.
 pub const PRELUDE: &str = r#"set -efu
 run() {
-  "$@" || {
-    krops_status=$?
-    printf 'populate: failed: %s (exit status %s)\n' "$*" "$krops_status" >&2
-    exit "$krops_status"
-  }
+  "$@" || failed "$?" "$*"
+}
+failed() {
+  printf 'populate: failed: %s (exit status %s)\n' "$2" "$1" >&2
+  exit "$1"
 }
 claim() {
   if test -L "$2"; then

@@ -198,6 +198,16 @@ pub fn shallow_refusal(git_ref: &str) -> Option<String> {
     })
 }
 
+/// The variables that tell git which repository, or which part of one, to
+/// use (`git rev-parse --local-env-vars` but for the `-c` settings
+/// `GIT_CONFIG_PARAMETERS` and `GIT_CONFIG_COUNT`, which a user may set on
+/// purpose, e.g. credentials in CI), and `GIT_NAMESPACE`; a git hook sets
+/// several.
+const REPOSITORY_VARIABLES: &str = "GIT_DIR GIT_WORK_TREE GIT_IMPLICIT_WORK_TREE \
+     GIT_COMMON_DIR GIT_INDEX_FILE GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES \
+     GIT_GRAFT_FILE GIT_SHALLOW_FILE GIT_NO_REPLACE_OBJECTS GIT_REPLACE_REF_BASE \
+     GIT_PREFIX GIT_CONFIG GIT_NAMESPACE";
+
 /// The git step's body, run on the target after [`PRELUDE`] (which defines
 /// `run`) and the claim of its place (see `sync.rs`); `shown` is the path
 /// as messages name it.
@@ -210,18 +220,50 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
     } else {
         format!("git clone --recurse-submodules {url} {p}")
     };
-    // Only a real .git directory makes a checkout here: git would follow a
-    // `.git` symlink or `gitdir:` file to a repository outside the path.
+    // git finds a repository by looking up from where it runs: from a `.git`
+    // that is no repository (an empty one, a skeleton a file source left) it
+    // would find one around the target path (an etckeeper /etc, a home in
+    // git) and reset and clean that. So no variable from the caller may
+    // name a repository (a git hook sets GIT_DIR), git never looks above
+    // P, P counts as a checkout only when git finds its repository at
+    // exactly P/.git (a `.git` symlink or `gitdir:` file leads elsewhere)
+    // and P is its work tree (`core.worktree` may name another), and from
+    // then on every git command is told its repository and work
+    // tree. `git config --get` exits 1 for a key that is not set: any other
+    // failure is its own, not `git remote add`'s.
+    let git_dir = quote(&format!("{path}/.git"));
+    let ceiling = quote(
+        std::path::Path::new(path)
+            .parent()
+            .and_then(|parent| parent.to_str())
+            .unwrap_or("/"),
+    );
     let mut script = format!(
-        "if test -L {p}/.git || ! test -d {p}/.git; then\n  \
+        "unset {REPOSITORY_VARIABLES}\n\
+         GIT_CEILING_DIRECTORIES={ceiling}\n\
+         export GIT_CEILING_DIRECTORIES\n\
+         if ! {{ test -d {p}/.git && ! test -L {p}/.git &&\n  \
+         krops_checkout=$(cd -P {p}/.git && pwd -P && cd .. && pwd -P) &&\n  \
+         test \"$(cd {p} && git rev-parse --absolute-git-dir --show-toplevel)\" = \"$krops_checkout\"; }}; then\n  \
          if test -e {p}; then\n    \
          printf 'populate: replacing %s: it is not a git checkout of its own\\n' {shown} >&2\n  \
          fi\n  \
-         run rm -fR {p}\nfi\n\
+         run rm -fR {p}\n\
+         fi\n\
          if ! test -e {p}; then\n  run {create} >&2\nfi\n\
          run cd {p}\n\
-         if ! url=$(git config remote.origin.url); then\n  run git remote add origin {url}\n\
-         elif test \"$url\" != {url}; then\n  run git remote set-url origin {url}\nfi\n"
+         GIT_DIR={git_dir}\n\
+         GIT_WORK_TREE={p}\n\
+         export GIT_DIR GIT_WORK_TREE\n\
+         krops_status=0\n\
+         krops_url=$(git config --get remote.origin.url) || krops_status=$?\n\
+         if test \"$krops_status\" = 1; then\n  \
+         run git remote add origin {url}\n\
+         elif test \"$krops_status\" != 0; then\n  \
+         failed \"$krops_status\" 'git config --get remote.origin.url'\n\
+         elif test \"$krops_url\" != {url}; then\n  \
+         run git remote set-url origin {url}\n\
+         fi\n"
     );
     if git.shallow {
         if let Some(why) = shallow_refusal(&git.git_ref) {
@@ -233,13 +275,42 @@ pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
             return script;
         }
     }
+    if !git.shallow {
+        // A checkout an earlier deploy fetched shallow has one commit:
+        // `main~1` and friends need the history shallow = false promises.
+        script.push_str(
+            "krops_shallow=$(run git rev-parse --is-shallow-repository)\n\
+             if test \"$krops_shallow\" = true; then\n  \
+             run git fetch --unshallow origin >&2\n\
+             fi\n",
+        );
+    }
     script.push_str(&resolve_script(git));
-    script.push_str(
+    // The source owns P: what was changed, added or left there since (an
+    // edit, a build's output, a repository cloned into it, a submodule's
+    // own) goes, in the submodules too, before they move (their update
+    // would refuse to overwrite an edit). A checkout with nothing to reset
+    // is left alone, so that a deploy with nothing to do writes nothing
+    // (`git reset` logs every run in the reflog). Without `.gitmodules`
+    // there is no submodule to update, and git's submodule commands take
+    // 30 ms each to find that out.
+    let unchanged = "git diff-files --quiet --ignore-submodules && \
+         git diff-index --quiet --cached --ignore-submodules HEAD --";
+    script.push_str(&format!(
         "if ! test \"$(git log --format=%H -1 2>/dev/null)\" = \"$hash\"; then\n  \
-         run git reset --hard \"$hash\" >&2\n  \
-         run git submodule update --init --recursive >&2\nfi\n",
-    );
-    script.push_str("run git clean -dfx");
+         run git reset --hard \"$hash\" >&2\n\
+         elif ! {{ {unchanged}; }}; then\n  \
+         run git reset -q --hard >&2\n\
+         fi\n\
+         if test -f .gitmodules; then\n  \
+         run git submodule foreach --quiet --recursive {} >&2\n  \
+         run git submodule update --init --recursive >&2\n\
+         fi\n",
+        quote(&format!(
+            "{unchanged} || git reset -q --hard && git clean -q -dffx"
+        )),
+    ));
+    script.push_str("run git clean -dffx");
     for pattern in &git.clean_exclude {
         script.push_str(&format!(" -e {}", quote(pattern)));
     }
@@ -442,6 +513,60 @@ mod tests {
                 assert!(out.status.success(), "{script}\n{out:?}");
             }
         }
+    }
+
+    #[test]
+    fn every_variable_that_names_a_repository_is_unset() {
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", "--local-env-vars"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let unset: Vec<&str> = REPOSITORY_VARIABLES.split_whitespace().collect();
+        for var in String::from_utf8(out.stdout).unwrap().lines() {
+            if !["GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT"].contains(&var) {
+                assert!(unset.contains(&var), "{var} is not unset");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_git_config_is_named_not_git_remote_add() {
+        // Real git fails `git config --get` this way only on a repository
+        // the check before it refuses (dubious ownership, a broken config):
+        // a stand-in says so after the check passed.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n");
+        std::fs::create_dir_all(p.join(".git")).unwrap();
+        let p = p.canonicalize().unwrap();
+        let p = p.to_str().unwrap();
+        let stand_in = r#"git() {
+  case "$*" in
+    'rev-parse --absolute-git-dir --show-toplevel') pwd -P | sed 's|$|/.git|'; pwd -P ;;
+    config*) echo 'fatal: unable to read config' >&2; return 3 ;;
+    *) echo "unexpected: git $*" >&2; return 99 ;;
+  esac
+}
+"#;
+        let git = GitSource {
+            url: "u".into(),
+            git_ref: "main".into(),
+            shallow: false,
+            fetch_always: false,
+            clean_exclude: vec![],
+        };
+        let script = format!("{PRELUDE}{stand_in}{}", git_script(p, p, &git));
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert_eq!(
+            crate::script::failed_command(&stderr),
+            Some("git config --get remote.origin.url"),
+            "{stderr}"
+        );
     }
 
     #[test]
