@@ -24,6 +24,7 @@ mod git;
 mod host;
 pub mod nix;
 mod nixos;
+mod real_rebuild;
 mod run;
 mod secrets;
 mod standins;
@@ -40,9 +41,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub use git::{git_head, GitRepo};
 pub use host::Host;
+pub use real_rebuild::{RealRebuild, REAL_REBUILD_ENV};
 pub use run::{command_line, quote, run as run_with_timeout, Output, RUN_TIMEOUT};
 pub use secrets::{PassStore, PassageStore};
-pub use standins::{Record, FIXED_STANDIN_DIR, REBUILD_EXIT_FILE};
+pub use standins::{Record, FIXED_STANDIN_DIR, REBUILD_EXIT_FILE, REBUILD_VARIANT_FILE};
 pub use tree::{Entry, EntryKind, Tree};
 
 /// The user that logs in over ssh and uses sudo in tests; `scripts/test` creates it.
