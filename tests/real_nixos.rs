@@ -480,3 +480,33 @@ fn preview_and_ask_build_with_the_real_program_and_activate_what_was_shown() {
     );
     rr.assert_machine_untouched();
 }
+
+#[test]
+fn a_world_leaves_no_gc_roots_of_its_builds_behind() {
+    // nix-build -o LINK (a result link, a derivation source) registers an
+    // indirect root in this machine's /nix/var/nix/gcroots/auto.
+    let roots = |link: &Path| -> Vec<PathBuf> {
+        fs::read_dir("/nix/var/nix/gcroots/auto")
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|root| fs::read_link(root).is_ok_and(|to| to == link))
+            .collect()
+    };
+    let world = World::new();
+    let expr = world.write(
+        "trivial.nix",
+        "derivation { name = \"krops-test-root\"; system = builtins.currentSystem; \
+         builder = \"/bin/sh\"; args = [ \"-c\" \"echo > $out\" ]; }",
+    );
+    let link = world.path("result");
+    world
+        .run_command(
+            world.command("nix-build").arg(&expr).arg("-o").arg(&link),
+            b"",
+        )
+        .assert_success();
+    assert_eq!(roots(&link).len(), 1);
+    drop(world);
+    assert_eq!(roots(&link), Vec::<PathBuf>::new());
+}

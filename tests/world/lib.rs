@@ -653,10 +653,35 @@ impl World {
     }
 }
 
+/// Where nix registers indirect GC roots: a `nix-build -o LINK` or
+/// `--add-root LINK --indirect` elsewhere than in the store.
+const AUTO_ROOTS: &str = "/nix/var/nix/gcroots/auto";
+
+/// Removes the indirect GC roots whose link is in the world's tree (about to
+/// go), or is a build directory of a deploy or a temp directory of
+/// nixos-rebuild in `/tmp` that is gone: what nix-build and nixos-rebuild
+/// left in this machine's `/nix/var/nix/gcroots`.
+fn remove_auto_roots(world_root: &Path) {
+    for entry in fs::read_dir(AUTO_ROOTS).into_iter().flatten().flatten() {
+        let root = entry.path();
+        let Ok(link) = fs::read_link(&root) else {
+            continue;
+        };
+        let gone_temp = ["/tmp/krops-build.", "/tmp/nixos-rebuild."]
+            .iter()
+            .any(|prefix| link.to_str().is_some_and(|link| link.starts_with(prefix)))
+            && fs::symlink_metadata(&link).is_err();
+        if link.starts_with(world_root) || gone_temp {
+            let _ = fs::remove_file(root);
+        }
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         // Kill and wait every sshd before the tree goes.
         self.lock_hosts().clear();
+        remove_auto_roots(&self.root);
         if let Some(pass) = self.pass.get() {
             let _ = Command::new("gpgconf")
                 .args(["--kill", "all"])

@@ -15,6 +15,10 @@
 //! machine with the tool itself started in one ([`World::run_local_nixos`]).
 //! Anywhere else the stand-in refuses to run it.
 //!
+//! The indirect GC roots its builds register (a build's `result` link, the
+//! program's own temp files) are removed with the world ([`crate::World`]'s
+//! drop).
+//!
 //! Without `$KROPS_NIXOS_REBUILD` (a fresh clone without the shared
 //! directory beside it), [`World::real_rebuild`] prints a `skipped:` line
 //! that cargo does not capture, and the test returns.
@@ -33,9 +37,6 @@ use crate::World;
 /// The variable naming the directory with the real `nixos-rebuild.sh` and
 /// its `setup.sh`.
 pub const REAL_REBUILD_ENV: &str = "KROPS_NIXOS_REBUILD";
-
-/// Where nix-build's indirect roots (a `result` link) are registered.
-const AUTO_ROOTS: &str = "/nix/var/nix/gcroots/auto";
 
 /// What the machine-wide paths the real program uses pointed at.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,26 +137,6 @@ fn points_into(dir: &Path, world_root: &Path) -> bool {
     settings.contains(&world_root.display().to_string())
 }
 
-impl Drop for RealRebuild {
-    fn drop(&mut self) {
-        // nix-build's `result` links registered indirect roots; those whose
-        // link is gone (the build's directory removed) are only clutter.
-        for entry in fs::read_dir(AUTO_ROOTS).into_iter().flatten().flatten() {
-            let root = entry.path();
-            let Ok(link) = fs::read_link(&root) else {
-                continue;
-            };
-            let ours = link.starts_with(&self.world_root)
-                || link
-                    .to_str()
-                    .is_some_and(|link| link.starts_with("/tmp/krops-build."));
-            if ours && !link.exists() && fs::symlink_metadata(&link).is_err() {
-                let _ = fs::remove_file(root);
-            }
-        }
-    }
-}
-
 impl World {
     /// Lays out the real nixos-rebuild in the world's `rr/` and has the
     /// `nixos-rebuild` stand-in run it from now on. Without
@@ -223,7 +204,9 @@ impl World {
         let config = self.real_configuration(marker);
         json!({
             "nixpkgs": {"symlink": rr.nixpkgs().to_str().expect("UTF-8 path")},
-            "nixos-config": {"file": config.to_str().expect("UTF-8 path")},
+            // Configurations of one size, written within a second: rsync's
+            // quick check (size and mtime) would take them for one.
+            "nixos-config": {"file": {"path": config.to_str().expect("UTF-8 path"), "useChecksum": true}},
         })
     }
 
