@@ -510,3 +510,70 @@ fn a_world_leaves_no_gc_roots_of_its_builds_behind() {
     drop(world);
     assert_eq!(roots(&link), Vec::<PathBuf>::new());
 }
+
+#[test]
+fn a_build_target_deploys_to_a_sudo_user_through_the_nix_daemon() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let user = world.sudo_user();
+    booted_host(&world, &rr, "alpha");
+    let beta = world.add_nixos_host("beta");
+    let v2 = world.real_system(&rr, "v2");
+    // The copy to alpha logs in as the sudo test user, whose nix-store
+    // works through the nix-daemon (scripts/test starts it).
+    let daemon = world.run_command(
+        world
+            .command("sudo")
+            .args(["-u", user, "nix-store", "-q", "--hash"])
+            .arg(&v2),
+        b"",
+    );
+    assert!(
+        daemon.success(),
+        "{user} cannot use the nix store: scripts/test adds it to nix-users and starts \
+         nix-daemon\n{daemon}"
+    );
+    // nixos-rebuild puts its own PATH first, so its ssh is /usr/bin/ssh,
+    // not the world's wrapper: the world's ssh config comes with the target.
+    let target = json!({
+        "user": user, "host": "alpha", "path": world.path("alpha/src").to_str().unwrap(),
+        "sudo": true, "extraOptions": ["-F", world.ssh_config().to_str().unwrap()],
+    });
+    let out = deploy(
+        &world,
+        &[
+            "--target",
+            &target.to_string(),
+            "--build-target",
+            &beta.target("root", &world.path("beta/src")),
+            "--force",
+            "--nom",
+            "false",
+        ],
+        &world.real_sources(&rr, "v2"),
+    );
+    out.assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.current_system("beta"), None);
+    let records = world.records("nixos-rebuild");
+    assert_eq!(
+        argvs(&records),
+        [
+            vec!["--sudo", "--krops-probe"],
+            vec![
+                "switch",
+                "--no-flake",
+                "--target-host",
+                &format!("{user}@alpha"),
+                "--use-remote-sudo"
+            ]
+        ]
+    );
+    // Activated as root, through sudo on alpha.
+    let log = fs::read_to_string(rr.root().join("log/activations.log")).unwrap();
+    assert!(log.contains(" uid=0 "), "{log}");
+    rr.assert_machine_untouched();
+}
