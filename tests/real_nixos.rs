@@ -139,6 +139,7 @@ fn every_operation_on_a_local_target_does_what_nixos_rebuild_does() {
 /// NIX_PATH mode: evaluating it fails, saying so.
 const OWN_FLAKE: &str = "{\n  outputs = { self }: throw \"the machine's own /etc/nixos/flake.nix was built instead of the synced sources\";\n}\n";
 
+/// Reliability (Real nixos-rebuild): a target with its own `/etc/nixos/flake.nix` → the deploy and the preview's build use the synced sources, never that flake
 #[test]
 fn a_target_with_its_own_flake_gets_the_synced_sources() {
     let world = World::new();
@@ -179,6 +180,7 @@ fn a_target_with_its_own_flake_gets_the_synced_sources() {
     rr.assert_machine_untouched();
 }
 
+/// Reliability (Real nixos-rebuild): a confirmed switch whose check fails, on a target with its own flake → the real `nixos-rebuild switch --rollback` moves the system profile and `/run/current-system` back; exit 1
 #[test]
 fn a_confirmed_switch_is_kept_or_really_rolled_back() {
     let world = World::new();
@@ -264,6 +266,7 @@ fn config_knowing_hidden(world: &World, alias: &str) -> PathBuf {
     world.write("ssh/config-with-hidden", format!("{config}{hidden}"))
 }
 
+/// Reliability (Real nixos-rebuild): a target the build target reaches only through the target's ssh options → built where nixos-rebuild runs, copied and activated with them (`NIX_SSHOPTS`)
 #[test]
 fn a_build_target_builds_and_reaches_the_target_through_its_options() {
     let world = World::new();
