@@ -273,7 +273,7 @@ fn a_build_target_builds_and_reaches_the_target_through_its_options() {
     let Some(rr) = world.real_rebuild() else {
         return;
     };
-    let (_, _) = booted_host(&world, &rr, "alpha");
+    booted_host(&world, &rr, "alpha");
     let beta = world.add_nixos_host("beta");
     let v2 = world.real_system(&rr, "v2");
     let config = config_knowing_hidden(&world, "alpha");
@@ -372,7 +372,7 @@ fn nixos_rebuild_ng_gets_sudo_and_no_no_build_nix() {
     // The stand-in, reading options as nixos-rebuild-ng does: it knows
     // --sudo, and warns about --use-remote-sudo and --no-build-nix.
     let world = World::new();
-    let alpha = world.add_host("alpha");
+    world.add_host("alpha");
     let beta = world.add_host("beta");
     let user = world.sudo_user();
     let dest = world.mkdir("root-owned").join("src");
@@ -411,7 +411,6 @@ fn nixos_rebuild_ng_gets_sudo_and_no_no_build_nix() {
             ]
         ]
     );
-    let _ = alpha;
 }
 
 /// Runs krops-deploy with `args` and `sources` (a file) on a terminal
