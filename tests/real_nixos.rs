@@ -285,19 +285,25 @@ fn a_build_target_builds_and_reaches_the_target_through_its_options() {
     world
         .ssh("root@beta", "ssh -T root@hidden true")
         .assert_failure();
-    let out = deploy(
-        &world,
-        &[
-            "--target",
-            &target.to_string(),
-            "--build-target",
-            &beta.target("root", &world.path("beta/src")),
-            "--force",
-            "--nom",
-            "false",
-        ],
-        &world.real_sources(&rr, "v2"),
-    );
+    let target = target.to_string();
+    let build = beta.target("root", &world.path("beta/src"));
+    let args = [
+        "--target",
+        &target,
+        "--build-target",
+        &build,
+        "--force",
+        "--nom",
+        "false",
+    ];
+    // The preview builds there too, and copies to the target to compare.
+    let mut preview = args.to_vec();
+    preview.push("--preview");
+    deploy(&world, &preview, &world.real_sources(&rr, "v2"))
+        .assert_success()
+        .assert_stdout_contains(&format!("new system:     {}", v2.display()));
+    assert!(rr.activations().is_empty());
+    let out = deploy(&world, &args, &world.real_sources(&rr, "v2"));
     out.assert_success();
     assert_eq!(world.current_system("alpha"), Some(v2.clone()));
     assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
@@ -577,5 +583,31 @@ fn a_build_target_deploys_to_a_sudo_user_through_the_nix_daemon() {
     // Activated as root, through sudo on alpha.
     let log = fs::read_to_string(rr.root().join("log/activations.log")).unwrap();
     assert!(log.contains(" uid=0 "), "{log}");
+    rr.assert_machine_untouched();
+}
+
+#[test]
+fn the_real_program_never_runs_outside_a_world_nixos_machine() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    // alpha is no NixOS machine: its profile would be this machine's.
+    let alpha = world.add_host("alpha");
+    let out = deploy(
+        &world,
+        &[
+            "--target",
+            &alpha.target("root", &world.path("alpha/src")),
+            "--force",
+            "--nom",
+            "false",
+        ],
+        &world.real_sources(&rr, "v2"),
+    );
+    out.assert_code(125).assert_stderr_contains(
+        "refusing to run the real nixos-rebuild outside a world NixOS machine",
+    );
+    assert!(rr.activations().is_empty());
     rr.assert_machine_untouched();
 }
