@@ -3,14 +3,17 @@
 //!
 //! A [`World`] is a private temp dir holding a home, a `bin/` with the only
 //! stand-ins (`nixos-rebuild`, `nom`, `passage`) and an `ssh` wrapper, a client
-//! key and ssh config, and on demand real sshd hosts ([`World::add_host`]), git
-//! repos, a pass store and a passage store. The tools run with a fixed
+//! key and ssh config, and on demand real sshd hosts ([`World::add_host`]), NixOS
+//! hosts in mount namespaces of their own ([`World::add_nixos_host`]) with the
+//! real nixos-rebuild ([`World::real_rebuild`]), git repos, a pass store and a
+//! passage store. The tools run with a fixed
 //! environment ([`World::env`]) in which the local machine is called `origin`,
 //! the local user is root and every other host name is reached over ssh.
 //!
 //! Worlds share nothing but [`FIXED_STANDIN_DIR`] (the stand-ins on sudo's
-//! `secure_path`) and the sudo test user [`SUDO_USER`], both set up once by
-//! `scripts/test`, so tests run in parallel.
+//! `secure_path`) and the sudo test user [`SUDO_USER`] (with the nix-daemon
+//! for its nix-store), all set up once by `scripts/test`, and the Nix store,
+//! so tests run in parallel.
 //!
 //! ```no_run
 //! use krops_tests::World;

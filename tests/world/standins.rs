@@ -1,5 +1,7 @@
 //! The only stand-ins of the test world: `nixos-rebuild`, `nom` and `passage`.
-//! Everything else the tools run is the real program.
+//! Everything else the tools run is the real program, and so is
+//! `nixos-rebuild` in a world that has it (`real_rebuild.rs`): the stand-in
+//! then records the call and runs it.
 //!
 //! Each stand-in records its invocation into `$KROPS_STANDIN_LOG/<name>.XXXXXX/`:
 //! `time` (nanoseconds since the epoch, for ordering), `argv` (NUL-separated),
