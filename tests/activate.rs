@@ -105,7 +105,10 @@ fn a_good_switch_is_confirmed_over_a_new_connection_and_kept() {
         watchdog_log(&world, "alpha").contains(" confirmed")
             && watchdog_dirs(&world, "alpha").is_empty()
     });
-    assert_eq!(argvs(&world.records("nixos-rebuild")), [["switch"]]);
+    assert_eq!(
+        argvs(&world.records("nixos-rebuild")),
+        [["switch", "--no-flake"]]
+    );
     assert_eq!(
         world.activations(),
         [format!("{} switch", system_name(&new))]
@@ -150,7 +153,10 @@ fn a_switch_that_locks_out_new_logins_is_rolled_back() {
     assert_eq!(world.profile_system("alpha"), Some(old.clone()));
     assert_eq!(
         argvs(&world.records("nixos-rebuild")),
-        [vec!["switch"], vec!["switch", "--rollback"]]
+        [
+            vec!["switch", "--no-flake"],
+            vec!["switch", "--rollback", "--no-flake"]
+        ]
     );
     assert_eq!(
         world.activations(),
@@ -193,7 +199,10 @@ fn a_failing_check_withholds_the_confirmation_and_rolls_back() {
     assert_eq!(world.current_system("alpha"), Some(old));
     assert_eq!(
         argvs(&world.records("nixos-rebuild")),
-        [vec!["switch"], vec!["switch", "--rollback"]]
+        [
+            vec!["switch", "--no-flake"],
+            vec!["switch", "--rollback", "--no-flake"]
+        ]
     );
     // The check's output is a log, not data.
     assert!(!out.stdout_str().contains("checking"), "{out}");
@@ -253,7 +262,10 @@ fn a_passing_check_confirms() {
     );
     out.assert_success();
     assert_eq!(world.current_system("alpha"), Some(new));
-    assert_eq!(argvs(&world.records("nixos-rebuild")), [["switch"]]);
+    assert_eq!(
+        argvs(&world.records("nixos-rebuild")),
+        [["switch", "--no-flake"]]
+    );
 }
 
 #[test]
@@ -384,7 +396,10 @@ fn a_failed_activation_is_not_confirmed() {
     out.assert_code(4)
         .assert_stderr_contains("not confirmed (the activation failed): nothing was rolled back");
     assert_eq!(world.current_system("alpha"), Some(old));
-    assert_eq!(argvs(&world.records("nixos-rebuild")), [["switch"]]);
+    assert_eq!(
+        argvs(&world.records("nixos-rebuild")),
+        [["switch", "--no-flake"]]
+    );
 }
 
 #[test]
@@ -416,7 +431,7 @@ fn preview_prints_what_changes_and_activates_nothing() {
     );
     // Built, in a private directory that is gone; nothing activated.
     let records = world.records("nixos-rebuild");
-    assert_eq!(argvs(&records), [["build"]]);
+    assert_eq!(argvs(&records), [["build", "--no-flake"]]);
     let cwd = records[0].cwd.to_str().unwrap();
     assert!(cwd.starts_with("/tmp/krops-build."), "{cwd}");
     assert!(!records[0].cwd.exists());
@@ -566,6 +581,9 @@ fn ctrl_c_at_the_question_activates_nothing_and_names_what_stays() {
         .map(str::to_owned)
         .unwrap_or_else(|| panic!("{out}"));
     assert!(dir.contains("krops-build."), "{dir}\n{out}");
+    // As the message says; a test leaves nothing behind.
+    assert!(Path::new(&dir).join("result").is_symlink(), "{dir}");
+    fs::remove_dir_all(&dir).unwrap();
     assert_eq!(world.current_system("alpha"), Some(old));
     assert!(world.activations().is_empty());
 }
@@ -597,7 +615,7 @@ fn ask_activates_the_system_it_built_on_yes_only() {
     // system was activated itself.
     assert_eq!(
         argvs(&world.records("nixos-rebuild")),
-        [["build"], ["build"]]
+        [["build", "--no-flake"], ["build", "--no-flake"]]
     );
     assert_eq!(
         world.activations(),
@@ -652,7 +670,7 @@ fn a_build_target_builds_and_the_target_activates_under_its_watchdog() {
     out.assert_success()
         .assert_stderr_contains("confirmed over a new ssh connection to root@alpha");
     let records = world.records("nixos-rebuild");
-    assert_eq!(argvs(&records), [["build"]]);
+    assert_eq!(argvs(&records), [["build", "--no-flake"]]);
     assert_eq!(
         records[0].env["NIX_PATH"],
         world.path("beta/src").to_str().unwrap()
@@ -690,7 +708,10 @@ fn a_sudo_target_runs_the_watchdog_as_root() {
     out.assert_success()
         .assert_stderr_contains("confirmed over a new ssh connection");
     let rebuilds = world.records("nixos-rebuild");
-    assert_eq!(argvs(&rebuilds), [["switch", "--use-remote-sudo"]]);
+    assert_eq!(
+        argvs(&rebuilds),
+        [["switch", "--no-flake", "--use-remote-sudo"]]
+    );
     assert_eq!(rebuilds[0].uid, 0);
     eventually("the watchdog finished", || {
         watchdog_log(&world, "alpha").contains(" confirmed")

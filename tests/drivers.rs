@@ -54,7 +54,7 @@ fn deploy_switches_a_remote_target() {
     out.assert_stderr_contains("# use nix-output-monitor: opportunistic");
     assert!(dest.join("nixos-config").is_file() && dest.join("link").is_symlink());
     let rebuild = only_rebuild(&world);
-    assert_eq!(rebuild.argv, ["switch"]);
+    assert_eq!(rebuild.argv, ["switch", "--no-flake"]);
     assert_eq!(rebuild.env["NIX_PATH"], dest.to_str().unwrap());
     assert_eq!(rebuild.uid, 0);
     assert_eq!(
@@ -87,7 +87,10 @@ fn deploy_boot_cross_deploy() {
     let out = run(&world, "krops-deploy", &args, &sources(&world));
     out.assert_success()
         .assert_stderr_contains("--fast is deprecated");
-    assert_eq!(only_rebuild(&world).argv, ["boot", "--no-build-nix"]);
+    assert_eq!(
+        only_rebuild(&world).argv,
+        ["boot", "--no-flake", "--no-build-nix"]
+    );
 }
 
 #[test]
@@ -123,13 +126,7 @@ fn deploy_with_a_build_target_populates_both_and_builds_there() {
     let rebuild = only_rebuild(&world);
     assert_eq!(
         rebuild.argv,
-        [
-            "switch",
-            "--build-host",
-            "root@beta",
-            "--target-host",
-            "root@alpha"
-        ]
+        ["switch", "--no-flake", "--target-host", "root@alpha"]
     );
     assert_eq!(rebuild.env["NIX_PATH"], build_dir.to_str().unwrap());
     assert_eq!(
@@ -184,7 +181,7 @@ fn deploy_to_a_sudo_target_uses_remote_sudo_and_runs_as_root() {
     );
     out.assert_success();
     let rebuild = only_rebuild(&world);
-    assert_eq!(rebuild.argv, ["switch", "--use-remote-sudo"]);
+    assert_eq!(rebuild.argv, ["switch", "--no-flake", "--use-remote-sudo"]);
     assert_eq!(rebuild.uid, 0, "the rebuild runs under sudo");
     assert_eq!(rebuild.env["NIX_PATH"], dest.to_str().unwrap());
 }
@@ -222,7 +219,7 @@ fn nom_modes() {
     let out = deploy("false");
     assert_eq!(
         out.assert_success().stdout_str(),
-        "nixos-rebuild stand-in: switch\n"
+        "nixos-rebuild stand-in: switch --no-flake\n"
     );
     assert_eq!(count(), (3, 2));
 

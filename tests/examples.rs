@@ -138,7 +138,7 @@ fn deploy_fleet_takes_a_json_target_and_passes_options_to_krops_deploy() {
         &[],
     );
     out.assert_success();
-    assert_eq!(rebuilds(&world), [["boot"]]);
+    assert_eq!(rebuilds(&world), [["boot", "--no-flake"]]);
     assert!(dest(&world, &alpha).join("nixos-config").is_file());
 }
 
@@ -189,7 +189,7 @@ fn deploy_with_hooks_checks_before_and_after_the_deploy() {
     out.assert_stdout_contains(&format!("post: {path} ok"));
     assert_eq!(
         rebuilds(&world),
-        [vec!["dry-build", "-I", &path], vec!["switch"]]
+        [vec!["dry-build", "-I", &path], vec!["switch", "--no-flake"]]
     );
 }
 
@@ -221,7 +221,7 @@ fn deploy_with_hooks_fails_when_the_post_hook_fails() {
     );
     out.assert_failure()
         .assert_stderr_contains("is deployed, but its post-deploy hook failed");
-    assert_eq!(rebuilds(&world), [["switch"]]);
+    assert_eq!(rebuilds(&world), [["switch", "--no-flake"]]);
 }
 
 #[test]

@@ -125,7 +125,9 @@ fn fleet_deploys_every_host_at_once() {
             std::fs::read_to_string(dest.join("barrier")).unwrap(),
             format!("{name} waited for all\n")
         );
-        out.assert_stdout_contains(&format!("{name} | nixos-rebuild stand-in: switch\n"));
+        out.assert_stdout_contains(&format!(
+            "{name} | nixos-rebuild stand-in: switch --no-flake\n"
+        ));
         assert!(summary_row(&out, name).contains(" ok "), "{out}");
     }
     out.assert_stderr_contains("krops-deploy: fleet: 3 of 3 hosts ok\n");
@@ -333,7 +335,9 @@ fn prefixes_keep_stdout_and_stderr_apart() {
     let stderr = out.stderr_str();
     for name in ["alpha", "beta"] {
         let prefix = format!("{name} | ");
-        assert!(stdout.contains(&format!("{prefix}nixos-rebuild stand-in: switch\n")));
+        assert!(stdout.contains(&format!(
+            "{prefix}nixos-rebuild stand-in: switch --no-flake\n"
+        )));
         assert!(stderr.contains(&format!(
             "{prefix}nixos-rebuild stand-in: this line goes to stderr\n"
         )));
@@ -343,7 +347,7 @@ fn prefixes_keep_stdout_and_stderr_apart() {
             && line.contains(" populate: source nixos-config (file) → ")));
     }
     assert!(!stdout.contains("goes to stderr"), "{out}");
-    assert!(!stderr.contains("stand-in: switch\n"), "{out}");
+    assert!(!stderr.contains("stand-in: switch --no-flake\n"), "{out}");
     // Every other stderr line is the fleet's own summary.
     for line in stderr.lines() {
         assert!(
@@ -371,15 +375,13 @@ fn options_reach_every_host_and_win_over_the_file() {
         .map(|r| (r.env["NIX_PATH"].clone(), r.argv))
         .collect();
     argvs.sort();
+    let words = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
     let [alpha_path, beta_path] = [0, 1].map(|i| paths(&world, &["alpha", "beta"])[i].clone());
     assert_eq!(
         argvs,
         [
-            (alpha_path.clone(), vec!["boot".to_owned()]),
-            (
-                beta_path,
-                vec!["test".to_owned(), "--no-build-nix".to_owned()]
-            ),
+            (alpha_path.clone(), words(&["boot", "--no-flake"])),
+            (beta_path, words(&["test", "--no-flake", "--no-build-nix"])),
         ]
     );
     // The command line's --operation wins; --dry-run reaches every host.

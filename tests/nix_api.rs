@@ -701,7 +701,7 @@ fn seed_article_krops_nix_deploys_two_hosts() {
     let mut seen: Vec<(u16, String)> = records
         .iter()
         .map(|r| {
-            assert_eq!(r.argv, ["switch"]);
+            assert_eq!(r.argv, ["switch", "--no-flake"]);
             (
                 server_port(r),
                 r.var("NIX_PATH").unwrap_or_default().to_owned(),
@@ -1166,9 +1166,8 @@ in pkgs.krops.writeDeploy "deploy-alpha" {{
         rebuild.argv,
         [
             "boot",
+            "--no-flake",
             "--no-build-nix",
-            "--build-host",
-            "root@beta",
             "--target-host",
             &format!("{user}@alpha"),
             "--use-remote-sudo"

@@ -458,7 +458,7 @@ fn a_deploy_on_a_terminal_shows_the_rebuilds_output_after_the_sources() {
     let done = position(&|line| line.starts_with("✓ nixos-rebuild switch on root@alpha"));
     assert!(sources < rebuild && rebuild < done, "{screen}");
     assert_eq!(
-        screen.stdout, "nixos-rebuild stand-in: switch\n",
+        screen.stdout, "nixos-rebuild stand-in: switch --no-flake\n",
         "{screen}"
     );
 }

@@ -60,7 +60,7 @@ pub struct Cli {
     /// The nixos-rebuild operation
     #[arg(long, default_value = "switch", value_name = "OP")]
     pub operation: String,
-    /// Build for another architecture: pass --no-build-nix to nixos-rebuild
+    /// Build for another architecture: pass --no-build-nix to the bash nixos-rebuild (nixos-rebuild-ng builds no Nix)
     #[arg(long)]
     pub cross_deploy: bool,
     /// When to pipe nixos-rebuild's output through nix-output-monitor (nom)
@@ -194,25 +194,77 @@ impl Nom {
     }
 }
 
-/// The arguments of nixos-rebuild, as krops's writeDeploy passes them; the
-/// hosts as [`Target::destination`] writes them (`root@[::1]` for IPv6).
-pub fn rebuild_args(cli: &Cli, target: &Target, build: &Target) -> Vec<String> {
-    let mut args = vec![cli.operation.clone()];
-    if cli.cross_deploy {
-        args.push("--no-build-nix".to_owned());
+/// The nixos-rebuild programs a build target may run. They differ in the
+/// options the tools pass, so the build target's own program decides, once
+/// per run, in the script that runs it ([`rebuild_script`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rebuilder {
+    /// The bash `nixos-rebuild` (NixOS up to 25.05): `--use-remote-sudo`,
+    /// and `--no-build-nix` for a cross deploy.
+    Bash,
+    /// `nixos-rebuild-ng`, the Python program (the default since NixOS
+    /// 25.11): `--sudo` (`--use-remote-sudo` is its deprecated alias); it
+    /// builds no Nix, so `--no-build-nix` would only warn.
+    Ng,
+}
+
+/// Shell text that succeeds when the `nixos-rebuild` on PATH is the bash
+/// program: it refuses `--sudo` as an unknown option, before reading any
+/// other word, while nixos-rebuild-ng knows `--sudo` and refuses the next
+/// word instead. Either exits at once, having done nothing.
+pub const BASH_REBUILDER_PROBE: &str =
+    "nixos-rebuild --sudo --krops-probe 2>&1 | grep -q 'unknown option.*--sudo'";
+
+/// One nixos-rebuild run, before the build target's program is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebuild {
+    pub operation: String,
+    /// `--cross-deploy`: the bash program must not build Nix first.
+    pub cross_deploy: bool,
+    /// The target, as `--target-host` names it, when nixos-rebuild runs
+    /// elsewhere (on the build target).
+    pub target_host: Option<String>,
+    /// Whether activation on the target goes through sudo.
+    pub sudo: bool,
+}
+
+impl Rebuild {
+    /// What krops's writeDeploy runs for `cli`; the target as
+    /// [`Target::destination`] writes it (`root@[::1]` for IPv6). It builds
+    /// where it runs, on the build target: krops also passed `--build-host`
+    /// naming that same machine, so nixos-rebuild ssh-ed to itself and
+    /// copied to the target from that nested session, without NIX_SSHOPTS.
+    pub fn new(cli: &Cli, target: &Target, build: &Target) -> Rebuild {
+        Rebuild {
+            operation: cli.operation.clone(),
+            cross_deploy: cli.cross_deploy,
+            target_host: (build != target).then(|| target.destination()),
+            sudo: target.sudo,
+        }
     }
-    if build != target {
-        args.extend([
-            "--build-host".to_owned(),
-            build.destination(),
-            "--target-host".to_owned(),
-            target.destination(),
-        ]);
+
+    /// nixos-rebuild's arguments for `program`. Always `--no-flake`: in
+    /// this NIX_PATH mode a flake of the machine's own
+    /// (`/etc/nixos/flake.nix`) must not replace the synced sources.
+    pub fn args(&self, program: Rebuilder) -> Vec<String> {
+        let mut args = vec![self.operation.clone(), "--no-flake".to_owned()];
+        if self.cross_deploy && program == Rebuilder::Bash {
+            args.push("--no-build-nix".to_owned());
+        }
+        if let Some(host) = &self.target_host {
+            args.extend(["--target-host".to_owned(), host.clone()]);
+        }
+        if self.sudo {
+            args.push(
+                match program {
+                    Rebuilder::Bash => "--use-remote-sudo",
+                    Rebuilder::Ng => "--sudo",
+                }
+                .to_owned(),
+            );
+        }
+        args
     }
-    if target.sudo {
-        args.push("--use-remote-sudo".to_owned());
-    }
-    args
 }
 
 /// ssh options the build host needs to reach the target, for NIX_SSHOPTS
@@ -245,14 +297,21 @@ pub fn nix_sshopts(target: &Target, build: &Target) -> Option<Result<String, Str
 
 /// The script run on the build target: the rebuild, piped through nom as
 /// `mode` says. Unlike krops, a failing rebuild fails the script even when
-/// its output goes through nom.
-pub fn rebuild_script(nix_path: &str, sshopts: Option<&str>, args: &[String], mode: Nom) -> String {
-    let mut rebuild = format!("NIX_PATH={} ", quote(nix_path));
+/// its output goes through nom. Where the programs' arguments differ, the
+/// script asks the build target's program which it is
+/// ([`BASH_REBUILDER_PROBE`]) right before running it.
+pub fn rebuild_script(nix_path: &str, sshopts: Option<&str>, run: &Rebuild, mode: Nom) -> String {
+    let mut prefix = format!("NIX_PATH={} ", quote(nix_path));
     if let Some(opts) = sshopts {
-        rebuild.push_str(&format!("NIX_SSHOPTS={} ", quote(opts)));
+        prefix.push_str(&format!("NIX_SSHOPTS={} ", quote(opts)));
     }
-    rebuild.push_str("nixos-rebuild ");
-    rebuild.push_str(&quote_words(args));
+    let command = |program| format!("{prefix}nixos-rebuild {}", quote_words(run.args(program)));
+    let (bash, ng) = (command(Rebuilder::Bash), command(Rebuilder::Ng));
+    let rebuild = if bash == ng {
+        bash
+    } else {
+        format!("if {BASH_REBUILDER_PROBE}; then {bash}; else {ng}; fi")
+    };
     // `(CMD) 2>&1 | nom`, failing when either fails (POSIX sh has no
     // pipefail): both statuses are collected on fd 4, the rebuild's first.
     // A failed nom wins: the rebuild then only died of the broken pipe.
@@ -337,7 +396,7 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         plans.push(Plan::new(&build_session, &sources, options)?);
     }
     plans.push(Plan::new(&target_session, &sources, options)?);
-    let args = rebuild_args(cli, &target, &build);
+    let nixos_rebuild = Rebuild::new(cli, &target, &build);
     let sshopts = match nix_sshopts(&target, &build) {
         Some(Ok(opts)) => Some(opts),
         Some(Err(word)) => {
@@ -395,7 +454,7 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     }
     let rebuild = Final::new(
         &deploy.build_session,
-        deploy.rebuild_command(&args, watchdog.as_ref()),
+        deploy.rebuild_command(&nixos_rebuild, watchdog.as_ref()),
         deploy.on_build("nixos-rebuild", &cli.operation),
     );
     let Some(watchdog) = watchdog else {
@@ -520,8 +579,13 @@ impl Deploy {
 
     /// The rebuild on the build target, as krops runs it; on the target
     /// with the watchdog started first when there is one.
-    fn rebuild_command(&self, args: &[String], watchdog: Option<&Watchdog>) -> Cmd {
-        let script = rebuild_script(&self.build().path, self.sshopts.as_deref(), args, self.nom);
+    fn rebuild_command(&self, rebuild: &Rebuild, watchdog: Option<&Watchdog>) -> Cmd {
+        let script = rebuild_script(
+            &self.build().path,
+            self.sshopts.as_deref(),
+            rebuild,
+            self.nom,
+        );
         let script = match watchdog {
             Some(watchdog) => watchdog.guard(&script),
             None => script,
@@ -531,11 +595,13 @@ impl Deploy {
 
     /// `nixos-rebuild build` in a private directory on the build target.
     fn build_command(&self) -> Cmd {
-        let mut args = vec!["build".to_owned()];
-        if self.cross_deploy {
-            args.push("--no-build-nix".to_owned());
-        }
-        let rebuild = rebuild_script(&self.build().path, None, &args, self.nom);
+        let build = Rebuild {
+            operation: "build".to_owned(),
+            cross_deploy: self.cross_deploy,
+            target_host: None,
+            sudo: false,
+        };
+        let rebuild = rebuild_script(&self.build().path, None, &build, self.nom);
         self.build_session
             .command(&preview::build_script(&rebuild), &[], false)
     }
@@ -979,31 +1045,54 @@ mod tests {
         assert!(parse(&["--fleet", "f", "--jobs", "0"]).is_err());
     }
 
+    fn args(args: &[&str], target: &Target, build: &Target, program: Rebuilder) -> Vec<String> {
+        Rebuild::new(&cli(args), target, build).args(program)
+    }
+
     #[test]
     fn rebuild_args_follow_write_deploy() {
+        use Rebuilder::{Bash, Ng};
+        for program in [Bash, Ng] {
+            assert_eq!(
+                args(&[], &t("root@t"), &t("root@t"), program),
+                ["switch", "--no-flake"]
+            );
+        }
         assert_eq!(
-            rebuild_args(&cli(&[]), &t("root@t"), &t("root@t")),
-            ["switch"]
-        );
-        assert_eq!(
-            rebuild_args(
-                &cli(&["--operation", "boot", "--cross-deploy"]),
+            args(
+                &["--operation", "boot", "--cross-deploy"],
                 &t("root@t"),
-                &t("root@t")
+                &t("root@t"),
+                Bash
             ),
-            ["boot", "--no-build-nix"]
+            ["boot", "--no-flake", "--no-build-nix"]
+        );
+        // nixos-rebuild-ng builds no Nix: --no-build-nix would only warn.
+        assert_eq!(
+            args(&["--cross-deploy"], &t("root@t"), &t("root@t"), Ng),
+            ["switch", "--no-flake"]
         );
         let mut target = t("deploy@t");
         target.sudo = true;
+        // Built where nixos-rebuild runs, on the build target: no --build-host.
         assert_eq!(
-            rebuild_args(&cli(&[]), &target, &t("@b")),
+            args(&[], &target, &t("@b"), Bash),
             [
                 "switch",
-                "--build-host",
-                "b",
+                "--no-flake",
                 "--target-host",
                 "deploy@t",
                 "--use-remote-sudo"
+            ]
+        );
+        assert_eq!(
+            args(&[], &target, &t("@b"), Ng),
+            [
+                "switch",
+                "--no-flake",
+                "--target-host",
+                "deploy@t",
+                "--sudo"
             ]
         );
     }
@@ -1011,33 +1100,84 @@ mod tests {
     #[test]
     fn rebuild_args_bracket_ipv6_hosts() {
         assert_eq!(
-            rebuild_args(&cli(&[]), &t("root@[::1]:2222/var/src"), &t("root@b")),
-            [
-                "switch",
-                "--build-host",
-                "root@b",
-                "--target-host",
-                "root@[::1]"
-            ]
+            args(
+                &[],
+                &t("root@[::1]:2222/var/src"),
+                &t("root@b"),
+                Rebuilder::Bash
+            ),
+            ["switch", "--no-flake", "--target-host", "root@[::1]"]
         );
         // A host as JSON gives it: the bare address.
         let mut json = t("root@b");
         json.host = "2001:db8::1".into();
         json.validate().unwrap();
         assert_eq!(
-            rebuild_args(&cli(&[]), &t("@b"), &json),
+            args(&[], &json, &t("@b"), Rebuilder::Bash),
             [
                 "switch",
-                "--build-host",
-                "root@[2001:db8::1]",
+                "--no-flake",
                 "--target-host",
-                "b"
+                "root@[2001:db8::1]"
             ]
         );
         // The port still reaches the build host through NIX_SSHOPTS.
         assert_eq!(
             nix_sshopts(&t("root@[::1]:2222"), &t("root@b")),
             Some(Ok("-p 2222".into()))
+        );
+    }
+
+    /// Runs [`BASH_REBUILDER_PROBE`] with `program` as nixos-rebuild.
+    fn probe(program: &str) -> bool {
+        let dir = tempfile_dir();
+        let path = format!("{dir}/nixos-rebuild");
+        std::fs::write(&path, program).unwrap();
+        std::process::Command::new("chmod")
+            .args(["+x", &path])
+            .status()
+            .unwrap();
+        let status = std::process::Command::new("/bin/sh")
+            .args(["-c", BASH_REBUILDER_PROBE])
+            .env("PATH", format!("{dir}:/usr/bin:/bin"))
+            .status()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        status.success()
+    }
+
+    #[test]
+    fn the_probe_tells_the_bash_program_from_nixos_rebuild_ng() {
+        // Their first words on an option they do not know (the real bash
+        // program runs in tests/real_nixos.rs).
+        let bash = "#!/bin/sh\necho \"$0: unknown option \\`$1'\" >&2; exit 1\n";
+        assert!(probe(bash));
+        // argparse's usage names --sudo too, but not as unknown.
+        let ng = "#!/bin/sh\necho 'usage: nixos-rebuild [--sudo] [--use-remote-sudo]' >&2\n\
+                  echo 'nixos-rebuild: error: unrecognized arguments: --krops-probe' >&2; exit 2\n";
+        assert!(!probe(ng));
+    }
+
+    #[test]
+    fn the_script_runs_what_the_build_targets_program_understands() {
+        let plain = Rebuild::new(&cli(&[]), &t("root@t"), &t("root@t"));
+        let script = rebuild_script("/var/src", None, &plain, Nom::False);
+        assert!(!script.contains("--krops-probe"), "{script}");
+        assert!(
+            script.ends_with("\nNIX_PATH=/var/src nixos-rebuild switch --no-flake\n"),
+            "{script}"
+        );
+        let mut target = t("root@t");
+        target.sudo = true;
+        let sudo = Rebuild::new(&cli(&[]), &target, &target);
+        let script = rebuild_script("/var/src", None, &sudo, Nom::False);
+        assert!(
+            script.ends_with(&format!(
+                "\nif {BASH_REBUILDER_PROBE}; then NIX_PATH=/var/src nixos-rebuild switch \
+                 --no-flake --use-remote-sudo; else NIX_PATH=/var/src nixos-rebuild switch \
+                 --no-flake --sudo; fi\n"
+            )),
+            "{script}"
         );
     }
 
@@ -1078,7 +1218,8 @@ mod tests {
         if with_nom {
             write("nom", "sed 's/^/nom: /'");
         }
-        let script = rebuild_script("/var/src", None, &["switch".into()], mode);
+        let switch = Rebuild::new(&cli(&[]), &t("root@t"), &t("root@t"));
+        let script = rebuild_script("/var/src", None, &switch, mode);
         let out = std::process::Command::new("/bin/sh")
             .args(["-c", &script])
             .env("PATH", format!("{bin}:/usr/bin:/bin"))
@@ -1104,7 +1245,10 @@ mod tests {
     fn nom_modes_pipe_as_krops_does_and_keep_the_status() {
         let (status, stdout, stderr) = run_script(Nom::Opportunistic, true, 0);
         assert_eq!(status, 0);
-        assert_eq!(stdout, "nom: rebuild switch NIX_PATH=/var/src\nnom: oops\n");
+        assert_eq!(
+            stdout,
+            "nom: rebuild switch --no-flake NIX_PATH=/var/src\nnom: oops\n"
+        );
         assert!(
             stderr.starts_with("# use nix-output-monitor: opportunistic\n"),
             "{stderr}"
@@ -1112,7 +1256,7 @@ mod tests {
         let (status, stdout, stderr) = run_script(Nom::Opportunistic, false, 0);
         assert_eq!(
             (status, stdout.as_str(), stderr.contains("oops")),
-            (0, "rebuild switch NIX_PATH=/var/src\n", true)
+            (0, "rebuild switch --no-flake NIX_PATH=/var/src\n", true)
         );
         let (status, stdout, _) = run_script(Nom::Optimistic, true, 4);
         assert_eq!((status, stdout.starts_with("nom: ")), (4, true));
@@ -1131,13 +1275,14 @@ mod tests {
 
     #[test]
     fn pessimistic_runs_nom_through_nix_shell() {
-        let script = rebuild_script("/var/src", None, &["switch".into()], Nom::Pessimistic);
+        let switch = Rebuild::new(&cli(&[]), &t("root@t"), &t("root@t"));
+        let script = rebuild_script("/var/src", None, &switch, Nom::Pessimistic);
         assert!(
             script
                 .contains("\nNIX_PATH=/var/src nix-shell -p nix-output-monitor --run 'exec 3>&1;"),
             "{script}"
         );
-        let script = rebuild_script("/var/src", None, &["switch".into()], Nom::True);
+        let script = rebuild_script("/var/src", None, &switch, Nom::True);
         assert!(
             script.contains("else\n  NIX_PATH=/var/src nix-shell -p nix-output-monitor"),
             "{script}"

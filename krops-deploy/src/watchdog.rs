@@ -169,7 +169,8 @@ rollback() {
   if [ "$operation" = switch ] && { [ -z "$generation" ] || [ "$(readlink "$profile")" != "$generation" ]; }; then
     how='nixos-rebuild switch --rollback'
     log "no confirmation: rolling back with $how"
-    nixos-rebuild switch --rollback
+    # --no-flake: the machine's own flake (/etc/nixos/flake.nix) has no say.
+    nixos-rebuild switch --rollback --no-flake
   elif [ -n "$previous" ]; then
     how="$previous/bin/switch-to-configuration test"
     log "no confirmation: activating the previous system again with $how"
@@ -801,7 +802,10 @@ mod tests {
                 "nixos-rebuild switch --rollback".to_owned()
             ))
         );
-        assert_eq!(read(&root.join("rebuilds")), "switch --rollback\n");
+        assert_eq!(
+            read(&root.join("rebuilds")),
+            "switch --rollback --no-flake\n"
+        );
         assert!(read(&Path::new(&w.dir()).join("log")).contains("no confirmation"));
         assert!(read(&root.join("run/krops/log")).contains(&format!(" {} rolled-back", w.id)));
         // Too late now.

@@ -58,10 +58,12 @@ fn dry_run_shows_both_populates_and_the_rebuild_on_the_build_target() {
         .find("# populate root@t:2222/var/src")
         .expect(&script);
     assert!(b < t, "build target first:\n{script}");
+    // Built where nixos-rebuild runs: no --build-host naming itself.
     assert!(
-        script.contains("--build-host builder@b --target-host root@t"),
+        script.contains("nixos-rebuild switch --no-flake --target-host root@t"),
         "{script}"
     );
+    assert!(!script.contains("--build-host"), "{script}");
     // The rebuild runs on the build target, quoted once more for ssh.
     let label = "# then nixos-rebuild switch on builder@b (the build target)\n";
     assert!(script.contains(label), "{script}");

@@ -3,14 +3,17 @@
 //!
 //! A [`World`] is a private temp dir holding a home, a `bin/` with the only
 //! stand-ins (`nixos-rebuild`, `nom`, `passage`) and an `ssh` wrapper, a client
-//! key and ssh config, and on demand real sshd hosts ([`World::add_host`]), git
-//! repos, a pass store and a passage store. The tools run with a fixed
+//! key and ssh config, and on demand real sshd hosts ([`World::add_host`]), NixOS
+//! hosts in mount namespaces of their own ([`World::add_nixos_host`]) with the
+//! real nixos-rebuild ([`World::real_rebuild`]), git repos, a pass store and a
+//! passage store. The tools run with a fixed
 //! environment ([`World::env`]) in which the local machine is called `origin`,
 //! the local user is root and every other host name is reached over ssh.
 //!
 //! Worlds share nothing but [`FIXED_STANDIN_DIR`] (the stand-ins on sudo's
-//! `secure_path`) and the sudo test user [`SUDO_USER`], both set up once by
-//! `scripts/test`, so tests run in parallel.
+//! `secure_path`) and the sudo test user [`SUDO_USER`] (with the nix-daemon
+//! for its nix-store), all set up once by `scripts/test`, and the Nix store,
+//! so tests run in parallel.
 //!
 //! ```no_run
 //! use krops_tests::World;
@@ -24,6 +27,7 @@ mod git;
 mod host;
 pub mod nix;
 mod nixos;
+mod real_rebuild;
 mod run;
 mod secrets;
 mod standins;
@@ -40,9 +44,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub use git::{git_head, GitRepo};
 pub use host::Host;
+pub use real_rebuild::{RealRebuild, REAL_REBUILD_ENV};
 pub use run::{command_line, quote, run as run_with_timeout, Output, RUN_TIMEOUT};
 pub use secrets::{PassStore, PassageStore};
-pub use standins::{Record, FIXED_STANDIN_DIR, REBUILD_EXIT_FILE};
+pub use standins::{Record, FIXED_STANDIN_DIR, REBUILD_EXIT_FILE, REBUILD_VARIANT_FILE};
 pub use tree::{Entry, EntryKind, Tree};
 
 /// The user that logs in over ssh and uses sudo in tests; `scripts/test` creates it.
@@ -651,10 +656,35 @@ impl World {
     }
 }
 
+/// Where nix registers indirect GC roots: a `nix-build -o LINK` or
+/// `--add-root LINK --indirect` elsewhere than in the store.
+const AUTO_ROOTS: &str = "/nix/var/nix/gcroots/auto";
+
+/// Removes the indirect GC roots whose link is in the world's tree (about to
+/// go), or is a build directory of a deploy or a temp directory of
+/// nixos-rebuild in `/tmp` that is gone: what nix-build and nixos-rebuild
+/// left in this machine's `/nix/var/nix/gcroots`.
+fn remove_auto_roots(world_root: &Path) {
+    for entry in fs::read_dir(AUTO_ROOTS).into_iter().flatten().flatten() {
+        let root = entry.path();
+        let Ok(link) = fs::read_link(&root) else {
+            continue;
+        };
+        let gone_temp = ["/tmp/krops-build.", "/tmp/nixos-rebuild."]
+            .iter()
+            .any(|prefix| link.to_str().is_some_and(|link| link.starts_with(prefix)))
+            && fs::symlink_metadata(&link).is_err();
+        if link.starts_with(world_root) || gone_temp {
+            let _ = fs::remove_file(root);
+        }
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         // Kill and wait every sshd before the tree goes.
         self.lock_hosts().clear();
+        remove_auto_roots(&self.root);
         if let Some(pass) = self.pass.get() {
             let _ = Command::new("gpgconf")
                 .args(["--kill", "all"])

@@ -37,17 +37,21 @@ pub const REBUILD_SYSTEM_FILE: &str = "nixos-rebuild.system";
 pub const ACTIVATIONS_FILE: &str = "activations";
 
 /// `program` started in a mount namespace of its own in which `/run` is
-/// `host_dir/run` and `/nix/var/nix/profiles` is `host_dir/profiles`.
-pub(crate) fn namespaced(host_dir: &Path, program: &str) -> Command {
+/// `host_dir/run` and `/nix/var/nix/profiles` is `host_dir/profiles`; when
+/// `host_dir/etc` exists, its files are laid over `/etc` (read-only), e.g.
+/// an `/etc/nixos/flake.nix` of the host's own.
+pub(crate) fn namespaced(host_dir: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "/bin/sh", "-c"])
         .arg(
-            "mount --bind \"$1\" /run && mount --bind \"$2\" /nix/var/nix/profiles && shift 2 \
-             && exec \"$@\"",
+            "mount --bind \"$1\" /run && mount --bind \"$2\" /nix/var/nix/profiles \
+             && { [ ! -d \"$3\" ] || mount -t overlay overlay -o \"lowerdir=$3:/etc\" /etc; } \
+             && shift 3 && exec \"$@\"",
         )
         .arg("sh")
         .arg(host_dir.join("run"))
         .arg(host_dir.join("profiles"))
+        .arg(host_dir.join("etc"))
         .arg(program);
     cmd
 }
@@ -58,6 +62,14 @@ impl World {
     /// Needs mount namespaces: the tests run as root.
     #[track_caller]
     pub fn add_nixos_host(&self, alias: &str) -> Host {
+        self.make_nixos_dirs(alias);
+        self.add_host_with(alias, IpAddr::V4(Ipv4Addr::LOCALHOST), true)
+    }
+
+    /// The directories of the NixOS machine `alias` (`hosts/ALIAS/run`,
+    /// with the marker, and `profiles`), for a host or a local machine.
+    #[track_caller]
+    pub(crate) fn make_nixos_dirs(&self, alias: &str) -> PathBuf {
         let dir = self.path(&format!("hosts/{alias}"));
         for sub in ["run", "run/sshd", "profiles"] {
             fs::create_dir_all(dir.join(sub))
@@ -66,7 +78,7 @@ impl World {
         }
         fs::write(dir.join("run").join(NIXOS_MARKER), "")
             .unwrap_or_else(|err| panic!("cannot mark {alias}'s /run: {err}"));
-        self.add_host_with(alias, IpAddr::V4(Ipv4Addr::LOCALHOST), true)
+        dir
     }
 
     /// What the NixOS host `alias` sees as `/run`.

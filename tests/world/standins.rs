@@ -1,5 +1,7 @@
 //! The only stand-ins of the test world: `nixos-rebuild`, `nom` and `passage`.
-//! Everything else the tools run is the real program.
+//! Everything else the tools run is the real program, and so is
+//! `nixos-rebuild` in a world that has it (`real_rebuild.rs`): the stand-in
+//! then records the call and runs it.
 //!
 //! Each stand-in records its invocation into `$KROPS_STANDIN_LOG/<name>.XXXXXX/`:
 //! `time` (nanoseconds since the epoch, for ordering), `argv` (NUL-separated),
@@ -21,6 +23,16 @@ pub const FIXED_STANDIN_DIR: &str = "/usr/local/lib/krops-test/bin";
 /// `nixos-rebuild` stand-in.
 pub const REBUILD_EXIT_FILE: &str = "nixos-rebuild.exit";
 
+/// The file in the records directory that says which program the
+/// `nixos-rebuild` stand-in reads its options as: `bash` (the default) or
+/// `ng` (nixos-rebuild-ng: it knows `--sudo` and warns about
+/// `--use-remote-sudo` and `--no-build-nix`).
+pub const REBUILD_VARIANT_FILE: &str = "nixos-rebuild.variant";
+
+/// The file in the records directory naming the real nixos-rebuild, which
+/// the stand-in then runs after recording the call (see `real_rebuild.rs`).
+pub const REBUILD_REAL_FILE: &str = "nixos-rebuild.real";
+
 const RECORD: &str = r#"#!/bin/sh
 # Test stand-in written by the krops test world (tests/world/standins.rs).
 set -u
@@ -41,7 +53,54 @@ standin_exit() {
 }
 "#;
 
-const NIXOS_REBUILD: &str = r#"standin_record nixos-rebuild "$@"
+const NIXOS_REBUILD: &str = r#"# The real program, when the world has it (tests/world/real_rebuild.rs):
+# recorded, then run with the same arguments and environment; only on a
+# world NixOS machine, whose system profile and /run are its own.
+if [ -f "$log/nixos-rebuild.real" ]; then
+  standin_record nixos-rebuild "$@"
+  : >"$rec/stdin"
+  if [ ! -f /run/krops-test-nixos ]; then
+    echo "nixos-rebuild stand-in: refusing to run the real nixos-rebuild outside a world NixOS machine: it would change this machine's system profile" >&2
+    standin_exit 125
+  fi
+  "$(cat "$log/nixos-rebuild.real")" "$@"
+  standin_exit $?
+fi
+# Options as the program of $log/nixos-rebuild.variant reads them: the
+# bash nixos-rebuild (the default) refuses the first option it does not
+# know, nixos-rebuild-ng (`ng`) all it does not know; either before doing
+# anything, so nothing is recorded.
+variant=bash
+if [ -f "$log/nixos-rebuild.variant" ]; then variant=$(cat "$log/nixos-rebuild.variant"); fi
+skip=0
+for arg in "$@"; do
+  if [ "$skip" -gt 0 ]; then skip=$((skip - 1)); continue; fi
+  case $arg in
+    --file|-f|--attr|-A|-I|--builders|--max-jobs|-j|--cores|--log-format|--profile-name|-p|\
+    --specialisation|-c|--build-host|--target-host|--flake|--update-input) skip=1 ;;
+    --option|--override-input|--arg|--argstr) skip=2 ;;
+    --help|--install-grub|--install-bootloader|--rollback|--upgrade|--upgrade-all|\
+    --use-substitutes|--substitute-on-destination|-s|--accept-flake-config|--quiet|\
+    --print-build-logs|-L|--no-build-output|-Q|--show-trace|--refresh|--impure|--offline|\
+    --no-net|--keep-going|-k|--keep-failed|-K|--fallback|--repair|--verbose|-v|--fast|\
+    --no-ssh-tty|--no-flake|--recreate-lock-file|--no-update-lock-file|--no-write-lock-file|\
+    --no-registries|--commit-lock-file|--json) ;;
+    --use-remote-sudo)
+      if [ "$variant" = ng ]; then echo "nixos-rebuild: warning: --use-remote-sudo deprecated, use --sudo instead" >&2; fi ;;
+    --no-build-nix)
+      if [ "$variant" = ng ]; then echo "nixos-rebuild: warning: --no-build-nix deprecated, we do not build nix anymore" >&2; fi ;;
+    --sudo|--ask-sudo-password)
+      if [ "$variant" != ng ]; then echo "$0: unknown option \`$arg'" >&2; exit 1; fi ;;
+    -*)
+      if [ "$variant" = ng ]; then
+        echo "usage: nixos-rebuild [--verbose] [--sudo] [--use-remote-sudo] [--no-flake] [action]" >&2
+        echo "nixos-rebuild: error: unrecognized arguments: $arg" >&2
+        exit 2
+      fi
+      echo "$0: unknown option \`$arg'" >&2; exit 1 ;;
+  esac
+done
+standin_record nixos-rebuild "$@"
 # Never wait on a terminal; a pipe or /dev/null is read to its end.
 if [ -t 0 ]; then : >"$rec/stdin"; else cat >"$rec/stdin"; fi
 echo "nixos-rebuild stand-in: $*"

@@ -1,0 +1,613 @@
+//! End-to-end: krops-deploy against the REAL nixos-rebuild (NixOS's own bash
+//! program, tests/world/real_rebuild.rs) on the world's NixOS machines: it
+//! builds real systems from the synced sources, moves the system profile
+//! with nix-env and `/run/current-system` with the systems'
+//! `switch-to-configuration`, each machine in a mount namespace of its own.
+//! Also: which nixos-rebuild the build target runs (the bash program or
+//! nixos-rebuild-ng, whose options differ), with the real bash program and
+//! with the stand-in playing nixos-rebuild-ng. Without the real program
+//! (`$KROPS_NIXOS_REBUILD`), each test says `skipped:` and returns.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use krops_tests::{Host, Output, RealRebuild, Record, World, REBUILD_VARIANT_FILE};
+use serde_json::{json, Value};
+
+fn deploy(world: &World, args: &[&str], sources: &Value) -> Output {
+    world.run("krops-deploy", args, sources.to_string().as_bytes())
+}
+
+fn argvs(records: &[Record]) -> Vec<Vec<String>> {
+    records.iter().map(|r| r.argv.clone()).collect()
+}
+
+/// A NixOS host `alias` booted into the real program's system `v1`, and a
+/// target on it.
+fn booted_host(world: &World, rr: &RealRebuild, alias: &str) -> (Host, String) {
+    let host = world.add_nixos_host(alias);
+    world.boot_nixos_host(alias, &world.real_system(rr, "v1"));
+    let target = host.target("root", &world.path(&format!("{alias}/src")));
+    (host, target)
+}
+
+/// `ACTION SYSTEM`, as [`RealRebuild::activations`] lists them.
+fn activation(action: &str, system: &Path) -> String {
+    format!("{action} {}", system.display())
+}
+
+#[test]
+fn a_switch_builds_the_synced_sources_and_activates_them_on_a_remote_host() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let (_, target) = booted_host(&world, &rr, "alpha");
+    let (v1, v2) = (world.real_system(&rr, "v1"), world.real_system(&rr, "v2"));
+    let out = deploy(
+        &world,
+        &["--target", &target, "--force", "--nom", "false"],
+        &world.real_sources(&rr, "v2"),
+    );
+    out.assert_success()
+        .assert_stderr_contains("building the system configuration...");
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    assert_eq!(rr.activations(), [activation("switch", &v2)]);
+    // The first generation stays, for a rollback.
+    let first = world.nixos_profiles_dir("alpha").join("system-1-link");
+    assert_eq!(fs::canonicalize(first).ok(), Some(v1));
+    assert_eq!(
+        argvs(&world.records("nixos-rebuild")),
+        [["switch", "--no-flake"]]
+    );
+    rr.assert_machine_untouched();
+}
+
+#[test]
+fn every_operation_on_a_local_target_does_what_nixos_rebuild_does() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    // The local machine, as a NixOS machine of its own: the tool runs in
+    // its mount namespace.
+    world.add_local_nixos("local");
+    let v1 = world.real_system(&rr, "v1");
+    world.boot_nixos_host("local", &v1);
+    let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
+    let dest = world.path("local/src");
+    let dest = dest.to_str().unwrap();
+    let run = |operation: &str, marker: &str| {
+        let sources = world.real_sources(&rr, marker).to_string();
+        let args = [
+            "--target",
+            dest,
+            "--force",
+            "--nom",
+            "false",
+            "--operation",
+            operation,
+        ];
+        world.run_local_nixos("local", "krops-deploy", &args, sources.as_bytes())
+    };
+    let state = || (world.current_system("local"), world.profile_system("local"));
+
+    // build: the system, as ./result where nixos-rebuild ran; nothing activated.
+    run("build", "v2").assert_success();
+    assert_eq!(
+        fs::canonicalize(world.path("result")).ok(),
+        Some(v2.clone())
+    );
+    fs::remove_file(world.path("result")).unwrap();
+    assert_eq!(state(), (Some(v1.clone()), Some(v1.clone())));
+    assert!(rr.activations().is_empty());
+    // dry-activate: says what it would do, changes nothing.
+    run("dry-activate", "v2")
+        .assert_success()
+        .assert_stderr_contains(&format!("would activate {}", v2.display()));
+    assert_eq!(state(), (Some(v1.clone()), Some(v1.clone())));
+    // test: runs the new system, the profile keeps the old one.
+    run("test", "v2").assert_success();
+    assert_eq!(state(), (Some(v2.clone()), Some(v1.clone())));
+    // boot: the profile gets the new system, the running one stays.
+    run("boot", "v3").assert_success();
+    assert_eq!(state(), (Some(v2.clone()), Some(v3.clone())));
+    // switch: both.
+    run("switch", "v2").assert_success();
+    assert_eq!(state(), (Some(v2.clone()), Some(v2.clone())));
+    assert_eq!(
+        rr.activations(),
+        [
+            activation("dry-activate", &v2),
+            activation("test", &v2),
+            activation("boot", &v3),
+            activation("switch", &v2),
+        ]
+    );
+    // A failing activation reaches the user as nixos-rebuild's failure.
+    fs::write(rr.root().join("log/fail-next"), "").unwrap();
+    let out = run("switch", "v3");
+    out.assert_code(1)
+        .assert_stderr_contains("fake activation failure (fail-next)")
+        .assert_stderr_contains("nixos-rebuild switch on");
+    fs::remove_file(rr.root().join("log/fail-next")).unwrap();
+    rr.assert_machine_untouched();
+}
+
+/// A flake of the machine's own that nixos-rebuild must never build in
+/// NIX_PATH mode: evaluating it fails, saying so.
+const OWN_FLAKE: &str = "{\n  outputs = { self }: throw \"the machine's own /etc/nixos/flake.nix was built instead of the synced sources\";\n}\n";
+
+/// Reliability (Real nixos-rebuild): a target with its own `/etc/nixos/flake.nix` → the deploy and the preview's build use the synced sources, never that flake
+#[test]
+fn a_target_with_its_own_flake_gets_the_synced_sources() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    world.nixos_etc_file("alpha", "nixos/flake.nix", OWN_FLAKE);
+    let (_, target) = booted_host(&world, &rr, "alpha");
+    let v2 = world.real_system(&rr, "v2");
+    let sources = world.real_sources(&rr, "v2");
+    // It is there, for every session on alpha.
+    world
+        .ssh("root@alpha", "test -f /etc/nixos/flake.nix")
+        .assert_success();
+
+    let out = deploy(
+        &world,
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--nom",
+            "false",
+            "--preview",
+        ],
+        &sources,
+    );
+    out.assert_success()
+        .assert_stdout_contains(&format!("new system:     {}", v2.display()));
+    let out = deploy(&world, &["--target", &target, "--nom", "false"], &sources);
+    out.assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    assert_eq!(
+        argvs(&world.records("nixos-rebuild")),
+        [["build", "--no-flake"], ["switch", "--no-flake"]]
+    );
+    rr.assert_machine_untouched();
+}
+
+/// Reliability (Real nixos-rebuild): a confirmed switch whose check fails, on a target with its own flake → the real `nixos-rebuild switch --rollback` moves the system profile and `/run/current-system` back; exit 1
+#[test]
+fn a_confirmed_switch_is_kept_or_really_rolled_back() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    // The rollback is nixos-rebuild's too: the machine's own flake must not
+    // have a say there either.
+    world.nixos_etc_file("alpha", "nixos/flake.nix", OWN_FLAKE);
+    let (_, target) = booted_host(&world, &rr, "alpha");
+    let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
+    let profiles = world.nixos_profiles_dir("alpha");
+    let generation = || fs::read_link(profiles.join("system")).unwrap();
+
+    let confirmed = [
+        "--target",
+        &target,
+        "--force",
+        "--nom",
+        "false",
+        "--confirm-timeout",
+        "30",
+    ];
+    deploy(&world, &confirmed, &world.real_sources(&rr, "v2"))
+        .assert_success()
+        .assert_stderr_contains("confirmed over a new ssh connection to root@alpha");
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(generation(), Path::new("system-2-link"));
+    // Its watchdog ends once it has recorded the confirmation.
+    let log = world.nixos_run_dir("alpha").join("krops/log");
+    for _ in 0..600 {
+        if fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(" confirmed")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // A failing check: the watchdog rolls back at once, with nixos-rebuild
+    // switch --rollback, to the generation before.
+    let mut failing = confirmed.to_vec();
+    failing.extend(["--check", "false"]);
+    let out = deploy(&world, &failing, &world.real_sources(&rr, "v3"));
+    out.assert_code(1)
+        .assert_stderr_contains("not confirmed (the check failed)")
+        .assert_stderr_contains("root@alpha rolled back to the previous system");
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    assert_eq!(generation(), Path::new("system-2-link"));
+    assert_eq!(
+        rr.activations(),
+        [
+            activation("switch", &v2),
+            activation("switch", &v3),
+            // The rollback: generation 2 again.
+            activation("switch", &v2),
+        ]
+    );
+    assert_eq!(
+        argvs(&world.records("nixos-rebuild")),
+        [
+            vec!["switch", "--no-flake"],
+            vec!["switch", "--no-flake"],
+            vec!["switch", "--rollback", "--no-flake"]
+        ]
+    );
+    rr.assert_machine_untouched();
+}
+
+/// An ssh config with every host of the world's and `hidden`, an alias
+/// only it knows for the host `alias`: a target named `hidden` is reached
+/// only through the `-F` option that names this file.
+fn config_knowing_hidden(world: &World, alias: &str) -> PathBuf {
+    let config = fs::read_to_string(world.ssh_config()).unwrap();
+    let start = config
+        .find(&format!("Host {alias}\n"))
+        .unwrap_or_else(|| panic!("no block for {alias}:\n{config}"));
+    let block = &config[start..];
+    let end = block[1..].find("\nHost ").map_or(block.len(), |i| i + 2);
+    let hidden = block[..end].replacen(&format!("Host {alias}\n"), "Host hidden\n", 1);
+    world.write("ssh/config-with-hidden", format!("{config}{hidden}"))
+}
+
+/// Reliability (Real nixos-rebuild): a target the build target reaches only through the target's ssh options → built where nixos-rebuild runs, copied and activated with them (`NIX_SSHOPTS`)
+#[test]
+fn a_build_target_builds_and_reaches_the_target_through_its_options() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    booted_host(&world, &rr, "alpha");
+    let beta = world.add_nixos_host("beta");
+    let v2 = world.real_system(&rr, "v2");
+    let config = config_knowing_hidden(&world, "alpha");
+    // Only the target's own options say where `hidden` is.
+    let target = json!({
+        "user": "root", "host": "hidden", "path": world.path("alpha/src").to_str().unwrap(),
+        "extraOptions": ["-F", config.to_str().unwrap()],
+    });
+    world
+        .ssh("root@beta", "ssh -T root@hidden true")
+        .assert_failure();
+    let target = target.to_string();
+    let build = beta.target("root", &world.path("beta/src"));
+    let args = [
+        "--target",
+        &target,
+        "--build-target",
+        &build,
+        "--force",
+        "--nom",
+        "false",
+    ];
+    // The preview builds there too, and copies to the target to compare.
+    let mut preview = args.to_vec();
+    preview.push("--preview");
+    deploy(&world, &preview, &world.real_sources(&rr, "v2"))
+        .assert_success()
+        .assert_stdout_contains(&format!("new system:     {}", v2.display()));
+    assert!(rr.activations().is_empty());
+    let out = deploy(&world, &args, &world.real_sources(&rr, "v2"));
+    out.assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.current_system("beta"), None, "beta only built");
+    assert_eq!(world.profile_system("beta"), None);
+    let rebuild = world.records("nixos-rebuild").pop().unwrap();
+    assert_eq!(
+        rebuild.argv,
+        ["switch", "--no-flake", "--target-host", "root@hidden"]
+    );
+    assert_eq!(
+        rebuild.var("NIX_PATH"),
+        world.path("beta/src").to_str(),
+        "built from the build target's sources"
+    );
+    rr.assert_machine_untouched();
+}
+
+#[test]
+fn a_sudo_target_is_rebuilt_with_the_option_the_bash_program_knows() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let user = world.sudo_user();
+    booted_host(&world, &rr, "alpha");
+    let v2 = world.real_system(&rr, "v2");
+    let dest = world.path("alpha/src");
+    fs::create_dir_all(&dest).unwrap();
+    world.chown_to_sudo_user(&dest);
+    // The rebuild runs as root through sudo (the bash program's
+    // --use-remote-sudo then prefixes root's own commands with sudo).
+    let target =
+        json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true});
+    let out = deploy(
+        &world,
+        &[
+            "--target",
+            &target.to_string(),
+            "--force",
+            "--nom",
+            "false",
+            "--cross-deploy",
+        ],
+        &world.real_sources(&rr, "v2"),
+    );
+    out.assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2));
+    // Asked once which program it is: the real bash program refused
+    // --sudo, so it got --use-remote-sudo and --no-build-nix.
+    let records = world.records("nixos-rebuild");
+    assert_eq!(
+        argvs(&records),
+        [
+            vec!["--sudo", "--krops-probe"],
+            vec![
+                "switch",
+                "--no-flake",
+                "--no-build-nix",
+                "--use-remote-sudo"
+            ]
+        ]
+    );
+    assert_eq!(records[0].exit, Some(1));
+    assert_eq!((records[1].uid, records[1].exit), (0, Some(0)));
+    rr.assert_machine_untouched();
+}
+
+#[test]
+fn nixos_rebuild_ng_gets_sudo_and_no_no_build_nix() {
+    // The stand-in, reading options as nixos-rebuild-ng does: it knows
+    // --sudo, and warns about --use-remote-sudo and --no-build-nix.
+    let world = World::new();
+    world.add_host("alpha");
+    let beta = world.add_host("beta");
+    let user = world.sudo_user();
+    let dest = world.mkdir("root-owned").join("src");
+    let target =
+        json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true});
+    world.write(&format!("records/{REBUILD_VARIANT_FILE}"), "ng\n");
+    world.write("cfg/configuration.nix", "{ }\n");
+    let sources =
+        json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}});
+    let build = beta.target("root", &world.path("beta/src"));
+    let args = [
+        "--target",
+        &target.to_string(),
+        "--force",
+        "--nom",
+        "false",
+        "--cross-deploy",
+    ];
+    let mut with_build = args.to_vec();
+    with_build.extend(["--build-target", &build]);
+    for args in [&args[..], &with_build] {
+        let out = deploy(&world, args, &sources);
+        out.assert_success();
+        assert!(!out.stderr_str().contains("deprecated"), "{out}");
+    }
+    assert_eq!(
+        argvs(&world.records("nixos-rebuild")),
+        [
+            vec!["switch", "--no-flake", "--sudo"],
+            vec![
+                "switch",
+                "--no-flake",
+                "--target-host",
+                &format!("{user}@alpha"),
+                "--sudo"
+            ]
+        ]
+    );
+}
+
+/// Runs krops-deploy with `args` and `sources` (a file) on a terminal
+/// (util-linux `script`), typing `answer`.
+fn deploy_on_a_terminal(world: &World, args: &[&str], sources: &Value, answer: &str) -> Output {
+    let file = world.write("sources.json", sources.to_string());
+    let mut line = vec![world.tool("krops-deploy").display().to_string()];
+    line.extend(args.iter().map(|a| a.to_string()));
+    line.extend(["--sources".to_owned(), file.display().to_string()]);
+    let line = line
+        .iter()
+        .map(|w| krops_tests::quote(std::ffi::OsStr::new(w)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = world.command("setsid");
+    cmd.args(["-w", "script", "-qefc", &line, "/dev/null"]);
+    world.run_command(&mut cmd, answer.as_bytes())
+}
+
+#[test]
+fn preview_and_ask_build_with_the_real_program_and_activate_what_was_shown() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let (_, target) = booted_host(&world, &rr, "alpha");
+    let (v1, v2) = (world.real_system(&rr, "v1"), world.real_system(&rr, "v2"));
+    let sources = world.real_sources(&rr, "v2");
+    let out = deploy(
+        &world,
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--nom",
+            "false",
+            "--preview",
+        ],
+        &sources,
+    );
+    out.assert_success();
+    assert!(
+        out.stdout_str().starts_with(&format!(
+            "running system: {}\nnew system:     {}\n",
+            v1.display(),
+            v2.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(world.current_system("alpha"), Some(v1.clone()));
+    assert!(rr.activations().is_empty());
+
+    let ask = ["--target", &target, "--nom", "false", "--ask"];
+    deploy_on_a_terminal(&world, &ask, &sources, "n\n").assert_code(1);
+    assert_eq!(world.current_system("alpha"), Some(v1.clone()));
+    deploy_on_a_terminal(&world, &ask, &sources, "y\n")
+        .assert_success()
+        .assert_stdout_contains("Activate? [y/N]");
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    assert_eq!(rr.activations(), [activation("switch", &v2)]);
+    assert_eq!(
+        argvs(&world.records("nixos-rebuild")),
+        [
+            ["build", "--no-flake"],
+            ["build", "--no-flake"],
+            ["build", "--no-flake"]
+        ]
+    );
+    rr.assert_machine_untouched();
+}
+
+#[test]
+fn a_world_leaves_no_gc_roots_of_its_builds_behind() {
+    // nix-build -o LINK (a result link, a derivation source) registers an
+    // indirect root in this machine's /nix/var/nix/gcroots/auto.
+    let roots = |link: &Path| -> Vec<PathBuf> {
+        fs::read_dir("/nix/var/nix/gcroots/auto")
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|root| fs::read_link(root).is_ok_and(|to| to == link))
+            .collect()
+    };
+    let world = World::new();
+    let expr = world.write(
+        "trivial.nix",
+        "derivation { name = \"krops-test-root\"; system = builtins.currentSystem; \
+         builder = \"/bin/sh\"; args = [ \"-c\" \"echo > $out\" ]; }",
+    );
+    let link = world.path("result");
+    world
+        .run_command(
+            world.command("nix-build").arg(&expr).arg("-o").arg(&link),
+            b"",
+        )
+        .assert_success();
+    assert_eq!(roots(&link).len(), 1);
+    drop(world);
+    assert_eq!(roots(&link), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_build_target_deploys_to_a_sudo_user_through_the_nix_daemon() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let user = world.sudo_user();
+    booted_host(&world, &rr, "alpha");
+    let beta = world.add_nixos_host("beta");
+    let v2 = world.real_system(&rr, "v2");
+    // The copy to alpha logs in as the sudo test user, whose nix-store
+    // works through the nix-daemon (scripts/test starts it).
+    let daemon = world.run_command(
+        world
+            .command("sudo")
+            .args(["-u", user, "nix-store", "-q", "--hash"])
+            .arg(&v2),
+        b"",
+    );
+    assert!(
+        daemon.success(),
+        "{user} cannot use the nix store: scripts/test adds it to nix-users and starts \
+         nix-daemon\n{daemon}"
+    );
+    // nixos-rebuild puts its own PATH first, so its ssh is /usr/bin/ssh,
+    // not the world's wrapper: the world's ssh config comes with the target.
+    let target = json!({
+        "user": user, "host": "alpha", "path": world.path("alpha/src").to_str().unwrap(),
+        "sudo": true, "extraOptions": ["-F", world.ssh_config().to_str().unwrap()],
+    });
+    let out = deploy(
+        &world,
+        &[
+            "--target",
+            &target.to_string(),
+            "--build-target",
+            &beta.target("root", &world.path("beta/src")),
+            "--force",
+            "--nom",
+            "false",
+        ],
+        &world.real_sources(&rr, "v2"),
+    );
+    out.assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.current_system("beta"), None);
+    let records = world.records("nixos-rebuild");
+    assert_eq!(
+        argvs(&records),
+        [
+            vec!["--sudo", "--krops-probe"],
+            vec![
+                "switch",
+                "--no-flake",
+                "--target-host",
+                &format!("{user}@alpha"),
+                "--use-remote-sudo"
+            ]
+        ]
+    );
+    // Activated as root, through sudo on alpha.
+    let log = fs::read_to_string(rr.root().join("log/activations.log")).unwrap();
+    assert!(log.contains(" uid=0 "), "{log}");
+    rr.assert_machine_untouched();
+}
+
+#[test]
+fn the_real_program_never_runs_outside_a_world_nixos_machine() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    // alpha is no NixOS machine: its profile would be this machine's.
+    let alpha = world.add_host("alpha");
+    let out = deploy(
+        &world,
+        &[
+            "--target",
+            &alpha.target("root", &world.path("alpha/src")),
+            "--force",
+            "--nom",
+            "false",
+        ],
+        &world.real_sources(&rr, "v2"),
+    );
+    out.assert_code(125).assert_stderr_contains(
+        "refusing to run the real nixos-rebuild outside a world NixOS machine",
+    );
+    assert!(rr.activations().is_empty());
+    rr.assert_machine_untouched();
+}
