@@ -129,6 +129,26 @@ impl Cmd {
         self
     }
 
+    /// This command started by `wrapper`, a program and its arguments that
+    /// runs the rest of its argv: `WRAPPER... PROGRAM ARGS...`, with the
+    /// same environment, directory and stdin.
+    pub fn under(self, wrapper: &[String]) -> Cmd {
+        let Some((program, first)) = wrapper.split_first() else {
+            return self;
+        };
+        let args = first
+            .iter()
+            .cloned()
+            .chain(std::iter::once(self.program))
+            .chain(self.args)
+            .collect();
+        Cmd {
+            program: program.clone(),
+            args,
+            ..self
+        }
+    }
+
     pub fn program(&self) -> &str {
         &self.program
     }
