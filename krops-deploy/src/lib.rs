@@ -386,7 +386,8 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         &deploy.build_session,
         &deploy.rebuild_command(&args, watchdog.as_ref()),
         deploy.on_build("nixos-rebuild", &cli.operation),
-    );
+    )
+    .tells_why_on(watchdog::NOT_STARTED);
     let Some(watchdog) = watchdog else {
         return populate_then(&plans, &rebuild, dry_run, reporting);
     };
@@ -408,6 +409,11 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     populate::populate_all(&plans, reporting)?;
     mktarget::interrupt::aftermath(watchdog.aftermath(&deploy.target_session.machine()));
     let status = rebuild.run(reporting)?;
+    if status.code() == Some(watchdog::NOT_STARTED) {
+        // Nothing was activated, nor is there a watchdog to hear from.
+        mktarget::interrupt::no_aftermath();
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(deploy.conclude(&watchdog, cli.check.as_deref(), status))
 }
 
@@ -549,6 +555,7 @@ impl Deploy {
                 self.target_session.machine()
             ),
         )
+        .tells_why_on(watchdog::NOT_STARTED)
     }
 
     fn confirm_command(&self, watchdog: &Watchdog, check: Option<&str>) -> Cmd {
@@ -757,6 +764,10 @@ impl Deploy {
         }
         let status = activate.run(reporting)?;
         Ok(match watchdog {
+            Some(_) if status.code() == Some(watchdog::NOT_STARTED) => {
+                mktarget::interrupt::no_aftermath();
+                ExitCode::FAILURE
+            }
             Some(watchdog) => self.conclude(watchdog, check, status),
             None => ExitCode::from(exit_code(status)),
         })

@@ -229,6 +229,9 @@ pub struct Final {
     pub remote: Option<String>,
     /// The connection it goes through.
     pub session: Arc<Session>,
+    /// An exit status with which the command has said why it failed, as
+    /// the run's error line: no other is added.
+    told: Option<i32>,
 }
 
 /// What a final command runs.
@@ -344,6 +347,7 @@ impl Final {
             what,
             remote: (!session.is_local()).then(|| session.machine()),
             session: Arc::clone(session),
+            told: None,
         }
     }
 
@@ -354,6 +358,7 @@ impl Final {
             what,
             remote: None,
             session: Arc::clone(session),
+            told: None,
         }
     }
 
@@ -373,6 +378,13 @@ impl Final {
             *stdin = true;
         }
         self.remote = None;
+        self
+    }
+
+    /// Exiting with `code`, the command has said why as the run's error
+    /// line (`TOOL: error: …`): no other is added.
+    pub fn tells_why_on(mut self, code: i32) -> Final {
+        self.told = Some(code);
         self
     }
 
@@ -480,7 +492,7 @@ impl Final {
     }
 
     fn report(&self, tool: &str, status: ExitStatus) {
-        if status.success() {
+        if status.success() || (self.told.is_some() && status.code() == self.told) {
             return;
         }
         mktarget::interrupt::wait_if_interrupted();
