@@ -190,6 +190,12 @@ fn a_failing_check_withholds_the_confirmation_and_rolls_back() {
         .assert_stderr_contains("checking /nix/store/")
         .assert_stderr_contains("not confirmed (the check failed)")
         .assert_stderr_contains("rolled back to the previous system");
+    // A failing check is not retried.
+    assert_eq!(
+        out.stderr_str().matches("checking /nix/store/").count(),
+        1,
+        "{out}"
+    );
     assert_eq!(world.current_system("alpha"), Some(old));
     assert_eq!(
         argvs(&world.records("nixos-rebuild")),

@@ -150,6 +150,18 @@ impl Case<'_> {
         );
         let a_pid = a.id();
         signal(&mut a, self.how);
+        if self.how == "INT" {
+            // Its message says what goes on, and that it keeps the lock.
+            let a_log = text(&a_err);
+            assert!(
+                a_log.contains("may still be running there")
+                    && a_log.contains(&format!(
+                        "and keeps the lock on {} until it ends",
+                        self.place
+                    )),
+                "{a_log}"
+            );
+        }
         let mut b = spawn(world, self.tool, b_args, &b_err);
         // B waits, and says for what: A's final command, which runs on.
         let waiting = format!(

@@ -455,6 +455,10 @@ impl Final {
         mktarget::interrupt::doing(&self.what);
         if let Some(on) = &self.remote {
             mktarget::interrupt::remote(on);
+            if reporting.locked {
+                let path = &self.session.target().path;
+                mktarget::interrupt::remote_lock(self.session.display_path(path));
+            }
         }
         progress::final_started(reporting.style, reporting.tool, &self.what);
         Ok(Instant::now())
