@@ -342,7 +342,7 @@ impl Watchdog {
                  \x20 if setsid -w true >/dev/null 2>&1; then detach='setsid -w'; else detach=; fi\n\
                  \x20 $detach /bin/sh -c {} krops-check </dev/null >&2 3<&- &\n\
                  \x20 check=$!\n\
-                 \x20 {{ while read -r line <&3; do :; done; kill -TERM -\"$check\" || kill -TERM \"$check\"; kill -TERM $$; }} </dev/null >/dev/null 2>&1 &\n\
+                 \x20 {{ while read -r _ <&3; do :; done; kill -TERM -\"$check\" || kill -TERM \"$check\"; kill -TERM $$; }} </dev/null >/dev/null 2>&1 &\n\
                  \x20 watcher=$!\n\
                  \x20 exec 3<&-\n\
                  \x20 status=0\n\

@@ -228,7 +228,7 @@ pub(crate) fn script(session: &Session, force: bool, timeout: Option<u32>, id: &
          exit 1\nfi\n\
          exec 9<>\"$krops_l\"\n\
          exec 3<&0\n\
-         {{ while read -r krops_x <&3; do :; done; kill -TERM $$ 2>/dev/null; }} >/dev/null 2>&1 9>&- &\n\
+         {{ while read -r _ <&3; do :; done; kill -TERM $$ 2>/dev/null; }} >/dev/null 2>&1 9>&- &\n\
          krops_w=$!\n\
          trap 'kill \"$krops_w\" 2>/dev/null' EXIT\n\
          exec 3<&-\n\
