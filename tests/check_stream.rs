@@ -95,56 +95,64 @@ fn a_chatty_check_streams_to_stderr_and_memory_stays_small() {
     assert!(kib < 40 * 1024, "peak RSS {kib} KiB");
 }
 
-/// Reliability (Connection fault): a `--check` that prints, then hangs past `--confirm-timeout` → what it printed is on stderr, the deploy is not confirmed and rolled back, and the check is stopped on the target
+/// Reliability (Connection fault): a `--check` that prints, then hangs past `--confirm-timeout`, as root and under sudo → what it printed is on stderr, the deploy is not confirmed and rolled back, and the check is stopped on the target
 #[test]
 fn a_check_past_the_timeout_is_shown_and_stopped_on_the_target() {
-    let world = World::new();
-    let target = nixos(&world);
-    let sources = sources(&world);
-    // Unique to this test: what its check's processes are found by.
-    let marker = format!(
-        "krops-hanging-check-{}-{}",
-        std::process::id(),
-        world.root().display().to_string().len()
-    );
-    let nap = format!("1000{}", std::process::id());
-    let check = format!("echo '{marker}: checking'; sleep {nap}; : {marker}");
-    let out = world.run(
-        "krops-deploy",
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--sources",
-            &sources,
-            "--confirm-timeout",
-            "5",
-            "--check",
-            &check,
-        ],
-        b"",
-    );
-    out.assert_code(1)
-        .assert_stderr_contains(&format!("{marker}: checking\n"))
-        .assert_stderr_contains("with its check, did not finish within 5 s")
-        .assert_stderr_contains("rolled back");
-    let left = || {
-        let mut left = processes_with(&marker);
-        left.extend(processes_with(&format!("sleep {nap}")));
-        left
-    };
-    for _ in 0..200 {
-        if left().is_empty() {
-            break;
+    for how in ["root", "sudo"] {
+        let world = World::new();
+        let root_target = nixos(&world);
+        let target = if how == "root" {
+            root_target
+        } else {
+            let dest = world.path("alpha/src");
+            fs::create_dir_all(&dest).unwrap();
+            world.chown_to_sudo_user(&dest);
+            json!({"user": world.sudo_user(), "host": "alpha", "path": dest.to_str().unwrap(),
+                   "sudo": true})
+            .to_string()
+        };
+        let sources = sources(&world);
+        // Unique to this test: what its check's processes are found by.
+        let marker = format!("krops-hanging-check-{how}-{}", std::process::id());
+        let nap = format!("1000{}", std::process::id());
+        let check = format!("echo '{marker}: checking'; sleep {nap}; : {marker}");
+        let out = world.run(
+            "krops-deploy",
+            &[
+                "--target",
+                &target,
+                "--force",
+                "--nom",
+                "false",
+                "--sources",
+                &sources,
+                "--confirm-timeout",
+                "5",
+                "--check",
+                &check,
+            ],
+            b"",
+        );
+        out.assert_code(1)
+            .assert_stderr_contains(&format!("{marker}: checking\n"))
+            .assert_stderr_contains("with its check, did not finish within 5 s")
+            .assert_stderr_contains("rolled back");
+        let left = || {
+            let mut left = processes_with(&marker);
+            left.extend(processes_with(&format!("sleep {nap}")));
+            left
+        };
+        for _ in 0..200 {
+            if left().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            left().is_empty(),
+            "{how}: the check still runs: {:?}\n{out}",
+            left()
+        );
+        assert!(Path::new(&world.path("alpha/src")).exists());
     }
-    assert!(
-        left().is_empty(),
-        "the check still runs: {:?}\n{out}",
-        left()
-    );
-    assert!(Path::new(&world.path("alpha/src")).exists());
 }
