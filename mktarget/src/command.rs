@@ -581,6 +581,37 @@ mod tests {
     }
 
     #[test]
+    fn under_puts_the_wrapper_first_and_keeps_env_and_dir() {
+        let cmd = Cmd::new("nix-build")
+            .args(["-A", "system"])
+            .env("NIX_PATH", "/srv")
+            .dir("/tmp");
+        let wrapped = cmd.clone().under(&[
+            "/bin/sh".into(),
+            "-c".into(),
+            "exec \"$@\"".into(),
+            "w".into(),
+        ]);
+        assert_eq!(
+            wrapped.argv(),
+            [
+                "/bin/sh",
+                "-c",
+                "exec \"$@\"",
+                "w",
+                "nix-build",
+                "-A",
+                "system"
+            ]
+        );
+        assert_eq!(
+            wrapped.to_string(),
+            "(cd /tmp && NIX_PATH=/srv /bin/sh -c 'exec \"$@\"' w nix-build -A system)"
+        );
+        assert_eq!(cmd.clone().under(&[]), cmd);
+    }
+
+    #[test]
     fn display_shows_env_dir_and_pipes() {
         let cmd = Cmd::new("cat")
             .env("NIX_PATH", "/var/src")

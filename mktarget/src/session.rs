@@ -1107,6 +1107,30 @@ mod tests {
             off(&t).command("id", &[], false).argv(),
             ["ssh", "-l", "u", "-T", "h", "sudo /bin/sh -c id"]
         );
+        // A wrapper runs under sudo too, the command as its arguments.
+        let wrapper = [
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            "exec \"$@\"".to_owned(),
+            "w".to_owned(),
+        ];
+        assert_eq!(
+            off(&t).command_under(&wrapper, "id", &args, false).argv(),
+            [
+                "ssh",
+                "-l",
+                "u",
+                "-T",
+                "h",
+                "sudo /bin/sh -c 'exec \"$@\"' w /bin/sh -c id /var/src"
+            ]
+        );
+        assert_eq!(
+            off(&parse(""))
+                .command_under(&wrapper, "id", &[], false)
+                .argv(),
+            ["/bin/sh", "-c", "exec \"$@\"", "w", "/bin/sh", "-c", "id"]
+        );
     }
 
     #[test]

@@ -499,6 +499,21 @@ mod tests {
     }
 
     #[test]
+    fn the_final_guard_is_valid_sh_and_gets_path_run_and_width() {
+        let session = local(std::path::Path::new("/var/src"));
+        let guard = final_guard(&session);
+        assert_eq!(guard[..2], ["/bin/sh", "-c"]);
+        assert_eq!(guard[3..5], ["krops-lock", "/var/src"]);
+        assert_eq!(guard[5], this_run(&session));
+        assert_eq!(guard[6], "199");
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-n", "-c", &guard[2]])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    #[test]
     fn a_holder_without_logname_is_named_by_its_uid() {
         let nobody = Origin {
             user: None,
