@@ -236,10 +236,10 @@ fn a_stopped_command_run_keeps_the_lock_until_its_script_ends() {
             started: world.path("a-started"),
             release: world.path("release"),
         };
-        // Nothing A's script does after the kill goes to its stdout, whose
-        // reader is gone.
+        // A's script prints after the kill too, when nobody reads its
+        // output any more: that must not kill it (SIGPIPE).
         let a_script = format!(
-            "{}; touch '{}'; {}; {}",
+            "{}; touch '{}'; {}; echo 'A prints on'; echo 'A says more' >&2; {}",
             event(&world, "A final start"),
             case.started.display(),
             wait_until(&case.release),

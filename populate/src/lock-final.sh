@@ -54,8 +54,33 @@ else
   esac
 fi
 printf "%-$krops_w.${krops_w}s\\n" "$krops_h; running its final command since $(krops_now)" 1<>"$krops_l" 2>/dev/null
-"$@" 7<&- 8<&-
-krops_status=$?
+# Without a terminal, what COMMAND prints passes through relays that, once
+# nobody reads it (the tool's ssh stopped), drop it: a write to a closed
+# pipe would kill COMMAND (SIGPIPE), a rebuild half done. With a terminal,
+# its hangup stops COMMAND anyway.
+krops_relay() {
+  trap '' PIPE
+  cat 2>/dev/null || cat >/dev/null 2>&1
+}
+krops_t=
+if ! test -t 1 && ! test -t 2 && krops_t=$(mktemp -d 2>/dev/null) &&
+  mkfifo "$krops_t/out" "$krops_t/err" 2>/dev/null; then
+  krops_relay <"$krops_t/out" 7<&- 8<&- &
+  krops_o=$!
+  krops_relay <"$krops_t/err" >&2 7<&- 8<&- &
+  krops_e=$!
+  exec 5>"$krops_t/out" 6>"$krops_t/err"
+  rm -rf -- "$krops_t"
+  "$@" >&5 2>&6 5>&- 6>&- 7<&- 8<&-
+  krops_status=$?
+  # All of it passed on before this ends.
+  exec 5>&- 6>&-
+  wait "$krops_o" "$krops_e"
+else
+  if test -n "$krops_t"; then rm -rf -- "$krops_t"; fi
+  "$@" 7<&- 8<&-
+  krops_status=$?
+fi
 exec 7<&- 8<&-
 # Killed by a signal: so is this script, as without it.
 if test "$krops_status" -gt 128 && krops_sig=$(kill -l "$krops_status" 2>/dev/null); then
