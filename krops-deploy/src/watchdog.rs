@@ -336,18 +336,20 @@ impl Watchdog {
             // (util-linux; `-w` keeps its exit status), so that all of it
             // can be stopped. A background list's stdin is /dev/null: the
             // watcher reads ours saved on fd 3, with a builtin (nothing of
-            // it is left reading once it is killed).
+            // it is left reading once it is killed). It outlives a SIGTERM
+            // to the script's process group (how the deployer stops a try
+            // on a local target), so that it still stops the check.
             Some(check) => format!(
                 "\x20 exec 3<&0\n\
                  \x20 if setsid -w true >/dev/null 2>&1; then detach='setsid -w'; else detach=; fi\n\
                  \x20 $detach /bin/sh -c {} krops-check </dev/null >&2 3<&- &\n\
                  \x20 check=$!\n\
-                 \x20 {{ while read -r _ <&3; do :; done; kill -TERM -\"$check\" || kill -TERM \"$check\"; kill -TERM $$; }} </dev/null >/dev/null 2>&1 &\n\
+                 \x20 {{ trap '' TERM; while read -r _ <&3; do :; done; kill -TERM -\"$check\" || kill -TERM \"$check\"; kill -TERM $$; }} </dev/null >/dev/null 2>&1 &\n\
                  \x20 watcher=$!\n\
                  \x20 exec 3<&-\n\
                  \x20 status=0\n\
                  \x20 wait \"$check\" || status=$?\n\
-                 \x20 kill \"$watcher\" 2>/dev/null\n\
+                 \x20 kill -KILL \"$watcher\" 2>/dev/null\n\
                  \x20 if [ \"$status\" != 0 ]; then\n\
                  \x20   ln -s rollback \"$dir/verdict\" 2>/dev/null\n\
                  \x20   exit {CHECK_FAILED}\n\
@@ -908,6 +910,46 @@ mod tests {
                     .then(|| entry.file_name().to_string_lossy().into_owned())
             })
             .collect()
+    }
+
+    #[test]
+    fn a_check_given_up_on_at_the_deadline_is_stopped_on_a_local_target_too() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let w = watchdog(root, Operation::Switch, 600);
+        assert!(sh(root, &w.guard("true")).status.success());
+        let origin = mktarget::Origin {
+            user: Some("alice".into()),
+            host: "laptop".into(),
+        };
+        let target = mktarget::Target::parse("/var/src", &origin).unwrap();
+        let session = Session::open(&target, &origin, mktarget::Multiplex::Off).unwrap();
+        // Unique: what its processes are found by.
+        let marker = format!("krops-unit-check-{}", w.id);
+        let check = format!("sleep 1000 & wait; : {marker}");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let tried = try_fresh(
+            &session,
+            &w.confirm_script(Some(&check)),
+            deadline,
+            &mut Echo::default(),
+        );
+        assert_eq!(tried, Try::TimedOut);
+        for _ in 0..200 {
+            if running_with(&marker).is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            running_with(&marker).is_empty(),
+            "{:?}",
+            running_with(&marker)
+        );
+        // No verdict was given: the watchdog still waits, until withheld.
+        assert!(!Path::new(&w.dir()).join("verdict").exists());
+        assert!(sh(root, &w.withhold_script()).status.success());
+        result(root, &w);
     }
 
     #[test]
