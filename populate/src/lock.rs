@@ -465,7 +465,7 @@ pub(crate) fn dry_run_note(session: &Session, locking: Locking) -> String {
                 None => "waiting for it as long as another run holds it".to_owned(),
             };
             format!(
-                "# The real run first takes the lock on {} (flock, held until the run ends; \
+                "# The real run first takes the lock on {} (flock, held until the run and its final command end; \
                  {wait}). This script takes none.\n",
                 session.display_path(&lock)
             )
