@@ -660,7 +660,7 @@ fn a_dry_run_says_what_the_real_run_locks_and_takes_nothing() {
     );
     out.assert_success().assert_stdout_contains(&format!(
         "# The real run first takes the lock on alpha:{}/.populate-lock (flock, held until the \
-         run ends; waiting at most 7 s for it). This script takes none.",
+         run and its final command end; waiting at most 7 s for it). This script takes none.",
         dest.display()
     ));
     assert!(!dest.join(".populate-lock").exists());

@@ -128,21 +128,16 @@ fn run_command(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let session = cli.populate.session(&target, &origin)?;
     let plan = Plan::new(&session, &sources, cli.populate.options())?;
     let args = ["krops-command".to_owned(), target.path.clone()];
-    let mut command = session.command(&cli.script, &args, cli.allocate_tty);
-    // A terminal on the target needs ours; with --sources FILE our stdin is
-    // free, and the script reads it.
-    if cli.allocate_tty || cli.populate.sources.is_some() {
-        command = command.stdin_inherit();
-    }
     let on = session.machine();
-    // With a terminal there, ssh's hangup stops the command.
-    let remote = !session.is_local() && !cli.allocate_tty;
-    let last = Final {
-        command,
-        what: format!("the command on {on}"),
-        remote: remote.then(|| on.clone()),
-        session,
-    };
+    let mut last = Final::new(&session, &cli.script, format!("the command on {on}")).args(&args);
+    // A terminal on the target needs ours (and its hangup stops the
+    // command there); with --sources FILE our stdin is free, and the
+    // script reads it.
+    if cli.allocate_tty {
+        last = last.tty();
+    } else if cli.populate.sources.is_some() {
+        last = last.stdin_inherit();
+    }
     let reporting = &mut Reporting::new("krops-command", &cli.populate, results)?;
     populate_then(&[plan], &last, cli.populate.dry_run, reporting)
 }

@@ -454,9 +454,10 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     }
     let rebuild = Final::new(
         &deploy.build_session,
-        deploy.rebuild_command(&nixos_rebuild, watchdog.as_ref()),
+        &deploy.rebuild_command(&nixos_rebuild, watchdog.as_ref()),
         deploy.on_build("nixos-rebuild", &cli.operation),
-    );
+    )
+    .tells_why_on(watchdog::NOT_STARTED);
     let Some(watchdog) = watchdog else {
         return populate_then(&plans, &rebuild, dry_run, reporting);
     };
@@ -467,7 +468,10 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
             "{}",
             populate::dry_run_script(
                 &plans,
-                &[(&rebuild.what, &rebuild.command), (&confirm_what, &confirm)]
+                &[
+                    (&rebuild.what, &rebuild.command(false)),
+                    (&confirm_what, &confirm)
+                ]
             )
         );
         return Ok(ExitCode::SUCCESS);
@@ -475,6 +479,11 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     populate::populate_all(&plans, reporting)?;
     mktarget::interrupt::aftermath(watchdog.aftermath(&deploy.target_session.machine()));
     let status = rebuild.run(reporting)?;
+    if status.code() == Some(watchdog::NOT_STARTED) {
+        // Nothing was activated, nor is there a watchdog to hear from.
+        mktarget::interrupt::no_aftermath();
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(deploy.conclude(&watchdog, cli.check.as_deref(), status, reporting))
 }
 
@@ -577,24 +586,23 @@ impl Deploy {
         )
     }
 
-    /// The rebuild on the build target, as krops runs it; on the target
-    /// with the watchdog started first when there is one.
-    fn rebuild_command(&self, rebuild: &Rebuild, watchdog: Option<&Watchdog>) -> Cmd {
+    /// The script of the rebuild on the build target, as krops runs it; on
+    /// the target with the watchdog started first when there is one.
+    fn rebuild_command(&self, rebuild: &Rebuild, watchdog: Option<&Watchdog>) -> String {
         let script = rebuild_script(
             &self.build().path,
             self.sshopts.as_deref(),
             rebuild,
             self.nom,
         );
-        let script = match watchdog {
+        match watchdog {
             Some(watchdog) => watchdog.guard(&script),
             None => script,
-        };
-        self.build_session.command(&script, &[], false)
+        }
     }
 
     /// `nixos-rebuild build` in a private directory on the build target.
-    fn build_command(&self) -> Cmd {
+    fn build_command(&self) -> Final {
         let build = Rebuild {
             operation: "build".to_owned(),
             cross_deploy: self.cross_deploy,
@@ -602,17 +610,29 @@ impl Deploy {
             sudo: false,
         };
         let rebuild = rebuild_script(&self.build().path, None, &build, self.nom);
-        self.build_session
-            .command(&preview::build_script(&rebuild), &[], false)
+        Final::new(
+            &self.build_session,
+            &preview::build_script(&rebuild),
+            self.on_build("nixos-rebuild", "build"),
+        )
     }
 
-    fn activate_command(&self, system: &str, watchdog: Option<&Watchdog>) -> Cmd {
+    fn activate_command(&self, system: &str, watchdog: Option<&Watchdog>) -> Final {
         let script = preview::activate_script(&self.paths, &self.operation, system);
         let script = match watchdog {
             Some(watchdog) => watchdog.guard(&script),
             None => script,
         };
-        self.target_session.command(&script, &[], false)
+        Final::new(
+            &self.target_session,
+            &script,
+            format!(
+                "activating the new system ({}) on {}",
+                self.operation,
+                self.target_session.machine()
+            ),
+        )
+        .tells_why_on(watchdog::NOT_STARTED)
     }
 
     fn confirm_command(&self, watchdog: &Watchdog, check: Option<&str>) -> Cmd {
@@ -627,11 +647,7 @@ impl Deploy {
         &self,
         reporting: &mut Reporting,
     ) -> Result<std::result::Result<Built, ExitCode>> {
-        let build = Final::new(
-            &self.build_session,
-            self.build_command(),
-            self.on_build("nixos-rebuild", "build"),
-        );
+        let build = self.build_command();
         let (status, stdout) = build.run_capturing_stdout(reporting)?;
         if !status.success() {
             return Ok(Err(ExitCode::from(exit_code(status))));
@@ -656,7 +672,7 @@ impl Deploy {
         );
         Final::new(
             &self.build_session,
-            self.build_session.command(&script, &[], false),
+            &script,
             format!(
                 "copying the system from {} to {}",
                 self.build_session.machine(),
@@ -680,14 +696,9 @@ impl Deploy {
 
     /// Compares the built system with the target's running system.
     fn preview(&self, built: &Built, reporting: &mut Reporting) -> Result<Preview> {
-        let cmd = self.target_session.command(
-            &preview::diff_script(&self.paths, &built.system),
-            &[],
-            false,
-        );
         let compare = Final::new(
             &self.target_session,
-            cmd,
+            &preview::diff_script(&self.paths, &built.system),
             format!(
                 "comparing the new system with the running one on {}",
                 self.target_session.machine()
@@ -827,20 +838,16 @@ impl Deploy {
         check: Option<&str>,
         reporting: &mut Reporting,
     ) -> Result<ExitCode> {
-        let activate = Final::new(
-            &self.target_session,
-            self.activate_command(system, watchdog),
-            format!(
-                "activating the new system ({}) on {}",
-                self.operation,
-                self.target_session.machine()
-            ),
-        );
+        let activate = self.activate_command(system, watchdog);
         if let Some(watchdog) = watchdog {
             mktarget::interrupt::aftermath(watchdog.aftermath(&self.target_session.machine()));
         }
         let status = activate.run(reporting)?;
         Ok(match watchdog {
+            Some(_) if status.code() == Some(watchdog::NOT_STARTED) => {
+                mktarget::interrupt::no_aftermath();
+                ExitCode::FAILURE
+            }
             Some(watchdog) => self.conclude(watchdog, check, status, reporting),
             None => ExitCode::from(exit_code(status)),
         })
@@ -917,11 +924,11 @@ impl Deploy {
                  {NEW_PLACEHOLDER} below",
                 self.on_build("nixos-rebuild", "build")
             ),
-            self.build_command(),
+            self.build_command().command(false),
         )];
         if self.separate_build() {
             let copy = self.copy_final(NEW_PLACEHOLDER);
-            steps.push((copy.what, copy.command));
+            steps.push((copy.what.clone(), copy.command(false)));
         }
         steps
     }
@@ -937,7 +944,8 @@ impl Deploy {
                 self.operation,
                 self.target_session.machine()
             ),
-            self.activate_command(NEW_PLACEHOLDER, watchdog),
+            self.activate_command(NEW_PLACEHOLDER, watchdog)
+                .command(false),
         )];
         if let Some(watchdog) = watchdog {
             steps.push((

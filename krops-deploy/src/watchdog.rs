@@ -189,6 +189,11 @@ else
 fi
 "#;
 
+/// What the confirmation script says first on stdout, once it runs on the
+/// target: until a try says so, what it prints (ssh's messages) is held, so
+/// that a connection that fails the same way every second is told once.
+const CONNECTED: &str = "krops-confirm-connected";
+
 /// How the confirmation script ends: the exit statuses it uses.
 pub const CONFIRMED: i32 = 0;
 /// The check failed; the confirmation was withheld (verdict `rollback`).
@@ -197,6 +202,10 @@ pub const CHECK_FAILED: i32 = 10;
 pub const TOO_LATE: i32 = 11;
 /// The watchdog's directory is gone.
 pub const GONE: i32 = 12;
+/// How the activation script of [`Watchdog::guard`] ends when its
+/// watchdog could not start: nothing was activated, and it said why in one
+/// error line.
+pub const NOT_STARTED: i32 = 70;
 /// No result yet.
 const PENDING: i32 = 3;
 /// [`Watchdog::start_script`]: another deploy's watchdog has not decided.
@@ -253,7 +262,7 @@ impl Watchdog {
              \x20 pid=$(cat \"${{other}}pid\" 2>/dev/null) || continue\n\
              \x20 other=${{other%/}}\n\
              \x20 if kill -0 \"$pid\" 2>/dev/null && tr '\\0' ' ' <\"/proc/$pid/cmdline\" 2>/dev/null | grep -qF \"${{other##*/}}\"; then\n\
-             \x20   echo \"krops-deploy: the watchdog of an earlier deploy ($other) has not decided yet: \
+             \x20   echo \"the watchdog of an earlier deploy ($other) has not decided yet: \
              it rolls that deploy back unless confirmed, which would undo this one; nothing was activated \
              (its record: $other/log; try again once it has decided)\" >&2\n\
              \x20   exit {PENDING_OTHER}\n\
@@ -284,19 +293,25 @@ impl Watchdog {
     }
 
     /// `activate` wrapped for a confirmed activation on the target: the
-    /// watchdog starts first (nothing is activated when it cannot), then
+    /// watchdog starts first (when it cannot, nothing is activated, and the
+    /// script says why in one error line and exits [`NOT_STARTED`]), then
     /// `activate` runs in a subshell; the watchdog is told that it ended
     /// (DIR/activated), and the script exits with its status, also when
     /// that cannot be told (a redirection that fails on `true`, unlike on
     /// `:`, does not end the shell).
     pub fn guard(&self, activate: &str) -> String {
+        // What the start said (mkdir's error, say) joins that one line.
         format!(
-            "{start}\n\
-             started=$?\n\
-             if [ \"$started\" = {PENDING_OTHER} ]; then exit 1; fi\n\
+            "started=0\n\
+             why=$( {{ {start}\n}} 2>&1 >/dev/null ) || started=$?\n\
+             why=$(printf '%s' \"$why\" | tr '\\n' ' ')\n\
+             if [ \"$started\" = {PENDING_OTHER} ]; then\n\
+             \x20 printf 'krops-deploy: error: %s\\n' \"${{why% }}\" >&2\n\
+             \x20 exit {NOT_STARTED}\n\
+             fi\n\
              if [ \"$started\" != 0 ]; then\n\
-             \x20 echo 'krops-deploy: cannot start the confirmation watchdog in '{state}' (it needs root): nothing was activated' >&2\n\
-             \x20 exit 1\n\
+             \x20 printf 'krops-deploy: error: cannot start the confirmation watchdog in %s (it needs root%s): nothing was activated\\n' {state} \"${{why:+: ${{why% }}}}\" >&2\n\
+             \x20 exit {NOT_STARTED}\n\
              fi\n\
              (\n{activate}\n)\n\
              status=$?\n\
@@ -308,18 +323,38 @@ impl Watchdog {
         )
     }
 
-    /// Run by the deployer over a new connection: runs `check` (if any; its
-    /// output goes to stderr) and confirms when it succeeds, else withholds
-    /// the confirmation. Exits [`CONFIRMED`], [`CHECK_FAILED`], [`TOO_LATE`]
-    /// or [`GONE`]. A confirmation counts the moment its `ln` succeeds: the
+    /// Run by the deployer over a new connection: says [`CONNECTED`] on
+    /// stdout, runs `check` (if any; its output goes to stderr) and confirms
+    /// when it succeeds, else withholds the confirmation. Exits
+    /// [`CONFIRMED`], [`CHECK_FAILED`], [`TOO_LATE`] or [`GONE`]. When its
+    /// stdin closes first (the deployer gave up on this try at its deadline,
+    /// or was stopped), it stops the check, all of its process group, and
+    /// itself, and gives no verdict: the watchdog decides. A confirmation counts the moment its `ln` succeeds: the
     /// watchdog may finish and remove its directory right after. A retry
     /// after an earlier try confirmed (its answer lost with its connection)
     /// finds that in the verdict or, once the directory is gone, in the
     /// state's log, and exits [`CONFIRMED`] too.
     pub fn confirm_script(&self, check: Option<&str>) -> String {
         let check = match check {
+            // The check runs in a session of its own where `setsid` can
+            // (util-linux; `-w` keeps its exit status), so that all of it
+            // can be stopped. A background list's stdin is /dev/null: the
+            // watcher reads ours saved on fd 3, with a builtin (nothing of
+            // it is left reading once it is killed). It outlives a SIGTERM
+            // to the script's process group (how the deployer stops a try
+            // on a local target), so that it still stops the check.
             Some(check) => format!(
-                "\x20 if ! /bin/sh -c {} krops-check </dev/null >&2; then\n\
+                "\x20 exec 3<&0\n\
+                 \x20 if setsid -w true >/dev/null 2>&1; then detach='setsid -w'; else detach=; fi\n\
+                 \x20 $detach /bin/sh -c {} krops-check </dev/null >&2 3<&- &\n\
+                 \x20 check=$!\n\
+                 \x20 {{ trap '' TERM; while read -r _ <&3; do :; done; kill -TERM -\"$check\" || kill -TERM \"$check\"; kill -TERM $$; }} </dev/null >/dev/null 2>&1 &\n\
+                 \x20 watcher=$!\n\
+                 \x20 exec 3<&-\n\
+                 \x20 status=0\n\
+                 \x20 wait \"$check\" || status=$?\n\
+                 \x20 kill -KILL \"$watcher\" 2>/dev/null\n\
+                 \x20 if [ \"$status\" != 0 ]; then\n\
                  \x20   ln -s rollback \"$dir/verdict\" 2>/dev/null\n\
                  \x20   exit {CHECK_FAILED}\n\
                  \x20 fi\n",
@@ -328,7 +363,8 @@ impl Watchdog {
             None => String::new(),
         };
         format!(
-            "dir={dir}\n\
+            "echo {CONNECTED}\n\
+             dir={dir}\n\
              if [ -d \"$dir\" ] && [ ! -L \"$dir/verdict\" ]; then\n\
              {check}\
              \x20 ln -s confirmed \"$dir/verdict\" 2>/dev/null && exit {CONFIRMED}\n\
@@ -425,37 +461,141 @@ impl Echo {
     }
 }
 
+/// How much a try's output is held before [`CONNECTED`] (ssh's messages):
+/// beyond that, it is shown as it comes.
+const HOLD_BYTES: usize = 64 * 1024;
+
+/// A try's output on its way to our stderr: held until the script on the
+/// target says [`CONNECTED`] (or there is much of it), then passed on as
+/// it comes, never kept whole (a check may print gigabytes).
+#[derive(Debug, Default)]
+struct Flow {
+    /// Passing it on.
+    live: bool,
+    /// What was held, stderr's and stdout's in the order they came.
+    held: Vec<u8>,
+    /// The start of stdout while it may still be [`CONNECTED`]'s line.
+    first_line: Option<Vec<u8>>,
+}
+
+impl Flow {
+    fn put(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if !self.live && self.held.len() + bytes.len() > HOLD_BYTES {
+            self.go_live();
+        }
+        if self.live {
+            let _ = std::io::stderr().write_all(bytes);
+        } else {
+            self.held.extend_from_slice(bytes);
+        }
+    }
+
+    fn go_live(&mut self) {
+        self.live = true;
+        let held = std::mem::take(&mut self.held);
+        let _ = std::io::stderr().write_all(&held);
+    }
+
+    /// Takes stdout's `bytes`: its first line, when it is [`CONNECTED`],
+    /// is the script's, not shown.
+    fn stdout(&mut self, bytes: &[u8]) {
+        let Some(mut line) = self.first_line.take() else {
+            return self.put(bytes);
+        };
+        line.extend_from_slice(bytes);
+        match line.iter().position(|&b| b == b'\n') {
+            Some(end) if &line[..end] == CONNECTED.as_bytes() => {
+                self.go_live();
+                self.put(&line[end + 1..]);
+            }
+            None if line.len() <= CONNECTED.len() => self.first_line = Some(line),
+            _ => self.put(&line),
+        }
+    }
+}
+
+fn lock_flow(flow: &std::sync::Mutex<Flow>) -> std::sync::MutexGuard<'_, Flow> {
+    flow.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Runs `script` on the target over a new connection, stopping it at
-/// `deadline`; what it printed goes to `echo`.
+/// `deadline`; what it prints is shown as it comes once the script runs
+/// there (see [`Flow`]; before, what a failed connection said goes to
+/// `echo`). Its stdin stays open while it runs: the confirmation script
+/// stops its check when it closes.
 fn try_fresh(session: &Session, script: &str, deadline: Instant, echo: &mut Echo) -> Try {
     let cmd = session.fresh_command(script, &[]);
-    let mut started = match cmd.start_captured() {
-        Ok(started) => started,
+    let piped = match cmd.start_piped() {
+        Ok(piped) => piped,
         Err(err) => {
             eprintln!("krops-deploy: {err:#}");
             return Try::NoAnswer;
         }
     };
-    loop {
-        match started.try_output() {
-            Ok(Some(output)) => {
-                let result = classify(&cmd, output.status);
-                echo.show(&output, result != Try::NoAnswer);
-                return result;
+    let mktarget::command::Piped {
+        mut started,
+        stdin,
+        mut stdout,
+        mut stderr,
+    } = piped;
+    let flow = std::sync::Mutex::new(Flow {
+        first_line: Some(Vec::new()),
+        ..Flow::default()
+    });
+    let pump = |from: &mut dyn Read, is_stdout: bool| {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
             }
-            Ok(None) if Instant::now() < deadline && !mktarget::interrupt::interrupted() => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Ok(None) if !mktarget::interrupt::interrupted() => {
-                started.terminate(Duration::from_secs(2));
-                return Try::TimedOut;
-            }
-            _ => {
-                started.terminate(Duration::from_secs(2));
-                return Try::NoAnswer;
+            let mut flow = lock_flow(&flow);
+            if is_stdout {
+                flow.stdout(&buf[..n]);
+            } else {
+                flow.put(&buf[..n]);
             }
         }
+    };
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| pump(&mut stdout, true));
+        scope.spawn(|| pump(&mut stderr, false));
+        let result = loop {
+            match started.try_wait() {
+                Ok(Some(status)) => break classify(&cmd, status),
+                Ok(None) if Instant::now() < deadline && !mktarget::interrupt::interrupted() => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(None) if !mktarget::interrupt::interrupted() => {
+                    started.terminate(Duration::from_secs(2));
+                    break Try::TimedOut;
+                }
+                _ => {
+                    started.terminate(Duration::from_secs(2));
+                    break Try::NoAnswer;
+                }
+            }
+        };
+        drop(stdin);
+        result
+    });
+    let mut flow = flow.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(line) = flow.first_line.take() {
+        flow.put(&line);
     }
+    if !flow.live {
+        let output = std::process::Output {
+            status: std::process::ExitStatus::default(),
+            stdout: Vec::new(),
+            stderr: flow.held,
+        };
+        echo.show(&output, result != Try::NoAnswer);
+    } else {
+        echo.last_failure.clear();
+    }
+    result
 }
 
 fn classify(cmd: &mktarget::Cmd, status: ExitStatus) -> Try {
@@ -656,15 +796,41 @@ mod tests {
         }
     }
 
+    /// Runs `script` with its stdin open until it ended, as the deployer
+    /// runs the confirmation (which stops its check when stdin closes).
     fn sh(root: &Path, script: &str) -> Output {
-        Command::new("/bin/sh")
+        use std::process::Stdio;
+        let mut child = Command::new("/bin/sh")
             .args(["-c", script])
             .env(
                 "PATH",
                 format!("{}:/usr/bin:/bin", root.join("bin").display()),
             )
-            .output()
-            .unwrap()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let out = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            out.read_to_end(&mut text).unwrap();
+            text
+        });
+        let err = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            err.read_to_end(&mut text).unwrap();
+            text
+        });
+        let status = child.wait().unwrap();
+        drop(stdin);
+        Output {
+            status,
+            stdout: out.join().unwrap(),
+            stderr: err.join().unwrap(),
+        }
     }
 
     /// A "system": a directory whose switch-to-configuration records calls.
@@ -753,6 +919,46 @@ mod tests {
                     .then(|| entry.file_name().to_string_lossy().into_owned())
             })
             .collect()
+    }
+
+    #[test]
+    fn a_check_given_up_on_at_the_deadline_is_stopped_on_a_local_target_too() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let w = watchdog(root, Operation::Switch, 600);
+        assert!(sh(root, &w.guard("true")).status.success());
+        let origin = mktarget::Origin {
+            user: Some("alice".into()),
+            host: "laptop".into(),
+        };
+        let target = mktarget::Target::parse("/var/src", &origin).unwrap();
+        let session = Session::open(&target, &origin, mktarget::Multiplex::Off).unwrap();
+        // Unique: what its processes are found by.
+        let marker = format!("krops-unit-check-{}", w.id);
+        let check = format!("sleep 1000 & wait; : {marker}");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let tried = try_fresh(
+            &session,
+            &w.confirm_script(Some(&check)),
+            deadline,
+            &mut Echo::default(),
+        );
+        assert_eq!(tried, Try::TimedOut);
+        for _ in 0..200 {
+            if running_with(&marker).is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            running_with(&marker).is_empty(),
+            "{:?}",
+            running_with(&marker)
+        );
+        // No verdict was given: the watchdog still waits, until withheld.
+        assert!(!Path::new(&w.dir()).join("verdict").exists());
+        assert!(sh(root, &w.withhold_script()).status.success());
+        result(root, &w);
     }
 
     #[test]
@@ -891,9 +1097,17 @@ mod tests {
         std::fs::write(root.join("file"), "").unwrap();
         w.paths.state = root.join("file/krops").display().to_string();
         let out = sh(root, &w.guard("echo ACTIVATED"));
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(NOT_STARTED));
         assert!(!String::from_utf8_lossy(&out.stdout).contains("ACTIVATED"));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was activated"));
+        // One line, with mkdir's reason in it.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("krops-deploy: error: cannot start the confirmation watchdog in ")
+                && stderr.contains("(it needs root: mkdir: ")
+                && stderr.ends_with("): nothing was activated\n")
+                && stderr.lines().count() == 1,
+            "{stderr}"
+        );
     }
 
     #[test]
@@ -925,7 +1139,7 @@ mod tests {
             ..first.clone()
         };
         let out = sh(root, &second.guard("echo ACTIVATED"));
-        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(out.status.code(), Some(NOT_STARTED), "{out:?}");
         assert!(!String::from_utf8_lossy(&out.stdout).contains("ACTIVATED"));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -933,7 +1147,9 @@ mod tests {
                 "earlier deploy ({}) has not decided yet",
                 first.dir()
             )) && stderr.contains("nothing was activated")
-                && !stderr.contains("needs root"),
+                && !stderr.contains("needs root")
+                && stderr.starts_with("krops-deploy: error: the watchdog of an earlier deploy")
+                && stderr.lines().count() == 1,
             "{stderr}"
         );
         assert!(!Path::new(&second.dir()).exists());

@@ -79,12 +79,11 @@ fn test(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let plan = Plan::new(&session, &sources, cli.populate.options())?;
     populate_then(
         &[plan],
-        &Final {
-            command: build_command(&target.path, cli.trace),
-            what: "nix-build of the system on this machine".to_owned(),
-            remote: None,
-            session,
-        },
+        &Final::here(
+            &session,
+            build_command(&target.path, cli.trace),
+            "nix-build of the system on this machine".to_owned(),
+        ),
         cli.populate.dry_run,
         &mut Reporting::new("krops-test", &cli.populate, results)?,
     )

@@ -129,6 +129,26 @@ impl Cmd {
         self
     }
 
+    /// This command started by `wrapper`, a program and its arguments that
+    /// runs the rest of its argv: `WRAPPER... PROGRAM ARGS...`, with the
+    /// same environment, directory and stdin.
+    pub fn under(self, wrapper: &[String]) -> Cmd {
+        let Some((program, first)) = wrapper.split_first() else {
+            return self;
+        };
+        let args = first
+            .iter()
+            .cloned()
+            .chain(std::iter::once(self.program))
+            .chain(self.args)
+            .collect();
+        Cmd {
+            program: program.clone(),
+            args,
+            ..self
+        }
+    }
+
     pub fn program(&self) -> &str {
         &self.program
     }
@@ -564,6 +584,37 @@ mod tests {
         assert_eq!(cmd.clone().env("LONG", "123456").longest_word(), 11);
         let piped = cmd.pipe_from(Cmd::new("printf").arg("x".repeat(20)));
         assert_eq!(piped.longest_word(), 20);
+    }
+
+    #[test]
+    fn under_puts_the_wrapper_first_and_keeps_env_and_dir() {
+        let cmd = Cmd::new("nix-build")
+            .args(["-A", "system"])
+            .env("NIX_PATH", "/srv")
+            .dir("/tmp");
+        let wrapped = cmd.clone().under(&[
+            "/bin/sh".into(),
+            "-c".into(),
+            "exec \"$@\"".into(),
+            "w".into(),
+        ]);
+        assert_eq!(
+            wrapped.argv(),
+            [
+                "/bin/sh",
+                "-c",
+                "exec \"$@\"",
+                "w",
+                "nix-build",
+                "-A",
+                "system"
+            ]
+        );
+        assert_eq!(
+            wrapped.to_string(),
+            "(cd /tmp && NIX_PATH=/srv /bin/sh -c 'exec \"$@\"' w nix-build -A system)"
+        );
+        assert_eq!(cmd.clone().under(&[]), cmd);
     }
 
     #[test]

@@ -34,6 +34,8 @@ struct State {
     doing: Option<String>,
     /// Where a command runs that stopping ssh does not stop, if one does.
     remote: Option<String>,
+    /// The lock that command keeps on its target until it ends.
+    remote_lock: Option<String>,
     /// What happens anyway after an interrupt (a watchdog's rollback on the
     /// target), for the message.
     aftermath: Option<String>,
@@ -60,6 +62,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     removed: Vec::new(),
     doing: None,
     remote: None,
+    remote_lock: None,
     aftermath: None,
     signal: None,
     report: None,
@@ -114,6 +117,12 @@ pub fn doing(what: impl Into<String>) {
 /// terminal, so it gets no hangup; the message says so.
 pub fn remote(on: impl Into<String>) {
     state().remote = Some(on.into());
+}
+
+/// Says that the command of [`remote`] keeps the lock on `place`
+/// (`server01:/var/src`) there until it ends, for the message.
+pub fn remote_lock(place: impl Into<String>) {
+    state().remote_lock = Some(place.into());
 }
 
 /// Says what happens anyway if the tool is interrupted from now on (`the
@@ -300,6 +309,9 @@ fn handle(signal: i32) {
         message.push_str(&format!(
             "; the command on {on} may still be running there (stopping ssh does not stop it)"
         ));
+        if let Some(place) = &state.remote_lock {
+            message.push_str(&format!(", and keeps the lock on {place} until it ends"));
+        }
     }
     if !state.removed.is_empty() {
         message.push_str(&format!("; {} removed", state.removed.join(" and ")));

@@ -434,7 +434,7 @@ impl Session {
     /// terminal), run over a new ssh connection ([`Session::fresh_ssh_argv`]);
     /// on a local target, the same local command.
     pub fn fresh_command(&self, script: &str, args: &[String]) -> Cmd {
-        let argv = self.command_argv(script, args);
+        let argv = self.command_argv(&[], script, args);
         if self.is_local() {
             Cmd::from_argv(argv)
         } else {
@@ -490,7 +490,20 @@ impl Session {
     /// A driver's final command: `[sudo] /bin/sh -c q(SCRIPT) ARGS...`,
     /// through ssh when the target is remote.
     pub fn command(&self, script: &str, args: &[String], tty: bool) -> Cmd {
-        let argv = self.command_argv(script, args);
+        self.command_under(&[], script, args, tty)
+    }
+
+    /// Like [`Session::command`], started by `wrapper` (a program and its
+    /// arguments, which runs the rest of its argv) on the target, under sudo
+    /// when the target says so: `[sudo] WRAPPER... /bin/sh -c q(SCRIPT) ARGS...`.
+    pub fn command_under(
+        &self,
+        wrapper: &[String],
+        script: &str,
+        args: &[String],
+        tty: bool,
+    ) -> Cmd {
+        let argv = self.command_argv(wrapper, script, args);
         if self.is_local() {
             Cmd::from_argv(argv)
         } else {
@@ -498,12 +511,13 @@ impl Session {
         }
     }
 
-    /// `[sudo] /bin/sh -c SCRIPT ARGS...`, what a driver's command runs.
-    fn command_argv(&self, script: &str, args: &[String]) -> Vec<String> {
+    /// `[sudo] [WRAPPER...] /bin/sh -c SCRIPT ARGS...`, what a driver's command runs.
+    fn command_argv(&self, wrapper: &[String], script: &str, args: &[String]) -> Vec<String> {
         let mut argv: Vec<String> = Vec::new();
         if self.target.sudo {
             argv.push("sudo".to_owned());
         }
+        argv.extend(wrapper.iter().cloned());
         argv.extend(["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()]);
         argv.extend(args.iter().cloned());
         argv
@@ -1092,6 +1106,30 @@ mod tests {
         assert_eq!(
             off(&t).command("id", &[], false).argv(),
             ["ssh", "-l", "u", "-T", "h", "sudo /bin/sh -c id"]
+        );
+        // A wrapper runs under sudo too, the command as its arguments.
+        let wrapper = [
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            "exec \"$@\"".to_owned(),
+            "w".to_owned(),
+        ];
+        assert_eq!(
+            off(&t).command_under(&wrapper, "id", &args, false).argv(),
+            [
+                "ssh",
+                "-l",
+                "u",
+                "-T",
+                "h",
+                "sudo /bin/sh -c 'exec \"$@\"' w /bin/sh -c id /var/src"
+            ]
+        );
+        assert_eq!(
+            off(&parse(""))
+                .command_under(&wrapper, "id", &[], false)
+                .argv(),
+            ["/bin/sh", "-c", "exec \"$@\"", "w", "/bin/sh", "-c", "id"]
         );
     }
 

@@ -219,16 +219,37 @@ impl PopulateArgs {
 }
 
 /// A driver's final command, and what messages call it
-/// (`nixos-rebuild switch on root@server01`).
+/// (`nixos-rebuild switch on root@server01`). Unless the run takes no
+/// lock, it runs on the target under the run's lock there, which then lasts
+/// as long as the command, also when the tool ends first
+/// ([`lock::final_guard`]).
 #[derive(Debug)]
 pub struct Final {
-    pub command: Cmd,
+    body: Body,
     pub what: String,
     /// The machine it runs on when it runs there through ssh (without a
     /// terminal: a signal here does not stop it there).
     pub remote: Option<String>,
     /// The connection it goes through.
     pub session: Arc<Session>,
+    /// An exit status with which the command has said why it failed, as
+    /// the run's error line: no other is added.
+    told: Option<i32>,
+}
+
+/// What a final command runs.
+#[derive(Debug)]
+enum Body {
+    /// `/bin/sh -c SCRIPT ARGS...` on the target ([`Session::command`]).
+    Script {
+        script: String,
+        args: Vec<String>,
+        tty: bool,
+        stdin: bool,
+    },
+    /// A command of this machine (krops-test's nix-build: its target is
+    /// local).
+    Here(Cmd),
 }
 
 /// How a driver's run shows its steps and records them: the tool's name
@@ -239,6 +260,9 @@ pub struct Reporting<'r> {
     pub style: Style,
     pub results_on_stdout: bool,
     pub results: &'r mut Results,
+    /// Whether the run takes the lock (not `--no-lock`): its final
+    /// commands then run under it.
+    pub locked: bool,
 }
 
 impl<'r> Reporting<'r> {
@@ -248,6 +272,7 @@ impl<'r> Reporting<'r> {
             style: args.output.style(),
             results_on_stdout: args.output.results_to(None)? == Some(ResultsTo::Stdout),
             results,
+            locked: args.options().locking != Locking::Off,
         })
     }
 }
@@ -261,7 +286,7 @@ pub fn populate_then(
     dry_run: bool,
     reporting: &mut Reporting,
 ) -> Result<ExitCode> {
-    let longest = last.command.longest_word();
+    let longest = last.command(!dry_run && reporting.locked).longest_word();
     if longest > mktarget::command::MAX_ARG_BYTES {
         bail!(
             "{}: it would be {longest} bytes in one argument, more than the {} Linux \
@@ -271,7 +296,10 @@ pub fn populate_then(
         );
     }
     if dry_run {
-        print!("{}", dry_run_script(plans, &[(&last.what, &last.command)]));
+        print!(
+            "{}",
+            dry_run_script(plans, &[(&last.what, &last.command(false))])
+        );
         return Ok(ExitCode::SUCCESS);
     }
     populate_all(plans, reporting)?;
@@ -309,13 +337,91 @@ pub fn populate_all(plans: &[Plan], reporting: &mut Reporting) -> Result<()> {
 }
 
 impl Final {
-    /// `command` through `session`, which messages call `what`.
-    pub fn new(session: &Arc<Session>, command: Cmd, what: String) -> Final {
+    /// `/bin/sh -c SCRIPT` on `session`'s target ([`Session::command`]),
+    /// which messages call `what`.
+    pub fn new(session: &Arc<Session>, script: &str, what: String) -> Final {
         Final {
-            command,
+            body: Body::Script {
+                script: script.to_owned(),
+                args: Vec::new(),
+                tty: false,
+                stdin: false,
+            },
             what,
             remote: (!session.is_local()).then(|| session.machine()),
             session: Arc::clone(session),
+            told: None,
+        }
+    }
+
+    /// `command` on this machine, the target of `session`.
+    pub fn here(session: &Arc<Session>, command: Cmd, what: String) -> Final {
+        Final {
+            body: Body::Here(command),
+            what,
+            remote: None,
+            session: Arc::clone(session),
+            told: None,
+        }
+    }
+
+    /// The script gets `args` (`$0` first).
+    pub fn args(mut self, more: &[String]) -> Final {
+        if let Body::Script { args, .. } = &mut self.body {
+            args.extend_from_slice(more);
+        }
+        self
+    }
+
+    /// With a terminal on the target (`ssh -t`), whose hangup stops the
+    /// command there; with our stdin.
+    pub fn tty(mut self) -> Final {
+        if let Body::Script { tty, stdin, .. } = &mut self.body {
+            *tty = true;
+            *stdin = true;
+        }
+        self.remote = None;
+        self
+    }
+
+    /// Exiting with `code`, the command has said why as the run's error
+    /// line (`TOOL: error: …`): no other is added.
+    pub fn tells_why_on(mut self, code: i32) -> Final {
+        self.told = Some(code);
+        self
+    }
+
+    /// With our stdin.
+    pub fn stdin_inherit(mut self) -> Final {
+        if let Body::Script { stdin, .. } = &mut self.body {
+            *stdin = true;
+        }
+        self
+    }
+
+    /// The command as it runs: under the run's lock when `locked`, else as
+    /// `--dry-run` shows it.
+    pub fn command(&self, locked: bool) -> Cmd {
+        let guard = if locked {
+            lock::final_guard(&self.session)
+        } else {
+            Vec::new()
+        };
+        match &self.body {
+            Body::Script {
+                script,
+                args,
+                tty,
+                stdin,
+            } => {
+                let cmd = self.session.command_under(&guard, script, args, *tty);
+                if *stdin {
+                    cmd.stdin_inherit()
+                } else {
+                    cmd
+                }
+            }
+            Body::Here(cmd) => cmd.clone().under(&guard),
         }
     }
 
@@ -327,7 +433,7 @@ impl Final {
     pub fn run(&self, reporting: &mut Reporting) -> Result<ExitStatus> {
         let began = self.start_running(reporting)?;
         let ran = self
-            .command
+            .command(reporting.locked)
             .status_redirected(reporting.results_on_stdout, reporting.style.quiet());
         let (status, kept) = self.record(reporting, began, ran)?;
         if !status.success() {
@@ -343,7 +449,7 @@ impl Final {
     pub fn run_capturing_stdout(&self, reporting: &mut Reporting) -> Result<(ExitStatus, String)> {
         let began = self.start_running(reporting)?;
         let ran = self
-            .command
+            .command(reporting.locked)
             .status_and_stdout(reporting.style.quiet())
             .map(|(status, stdout, kept)| (status, (stdout, kept)));
         let (status, (stdout, kept)) = self.record(reporting, began, ran)?;
@@ -359,6 +465,10 @@ impl Final {
         mktarget::interrupt::doing(&self.what);
         if let Some(on) = &self.remote {
             mktarget::interrupt::remote(on);
+            if reporting.locked {
+                let path = &self.session.target().path;
+                mktarget::interrupt::remote_lock(self.session.display_path(path));
+            }
         }
         progress::final_started(reporting.style, reporting.tool, &self.what);
         Ok(Instant::now())
@@ -396,13 +506,16 @@ impl Final {
     }
 
     fn report(&self, tool: &str, status: ExitStatus) {
-        if status.success() {
+        if status.success() || (self.told.is_some() && status.code() == self.told) {
             return;
         }
         mktarget::interrupt::wait_if_interrupted();
         // Its output was ours, so ssh's message is above; the shared
         // connection's master may tell more.
-        match self.session.connection_failure(&self.command, status, &[]) {
+        match self
+            .session
+            .connection_failure(&self.command(false), status, &[])
+        {
             Some(why) => eprintln!("{tool}: error: {}: {why}", self.what),
             None => eprintln!(
                 "{tool}: error: {} failed: {}",
@@ -423,7 +536,7 @@ pub fn lock_all(plans: &[Plan], style: Style, results: &mut Results) -> Result<(
     let Some(first) = plans.first() else {
         return Ok(());
     };
-    let id = lock::holder_id(first.session());
+    let id = lock::this_run(first.session());
     let mut order: Vec<&Plan> = plans.iter().collect();
     order.sort_by_key(|plan| {
         let target = plan.session().target();
@@ -434,7 +547,7 @@ pub fn lock_all(plans: &[Plan], style: Style, results: &mut Results) -> Result<(
         )
     });
     for plan in order {
-        if let Some(failed) = plan.lock(&id, style)? {
+        if let Some(failed) = plan.lock(id, style)? {
             results.add_target(&failed);
             failed.into_result()?;
         }

@@ -12,12 +12,16 @@
 //! and start time in one fixed-size line, which a waiting run prints
 //! (`populate: waiting for the lock on HOST:/var/src, held by …`).
 //!
+//! A driver's final command runs under the lock on the target itself
+//! ([`final_guard`]): Ctrl-C or `kill -9` of the tool end its ssh, not the
+//! command there, and the lock then lasts until that command has ended.
+//!
 //! Nothing is locked when the target path or (without `--force`) its
 //! sentinel is missing: a lock file must not appear in a directory populate
 //! does not own. The sentinel check then says what is wrong.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -28,6 +32,13 @@ use mktarget::{interrupt, Session};
 /// The lock file, beside the sentinel (names starting with `.populate` are
 /// populate's own: no source can be called so).
 pub const LOCK_FILE: &str = ".populate-lock";
+
+/// Held by a driver's final command while it runs under the lock
+/// ([`final_guard`]), for the lock script to wait for once let go.
+pub const FINAL_FILE: &str = ".populate-lock-final";
+
+/// The guard of a driver's final command; see [`final_guard`].
+const FINAL_GUARD: &str = include_str!("lock-final.sh");
 
 /// What the lock script's lines on stdout start with.
 const MARKER: &str = "krops-lock ";
@@ -120,6 +131,35 @@ pub(crate) fn holder_id(session: &Session) -> String {
     printable(&id, 120)
 }
 
+/// This run's [`holder_id`], the same for all its locks and final
+/// commands: one per process (a fleet runs each host in a process of its
+/// own).
+pub(crate) fn this_run(session: &Session) -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| holder_id(session))
+}
+
+/// The words that start a driver's final command on `session`'s target
+/// under this run's lock ([`mktarget::Session::command_under`]), so the
+/// lock lasts as long as the command there, also when this run's tool
+/// ends first: Ctrl-C or `kill -9` stop the ssh of a remote command, not
+/// the command. `lock-final.sh` holds [`FINAL_FILE`] while the command
+/// runs, which the lock script, once let go, waits for before it lets go
+/// of the lock (or, when the lock script is gone already, takes the lock
+/// itself); it refuses to run the command when another run holds the
+/// lock, and says in the lock file that the run's final command holds it.
+pub fn final_guard(session: &Session) -> Vec<String> {
+    vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        FINAL_GUARD.to_owned(),
+        "krops-lock".to_owned(),
+        session.target().path.clone(),
+        this_run(session).to_owned(),
+        (HOLDER_WIDTH - 1).to_string(),
+    ]
+}
+
 /// `text` with anything but printable ASCII as `?`, cut to `max` chars.
 fn printable(text: &str, max: usize) -> String {
     text.chars()
@@ -150,7 +190,7 @@ pub(crate) fn script(session: &Session, force: bool, timeout: Option<u32>, id: &
     let shown = session.display_path(&lock).into_owned();
     let mut s = format!(
         "set -u\n\
-         krops_p={p}\nkrops_s={s}\nkrops_l={l}\n\
+         krops_p={p}\nkrops_s={s}\nkrops_l={l}\nkrops_f={f}\n\
          say() {{ printf '{MARKER}%s\\n' \"$*\"; }}\n\
          if ! command -v flock >/dev/null 2>&1; then\n  \
          say error 'flock is not installed on the target (it comes with util-linux): install it, or run with --no-lock'\n  \
@@ -158,6 +198,7 @@ pub(crate) fn script(session: &Session, force: bool, timeout: Option<u32>, id: &
         p = quote(path),
         s = quote(&format!("{path}/.populate")),
         l = quote(&lock),
+        f = quote(&format!("{path}/{FINAL_FILE}")),
     );
     if force {
         // The sentinel check makes it too, and says why when it cannot.
@@ -187,7 +228,7 @@ pub(crate) fn script(session: &Session, force: bool, timeout: Option<u32>, id: &
          exit 1\nfi\n\
          exec 9<>\"$krops_l\"\n\
          exec 3<&0\n\
-         {{ cat <&3 >/dev/null 2>&1; kill -TERM $$ 2>/dev/null; }} >/dev/null 2>&1 9>&- &\n\
+         {{ while read -r _ <&3; do :; done; kill -TERM $$ 2>/dev/null; }} >/dev/null 2>&1 9>&- &\n\
          krops_w=$!\n\
          trap 'kill \"$krops_w\" 2>/dev/null' EXIT\n\
          exec 3<&-\n\
@@ -215,13 +256,36 @@ pub(crate) fn script(session: &Session, force: bool, timeout: Option<u32>, id: &
             "    if test $(( krops_end - $(date +%s) )) -le 0; then say timeout; exit 0; fi\n",
         );
     }
+    // Held: the watcher goes (a builtin's loop, so nothing of it is left
+    // reading stdin), and the script reads stdin itself until it closes.
+    // Then, when a final command still runs under the lock (lock-final.sh
+    // holds FINAL_FILE), the lock stays until it ends: the line says so,
+    // and the lock goes before FINAL_FILE, so that a final command that
+    // gets FINAL_FILE finds the lock free or another's, never this one
+    // about to go. After `held` nobody reads the script's output.
     s.push_str(&format!(
         "    krops_rc=0\n    flock -w 1 9 || krops_rc=$?\n    \
          test \"$krops_rc\" = 0 && break\n  \
          done\nfi\n\
+         kill \"$krops_w\" 2>/dev/null\n\
+         wait \"$krops_w\" 2>/dev/null\n\
+         trap - EXIT\n\
          printf '%-{w}.{w}s\\n' {id}\" since $(date '+%Y-%m-%d %H:%M:%S %Z')\" >&9\n\
+         if test -L \"$krops_f\"; then rm -f -- \"$krops_f\"; fi\n\
+         (umask 022 && : >>\"$krops_f\") 2>/dev/null\n\
          say held\n\
-         wait\n",
+         exec >/dev/null 2>&1\n\
+         cat\n\
+         if (exec 8<\"$krops_f\") 2>/dev/null; then\n  \
+         exec 8<\"$krops_f\"\n  \
+         if ! flock -n 8; then\n    \
+         krops_holder=\n    \
+         test -L \"$krops_l\" || krops_holder=$(head -n 1 -- \"$krops_l\") || :\n    \
+         krops_holder=${{krops_holder%\"${{krops_holder##*[! ]}}\"}}\n    \
+         printf '%-{w}.{w}s\\n' \"$krops_holder; its tool has ended\" 1<>\"$krops_l\"\n    \
+         flock 8\n  \
+         fi\nfi\n\
+         exec 9>&-\n",
         w = HOLDER_WIDTH - 1,
         id = quote(id),
     ));
@@ -401,7 +465,7 @@ pub(crate) fn dry_run_note(session: &Session, locking: Locking) -> String {
                 None => "waiting for it as long as another run holds it".to_owned(),
             };
             format!(
-                "# The real run first takes the lock on {} (flock, held until the run ends; \
+                "# The real run first takes the lock on {} (flock, held until the run and its final command end; \
                  {wait}). This script takes none.\n",
                 session.display_path(&lock)
             )
@@ -432,6 +496,21 @@ mod tests {
                 .unwrap();
             assert!(out.status.success(), "{text}\n{out:?}");
         }
+    }
+
+    #[test]
+    fn the_final_guard_is_valid_sh_and_gets_path_run_and_width() {
+        let session = local(std::path::Path::new("/var/src"));
+        let guard = final_guard(&session);
+        assert_eq!(guard[..2], ["/bin/sh", "-c"]);
+        assert_eq!(guard[3..5], ["krops-lock", "/var/src"]);
+        assert_eq!(guard[5], this_run(&session));
+        assert_eq!(guard[6], "199");
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-n", "-c", &guard[2]])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
     }
 
     #[test]

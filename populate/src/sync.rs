@@ -723,7 +723,7 @@ fn backup_script(session: &Session) -> String {
     format!(
         "if test -L {s} || ! test -d {s}; then\n  printf 'error: sentinel file is not a directory: %s\\n' {shown} >&2\n  exit 1\nfi\n\
          if test -L {b}; then\n  run rm -f {b}\nfi\n\
-         run rsync -aAXF --delete --exclude /.populate --exclude /.populate-lock --link-dest={p} {src} {dest} >&2\n",
+         run rsync -aAXF --delete --exclude /.populate --exclude /.populate-lock --exclude /.populate-lock-final --link-dest={p} {src} {dest} >&2\n",
         s = quote(&sentinel),
         shown = quote(&session.display_path(&sentinel)),
         p = quote(path),

@@ -1,0 +1,158 @@
+//! End-to-end: the output of `krops-deploy --check` streams to stderr as it
+//! comes, is never kept whole in memory, shows also when the check runs past
+//! `--confirm-timeout`, and a check given up on is stopped on the target
+//! (issue 17). The targets are the world's NixOS hosts (tests/world/nixos.rs).
+
+use std::fs;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use krops_tests::World;
+use serde_json::json;
+
+/// A NixOS host `alpha` running system 1.0, the stand-in set to build 2.0;
+/// the target string.
+fn nixos(world: &World) -> String {
+    let host = world.add_nixos_host("alpha");
+    let old = world.nixos_system("1.0", false);
+    let new = world.nixos_system("2.0", false);
+    world.boot_nixos_host("alpha", &old);
+    world.set_rebuild_system(&new);
+    host.target("root", &world.path("alpha/src"))
+}
+
+fn sources(world: &World) -> String {
+    world.write("cfg/configuration.nix", "{ }\n");
+    let file = world.write(
+        "sources.json",
+        json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}})
+            .to_string(),
+    );
+    file.display().to_string()
+}
+
+/// The processes whose command line contains `needle`, as `PID CMDLINE`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{} {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// Reliability (Resources): a `--check` that prints 50 MB → all of it reaches stderr as it comes, the deploy is confirmed, and the tool's peak memory stays under 40 MB
+#[test]
+fn a_chatty_check_streams_to_stderr_and_memory_stays_small() {
+    let world = World::new();
+    let target = nixos(&world);
+    let sources = sources(&world);
+    let (stderr, rss) = (world.path("deploy.err"), world.path("maxrss"));
+    let check =
+        "yes 'a chatty check says this line again' | head -c 50000000; echo; echo check-done";
+    let status = world
+        .command("/usr/bin/time")
+        .args(["-o", rss.to_str().unwrap(), "-f", "%M"])
+        .arg(world.tool("krops-deploy"))
+        .args([
+            "--target",
+            &target,
+            "--force",
+            "--nom",
+            "false",
+            "--sources",
+            &sources,
+            "--confirm-timeout",
+            "120",
+            "--check",
+            check,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr).unwrap())
+        .status()
+        .unwrap();
+    let size = fs::metadata(&stderr).unwrap().len();
+    let tail = {
+        let text = fs::read(&stderr).unwrap();
+        String::from_utf8_lossy(&text[text.len().saturating_sub(2000)..]).into_owned()
+    };
+    assert!(status.success(), "{status}:\n…{tail}");
+    assert!(size > 50_000_000, "only {size} bytes on stderr:\n…{tail}");
+    assert!(
+        tail.contains("check-done\n") && tail.contains("confirmed over a new ssh connection"),
+        "{tail}"
+    );
+    // Kept whole, 50 MB would be in memory at once (more, as a Vec grows).
+    let kib: u64 = fs::read_to_string(&rss).unwrap().trim().parse().unwrap();
+    eprintln!("peak RSS {kib} KiB");
+    assert!(kib < 40 * 1024, "peak RSS {kib} KiB");
+}
+
+/// Reliability (Connection fault): a `--check` that prints, then hangs past `--confirm-timeout`, as root and under sudo → what it printed is on stderr, the deploy is not confirmed and rolled back, and the check is stopped on the target
+#[test]
+fn a_check_past_the_timeout_is_shown_and_stopped_on_the_target() {
+    for how in ["root", "sudo"] {
+        let world = World::new();
+        let root_target = nixos(&world);
+        let target = if how == "root" {
+            root_target
+        } else {
+            let dest = world.path("alpha/src");
+            fs::create_dir_all(&dest).unwrap();
+            world.chown_to_sudo_user(&dest);
+            json!({"user": world.sudo_user(), "host": "alpha", "path": dest.to_str().unwrap(),
+                   "sudo": true})
+            .to_string()
+        };
+        let sources = sources(&world);
+        // Unique to this test: what its check's processes are found by.
+        let marker = format!("krops-hanging-check-{how}-{}", std::process::id());
+        let nap = format!("1000{}", std::process::id());
+        let check = format!("echo '{marker}: checking'; sleep {nap}; : {marker}");
+        let out = world.run(
+            "krops-deploy",
+            &[
+                "--target",
+                &target,
+                "--force",
+                "--nom",
+                "false",
+                "--sources",
+                &sources,
+                "--confirm-timeout",
+                "5",
+                "--check",
+                &check,
+            ],
+            b"",
+        );
+        out.assert_code(1)
+            .assert_stderr_contains(&format!("{marker}: checking\n"))
+            .assert_stderr_contains("with its check, did not finish within 5 s")
+            .assert_stderr_contains("rolled back");
+        let left = || {
+            let mut left = processes_with(&marker);
+            left.extend(processes_with(&format!("sleep {nap}")));
+            left
+        };
+        for _ in 0..200 {
+            if left().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            left().is_empty(),
+            "{how}: the check still runs: {:?}\n{out}",
+            left()
+        );
+        assert!(Path::new(&world.path("alpha/src")).exists());
+    }
+}
