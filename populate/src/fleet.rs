@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use mktarget::interrupt;
+use mktarget::mutex::lock;
 use mktarget::target::{kind, shown, shown_key};
 use mktarget::tool::usage;
 use mktarget::{Cmd, Origin, Target};
@@ -906,12 +907,6 @@ fn summary(tool: &str, names: &[String], rows: &[Row]) -> String {
         ));
     }
     text
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Our arguments without the program name, for [`run`] (clap has read
