@@ -18,7 +18,7 @@ use mktarget::command::exit_code;
 use mktarget::shell::{quote, quote_words};
 use mktarget::tool::{usage, Example};
 use mktarget::{Cmd, Origin, Session, Target};
-use populate::fleet::{FleetArgs, Kind, Setting};
+use populate::fleet::{choices, FleetArgs, Kind, Setting};
 use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
 
 use preview::{Built, Preview};
@@ -123,15 +123,6 @@ pub enum Nom {
     False,
 }
 
-/// The values of --nom, as a fleet's useNixOutputMonitor may say them.
-pub const NOM_MODES: &[&str] = &[
-    "opportunistic",
-    "optimistic",
-    "pessimistic",
-    "true",
-    "false",
-];
-
 /// What a fleet host may set: writeDeploy's attributes besides target and source.
 pub const FLEET_SETTINGS: &[Setting] = &[
     Setting {
@@ -155,7 +146,7 @@ pub const FLEET_SETTINGS: &[Setting] = &[
     Setting {
         key: "useNixOutputMonitor",
         option: "--nom",
-        kind: Kind::Choice(NOM_MODES),
+        kind: Kind::Choice(choices::<Nom>),
         unless: &[],
     },
     Setting {
@@ -183,14 +174,12 @@ pub const FLEET_SETTINGS: &[Setting] = &[
 const ACTIVATING: &[&str] = &["switch", "boot", "test", "dry-activate"];
 
 impl Nom {
-    fn name(self) -> &'static str {
-        match self {
-            Nom::Opportunistic => "opportunistic",
-            Nom::Optimistic => "optimistic",
-            Nom::Pessimistic => "pessimistic",
-            Nom::True => "true",
-            Nom::False => "false",
-        }
+    /// The mode as `--nom` takes it.
+    fn name(self) -> String {
+        self.to_possible_value()
+            .expect("every --nom mode is a value of the option")
+            .get_name()
+            .to_owned()
     }
 }
 
@@ -960,12 +949,18 @@ mod tests {
     }
 
     #[test]
-    fn fleet_nom_modes_are_the_options_values() {
-        let names: Vec<String> = Nom::value_variants()
-            .iter()
-            .map(|v| v.to_possible_value().unwrap().get_name().to_owned())
-            .collect();
-        assert_eq!(names, NOM_MODES);
+    fn nom_modes_are_krops_names() {
+        let names: Vec<String> = Nom::value_variants().iter().map(|m| m.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "opportunistic",
+                "optimistic",
+                "pessimistic",
+                "true",
+                "false"
+            ]
+        );
     }
 
     #[test]
