@@ -34,7 +34,7 @@ use watchdog::{Learned, Operation, Outcome, Paths, Report, Watchdog};
 /// With --fleet FILE, deploys every host FILE names instead, several at once
 /// (see --jobs and --on): FILE is a JSON object of host name → writeDeploy's
 /// attributes (target, source, and optionally buildTarget, operation,
-/// crossDeploy, useNixOutputMonitor, force, backup, confirmTimeout). Each
+/// crossDeploy, useNixOutputMonitor, force, backup, fast, confirmTimeout). Each
 /// host's output lines start with its name; options given here apply to
 /// every host and win over FILE. Exits 1 when any host failed.
 ///
@@ -158,6 +158,14 @@ pub const FLEET_SETTINGS: &[Setting] = &[
     Setting {
         key: "backup",
         option: "--backup",
+        kind: Kind::Flag,
+        unless: &[],
+    },
+    // Deprecated in krops and here; taken so that a writeDeploy call
+    // becomes a fleet host unchanged (its run warns).
+    Setting {
+        key: "fast",
+        option: "--fast",
         kind: Kind::Flag,
         unless: &[],
     },
@@ -961,6 +969,22 @@ mod tests {
                 "false"
             ]
         );
+    }
+
+    #[test]
+    fn a_fleet_host_may_say_fast_as_writedeploy_does() {
+        let origin = Origin {
+            user: Some("alice".into()),
+            host: "laptop".into(),
+        };
+        let fleet = r#"{"web1": {"target": "root@web1", "source": {}, "fast": true},
+                        "web2": {"target": "root@web2", "source": {}, "fast": false}}"#;
+        let hosts = populate::fleet::parse(fleet, FLEET_SETTINGS, &origin, None).unwrap();
+        let words: Vec<Vec<String>> = hosts
+            .iter()
+            .map(|host| host.settings.iter().flat_map(|(_, w)| w.clone()).collect())
+            .collect();
+        assert_eq!(words, [vec!["--fast".to_owned()], vec![]]);
     }
 
     #[test]
