@@ -7,7 +7,8 @@
 //!
 //! - the writers' attributes (`pkgs/krops`) are the fleet settings of their
 //!   driver plus `target` and `source`, and each becomes an option the tool has;
-//! - `lib.sourceTypes` (what `lib.evalSource` knows) are populate's source types;
+//! - `lib.sourceTypes` (what `lib.evalSource` knows) and the README's table
+//!   are populate's source types;
 //! - `lib.evalSource` and populate accept and refuse the same source names;
 //! - `--nom`'s modes (clap's `ValueEnum`) are what a fleet's and writeDeploy's
 //!   `useNixOutputMonitor` take and what the README's synopsis lists.
@@ -163,6 +164,30 @@ fn nix_knows_the_source_types_populate_knows() {
     assert_eq!(
         nix, rust,
         "lib.sourceTypes (left) and populate's source types (right) differ"
+    );
+}
+
+/// The README's table of source types (under "Sources: `populate`").
+#[test]
+fn the_readme_lists_the_source_types_populate_knows() {
+    let readme = std::fs::read_to_string(krops_tests::nix::krops_dir().join("README.md")).unwrap();
+    let table = readme
+        .split("\n| type | what happens |")
+        .nth(1)
+        .expect("README: the table of source types");
+    let listed: BTreeSet<String> = table
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| line.split('`').nth(1).expect(line).to_owned())
+        .collect();
+    let rust: BTreeSet<String> = SourceKind::ALL
+        .iter()
+        .map(|kind| kind.name().to_owned())
+        .collect();
+    assert_eq!(
+        listed, rust,
+        "the README's source types (left) and populate's (right)"
     );
 }
 
