@@ -6,7 +6,8 @@
 //! `--nom` mode on one side only fails here.
 //!
 //! - the writers' attributes (`pkgs/krops`) are the fleet settings of their
-//!   driver plus `target` and `source`, and each becomes an option the tool has;
+//!   driver plus `target` and `source`, and each becomes an option the tool
+//!   has; flake.nix's `lib` has every writer;
 //! - `lib.sourceTypes` (what `lib.evalSource` knows) and the README's table
 //!   are populate's source types;
 //! - `lib.evalSource` and populate accept and refuse the same source names;
@@ -149,6 +150,55 @@ fn writers_without_a_fleet_take_the_tools_options() {
                 );
             }
         }
+    }
+}
+
+/// A stand-in nixpkgs for flake.nix: `callPackage`, overlays, `writers`.
+const FAKE_NIXPKGS: &str = r#"{ overlays ? [ ], ... }:
+let
+  callPackageWith = set: f: args:
+    let fn = if builtins.isFunction f then f else import f;
+    in fn (builtins.intersectAttrs (builtins.functionArgs fn) set // args);
+  base = self: { callPackage = callPackageWith self; writers = { }; };
+  extend = f: overlay: self: let super = f self; in super // overlay self super;
+  fix = f: let x = f x; in x;
+in fix (builtins.foldl' extend base overlays)
+"#;
+
+/// flake.nix's `lib.${system}` names the writers again: every one of
+/// pkgs/krops's, and populate.
+#[test]
+fn the_flake_lib_has_every_writer() {
+    let world = World::new();
+    let fake = world.write("fake-nixpkgs/default.nix", FAKE_NIXPKGS);
+    let lib = nix_json(
+        &world,
+        &format!(
+            r#"let
+              flake = import (krops + "/flake.nix");
+              nixpkgs = {{
+                outPath = builtins.dirOf {fake};
+                lib.genAttrs = names: f: builtins.listToAttrs (map (name: {{ inherit name; value = f name; }}) names);
+              }};
+              self = flake.outputs {{ inherit self nixpkgs; }};
+            in {{
+              flake = builtins.mapAttrs (system: builtins.attrNames) self.lib;
+              writers = builtins.attrNames kropsPkgs ++ [ "populate" ];
+            }}"#,
+            fake = serde_json::to_string(fake.to_str().unwrap()).unwrap(),
+        ),
+    );
+    let writers: BTreeSet<String> = serde_json::from_value(lib["writers"].clone()).unwrap();
+    let Value::Object(systems) = &lib["flake"] else {
+        panic!("flake lib: {lib}")
+    };
+    assert!(!systems.is_empty());
+    for (system, names) in systems {
+        let names: BTreeSet<String> = serde_json::from_value(names.clone()).unwrap();
+        assert_eq!(
+            names, writers,
+            "flake.nix lib.{system} (left), pkgs/krops (right)"
+        );
     }
 }
 
