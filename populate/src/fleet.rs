@@ -277,12 +277,12 @@ fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result<Vec<String
         (Kind::Choice(_), Value::Bool(b)) => valued(&b.to_string()),
         (Kind::Choice(choices), Value::String(s)) if choices().contains(s) => valued(s),
         (Kind::Choice(choices), Value::String(s)) => bail!(
-            "expected true, false or one of {}, got {}",
+            "expected a boolean or one of {}, got {}",
             choices().join(", "),
             shown(s)
         ),
         (Kind::Choice(choices), _) => bail!(
-            "expected true, false or one of {}, got {}",
+            "expected a boolean or one of {}, got {}",
             choices().join(", "),
             kind(value)
         ),
@@ -1048,7 +1048,7 @@ mod tests {
             ),
             (
                 with("useNixOutputMonitor", json!("sometimes")),
-                "fleet.web1.useNixOutputMonitor: expected true, false or one of",
+                "fleet.web1.useNixOutputMonitor: expected a boolean or one of",
             ),
             (
                 with("buildTarget", json!("-oops")),
@@ -1078,7 +1078,7 @@ mod tests {
             ),
             (
                 with("useNixOutputMonitor", json!(["x".repeat(1000)])),
-                "fleet.web1.useNixOutputMonitor: expected true, false or one of opportunistic, false, got a list",
+                "fleet.web1.useNixOutputMonitor: expected a boolean or one of opportunistic, false, got a list",
             ),
         ] {
             let err = parse_err(fleet.clone());
