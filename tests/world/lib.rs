@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
+use mktarget::mutex::lock;
+
 pub use git::{git_head, GitRepo};
 pub use host::Host;
 pub use run::{command_line, quote, run as run_with_timeout, Output, RUN_TIMEOUT};
@@ -617,17 +619,12 @@ impl World {
     }
 
     fn lock_hosts(&self) -> MutexGuard<'_, BTreeMap<String, host::Sshd>> {
-        self.hosts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.hosts)
     }
 
     /// Changes the client config blocks and rewrites the ssh config atomically.
     fn lock_hosts_config(&self, change: impl FnOnce(&mut BTreeMap<String, String>)) {
-        let mut blocks = self
-            .client_blocks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut blocks = lock(&self.client_blocks);
         change(&mut blocks);
         self.write_ssh_config(&blocks);
     }
