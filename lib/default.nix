@@ -291,11 +291,20 @@ let
 
   typeNames = attrNames sourceTypes;
 
-  # A source name is one path component below the target path.
+  # A source name is one path component below the target path, refused as
+  # populate refuses it (populate/src/source/mod.rs, `check_name`; the
+  # contract test tests/contract.rs feeds both the same names). Names
+  # starting with .populate are populate's own (the sentinel, its backup,
+  # the lock, a pipe's temp file).
   checkName = name:
-    if testString "[A-Za-z0-9._-]+" name && !(elem name [ "." ".." ".populate" ]) && !(hasPrefix "-" name)
-    then name
-    else throw "evalSource: source name ${toJSON name}: must be one path component of the characters A-Z a-z 0-9 . _ - (not \".\", \"..\", \".populate\", nor starting with '-')";
+    let where = "evalSource: sources.${toJSON name}"; in
+    if !(testString "[A-Za-z0-9._-]+" name) || elem name [ "." ".." ] || hasPrefix "-" name then
+      throw "${where}: a source name must be one path component of the characters A-Z a-z 0-9 . _ - (not \".\", \"..\", nor starting with '-')"
+    else if stringLength name > 255 then
+      throw "${where}: a source name is a file name on the target, and those are at most 255 bytes long; this one has ${toString (stringLength name)}"
+    else if hasPrefix ".populate" name then
+      throw "${where}: names starting with .populate are populate's own on the target (the sentinel PATH/.populate and what it keeps there): choose another name"
+    else name;
 
   # One source, from all its definitions: `{ type = T; T = { …every field… }; }`.
   evalOne = name: defs:
@@ -352,6 +361,8 @@ let
     }) (filter (source: source.defs != [ ]) defined));
 
   krops = {
+    # The source types evalSource knows, as populate names them.
+    sourceTypes = typeNames;
     inherit evalSource firstWord isLocalTarget maybeEnv maybeHostName mkTarget
       mkUserPortSSHOpts quote test testString;
     shell = { inherit quote; };

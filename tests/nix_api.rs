@@ -481,10 +481,13 @@ fn invalid_sources_are_evaluation_errors_naming_source_and_field() {
             r#"[ { x.git = { url = "u"; ref = "a"; }; } { x.git.ref = "b"; } ]"#,
             "x.git.ref: defined differently in two places (\"a\" and \"b\")",
         ),
-        (r#"{ "a/b".symlink = "x"; }"#, "source name \"a/b\""),
+        (
+            r#"{ "a/b".symlink = "x"; }"#,
+            "sources.\"a/b\": a source name must be one path component",
+        ),
         (
             r#"{ ".populate".symlink = "x"; }"#,
-            "source name \".populate\"",
+            "sources.\".populate\": names starting with .populate",
         ),
         (
             r#"{ x = "/a"; }"#,

@@ -18,7 +18,7 @@ use mktarget::command::exit_code;
 use mktarget::shell::{quote, quote_words};
 use mktarget::tool::{usage, Example};
 use mktarget::{Cmd, Origin, Session, Target};
-use populate::fleet::{FleetArgs, Kind, Setting};
+use populate::fleet::{choices, FleetArgs, Kind, Setting};
 use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
 
 use preview::{Built, Preview};
@@ -34,7 +34,7 @@ use watchdog::{Learned, Operation, Outcome, Paths, Report, Watchdog};
 /// With --fleet FILE, deploys every host FILE names instead, several at once
 /// (see --jobs and --on): FILE is a JSON object of host name → writeDeploy's
 /// attributes (target, source, and optionally buildTarget, operation,
-/// crossDeploy, useNixOutputMonitor, force, backup, confirmTimeout). Each
+/// crossDeploy, useNixOutputMonitor, force, backup, fast, confirmTimeout). Each
 /// host's output lines start with its name; options given here apply to
 /// every host and win over FILE. Exits 1 when any host failed.
 ///
@@ -123,15 +123,6 @@ pub enum Nom {
     False,
 }
 
-/// The values of --nom, as a fleet's useNixOutputMonitor may say them.
-pub const NOM_MODES: &[&str] = &[
-    "opportunistic",
-    "optimistic",
-    "pessimistic",
-    "true",
-    "false",
-];
-
 /// What a fleet host may set: writeDeploy's attributes besides target and source.
 pub const FLEET_SETTINGS: &[Setting] = &[
     Setting {
@@ -155,7 +146,7 @@ pub const FLEET_SETTINGS: &[Setting] = &[
     Setting {
         key: "useNixOutputMonitor",
         option: "--nom",
-        kind: Kind::Choice(NOM_MODES),
+        kind: Kind::Choice(choices::<Nom>),
         unless: &[],
     },
     Setting {
@@ -167,6 +158,14 @@ pub const FLEET_SETTINGS: &[Setting] = &[
     Setting {
         key: "backup",
         option: "--backup",
+        kind: Kind::Flag,
+        unless: &[],
+    },
+    // Deprecated in krops and here; taken so that a writeDeploy call
+    // becomes a fleet host unchanged (its run warns).
+    Setting {
+        key: "fast",
+        option: "--fast",
         kind: Kind::Flag,
         unless: &[],
     },
@@ -183,14 +182,12 @@ pub const FLEET_SETTINGS: &[Setting] = &[
 const ACTIVATING: &[&str] = &["switch", "boot", "test", "dry-activate"];
 
 impl Nom {
-    fn name(self) -> &'static str {
-        match self {
-            Nom::Opportunistic => "opportunistic",
-            Nom::Optimistic => "optimistic",
-            Nom::Pessimistic => "pessimistic",
-            Nom::True => "true",
-            Nom::False => "false",
-        }
+    /// The mode as `--nom` takes it.
+    fn name(self) -> String {
+        self.to_possible_value()
+            .expect("every --nom mode is a value of the option")
+            .get_name()
+            .to_owned()
     }
 }
 
@@ -1034,12 +1031,34 @@ mod tests {
     }
 
     #[test]
-    fn fleet_nom_modes_are_the_options_values() {
-        let names: Vec<String> = Nom::value_variants()
+    fn nom_modes_are_krops_names() {
+        let names: Vec<String> = Nom::value_variants().iter().map(|m| m.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "opportunistic",
+                "optimistic",
+                "pessimistic",
+                "true",
+                "false"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fleet_host_may_say_fast_as_writedeploy_does() {
+        let origin = Origin {
+            user: Some("alice".into()),
+            host: "laptop".into(),
+        };
+        let fleet = r#"{"web1": {"target": "root@web1", "source": {}, "fast": true},
+                        "web2": {"target": "root@web2", "source": {}, "fast": false}}"#;
+        let hosts = populate::fleet::parse(fleet, FLEET_SETTINGS, &origin, None).unwrap();
+        let words: Vec<Vec<String>> = hosts
             .iter()
-            .map(|v| v.to_possible_value().unwrap().get_name().to_owned())
+            .map(|host| host.settings.iter().flat_map(|(_, w)| w.clone()).collect())
             .collect();
-        assert_eq!(names, NOM_MODES);
+        assert_eq!(words, [vec!["--fast".to_owned()], vec![]]);
     }
 
     #[test]

@@ -18,6 +18,8 @@ use nix::unistd::Pid;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::mutex::lock;
+
 /// How long children get to stop after SIGTERM before they are killed.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -74,9 +76,7 @@ static INSTALL: Once = Once::new();
 /// nothing can re-create a secret after the handler removed it, and no child
 /// can start unnoticed.
 fn state() -> MutexGuard<'static, State> {
-    STATE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock(&STATE)
 }
 
 /// Starts the handler thread; `tool` names the tool in its message.

@@ -5,6 +5,7 @@
 pub mod command;
 pub mod interrupt;
 pub mod json;
+pub mod mutex;
 pub mod session;
 pub mod shell;
 pub mod target;

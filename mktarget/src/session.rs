@@ -31,6 +31,7 @@ use anyhow::{anyhow, Result};
 
 use crate::command::{Cmd, Started};
 use crate::interrupt::{self, PrivateDir};
+use crate::mutex::lock;
 use crate::shell::{quote, quote_words, rsync_quote_words};
 use crate::target::{Origin, Target};
 
@@ -284,7 +285,7 @@ impl Session {
     /// `ControlMaster=no` does when the socket is absent).
     pub fn connect(&self) -> Result<()> {
         if let Reach::UsersPersisting(started) = &self.reach {
-            let mut started = started.lock().unwrap_or_else(|p| p.into_inner());
+            let mut started = lock(started);
             if !*started && !interrupt::interrupted() {
                 *started = true;
                 // Its failure shows again, with ssh's message, in the first step.
@@ -295,10 +296,7 @@ impl Session {
         let Reach::Shared(control) = &self.reach else {
             return Ok(());
         };
-        let mut master = control
-            .master
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut master = lock(&control.master);
         if interrupt::interrupted() {
             return Ok(());
         }
@@ -534,11 +532,7 @@ impl Session {
         let Reach::Shared(control) = &self.reach else {
             return;
         };
-        let master = control
-            .master
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let master = lock(&control.master).take();
         if let Some(Some(mut master)) = master {
             // Asked over its socket (`ssh -O exit`), the master exits at
             // once, whatever it was doing; a signal is the fallback. It
@@ -639,12 +633,6 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads the master's stderr into `log` until it closes, passing it on to

@@ -24,6 +24,8 @@ let
   inherit (w) flag option optionUnless checkBool checkString targetJSON;
   writeTool = w.writeTool { inherit krops-rs writers; };
 
+  # krops-deploy --nom's modes (clap's values of its `Nom`); tests/contract.rs
+  # checks that this list says the same.
   nomModes = [ "opportunistic" "optimistic" "pessimistic" "true" "false" ];
 in
 {
@@ -44,7 +46,7 @@ in
       nom =
         if lib.isBool useNixOutputMonitor then lib.toJSON useNixOutputMonitor
         else if lib.elem useNixOutputMonitor nomModes then useNixOutputMonitor
-        else throw "${what}: useNixOutputMonitor: ${lib.toJSON useNixOutputMonitor} is not one of ${lib.concatStringsSep ", " nomModes}, true, false";
+        else throw "${what}: useNixOutputMonitor: ${lib.toJSON useNixOutputMonitor} is not one of ${lib.concatStringsSep ", " nomModes}";
       # Seconds within which a new ssh connection must confirm a switch or
       # test, else the target rolls it back; null: no confirmation (krops).
       confirmTimeout' =

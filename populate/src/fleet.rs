@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use mktarget::interrupt;
+use mktarget::mutex::lock;
 use mktarget::target::{kind, shown, shown_key};
 use mktarget::tool::usage;
 use mktarget::{Cmd, Origin, Target};
@@ -84,8 +85,9 @@ pub enum Kind {
     Text,
     /// A target as `--target` takes it (a string or an object), or null.
     Target,
-    /// A boolean or one of these strings, the option's value.
-    Choice(&'static [&'static str]),
+    /// A boolean or one of these strings (the option's values, as
+    /// [`choices`] reads them from clap), the option's value.
+    Choice(fn() -> Vec<String>),
     /// A string, the driver's SCRIPT argument.
     Script,
     /// A whole number of at least 1, the option's value (seconds), or null (none).
@@ -93,6 +95,17 @@ pub enum Kind {
     /// A boolean that only a host's run alone can have true (the option,
     /// a terminal's): true is a usage error, saying why.
     NotInFleet(&'static str),
+}
+
+/// The values of an option whose values are `E`'s, as its `--help` lists
+/// them: for [`Kind::Choice`].
+pub fn choices<E: clap::ValueEnum>() -> Vec<String> {
+    E::value_variants()
+        .iter()
+        .filter_map(E::to_possible_value)
+        .filter(|value| !value.is_hide_set())
+        .map(|value| value.get_name().to_owned())
+        .collect()
 }
 
 /// One host of the fleet, checked.
@@ -262,15 +275,15 @@ fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result<Vec<String
         }
         (Kind::Count, _) => bail!("expected a whole number of at least 1, got {value}"),
         (Kind::Choice(_), Value::Bool(b)) => valued(&b.to_string()),
-        (Kind::Choice(choices), Value::String(s)) if choices.contains(&s.as_str()) => valued(s),
+        (Kind::Choice(choices), Value::String(s)) if choices().contains(s) => valued(s),
         (Kind::Choice(choices), Value::String(s)) => bail!(
-            "expected true, false or one of {}, got {}",
-            choices.join(", "),
+            "expected a boolean or one of {}, got {}",
+            choices().join(", "),
             shown(s)
         ),
         (Kind::Choice(choices), _) => bail!(
-            "expected true, false or one of {}, got {}",
-            choices.join(", "),
+            "expected a boolean or one of {}, got {}",
+            choices().join(", "),
             kind(value)
         ),
     })
@@ -908,12 +921,6 @@ fn summary(tool: &str, names: &[String], rows: &[Row]) -> String {
     text
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Our arguments without the program name, for [`run`] (clap has read
 /// them, so every word a host's run gets is text).
 pub fn args() -> Vec<String> {
@@ -952,7 +959,7 @@ mod tests {
         Setting {
             key: "useNixOutputMonitor",
             option: "--nom",
-            kind: Kind::Choice(&["opportunistic", "false"]),
+            kind: Kind::Choice(|| vec!["opportunistic".into(), "false".into()]),
             unless: &[],
         },
         Setting {
@@ -1041,7 +1048,7 @@ mod tests {
             ),
             (
                 with("useNixOutputMonitor", json!("sometimes")),
-                "fleet.web1.useNixOutputMonitor: expected true, false or one of",
+                "fleet.web1.useNixOutputMonitor: expected a boolean or one of",
             ),
             (
                 with("buildTarget", json!("-oops")),
@@ -1071,7 +1078,7 @@ mod tests {
             ),
             (
                 with("useNixOutputMonitor", json!(["x".repeat(1000)])),
-                "fleet.web1.useNixOutputMonitor: expected true, false or one of opportunistic, false, got a list",
+                "fleet.web1.useNixOutputMonitor: expected a boolean or one of opportunistic, false, got a list",
             ),
         ] {
             let err = parse_err(fleet.clone());

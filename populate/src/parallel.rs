@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use mktarget::mutex::{self, lock};
+
 /// Runs `each(i)` for `i` in `0..count`, starting them in order, at most
 /// `jobs` at once; once `stop()` says so, no new one starts (the running
 /// ones finish). Returns each one's result, `None` for those never started.
@@ -26,14 +28,11 @@ pub fn each<T: Send>(
                     break;
                 }
                 let result = each(i);
-                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                *lock(&results[i]) = Some(result);
             });
         }
     });
-    results
-        .into_iter()
-        .map(|slot| slot.into_inner().unwrap_or_else(|p| p.into_inner()))
-        .collect()
+    results.into_iter().map(mutex::into_inner).collect()
 }
 
 #[cfg(test)]

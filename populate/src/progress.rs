@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use mktarget::mutex::{self, lock};
+
 use crate::report::{Printer, StepOutcome, StepStatus};
 
 /// How much a run says.
@@ -398,8 +400,8 @@ impl Progress {
             return;
         };
         let _ = live.multi.clear();
-        let ended = live.ended.into_inner().unwrap_or_else(|p| p.into_inner());
-        let kept = self.kept.into_inner().unwrap_or_else(|p| p.into_inner());
+        let ended = mutex::into_inner(live.ended);
+        let kept = mutex::into_inner(self.kept);
         let mut text = String::new();
         for (i, ended) in ended.into_iter().enumerate() {
             let Some((line, failed)) = ended else {
@@ -438,12 +440,6 @@ fn ending(outcome: &StepOutcome) -> String {
 fn columns(row: &Row, widths: [usize; 3]) -> String {
     let [host, name, kind] = widths;
     format!("{:host$}  {:name$}  {:kind$}", row.host, row.name, row.kind)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One step's output stream; see [`Progress::output`].

@@ -221,9 +221,7 @@ impl Printer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PrinterState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        mktarget::mutex::lock(&self.state)
     }
 
     /// Step `step`'s output.

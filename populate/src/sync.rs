@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use mktarget::command::MAX_ARG_BYTES;
 use mktarget::interrupt;
+use mktarget::mutex::{self, lock};
 use mktarget::shell::quote;
 use mktarget::Session;
 
@@ -95,10 +96,7 @@ impl Drop for Plan {
     /// Lets go of the lock first: its session must end before the shared
     /// connection it runs over is closed, which dropping the session may do.
     fn drop(&mut self) {
-        self.lock
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        lock(&self.lock).take();
     }
 }
 
@@ -418,12 +416,6 @@ struct Run<'a> {
     running: Mutex<Vec<String>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl<'a> Run<'a> {
     fn new(plan: &'a Plan, progress: &'a Progress) -> Run<'a> {
         Run {
@@ -641,10 +633,7 @@ impl<'a> Run<'a> {
 
     /// Every step's outcome: those that never ended did not run.
     fn finish(self) -> Report {
-        let outcomes = self
-            .outcomes
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner());
+        let outcomes = mutex::into_inner(self.outcomes);
         let steps = outcomes
             .into_iter()
             .zip(&self.plan.steps)

@@ -42,6 +42,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
+use mktarget::mutex::lock;
+
 pub use git::{git_head, GitRepo};
 pub use host::Host;
 pub use real_rebuild::{RealRebuild, REAL_REBUILD_ENV};
@@ -622,17 +624,12 @@ impl World {
     }
 
     fn lock_hosts(&self) -> MutexGuard<'_, BTreeMap<String, host::Sshd>> {
-        self.hosts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.hosts)
     }
 
     /// Changes the client config blocks and rewrites the ssh config atomically.
     fn lock_hosts_config(&self, change: impl FnOnce(&mut BTreeMap<String, String>)) {
-        let mut blocks = self
-            .client_blocks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut blocks = lock(&self.client_blocks);
         change(&mut blocks);
         self.write_ssh_config(&blocks);
     }

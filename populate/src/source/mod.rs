@@ -3,15 +3,8 @@
 //! and what each does on the target ([`Work`]). One module a source type,
 //! each with its fields, its parser and its work.
 
-mod derivation;
 mod fields;
-mod file;
-pub(crate) mod git;
-mod pass;
-mod passage;
-pub(crate) mod pipe;
 pub(crate) mod store;
-mod symlink;
 
 use std::collections::BTreeMap;
 
@@ -22,63 +15,93 @@ use serde_json::Value;
 
 use crate::step::Work;
 
-pub use derivation::DerivationSource;
-pub use file::{FileSource, Filter};
-pub use git::GitSource;
-pub use pass::PassSource;
-pub use passage::PassageSource;
-pub use pipe::PipeSource;
-pub use symlink::SymlinkSource;
+pub use file::Filter;
 
 /// All sources of a run, in byte order of their names.
 pub type Sources = BTreeMap<String, Source>;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
-    Derivation(DerivationSource),
-    File(FileSource),
-    Git(GitSource),
-    Pass(PassSource),
-    Passage(PassageSource),
-    Pipe(PipeSource),
-    Symlink(SymlinkSource),
+/// Declares the source types, one line each: `Variant(module::Type) =
+/// "name"`, where `name` is the key that names it in sources.json and
+/// `module` (a file of this directory) has `parse(path, value)` and
+/// `Type::work(session, p)`; `with PARSE` gives a parse of its own
+/// (`|path, value, home|`). From it come [`Source`], [`Kind`], `Kind::ALL`,
+/// the names and the dispatch to each module. Adding a source type is a
+/// line here, its module, its entry in `lib/default.nix`'s `sourceTypes`
+/// and its row in the README (tests/contract.rs checks those two).
+macro_rules! source_types {
+    ($($variant:ident($module:ident::$type:ident) = $name:literal $(with $parse:expr)?,)*) => {
+        $(
+            pub(crate) mod $module;
+            pub use $module::$type;
+        )*
+
+        /// One source, parsed and checked: a variant a source type.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Source {
+            $($variant($type),)*
+        }
+
+        /// A source type: the key that names it in sources.json.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Kind {
+            $($variant,)*
+        }
+
+        impl Kind {
+            pub const ALL: [Kind; [$($name),*].len()] = [$(Kind::$variant),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kind::$variant => $name,)*
+                }
+            }
+        }
+
+        impl Source {
+            pub fn kind(&self) -> Kind {
+                match self {
+                    $(Source::$variant(_) => Kind::$variant,)*
+                }
+            }
+
+            /// What the source does at `p` on the target; refuses what is
+            /// missing here (a file, a store, a command).
+            pub(crate) fn work(&self, session: &Session, p: &str) -> Result<Work> {
+                match self {
+                    $(Source::$variant(source) => source.work(session, p),)*
+                }
+            }
+        }
+
+        /// `value`, at `path` in sources.json, as a source of type `kind`.
+        fn parse_as(kind: Kind, path: &str, value: &Value, home: Option<&str>) -> Result<Source> {
+            match kind {
+                $(Kind::$variant => {
+                    source_types!(@parse $module $($parse)?)(path, value, home).map(Source::$variant)
+                })*
+            }
+        }
+    };
+    (@parse $module:ident) => {
+        |path, value, _home| $module::parse(path, value)
+    };
+    (@parse $module:ident $parse:expr) => {
+        $parse
+    };
 }
 
-/// A source type: the key that names it in sources.json.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Derivation,
-    File,
-    Git,
-    Pass,
-    Passage,
-    Pipe,
-    Symlink,
+source_types! {
+    Derivation(derivation::DerivationSource) = "derivation",
+    File(file::FileSource) = "file",
+    Git(git::GitSource) = "git",
+    Pass(pass::PassSource) = "pass",
+    // `~/` in its paths is the home directory.
+    Passage(passage::PassageSource) = "passage" with passage::parse,
+    Pipe(pipe::PipeSource) = "pipe",
+    Symlink(symlink::SymlinkSource) = "symlink",
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
-        Kind::Derivation,
-        Kind::File,
-        Kind::Git,
-        Kind::Pass,
-        Kind::Passage,
-        Kind::Pipe,
-        Kind::Symlink,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Derivation => "derivation",
-            Kind::File => "file",
-            Kind::Git => "git",
-            Kind::Pass => "pass",
-            Kind::Passage => "passage",
-            Kind::Pipe => "pipe",
-            Kind::Symlink => "symlink",
-        }
-    }
-
     pub fn from_name(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|kind| kind.name() == name)
     }
@@ -90,34 +113,8 @@ impl Kind {
 }
 
 impl Source {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Source::Derivation(_) => Kind::Derivation,
-            Source::File(_) => Kind::File,
-            Source::Git(_) => Kind::Git,
-            Source::Pass(_) => Kind::Pass,
-            Source::Passage(_) => Kind::Passage,
-            Source::Pipe(_) => Kind::Pipe,
-            Source::Symlink(_) => Kind::Symlink,
-        }
-    }
-
     pub fn type_name(&self) -> &'static str {
         self.kind().name()
-    }
-
-    /// What the source does at `p` on the target; refuses what is missing
-    /// here (a file, a store, a command).
-    pub(crate) fn work(&self, session: &Session, p: &str) -> Result<Work> {
-        match self {
-            Source::Derivation(source) => source.work(session, p),
-            Source::File(source) => source.work(session, p),
-            Source::Git(source) => source.work(session, p),
-            Source::Pass(source) => source.work(session, p),
-            Source::Passage(source) => source.work(session, p),
-            Source::Pipe(source) => source.work(session, p),
-            Source::Symlink(source) => source.work(session, p),
-        }
     }
 }
 
@@ -236,16 +233,7 @@ fn source(name: &str, value: &Value, home: Option<&str>) -> Result<Source> {
             );
         }
     }
-    let path = format!("{name}.{}", given.name());
-    Ok(match given {
-        Kind::Derivation => Source::Derivation(derivation::parse(&path, field)?),
-        Kind::File => Source::File(file::parse(&path, field)?),
-        Kind::Git => Source::Git(git::parse(&path, field)?),
-        Kind::Pass => Source::Pass(pass::parse(&path, field)?),
-        Kind::Passage => Source::Passage(passage::parse(&path, field, home)?),
-        Kind::Pipe => Source::Pipe(pipe::parse(&path, field)?),
-        Kind::Symlink => Source::Symlink(symlink::parse(&path, field)?),
-    })
+    parse_as(given, &format!("{name}.{}", given.name()), field, home)
 }
 
 #[cfg(test)]
