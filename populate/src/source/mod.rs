@@ -11,7 +11,7 @@ mod pass;
 mod passage;
 pub(crate) mod pipe;
 pub(crate) mod store;
-mod symlink;
+pub(crate) mod symlink;
 
 use std::collections::BTreeMap;
 
