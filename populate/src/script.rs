@@ -49,6 +49,13 @@ pub(crate) struct Script {
 impl Script {
     /// A call of `function` with `args`.
     pub(crate) fn call(function: &'static Function, args: &[&str]) -> Script {
+        debug_assert!(
+            function
+                .text
+                .contains(&format!("\n{}() {{\n", function.name)),
+            "{} is not what its file defines",
+            function.name
+        );
         Script {
             functions: vec![function],
             calls: vec![call_line(function.name, args)],
