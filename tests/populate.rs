@@ -671,7 +671,8 @@ fn dry_run_prints_the_plan_without_secrets_and_runs_nothing() {
         assert!(!script.contains(secret) && !out.stderr_str().contains(secret));
     }
     assert!(script.contains("pass show h/k"), "{script}");
-    assert!(script.contains("ln -fnsT -- x"), "{script}");
+    // The symlink script is `symlink.sh`'s function, called with the link.
+    assert!(script.contains("run ln -fnsT -- \"$3\" \"$1\""), "{script}");
     let parsed = world.run_command(world.command("/bin/sh").args(["-n", "-c", &script]), b"");
     parsed.assert_success();
     // Running the printed plan does what populate does.
@@ -685,6 +686,10 @@ fn dry_run_prints_the_plan_without_secrets_and_runs_nothing() {
         "dry-run-passage-secret"
     );
     assert_eq!(mode(&dest.join("zecrets/p/k")), 0o600);
+    assert_eq!(
+        std::fs::read_link(dest.join("l")).unwrap(),
+        std::path::Path::new("x")
+    );
     let leftovers: Vec<_> = std::fs::read_dir(world.tmp_dir()).unwrap().collect();
     assert!(
         leftovers.is_empty(),

@@ -1,4 +1,7 @@
-//! What every populate script run on a target starts with.
+//! The scripts populate runs on a target: what every one starts with
+//! ([`PRELUDE`]), the shell functions they call, each a `.sh` file, and how
+//! a step's script and a batch of them are put together ([`Script`],
+//! [`batch`]).
 //!
 //! Scripts run with `set -efu`. A command whose failure ends the step is
 //! written `run CMD…`: when it fails, `run` prints one line naming it and its
@@ -6,43 +9,144 @@
 //! and exits with that status. `failed STATUS COMMAND` does the same for a
 //! command whose status the script looked at itself.
 
-/// The prelude of every populate script: `set -efu`, `run` (see above) and
-/// `claim KIND P SHOWN`, which removes, without following links, whatever
-/// stands at P that a source of KIND (`dir`, `file`, `link`, `outlink`) does
-/// not make, and says so: rsync, git and `cat` would otherwise write through
-/// a symlink to outside the target path. An `outlink` is a derivation's out
-/// link, which nix-build replaces only when it points into the store.
-pub const PRELUDE: &str = r#"set -efu
-run() {
-  "$@" || failed "$?" "$*"
+use mktarget::shell::quote;
+
+/// The prelude of every populate script (`scripts/prelude.sh`): `set -efu`,
+/// `run` (see above) and `claim KIND P SHOWN`, which removes, without
+/// following links, whatever stands at P that a source of KIND (`dir`,
+/// `file`, `link`, `outlink`) does not make, and says so: rsync, git and
+/// `cat` would otherwise write through a symlink to outside the target
+/// path. An `outlink` is a derivation's out link, which nix-build replaces
+/// only when it points into the store.
+pub const PRELUDE: &str = include_str!("scripts/prelude.sh");
+
+/// A shell function that a script run on the target calls: the file that
+/// defines it (loaded with `include_str!`, read by `shellcheck` in
+/// `.ci/run`), and its name. A function takes every value as a positional
+/// parameter; the Rust side only writes call lines ([`Script`]).
+#[derive(Debug)]
+pub(crate) struct Function {
+    pub(crate) name: &'static str,
+    pub(crate) text: &'static str,
 }
-failed() {
-  printf 'populate: failed: %s (exit status %s)\n' "$2" "$1" >&2
-  exit "$1"
+
+/// `krops_step INDEX COMMAND…`, which a batch ([`batch`]) runs each step
+/// through.
+pub(crate) static STEP: Function = Function {
+    name: "krops_step",
+    text: include_str!("scripts/step.sh"),
+};
+
+/// What a step runs on the target after [`PRELUDE`]: the functions it
+/// calls, each defined once, and its call lines, each word quoted with the
+/// project's one quoting function.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Script {
+    functions: Vec<&'static Function>,
+    calls: Vec<String>,
 }
-claim() {
-  if test -L "$2"; then
-    case $1 in
-      link) return 0 ;;
-      outlink) case $(readlink "$2") in /nix/store/*) return 0 ;; esac ;;
-    esac
-    printf 'populate: replacing the symlink at %s\n' "$3" >&2
-    run rm -f "$2"
-  elif test -d "$2"; then
-    test "$1" = dir && return 0
-    printf 'populate: replacing the directory at %s\n' "$3" >&2
-    run rm -fR "$2"
-  elif test -e "$2"; then
-    krops_what=file
-    if test "$1" = file; then
-      test -f "$2" && return 0
-      krops_what='special file'
-    fi
-    printf 'populate: replacing the %s at %s\n' "$krops_what" "$3" >&2
-    run rm -f "$2"
-  fi
+
+impl Script {
+    /// A call of `function` with `args`.
+    pub(crate) fn call(function: &'static Function, args: &[&str]) -> Script {
+        debug_assert!(
+            function
+                .text
+                .contains(&format!("\n{}() {{\n", function.name)),
+            "{} is not what its file defines",
+            function.name
+        );
+        Script {
+            functions: vec![function],
+            calls: vec![call_line(function.name, args)],
+        }
+    }
+
+    /// A call of a command the prelude defines (`claim`, `run`) or the
+    /// target has.
+    pub(crate) fn command(name: &str, args: &[&str]) -> Script {
+        Script {
+            functions: Vec::new(),
+            calls: vec![call_line(name, args)],
+        }
+    }
+
+    /// This script, then `next`.
+    pub(crate) fn then(mut self, next: Script) -> Script {
+        for function in next.functions {
+            self.add(function);
+        }
+        self.calls.extend(next.calls);
+        self
+    }
+
+    fn add(&mut self, function: &'static Function) {
+        if !self.functions.iter().any(|f| f.name == function.name) {
+            self.functions.push(function);
+        }
+    }
+
+    /// The definitions, then the calls: what runs after [`PRELUDE`].
+    pub(crate) fn text(&self) -> String {
+        let mut text: String = self.functions.iter().map(|f| f.text).collect();
+        for call in &self.calls {
+            text.push_str(call);
+            text.push('\n');
+        }
+        text
+    }
+
+    /// [`PRELUDE`], then [`Script::text`]: what a step runs on its own.
+    pub(crate) fn whole(&self) -> String {
+        format!("{PRELUDE}{}", self.text())
+    }
+
+    /// How many bytes [`batch`] adds to a batch for this part: its call,
+    /// through `krops_step`, and the functions it needs that are not in
+    /// `defined` yet (which it then adds).
+    pub(crate) fn batch_size(&self, defined: &mut Vec<&'static str>) -> usize {
+        let mut size = 0;
+        for function in &self.functions {
+            if !defined.contains(&function.name) {
+                defined.push(function.name);
+                size += function.text.len();
+            }
+        }
+        size + self.calls.iter().map(|call| call.len() + 32).sum::<usize>()
+    }
 }
-"#;
+
+/// `NAME ARG…`, each argument quoted.
+fn call_line(name: &str, args: &[&str]) -> String {
+    let mut line = name.to_owned();
+    for arg in args {
+        line.push(' ');
+        line.push_str(&quote(arg));
+    }
+    line
+}
+
+/// One remote run of several steps' parts (INDEX, its script of one call):
+/// the prelude, `krops_step` and every function once, then each part's call
+/// through `krops_step INDEX`, which runs them in a subshell with `set -e`, prints
+/// `\x1ekrops-step INDEX STATUS` after them, and ends the batch after a part
+/// that failed.
+pub(crate) fn batch(parts: &[(usize, &Script)]) -> String {
+    let mut all = Script {
+        functions: vec![&STEP],
+        calls: Vec::new(),
+    };
+    for (i, part) in parts {
+        let [call] = part.calls.as_slice() else {
+            panic!("a batched part is one call: {:?}", part.calls);
+        };
+        all = all.then(Script {
+            functions: part.functions.clone(),
+            calls: vec![format!("{} {i} {call}", STEP.name)],
+        });
+    }
+    all.whole()
+}
 
 /// The line [`PRELUDE`]'s `run` prints for a failed command.
 pub const FAILED_MARKER: &str = "populate: failed: ";

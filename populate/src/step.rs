@@ -6,29 +6,29 @@ use std::io::Write;
 
 use anyhow::Result;
 use mktarget::command::{describe, Cmd};
-use mktarget::shell::quote;
 use mktarget::Session;
 
 use crate::report::{StepError, Transfer};
-use crate::script::{failed_command, PRELUDE};
+use crate::script::{batch, failed_command, Script};
 use crate::source::pipe::Pipe;
 use crate::source::store::Secrets;
 
 #[derive(Debug)]
 pub(crate) enum Work {
     /// The sentinel check: a script whose exit status says what is wrong.
-    Sentinel { body: String },
-    /// A script on the target, cheap enough to batch (backup, symlink).
-    Batched { body: String },
+    Sentinel { script: Script },
+    /// A script on the target, cheap enough to batch (backup, symlink): one
+    /// call.
+    Batched { script: Script },
     /// rsync from here, after the claim of its place: both when the source
     /// syncs (a claim ahead of time would leave the place empty when an
     /// earlier source fails). The claim is a script of its own only where
     /// rsync's `--rsync-path` cannot run it (a local target).
-    Rsync { claim: Option<String>, rsync: Cmd },
+    Rsync { claim: Option<Script>, rsync: Cmd },
     /// A script on the target that runs as a session of its own, as it may
     /// take long (git); `late` ones wait for every other source
     /// (derivations, which may build from them).
-    Alone { body: String, late: bool },
+    Alone { script: Script, late: bool },
     /// A pass or passage store: decrypted here, then synced.
     Secrets(Box<Secrets>),
     /// A pipe: its command's output, kept here, then moved into place there.
@@ -36,10 +36,10 @@ pub(crate) enum Work {
 }
 
 impl Work {
-    /// The part of the step that runs in a batch, if any: a script body.
-    pub(crate) fn batched(&self) -> Option<&str> {
+    /// The part of the step that runs in a batch, if any.
+    pub(crate) fn batched(&self) -> Option<&Script> {
         match self {
-            Work::Sentinel { body } | Work::Batched { body } => Some(body),
+            Work::Sentinel { script } | Work::Batched { script } => Some(script),
             _ => None,
         }
     }
@@ -60,13 +60,12 @@ impl Work {
             Work::Sentinel { .. } | Work::Batched { .. } => Ok(Ended::Done(None)),
             Work::Rsync { claim, rsync } => {
                 if let Some(claim) = claim {
-                    run_cmd(session, &session.shell(&format!("{PRELUDE}{claim}")), out)?;
+                    run_cmd(session, &session.shell(&claim.whole()), out)?;
                 }
                 run_rsync(session, rsync, out).map(|transfer| Ended::Done(Some(transfer)))
             }
-            Work::Alone { body, .. } => {
-                run_cmd(session, &session.shell(&format!("{PRELUDE}{body}")), out)
-                    .map(|()| Ended::Done(None))
+            Work::Alone { script, .. } => {
+                run_cmd(session, &session.shell(&script.whole()), out).map(|()| Ended::Done(None))
             }
             Work::Secrets(secrets) => secrets.run(session, out),
             Work::Pipe(pipe) => pipe.run(session, out).map(|()| Ended::Done(None)),
@@ -74,28 +73,30 @@ impl Work {
     }
 
     /// The length of the longest word of the commands it runs from what
-    /// the input said (the scripts on the target; rsync's argv): beyond
+    /// the input said (the scripts on the target, a batched one with the
+    /// batch's `krops_step`; rsync's argv): beyond
     /// [`mktarget::command::MAX_ARG_BYTES`], less a batch's own lines, it
     /// could not start. Secrets and pipes run commands made of paths
     /// that are checked to be short.
     pub(crate) fn longest_word(&self, session: &Session) -> usize {
-        let shell = |body: &str| session.shell(&format!("{PRELUDE}{body}")).longest_word();
+        let shell = |script: &Script| session.shell(&script.whole()).longest_word();
         match self {
-            Work::Sentinel { body } | Work::Batched { body } | Work::Alone { body, .. } => {
-                shell(body)
+            Work::Sentinel { script } | Work::Batched { script } => {
+                session.shell(&batch(&[(0, script)])).longest_word()
             }
+            Work::Alone { script, .. } => shell(script),
             Work::Rsync { claim, rsync } => {
-                claim.as_deref().map_or(0, shell).max(rsync.longest_word())
+                claim.as_ref().map_or(0, shell).max(rsync.longest_word())
             }
             Work::Secrets(_) | Work::Pipe(_) => 0,
         }
     }
 
     pub(crate) fn script(&self, session: &Session) -> String {
-        let shell = |body: &str| session.shell(&format!("{PRELUDE}{body}")).to_string();
+        let shell = |script: &Script| session.shell(&script.whole()).to_string();
         match self {
-            Work::Sentinel { body } | Work::Batched { body } | Work::Alone { body, .. } => {
-                shell(body)
+            Work::Sentinel { script } | Work::Batched { script } | Work::Alone { script, .. } => {
+                shell(script)
             }
             Work::Rsync {
                 claim: Some(claim),
@@ -115,34 +116,30 @@ pub(crate) enum Ended {
     Unchanged,
 }
 
-/// What a source makes at its place on the target: the first argument of
-/// the prelude's `claim`.
+/// What a source synced from here makes at its place on the target: the
+/// first argument of the prelude's `claim` (the symlink and derivation
+/// scripts claim theirs, `link` and `outlink`, themselves).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Makes {
     /// A directory: a file tree, a checkout, a secret store.
     Dir,
     /// A regular file: a single-file file source, a pipe's output.
     File,
-    /// A symlink: a symlink source.
-    Link,
-    /// A derivation's out link: a symlink into the Nix store (nix-build
-    /// replaces only those).
-    OutLink,
 }
 
-/// The line that claims `p` (see [`PRELUDE`]'s `claim`).
-pub(crate) fn claim_line(session: &Session, p: &str, makes: Makes) -> String {
-    let kind = match makes {
-        Makes::Dir => "dir",
-        Makes::File => "file",
-        Makes::Link => "link",
-        Makes::OutLink => "outlink",
-    };
-    format!(
-        "claim {kind} {} {}\n",
-        quote(p),
-        quote(&session.display_path(p))
-    )
+impl Makes {
+    /// Its name as `claim`'s first argument.
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            Makes::Dir => "dir",
+            Makes::File => "file",
+        }
+    }
+}
+
+/// The call that claims `p` (see [`crate::script::PRELUDE`]'s `claim`).
+pub(crate) fn claim(session: &Session, p: &str, makes: Makes) -> Script {
+    Script::command("claim", &[makes.word(), p, &session.display_path(p)])
 }
 
 /// Runs one command of a step on `session`'s target, its output going to

@@ -17,13 +17,12 @@ use anyhow::{bail, Context, Result};
 use mktarget::command::MAX_ARG_BYTES;
 use mktarget::interrupt;
 use mktarget::mutex::{self, lock};
-use mktarget::shell::quote;
 use mktarget::Session;
 
 use crate::lock::{Locking, Taken};
 use crate::progress::{Progress, Row, Style};
 use crate::report::{Report, StepError, StepOutcome, StepStatus};
-use crate::script::PRELUDE;
+use crate::script::{Function, Script, PRELUDE, STEP};
 use crate::source::Sources;
 use crate::step::{part_failure, step_failure, Ended, Work};
 
@@ -40,7 +39,9 @@ const LINKED_SENTINEL: i32 = 5;
 /// `sh -c` (on the target, of the login shell), and Linux takes at most
 /// 128 KiB in one.
 const BATCH_BYTES: usize = 96 * 1024;
-/// What a batch adds to a part's script, at most (its lines around it, quoted).
+/// What running a step adds to what [`Work::longest_word`] measured of its
+/// script, at most (for a batched part, which is measured as a batch of its
+/// own, what sharing a batch adds is below [`BATCH_BYTES`]).
 const BATCH_LINES: usize = 256;
 /// What a batch prints after each part: `\x1ekrops-step INDEX STATUS`.
 const BATCH_MARKER: &str = "\x1ekrops-step ";
@@ -145,7 +146,7 @@ impl Plan {
                 kind: "backup",
                 place: session.display_path(&backup).into_owned(),
                 work: Work::Batched {
-                    body: backup_script(session),
+                    script: backup_script(session),
                 },
             });
         }
@@ -297,11 +298,11 @@ impl Plan {
         if let Some((err, since)) = unreachable {
             run.unreachable(since, &err);
         } else {
-            let body = self.steps[0]
+            let script = self.steps[0]
                 .work
                 .batched()
                 .expect("the first step is the batched sentinel check");
-            run.batch(&[(0, body)]);
+            run.batch(&[(0, script)]);
         }
         let mut report = run.finish();
         report.elapsed = began.elapsed();
@@ -496,42 +497,23 @@ impl<'a> Run<'a> {
     /// Runs every step's batched part, in plan order, in as few remote runs
     /// as fit; returns whether a step failed (or a signal came).
     fn batches(&self) -> bool {
-        let parts: Vec<(usize, &str)> = self
+        let parts: Vec<(usize, &Script)> = self
             .plan
             .steps
             .iter()
             .enumerate()
-            .filter_map(|(i, step)| step.work.batched().map(|body| (i, body)))
+            .filter_map(|(i, step)| step.work.batched().map(|script| (i, script)))
             .collect();
-        let mut chunk: Vec<(usize, &str)> = Vec::new();
-        let mut size = PRELUDE.len();
-        for (i, body) in parts {
-            let part_size = body.len() + 128;
-            if !chunk.is_empty() && size + part_size > BATCH_BYTES {
-                if self.batch(&std::mem::take(&mut chunk)) {
-                    return true;
-                }
-                size = PRELUDE.len();
-            }
-            chunk.push((i, body));
-            size += part_size;
-        }
-        !chunk.is_empty() && self.batch(&chunk)
+        chunks(parts).iter().any(|chunk| self.batch(chunk))
     }
 
     /// One remote run of batched parts, stopping at the first that fails;
     /// returns whether one failed.
-    fn batch(&self, parts: &[(usize, &str)]) -> bool {
+    fn batch(&self, parts: &[(usize, &Script)]) -> bool {
         if interrupt::interrupted() {
             return true;
         }
-        let mut script = format!("{PRELUDE}set +e\n");
-        for (i, body) in parts {
-            script.push_str(&format!(
-                "(\nset -e\n{body}) 2>&1\nkrops_s=$?\nprintf '\\036krops-step %s %s\\n' {i} \"$krops_s\"\n\
-                 test \"$krops_s\" = 0 || exit 0\n"
-            ));
-        }
+        let script = crate::script::batch(parts);
         let cmd = self.plan.session.shell(&script);
         let labels: Vec<&str> = parts
             .iter()
@@ -653,73 +635,70 @@ impl<'a> Run<'a> {
     }
 }
 
-fn sentinel_step(session: &Session, options: Options) -> Step {
-    let path = &session.target().path;
-    let sentinel = format!("{path}/.populate");
-    let shown_text = session.display_path(&sentinel).into_owned();
-    let shown = quote(&shown_text);
-    let s = quote(&sentinel);
-    let mut script = String::new();
-    if options.force {
-        script.push_str(&format!(
-            "run mkdir -p {} >&2\n\
-             if test -L {s}; then\n  \
-             printf 'populate: replacing the symlink at %s (a sentinel is never followed)\\n' {shown} >&2\n  \
-             run rm -f {s}\nfi\n",
-            quote(path)
-        ));
-        if options.backup {
-            // A backup needs the sentinel to be a directory; krops's hosts
-            // have an empty file there, which becomes one.
-            script.push_str(&format!(
-                "if test -f {s} && ! test -s {s}; then\n  \
-                 printf 'populate: turning the empty sentinel file %s into a directory\\n' {shown} >&2\n  \
-                 run rm -f {s}\nfi\n\
-                 if test -f {s}; then\n  \
-                 printf 'error: the sentinel file %s is not empty, so it cannot become the directory a backup needs\\n' {shown} >&2\n  \
-                 exit 1\nfi\n\
-                 run mkdir -p {s}\n"
-            ));
-        } else {
-            script.push_str(&format!("run touch {s}\n"));
+/// The batched parts (INDEX, its script), in order, cut into as few
+/// batches as fit: each batch's script ([`crate::script::batch`]) stays
+/// below [`BATCH_BYTES`], but for a part too big to share one.
+fn chunks(parts: Vec<(usize, &Script)>) -> Vec<Vec<(usize, &Script)>> {
+    let mut chunks: Vec<Vec<(usize, &Script)>> = Vec::new();
+    let empty = || (PRELUDE.len() + STEP.text.len(), Vec::new());
+    let (mut size, mut defined) = empty();
+    for (i, script) in parts {
+        let mut with = defined.clone();
+        let part_size = script.batch_size(&mut with);
+        match chunks.last_mut() {
+            Some(chunk) if size + part_size <= BATCH_BYTES => {
+                chunk.push((i, script));
+                size += part_size;
+                defined = with;
+            }
+            _ => {
+                (size, defined) = empty();
+                size += script.batch_size(&mut defined);
+                chunks.push(vec![(i, script)]);
+            }
         }
     }
-    script.push_str(&format!(
-        "if test -L {s}; then\n  \
-         printf 'error: the sentinel %s is a symlink, which populate does not follow; replace it with an empty file, or run with --force to have it replaced\\n' {shown} >&2\n  \
-         exit {LINKED_SENTINEL}\nfi\n\
-         if ! test -e {s}; then\n  printf 'error: missing sentinel file: %s\\n' {shown} >&2\n  exit {MISSING_SENTINEL}\nfi\n"
-    ));
-    if options.backup {
-        script.push_str(&format!(
-            "if ! test -d {s}; then\n  \
-             printf 'error: the sentinel %s is a file; --backup needs a directory to keep the backup in (--force --backup turns an empty sentinel file into one)\\n' {shown} >&2\n  \
-             exit {FILE_SENTINEL}\nfi\n"
-        ));
-    }
+    chunks
+}
+
+/// `krops_sentinel PATH SHOWN FORCE BACKUP` (`scripts/sentinel.sh`).
+static SENTINEL: Function = Function {
+    name: "krops_sentinel",
+    text: include_str!("scripts/sentinel.sh"),
+};
+
+/// `krops_backup PATH SHOWN` (`scripts/backup.sh`).
+static BACKUP: Function = Function {
+    name: "krops_backup",
+    text: include_str!("scripts/backup.sh"),
+};
+
+fn sentinel_step(session: &Session, options: Options) -> Step {
+    let path = &session.target().path;
+    let shown = session
+        .display_path(&format!("{path}/.populate"))
+        .into_owned();
+    let force = if options.force { "force" } else { "check" };
+    let backup = if options.backup {
+        "backup"
+    } else {
+        "no-backup"
+    };
     Step {
         label: "sentinel check".to_owned(),
         name: None,
         kind: "sentinel",
-        place: shown_text,
-        work: Work::Sentinel { body: script },
+        work: Work::Sentinel {
+            script: Script::call(&SENTINEL, &[path, &shown, force, backup]),
+        },
+        place: shown,
     }
 }
 
-fn backup_script(session: &Session) -> String {
+fn backup_script(session: &Session) -> Script {
     let path = &session.target().path;
     let sentinel = format!("{path}/.populate");
-    format!(
-        "if test -L {s} || ! test -d {s}; then\n  printf 'error: sentinel file is not a directory: %s\\n' {shown} >&2\n  exit 1\nfi\n\
-         if test -L {b}; then\n  run rm -f {b}\nfi\n\
-         run rsync -aAXF --delete --exclude /.populate --exclude /.populate-lock --exclude /.populate-lock-final --link-dest={p} {src} {dest} >&2\n",
-        s = quote(&sentinel),
-        shown = quote(&session.display_path(&sentinel)),
-        p = quote(path),
-        src = quote(&format!("{path}/")),
-        dest = quote(&format!("{path}/.populate/backup/")),
-        b = quote(&format!("{path}/.populate/backup")),
-    )
+    Script::call(&BACKUP, &[path, &session.display_path(&sentinel)])
 }
 
 #[cfg(test)]
@@ -969,12 +948,15 @@ mod tests {
                 proptest::prop_assert!(false, "sh -n: {}\n{}", err, script);
             }
             for step in &plan.steps {
-                let body = match &step.work {
-                    Work::Sentinel { body } | Work::Batched { body } | Work::Alone { body, .. } => body,
+                let script = match &step.work {
+                    Work::Sentinel { script } | Work::Batched { script } => {
+                        crate::script::batch(&[(0, script)])
+                    }
+                    Work::Alone { script, .. } => script.whole(),
                     _ => continue,
                 };
-                if let Err(err) = sh_n(&format!("{PRELUDE}{body}")) {
-                    proptest::prop_assert!(false, "{}: sh -n: {}\n{}", step.label, err, body);
+                if let Err(err) = sh_n(&script) {
+                    proptest::prop_assert!(false, "{}: sh -n: {}\n{}", step.label, err, script);
                 }
             }
             for (name, source) in &sources {
@@ -984,22 +966,94 @@ mod tests {
         }
     }
 
+    /// Runs the sentinel check for `options` on the local target `dest`
+    /// alone; its exit status and stderr.
+    fn sentinel_run(dest: &Path, options: Options) -> (i32, String) {
+        let local = session(&target(dest.to_str().unwrap()));
+        let script = sentinel_step(&local, options)
+            .work
+            .batched()
+            .unwrap()
+            .whole();
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        (out.status.code().unwrap(), stderr)
+    }
+
     #[test]
     fn sentinel_with_force_and_backup_makes_a_directory() {
-        let local = session(&target("/var/src"));
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("src");
         let options = Options {
             force: true,
             backup: true,
             ..Options::default()
         };
-        let script = sentinel_step(&local, options).work.script(&local);
-        assert!(script.contains("mkdir -p /var/src/.populate"), "{script}");
+        assert_eq!(sentinel_run(&dest, options), (0, String::new()));
+        assert!(dest.join(".populate").is_dir());
+        let dest = dir.path().join("other");
         let options = Options {
             backup: false,
             ..options
         };
-        let script = sentinel_step(&local, options).work.script(&local);
-        assert!(script.contains("touch /var/src/.populate"), "{script}");
+        assert_eq!(sentinel_run(&dest, options), (0, String::new()));
+        assert!(dest.join(".populate").is_file());
+    }
+
+    /// The statuses the plan reads the sentinel check's failures by are
+    /// the ones `sentinel.sh` exits with.
+    #[test]
+    fn the_sentinel_check_exits_as_the_plan_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path();
+        let check = Options::default();
+        let (status, stderr) = sentinel_run(dest, check);
+        assert_eq!(status, MISSING_SENTINEL, "{stderr}");
+        assert!(
+            stderr.contains("error: missing sentinel file: "),
+            "{stderr}"
+        );
+        std::fs::write(dest.join(".populate"), "").unwrap();
+        assert_eq!(sentinel_run(dest, check), (0, String::new()));
+        let backup = Options {
+            backup: true,
+            ..check
+        };
+        let (status, stderr) = sentinel_run(dest, backup);
+        assert_eq!(status, FILE_SENTINEL, "{stderr}");
+        std::fs::remove_file(dest.join(".populate")).unwrap();
+        std::os::unix::fs::symlink("/etc", dest.join(".populate")).unwrap();
+        let (status, stderr) = sentinel_run(dest, check);
+        assert_eq!(status, LINKED_SENTINEL, "{stderr}");
+    }
+
+    #[test]
+    fn batches_stay_below_their_size_and_keep_the_order() {
+        let long = "x".repeat(4000);
+        let scripts: Vec<Script> = (0..100)
+            .map(|i| {
+                let p = format!("/var/src/{i}");
+                Script::call(&crate::source::symlink::SYMLINK, &[&p, &p, &long])
+            })
+            .collect();
+        let parts: Vec<(usize, &Script)> = scripts.iter().enumerate().collect();
+        let chunks = chunks(parts);
+        assert!(chunks.len() > 1, "{} batches", chunks.len());
+        let mut next = 0;
+        for chunk in &chunks {
+            let text = crate::script::batch(chunk);
+            assert!(text.len() <= BATCH_BYTES, "{} bytes", text.len());
+            // The symlink function is defined once a batch.
+            assert_eq!(text.matches("krops_symlink() {").count(), 1);
+            for (i, _) in chunk {
+                assert_eq!(*i, next);
+                next += 1;
+            }
+        }
+        assert_eq!(next, 100);
     }
 
     /// Runs a batch over a local session and returns the outcomes' statuses.
@@ -1059,19 +1113,17 @@ mod tests {
         let session = Arc::new(session(&target(dest.to_str().unwrap())));
         let options = Options::default();
         let mut plan = Plan::new(&session, &Sources::new(), options).unwrap();
-        for (name, body) in [
-            ("a", "true\n"),
-            ("b", "run sh -c 'exit 7'\n"),
-            ("c", "true\n"),
+        for (name, script) in [
+            ("a", Script::command("true", &[])),
+            ("b", Script::command("run", &["sh", "-c", "exit 7"])),
+            ("c", Script::command("true", &[])),
         ] {
             plan.steps.push(Step {
                 label: format!("source {name} (symlink)"),
                 name: Some(name.to_owned()),
                 kind: "symlink",
                 place: name.to_owned(),
-                work: Work::Batched {
-                    body: body.to_owned(),
-                },
+                work: Work::Batched { script },
             });
         }
         let report = plan.run_to(quiet(), Box::new(std::io::sink()));

@@ -6,6 +6,11 @@
 //! `Command`s (each crate's `command()`), so they list exactly the options
 //! the tools accept; the Nix package runs it at build time, so nothing
 //! generated is checked in.
+//!
+//! `cargo xtask scripts` lists every shell script the tools include, for
+//! `shellcheck` (see `scripts.rs`).
+
+mod scripts;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,6 +42,11 @@ enum Task {
         /// The prefix to write below (created if missing)
         dir: PathBuf,
     },
+    /// List every shell script the tools include, one path a line
+    ///
+    /// Each `include_str!` of a `.sh` file in the workspace's sources,
+    /// relative to the workspace: what `.ci/run` gives `shellcheck -s sh`.
+    Scripts,
 }
 
 /// A tool, as its man page and completions need it.
@@ -168,10 +178,18 @@ fn dist(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn list_scripts() -> Result<()> {
+    for script in scripts::included(&scripts::workspace())? {
+        println!("{}", script.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Dist { dir } => dist(&dir),
+        Task::Scripts => list_scripts(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

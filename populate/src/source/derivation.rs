@@ -2,12 +2,18 @@
 //! other sources (it may build from them).
 
 use anyhow::{bail, Result};
-use mktarget::shell::quote;
 use mktarget::Session;
 use serde_json::Value;
 
 use super::fields::{self, Fields};
-use crate::step::{claim_line, Makes, Work};
+use crate::script::{Function, Script};
+use crate::step::Work;
+
+/// `krops_derivation P SHOWN TEXT` (`derivation.sh`).
+static DERIVATION: Function = Function {
+    name: "krops_derivation",
+    text: include_str!("derivation.sh"),
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DerivationSource {
@@ -37,12 +43,7 @@ pub(super) fn parse(path: &str, value: &Value) -> Result<DerivationSource> {
 impl DerivationSource {
     pub(super) fn work(&self, session: &Session, p: &str) -> Result<Work> {
         Ok(Work::Alone {
-            body: format!(
-                "{}run nix-build -E {} -o {} >&2\n",
-                claim_line(session, p, Makes::OutLink),
-                quote(&self.text),
-                quote(p)
-            ),
+            script: Script::call(&DERIVATION, &[p, &session.display_path(p), &self.text]),
             late: true,
         })
     }

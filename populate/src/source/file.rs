@@ -10,8 +10,8 @@ use serde_json::Value;
 use mktarget::shell::quote;
 
 use super::fields::{absolute, Fields};
-use crate::script::PRELUDE;
-use crate::step::{claim_line, Makes, Work};
+use crate::script::Script;
+use crate::step::{claim, Makes, Work};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileSource {
@@ -110,7 +110,7 @@ pub(crate) fn rsync_work(
     p: &str,
     makes: Makes,
 ) -> Work {
-    let claim = claim_line(session, p, makes);
+    let claim = claim(session, p, makes);
     if session.is_local() {
         Work::Rsync {
             claim: Some(claim),
@@ -137,7 +137,7 @@ fn rsync_source(path: &Path) -> String {
 /// -e SSH -vFrlptD --itemize-changes [--delete-excluded] SRC DEST`: krops's,
 /// with each change itemized (`>f.st...... a.nix`), which the log shows and
 /// the results count. RSYNC is `sudo rsync` with sudo, as in krops; with a
-/// `claim` (a [`claim_line`]), `[sudo] /bin/sh -c 'PRELUDE CLAIM exec "$0"
+/// `claim` (a call of [`claim`]), `[sudo] /bin/sh -c 'PRELUDE CLAIM exec "$0"
 /// "$@"' rsync`: the target's shell runs it with rsync's own arguments
 /// after it.
 pub(crate) fn rsync(
@@ -145,7 +145,7 @@ pub(crate) fn rsync(
     file: &FileSource,
     source: &str,
     path: &str,
-    claim: Option<&str>,
+    claim: Option<&Script>,
 ) -> Cmd {
     let mut cmd = Cmd::new("rsync");
     if file.use_checksum {
@@ -154,7 +154,7 @@ pub(crate) fn rsync(
     let sudo = if session.target().sudo { "sudo " } else { "" };
     match claim {
         Some(claim) => {
-            let script = format!("{PRELUDE}{claim}exec \"$0\" \"$@\"\n");
+            let script = format!("{}exec \"$0\" \"$@\"\n", claim.whole());
             cmd = cmd.arg(format!(
                 "--rsync-path={sudo}/bin/sh -c {} rsync",
                 quote(&script)
@@ -307,7 +307,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc", &place).unwrap();
         let p = place.to_str().unwrap();
         let remote = session(&target("root@h/var/src"));
-        let claim = claim_line(&remote, p, Makes::Dir);
+        let claim = claim(&remote, p, Makes::Dir);
         let argv = rsync(&remote, &default_file_options(), "/src/", p, Some(&claim)).argv();
         let rsync_path = argv[1].strip_prefix("--rsync-path=").unwrap();
         let output = std::process::Command::new("/bin/sh")

@@ -11,13 +11,13 @@
 //! after `git fetch origin`.
 
 use anyhow::{bail, Result};
-use mktarget::shell::quote;
 use mktarget::target::{shown, PATH_MAX_BYTES};
 use mktarget::Session;
 use serde_json::Value;
 
 use super::fields::Fields;
-use crate::step::{claim_line, Makes, Work};
+use crate::script::{Function, Script};
+use crate::step::{claim, Makes, Work};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GitSource {
@@ -77,12 +77,9 @@ pub(super) fn parse(path: &str, value: &Value) -> Result<GitSource> {
 
 impl GitSource {
     pub(super) fn work(&self, session: &Session, p: &str) -> Result<Work> {
+        let shown = session.display_path(p);
         Ok(Work::Alone {
-            body: format!(
-                "{}{}",
-                claim_line(session, p, Makes::Dir),
-                git_script(p, &session.display_path(p), self)
-            ),
+            script: claim(session, p, Makes::Dir).then(git_script(p, &shown, self)?),
             late: false,
         })
     }
@@ -198,196 +195,58 @@ pub fn shallow_refusal(git_ref: &str) -> Option<String> {
     })
 }
 
-/// The variables that tell git which repository, or which part of one, to
-/// use (`git rev-parse --local-env-vars` but for the `-c` settings
-/// `GIT_CONFIG_PARAMETERS` and `GIT_CONFIG_COUNT`, which a user may set on
-/// purpose, e.g. credentials in CI), and `GIT_NAMESPACE`; a git hook sets
-/// several.
-const REPOSITORY_VARIABLES: &str = "GIT_DIR GIT_WORK_TREE GIT_IMPLICIT_WORK_TREE \
-     GIT_COMMON_DIR GIT_INDEX_FILE GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES \
-     GIT_GRAFT_FILE GIT_SHALLOW_FILE GIT_NO_REPLACE_OBJECTS GIT_REPLACE_REF_BASE \
-     GIT_PREFIX GIT_CONFIG GIT_NAMESPACE";
+/// `krops_git P SHOWN URL CEILING DEPTH FETCH RESOLVE REF NAME SUFFIX
+/// [EXCLUDE…]` (`git.sh`).
+static GIT: Function = Function {
+    name: "krops_git",
+    text: include_str!("git.sh"),
+};
 
-/// The git step's body, run on the target after [`PRELUDE`] (which defines
-/// `run`) and the claim of its place (see `sync.rs`); `shown` is the path
-/// as messages name it.
-pub fn git_script(path: &str, shown: &str, git: &GitSource) -> String {
-    let p = quote(path);
-    let shown = quote(shown);
-    let url = quote(&git.url);
-    let create = if git.shallow {
-        format!("git init {p}")
+/// The git step's script, run on the target after the prelude (which
+/// defines `run`) and the claim of its place; `shown` is the path as
+/// messages name it.
+fn git_script(path: &str, shown: &str, git: &GitSource) -> Result<Script> {
+    if let Some(why) = git.shallow.then(|| shallow_refusal(&git.git_ref)).flatten() {
+        // Refused when the sources are read already.
+        bail!("ref: {why}");
+    }
+    // git looks for a repository no higher than P's parent.
+    let ceiling = std::path::Path::new(path)
+        .parent()
+        .and_then(|parent| parent.to_str())
+        .unwrap_or("/");
+    let depth = if git.shallow { "shallow" } else { "full" };
+    let fetch = if git.fetch_always {
+        "always"
     } else {
-        format!("git clone --recurse-submodules {url} {p}")
+        "if-missing"
     };
-    // git finds a repository by looking up from where it runs: from a `.git`
-    // that is no repository (an empty one, a skeleton a file source left) it
-    // would find one around the target path (an etckeeper /etc, a home in
-    // git) and reset and clean that. So no variable from the caller may
-    // name a repository (a git hook sets GIT_DIR), git never looks above
-    // P, P counts as a checkout only when git finds its repository at
-    // exactly P/.git (a `.git` symlink or `gitdir:` file leads elsewhere)
-    // and P is its work tree (`core.worktree` may name another), and from
-    // then on every git command is told its repository and work
-    // tree. `git config --get` exits 1 for a key that is not set: any other
-    // failure is its own, not `git remote add`'s.
-    let git_dir = quote(&format!("{path}/.git"));
-    let ceiling = quote(
-        std::path::Path::new(path)
-            .parent()
-            .and_then(|parent| parent.to_str())
-            .unwrap_or("/"),
-    );
-    let mut script = format!(
-        "unset {REPOSITORY_VARIABLES}\n\
-         GIT_CEILING_DIRECTORIES={ceiling}\n\
-         export GIT_CEILING_DIRECTORIES\n\
-         if ! {{ test -d {p}/.git && ! test -L {p}/.git &&\n  \
-         krops_checkout=$(cd -P {p}/.git && pwd -P && cd .. && pwd -P) &&\n  \
-         test \"$(cd {p} && git rev-parse --absolute-git-dir --show-toplevel)\" = \"$krops_checkout\"; }}; then\n  \
-         if test -e {p}; then\n    \
-         printf 'populate: replacing %s: it is not a git checkout of its own\\n' {shown} >&2\n  \
-         fi\n  \
-         run rm -fR {p}\n\
-         fi\n\
-         if ! test -e {p}; then\n  run {create} >&2\nfi\n\
-         run cd {p}\n\
-         GIT_DIR={git_dir}\n\
-         GIT_WORK_TREE={p}\n\
-         export GIT_DIR GIT_WORK_TREE\n\
-         krops_status=0\n\
-         krops_url=$(git config --get remote.origin.url) || krops_status=$?\n\
-         if test \"$krops_status\" = 1; then\n  \
-         run git remote add origin {url}\n\
-         elif test \"$krops_status\" != 0; then\n  \
-         failed \"$krops_status\" 'git config --get remote.origin.url'\n\
-         elif test \"$krops_url\" != {url}; then\n  \
-         run git remote set-url origin {url}\n\
-         fi\n"
-    );
-    if git.shallow {
-        if let Some(why) = shallow_refusal(&git.git_ref) {
-            // Refused when the sources are read; never run.
-            script.push_str(&format!(
-                "printf 'populate: %s\\n' {} >&2\nexit 1\n",
-                quote(&why)
-            ));
-            return script;
-        }
-    }
-    if !git.shallow {
-        // A checkout an earlier deploy fetched shallow has one commit:
-        // `main~1` and friends need the history shallow = false promises.
-        script.push_str(
-            "krops_shallow=$(run git rev-parse --is-shallow-repository)\n\
-             if test \"$krops_shallow\" = true; then\n  \
-             run git fetch --unshallow origin >&2\n\
-             fi\n",
-        );
-    }
-    script.push_str(&resolve_script(git));
-    // The source owns P: what was changed, added or left there since (an
-    // edit, a build's output, a repository cloned into it, a submodule's
-    // own) goes, in the submodules too, before they move (their update
-    // would refuse to overwrite an edit). A checkout with nothing to reset
-    // is left alone, so that a deploy with nothing to do writes nothing
-    // (`git reset` logs every run in the reflog). Without `.gitmodules`
-    // there is no submodule to update, and git's submodule commands take
-    // 30 ms each to find that out.
-    let unchanged = "git diff-files --quiet --ignore-submodules && \
-         git diff-index --quiet --cached --ignore-submodules HEAD --";
-    script.push_str(&format!(
-        "if ! test \"$(git log --format=%H -1 2>/dev/null)\" = \"$hash\"; then\n  \
-         run git reset --hard \"$hash\" >&2\n\
-         elif ! {{ {unchanged}; }}; then\n  \
-         run git reset -q --hard >&2\n\
-         fi\n\
-         if test -f .gitmodules; then\n  \
-         run git submodule foreach --quiet --recursive {} >&2\n  \
-         run git submodule update --init --recursive >&2\n\
-         fi\n",
-        quote(&format!(
-            "{unchanged} || git reset -q --hard && git clean -q -dffx"
-        )),
-    ));
-    script.push_str("run git clean -dffx");
-    for pattern in &git.clean_exclude {
-        script.push_str(&format!(" -e {}", quote(pattern)));
-    }
-    script.push_str(" >&2\n");
-    script
-}
-
-/// The lines that set `$hash` to the commit to check out, fetching as needed.
-fn resolve_script(git: &GitSource) -> String {
-    let git_ref = quote(&git.git_ref);
-    // krops's fetch, for commit hashes: `git fetch --depth=1 origin $hash`
-    // when shallow, else everything.
-    let fetch = if git.shallow {
-        "run git fetch --depth=1 origin \"$hash\" >&2\n"
-    } else {
-        "run git fetch origin >&2\n"
-    };
-    let depth = if git.shallow { "--depth=1 " } else { "" };
-    let commit = quote(&format!("{}^{{commit}}", git.git_ref));
-    match resolve(&git.git_ref) {
-        Resolve::Hash => {
-            let fetch = if git.fetch_always {
-                fetch.to_owned()
-            } else {
-                format!(
-                    "if ! git log -1 \"$hash\" >/dev/null 2>&1; then\n{}fi\n",
-                    indent(fetch)
-                )
-            };
-            format!(
-                "hash={git_ref}\n\
-                 if ! test \"$(git log --format=%H -1 2>/dev/null)\" = \"$hash\"; then\n{}fi\n",
-                indent(&fetch)
-            )
-        }
+    let (resolve, name, suffix) = match resolve(&git.git_ref) {
+        Resolve::Hash => ("hash", String::new(), ""),
         Resolve::Origin {
             name,
             suffix,
             or_hash,
         } => {
-            let name = quote(&name);
-            let from_origin = format!(
-                "hash=$(run git rev-parse --verify {})\n",
-                quote(&format!("FETCH_HEAD{suffix}^{{commit}}"))
-            );
-            if !or_hash {
-                return format!("run git fetch {depth}origin {name} >&2\n{from_origin}");
-            }
-            // Not on origin: an abbreviated hash, looked up in the checkout
-            // and fetched as krops fetches a hash. A shallow fetch cannot ask
-            // for one, so that asks origin again by name for git's own error.
-            let present = format!("git rev-parse --quiet --verify {commit} >/dev/null");
-            let fetch = match (git.shallow, git.fetch_always) {
-                (false, true) => fetch.to_owned(),
-                (false, false) => format!("if ! {present}; then\n  {fetch}fi\n"),
-                (true, _) => format!(
-                    "if ! {present}; then\n  run git fetch --depth=1 origin {name} >&2\nfi\n"
-                ),
-            };
-            format!(
-                "if git fetch {depth}origin {name} >/dev/null 2>&1; then\n{}else\n{}{}fi\n",
-                indent(&from_origin),
-                indent(&fetch),
-                indent(&format!("hash=$(run git rev-parse --verify {commit})\n"))
-            )
+            let how = if or_hash { "origin-or-hash" } else { "origin" };
+            (how, name, suffix)
         }
-        // Not `REF^{commit}` in one: `:/REGEX` would take the peel into its
-        // regex.
-        Resolve::Checkout => format!(
-            "{fetch}hash=$(run git rev-parse --verify {git_ref})\n\
-             hash=$(run git rev-parse --verify \"$hash^{{commit}}\")\n"
-        ),
-    }
-}
-
-fn indent(lines: &str) -> String {
-    lines.lines().map(|line| format!("  {line}\n")).collect()
+        Resolve::Checkout => ("checkout", String::new(), ""),
+    };
+    let mut args = vec![
+        path,
+        shown,
+        &git.url,
+        ceiling,
+        depth,
+        fetch,
+        resolve,
+        &git.git_ref,
+        &name,
+        suffix,
+    ];
+    args.extend(git.clean_exclude.iter().map(String::as_str));
+    Ok(Script::call(&GIT, &args))
 }
 
 #[cfg(test)]
@@ -502,10 +361,12 @@ mod tests {
                     fetch_always,
                     clean_exclude: vec!["/.version-suffix".into(), "a b".into()],
                 };
-                let script = format!(
-                    "{PRELUDE}{}",
-                    git_script("/var/src/a b", "/var/src/a b", &git)
-                );
+                if shallow && shallow_refusal(&git_ref).is_some() {
+                    continue;
+                }
+                let script = git_script("/var/src/a b", "/var/src/a b", &git)
+                    .unwrap()
+                    .whole();
                 let out = std::process::Command::new("/bin/sh")
                     .args(["-n", "-c", &script])
                     .output()
@@ -522,7 +383,13 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        let unset: Vec<&str> = REPOSITORY_VARIABLES.split_whitespace().collect();
+        let unset: Vec<&str> = GIT
+            .text
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("unset "))
+            .expect("git.sh unsets the variables")
+            .split_whitespace()
+            .collect();
         for var in String::from_utf8(out.stdout).unwrap().lines() {
             if !["GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT"].contains(&var) {
                 assert!(unset.contains(&var), "{var} is not unset");
@@ -555,7 +422,10 @@ mod tests {
             fetch_always: false,
             clean_exclude: vec![],
         };
-        let script = format!("{PRELUDE}{stand_in}{}", git_script(p, p, &git));
+        let script = format!(
+            "{PRELUDE}{stand_in}{}",
+            git_script(p, p, &git).unwrap().text()
+        );
         let out = std::process::Command::new("/bin/sh")
             .args(["-c", &script])
             .output()
@@ -571,27 +441,46 @@ mod tests {
 
     #[test]
     fn steps_that_must_succeed_are_run() {
+        for line in GIT.text.lines() {
+            let line = line.trim_start();
+            if line.starts_with("git ") || line.contains("=$(git") {
+                assert!(
+                    line.starts_with("krops_origin=$(git config --get remote.origin.url) ||"),
+                    "a git command that must succeed is not run: {line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_ref_with_a_suffix_is_fetched_by_name_from_origin() {
         let git = GitSource {
             url: "u".into(),
             git_ref: "main~1".into(),
             shallow: false,
             fetch_always: false,
+            clean_exclude: vec!["a b".into()],
+        };
+        let text = git_script("/p", "h:/p", &git).unwrap().text();
+        assert_eq!(
+            text.strip_prefix(GIT.text),
+            Some("krops_git /p h:/p u / full if-missing origin 'main~1' main '~1' 'a b'\n")
+        );
+    }
+
+    #[test]
+    fn a_shallow_ref_that_needs_history_is_refused() {
+        let git = GitSource {
+            url: "u".into(),
+            git_ref: "main~1".into(),
+            shallow: true,
+            fetch_always: false,
             clean_exclude: vec![],
         };
-        let script = git_script("/p", "/p", &git);
-        for line in script.lines() {
-            let line = line.trim_start();
-            if line.starts_with("git ") || line.starts_with("hash=$(git") {
-                panic!("a git command that must succeed is not run: {line}\n{script}");
-            }
-        }
+        let err = git_script("/p", "/p", &git).unwrap_err();
         assert!(
-            script.contains("run git fetch origin main >&2\n"),
-            "{script}"
-        );
-        assert!(
-            script.contains("hash=$(run git rev-parse --verify 'FETCH_HEAD~1^{commit}')"),
-            "{script}"
+            format!("{err:#}").contains("set shallow to false"),
+            "{err:#}"
         );
     }
 }

@@ -6,14 +6,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use mktarget::shell::quote;
 use mktarget::{Cmd, Session};
 use serde_json::Value;
 
 use super::fields::{absolute, Fields};
-use crate::script::PRELUDE;
+use crate::script::{Function, Script};
 use crate::secrets::SecretDir;
-use crate::step::{claim_line, run_cmd, Makes, Work};
+use crate::step::{run_cmd, Work};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PipeSource {
@@ -44,13 +43,17 @@ impl PipeSource {
         }
         Ok(Work::Pipe(Box::new(Pipe {
             command: Cmd::new(command.clone()),
-            receive: session.shell(&format!(
-                "{PRELUDE}{}{}",
-                claim_line(session, p, Makes::File),
-                receive_script(p)
-            )),
+            receive: session.shell(&receive(session, p).whole()),
         })))
     }
+}
+
+/// The receiving script for P: its temp file is beside it, and not named
+/// after the source (a name near 255 bytes would not fit).
+fn receive(session: &Session, p: &str) -> Script {
+    let dir = p.rsplit_once('/').map_or("", |(dir, _)| dir);
+    let tmp = format!("{dir}/.populate-pipe");
+    Script::call(&RECEIVE, &[p, &session.display_path(p), &tmp])
 }
 
 /// A pipe source: the command runs here with its output going to a private
@@ -63,32 +66,12 @@ pub(crate) struct Pipe {
     receive: Cmd,
 }
 
-/// Receives a pipe's output on the target: its size on the first line, then
-/// the bytes, written beside P and moved into place only when all arrived
-/// (krops's `cat > P` left a partial file when the connection or the
-/// command broke). An existing P's mode and owner carry over, as they did
-/// with krops's `cat > P`.
-fn receive_script(path: &str) -> String {
-    let p = quote(path);
-    let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
-    // Not named after the source: a name near 255 bytes would not fit.
-    let tmp = quote(&format!("{dir}/.populate-pipe"));
-    format!(
-        "IFS= read -r size\n\
-         tmp={tmp}.$$\n\
-         trap 'rm -f \"$tmp\"' EXIT\n\
-         rm -f \"$tmp\"\n\
-         run tee -- \"$tmp\" >/dev/null\n\
-         got=$(wc -c < \"$tmp\")\n\
-         if test \"$got\" -ne \"$size\"; then\n  \
-         printf 'populate: only %s of %s bytes arrived; %s is left as it was\\n' \"$got\" \"$size\" {p} >&2\n  \
-         exit 1\nfi\n\
-         if test -f {p}; then\n  \
-         run chmod --reference={p} \"$tmp\"\n  \
-         chown --reference={p} \"$tmp\" 2>/dev/null || :\nfi\n\
-         run mv -fT \"$tmp\" {p}\n"
-    )
-}
+/// `krops_pipe P SHOWN TMP` (`pipe.sh`): receives a pipe's output on the
+/// target, whole or not at all.
+static RECEIVE: Function = Function {
+    name: "krops_pipe",
+    text: include_str!("pipe.sh"),
+};
 
 /// Sends a file's size on a line, then the file: what the receive script reads.
 fn sized(file: &str) -> Cmd {

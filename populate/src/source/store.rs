@@ -13,9 +13,15 @@ use mktarget::{Cmd, Session};
 use walkdir::WalkDir;
 
 use super::file::{default_file_options, rsync, FileSource};
-use crate::script::PRELUDE;
+use crate::script::{Function, Script};
 use crate::secrets::SecretDir;
-use crate::step::{claim_line, run_rsync, step_failure, Ended, Makes};
+use crate::step::{claim, run_rsync, step_failure, Ended, Makes};
+
+/// `krops_pass_info P` (`store.sh`): the stamp the last run left, if any.
+static PASS_INFO: Function = Function {
+    name: "krops_pass_info",
+    text: include_str!("store.sh"),
+};
 
 /// How many entries of a store are decrypted at once.
 const DECRYPT_JOBS: usize = 8;
@@ -130,14 +136,11 @@ impl Secrets {
     /// The claim of the store's place, then, for pass with a stamp, the
     /// target's stamp on stdout.
     fn claim(&self, session: &Session, stamp: bool) -> Cmd {
-        let mut script = format!("{PRELUDE}{}", claim_line(session, &self.path, Makes::Dir));
+        let mut script = claim(session, &self.path, Makes::Dir);
         if stamp {
-            script.push_str(&format!(
-                "cat {}/.pass_info 2>/dev/null || :\n",
-                quote(&self.path)
-            ));
+            script = script.then(Script::call(&PASS_INFO, &[&self.path]));
         }
-        session.shell(&script)
+        session.shell(&script.whole())
     }
 
     pub(crate) fn run(&self, session: &Session, log: &mut dyn Write) -> Result<Ended> {

@@ -2,14 +2,20 @@
 //! the other cheap steps.
 
 use anyhow::{bail, Result};
-use mktarget::shell::quote;
 use mktarget::Session;
 use serde_json::Value;
 
 use mktarget::target::{shown, PATH_MAX_BYTES};
 
 use super::fields::{text, Fields};
-use crate::step::{claim_line, Makes, Work};
+use crate::script::{Function, Script};
+use crate::step::Work;
+
+/// `krops_symlink P SHOWN TARGET` (`symlink.sh`).
+pub(crate) static SYMLINK: Function = Function {
+    name: "krops_symlink",
+    text: include_str!("symlink.sh"),
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SymlinkSource {
@@ -46,13 +52,7 @@ pub(super) fn parse(path: &str, value: &Value) -> Result<SymlinkSource> {
 impl SymlinkSource {
     pub(super) fn work(&self, session: &Session, p: &str) -> Result<Work> {
         Ok(Work::Batched {
-            // `--`: a link text may begin with '-'.
-            body: format!(
-                "{}run ln -fnsT -- {} {}\n",
-                claim_line(session, p, Makes::Link),
-                quote(&self.target),
-                quote(p)
-            ),
+            script: Script::call(&SYMLINK, &[p, &session.display_path(p), &self.target]),
         })
     }
 }
