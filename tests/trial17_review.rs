@@ -54,3 +54,119 @@ fn a_build_target_reaches_an_ipv6_target_with_the_real_program() {
     assert_eq!(world.current_system("beta"), None, "beta only built");
     rr.assert_machine_untouched();
 }
+
+/// A target path with a space, non-ASCII letters and a trailing slash goes
+/// through NIX_PATH, the shell text and the real nixos-rebuild intact.
+#[test]
+fn a_target_path_with_a_space_unicode_and_a_trailing_slash_deploys_with_the_real_program() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let host = world.add_nixos_host("alpha");
+    world.boot_nixos_host("alpha", &world.real_system(&rr, "v1"));
+    let v2 = world.real_system(&rr, "v2");
+    let dir = world.path("alpha/my src ü");
+    let target = format!("{}/", host.target("root", &dir));
+    for operation in ["dry-activate", "test", "switch"] {
+        deploy(
+            &world,
+            &[
+                "--target",
+                &target,
+                "--force",
+                "--nom",
+                "false",
+                "--operation",
+                operation,
+            ],
+            &world.real_sources(&rr, "v2"),
+        )
+        .assert_success();
+    }
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2));
+    assert!(dir.join("nixos-config").is_file());
+    rr.assert_machine_untouched();
+}
+
+/// A sudo target (a non-root login with `sudo: true`) through every
+/// operation with the real program, and a preview there.
+#[test]
+fn every_operation_on_a_sudo_target_with_the_real_program() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let user = world.sudo_user();
+    world.add_nixos_host("alpha");
+    let v1 = world.real_system(&rr, "v1");
+    world.boot_nixos_host("alpha", &v1);
+    let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
+    let dest = world.path("alpha/src");
+    std::fs::create_dir_all(&dest).unwrap();
+    world.chown_to_sudo_user(&dest);
+    let target =
+        json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true})
+            .to_string();
+    let run = |extra: &[&str], marker: &str| {
+        let mut args = vec!["--target", &target, "--force", "--nom", "false"];
+        args.extend(extra);
+        deploy(&world, &args, &world.real_sources(&rr, marker))
+    };
+    let state = || (world.current_system("alpha"), world.profile_system("alpha"));
+    run(&["--operation", "dry-activate"], "v2")
+        .assert_success()
+        .assert_stderr_contains(&format!("would activate {}", v2.display()));
+    assert_eq!(state(), (Some(v1.clone()), Some(v1.clone())));
+    run(&["--operation", "test"], "v2").assert_success();
+    assert_eq!(state(), (Some(v2.clone()), Some(v1.clone())));
+    run(&["--operation", "boot"], "v3").assert_success();
+    assert_eq!(state(), (Some(v2.clone()), Some(v3.clone())));
+    run(&["--preview"], "v3")
+        .assert_success()
+        .assert_stdout_contains(&format!("new system:     {}", v3.display()));
+    assert_eq!(state(), (Some(v2.clone()), Some(v3.clone())));
+    run(&[], "v3").assert_success();
+    assert_eq!(state(), (Some(v3.clone()), Some(v3)));
+    rr.assert_machine_untouched();
+}
+
+fn document(out: &Output) -> Value {
+    serde_json::from_str(out.stdout_str().trim_end())
+        .unwrap_or_else(|err| panic!("stdout is not one JSON document ({err}):\n{out}"))
+}
+
+/// README: when the run failed, `ok` is false "and `error` says why". A
+/// failed activation said `error: null`, while stderr said
+/// `krops-deploy: error: nixos-rebuild switch … failed: exit status 1`.
+#[test]
+fn json_after_a_failed_rebuild_says_why_as_stderr_does() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let host = world.add_nixos_host("alpha");
+    let v1 = world.real_system(&rr, "v1");
+    world.boot_nixos_host("alpha", &v1);
+    let target = host.target("root", &world.path("alpha/src"));
+    // The next switch-to-configuration fails (exit 4), as an activation
+    // that a broken unit stops does.
+    world.write("rr/log/fail-next", "");
+    let out = deploy(
+        &world,
+        &["--target", &target, "--force", "--nom", "false", "--json"],
+        &world.real_sources(&rr, "v2"),
+    );
+    let code = out.code().expect("an exit code");
+    assert_ne!(code, 0, "{out}");
+    let why = format!("nixos-rebuild switch on root@alpha (the target) failed: exit status {code}");
+    out.assert_stderr_contains(&format!("krops-deploy: error: {why}"));
+    let doc = document(&out);
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert_eq!(doc["error"], why.as_str(), "{doc}");
+    assert_eq!(doc["final"]["ok"], false, "{doc}");
+    assert_eq!(doc["final"]["exitCode"], code, "{doc}");
+    assert_eq!(doc["targets"][0]["ok"], true, "{doc}");
+    rr.assert_machine_untouched();
+}

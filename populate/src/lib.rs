@@ -333,7 +333,7 @@ impl Final {
         if !status.success() {
             let _ = std::io::stderr().write_all(&kept);
         }
-        self.report(reporting.tool, status);
+        self.report(reporting, status);
         Ok(status)
     }
 
@@ -350,7 +350,7 @@ impl Final {
         if !status.success() {
             let _ = std::io::stderr().write_all(&kept);
         }
-        self.report(reporting.tool, status);
+        self.report(reporting, status);
         Ok((status, stdout))
     }
 
@@ -395,21 +395,26 @@ impl Final {
         Ok((status, kept))
     }
 
-    fn report(&self, tool: &str, status: ExitStatus) {
+    /// Says why a failed command failed, as `TOOL: error: …` and as the
+    /// results' `error`, so that a script reading them learns what the
+    /// exit status and stderr say.
+    fn report(&self, reporting: &mut Reporting, status: ExitStatus) {
         if status.success() {
             return;
         }
         mktarget::interrupt::wait_if_interrupted();
         // Its output was ours, so ssh's message is above; the shared
         // connection's master may tell more.
-        match self.session.connection_failure(&self.command, status, &[]) {
-            Some(why) => eprintln!("{tool}: error: {}: {why}", self.what),
-            None => eprintln!(
-                "{tool}: error: {} failed: {}",
+        let why = match self.session.connection_failure(&self.command, status, &[]) {
+            Some(why) => format!("{}: {why}", self.what),
+            None => format!(
+                "{} failed: {}",
                 self.what,
                 mktarget::command::describe(status)
             ),
-        }
+        };
+        eprintln!("{}: error: {why}", reporting.tool);
+        reporting.results.final_failed(&why);
     }
 }
 
