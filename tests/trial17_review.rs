@@ -170,3 +170,57 @@ fn json_after_a_failed_rebuild_says_why_as_stderr_does() {
     assert_eq!(doc["targets"][0]["ok"], true, "{doc}");
     rr.assert_machine_untouched();
 }
+
+/// README: command-line mistakes exit 2, also those found after parsing.
+/// A `--target` (or `--build-target`) the tools refuse is one, as
+/// `--operation ''` and `--confirm-timeout 0` are; it exited 1, like a
+/// failed deploy, so a script could not tell the two apart.
+#[test]
+fn a_bad_target_on_the_command_line_exits_2() {
+    let world = World::new();
+    let host = world.add_host("alpha");
+    let good = host.target("root", &world.path("alpha/src"));
+    world.write("cfg/configuration.nix", "{ }\n");
+    let sources = json!({"cfg": {"file": world.path("cfg").to_str().unwrap()}});
+    let bad = [
+        ("/srv/a=b", "contains '='"),
+        ("/srv/a:b", "target"),
+        ("-oProxyCommand=x/srv", "begins with '-'"),
+        ("alpha:0/srv", "not a port number"),
+        (r#"{"path": "relative"}"#, "target.path"),
+    ];
+    for (target, says) in bad {
+        for tool in ["populate", "krops-deploy", "krops-command", "krops-test"] {
+            let out = world.run(
+                tool,
+                &["--target", target, "--force"],
+                sources.to_string().as_bytes(),
+            );
+            out.assert_code(2)
+                .assert_stderr_contains(&format!("{tool}: error:"))
+                .assert_stderr_contains(says);
+        }
+        let out = deploy(
+            &world,
+            &["--target", &good, "--build-target", target, "--force"],
+            &sources,
+        );
+        out.assert_code(2)
+            .assert_stderr_contains("krops-deploy: error: --build-target: ")
+            .assert_stderr_contains(says);
+        // With --json, the document says so too.
+        let out = deploy(&world, &["--target", target, "--json"], &sources);
+        out.assert_code(2);
+        assert!(document(&out)["error"].as_str().unwrap().contains(says));
+    }
+    // krops-test builds here: a remote target is a mistake of the same kind.
+    world
+        .run(
+            "krops-test",
+            &["--target", &good],
+            sources.to_string().as_bytes(),
+        )
+        .assert_code(2)
+        .assert_stderr_contains("the target must be local");
+    assert!(!world.path("alpha/src").exists(), "nothing was synced");
+}

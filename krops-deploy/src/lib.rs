@@ -411,7 +411,8 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     let build = match &cli.build_target {
-        Some(arg) => Target::from_arg(arg, &origin).map_err(|err| err.context("--build-target"))?,
+        Some(arg) => Target::from_arg(arg, &origin)
+            .map_err(|err| usage(format!("--build-target: {err:#}")))?,
         None => target.clone(),
     };
     let sources = cli.populate.read_sources()?;

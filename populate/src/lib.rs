@@ -186,12 +186,13 @@ impl PopulateArgs {
         Ok(Arc::new(Session::open(target, origin, multiplex)?))
     }
 
-    /// Parses `--target` (see [`Target::from_arg`]).
+    /// Parses `--target` (see [`Target::from_arg`]); a bad one is a
+    /// mistake on the command line (exit 2).
     pub fn target(&self, origin: &Origin) -> Result<Target> {
         let Some(arg) = &self.target else {
-            bail!("--target is required");
+            return Err(usage("--target is required"));
         };
-        Target::from_arg(arg, origin)
+        Target::from_arg(arg, origin).map_err(|err| usage(format!("{err:#}")))
     }
 
     /// Reads and validates sources.json from `--sources` or stdin.
