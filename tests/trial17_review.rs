@@ -4,6 +4,7 @@
 //! `$KROPS_NIXOS_REBUILD` names it; each test says `skipped:` otherwise).
 
 use std::net::{IpAddr, Ipv6Addr};
+use std::path::Path;
 
 use krops_tests::{Output, World};
 use serde_json::{json, Value};
@@ -223,4 +224,92 @@ fn a_bad_target_on_the_command_line_exits_2() {
         .assert_code(2)
         .assert_stderr_contains("the target must be local");
     assert!(!world.path("alpha/src").exists(), "nothing was synced");
+}
+
+fn nix_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap().replace("${", "\\${")
+}
+
+/// A krops.nix as the krops README writes one: several sources (nixpkgs
+/// from git, the configuration as a file, a symlink) through `lib` and
+/// `pkgs.krops.writeDeploy` with a `buildTarget`, its script run as a user
+/// runs it, against the real nixos-rebuild.
+#[test]
+fn a_krops_nix_with_a_build_target_deploys_through_the_writers_with_the_real_program() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    world.add_nixos_host("alpha");
+    world.boot_nixos_host("alpha", &world.real_system(&rr, "v1"));
+    world.add_nixos_host("beta");
+    let v2 = world.real_system(&rr, "v2");
+    // nixpkgs from git: the real program's nixpkgs, committed.
+    let nixpkgs = world.git_repo("nixpkgs");
+    let copy = world
+        .command("cp")
+        .arg("-a")
+        .arg(rr.nixpkgs().join("."))
+        .arg(nixpkgs.path())
+        .output()
+        .unwrap();
+    assert!(copy.status.success(), "{copy:?}");
+    let commit = nixpkgs.commit("nixpkgs");
+    let config = world.real_sources(&rr, "v2")["nixos-config"]["file"]["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (writers, krops_rs) = world.nix_fixtures();
+    let file = world.write(
+        "krops.nix",
+        format!(
+            r#"let
+  krops = {krops};
+  lib = import "${{krops}}/lib";
+  writers = import {writers};
+  pkgs.krops = import "${{krops}}/pkgs/krops" {{ inherit writers; krops-rs = {krops_rs}; }};
+  source = lib.evalSource [{{
+    nixpkgs.git = {{ url = {url}; ref = {commit}; }};
+    nixos-config.file = {{ path = {config}; useChecksum = true; }};
+    "hello.txt".symlink = "nixos-config";
+  }}];
+in pkgs.krops.writeDeploy "deploy-alpha" {{
+  inherit source;
+  target = lib.mkTarget "root@alpha{alpha}" // {{ extraOptions = [ "-F" {ssh_config} ]; }};
+  buildTarget = "root@beta{beta}";
+  force = true;
+  useNixOutputMonitor = false;
+}}
+"#,
+            krops = nix_str(krops_tests::nix::krops_dir().to_str().unwrap()),
+            writers = nix_str(writers.to_str().unwrap()),
+            krops_rs = nix_str(krops_rs.to_str().unwrap()),
+            url = nix_str(&nixpkgs.url()),
+            commit = nix_str(&commit),
+            config = nix_str(&config),
+            alpha = world.path("alpha/src").display(),
+            beta = world.path("beta/src").display(),
+            ssh_config = nix_str(world.ssh_config().to_str().unwrap()),
+        ),
+    );
+    let script = world.nix_build(&file, "");
+    world
+        .run_command(&mut world.command(&script), b"")
+        .assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2));
+    assert_eq!(world.current_system("beta"), None, "beta only built");
+    for host in ["alpha", "beta"] {
+        let dest = world.path(&format!("{host}/src"));
+        assert_eq!(
+            krops_tests::git_head(&dest.join("nixpkgs")),
+            commit,
+            "{host}"
+        );
+        assert_eq!(
+            std::fs::read_link(dest.join("hello.txt")).unwrap(),
+            Path::new("nixos-config")
+        );
+    }
+    rr.assert_machine_untouched();
 }
