@@ -313,3 +313,88 @@ in pkgs.krops.writeDeploy "deploy-alpha" {{
     }
     rr.assert_machine_untouched();
 }
+
+/// Runs krops-deploy with `args` on a terminal (util-linux `script`),
+/// typing `answer`.
+fn deploy_on_a_terminal(world: &World, args: &[&str], sources: &Value, answer: &str) -> Output {
+    let file = world.write("sources.json", sources.to_string());
+    let mut line = vec![world.tool("krops-deploy").display().to_string()];
+    line.extend(args.iter().map(|a| a.to_string()));
+    line.extend(["--sources".to_owned(), file.display().to_string()]);
+    let line = line
+        .iter()
+        .map(|w| krops_tests::quote(std::ffi::OsStr::new(w)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = world.command("setsid");
+    cmd.args(["-w", "script", "-qefc", &line, "/dev/null"]);
+    world.run_command(&mut cmd, answer.as_bytes())
+}
+
+/// `--ask` together with `--confirm-timeout` on a target with its own
+/// `/etc/nixos/flake.nix`, with the real program: what was shown is
+/// activated and confirmed; then a failing check rolls the asked-for
+/// system back with the real `nixos-rebuild switch --rollback`, which the
+/// machine's flake has no say in either.
+/// Reliability (Real nixos-rebuild): `--ask` with `--confirm-timeout` on a target with its own flake, the check failing → the system asked for is activated, then the real `nixos-rebuild switch --rollback` moves the profile and `/run/current-system` back; exit 1
+#[test]
+fn ask_with_a_confirm_timeout_on_a_flake_target_is_kept_or_rolled_back() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    world.nixos_etc_file(
+        "alpha",
+        "nixos/flake.nix",
+        "{\n  outputs = { self }: throw \"the machine's own flake was built\";\n}\n",
+    );
+    let host = world.add_nixos_host("alpha");
+    world.boot_nixos_host("alpha", &world.real_system(&rr, "v1"));
+    let target = host.target("root", &world.path("alpha/src"));
+    let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
+    let ask = [
+        "--target",
+        &target,
+        "--force",
+        "--nom",
+        "false",
+        "--ask",
+        "--confirm-timeout",
+        "30",
+    ];
+    deploy_on_a_terminal(&world, &ask, &world.real_sources(&rr, "v2"), "y\n")
+        .assert_success()
+        .assert_stdout_contains("Activate? [y/N]")
+        .assert_stdout_contains("the new system stays");
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    // Its watchdog ends once it has recorded the confirmation.
+    let log = world.nixos_run_dir("alpha").join("krops/log");
+    for _ in 0..600 {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(" confirmed")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut failing = ask.to_vec();
+    failing.extend(["--check", "false"]);
+    deploy_on_a_terminal(&world, &failing, &world.real_sources(&rr, "v3"), "y\n")
+        .assert_code(1)
+        .assert_stdout_contains("rolled back to the previous system");
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    let activations = rr.activations();
+    assert_eq!(
+        activations.last().map(String::as_str),
+        Some(format!("switch {}", v2.display()).as_str()),
+        "{activations:?}"
+    );
+    assert!(
+        activations.contains(&format!("switch {}", v3.display())),
+        "{activations:?}"
+    );
+    rr.assert_machine_untouched();
+}
