@@ -398,3 +398,49 @@ fn ask_with_a_confirm_timeout_on_a_flake_target_is_kept_or_rolled_back() {
     );
     rr.assert_machine_untouched();
 }
+
+/// A build target that names the target's own path with a trailing slash
+/// (or `//`) is the target: it was taken for another machine, so the one
+/// path was populated twice, under two locks on one lock file, and
+/// nixos-rebuild got `--target-host` naming the machine it ran on.
+#[test]
+fn a_build_target_that_is_the_target_but_for_a_trailing_slash_is_the_target() {
+    let world = World::new();
+    let host = world.add_host("alpha");
+    world.write("cfg/configuration.nix", "{ }\n");
+    let sources =
+        json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}});
+    let dest = world.path("alpha/src");
+    let target = host.target("root", &dest);
+    for build in [
+        format!("{target}/"),
+        host.target("root", &world.path("alpha//src")),
+    ] {
+        let out = deploy(
+            &world,
+            &[
+                "--target",
+                &target,
+                "--build-target",
+                &build,
+                "--force",
+                "--nom",
+                "false",
+            ],
+            &sources,
+        );
+        out.assert_success();
+        assert_eq!(
+            out.stderr_str()
+                .matches("populate: sentinel check →")
+                .count(),
+            1,
+            "populated once\n{out}"
+        );
+    }
+    let records = world.records("nixos-rebuild");
+    assert_eq!(records.len(), 2, "{records:?}");
+    for record in records {
+        assert_eq!(record.argv, ["switch", "--no-flake"]);
+    }
+}

@@ -411,8 +411,14 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     let build = match &cli.build_target {
-        Some(arg) => Target::from_arg(arg, &origin)
-            .map_err(|err| usage(format!("--build-target: {err:#}")))?,
+        // The target itself, but for a trailing slash, is the target: not
+        // another machine to populate and reach with --target-host.
+        Some(arg) => Some(
+            Target::from_arg(arg, &origin)
+                .map_err(|err| usage(format!("--build-target: {err:#}")))?,
+        )
+        .filter(|build| !build.same_place(&target))
+        .unwrap_or_else(|| target.clone()),
         None => target.clone(),
     };
     let sources = cli.populate.read_sources()?;

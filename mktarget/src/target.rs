@@ -397,6 +397,25 @@ impl Target {
         &self.host
     }
 
+    /// Whether `other` is this target but for how its path is spelled
+    /// (`/var/src/`, `/var//src`): the same directory on the same machine,
+    /// reached the same way.
+    pub fn same_place(&self, other: &Target) -> bool {
+        let spelled = |target: &Target| Target {
+            path: format!(
+                "/{}",
+                target
+                    .path
+                    .split('/')
+                    .filter(|part| !part.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ),
+            ..target.clone()
+        };
+        spelled(self) == spelled(other)
+    }
+
     /// `[USER@]HOST` as ssh takes it, an IPv6 literal bare (`root@::1`):
     /// how the bash nixos-rebuild's `--target-host` must name this target,
     /// since that program hands it to ssh as it is.
@@ -565,6 +584,31 @@ mod tests {
 
     fn refused(s: &str) -> String {
         format!("{:#}", Target::parse(s, &origin()).expect_err(s))
+    }
+
+    #[test]
+    fn same_place_ignores_how_the_path_is_spelled_only() {
+        let t = parse("root@h:22/var/src");
+        for same in [
+            "root@h:22/var/src/",
+            "root@h:22//var//src",
+            "root@h:22/var/src//",
+        ] {
+            assert!(t.same_place(&parse(same)), "{same}");
+        }
+        for other in [
+            "root@h/var/src",
+            "h:22/var/src",
+            "root@g:22/var/src",
+            "root@h:22/var/src2",
+        ] {
+            assert!(!t.same_place(&parse(other)), "{other}");
+        }
+        let sudo = Target {
+            sudo: true,
+            ..parse("root@h:22/var/src/")
+        };
+        assert!(!t.same_place(&sudo));
     }
 
     fn target(user: Option<&str>, host: &str, port: Option<&str>, path: &str) -> Target {
