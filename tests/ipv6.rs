@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
-use krops_tests::{git_head, Host, Output, Record, World};
+use krops_tests::{git_head, Host, Output, Record, World, REBUILD_VARIANT_FILE};
 use serde_json::{json, Value};
 
 fn run(world: &World, tool: &str, args: &[&str], sources: &Value) -> Output {
@@ -162,9 +162,20 @@ fn server_port(record: &Record) -> String {
 }
 
 #[test]
-fn deploy_names_an_ipv6_target_host_in_brackets() {
-    for form in ["string", "json"] {
+fn deploy_names_an_ipv6_target_host_as_each_program_wants_it() {
+    // The bash program hands --target-host to ssh as it is (ssh would look
+    // up the name `[::1]`); nixos-rebuild-ng reads it as a URL's authority.
+    for (form, variant, expected) in [
+        ("string", "bash", "root@::1"),
+        ("json", "bash", "root@::1"),
+        ("string", "ng", "root@[::1]"),
+        ("json", "ng", "root@[::1]"),
+    ] {
         let world = World::new();
+        world.write(
+            &format!("records/{REBUILD_VARIANT_FILE}"),
+            format!("{variant}\n"),
+        );
         let alpha = world.add_host("alpha");
         let six = ipv6_host(&world);
         let (sources, commit) = sources(&world);
@@ -190,8 +201,8 @@ fn deploy_names_an_ipv6_target_host_in_brackets() {
         let rebuild = only_rebuild(&world);
         assert_eq!(
             rebuild.argv,
-            ["switch", "--no-flake", "--target-host", "root@[::1]"],
-            "{form} form"
+            ["switch", "--no-flake", "--target-host", expected],
+            "{form} form, {variant}"
         );
         assert_eq!(
             server_port(&rebuild),

@@ -864,7 +864,15 @@ fn json_for_a_deploy_keeps_stdout_for_the_document() {
     );
     out.assert_code(4);
     let results: Results = parse(&out.stdout_str(), &out);
-    assert!(!results.ok && results.error.is_none() && results.targets[0].ok);
+    assert!(!results.ok && results.targets[0].ok);
+    // Why, as the log's last line says it.
+    let why = results.error.as_deref().unwrap_or_default();
+    assert!(
+        why.starts_with("nixos-rebuild switch on root@alpha")
+            && why.ends_with("failed: exit status 4"),
+        "{why:?}"
+    );
+    out.assert_stderr_contains(&format!("krops-deploy: error: {why}"));
     let last = results.final_command.unwrap();
     assert_eq!((last.ok, last.exit_code), (false, Some(4)));
 }

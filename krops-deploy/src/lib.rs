@@ -212,6 +212,34 @@ pub enum Rebuilder {
 pub const BASH_REBUILDER_PROBE: &str =
     "nixos-rebuild --sudo --krops-probe 2>&1 | grep -q 'unknown option.*--sudo'";
 
+/// How `--target-host` names the target for each program; they differ for
+/// an IPv6 literal. The bash program passes it to ssh as it is, and ssh
+/// reads `root@[::1]` as the host name `[::1]`; nixos-rebuild-ng reads it
+/// as a URL's authority, which wants the brackets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetHost {
+    /// `root@::1`, for the bash program.
+    pub ssh: String,
+    /// `root@[::1]`, for nixos-rebuild-ng.
+    pub bracketed: String,
+}
+
+impl TargetHost {
+    pub fn new(target: &Target) -> TargetHost {
+        TargetHost {
+            ssh: target.ssh_destination(),
+            bracketed: target.destination(),
+        }
+    }
+
+    fn for_program(&self, program: Rebuilder) -> &str {
+        match program {
+            Rebuilder::Bash => &self.ssh,
+            Rebuilder::Ng => &self.bracketed,
+        }
+    }
+}
+
 /// One nixos-rebuild run, before the build target's program is known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rebuild {
@@ -220,14 +248,14 @@ pub struct Rebuild {
     pub cross_deploy: bool,
     /// The target, as `--target-host` names it, when nixos-rebuild runs
     /// elsewhere (on the build target).
-    pub target_host: Option<String>,
+    pub target_host: Option<TargetHost>,
     /// Whether activation on the target goes through sudo.
     pub sudo: bool,
 }
 
 impl Rebuild {
-    /// What krops's writeDeploy runs for `cli`; the target as
-    /// [`Target::destination`] writes it (`root@[::1]` for IPv6). It builds
+    /// What krops's writeDeploy runs for `cli`; the target as each program
+    /// wants it ([`TargetHost`]). It builds
     /// where it runs, on the build target: krops also passed `--build-host`
     /// naming that same machine, so nixos-rebuild ssh-ed to itself and
     /// copied to the target from that nested session, without NIX_SSHOPTS.
@@ -235,7 +263,7 @@ impl Rebuild {
         Rebuild {
             operation: cli.operation.clone(),
             cross_deploy: cli.cross_deploy,
-            target_host: (build != target).then(|| target.destination()),
+            target_host: (build != target).then(|| TargetHost::new(target)),
             sudo: target.sudo,
         }
     }
@@ -249,7 +277,10 @@ impl Rebuild {
             args.push("--no-build-nix".to_owned());
         }
         if let Some(host) = &self.target_host {
-            args.extend(["--target-host".to_owned(), host.clone()]);
+            args.extend([
+                "--target-host".to_owned(),
+                host.for_program(program).to_owned(),
+            ]);
         }
         if self.sudo {
             args.push(
@@ -377,7 +408,14 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     let build = match &cli.build_target {
-        Some(arg) => Target::from_arg(arg, &origin).map_err(|err| err.context("--build-target"))?,
+        // The target itself, but for a trailing slash, is the target: not
+        // another machine to populate and reach with --target-host.
+        Some(arg) => Some(
+            Target::from_arg(arg, &origin)
+                .map_err(|err| usage(format!("--build-target: {err:#}")))?,
+        )
+        .filter(|build| !build.same_place(&target))
+        .unwrap_or_else(|| target.clone()),
         None => target.clone(),
     };
     let sources = cli.populate.read_sources()?;
@@ -1125,22 +1163,28 @@ mod tests {
     }
 
     #[test]
-    fn rebuild_args_bracket_ipv6_hosts() {
+    fn rebuild_args_name_ipv6_hosts_as_each_program_wants_them() {
+        // The bash program hands --target-host to ssh, which would look up
+        // `[::1]` as a name; nixos-rebuild-ng reads it as a URL's authority.
+        let string = t("root@[::1]:2222/var/src");
         assert_eq!(
-            args(
-                &[],
-                &t("root@[::1]:2222/var/src"),
-                &t("root@b"),
-                Rebuilder::Bash
-            ),
+            args(&[], &string, &t("root@b"), Rebuilder::Bash),
+            ["switch", "--no-flake", "--target-host", "root@::1"]
+        );
+        assert_eq!(
+            args(&[], &string, &t("root@b"), Rebuilder::Ng),
             ["switch", "--no-flake", "--target-host", "root@[::1]"]
         );
-        // A host as JSON gives it: the bare address.
+        // A host as JSON gives the bare address: the same.
         let mut json = t("root@b");
         json.host = "2001:db8::1".into();
         json.validate().unwrap();
         assert_eq!(
             args(&[], &json, &t("@b"), Rebuilder::Bash),
+            ["switch", "--no-flake", "--target-host", "root@2001:db8::1"]
+        );
+        assert_eq!(
+            args(&[], &json, &t("@b"), Rebuilder::Ng),
             [
                 "switch",
                 "--no-flake",

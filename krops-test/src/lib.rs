@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Parser;
-use mktarget::tool::Example;
+use mktarget::tool::{usage, Example};
 use mktarget::{Cmd, Origin};
 use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
 
@@ -67,12 +67,12 @@ fn test(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     if !target.is_local(&origin) {
-        bail!(
+        return Err(usage(format!(
             "--target {target}: krops-test builds on this machine, so the target must be local \
              (user {:?} and host {:?} or localhost)",
             origin.user.as_deref().unwrap_or(""),
             origin.host
-        );
+        )));
     }
     let sources = cli.populate.read_sources()?;
     let session = cli.populate.session(&target, &origin)?;

@@ -397,11 +397,40 @@ impl Target {
         &self.host
     }
 
+    /// Whether `other` is this target but for how its path is spelled
+    /// (`/var/src/`, `/var//src`): the same directory on the same machine,
+    /// reached the same way.
+    pub fn same_place(&self, other: &Target) -> bool {
+        let spelled = |target: &Target| Target {
+            path: format!(
+                "/{}",
+                target
+                    .path
+                    .split('/')
+                    .filter(|part| !part.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ),
+            ..target.clone()
+        };
+        spelled(self) == spelled(other)
+    }
+
+    /// `[USER@]HOST` as ssh takes it, an IPv6 literal bare (`root@::1`):
+    /// how the bash nixos-rebuild's `--target-host` must name this target,
+    /// since that program hands it to ssh as it is.
+    pub fn ssh_destination(&self) -> String {
+        match self.login_user() {
+            Some(user) => format!("{user}@{}", self.ssh_host()),
+            None => self.ssh_host().to_owned(),
+        }
+    }
+
     /// How a word that goes on after the host (`USER@HOST:PATH`, `HOST:PORT`)
     /// names it: an IPv6 literal in brackets (`[::1]`), so its own ':' are not
     /// read as separators; any other host as it is. rsync's destination,
-    /// nixos-rebuild's `--build-host`/`--target-host`, the string form and
-    /// messages use it. Together with [`Target::ssh_host`], the one place that
+    /// nix-copy-closure, nixos-rebuild-ng's `--target-host`, the string form
+    /// and messages use it. Together with [`Target::ssh_host`], the one place that
     /// decides how each program wants the host.
     pub fn bracketed_host(&self) -> Cow<'_, str> {
         if self.host.contains(':') {
@@ -412,8 +441,8 @@ impl Target {
     }
 
     /// `[USER@]HOST`, the host bracketed when it is an IPv6 literal
-    /// (`root@[::1]`): how nixos-rebuild's `--build-host`/`--target-host` and
-    /// rsync name this target's machine.
+    /// (`root@[::1]`): how nixos-rebuild-ng's `--target-host`,
+    /// nix-copy-closure and rsync name this target's machine.
     pub fn destination(&self) -> String {
         match self.login_user() {
             Some(user) => format!("{user}@{}", self.bracketed_host()),
@@ -555,6 +584,31 @@ mod tests {
 
     fn refused(s: &str) -> String {
         format!("{:#}", Target::parse(s, &origin()).expect_err(s))
+    }
+
+    #[test]
+    fn same_place_ignores_how_the_path_is_spelled_only() {
+        let t = parse("root@h:22/var/src");
+        for same in [
+            "root@h:22/var/src/",
+            "root@h:22//var//src",
+            "root@h:22/var/src//",
+        ] {
+            assert!(t.same_place(&parse(same)), "{same}");
+        }
+        for other in [
+            "root@h/var/src",
+            "h:22/var/src",
+            "root@g:22/var/src",
+            "root@h:22/var/src2",
+        ] {
+            assert!(!t.same_place(&parse(other)), "{other}");
+        }
+        let sudo = Target {
+            sudo: true,
+            ..parse("root@h:22/var/src/")
+        };
+        assert!(!t.same_place(&sudo));
     }
 
     fn target(user: Option<&str>, host: &str, port: Option<&str>, path: &str) -> Target {

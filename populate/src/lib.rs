@@ -186,12 +186,13 @@ impl PopulateArgs {
         Ok(Arc::new(Session::open(target, origin, multiplex)?))
     }
 
-    /// Parses `--target` (see [`Target::from_arg`]).
+    /// Parses `--target` (see [`Target::from_arg`]); a bad one is a
+    /// mistake on the command line (exit 2).
     pub fn target(&self, origin: &Origin) -> Result<Target> {
         let Some(arg) = &self.target else {
-            bail!("--target is required");
+            return Err(usage("--target is required"));
         };
-        Target::from_arg(arg, origin)
+        Target::from_arg(arg, origin).map_err(|err| usage(format!("{err:#}")))
     }
 
     /// Reads and validates sources.json from `--sources` or stdin.
@@ -439,7 +440,7 @@ impl Final {
         if !status.success() {
             let _ = std::io::stderr().write_all(&kept);
         }
-        self.report(reporting.tool, status);
+        self.report(reporting, status);
         Ok(status)
     }
 
@@ -456,7 +457,7 @@ impl Final {
         if !status.success() {
             let _ = std::io::stderr().write_all(&kept);
         }
-        self.report(reporting.tool, status);
+        self.report(reporting, status);
         Ok((status, stdout))
     }
 
@@ -505,24 +506,29 @@ impl Final {
         Ok((status, kept))
     }
 
-    fn report(&self, tool: &str, status: ExitStatus) {
+    /// Says why a failed command failed, as `TOOL: error: …` and as the
+    /// results' `error`, so that a script reading them learns what the
+    /// exit status and stderr say.
+    fn report(&self, reporting: &mut Reporting, status: ExitStatus) {
         if status.success() || (self.told.is_some() && status.code() == self.told) {
             return;
         }
         mktarget::interrupt::wait_if_interrupted();
         // Its output was ours, so ssh's message is above; the shared
         // connection's master may tell more.
-        match self
+        let why = match self
             .session
             .connection_failure(&self.command(false), status, &[])
         {
-            Some(why) => eprintln!("{tool}: error: {}: {why}", self.what),
-            None => eprintln!(
-                "{tool}: error: {} failed: {}",
+            Some(why) => format!("{}: {why}", self.what),
+            None => format!(
+                "{} failed: {}",
                 self.what,
                 mktarget::command::describe(status)
             ),
-        }
+        };
+        eprintln!("{}: error: {why}", reporting.tool);
+        reporting.results.final_failed(&why);
     }
 }
 

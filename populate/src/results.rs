@@ -115,9 +115,10 @@ impl Results {
         }));
     }
 
-    /// The run failed after its final command ended, for `why` (a
-    /// deploy not confirmed, rolled back): the final command is not ok,
-    /// whatever its exit code, and the document's `error` says why.
+    /// The run failed after its final command ended, for `why` (the
+    /// command failed; a deploy not confirmed, rolled back): the final
+    /// command is not ok, whatever its exit code, and the document's
+    /// `error` says why.
     pub fn final_failed(&mut self, why: &str) {
         self.failed = true;
         self.failure = Some(why.to_owned());

@@ -66,6 +66,14 @@ impl World {
         self.add_host_with(alias, IpAddr::V4(Ipv4Addr::LOCALHOST), true)
     }
 
+    /// Like [`World::add_nixos_host`], with sshd listening on `address` (a
+    /// loopback address of this machine, e.g. `::1`).
+    #[track_caller]
+    pub fn add_nixos_host_at(&self, alias: &str, address: IpAddr) -> Host {
+        self.make_nixos_dirs(alias);
+        self.add_host_with(alias, address, true)
+    }
+
     /// The directories of the NixOS machine `alias` (`hosts/ALIAS/run`,
     /// with the marker, and `profiles`), for a host or a local machine.
     #[track_caller]
