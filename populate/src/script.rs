@@ -9,7 +9,13 @@
 /// `claim KIND P SHOWN`, which removes, without following links, whatever
 /// stands at P that a source of KIND (`dir`, `file`, `link`, `outlink`) does
 /// not make, and says so: rsync, git and `cat` would otherwise write through
-/// a symlink to outside the target path. An `outlink` is a derivation's out
+/// a symlink to outside the target path. A directory that belongs to
+/// another user than the one populate writes as is replaced too: rsync
+/// keeps a directory's owner, who could then swap the files in it (a
+/// secret, the configuration root builds), and git refuses such a
+/// checkout. In a directory it keeps, a read-only file with a second link
+/// is removed when populate is not root: rsync would make it writable
+/// before deleting it, changing the mode of that file wherever else it is. An `outlink` is a derivation's out
 /// link, which nix-build replaces only when it points into the store.
 pub const PRELUDE: &str = r#"set -efu
 run() {
@@ -28,8 +34,19 @@ claim() {
     printf 'populate: replacing the symlink at %s\n' "$3" >&2
     run rm -f "$2"
   elif test -d "$2"; then
-    test "$1" = dir && return 0
-    printf 'populate: replacing the directory at %s\n' "$3" >&2
+    if test "$1" = dir; then
+      if test -O "$2"; then
+        # rsync, as any user but root, makes a read-only file writable
+        # before it deletes it: with a second link, that is a file
+        # outside P too. Such files are removed here instead.
+        test "$(id -u)" = 0 ||
+          run find "$2" -type f -links +1 ! -perm -u+w -exec rm -f {} +
+        return 0
+      fi
+      printf 'populate: replacing the directory at %s: it belongs to another user\n' "$3" >&2
+    else
+      printf 'populate: replacing the directory at %s\n' "$3" >&2
+    fi
     run rm -fR "$2"
   elif test -e "$2"; then
     krops_what=file
@@ -100,6 +117,32 @@ mod tests {
             Some("sh -c exit 3\n# second line\n"),
             "{stderr}"
         );
+    }
+
+    #[test]
+    fn a_directory_of_another_user_is_replaced_and_one_s_own_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("own");
+        let foreign = dir.path().join("foreign");
+        for d in [&own, &foreign] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("old"), "old\n").unwrap();
+        }
+        if std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).is_err() {
+            // Not root: no directory of another user can be made here;
+            // the end-to-end tests run as root.
+            return;
+        }
+        let claim = |p: &std::path::Path| {
+            let p = p.to_str().unwrap();
+            sh(&format!("claim dir '{p}' '{p}'\n"))
+        };
+        assert_eq!(claim(&own), (0, String::new()));
+        assert!(own.join("old").exists());
+        let (status, stderr) = claim(&foreign);
+        assert_eq!(status, 0, "{stderr}");
+        assert!(stderr.contains("it belongs to another user"), "{stderr}");
+        assert!(!foreign.exists());
     }
 
     #[test]
