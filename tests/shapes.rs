@@ -1457,7 +1457,6 @@ fn shapes_in(mode: Mode, mode_index: usize) {
         let mut cases = cases(mode, &mut known);
         rng.shuffle(&mut cases);
         run_round(&s, &round, cases, &mut found);
-        let _ = &round.dir;
     }
     for line in &known {
         say(line);
@@ -1612,6 +1611,53 @@ mod regressions {
                 .unwrap()
                 .trim_end(),
             "the secret"
+        );
+        drop(alpha);
+    }
+
+    /// The other side of the fix below: a checkout cloned from a path on
+    /// the target shares its read-only objects with that repository, and
+    /// those links are git's, not rsync's, to keep.
+    #[test]
+    fn a_checkout_cloned_from_a_local_path_keeps_its_linked_objects() {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let user = world.sudo_user();
+        let dest = world.mkdir("src");
+        world.write("src/.populate", "");
+        let repo = world.git_repo("local");
+        repo.write("default.nix", "{ }\n");
+        let first = repo.commit("first");
+        chown(&world, repo.path(), user);
+        chown(&world, &dest, user);
+        let target = json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap()});
+        let deploy = |commit: &str| {
+            let sources = json!({"repo": {"git": {"url": repo.url(), "ref": commit}}});
+            world.run(
+                "populate",
+                &["--target", &target.to_string()],
+                sources.to_string().as_bytes(),
+            )
+        };
+        let linked = || {
+            let out = world.sh(&format!(
+                "find {}/repo/.git/objects -type f -links +1 | sort",
+                q(&dest)
+            ));
+            out.assert_success();
+            out.stdout_str()
+        };
+        deploy(&first).assert_success();
+        let before = linked();
+        assert!(!before.is_empty(), "git made no links here");
+        deploy(&first).assert_success();
+        assert_eq!(linked(), before, "the checkout's objects were removed");
+        sh(
+            &world,
+            &format!(
+                "git -c safe.directory='*' -C {}/repo fsck --no-dangling",
+                q(&dest)
+            ),
         );
         drop(alpha);
     }

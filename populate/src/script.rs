@@ -7,15 +7,17 @@
 
 /// The prelude of every populate script: `set -efu`, `run` (see above) and
 /// `claim KIND P SHOWN`, which removes, without following links, whatever
-/// stands at P that a source of KIND (`dir`, `file`, `link`, `outlink`) does
-/// not make, and says so: rsync, git and `cat` would otherwise write through
+/// stands at P that a source of KIND (`dir`, `tree`, `file`, `link`,
+/// `outlink`) does not make, and says so: rsync, git and `cat` would otherwise write through
 /// a symlink to outside the target path. A directory that belongs to
 /// another user than the one populate writes as is replaced too: rsync
 /// keeps a directory's owner, who could then swap the files in it (a
 /// secret, the configuration root builds), and git refuses such a
-/// checkout. In a directory it keeps, a read-only file with a second link
-/// is removed when populate is not root: rsync would make it writable
-/// before deleting it, changing the mode of that file wherever else it is. An `outlink` is a derivation's out
+/// checkout. In a `tree` (a directory rsync syncs) it keeps, a read-only
+/// file with a second link is removed when populate is not root: rsync
+/// would make it writable before deleting it, changing the mode of that
+/// file wherever else it is. (A checkout's objects may be such links, to
+/// the repository a local URL names: git deletes nothing that way.) An `outlink` is a derivation's out
 /// link, which nix-build replaces only when it points into the store.
 pub const PRELUDE: &str = r#"set -efu
 run() {
@@ -34,13 +36,14 @@ claim() {
     printf 'populate: replacing the symlink at %s\n' "$3" >&2
     run rm -f "$2"
   elif test -d "$2"; then
-    if test "$1" = dir; then
+    if test "$1" = dir || test "$1" = tree; then
       if test -O "$2"; then
         # rsync, as any user but root, makes a read-only file writable
         # before it deletes it: with a second link, that is a file
         # outside P too. Such files are removed here instead.
-        test "$(id -u)" = 0 ||
+        if test "$1" = tree && test "$(id -u)" != 0; then
           run find "$2" -type f -links +1 ! -perm -u+w -exec rm -f {} +
+        fi
         return 0
       fi
       printf 'populate: replacing the directory at %s: it belongs to another user\n' "$3" >&2

@@ -119,8 +119,10 @@ pub(crate) enum Ended {
 /// the prelude's `claim`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Makes {
-    /// A directory: a file tree, a checkout, a secret store.
+    /// A directory git makes: a checkout.
     Dir,
+    /// A directory rsync syncs: a file tree, a secret store.
+    Tree,
     /// A regular file: a single-file file source, a pipe's output.
     File,
     /// A symlink: a symlink source.
@@ -134,6 +136,7 @@ pub(crate) enum Makes {
 pub(crate) fn claim_line(session: &Session, p: &str, makes: Makes) -> String {
     let kind = match makes {
         Makes::Dir => "dir",
+        Makes::Tree => "tree",
         Makes::File => "file",
         Makes::Link => "link",
         Makes::OutLink => "outlink",

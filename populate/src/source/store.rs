@@ -130,7 +130,7 @@ impl Secrets {
     /// The claim of the store's place, then, for pass with a stamp, the
     /// target's stamp on stdout.
     fn claim(&self, session: &Session, stamp: bool) -> Cmd {
-        let mut script = format!("{PRELUDE}{}", claim_line(session, &self.path, Makes::Dir));
+        let mut script = format!("{PRELUDE}{}", claim_line(session, &self.path, Makes::Tree));
         if stamp {
             script.push_str(&format!(
                 "cat {}/.pass_info 2>/dev/null || :\n",
