@@ -1395,7 +1395,11 @@ fn repair_place(s: &Setup, round: &Round) {
         None => {}
     }
     if s.mode == Mode::User {
-        chown(&s.world, path, SUDO_USER);
+        // PATH alone: the shapes in it keep their owners.
+        sh(
+            &s.world,
+            &format!("chown {SUDO_USER}:{SUDO_USER} {}", q(path)),
+        );
     }
 }
 
@@ -1468,7 +1472,19 @@ fn shapes_in(mode: Mode, mode_index: usize) {
 fn report(what: &str, seed: u64, found: &Findings) {
     let rounds = rounds();
     let mut summary = String::new();
+    let deployed = found
+        .outcomes
+        .values()
+        .filter(|outcomes| outcomes.iter().eq(["deployed"].iter()))
+        .count();
+    let _ = writeln!(
+        summary,
+        "  {deployed} pairs always deployed as fresh; the others:"
+    );
     for ((shape, kind), outcomes) in &found.outcomes {
+        if outcomes.iter().eq(["deployed"].iter()) {
+            continue;
+        }
         let _ = writeln!(
             summary,
             "  {:>12} × {:<10} {}",
@@ -1612,6 +1628,44 @@ mod regressions {
                 .trim_end(),
             "the secret"
         );
+        drop(alpha);
+    }
+
+    /// Found by the generator (`readonly` × pipe, symlink, as a plain
+    /// user): the user's own read-only directory where a file or a link
+    /// goes could not be removed (rm needs to write to a directory to
+    /// delete in it), and the run failed where a fresh deploy succeeds.
+    #[test]
+    fn a_read_only_directory_of_one_s_own_is_replaced() {
+        let world = World::new();
+        let alpha = world.add_host("alpha");
+        let user = world.sudo_user();
+        let dest = world.mkdir("src");
+        world.write("src/.populate", "");
+        for name in ["l", "p"] {
+            world.write(&format!("src/{name}/deep/old"), "old\n");
+        }
+        chown(&world, &dest, user);
+        for name in ["l", "p"] {
+            sh(
+                &world,
+                &format!(
+                    "chmod 0444 {0}/{name}/deep/old && chmod 0555 {0}/{name}/deep {0}/{name}",
+                    q(&dest)
+                ),
+            );
+        }
+        let cmd = world.write_executable("gen", "#!/bin/sh\necho piped\n");
+        let target = json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap()});
+        let sources = json!({"l": {"symlink": "x"}, "p": {"pipe": cmd.to_str().unwrap()}});
+        let out = world.run(
+            "populate",
+            &["--target", &target.to_string()],
+            sources.to_string().as_bytes(),
+        );
+        out.assert_success();
+        assert_eq!(std::fs::read_link(dest.join("l")).unwrap(), Path::new("x"));
+        assert_eq!(std::fs::read_to_string(dest.join("p")).unwrap(), "piped\n");
         drop(alpha);
     }
 

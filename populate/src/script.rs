@@ -50,6 +50,11 @@ claim() {
     else
       printf 'populate: replacing the directory at %s\n' "$3" >&2
     fi
+    # A read-only directory of one's own is removed as a fresh place would
+    # be made: rm needs to write to a directory to delete in it (only
+    # directories are made writable: a file may have a link outside P).
+    test "$(id -u)" = 0 ||
+      find "$2" -type d ! -perm -u+w -exec chmod u+w {} + 2>/dev/null || :
     run rm -fR "$2"
   elif test -e "$2"; then
     krops_what=file
