@@ -7,18 +7,20 @@
 
 /// The prelude of every populate script: `set -efu`, `run` (see above) and
 /// `claim KIND P SHOWN`, which removes, without following links, whatever
-/// stands at P that a source of KIND (`dir`, `tree`, `file`, `link`,
-/// `outlink`) does not make, and says so: rsync, git and `cat` would otherwise write through
-/// a symlink to outside the target path. A directory that belongs to
-/// another user than the one populate writes as is replaced too: rsync
-/// keeps a directory's owner, who could then swap the files in it (a
-/// secret, the configuration root builds), and git refuses such a
-/// checkout. In a `tree` (a directory rsync syncs) it keeps, a read-only
-/// file with a second link is removed when populate is not root: rsync
-/// would make it writable before deleting it, changing the mode of that
-/// file wherever else it is. (A checkout's objects may be such links, to
-/// the repository a local URL names: git deletes nothing that way.) An `outlink` is a derivation's out
-/// link, which nix-build replaces only when it points into the store.
+/// stands at P that a source of KIND (`dir` for a checkout, `tree` for what
+/// rsync syncs, `file`, `link`, `outlink`) does not make, and says so:
+/// rsync, git and `cat` would otherwise write through a symlink to outside
+/// the target path. An `outlink` is a derivation's out link, which
+/// nix-build replaces only when it points into the store.
+///
+/// A directory that belongs to another user than the one populate writes
+/// as is replaced too: rsync keeps a directory's owner, who could then swap
+/// the files in it (a secret, the configuration root builds), and git
+/// refuses such a checkout. In a `tree` it keeps, a read-only file with a
+/// second link is removed when populate is not root: rsync would make it
+/// writable before deleting it, changing the mode of that file wherever
+/// else it is. (A checkout's objects may be such links, to the repository
+/// a local URL names: git deletes nothing that way.)
 pub const PRELUDE: &str = r#"set -efu
 run() {
   "$@" || {
