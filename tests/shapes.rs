@@ -49,6 +49,8 @@ const DEFAULT_ROUNDS: usize = 1;
 const KNOWN: &[(Shape, Kind, &str)] = &[
     (Shape::DotGitSkeleton, Kind::Git, DISCOVERY),
     (Shape::DotGitSkeleton, Kind::GitShallow, DISCOVERY),
+    (Shape::DotGitBadHead, Kind::Git, DISCOVERY),
+    (Shape::DotGitBadHead, Kind::GitShallow, DISCOVERY),
     (Shape::Submodules, Kind::Git, SUBMODULES),
     (Shape::Submodules, Kind::GitShallow, SUBMODULES),
     (Shape::LocalChanges, Kind::Git, LOCAL_CHANGES),
@@ -123,6 +125,7 @@ enum Shape {
     DotGitFile,
     DotGitSkeleton,
     DotGitCorrupt,
+    DotGitBadHead,
     OtherOrigin,
     Shallow,
     Submodules,
@@ -133,7 +136,7 @@ enum Shape {
     Hardlink,
 }
 
-const SHAPES: [Shape; 21] = [
+const SHAPES: [Shape; 22] = [
     Shape::Nothing,
     Shape::EmptyDir,
     Shape::Dir,
@@ -149,6 +152,7 @@ const SHAPES: [Shape; 21] = [
     Shape::DotGitFile,
     Shape::DotGitSkeleton,
     Shape::DotGitCorrupt,
+    Shape::DotGitBadHead,
     Shape::OtherOrigin,
     Shape::Shallow,
     Shape::Submodules,
@@ -175,6 +179,7 @@ impl Shape {
             Shape::DotGitFile => "dotgitfile",
             Shape::DotGitSkeleton => "dotgitempty",
             Shape::DotGitCorrupt => "dotgitcorrupt",
+            Shape::DotGitBadHead => "dotgitbadhead",
             Shape::OtherOrigin => "otherorigin",
             Shape::Shallow => "shallow",
             Shape::Submodules => "submodules",
@@ -471,6 +476,7 @@ impl Setup {
         let templates = world.mkdir("templates");
         for shape in [
             Shape::DotGitCorrupt,
+            Shape::DotGitBadHead,
             Shape::OtherOrigin,
             Shape::Shallow,
             Shape::Submodules,
@@ -753,6 +759,12 @@ fn make_checkout(world: &World, repo: &GitRepo, other: &GitRepo, shape: Shape, a
                 &format!("find {}/.git/objects -type f -delete", q(at)),
             );
         }
+        Shape::DotGitBadHead => {
+            // A clone whose HEAD is garbage: git no longer takes its .git
+            // for a repository at all.
+            clone(&repo.url(), "");
+            std::fs::write(at.join(".git/HEAD"), "garbage\n").unwrap();
+        }
         Shape::OtherOrigin => clone(&other.url(), ""),
         Shape::Shallow => clone(
             &repo.file_url(),
@@ -945,6 +957,7 @@ impl Round {
             }
             Shape::DotGitSkeleton => std::fs::create_dir_all(at.join(".git")).unwrap(),
             Shape::DotGitCorrupt
+            | Shape::DotGitBadHead
             | Shape::OtherOrigin
             | Shape::Shallow
             | Shape::Submodules
