@@ -1563,6 +1563,8 @@ fn every_shape_at_populate_s_own_places() {
     let seed = seed();
     let mut rng = Rng(seed ^ 0x0077_6e00_0000_0000);
     let s = Setup::new(Mode::Remote);
+    // Some rounds run through sudo: say so first when it cannot.
+    s.world.sudo_user();
     let mut found = Findings::default();
     let mut index = 0;
     for _ in 0..rounds().div_ceil(DEFAULT_ROUNDS) {
