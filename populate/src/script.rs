@@ -13,11 +13,21 @@ use mktarget::shell::quote;
 
 /// The prelude of every populate script (`scripts/prelude.sh`): `set -efu`,
 /// `run` (see above) and `claim KIND P SHOWN`, which removes, without
-/// following links, whatever stands at P that a source of KIND (`dir`,
-/// `file`, `link`, `outlink`) does not make, and says so: rsync, git and
-/// `cat` would otherwise write through a symlink to outside the target
-/// path. An `outlink` is a derivation's out link, which nix-build replaces
-/// only when it points into the store.
+/// following links, whatever stands at P that a source of KIND (`dir` for a
+/// checkout, `tree` for what rsync syncs, `file`, `link`, `outlink`) does
+/// not make, and says so: rsync, git and `cat` would otherwise write
+/// through a symlink to outside the target path. An `outlink` is a
+/// derivation's out link, which nix-build replaces only when it points into
+/// the store.
+///
+/// A directory that belongs to another user than the one populate writes
+/// as is replaced too: rsync keeps a directory's owner, who could then swap
+/// the files in it (a secret, the configuration root builds), and git
+/// refuses such a checkout. In a `tree` it keeps, a read-only file with a
+/// second link is removed when populate is not root: rsync would make it
+/// writable before deleting it, changing the mode of that file wherever
+/// else it is. (A checkout's objects may be such links, to the repository
+/// a local URL names: git deletes nothing that way.)
 pub const PRELUDE: &str = include_str!("scripts/prelude.sh");
 
 /// A shell function that a script run on the target calls: the file that
@@ -205,6 +215,32 @@ mod tests {
             Some("sh -c exit 3\n# second line\n"),
             "{stderr}"
         );
+    }
+
+    #[test]
+    fn a_directory_of_another_user_is_replaced_and_one_s_own_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("own");
+        let foreign = dir.path().join("foreign");
+        for d in [&own, &foreign] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("old"), "old\n").unwrap();
+        }
+        if std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).is_err() {
+            // Not root: no directory of another user can be made here;
+            // the end-to-end tests run as root.
+            return;
+        }
+        let claim = |p: &std::path::Path| {
+            let p = p.to_str().unwrap();
+            sh(&format!("claim dir '{p}' '{p}'\n"))
+        };
+        assert_eq!(claim(&own), (0, String::new()));
+        assert!(own.join("old").exists());
+        let (status, stderr) = claim(&foreign);
+        assert_eq!(status, 0, "{stderr}");
+        assert!(stderr.contains("it belongs to another user"), "{stderr}");
+        assert!(!foreign.exists());
     }
 
     #[test]

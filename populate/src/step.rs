@@ -121,8 +121,10 @@ pub(crate) enum Ended {
 /// scripts claim theirs, `link` and `outlink`, themselves).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Makes {
-    /// A directory: a file tree, a checkout, a secret store.
+    /// A directory git makes: a checkout.
     Dir,
+    /// A directory rsync syncs: a file tree, a secret store.
+    Tree,
     /// A regular file: a single-file file source, a pipe's output.
     File,
 }
@@ -132,6 +134,7 @@ impl Makes {
     pub(crate) fn word(self) -> &'static str {
         match self {
             Makes::Dir => "dir",
+            Makes::Tree => "tree",
             Makes::File => "file",
         }
     }

@@ -91,7 +91,7 @@ impl FileSource {
             bail!("file.path: {} does not exist", self.path);
         }
         let makes = if local.is_dir() {
-            Makes::Dir
+            Makes::Tree
         } else {
             Makes::File
         };
@@ -307,7 +307,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc", &place).unwrap();
         let p = place.to_str().unwrap();
         let remote = session(&target("root@h/var/src"));
-        let claim = claim(&remote, p, Makes::Dir);
+        let claim = claim(&remote, p, Makes::Tree);
         let argv = rsync(&remote, &default_file_options(), "/src/", p, Some(&claim)).argv();
         let rsync_path = argv[1].strip_prefix("--rsync-path=").unwrap();
         let output = std::process::Command::new("/bin/sh")

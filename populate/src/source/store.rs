@@ -136,7 +136,7 @@ impl Secrets {
     /// The claim of the store's place, then, for pass with a stamp, the
     /// target's stamp on stdout.
     fn claim(&self, session: &Session, stamp: bool) -> Cmd {
-        let mut script = claim(session, &self.path, Makes::Dir);
+        let mut script = claim(session, &self.path, Makes::Tree);
         if stamp {
             script = script.then(Script::call(&PASS_INFO, &[&self.path]));
         }
