@@ -11,15 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use krops_tests::{Host, Output, Record, World};
-use serde_json::{json, Value};
-
-fn sources(world: &World) -> Value {
-    world.write("cfg/configuration.nix", "{ }\n");
-    json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}})
-}
+use serde_json::json;
 
 fn deploy(world: &World, args: &[&str]) -> Output {
-    world.run("krops-deploy", args, sources(world).to_string().as_bytes())
+    world.run(
+        "krops-deploy",
+        args,
+        world.nixos_config().to_string().as_bytes(),
+    )
 }
 
 /// A NixOS host `alias` running system 1.0 (good), the stand-in set to
@@ -278,7 +277,7 @@ fn a_passing_check_confirms() {
 fn the_watchdog_survives_the_deployer_and_its_ssh_session() {
     let world = World::new();
     let (_, target, old, new) = nixos(&world, "alpha", true);
-    let sources = world.write("sources.json", sources(&world).to_string());
+    let sources = world.write("sources.json", world.nixos_config().to_string());
     // The deployer is killed as soon as the activation locked logins out;
     // with `test`, the watchdog activates the previous system again.
     let broken = world.path("ssh/authorized_keys.broken");
@@ -334,7 +333,7 @@ fn the_watchdog_survives_the_deployer_and_its_ssh_session() {
 fn ctrl_c_while_confirming_says_that_the_target_rolls_back() {
     let world = World::new();
     let (_, target, old, _) = nixos(&world, "alpha", false);
-    let sources = world.write("sources.json", sources(&world).to_string());
+    let sources = world.write("sources.json", world.nixos_config().to_string());
     // The check outlasts the timeout: nothing confirms, whenever the
     // signal comes.
     let checking = world.path("checking");
@@ -503,7 +502,7 @@ fn preview_of_the_running_system_says_nothing_changes() {
 fn ask_without_a_terminal_refuses_before_anything_runs() {
     let world = World::new();
     let (_, target, _, _) = nixos(&world, "alpha", false);
-    let sources = world.write("sources.json", sources(&world).to_string());
+    let sources = world.write("sources.json", world.nixos_config().to_string());
     // setsid: no controlling terminal, even when the tests run in one.
     let mut cmd = world.command("setsid");
     cmd.arg("-w")
@@ -519,7 +518,7 @@ fn ask_without_a_terminal_refuses_before_anything_runs() {
 
 /// The shell line that runs krops-deploy with `args` and the world's sources.
 fn deploy_line(world: &World, args: &[&str]) -> String {
-    let sources = world.write("sources.json", sources(world).to_string());
+    let sources = world.write("sources.json", world.nixos_config().to_string());
     let mut line = vec![world.tool("krops-deploy").display().to_string()];
     line.extend(args.iter().map(|a| a.to_string()));
     line.extend(["--sources".to_owned(), sources.display().to_string()]);
@@ -785,7 +784,7 @@ fn fleets_preview_per_host_and_take_confirm_timeout() {
     let beta = world.add_nixos_host("beta");
     world.boot_nixos_host("beta", &old);
     let beta = beta.target("root", &world.path("beta/src"));
-    let source = sources(&world);
+    let source = world.nixos_config();
     let fleet = json!({
         "alpha": {"target": alpha, "source": source, "force": true,
                   "useNixOutputMonitor": false, "confirmTimeout": 30},

@@ -15,13 +15,6 @@ use std::time::Duration;
 use krops_tests::{Host, Output, Tree, World, RUN_TIMEOUT};
 use serde_json::{json, Value};
 
-/// Runs `populate --target TARGET FLAGS…` with `sources` on stdin.
-fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Output {
-    let mut args = vec!["--target", target];
-    args.extend_from_slice(flags);
-    world.run("populate", &args, sources.to_string().as_bytes())
-}
-
 /// A port nothing listens on: connections to it are refused.
 fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -132,7 +125,7 @@ fn a_target_that_cannot_be_reached_fails_once_with_ssh_s_reason() {
     });
     for (fault, target, reason) in &faults {
         for flags in [&["--force"][..], &["--force", "--no-multiplex"]] {
-            let out = populate(&world, target, flags, &sources);
+            let out = world.populate(target, flags, &sources);
             out.assert_code(1);
             let error = error_line(&out, "populate");
             assert!(
@@ -183,7 +176,7 @@ fn a_host_that_accepts_but_never_answers_times_out() {
     let port = silent_port();
     let sources = json!({"link": {"symlink": "x"}});
     // The default connect timeout ends it.
-    let out = populate(&world, &on_port(&dest, port), &["--force"], &sources);
+    let out = world.populate(&on_port(&dest, port), &["--force"], &sources);
     out.assert_code(1);
     let error = error_line(&out, "populate");
     assert!(
@@ -217,7 +210,7 @@ fn a_host_that_accepts_but_never_answers_times_out() {
     for flags in [&["--force"][..], &["--force", "--no-multiplex"]] {
         let target = json!({"user": "root", "host": "alpha", "port": port.to_string(),
                             "path": dest, "extraOptions": ["-o", "ConnectTimeout=2"]});
-        let out = populate(&world, &target.to_string(), flags, &sources);
+        let out = world.populate(&target.to_string(), flags, &sources);
         out.assert_code(1);
         assert!(
             out.elapsed < Duration::from_secs(25),
@@ -246,7 +239,7 @@ fn a_host_that_never_answers_is_told_the_same_with_or_without_the_lock() {
         &["--force", "--json"][..],
         &["--force", "--json", "--no-lock"],
     ] {
-        let out = populate(&world, &target.to_string(), flags, &sources);
+        let out = world.populate(&target.to_string(), flags, &sources);
         out.assert_code(1);
         let stderr = out.stderr_str();
         assert!(
@@ -446,11 +439,13 @@ fn connection_lost(during: During, flags: &[&str]) {
 
     std::fs::remove_file(&slow).unwrap();
     let alpha = world.restart_host(&alpha);
-    let rerun = populate(&world, &target, flags, &sources);
+    let rerun = world.populate(&target, flags, &sources);
     rerun.assert_success();
     assert_nothing_left(&world);
     let reference = world.path("reference/src");
-    populate(&world, &alpha.target("root", &reference), flags, &sources).assert_success();
+    world
+        .populate(&alpha.target("root", &reference), flags, &sources)
+        .assert_success();
     let expected = sources_tree(&reference);
     assert!(expected.get("tree/big").is_some() && expected.get("fixture").is_some());
     expected.assert_unchanged(&sources_tree(&dest));

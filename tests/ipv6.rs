@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
-use krops_tests::{git_head, Host, Output, Record, World};
+use krops_tests::{file_text, git_head, Host, Output, Record, World};
 use serde_json::{json, Value};
 
 fn run(world: &World, tool: &str, args: &[&str], sources: &Value) -> Output {
@@ -52,10 +52,6 @@ fn sources(world: &World) -> (Value, String) {
         "nixpkgs": {"git": {"url": repo.url(), "ref": commit}},
     });
     (sources, commit)
-}
-
-fn file_text(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 
 fn assert_arrived(dest: &Path, commit: &str) {

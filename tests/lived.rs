@@ -6,18 +6,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use krops_tests::{Output, Tree, World};
+use krops_tests::{file_text, Tree, World};
 use serde_json::{json, Value};
-
-fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Output {
-    let mut args = vec!["--target", target];
-    args.extend_from_slice(flags);
-    world.run("populate", &args, sources.to_string().as_bytes())
-}
-
-fn text(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-}
 
 /// A directory outside every target path, with something precious in it
 /// and a git checkout, that no run may touch.
@@ -77,10 +67,12 @@ fn a_symlink_to_outside_is_replaced_not_followed() {
             };
             // An earlier deploy: nixos-config was a symlink to outside PATH.
             let first = json!({"nixos-config": {"symlink": canary.dir.to_str().unwrap()}});
-            populate(&world, &target, &["--force"], &first).assert_success();
+            world
+                .populate(&target, &["--force"], &first)
+                .assert_success();
             let link = target_of.join("nixos-config");
             assert!(link.is_symlink());
-            let out = populate(&world, &target, &[], &json!({"nixos-config": source}));
+            let out = world.populate(&target, &[], &json!({"nixos-config": source}));
             out.assert_success()
                 .assert_stderr_contains("replacing the symlink at");
             canary.assert_untouched();
@@ -102,17 +94,19 @@ fn a_symlink_within_path_is_replaced_and_its_target_kept() {
     world.write("a-src/a.txt", "a\n");
     world.write("b-src/b.txt", "b\n");
     let a = json!({"file": world.path("a-src").to_str().unwrap()});
-    populate(
-        &world,
-        &target,
-        &["--force"],
-        &json!({"a": a, "b": {"symlink": "a"}}),
-    )
-    .assert_success();
+    world
+        .populate(
+            &target,
+            &["--force"],
+            &json!({"a": a, "b": {"symlink": "a"}}),
+        )
+        .assert_success();
     let b = json!({"file": world.path("b-src").to_str().unwrap()});
-    populate(&world, &target, &[], &json!({"a": a, "b": b})).assert_success();
-    assert_eq!(text(&dest.join("a/a.txt")), "a\n", "b wiped a");
-    assert_eq!(text(&dest.join("b/b.txt")), "b\n");
+    world
+        .populate(&target, &[], &json!({"a": a, "b": b}))
+        .assert_success();
+    assert_eq!(file_text(&dest.join("a/a.txt")), "a\n", "b wiped a");
+    assert_eq!(file_text(&dest.join("b/b.txt")), "b\n");
     assert!(!dest.join("a/b.txt").exists(), "b was written into a");
 }
 
@@ -125,15 +119,10 @@ fn a_directory_where_a_link_or_file_goes_is_replaced() {
     world.write("tree/x.nix", "{ }\n");
     let tree = json!({"file": world.path("tree").to_str().unwrap()});
     let pipe = world.write_executable("gen/out", "#!/bin/sh\necho piped\n");
-    populate(
-        &world,
-        &target,
-        &["--force"],
-        &json!({"l": tree, "p": tree}),
-    )
-    .assert_success();
-    let out = populate(
-        &world,
+    world
+        .populate(&target, &["--force"], &json!({"l": tree, "p": tree}))
+        .assert_success();
+    let out = world.populate(
         &target,
         &[],
         &json!({"l": {"symlink": "elsewhere"}, "p": {"pipe": pipe.to_str().unwrap()}}),
@@ -144,7 +133,7 @@ fn a_directory_where_a_link_or_file_goes_is_replaced() {
         std::fs::read_link(dest.join("l")).unwrap(),
         Path::new("elsewhere")
     );
-    assert_eq!(text(&dest.join("p")), "piped\n");
+    assert_eq!(file_text(&dest.join("p")), "piped\n");
 }
 
 #[test]
@@ -158,19 +147,18 @@ fn a_failing_pipe_leaves_the_previous_file() {
             alpha.target("root", &dest)
         };
         let good = world.write_executable("gen/good", "#!/bin/sh\necho complete output\n");
-        populate(
-            &world,
-            &target,
-            &["--force"],
-            &json!({"version": {"pipe": good.to_str().unwrap()}}),
-        )
-        .assert_success();
+        world
+            .populate(
+                &target,
+                &["--force"],
+                &json!({"version": {"pipe": good.to_str().unwrap()}}),
+            )
+            .assert_success();
         let bad = world.write_executable(
             "gen/bad",
             "#!/bin/sh\necho partial\necho 'generator broke' >&2\nexit 3\n",
         );
-        let out = populate(
-            &world,
+        let out = world.populate(
             &target,
             &[],
             &json!({"version": {"pipe": bad.to_str().unwrap()}}),
@@ -179,7 +167,7 @@ fn a_failing_pipe_leaves_the_previous_file() {
             .assert_stderr_contains("source version (pipe)")
             .assert_stderr_contains("generator broke")
             .assert_stderr_contains("exit status 3");
-        assert_eq!(text(&dest.join("version")), "complete output\n");
+        assert_eq!(file_text(&dest.join("version")), "complete output\n");
         let leftovers: Vec<_> = std::fs::read_dir(&dest)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -199,8 +187,7 @@ fn populate_s_own_names_are_refused() {
     world.write("cfg/x", "x\n");
     let before = Tree::snapshot(&dest);
     for name in [".populate", ".populate-pipe.x"] {
-        let out = populate(
-            &world,
+        let out = world.populate(
             dest.to_str().unwrap(),
             &[],
             &json!({name: {"file": world.path("cfg").to_str().unwrap()}}),
@@ -222,27 +209,29 @@ fn force_backup_turns_krops_s_file_sentinel_into_a_directory() {
     world.write("remote/src/old/config.nix", "old\n");
     world.write("cfg/config.nix", "new, longer\n");
     let sources = json!({"old": {"file": world.path("cfg").to_str().unwrap()}});
-    let out = populate(&world, &target, &["--backup"], &sources);
+    let out = world.populate(&target, &["--backup"], &sources);
     out.assert_failure()
         .assert_stderr_contains("is a file")
         .assert_stderr_contains("--force --backup");
-    assert_eq!(text(&dest.join("old/config.nix")), "old\n");
-    let out = populate(&world, &target, &["--force", "--backup"], &sources);
+    assert_eq!(file_text(&dest.join("old/config.nix")), "old\n");
+    let out = world.populate(&target, &["--force", "--backup"], &sources);
     out.assert_success();
     assert!(dest.join(".populate").is_dir());
-    assert_eq!(text(&dest.join(".populate/backup/old/config.nix")), "old\n");
-    assert_eq!(text(&dest.join("old/config.nix")), "new, longer\n");
+    assert_eq!(
+        file_text(&dest.join(".populate/backup/old/config.nix")),
+        "old\n"
+    );
+    assert_eq!(file_text(&dest.join("old/config.nix")), "new, longer\n");
     // A sentinel file with content is not thrown away.
     world.write("other/.populate", "notes\n");
     let other = world.path("other");
-    let out = populate(
-        &world,
+    let out = world.populate(
         &alpha.target("root", &other),
         &["--force", "--backup"],
         &sources,
     );
     out.assert_failure().assert_stderr_contains("is not empty");
-    assert_eq!(text(&other.join(".populate")), "notes\n");
+    assert_eq!(file_text(&other.join(".populate")), "notes\n");
 }
 
 /// Processes whose command line contains `needle`.
@@ -348,7 +337,7 @@ fn a_signal_during_a_remote_step_stops_ssh_and_a_rerun_works() {
     let _ = std::process::Command::new("pkill")
         .args(["-f", "/bin/sleep 61"])
         .status();
-    let out = populate(&world, &target, &[], &json!({"l": {"symlink": "x"}}));
+    let out = world.populate(&target, &[], &json!({"l": {"symlink": "x"}}));
     out.assert_success();
 }
 
@@ -357,8 +346,7 @@ fn a_failed_step_names_the_command_and_shows_its_output_once() {
     let world = World::new();
     let alpha = world.add_host("alpha");
     let dest = world.path("remote/src");
-    let out = populate(
-        &world,
+    let out = world.populate(
         &alpha.target("root", &dest),
         &["--force"],
         &json!({"broken": {"derivation": "builtins.derivation { name = 1; }"}}),
@@ -395,12 +383,7 @@ fn an_unreachable_target_says_the_connection_failed() {
     let dest = world.path("remote/src");
     let target = alpha.target("root", &dest);
     world.stop_host("alpha");
-    let out = populate(
-        &world,
-        &target,
-        &["--force"],
-        &json!({"l": {"symlink": "x"}}),
-    );
+    let out = world.populate(&target, &["--force"], &json!({"l": {"symlink": "x"}}));
     out.assert_failure()
         .assert_stderr_contains("populate: error: sentinel check → alpha:")
         .assert_stderr_contains("the ssh connection to root@alpha failed: ssh: connect to host")
@@ -411,8 +394,7 @@ fn an_unreachable_target_says_the_connection_failed() {
 fn a_dry_run_plan_prints_krops_s_line_for_a_missing_sentinel() {
     let world = World::new();
     let dest = world.mkdir("src");
-    let out = populate(
-        &world,
+    let out = world.populate(
         dest.to_str().unwrap(),
         &["--dry-run"],
         &json!({"l": {"symlink": "x"}}),
@@ -546,13 +528,14 @@ mod review {
                 let gitdir = format!("gitdir: {}\n", outside_git.display());
                 std::fs::write(dest.join("nixpkgs/.git"), gitdir).unwrap();
             }
-            populate(&world, &target, &[], &source)
+            world
+                .populate(&target, &[], &source)
                 .assert_success()
                 .assert_stderr_contains("it is not a git checkout of its own");
             canary.assert_untouched();
             let git = dest.join("nixpkgs/.git");
             assert!(git.is_dir() && !git.is_symlink(), "{kind}: no checkout");
-            assert_eq!(text(&dest.join("nixpkgs/default.nix")), "{ }\n");
+            assert_eq!(file_text(&dest.join("nixpkgs/default.nix")), "{ }\n");
             std::fs::remove_dir_all(&canary.dir).unwrap();
         }
     }
@@ -581,7 +564,7 @@ mod review {
                     canary.dir.clone()
                 };
                 std::os::unix::fs::symlink(&pointee, dest.join(".populate")).unwrap();
-                let out = populate(&world, &alpha.target("root", &dest), flags, &link);
+                let out = world.populate(&alpha.target("root", &dest), flags, &link);
                 canary.assert_untouched();
                 assert!(!pointee.exists() || !dangling, "{flags:?}: written through");
                 let sentinel = std::fs::symlink_metadata(dest.join(".populate")).unwrap();
@@ -619,15 +602,15 @@ mod review {
         std::fs::create_dir_all(dest.join(".populate")).unwrap();
         std::os::unix::fs::symlink(&canary.dir, dest.join(".populate/backup")).unwrap();
         world.write("src/old.txt", "old\n");
-        populate(
-            &world,
-            &alpha.target("root", &dest),
-            &["--backup"],
-            &json!({"l": {"symlink": "x"}}),
-        )
-        .assert_success();
+        world
+            .populate(
+                &alpha.target("root", &dest),
+                &["--backup"],
+                &json!({"l": {"symlink": "x"}}),
+            )
+            .assert_success();
         canary.assert_untouched();
-        assert_eq!(text(&dest.join(".populate/backup/old.txt")), "old\n");
+        assert_eq!(file_text(&dest.join(".populate/backup/old.txt")), "old\n");
     }
 
     #[test]
@@ -644,9 +627,12 @@ mod review {
   args = [ "-c" "echo built by nix > $out" ];
 }"#;
         let first = json!({"result": {"symlink": canary.dir.to_str().unwrap()}});
-        populate(&world, &target, &["--force"], &first).assert_success();
+        world
+            .populate(&target, &["--force"], &first)
+            .assert_success();
         let second = json!({"result": {"derivation": derivation}});
-        populate(&world, &target, &[], &second)
+        world
+            .populate(&target, &[], &second)
             .assert_success()
             .assert_stderr_contains("replacing the symlink at alpha:");
         canary.assert_untouched();
@@ -656,9 +642,9 @@ mod review {
             "{}",
             out_link.display()
         );
-        assert_eq!(text(&dest.join("result")), "built by nix\n");
+        assert_eq!(file_text(&dest.join("result")), "built by nix\n");
         // A second run keeps its own out link without a word.
-        let out = populate(&world, &target, &[], &second);
+        let out = world.populate(&target, &[], &second);
         out.assert_success();
         assert!(!out.stderr_str().contains("replacing"), "{out:?}");
     }
@@ -673,31 +659,30 @@ mod review {
         let first = world.write_executable("gen/one", "#!/bin/sh\necho one\n");
         let second = world.write_executable("gen/two", "#!/bin/sh\necho two\n");
         let sources = |cmd: &Path| json!({"version": {"pipe": cmd.to_str().unwrap()}});
-        populate(&world, &target, &["--force"], &sources(&first)).assert_success();
+        world
+            .populate(&target, &["--force"], &sources(&first))
+            .assert_success();
         let file = dest.join("version");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
         world
             .sh(&format!("chown {user}:{user} {}", file.display()))
             .assert_success();
         let before = std::fs::metadata(&file).unwrap();
-        populate(&world, &target, &[], &sources(&second)).assert_success();
+        world
+            .populate(&target, &[], &sources(&second))
+            .assert_success();
         let after = std::fs::metadata(&file).unwrap();
-        assert_eq!(text(&file), "two\n");
+        assert_eq!(file_text(&file), "two\n");
         assert_eq!(after.mode() & 0o7777, 0o640);
         assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
 
         // A new file gets the same mode from a run and from its dry-run plan.
         let real = world.path("real");
         let planned = world.path("planned");
-        populate(
-            &world,
-            real.to_str().unwrap(),
-            &["--force"],
-            &sources(&first),
-        )
-        .assert_success();
-        let plan = populate(
-            &world,
+        world
+            .populate(real.to_str().unwrap(), &["--force"], &sources(&first))
+            .assert_success();
+        let plan = world.populate(
             planned.to_str().unwrap(),
             &["--force", "--dry-run"],
             &sources(&first),
@@ -708,7 +693,7 @@ mod review {
             .sh(&format!("sh {}", script.display()))
             .assert_success();
         let mode = |dir: &Path| std::fs::metadata(dir.join("version")).unwrap().mode() & 0o777;
-        assert_eq!(text(&planned.join("version")), "one\n");
+        assert_eq!(file_text(&planned.join("version")), "one\n");
         assert_eq!(mode(&planned), mode(&real));
     }
 
@@ -719,14 +704,14 @@ mod review {
         let dest = world.path("src");
         let name = "v".repeat(255);
         let cmd = world.write_executable("gen/v", "#!/bin/sh\necho long\n");
-        populate(
-            &world,
-            &alpha.target("root", &dest),
-            &["--force"],
-            &json!({ name.clone(): {"pipe": cmd.to_str().unwrap()} }),
-        )
-        .assert_success();
-        assert_eq!(text(&dest.join(&name)), "long\n");
+        world
+            .populate(
+                &alpha.target("root", &dest),
+                &["--force"],
+                &json!({ name.clone(): {"pipe": cmd.to_str().unwrap()} }),
+            )
+            .assert_success();
+        assert_eq!(file_text(&dest.join(&name)), "long\n");
     }
 
     #[test]
@@ -734,8 +719,7 @@ mod review {
         let world = World::new();
         let alpha = world.add_host("alpha");
         let dest = world.path("src");
-        let out = populate(
-            &world,
+        let out = world.populate(
             &alpha.target("root", &dest),
             &["--force"],
             &json!({"broken": {"derivation": "builtins.derivation {\n  name = 1;\n}"}}),
@@ -759,7 +743,7 @@ mod review {
         let dest = world.mkdir("src");
         let target = alpha.target("root", &dest);
         let link = json!({"l": {"symlink": "x"}});
-        let out = populate(&world, &target, &[], &link);
+        let out = world.populate(&target, &[], &link);
         out.assert_failure()
             .assert_stderr_contains("or run with --force");
         assert_eq!(
@@ -768,7 +752,7 @@ mod review {
             "{out:?}"
         );
         std::fs::write(dest.join(".populate"), "").unwrap();
-        let out = populate(&world, &target, &["--backup"], &link);
+        let out = world.populate(&target, &["--backup"], &link);
         out.assert_failure();
         assert_eq!(
             out.stderr_str()

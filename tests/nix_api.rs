@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use krops_tests::nix::krops_dir;
-use krops_tests::{Output, World};
+use krops_tests::{file_text, Output, World};
 use serde_json::{json, Value};
 
 /// A derivation the target can build with /bin/sh alone.
@@ -19,10 +19,6 @@ const DERIVATION: &str = r#"builtins.derivation {
 /// `s` as a Nix string literal (JSON's escapes are Nix's, but `$` is not).
 fn nix_str(s: &str) -> String {
     serde_json::to_string(s).unwrap().replace("${", "\\${")
-}
-
-fn file_text(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 
 /// mkTarget of every input, evaluated by Nix, next to mktarget's output.

@@ -8,11 +8,6 @@ use std::path::PathBuf;
 use krops_tests::{Host, Output, World};
 use serde_json::{json, Value};
 
-fn sources(world: &World) -> Value {
-    world.write("cfg/configuration.nix", "{ }\n");
-    json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}})
-}
-
 /// A NixOS host `alias` running system 1.0, the rebuild set to build 2.0,
 /// which locks new logins out with `breaking`; the target string.
 fn nixos(world: &World, alias: &str, breaking: bool) -> (Host, String, PathBuf) {
@@ -63,7 +58,7 @@ fn json_after_a_rollback_says_not_ok_and_why() {
     let out = world.run(
         "krops-deploy",
         &args,
-        sources(&world).to_string().as_bytes(),
+        world.nixos_config().to_string().as_bytes(),
     );
     out.assert_code(1)
         .assert_stderr_contains("rolled back to the previous system");
@@ -76,7 +71,7 @@ fn a_fleets_json_after_a_rollback_says_the_host_is_not_ok_and_why() {
     let world = World::new();
     let (_, target, old) = nixos(&world, "alpha", true);
     let fleet = json!({
-        "alpha": {"target": target, "source": sources(&world), "force": true,
+        "alpha": {"target": target, "source": world.nixos_config(), "force": true,
                   "useNixOutputMonitor": false, "confirmTimeout": 2},
     });
     let out = world.run(
@@ -111,13 +106,13 @@ fn command_line_mistakes_found_after_parsing_exit_2() {
     let missing = missing.to_str().unwrap();
     let t = target.as_str();
     let fleet = |extra: Value| {
-        let mut host = json!({"target": t, "source": sources(&world), "force": true});
+        let mut host = json!({"target": t, "source": world.nixos_config(), "force": true});
         for (key, value) in extra.as_object().unwrap() {
             host[key] = value.clone();
         }
         json!({ "web": host }).to_string()
     };
-    let good = sources(&world).to_string();
+    let good = world.nixos_config().to_string();
     let rows: Vec<(&str, Vec<&str>, String, &str)> = vec![
         (
             "krops-deploy",
@@ -226,7 +221,7 @@ fn command_line_mistakes_found_after_parsing_exit_2() {
 fn ask_without_a_terminal_is_a_usage_error() {
     let world = World::new();
     let (_, target, _) = nixos(&world, "alpha", false);
-    let sources = world.write("sources.json", sources(&world).to_string());
+    let sources = world.write("sources.json", world.nixos_config().to_string());
     // setsid: no controlling terminal, even when the tests run in one.
     let mut cmd = world.command("setsid");
     cmd.arg("-w")
@@ -246,7 +241,7 @@ fn a_fleet_previews_hosts_that_have_a_confirm_timeout() {
     let world = World::new();
     let (_, target, old) = nixos(&world, "alpha", false);
     let fleet = json!({
-        "alpha": {"target": target, "source": sources(&world), "force": true,
+        "alpha": {"target": target, "source": world.nixos_config(), "force": true,
                   "useNixOutputMonitor": false, "confirmTimeout": 30},
     });
     let out = world.run(
@@ -375,7 +370,7 @@ fn quiet_is_quiet_in_the_preview_and_confirm_paths() {
         let out = world.run(
             "krops-deploy",
             &[&base[..], extra].concat(),
-            sources(&world).to_string().as_bytes(),
+            world.nixos_config().to_string().as_bytes(),
         );
         out.assert_success();
         assert_eq!(out.stderr_str(), "", "{extra:?}: not quiet\n{out}");

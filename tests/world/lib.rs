@@ -399,6 +399,21 @@ impl World {
         self.run_command(&mut cmd, stdin)
     }
 
+    /// Runs `populate --target TARGET FLAGS…` with `sources` (a sources
+    /// document) as its input.
+    pub fn populate(&self, target: &str, flags: &[&str], sources: &serde_json::Value) -> Output {
+        let mut args = vec!["--target", target];
+        args.extend_from_slice(flags);
+        self.run("populate", &args, sources.to_string().as_bytes())
+    }
+
+    /// The sources of the drivers' deploys to the world's NixOS hosts: one
+    /// file, `cfg/configuration.nix` holding `{ }`, as `nixos-config`.
+    pub fn nixos_config(&self) -> serde_json::Value {
+        self.write("cfg/configuration.nix", "{ }\n");
+        serde_json::json!({"nixos-config": {"file": self.path("cfg/configuration.nix").to_str().unwrap()}})
+    }
+
     /// Runs any command (usually from [`World::command`]) with `stdin` as its
     /// input; killed after [`RUN_TIMEOUT`].
     pub fn run_command(&self, cmd: &mut Command, stdin: &[u8]) -> Output {
@@ -753,4 +768,11 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
         newest = newest.max(mtime);
     }
     newest
+}
+
+/// The text of the file at `path`; a panic naming the path when it cannot
+/// be read.
+#[track_caller]
+pub fn file_text(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
