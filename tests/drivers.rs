@@ -532,3 +532,47 @@ fn readme_two_host_example_deploys_both_hosts() {
         );
     }
 }
+
+#[test]
+fn sources_from_a_terminal_are_asked_for() {
+    let world = World::new();
+    let dest = world.mkdir("src");
+    // `script` gives populate a terminal as stdin, which then ends.
+    let out = world.run_command(
+        world.command("script").args([
+            "-qec",
+            &format!(
+                "{} --target {}",
+                world.tool("populate").display(),
+                dest.display()
+            ),
+            "/dev/null",
+        ]),
+        b"",
+    );
+    assert!(
+        out.stdout_str()
+            .contains("reading sources.json from the terminal"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn krops_command_s_script_reads_stdin_with_sources_from_a_file() {
+    let world = World::new();
+    let dest = world.mkdir("src");
+    let sources = world.write("sources.json", r#"{"l": {"symlink": "x"}}"#);
+    let out = world.run(
+        "krops-command",
+        &[
+            "--target",
+            dest.to_str().unwrap(),
+            "--force",
+            "--sources",
+            sources.to_str().unwrap(),
+            "tr a-z A-Z",
+        ],
+        b"from the user\n",
+    );
+    out.assert_success().assert_stdout_contains("FROM THE USER");
+}

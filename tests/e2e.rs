@@ -23,7 +23,7 @@ mod secrets;
 mod sources;
 
 // Targets that already hold something, and the lock on them.
-mod lived;
+mod existing_targets;
 mod lock;
 mod lock_final;
 
@@ -37,12 +37,12 @@ mod real_nixos;
 // When things go wrong: connection faults, interrupts, bad input.
 mod faults;
 mod hostile;
+mod interrupts;
 
 // What the tools show and what they document.
 mod docs;
 mod examples;
 mod output;
-mod trial17;
 
 // The Nix API, and what Rust and Nix both write down.
 mod contract;

@@ -990,3 +990,60 @@ fn a_failed_sentinel_check_is_quiet_with_quiet_and_in_the_json() {
     }
     assert!(!world.path("alpha/src").exists());
 }
+
+#[test]
+fn a_failed_step_names_the_command_and_shows_its_output_once() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let out = world.populate(
+        &alpha.target("root", &dest),
+        &["--force"],
+        &json!({"broken": {"derivation": "builtins.derivation { name = 1; }"}}),
+    );
+    out.assert_failure();
+    let stderr = out.stderr_str();
+    assert!(
+        stderr.contains("populate: error: source broken (derivation) → alpha:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`nix-build -E "), "{stderr}");
+    assert!(stderr.contains("failed: exit status 1"), "{stderr}");
+    assert!(
+        !stderr.contains("set -efu"),
+        "the script was printed: {stderr}"
+    );
+    assert!(
+        !stderr.contains("--- its output ends with ---"),
+        "output repeated: {stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("value is an integer while a string was expected")
+            .count(),
+        1,
+        "the child's error shown more than once: {stderr}"
+    );
+}
+
+#[test]
+fn a_failed_multi_line_derivation_is_named_whole() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("src");
+    let out = world.populate(
+        &alpha.target("root", &dest),
+        &["--force"],
+        &json!({"broken": {"derivation": "builtins.derivation {\n  name = 1;\n}"}}),
+    );
+    out.assert_failure();
+    let stderr = out.stderr_str();
+    let error = &stderr[stderr.find("populate: error:").expect("no error line")..];
+    assert!(
+        error.contains(&format!(
+            "}} -o {}/broken` failed: exit status 1",
+            dest.display()
+        )),
+        "{error}"
+    );
+}
