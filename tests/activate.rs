@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use krops_tests::{Output, Record, World};
+use krops_tests::{argvs, Output, World};
 use serde_json::{json, Value};
 
 fn deploy(world: &World, args: &[&str]) -> Output {
@@ -21,10 +21,6 @@ fn deploy(world: &World, args: &[&str]) -> Output {
         args,
         world.nixos_config().to_string().as_bytes(),
     )
-}
-
-fn argvs(records: &[Record]) -> Vec<Vec<String>> {
-    records.iter().map(|r| r.argv.clone()).collect()
 }
 
 fn system_name(system: &Path) -> String {

@@ -6,12 +6,8 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
-use krops_tests::{file_text, git_head, Host, Output, Record, World};
+use krops_tests::{file_text, git_head, Host, World};
 use serde_json::{json, Value};
-
-fn run(world: &World, tool: &str, args: &[&str], sources: &Value) -> Output {
-    world.run(tool, args, sources.to_string().as_bytes())
-}
 
 /// A host whose sshd listens on `[::1]` only.
 fn ipv6_host(world: &World) -> Host {
@@ -79,30 +75,24 @@ fn populate_reaches_an_ipv6_host_in_string_and_json_form() {
 
     let by_string = world.path("six/string");
     let target = string_target(&six, &by_string);
-    run(
-        &world,
-        "populate",
-        &["--target", &target, "--force"],
-        &sources,
-    )
-    .assert_success();
+    world
+        .run_with_sources("populate", &["--target", &target, "--force"], &sources)
+        .assert_success();
     assert_arrived(&by_string, &commit);
 
     let by_json = world.path("six/json");
     let target = json_target(&six, &by_json);
-    run(
-        &world,
-        "populate",
-        &["--target", &target, "--force"],
-        &sources,
-    )
-    .assert_success();
+    world
+        .run_with_sources("populate", &["--target", &target, "--force"], &sources)
+        .assert_success();
     assert_arrived(&by_json, &commit);
 
     // A second run over the same connection settings finds the sentinel and
     // changes the file that changed.
     world.write("cfg/configuration.nix", "{ changed = true; }\n");
-    run(&world, "populate", &["--target", &target], &sources).assert_success();
+    world
+        .run_with_sources("populate", &["--target", &target], &sources)
+        .assert_success();
     assert_eq!(
         file_text(&by_json.join("nixos-config/configuration.nix")),
         "{ changed = true; }\n"
@@ -115,8 +105,7 @@ fn messages_name_an_ipv6_place_unambiguously() {
     let six = ipv6_host(&world);
     let dest = world.mkdir("six/src");
     let sources = json!({"l": {"symlink": "x"}});
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "populate",
         &["--target", &string_target(&six, &dest)],
         &sources,
@@ -135,26 +124,6 @@ fn messages_name_an_ipv6_place_unambiguously() {
         !dest.join("l").exists(),
         "populate went on without a sentinel"
     );
-}
-
-fn only_rebuild(world: &World) -> Record {
-    let mut records = world.records("nixos-rebuild");
-    assert_eq!(
-        records.len(),
-        1,
-        "nixos-rebuild ran {} times",
-        records.len()
-    );
-    records.remove(0)
-}
-
-fn server_port(record: &Record) -> String {
-    // SSH_CONNECTION = client_ip client_port server_ip server_port
-    record.env["SSH_CONNECTION"]
-        .split(' ')
-        .nth(3)
-        .unwrap()
-        .to_owned()
 }
 
 #[test]
@@ -179,18 +148,18 @@ fn deploy_names_an_ipv6_target_host_in_brackets() {
             "--nom",
             "false",
         ];
-        let out = run(&world, "krops-deploy", &args, &sources);
+        let out = world.run_with_sources("krops-deploy", &args, &sources);
         out.assert_success();
         assert_arrived(&build_dir, &commit);
         assert_arrived(&target_dir, &commit);
-        let rebuild = only_rebuild(&world);
+        let rebuild = world.only_rebuild();
         assert_eq!(
             rebuild.argv,
             ["switch", "--no-flake", "--target-host", "root@[::1]"],
             "{form} form"
         );
         assert_eq!(
-            server_port(&rebuild),
+            rebuild.server_port(),
             alpha.port().to_string(),
             "ran on the build target"
         );
@@ -220,7 +189,7 @@ fn a_target_path_with_a_colon_is_refused_before_anything_runs() {
         ("krops-command", vec!["--target", &string, "--force"]),
     ];
     for (tool, args) in runs {
-        let out = run(&world, tool, &args, &sources);
+        let out = world.run_with_sources(tool, &args, &sources);
         out.assert_failure();
         out.assert_stderr_contains(&format!("{tool}: error:"));
         out.assert_stderr_contains("target.path");
@@ -256,12 +225,7 @@ fn a_host_with_a_colon_must_be_an_ipv6_literal() {
         ),
     ];
     for (target, message) in cases {
-        let out = run(
-            &world,
-            "populate",
-            &["--target", &target, "--force"],
-            &sources,
-        );
+        let out = world.run_with_sources("populate", &["--target", &target, "--force"], &sources);
         out.assert_failure();
         out.assert_stderr_contains(message);
         assert!(!dest.exists(), "{target}: something ran");

@@ -114,26 +114,6 @@ fn wait_for_file(path: &Path) {
     panic!("{} never appeared", path.display());
 }
 
-/// The events the pipes recorded, with the nixos-rebuild stand-in's
-/// starts and ends, in time order: `A start`, `rebuild end`, ….
-fn timeline(world: &World) -> Vec<String> {
-    let mut events: Vec<(u128, String)> = fs::read_to_string(world.path("events"))
-        .unwrap_or_default()
-        .lines()
-        .map(|line| {
-            let (what, time) = line.rsplit_once(' ').unwrap();
-            (time.parse().unwrap(), what.to_owned())
-        })
-        .collect();
-    for record in world.records("nixos-rebuild") {
-        events.push((record.time, "rebuild start".to_owned()));
-        let end = record.end.expect("every rebuild ended");
-        events.push((end, "rebuild end".to_owned()));
-    }
-    events.sort();
-    events.into_iter().map(|(_, what)| what).collect()
-}
-
 /// Reliability (Concurrent runs): two deploys to one target at once → the second says what it waits for and since when, then runs; the nixos-rebuild calls never overlap and the tree is the second's
 #[test]
 fn a_second_deploy_waits_for_the_first_and_they_never_overlap() {
@@ -197,7 +177,7 @@ fn a_second_deploy_waits_for_the_first_and_they_never_overlap() {
     );
     // One after the other: A's populate and rebuild, then B's.
     assert_eq!(
-        timeline(&world),
+        world.timeline(),
         [
             "A start",
             "A end",
@@ -503,7 +483,7 @@ fn no_lock_lets_two_runs_overlap() {
     );
     assert_eq!(finish(a, &a_err), Some(0), "{}", file_text(&a_err));
     assert_eq!(finish(b, &b_err), Some(0), "{}", file_text(&b_err));
-    let events = timeline(&world);
+    let events = world.timeline();
     let first_end = events.iter().position(|e| e.ends_with(" end")).unwrap();
     assert_eq!(
         first_end, 2,

@@ -11,15 +11,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use krops_tests::{Host, Output, RealRebuild, Record, World, REBUILD_VARIANT_FILE};
+use krops_tests::{argvs, Host, Output, RealRebuild, World, REBUILD_VARIANT_FILE};
 use serde_json::{json, Value};
 
 fn deploy(world: &World, args: &[&str], sources: &Value) -> Output {
     world.run("krops-deploy", args, sources.to_string().as_bytes())
-}
-
-fn argvs(records: &[Record]) -> Vec<Vec<String>> {
-    records.iter().map(|r| r.argv.clone()).collect()
 }
 
 /// A NixOS host `alias` booted into the real program's system `v1`, and a

@@ -466,6 +466,50 @@ impl World {
         (host, target, old, new)
     }
 
+    /// Runs the built tool `tool` with `args` and the sources document
+    /// `sources` as its input.
+    pub fn run_with_sources(
+        &self,
+        tool: &str,
+        args: &[&str],
+        sources: &serde_json::Value,
+    ) -> Output {
+        self.run(tool, args, sources.to_string().as_bytes())
+    }
+
+    /// The one record of the nixos-rebuild stand-in; a panic unless it ran
+    /// exactly once.
+    pub fn only_rebuild(&self) -> Record {
+        let mut records = self.records("nixos-rebuild");
+        assert_eq!(
+            records.len(),
+            1,
+            "nixos-rebuild ran {} times",
+            records.len()
+        );
+        records.remove(0)
+    }
+
+    /// The events the pipes recorded, with the nixos-rebuild stand-in's
+    /// starts and ends, in time order: `A start`, `rebuild end`, ….
+    pub fn timeline(&self) -> Vec<String> {
+        let mut events: Vec<(u128, String)> = fs::read_to_string(self.path("events"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let (what, time) = line.rsplit_once(' ').unwrap();
+                (time.parse().unwrap(), what.to_owned())
+            })
+            .collect();
+        for record in self.records("nixos-rebuild") {
+            events.push((record.time, "rebuild start".to_owned()));
+            let end = record.end.expect("every rebuild ended");
+            events.push((end, "rebuild end".to_owned()));
+        }
+        events.sort();
+        events.into_iter().map(|(_, what)| what).collect()
+    }
+
     /// Runs any command (usually from [`World::command`]) with `stdin` as its
     /// input; killed after [`RUN_TIMEOUT`].
     pub fn run_command(&self, cmd: &mut Command, stdin: &[u8]) -> Output {
@@ -849,4 +893,9 @@ pub fn sources_tree(dest: &Path) -> Tree {
     assert!(lock.is_file(), "no lock file at {}", lock.display());
     std::fs::remove_file(&lock).unwrap();
     Tree::snapshot(dest)
+}
+
+/// The argv of each record.
+pub fn argvs(records: &[Record]) -> Vec<Vec<String>> {
+    records.iter().map(|r| r.argv.clone()).collect()
 }
