@@ -4,39 +4,23 @@
 //! connection confirms. The targets are the world's NixOS hosts (sshd in a
 //! mount namespace with its own `/run/current-system` and system profile),
 //! the systems tiny derivations built with the real nix-build, whose
-//! activation may lock new logins out (tests/world/nixos.rs).
+//! activation may lock new logins out (tests/world/nixos.rs). Also what
+//! `--json` and `--quiet` say of a rolled-back deploy, and the preview and
+//! confirm options' mistakes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use krops_tests::{Host, Output, Record, World};
+use krops_tests::{argvs, Output, World};
 use serde_json::{json, Value};
 
-fn sources(world: &World) -> Value {
-    world.write("cfg/configuration.nix", "{ }\n");
-    json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}})
-}
-
 fn deploy(world: &World, args: &[&str]) -> Output {
-    world.run("krops-deploy", args, sources(world).to_string().as_bytes())
-}
-
-/// A NixOS host `alias` running system 1.0 (good), the stand-in set to
-/// build 2.0 (which breaks new logins with `breaking`); the target string
-/// and the two systems.
-fn nixos(world: &World, alias: &str, breaking: bool) -> (Host, String, PathBuf, PathBuf) {
-    let host = world.add_nixos_host(alias);
-    let old = world.nixos_system("1.0", false);
-    let new = world.nixos_system("2.0", breaking);
-    world.boot_nixos_host(alias, &old);
-    world.set_rebuild_system(&new);
-    let target = host.target("root", &world.path(&format!("{alias}/src")));
-    (host, target, old, new)
-}
-
-fn argvs(records: &[Record]) -> Vec<Vec<String>> {
-    records.iter().map(|r| r.argv.clone()).collect()
+    world.run(
+        "krops-deploy",
+        args,
+        world.nixos_config().to_string().as_bytes(),
+    )
 }
 
 fn system_name(system: &Path) -> String {
@@ -78,7 +62,7 @@ fn a_good_switch_is_confirmed_over_a_new_connection_and_kept() {
     // Timeouts where a confirmation is expected are long: they only bound
     // how long a login may take on a busy machine; the test never waits them out.
     let world = World::new();
-    let (_, target, _, new) = nixos(&world, "alpha", false);
+    let (_, target, _, new) = world.nixos_deploy_host("alpha", false);
     let before = world.handshakes("alpha");
     let out = deploy(
         &world,
@@ -124,7 +108,7 @@ fn a_good_switch_is_confirmed_over_a_new_connection_and_kept() {
 #[test]
 fn a_switch_that_locks_out_new_logins_is_rolled_back() {
     let world = World::new();
-    let (_, target, old, new) = nixos(&world, "alpha", true);
+    let (_, target, old, new) = world.nixos_deploy_host("alpha", true);
     let out = deploy(
         &world,
         &[
@@ -176,7 +160,7 @@ fn a_switch_that_locks_out_new_logins_is_rolled_back() {
 #[test]
 fn a_failing_check_withholds_the_confirmation_and_rolls_back() {
     let world = World::new();
-    let (_, target, old, _) = nixos(&world, "alpha", false);
+    let (_, target, old, _) = world.nixos_deploy_host("alpha", false);
     // A timeout far longer than the test: the failed check rolls back now.
     let out = deploy(
         &world,
@@ -217,7 +201,7 @@ fn a_failing_check_withholds_the_confirmation_and_rolls_back() {
 #[test]
 fn a_check_that_outlasts_the_timeout_is_not_a_lost_connection() {
     let world = World::new();
-    let (_, target, old, _) = nixos(&world, "alpha", false);
+    let (_, target, old, _) = world.nixos_deploy_host("alpha", false);
     // The check is still running when the timeout ends: the watchdog rolls
     // back, and the reason says the confirmation did not finish in time
     // (a new connection was made).
@@ -248,7 +232,7 @@ fn a_check_that_outlasts_the_timeout_is_not_a_lost_connection() {
 #[test]
 fn a_passing_check_confirms() {
     let world = World::new();
-    let (_, target, _, new) = nixos(&world, "alpha", false);
+    let (_, target, _, new) = world.nixos_deploy_host("alpha", false);
     let out = deploy(
         &world,
         &[
@@ -277,8 +261,8 @@ fn a_passing_check_confirms() {
 #[test]
 fn the_watchdog_survives_the_deployer_and_its_ssh_session() {
     let world = World::new();
-    let (_, target, old, new) = nixos(&world, "alpha", true);
-    let sources = world.write("sources.json", sources(&world).to_string());
+    let (_, target, old, new) = world.nixos_deploy_host("alpha", true);
+    let sources = world.write("sources.json", world.nixos_config().to_string());
     // The deployer is killed as soon as the activation locked logins out;
     // with `test`, the watchdog activates the previous system again.
     let broken = world.path("ssh/authorized_keys.broken");
@@ -333,8 +317,8 @@ fn the_watchdog_survives_the_deployer_and_its_ssh_session() {
 #[test]
 fn ctrl_c_while_confirming_says_that_the_target_rolls_back() {
     let world = World::new();
-    let (_, target, old, _) = nixos(&world, "alpha", false);
-    let sources = world.write("sources.json", sources(&world).to_string());
+    let (_, target, old, _) = world.nixos_deploy_host("alpha", false);
+    let sources = world.write("sources.json", world.nixos_config().to_string());
     // The check outlasts the timeout: nothing confirms, whenever the
     // signal comes.
     let checking = world.path("checking");
@@ -384,7 +368,7 @@ fn ctrl_c_while_confirming_says_that_the_target_rolls_back() {
 #[test]
 fn a_failed_activation_is_not_confirmed() {
     let world = World::new();
-    let (_, target, old, _) = nixos(&world, "alpha", false);
+    let (_, target, old, _) = world.nixos_deploy_host("alpha", false);
     world.set_rebuild_exit(4);
     let out = deploy(
         &world,
@@ -411,7 +395,7 @@ fn a_failed_activation_is_not_confirmed() {
 #[test]
 fn preview_prints_what_changes_and_activates_nothing() {
     let world = World::new();
-    let (_, target, old, new) = nixos(&world, "alpha", false);
+    let (_, target, old, new) = world.nixos_deploy_host("alpha", false);
     let out = deploy(
         &world,
         &[
@@ -449,7 +433,7 @@ fn preview_prints_what_changes_and_activates_nothing() {
 #[test]
 fn preview_with_json_puts_the_preview_in_the_results_and_nothing_else_on_stdout() {
     let world = World::new();
-    let (_, target, old, new) = nixos(&world, "alpha", false);
+    let (_, target, old, new) = world.nixos_deploy_host("alpha", false);
     let out = deploy(
         &world,
         &[
@@ -482,7 +466,7 @@ fn preview_with_json_puts_the_preview_in_the_results_and_nothing_else_on_stdout(
 #[test]
 fn preview_of_the_running_system_says_nothing_changes() {
     let world = World::new();
-    let (_, target, old, _) = nixos(&world, "alpha", false);
+    let (_, target, old, _) = world.nixos_deploy_host("alpha", false);
     world.set_rebuild_system(&old);
     let out = deploy(
         &world,
@@ -502,8 +486,8 @@ fn preview_of_the_running_system_says_nothing_changes() {
 #[test]
 fn ask_without_a_terminal_refuses_before_anything_runs() {
     let world = World::new();
-    let (_, target, _, _) = nixos(&world, "alpha", false);
-    let sources = world.write("sources.json", sources(&world).to_string());
+    let (_, target, _, _) = world.nixos_deploy_host("alpha", false);
+    let sources = world.write("sources.json", world.nixos_config().to_string());
     // setsid: no controlling terminal, even when the tests run in one.
     let mut cmd = world.command("setsid");
     cmd.arg("-w")
@@ -519,7 +503,7 @@ fn ask_without_a_terminal_refuses_before_anything_runs() {
 
 /// The shell line that runs krops-deploy with `args` and the world's sources.
 fn deploy_line(world: &World, args: &[&str]) -> String {
-    let sources = world.write("sources.json", sources(world).to_string());
+    let sources = world.write("sources.json", world.nixos_config().to_string());
     let mut line = vec![world.tool("krops-deploy").display().to_string()];
     line.extend(args.iter().map(|a| a.to_string()));
     line.extend(["--sources".to_owned(), sources.display().to_string()]);
@@ -562,7 +546,7 @@ fn with_terminal_at_the_question(world: &World, args: &[&str], keys: &str) -> Ou
 #[test]
 fn ctrl_c_at_the_question_activates_nothing_and_names_what_stays() {
     let world = World::new();
-    let (_, target, old, _) = nixos(&world, "alpha", false);
+    let (_, target, old, _) = world.nixos_deploy_host("alpha", false);
     let args = [
         "--target",
         target.as_str(),
@@ -597,7 +581,7 @@ fn ctrl_c_at_the_question_activates_nothing_and_names_what_stays() {
 #[test]
 fn ask_activates_the_system_it_built_on_yes_only() {
     let world = World::new();
-    let (_, target, old, new) = nixos(&world, "alpha", false);
+    let (_, target, old, new) = world.nixos_deploy_host("alpha", false);
     let args = [
         "--target",
         target.as_str(),
@@ -634,7 +618,7 @@ fn ask_activates_the_system_it_built_on_yes_only() {
 #[test]
 fn ask_with_a_confirm_timeout_rolls_back_a_lockout() {
     let world = World::new();
-    let (_, target, old, _) = nixos(&world, "alpha", true);
+    let (_, target, old, _) = world.nixos_deploy_host("alpha", true);
     let args = [
         "--target",
         target.as_str(),
@@ -656,7 +640,7 @@ fn ask_with_a_confirm_timeout_rolls_back_a_lockout() {
 #[test]
 fn a_build_target_builds_and_the_target_activates_under_its_watchdog() {
     let world = World::new();
-    let (_, target, _, new) = nixos(&world, "alpha", false);
+    let (_, target, _, new) = world.nixos_deploy_host("alpha", false);
     let beta = world.add_nixos_host("beta");
     let build = beta.target("root", &world.path("beta/src"));
     let out = deploy(
@@ -730,7 +714,7 @@ fn a_sudo_target_runs_the_watchdog_as_root() {
 #[test]
 fn confirm_options_are_checked_and_shown_by_dry_run() {
     let world = World::new();
-    let (_, target, _, _) = nixos(&world, "alpha", false);
+    let (_, target, _, _) = world.nixos_deploy_host("alpha", false);
     for (args, needle) in [
         (
             vec!["--confirm-timeout", "5", "--operation", "boot"],
@@ -781,11 +765,11 @@ fn confirm_options_are_checked_and_shown_by_dry_run() {
 #[test]
 fn fleets_preview_per_host_and_take_confirm_timeout() {
     let world = World::new();
-    let (_, alpha, old, _) = nixos(&world, "alpha", false);
+    let (_, alpha, old, _) = world.nixos_deploy_host("alpha", false);
     let beta = world.add_nixos_host("beta");
     world.boot_nixos_host("beta", &old);
     let beta = beta.target("root", &world.path("beta/src"));
-    let source = sources(&world);
+    let source = world.nixos_config();
     let fleet = json!({
         "alpha": {"target": alpha, "source": source, "force": true,
                   "useNixOutputMonitor": false, "confirmTimeout": 30},
@@ -882,7 +866,7 @@ fn a_watchdog_that_cannot_start_is_not_waited_for() {
     // cannot start and nothing is activated. The deployer then has no
     // watchdog to withhold the confirmation from or to hear from.
     let world = World::new();
-    let (_, _, old, _) = nixos(&world, "alpha", false);
+    let (_, _, old, _) = world.nixos_deploy_host("alpha", false);
     let user = world.sudo_user();
     let dest = world.path("alpha/src");
     fs::create_dir_all(&dest).unwrap();
@@ -921,4 +905,136 @@ fn a_watchdog_that_cannot_start_is_not_waited_for() {
     assert!(!out.stderr_str().contains("could not be reached"), "{out}");
     assert_eq!(world.current_system("alpha"), Some(old));
     assert!(world.activations().is_empty(), "{out}");
+}
+
+/// A rolled-back deploy's document says what its exit status says.
+#[track_caller]
+fn assert_rolled_back(doc: &Value, out: &Output) {
+    assert_eq!(doc["ok"], false, "{doc}\n{out}");
+    let error = doc["error"].as_str().unwrap_or_else(|| panic!("{doc}"));
+    assert!(
+        error.contains("not confirmed (no new ssh connection to root@alpha within 2 s)")
+            && error.contains("rolled back to the previous system"),
+        "{error}"
+    );
+    assert_eq!(doc["final"]["ok"], false, "{doc}");
+    // nixos-rebuild itself succeeded: its exit code says so.
+    assert_eq!(doc["final"]["exitCode"], 0, "{doc}");
+    assert_eq!(doc["targets"][0]["ok"], true, "{doc}");
+}
+
+#[test]
+fn json_after_a_rollback_says_not_ok_and_why() {
+    let world = World::new();
+    let (_, target, old, _) = world.nixos_deploy_host("alpha", true);
+    let args = [
+        "--target",
+        target.as_str(),
+        "--force",
+        "--nom",
+        "false",
+        "--confirm-timeout",
+        "2",
+        "--json",
+    ];
+    let out = world.run(
+        "krops-deploy",
+        &args,
+        world.nixos_config().to_string().as_bytes(),
+    );
+    out.assert_code(1)
+        .assert_stderr_contains("rolled back to the previous system");
+    assert_eq!(world.current_system("alpha"), Some(old));
+    assert_rolled_back(&out.document(), &out);
+}
+
+#[test]
+fn a_fleets_json_after_a_rollback_says_the_host_is_not_ok_and_why() {
+    let world = World::new();
+    let (_, target, old, _) = world.nixos_deploy_host("alpha", true);
+    let fleet = json!({
+        "alpha": {"target": target, "source": world.nixos_config(), "force": true,
+                  "useNixOutputMonitor": false, "confirmTimeout": 2},
+    });
+    let out = world.run(
+        "krops-deploy",
+        &["--fleet", "-", "--json"],
+        fleet.to_string().as_bytes(),
+    );
+    out.assert_code(1)
+        .assert_stderr_contains("alpha | krops-deploy: error: not confirmed");
+    assert_eq!(world.current_system("alpha"), Some(old));
+    let doc = out.document();
+    assert_eq!(doc["ok"], false, "{doc}");
+    let host = &doc["hosts"]["alpha"];
+    assert_eq!(host["ok"], false, "{doc}");
+    assert_eq!(host["exitCode"], 1, "{doc}");
+    assert_rolled_back(&host["results"], &out);
+}
+
+#[test]
+fn ask_without_a_terminal_is_a_usage_error() {
+    let world = World::new();
+    let (_, target, _, _) = world.nixos_deploy_host("alpha", false);
+    let sources = world.write("sources.json", world.nixos_config().to_string());
+    // setsid: no controlling terminal, even when the tests run in one.
+    let mut cmd = world.command("setsid");
+    cmd.arg("-w")
+        .arg(world.tool("krops-deploy"))
+        .args(["--target", &target, "--force", "--ask", "--sources"])
+        .arg(&sources);
+    let out = world.run_command(&mut cmd, b"y\n");
+    out.assert_code(2)
+        .assert_stderr_contains("krops-deploy: error: --ask needs a terminal to ask on");
+    assert!(!world.path("alpha/src").exists());
+}
+
+/// `--preview` of a fleet leaves a host's `confirmTimeout` out: a preview
+/// activates nothing, so there is nothing to confirm.
+#[test]
+fn a_fleet_previews_hosts_that_have_a_confirm_timeout() {
+    let world = World::new();
+    let (_, target, old, _) = world.nixos_deploy_host("alpha", false);
+    let fleet = json!({
+        "alpha": {"target": target, "source": world.nixos_config(), "force": true,
+                  "useNixOutputMonitor": false, "confirmTimeout": 30},
+    });
+    let out = world.run(
+        "krops-deploy",
+        &["--fleet", "-", "--preview"],
+        fleet.to_string().as_bytes(),
+    );
+    out.assert_success()
+        .assert_stdout_contains("alpha | nixos-system-test: 1.0 → 2.0\n");
+    assert_eq!(world.current_system("alpha"), Some(old));
+}
+
+/// `-q` prints errors only: a deploy that succeeds says nothing on
+/// stderr, also when it previews or is confirmed over a new connection.
+#[test]
+fn quiet_is_quiet_in_the_preview_and_confirm_paths() {
+    let world = World::new();
+    let (_, target, _, _) = world.nixos_deploy_host("alpha", false);
+    let base = [
+        "--target",
+        target.as_str(),
+        "--force",
+        "--nom",
+        "false",
+        "-q",
+    ];
+    for extra in [
+        &[][..],
+        &["--preview"],
+        &["--preview", "--json"],
+        &["--confirm-timeout", "30"],
+    ] {
+        let out = world.run(
+            "krops-deploy",
+            &[&base[..], extra].concat(),
+            world.nixos_config().to_string().as_bytes(),
+        );
+        out.assert_success();
+        assert_eq!(out.stderr_str(), "", "{extra:?}: not quiet\n{out}");
+    }
 }

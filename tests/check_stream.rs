@@ -11,17 +11,6 @@ use std::time::Duration;
 use krops_tests::World;
 use serde_json::json;
 
-/// A NixOS host `alpha` running system 1.0, the stand-in set to build 2.0;
-/// the target string.
-fn nixos(world: &World) -> String {
-    let host = world.add_nixos_host("alpha");
-    let old = world.nixos_system("1.0", false);
-    let new = world.nixos_system("2.0", false);
-    world.boot_nixos_host("alpha", &old);
-    world.set_rebuild_system(&new);
-    host.target("root", &world.path("alpha/src"))
-}
-
 fn sources(world: &World) -> String {
     world.write("cfg/configuration.nix", "{ }\n");
     let file = world.write(
@@ -51,7 +40,7 @@ fn processes_with(needle: &str) -> Vec<String> {
 #[test]
 fn a_chatty_check_streams_to_stderr_and_memory_stays_small() {
     let world = World::new();
-    let target = nixos(&world);
+    let target = world.nixos_deploy_host("alpha", false).1;
     let sources = sources(&world);
     let (stderr, rss) = (world.path("deploy.err"), world.path("maxrss"));
     let check =
@@ -100,7 +89,7 @@ fn a_chatty_check_streams_to_stderr_and_memory_stays_small() {
 fn a_check_past_the_timeout_is_shown_and_stopped_on_the_target() {
     for how in ["root", "sudo"] {
         let world = World::new();
-        let root_target = nixos(&world);
+        let root_target = world.nixos_deploy_host("alpha", false).1;
         let target = if how == "root" {
             root_target
         } else {

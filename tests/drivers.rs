@@ -3,12 +3,8 @@
 
 use std::path::Path;
 
-use krops_tests::{Output, Record, World};
+use krops_tests::World;
 use serde_json::{json, Value};
-
-fn run(world: &World, tool: &str, args: &[&str], sources: &Value) -> Output {
-    world.run(tool, args, sources.to_string().as_bytes())
-}
 
 /// A small configuration: a file and a symlink.
 fn sources(world: &World) -> Value {
@@ -19,33 +15,12 @@ fn sources(world: &World) -> Value {
     })
 }
 
-fn only_rebuild(world: &World) -> Record {
-    let mut records = world.records("nixos-rebuild");
-    assert_eq!(
-        records.len(),
-        1,
-        "nixos-rebuild ran {} times",
-        records.len()
-    );
-    records.remove(0)
-}
-
-fn server_port(record: &Record) -> String {
-    // SSH_CONNECTION = client_ip client_port server_ip server_port
-    record.env["SSH_CONNECTION"]
-        .split(' ')
-        .nth(3)
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn deploy_switches_a_remote_target() {
     let world = World::new();
     let alpha = world.add_host("alpha");
     let dest = world.path("alpha/src");
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-deploy",
         &["--target", &alpha.target("root", &dest), "--force"],
         &sources(&world),
@@ -53,12 +28,12 @@ fn deploy_switches_a_remote_target() {
     out.assert_success();
     out.assert_stderr_contains("# use nix-output-monitor: opportunistic");
     assert!(dest.join("nixos-config").is_file() && dest.join("link").is_symlink());
-    let rebuild = only_rebuild(&world);
+    let rebuild = world.only_rebuild();
     assert_eq!(rebuild.argv, ["switch", "--no-flake"]);
     assert_eq!(rebuild.env["NIX_PATH"], dest.to_str().unwrap());
     assert_eq!(rebuild.uid, 0);
     assert_eq!(
-        server_port(&rebuild),
+        rebuild.server_port(),
         alpha.port().to_string(),
         "ran over ssh on alpha"
     );
@@ -84,11 +59,11 @@ fn deploy_boot_cross_deploy() {
         "--cross-deploy",
         "--fast",
     ];
-    let out = run(&world, "krops-deploy", &args, &sources(&world));
+    let out = world.run_with_sources("krops-deploy", &args, &sources(&world));
     out.assert_success()
         .assert_stderr_contains("--fast is deprecated");
     assert_eq!(
-        only_rebuild(&world).argv,
+        world.only_rebuild().argv,
         ["boot", "--no-flake", "--no-build-nix"]
     );
 }
@@ -114,7 +89,7 @@ fn deploy_with_a_build_target_populates_both_and_builds_there() {
         "--nom",
         "false",
     ];
-    let out = run(&world, "krops-deploy", &args, &sources(&world));
+    let out = world.run_with_sources("krops-deploy", &args, &sources(&world));
     out.assert_success();
     for dir in [&target_dir, &build_dir] {
         assert!(
@@ -123,14 +98,14 @@ fn deploy_with_a_build_target_populates_both_and_builds_there() {
             dir.display()
         );
     }
-    let rebuild = only_rebuild(&world);
+    let rebuild = world.only_rebuild();
     assert_eq!(
         rebuild.argv,
         ["switch", "--no-flake", "--target-host", "root@alpha"]
     );
     assert_eq!(rebuild.env["NIX_PATH"], build_dir.to_str().unwrap());
     assert_eq!(
-        server_port(&rebuild),
+        rebuild.server_port(),
         beta.port().to_string(),
         "ran on the build target"
     );
@@ -154,7 +129,7 @@ fn deploy_with_a_build_target_populates_both_and_builds_there() {
         "--nom",
         "false",
     ];
-    let out = run(&world, "krops-deploy", &args, &sources(&world));
+    let out = world.run_with_sources("krops-deploy", &args, &sources(&world));
     out.assert_success()
         .assert_stderr_contains("cannot go through NIX_SSHOPTS");
     let last = world.records("nixos-rebuild").pop().unwrap();
@@ -173,14 +148,13 @@ fn deploy_to_a_sudo_target_uses_remote_sudo_and_runs_as_root() {
     let dest = world.mkdir("root-owned").join("src");
     let target =
         json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true});
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-deploy",
         &["--target", &target.to_string(), "--force"],
         &sources(&world),
     );
     out.assert_success();
-    let rebuild = only_rebuild(&world);
+    let rebuild = world.only_rebuild();
     assert_eq!(rebuild.argv, ["switch", "--no-flake", "--use-remote-sudo"]);
     assert_eq!(rebuild.uid, 0, "the rebuild runs under sudo");
     assert_eq!(rebuild.env["NIX_PATH"], dest.to_str().unwrap());
@@ -194,8 +168,7 @@ fn nom_modes() {
     let target = alpha.target("root", &dest);
     let src = sources(&world);
     let deploy = |mode: &str| {
-        run(
-            &world,
+        world.run_with_sources(
             "krops-deploy",
             &["--target", &target, "--force", "--nom", mode],
             &src,
@@ -252,8 +225,7 @@ fn a_failing_rebuild_reaches_the_user() {
     let target = alpha.target("root", &world.path("alpha/src"));
     let src = sources(&world);
     world.set_rebuild_exit(3);
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-deploy",
         &["--target", &target, "--force", "--nom", "false"],
         &src,
@@ -265,8 +237,7 @@ fn a_failing_rebuild_reaches_the_user() {
         "krops-deploy: error: nixos-rebuild switch on root@alpha (the target) failed: exit status 3",
     );
     // Through nom too (krops's pipe would have reported nom's success).
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-deploy",
         &["--target", &target, "--nom", "optimistic"],
         &src,
@@ -279,12 +250,7 @@ fn a_failing_populate_stops_the_deploy() {
     let world = World::new();
     let alpha = world.add_host("alpha");
     let target = alpha.target("root", &world.path("alpha/src"));
-    let out = run(
-        &world,
-        "krops-deploy",
-        &["--target", &target],
-        &sources(&world),
-    );
+    let out = world.run_with_sources("krops-deploy", &["--target", &target], &sources(&world));
     out.assert_failure()
         .assert_stderr_contains("\nerror: missing sentinel file: alpha:")
         .assert_stderr_contains("krops-deploy: error: sentinel check → alpha:");
@@ -321,8 +287,7 @@ fn test_builds_the_system_for_real() {
     let world = World::new();
     let src = nixos_fixture(&world, "\"hello from krops-test\"");
     let dest = world.path("local/src");
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-test",
         &["--target", dest.to_str().unwrap(), "--force"],
         &src,
@@ -346,8 +311,7 @@ fn test_trace_reaches_nix_build() {
     let world = World::new();
     let src = nixos_fixture(&world, "builtins.throw \"krops-trace-probe\"");
     let dest = world.path("local/src");
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-test",
         &["--target", dest.to_str().unwrap(), "--force"],
         &src,
@@ -355,8 +319,7 @@ fn test_trace_reaches_nix_build() {
     out.assert_failure()
         .assert_stderr_contains("krops-trace-probe");
     assert!(!out.stderr_str().contains("while evaluating the attribute"));
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-test",
         &["--target", dest.to_str().unwrap(), "--trace"],
         &src,
@@ -370,8 +333,7 @@ fn test_refuses_a_remote_target_and_populates_nothing() {
     let world = World::new();
     let alpha = world.add_host("alpha");
     let dest = world.path("alpha/src");
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-test",
         &["--target", &alpha.target("root", &dest), "--force"],
         &sources(&world),
@@ -388,12 +350,7 @@ fn command_runs_the_script_with_the_target_path() {
     let dest = world.path("alpha/src");
     let src = sources(&world);
     let target = alpha.target("root", &dest);
-    let out = run(
-        &world,
-        "krops-command",
-        &["--target", &target, "--force"],
-        &src,
-    );
+    let out = world.run_with_sources("krops-command", &["--target", &target, "--force"], &src);
     out.assert_success();
     assert_eq!(
         out.stdout_str(),
@@ -401,8 +358,7 @@ fn command_runs_the_script_with_the_target_path() {
         "default script prints $1"
     );
 
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-command",
         &["--target", &target, "cat \"$1/nixos-config\"; exit 7"],
         &src,
@@ -417,8 +373,7 @@ fn command_runs_the_script_with_the_target_path() {
         .status()
         .unwrap();
     let as_user = alpha.target(user, &user_dir.join("src"));
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-command",
         &["--target", &as_user, "--force", "id -un"],
         &src,
@@ -426,8 +381,7 @@ fn command_runs_the_script_with_the_target_path() {
     out.assert_success();
     assert_eq!(out.stdout_str(), format!("{user}\n"));
     let sudo = json!({"user": user, "host": "alpha", "path": user_dir.join("src").to_str().unwrap(), "sudo": true});
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-command",
         &["--target", &sudo.to_string(), "id -u"],
         &src,
@@ -455,8 +409,7 @@ fn command_allocate_tty_reaches_ssh() {
     );
     out.assert_success().assert_stdout_contains("remote-tty");
     // Without --allocate-tty there is no terminal on the target.
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-command",
         &["--target", &target, "test -t 0 || echo no-tty"],
         &src,
@@ -530,5 +483,95 @@ fn readme_two_host_example_deploys_both_hosts() {
                 .unwrap()
                 .contains("stand-in: switch")
         );
+    }
+}
+
+#[test]
+fn sources_from_a_terminal_are_asked_for() {
+    let world = World::new();
+    let dest = world.mkdir("src");
+    // `script` gives populate a terminal as stdin, which then ends.
+    let out = world.run_command(
+        world.command("script").args([
+            "-qec",
+            &format!(
+                "{} --target {}",
+                world.tool("populate").display(),
+                dest.display()
+            ),
+            "/dev/null",
+        ]),
+        b"",
+    );
+    assert!(
+        out.stdout_str()
+            .contains("reading sources.json from the terminal"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn krops_command_s_script_reads_stdin_with_sources_from_a_file() {
+    let world = World::new();
+    let dest = world.mkdir("src");
+    let sources = world.write("sources.json", r#"{"l": {"symlink": "x"}}"#);
+    let out = world.run(
+        "krops-command",
+        &[
+            "--target",
+            dest.to_str().unwrap(),
+            "--force",
+            "--sources",
+            sources.to_str().unwrap(),
+            "tr a-z A-Z",
+        ],
+        b"from the user\n",
+    );
+    out.assert_success().assert_stdout_contains("FROM THE USER");
+}
+
+/// A build target that names the target's own path with a trailing slash
+/// (or `//`) is the target: it was taken for another machine, so the one
+/// path was populated twice, under two locks on one lock file, and
+/// nixos-rebuild got `--target-host` naming the machine it ran on.
+#[test]
+fn a_build_target_that_is_the_target_but_for_a_trailing_slash_is_the_target() {
+    let world = World::new();
+    let host = world.add_host("alpha");
+    world.write("cfg/configuration.nix", "{ }\n");
+    let sources =
+        json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}});
+    let dest = world.path("alpha/src");
+    let target = host.target("root", &dest);
+    for build in [
+        format!("{target}/"),
+        host.target("root", &world.path("alpha//src")),
+    ] {
+        let out = world.run_with_sources(
+            "krops-deploy",
+            &[
+                "--target",
+                &target,
+                "--build-target",
+                &build,
+                "--force",
+                "--nom",
+                "false",
+            ],
+            &sources,
+        );
+        out.assert_success();
+        assert_eq!(
+            out.stderr_str()
+                .matches("populate: sentinel check →")
+                .count(),
+            1,
+            "populated once\n{out}"
+        );
+    }
+    let records = world.records("nixos-rebuild");
+    assert_eq!(records.len(), 2, "{records:?}");
+    for record in records {
+        assert_eq!(record.argv, ["switch", "--no-flake"]);
     }
 }

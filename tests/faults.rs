@@ -1,26 +1,18 @@
-//! End-to-end: connection faults and interrupts (issue 10). The target's
-//! sshd refuses, rejects the host key or the login, accepts and never
-//! answers, dies or freezes in the middle of a populate; a fleet has a
-//! hanging host or is interrupted; SIGINT and SIGTERM arrive while 200
-//! secrets are decrypted or while rsync runs. Each time the tool must end
-//! within a bounded time with an error that says the connection failed and
-//! why (ssh's own words), leave nothing behind here (temp dirs, control
-//! sockets, ssh masters, children), and a rerun must complete and leave the
-//! same tree as an uninterrupted run.
+//! End-to-end: connection faults (issue 10). The target's sshd refuses,
+//! rejects the host key or the login, accepts and never answers, dies or
+//! freezes in the middle of a populate; a fleet has a hanging host or is
+//! interrupted (signals to a single run are in `interrupts`). Each time the
+//! tool must end within a bounded time with an error that says the
+//! connection failed and why (ssh's own words), leave nothing behind here
+//! (temp dirs, control sockets, ssh masters, children), and a rerun must
+//! complete and leave the same tree as an uninterrupted run.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use krops_tests::{Host, Output, Tree, World, RUN_TIMEOUT};
+use krops_tests::{receiving_big, sources_tree, Host, Output, World, RUN_TIMEOUT};
 use serde_json::{json, Value};
-
-/// Runs `populate --target TARGET FLAGS…` with `sources` on stdin.
-fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Output {
-    let mut args = vec!["--target", target];
-    args.extend_from_slice(flags);
-    world.run("populate", &args, sources.to_string().as_bytes())
-}
 
 /// A port nothing listens on: connections to it are refused.
 fn closed_port() -> u16 {
@@ -57,19 +49,6 @@ fn error_line(out: &Output, tool: &str) -> String {
         .find(|line| line.starts_with(&format!("{tool}: error:")))
         .unwrap_or_else(|| panic!("no `{tool}: error:` line\n{out}"))
         .to_owned()
-}
-
-/// Nothing of the run is left here: no temp dir (secrets, pipe output, the
-/// control socket's dir) in the world's TMPDIR, no process (ssh master,
-/// rsync, ssh, a pipe's command, gpg, age).
-#[track_caller]
-fn assert_nothing_left(world: &World) {
-    world.assert_no_processes_left();
-    let tmp: Vec<_> = std::fs::read_dir(world.tmp_dir())
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    assert!(tmp.is_empty(), "left in TMPDIR: {tmp:?}");
 }
 
 /// The world's ssh config with another client key, which the hosts do not
@@ -132,7 +111,7 @@ fn a_target_that_cannot_be_reached_fails_once_with_ssh_s_reason() {
     });
     for (fault, target, reason) in &faults {
         for flags in [&["--force"][..], &["--force", "--no-multiplex"]] {
-            let out = populate(&world, target, flags, &sources);
+            let out = world.populate(target, flags, &sources);
             out.assert_code(1);
             let error = error_line(&out, "populate");
             assert!(
@@ -154,7 +133,7 @@ fn a_target_that_cannot_be_reached_fails_once_with_ssh_s_reason() {
                 assert!(!out.stderr_str().contains("warning"), "{fault}\n{out}");
             }
             assert!(!dest.exists(), "{fault}: something was written");
-            assert_nothing_left(&world);
+            world.assert_nothing_left();
         }
     }
     // A driver stops there too: no nixos-rebuild.
@@ -171,7 +150,7 @@ fn a_target_that_cannot_be_reached_fails_once_with_ssh_s_reason() {
         "{error}"
     );
     assert!(world.records("nixos-rebuild").is_empty());
-    assert_nothing_left(&world);
+    world.assert_nothing_left();
 }
 
 /// Reliability (Connection fault): host accepts TCP and never answers → exit 1 after the default 30 s `ConnectTimeout` (a user's `-o ConnectTimeout=2` wins), quoting `Connection timed out during banner exchange`, waited once
@@ -183,7 +162,7 @@ fn a_host_that_accepts_but_never_answers_times_out() {
     let port = silent_port();
     let sources = json!({"link": {"symlink": "x"}});
     // The default connect timeout ends it.
-    let out = populate(&world, &on_port(&dest, port), &["--force"], &sources);
+    let out = world.populate(&on_port(&dest, port), &["--force"], &sources);
     out.assert_code(1);
     let error = error_line(&out, "populate");
     assert!(
@@ -211,13 +190,13 @@ fn a_host_that_accepts_but_never_answers_times_out() {
         .find(|line| line.contains("populate: sentinel check: failed in "))
         .unwrap_or_else(|| panic!("no failed sentinel check\n{out}"));
     assert!(!failed.ends_with("failed in 0.0 s"), "{failed}\n{out}");
-    assert_nothing_left(&world);
+    world.assert_nothing_left();
     // The user's ConnectTimeout wins over the default: 2 s, not 30 (a
     // generous bound: it proves that the default was not waited for).
     for flags in [&["--force"][..], &["--force", "--no-multiplex"]] {
         let target = json!({"user": "root", "host": "alpha", "port": port.to_string(),
                             "path": dest, "extraOptions": ["-o", "ConnectTimeout=2"]});
-        let out = populate(&world, &target.to_string(), flags, &sources);
+        let out = world.populate(&target.to_string(), flags, &sources);
         out.assert_code(1);
         assert!(
             out.elapsed < Duration::from_secs(25),
@@ -227,7 +206,7 @@ fn a_host_that_accepts_but_never_answers_times_out() {
             error_line(&out, "populate").contains("Connection timed out during banner exchange"),
             "{out}"
         );
-        assert_nothing_left(&world);
+        world.assert_nothing_left();
     }
 }
 
@@ -246,7 +225,7 @@ fn a_host_that_never_answers_is_told_the_same_with_or_without_the_lock() {
         &["--force", "--json"][..],
         &["--force", "--json", "--no-lock"],
     ] {
-        let out = populate(&world, &target.to_string(), flags, &sources);
+        let out = world.populate(&target.to_string(), flags, &sources);
         out.assert_code(1);
         let stderr = out.stderr_str();
         assert!(
@@ -278,43 +257,8 @@ fn a_host_that_never_answers_is_told_the_same_with_or_without_the_lock() {
         let mut sorted = stamps.clone();
         sorted.sort_unstable();
         assert_eq!(stamps, sorted, "{flags:?}: a timestamp goes back\n{out}");
-        assert_nothing_left(&world);
+        world.assert_nothing_left();
     }
-}
-
-/// rsync, slowed down to 1 MB/s while the file `slow-rsync` exists in the
-/// world, so that a test can act in the middle of a transfer. The real
-/// rsync on both ends; the receiving end is found through the host's PATH.
-fn slow_rsync(world: &World) -> PathBuf {
-    let flag = world.path("slow-rsync");
-    world.write_executable(
-        "bin/rsync",
-        format!(
-            "#!/bin/sh\n# rsync at 1 MB/s while {flag} exists (tests/faults.rs)\n\
-             if [ \"$1\" != --server ] && [ -e {flag} ]; then\n\
-             \x20 exec /usr/bin/rsync --bwlimit=1000 \"$@\"\nfi\n\
-             exec /usr/bin/rsync \"$@\"\n",
-            flag = flag.display()
-        ),
-    );
-    world.write(
-        flag.strip_prefix(world.root()).unwrap().to_str().unwrap(),
-        "",
-    );
-    flag
-}
-
-/// Whether rsync is in the middle of writing `dir/big` (its temp file
-/// `.big.XXXXXX` has some bytes).
-fn receiving_big(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|entry| {
-            entry.file_name().to_string_lossy().starts_with(".big.")
-                && entry.metadata().is_ok_and(|meta| meta.len() > 0)
-        })
 }
 
 /// Waits (up to two minutes) until `ready()`; returns whether it came.
@@ -400,7 +344,7 @@ fn connection_lost(during: During, flags: &[&str]) {
     let dest = world.path("remote/src");
     let target = alpha.target("root", &dest);
     let sources = sources_with_slow_steps(&world);
-    let slow_rsync = slow_rsync(&world);
+    let slow_rsync = world.slow_rsync();
     let marker = match during {
         During::Rsync => None,
         During::RemoteStep => Some(world.path("build-started")),
@@ -442,15 +386,17 @@ fn connection_lost(during: During, flags: &[&str]) {
             .any(|reason| error.contains(reason)),
         "{during:?}: {error}\n{out}"
     );
-    assert_nothing_left(&world);
+    world.assert_nothing_left();
 
     std::fs::remove_file(&slow).unwrap();
     let alpha = world.restart_host(&alpha);
-    let rerun = populate(&world, &target, flags, &sources);
+    let rerun = world.populate(&target, flags, &sources);
     rerun.assert_success();
-    assert_nothing_left(&world);
+    world.assert_nothing_left();
     let reference = world.path("reference/src");
-    populate(&world, &alpha.target("root", &reference), flags, &sources).assert_success();
+    world
+        .populate(&alpha.target("root", &reference), flags, &sources)
+        .assert_success();
     let expected = sources_tree(&reference);
     assert!(expected.get("tree/big").is_some() && expected.get("fixture").is_some());
     expected.assert_unchanged(&sources_tree(&dest));
@@ -486,7 +432,7 @@ fn a_connection_that_stops_answering_is_noticed_by_default() {
     let world = World::new();
     let _alpha = world.add_host("alpha");
     let dest = world.path("remote/src");
-    let _flag = slow_rsync(&world);
+    let _flag = world.slow_rsync();
     world.write("tree/small", "small\n");
     world
         .sh(&format!(
@@ -520,7 +466,7 @@ fn a_connection_that_stops_answering_is_noticed_by_default() {
             && error.contains("Timeout, server 127.0.0.1 not responding."),
         "{error}\n{out}"
     );
-    assert_nothing_left(&world);
+    world.assert_nothing_left();
     world.kill_host("alpha");
 }
 
@@ -590,7 +536,7 @@ fn a_fleet_with_a_hanging_host_finishes_the_others() {
         "{out}"
     );
     assert_eq!(world.records("nixos-rebuild").len(), 2, "{out}");
-    assert_nothing_left(&world);
+    world.assert_nothing_left();
 }
 
 /// Reliability (Interrupt): SIGINT to a fleet mid-host → exit 130, summary "1 of 3 hosts ok, 1 interrupted, 1 not started"; nothing left here
@@ -640,216 +586,19 @@ fn an_interrupted_fleet_says_which_hosts_finished() {
         "{stderr}"
     );
     assert_eq!(world.records("nixos-rebuild").len(), 1);
-    assert_nothing_left(&world);
+    world.assert_nothing_left();
 }
 
-/// How many files lie below `dir`.
-fn files_below(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| {
-            let path = entry.path();
-            if path.is_dir() && !path.is_symlink() {
-                files_below(&path)
-            } else {
-                1
-            }
-        })
-        .sum()
-}
-
-/// The files below `dir` (not following links, smaller than 1 MB) whose
-/// content contains `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            found.extend(files_containing(&path, needle));
-        } else if meta.is_file() && meta.len() < 1_000_000 {
-            let content = std::fs::read(&path).unwrap_or_default();
-            if content
-                .windows(needle.len())
-                .any(|window| window == needle.as_bytes())
-            {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
-/// How many secrets the large stores hold.
-const SECRETS: usize = 200;
-
-/// SIGINT, then SIGTERM, while `SECRETS` secrets are being decrypted for
-/// `sources` (whose plaintexts contain `needle`): the tool stops its
-/// children, removes every decrypted file, exits 130 or 143; then a run
-/// without a signal brings all of them to the target.
-fn interrupted_decryption(world: &World, sources: &Value, needle: &str, check: impl Fn(&Path)) {
+#[test]
+fn an_unreachable_target_says_the_connection_failed() {
+    let world = World::new();
     let alpha = world.add_host("alpha");
     let dest = world.path("remote/src");
     let target = alpha.target("root", &dest);
-    let file = world.write("sources.json", sources.to_string());
-    let args = [
-        "--target",
-        &target,
-        "--force",
-        "--sources",
-        file.to_str().unwrap(),
-    ];
-    for (signal, code) in [("INT", 130), ("TERM", 143)] {
-        let (status, stderr) = world.signal_once(
-            "populate",
-            &args,
-            || files_below(&world.tmp_dir()) >= 20,
-            signal,
-        );
-        assert_eq!(status, Some(code), "SIG{signal}: {stderr}");
-        assert!(
-            stderr.contains(&format!("interrupted by SIG{signal} during source keys"))
-                && stderr.contains("decrypted secrets"),
-            "SIG{signal}: {stderr}"
-        );
-        assert_nothing_left(world);
-        let leaked = files_containing(world.root(), needle);
-        assert!(
-            leaked.is_empty(),
-            "SIG{signal}: plaintext left in {leaked:?}"
-        );
-        assert!(
-            !dest.join("keys").exists(),
-            "SIG{signal}: something was sent"
-        );
-    }
-    let out = world.run("populate", &args, b"");
-    out.assert_success();
-    assert_nothing_left(world);
-    check(&dest.join("keys"));
-}
-
-/// Reliability (Interrupt): SIGINT, then SIGTERM, while 200 pass secrets decrypt → exit 130 / 143, children stopped, TMPDIR empty, no plaintext in any local file; the next run syncs all 200
-#[test]
-fn signals_while_200_pass_secrets_are_decrypted_leave_nothing_behind() {
-    let world = World::new();
-    let pass = world.pass_store();
-    let entries: Vec<(String, String)> = (0..SECRETS)
-        .map(|i| {
-            (
-                format!("hosts/alpha/{}/s{i:03}", i % 7),
-                format!("pass-plaintext-{i:03}"),
-            )
-        })
-        .collect();
-    pass.insert_all(&entries);
-    let sources =
-        json!({"keys": {"pass": {"dir": pass.dir().to_str().unwrap(), "name": "hosts/alpha"}}});
-    interrupted_decryption(&world, &sources, "pass-plaintext-", |keys| {
-        for (i, _) in entries.iter().enumerate() {
-            let file = keys.join(format!("{}/s{i:03}", i % 7));
-            assert_eq!(
-                std::fs::read_to_string(&file).unwrap(),
-                format!("pass-plaintext-{i:03}")
-            );
-        }
-        assert_eq!(files_below(keys), SECRETS + 1, "the secrets and .pass_info");
-    });
-}
-
-/// Reliability (Interrupt): the same for 200 passage (age) secrets → same
-#[test]
-fn signals_while_200_passage_secrets_are_decrypted_leave_nothing_behind() {
-    let world = World::new();
-    let passage = world.passage_store();
-    for i in 0..SECRETS {
-        passage.insert(
-            &format!("{}/s{i:03}", i % 7),
-            &format!("passage-plaintext-{i:03}"),
-        );
-    }
-    let sources = json!({"keys": {"passage": passage.dir().to_str().unwrap()}});
-    interrupted_decryption(&world, &sources, "passage-plaintext-", |keys| {
-        for i in 0..SECRETS {
-            let file = keys.join(format!("{}/s{i:03}", i % 7));
-            assert_eq!(
-                std::fs::read_to_string(&file).unwrap(),
-                format!("passage-plaintext-{i:03}")
-            );
-        }
-        assert_eq!(files_below(keys), SECRETS);
-    });
-}
-
-/// Reliability (Interrupt): SIGINT, then SIGTERM, during an rsync → exit 130 / 143, rsync and ssh stopped, TMPDIR empty; a rerun leaves the same tree
-#[test]
-fn signals_during_an_rsync_stop_it_and_a_rerun_leaves_the_same_tree() {
-    let world = World::new();
-    let alpha = world.add_host("alpha");
-    let flag = slow_rsync(&world);
-    world.write("tree/small", "small\n");
-    world
-        .sh(&format!(
-            "head -c 20000000 /dev/urandom > {}",
-            world.path("tree/big").display()
-        ))
-        .assert_success();
-    let file = world.write(
-        "sources.json",
-        json!({"tree": {"file": world.path("tree").to_str().unwrap()}}).to_string(),
-    );
-    let dest = world.path("remote/src");
-    let target = alpha.target("root", &dest);
-    let args = [
-        "--target",
-        &target,
-        "--force",
-        "--sources",
-        file.to_str().unwrap(),
-    ];
-    for (signal, code) in [("INT", 130), ("TERM", 143)] {
-        // No partial file of an earlier run must look like this one's.
-        let _ = std::fs::remove_dir_all(&dest);
-        let (status, stderr) = world.signal_once(
-            "populate",
-            &args,
-            || receiving_big(&dest.join("tree")),
-            signal,
-        );
-        assert_eq!(status, Some(code), "SIG{signal}: {stderr}");
-        assert!(
-            stderr.contains(&format!(
-                "interrupted by SIG{signal} during source tree (file); its commands were stopped"
-            )),
-            "SIG{signal}: {stderr}"
-        );
-        assert_nothing_left(&world);
-    }
-    std::fs::remove_file(flag).unwrap();
-    let out = world.run("populate", &args, b"");
-    out.assert_success();
-    assert_nothing_left(&world);
-    let reference = world.path("reference/src");
-    let args = [
-        "--target",
-        &alpha.target("root", &reference),
-        "--force",
-        "--sources",
-        file.to_str().unwrap(),
-    ];
-    world.run("populate", &args, b"").assert_success();
-    sources_tree(&reference).assert_unchanged(&sources_tree(&dest));
-}
-
-/// The tree populate leaves at `dest`, without the lock file, which names
-/// the last run that held the lock (its pid, its time).
-fn sources_tree(dest: &Path) -> Tree {
-    let lock = dest.join(".populate-lock");
-    assert!(lock.is_file(), "no lock file at {}", lock.display());
-    std::fs::remove_file(&lock).unwrap();
-    Tree::snapshot(dest)
+    world.stop_host("alpha");
+    let out = world.populate(&target, &["--force"], &json!({"l": {"symlink": "x"}}));
+    out.assert_failure()
+        .assert_stderr_contains("populate: error: sentinel check → alpha:")
+        .assert_stderr_contains("the ssh connection to root@alpha failed: ssh: connect to host")
+        .assert_stderr_contains("Connection refused");
 }

@@ -4,14 +4,8 @@
 
 use std::path::Path;
 
-use krops_tests::{git_head, GitRepo, Output, World};
+use krops_tests::{git_head, GitRepo, World};
 use serde_json::{json, Map, Value};
-
-fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Output {
-    let mut args = vec!["--target", target];
-    args.extend_from_slice(flags);
-    world.run("populate", &args, sources.to_string().as_bytes())
-}
 
 /// What `rev` names in origin, as a commit.
 fn in_origin(repo: &GitRepo, rev: &str) -> String {
@@ -107,7 +101,9 @@ fn every_ref_form_checks_out_what_origin_names(world: &World, target: &str, dest
     repo.commit("third");
     let forms = ref_forms(&first[..7], &first);
     let sources = sources(&repo, &forms);
-    populate(world, target, &["--force"], &sources).assert_success();
+    world
+        .populate(target, &["--force"], &sources)
+        .assert_success();
     assert_checkouts_match_origin(dest, &repo, &forms, "first deploy");
 
     // origin moves on: its branch, and both tags are moved to the new commit.
@@ -115,13 +111,13 @@ fn every_ref_form_checks_out_what_origin_names(world: &World, target: &str, dest
     repo.commit("fourth");
     repo.git(&["tag", "-f", "v1"]);
     repo.git(&["tag", "-f", "-a", "-m", "moved", "ann"]);
-    populate(world, target, &[], &sources).assert_success();
+    world.populate(target, &[], &sources).assert_success();
     assert_checkouts_match_origin(dest, &repo, &forms, "after origin moved");
     assert_eq!(git_head(&dest.join("full-hash")), first, "a hash stays put");
 
     // Nothing moved: `main~1` stays origin's main~1, although `git reset
     // --hard` moved the checkout's local main to it last time.
-    populate(world, target, &[], &sources).assert_success();
+    world.populate(target, &[], &sources).assert_success();
     assert_checkouts_match_origin(dest, &repo, &forms, "deployed again");
 }
 
@@ -168,7 +164,7 @@ fn a_ref_that_names_nothing_names_the_source_and_the_git_command() {
         ("abcdef1", "git rev-parse --verify abcdef1^{commit}"),
     ] {
         let sources = json!({"gone": {"git": {"url": repo.url(), "ref": git_ref}}});
-        let out = populate(&world, &target, &["--force"], &sources);
+        let out = world.populate(&target, &["--force"], &sources);
         out.assert_failure();
         out.assert_stderr_contains("source gone (git)");
         out.assert_stderr_contains(&format!("populate: failed: {command} (exit status"));
@@ -184,7 +180,7 @@ fn shallow_refuses_refs_that_need_history_before_anything_runs() {
     for git_ref in ["main~1", "origin/main^", ":/first"] {
         let sources =
             json!({"x": {"git": {"url": repo.file_url(), "ref": git_ref, "shallow": true}}});
-        let out = populate(&world, dest.to_str().unwrap(), &["--force"], &sources);
+        let out = world.populate(dest.to_str().unwrap(), &["--force"], &sources);
         out.assert_failure();
         out.assert_stderr_contains("x.git.ref: ");
         out.assert_stderr_contains("set shallow to false");
@@ -202,6 +198,8 @@ fn rev_parse_forms_that_are_not_names_are_resolved_after_fetching() {
     repo.commit("later");
     let dest = world.path("local/src");
     let sources = json!({"x": {"git": {"url": repo.url(), "ref": ":/wanted"}}});
-    populate(&world, dest.to_str().unwrap(), &["--force"], &sources).assert_success();
+    world
+        .populate(dest.to_str().unwrap(), &["--force"], &sources)
+        .assert_success();
     assert_eq!(git_head(&dest.join("x")), in_origin(&repo, ":/wanted"));
 }

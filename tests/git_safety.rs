@@ -6,14 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use krops_tests::{git_head, GitRepo, Output, Tree, World};
+use krops_tests::{git_head, GitRepo, Tree, World};
 use serde_json::{json, Value};
-
-fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Output {
-    let mut args = vec!["--target", target];
-    args.extend_from_slice(flags);
-    world.run("populate", &args, sources.to_string().as_bytes())
-}
 
 /// Runs `git ARGS…` in `dir` (a checkout a tool made) and returns its stdout,
 /// trimmed.
@@ -181,13 +175,13 @@ fn a_dot_git_that_is_no_repository_never_leads_git_to_a_parent_repository() {
             &elsewhere,
             &["config", "core.worktree", outer.path().to_str().unwrap()],
         );
-        populate(
-            &world,
-            &target,
-            &["--force"],
-            &json!({"filter-skeleton": filter_example(modules.path())}),
-        )
-        .assert_success();
+        world
+            .populate(
+                &target,
+                &["--force"],
+                &json!({"filter-skeleton": filter_example(modules.path())}),
+            )
+            .assert_success();
         assert!(
             p("filter-skeleton/.git/refs").is_dir(),
             "{how}: no skeleton"
@@ -201,7 +195,7 @@ fn a_dot_git_that_is_no_repository_never_leads_git_to_a_parent_repository() {
             .iter()
             .map(|shape| (shape.to_string(), git_source.clone()))
             .collect();
-        let out = populate(&world, &target, &[], &Value::Object(sources.clone()));
+        let out = world.populate(&target, &[], &Value::Object(sources.clone()));
         before.assert_unchanged(&outside_path(outer));
         out.assert_success();
         let stderr = out.stderr_str();
@@ -219,7 +213,7 @@ fn a_dot_git_that_is_no_repository_never_leads_git_to_a_parent_repository() {
             assert!(!p(shape).join("other.nix").exists(), "{how}: {shape}");
         }
         // Deployed again, nothing is replaced and nothing outside changes.
-        let out = populate(&world, &target, &[], &Value::Object(sources));
+        let out = world.populate(&target, &[], &Value::Object(sources));
         out.assert_success();
         assert!(
             !out.stderr_str().contains("replacing"),
@@ -279,8 +273,10 @@ fn a_checkout_git_refuses_for_its_owner_is_replaced_or_the_failing_command_named
     // it (dubious ownership), so root replaces it with a checkout of its own.
     let path = world.mkdir("users-then-roots");
     world.chown_to_sudo_user(&path);
-    populate(&world, &alpha.target(user, &path), &["--force"], &sources).assert_success();
-    let out = populate(&world, &alpha.target("root", &path), &[], &sources);
+    world
+        .populate(&alpha.target(user, &path), &["--force"], &sources)
+        .assert_success();
+    let out = world.populate(&alpha.target("root", &path), &[], &sources);
     out.assert_success()
         .assert_stderr_contains("it is not a git checkout of its own");
     assert!(!out.stderr_str().contains("git remote add"), "{out}");
@@ -293,10 +289,12 @@ fn a_checkout_git_refuses_for_its_owner_is_replaced_or_the_failing_command_named
     // it, and the error names what failed, not `git remote add`.
     let path = world.mkdir("roots-then-users");
     world.chown_to_sudo_user(&path);
-    populate(&world, &alpha.target("root", &path), &["--force"], &sources).assert_success();
+    world
+        .populate(&alpha.target("root", &path), &["--force"], &sources)
+        .assert_success();
     world.chown_to_sudo_user(&path.join(".populate-lock"));
     let before = Tree::snapshot(&path.join("n"));
-    let out = populate(&world, &alpha.target(user, &path), &[], &sources);
+    let out = world.populate(&alpha.target(user, &path), &[], &sources);
     out.assert_failure()
         .assert_stderr_contains("source n (git)")
         .assert_stderr_contains("dubious ownership")
@@ -318,13 +316,17 @@ fn turning_shallow_off_deepens_the_checkout() {
     let source = |git_ref: &str, shallow: bool| json!({"n": {"git": {"url": origin.file_url(), "ref": git_ref, "shallow": shallow}}});
     for (how, target) in targets(&world, |how| world.path(&format!("{how}/src"))) {
         let dest = world.path(&format!("{how}/src/n"));
-        populate(&world, &target, &["--force"], &source("main", true)).assert_success();
+        world
+            .populate(&target, &["--force"], &source("main", true))
+            .assert_success();
         assert_eq!(
             git_in(&world, &dest, &["rev-parse", "--is-shallow-repository"]),
             "true",
             "{how}: the first deploy is shallow"
         );
-        populate(&world, &target, &[], &source("main~1", false)).assert_success();
+        world
+            .populate(&target, &[], &source("main~1", false))
+            .assert_success();
         assert_fresh_checkout(&world, &dest, &parent, how);
         assert_eq!(
             git_in(&world, &dest, &["rev-parse", "--is-shallow-repository"]),
@@ -332,7 +334,7 @@ fn turning_shallow_off_deepens_the_checkout() {
             "{how}: shallow is off"
         );
         // A ref beyond origin's history names the source and the command.
-        let out = populate(&world, &target, &[], &source("main~9", false));
+        let out = world.populate(&target, &[], &source("main~9", false));
         out.assert_failure()
             .assert_stderr_contains("source n (git)")
             .assert_stderr_contains("`git rev-parse --verify FETCH_HEAD~9^{commit}` failed");
@@ -388,7 +390,9 @@ fn local_changes_in_a_checkout_and_its_submodules_do_not_survive_a_deploy() {
 
     for (how, target) in targets(&world, |how| world.path(&format!("{how}/src"))) {
         let p = world.path(&format!("{how}/src/n"));
-        populate(&world, &target, &["--force"], &source(&first)).assert_success();
+        world
+            .populate(&target, &["--force"], &source(&first))
+            .assert_success();
         let mess = |first_edit: &str| {
             std::fs::write(p.join("default.nix"), first_edit).unwrap();
             std::fs::write(p.join("untracked"), "x\n").unwrap();
@@ -404,19 +408,25 @@ fn local_changes_in_a_checkout_and_its_submodules_do_not_survive_a_deploy() {
 
         // The same commit again: everything is reset and cleaned.
         mess("edited on the target\n");
-        populate(&world, &target, &[], &source(&first)).assert_success();
+        world
+            .populate(&target, &[], &source(&first))
+            .assert_success();
         assert_clean(&world, &p, &first, &format!("{how}: checkout"));
         assert!(!p.join("stray-repo").exists(), "{how}: an untracked repo");
         assert_clean(&world, &p.join("lib"), &lib_v1, &format!("{how}: lib"));
         assert_clean(&world, &p.join("lib/inner"), &inner_commit, how);
         // Nothing to do: nothing written, .git and the submodules' included.
         let before = Tree::snapshot(&p);
-        populate(&world, &target, &[], &source(&first)).assert_success();
+        world
+            .populate(&target, &[], &source(&first))
+            .assert_success();
         before.assert_unchanged(&Tree::snapshot(&p));
 
         // A new commit that moves lib over its local edits.
         mess("edited again\n");
-        populate(&world, &target, &[], &source(&second)).assert_success();
+        world
+            .populate(&target, &[], &source(&second))
+            .assert_success();
         assert_clean(&world, &p, &second, &format!("{how}: checkout"));
         assert_clean(&world, &p.join("lib"), &lib_v2, &format!("{how}: lib v2"));
         assert_eq!(
@@ -426,7 +436,9 @@ fn local_changes_in_a_checkout_and_its_submodules_do_not_survive_a_deploy() {
         assert_clean(&world, &p.join("lib/inner"), &inner_commit, how);
 
         // A commit without lib: its checkout goes with it.
-        populate(&world, &target, &[], &source(&third)).assert_success();
+        world
+            .populate(&target, &[], &source(&third))
+            .assert_success();
         assert_clean(&world, &p, &third, &format!("{how}: without lib"));
         assert!(
             !p.join("lib").exists(),
@@ -461,7 +473,9 @@ fn a_broken_checkout_is_replaced_or_fails_naming_the_source_and_the_command() {
             .iter()
             .map(|name| (name.to_string(), git_source.clone()))
             .collect();
-        populate(&world, &target, &["--force"], &Value::Object(all)).assert_success();
+        world
+            .populate(&target, &["--force"], &Value::Object(all))
+            .assert_success();
         let p = |name: &str| path.join(name);
         std::fs::write(p("bad-head/.git/HEAD"), "garbage\n").unwrap();
         std::fs::write(p("bad-config/.git/config"), "[[[\n").unwrap();
@@ -470,7 +484,7 @@ fn a_broken_checkout_is_replaced_or_fails_naming_the_source_and_the_command() {
 
         // git no longer sees a repository there: a fresh checkout.
         let sources = json!({"bad-head": git_source, "bad-config": git_source});
-        let out = populate(&world, &target, &[], &sources);
+        let out = world.populate(&target, &[], &sources);
         before.assert_unchanged(&outside_path(outer));
         out.assert_success();
         for name in ["bad-head", "bad-config"] {
@@ -482,7 +496,7 @@ fn a_broken_checkout_is_replaced_or_fails_naming_the_source_and_the_command() {
             ("bad-ref", "git fetch origin main"),
             ("bad-index", "git fetch origin main"),
         ] {
-            let out = populate(&world, &target, &[], &json!({name: git_source}));
+            let out = world.populate(&target, &[], &json!({name: git_source}));
             before.assert_unchanged(&outside_path(outer));
             out.assert_failure()
                 .assert_stderr_contains(&format!("source {name} (git)"))

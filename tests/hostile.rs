@@ -628,3 +628,258 @@ fn control_characters_that_may_be_meant_arrive_as_given() {
         "the filter was not applied"
     );
 }
+
+#[test]
+fn malformed_input_is_refused_before_anything_runs() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let target = alpha.target("root", &dest);
+    let passage = world.passage_store();
+    passage.insert("k", "v");
+    let dir = passage.dir().to_str().unwrap().to_owned();
+    let cases: Vec<(String, &str)> = vec![
+        (
+            r#"{"a": {"symlink": "x"}, "a": {"symlink": "y"}}"#.to_owned(),
+            "duplicate key \"a\"",
+        ),
+        (
+            r#"{"a": {"git": {"url": "u", "ref": "r", "ref": "s"}}}"#.to_owned(),
+            "duplicate key \"ref\"",
+        ),
+        (
+            json!({"k": {"passage": {"dir": dir, "identities_file": "/nonexistent/ids"}}})
+                .to_string(),
+            "source k (passage): passage.identities_file: /nonexistent/ids does not exist",
+        ),
+    ];
+    for (input, expected) in cases {
+        let out = world.run(
+            "populate",
+            &["--target", &target, "--force"],
+            input.as_bytes(),
+        );
+        out.assert_failure().assert_stderr_contains(expected);
+        assert!(!dest.exists(), "{input}: the target was touched");
+    }
+    let out = world.run(
+        "krops-deploy",
+        &["--target", &target, "--force", "--operation", ""],
+        br#"{"l": {"symlink": "x"}}"#,
+    );
+    out.assert_failure()
+        .assert_stderr_contains("krops-deploy: error: --operation \"\"");
+    assert!(!dest.exists());
+    assert!(world.records("nixos-rebuild").is_empty());
+}
+
+#[test]
+fn command_line_mistakes_start_with_the_tool_s_name() {
+    let world = World::new();
+    for tool in [
+        "mktarget",
+        "populate",
+        "krops-deploy",
+        "krops-test",
+        "krops-command",
+    ] {
+        let out = world.run(tool, &["--path"], b"");
+        let out = if tool == "mktarget" {
+            out
+        } else {
+            world.run(tool, &["--target", "h", "--no-such-flag"], b"")
+        };
+        out.assert_code(2);
+        let stderr = out.stderr_str();
+        let first = stderr.lines().next().unwrap_or("");
+        assert!(first.starts_with(&format!("{tool}: error: ")), "{out:?}");
+        assert!(
+            first.contains("'--no-such-flag'") || first.contains("'--path <PATH>'"),
+            "{out:?}"
+        );
+    }
+    let out = world.run("populate", &["--help"], b"");
+    out.assert_success()
+        .assert_stdout_contains("Usage: populate");
+}
+
+/// Every mistake on the command line exits 2, as clap's own do, also those
+/// found after parsing; nothing runs.
+#[test]
+fn command_line_mistakes_found_after_parsing_exit_2() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("alpha/src");
+    let target = alpha.target("root", &dest);
+    let local = world.mkdir("local/src");
+    let local = local.to_str().unwrap();
+    let dir = world.mkdir("results");
+    let dir = dir.to_str().unwrap();
+    let missing = world.path("no/such/dir/results.json");
+    let missing = missing.to_str().unwrap();
+    let t = target.as_str();
+    let fleet = |extra: Value| {
+        let mut host = json!({"target": t, "source": world.nixos_config(), "force": true});
+        for (key, value) in extra.as_object().unwrap() {
+            host[key] = value.clone();
+        }
+        json!({ "web": host }).to_string()
+    };
+    let good = world.nixos_config().to_string();
+    let rows: Vec<(&str, Vec<&str>, String, &str)> = vec![
+        (
+            "krops-deploy",
+            vec!["--target", t, "--check", "true"],
+            good.clone(),
+            "--check needs --confirm-timeout",
+        ),
+        (
+            "krops-deploy",
+            vec![
+                "--target",
+                t,
+                "--confirm-timeout",
+                "5",
+                "--operation",
+                "boot",
+            ],
+            good.clone(),
+            "--confirm-timeout works with --operation switch or test",
+        ),
+        (
+            "krops-deploy",
+            vec!["--target", t, "--ask", "--operation", "build"],
+            good.clone(),
+            "--ask activates the built system",
+        ),
+        (
+            "krops-deploy",
+            vec!["--target", t, "--operation", ""],
+            good.clone(),
+            "--operation \"\": expected a nixos-rebuild operation",
+        ),
+        (
+            "krops-deploy",
+            vec!["--target", t, "--preview", "--confirm-timeout", "5"],
+            good.clone(),
+            "'--preview' cannot be used with '--confirm-timeout <SECONDS>'",
+        ),
+        (
+            "krops-command",
+            vec!["--target", t, "--json"],
+            good.clone(),
+            "--json: stdout carries the command's own output",
+        ),
+        (
+            "krops-test",
+            vec!["--target", local, "--json"],
+            good.clone(),
+            "--json: stdout carries",
+        ),
+        (
+            "populate",
+            vec!["--target", t, "--json-file", dir],
+            good.clone(),
+            "is a directory",
+        ),
+        (
+            "krops-deploy",
+            vec!["--target", t, "--json-file", missing],
+            good.clone(),
+            "is not a directory: the results could not be written",
+        ),
+        (
+            "krops-command",
+            vec!["--fleet", "-"],
+            fleet(json!({"allocateTTY": true})),
+            "fleet.web.allocateTTY: true does not go with --fleet",
+        ),
+        (
+            "krops-command",
+            vec!["--fleet", "-", "--allocate-tty"],
+            fleet(json!({})),
+            "'--fleet <FILE>' cannot be used with '--allocate-tty'",
+        ),
+    ];
+    // The world's own `ssh root@alpha true` that found sshd ready is in
+    // its log, maybe only now.
+    for _ in 0..100 {
+        if world.handshakes("alpha") > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut wrong = Vec::new();
+    for (tool, args, stdin, needle) in &rows {
+        let before = world.handshakes("alpha");
+        let out = world.run(tool, &[&["--force"][..], args].concat(), stdin.as_bytes());
+        if out.code() != Some(2)
+            || !out.stderr_str().contains(&format!("{tool}: error: "))
+            || !out.stderr_str().contains(needle)
+        {
+            wrong.push(format!(
+                "{tool} {args:?}: want exit 2 and {needle:?}\n{out}"
+            ));
+        }
+        if world.handshakes("alpha") != before {
+            wrong.push(format!("{tool} {args:?}: it reached the target\n{out}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+    assert!(!dest.exists());
+    assert!(world.records("nixos-rebuild").is_empty());
+}
+
+/// README: command-line mistakes exit 2, also those found after parsing.
+/// A `--target` (or `--build-target`) the tools refuse is one, as
+/// `--operation ''` and `--confirm-timeout 0` are; it exited 1, like a
+/// failed deploy, so a script could not tell the two apart.
+#[test]
+fn a_bad_target_on_the_command_line_exits_2() {
+    let world = World::new();
+    let host = world.add_host("alpha");
+    let good = host.target("root", &world.path("alpha/src"));
+    world.write("cfg/configuration.nix", "{ }\n");
+    let sources = json!({"cfg": {"file": world.path("cfg").to_str().unwrap()}});
+    let bad = [
+        ("/srv/a=b", "contains '='"),
+        ("/srv/a:b", "target"),
+        ("-oProxyCommand=x/srv", "begins with '-'"),
+        ("alpha:0/srv", "not a port number"),
+        (r#"{"path": "relative"}"#, "target.path"),
+    ];
+    for (target, says) in bad {
+        for tool in ["populate", "krops-deploy", "krops-command", "krops-test"] {
+            let out = world.run(
+                tool,
+                &["--target", target, "--force"],
+                sources.to_string().as_bytes(),
+            );
+            out.assert_code(2)
+                .assert_stderr_contains(&format!("{tool}: error:"))
+                .assert_stderr_contains(says);
+        }
+        let out = world.run_with_sources(
+            "krops-deploy",
+            &["--target", &good, "--build-target", target, "--force"],
+            &sources,
+        );
+        out.assert_code(2)
+            .assert_stderr_contains("krops-deploy: error: --build-target: ")
+            .assert_stderr_contains(says);
+        // With --json, the document says so too.
+        let out = world.run_with_sources("krops-deploy", &["--target", target, "--json"], &sources);
+        out.assert_code(2);
+        assert!(out.document()["error"].as_str().unwrap().contains(says));
+    }
+    // krops-test builds here: a remote target is a mistake of the same kind.
+    world
+        .run(
+            "krops-test",
+            &["--target", &good],
+            sources.to_string().as_bytes(),
+        )
+        .assert_code(2)
+        .assert_stderr_contains("the target must be local");
+    assert!(!world.path("alpha/src").exists(), "nothing was synced");
+}

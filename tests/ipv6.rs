@@ -6,12 +6,8 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
-use krops_tests::{git_head, Host, Output, Record, World, REBUILD_VARIANT_FILE};
+use krops_tests::{file_text, git_head, Host, World, REBUILD_VARIANT_FILE};
 use serde_json::{json, Value};
-
-fn run(world: &World, tool: &str, args: &[&str], sources: &Value) -> Output {
-    world.run(tool, args, sources.to_string().as_bytes())
-}
 
 /// A host whose sshd listens on `[::1]` only.
 fn ipv6_host(world: &World) -> Host {
@@ -54,10 +50,6 @@ fn sources(world: &World) -> (Value, String) {
     (sources, commit)
 }
 
-fn file_text(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-}
-
 fn assert_arrived(dest: &Path, commit: &str) {
     assert_eq!(
         file_text(&dest.join("nixos-config/configuration.nix")),
@@ -83,30 +75,24 @@ fn populate_reaches_an_ipv6_host_in_string_and_json_form() {
 
     let by_string = world.path("six/string");
     let target = string_target(&six, &by_string);
-    run(
-        &world,
-        "populate",
-        &["--target", &target, "--force"],
-        &sources,
-    )
-    .assert_success();
+    world
+        .run_with_sources("populate", &["--target", &target, "--force"], &sources)
+        .assert_success();
     assert_arrived(&by_string, &commit);
 
     let by_json = world.path("six/json");
     let target = json_target(&six, &by_json);
-    run(
-        &world,
-        "populate",
-        &["--target", &target, "--force"],
-        &sources,
-    )
-    .assert_success();
+    world
+        .run_with_sources("populate", &["--target", &target, "--force"], &sources)
+        .assert_success();
     assert_arrived(&by_json, &commit);
 
     // A second run over the same connection settings finds the sentinel and
     // changes the file that changed.
     world.write("cfg/configuration.nix", "{ changed = true; }\n");
-    run(&world, "populate", &["--target", &target], &sources).assert_success();
+    world
+        .run_with_sources("populate", &["--target", &target], &sources)
+        .assert_success();
     assert_eq!(
         file_text(&by_json.join("nixos-config/configuration.nix")),
         "{ changed = true; }\n"
@@ -119,8 +105,7 @@ fn messages_name_an_ipv6_place_unambiguously() {
     let six = ipv6_host(&world);
     let dest = world.mkdir("six/src");
     let sources = json!({"l": {"symlink": "x"}});
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "populate",
         &["--target", &string_target(&six, &dest)],
         &sources,
@@ -139,26 +124,6 @@ fn messages_name_an_ipv6_place_unambiguously() {
         !dest.join("l").exists(),
         "populate went on without a sentinel"
     );
-}
-
-fn only_rebuild(world: &World) -> Record {
-    let mut records = world.records("nixos-rebuild");
-    assert_eq!(
-        records.len(),
-        1,
-        "nixos-rebuild ran {} times",
-        records.len()
-    );
-    records.remove(0)
-}
-
-fn server_port(record: &Record) -> String {
-    // SSH_CONNECTION = client_ip client_port server_ip server_port
-    record.env["SSH_CONNECTION"]
-        .split(' ')
-        .nth(3)
-        .unwrap()
-        .to_owned()
 }
 
 #[test]
@@ -194,18 +159,18 @@ fn deploy_names_an_ipv6_target_host_as_each_program_wants_it() {
             "--nom",
             "false",
         ];
-        let out = run(&world, "krops-deploy", &args, &sources);
+        let out = world.run_with_sources("krops-deploy", &args, &sources);
         out.assert_success();
         assert_arrived(&build_dir, &commit);
         assert_arrived(&target_dir, &commit);
-        let rebuild = only_rebuild(&world);
+        let rebuild = world.only_rebuild();
         assert_eq!(
             rebuild.argv,
             ["switch", "--no-flake", "--target-host", expected],
             "{form} form, {variant}"
         );
         assert_eq!(
-            server_port(&rebuild),
+            rebuild.server_port(),
             alpha.port().to_string(),
             "ran on the build target"
         );
@@ -235,7 +200,7 @@ fn a_target_path_with_a_colon_is_refused_before_anything_runs() {
         ("krops-command", vec!["--target", &string, "--force"]),
     ];
     for (tool, args) in runs {
-        let out = run(&world, tool, &args, &sources);
+        let out = world.run_with_sources(tool, &args, &sources);
         out.assert_failure();
         out.assert_stderr_contains(&format!("{tool}: error:"));
         out.assert_stderr_contains("target.path");
@@ -271,12 +236,7 @@ fn a_host_with_a_colon_must_be_an_ipv6_literal() {
         ),
     ];
     for (target, message) in cases {
-        let out = run(
-            &world,
-            "populate",
-            &["--target", &target, "--force"],
-            &sources,
-        );
+        let out = world.run_with_sources("populate", &["--target", &target, "--force"], &sources);
         out.assert_failure();
         out.assert_stderr_contains(message);
         assert!(!dest.exists(), "{target}: something ran");

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use krops_tests::{Output, World};
+use krops_tests::{file_text, Output, World};
 use serde_json::{json, Value};
 
 /// How long a pipe command waits for what it waits for before giving up
@@ -114,30 +114,6 @@ fn wait_for_file(path: &Path) {
     panic!("{} never appeared", path.display());
 }
 
-/// The events the pipes recorded, with the nixos-rebuild stand-in's
-/// starts and ends, in time order: `A start`, `rebuild end`, ….
-fn timeline(world: &World) -> Vec<String> {
-    let mut events: Vec<(u128, String)> = fs::read_to_string(world.path("events"))
-        .unwrap_or_default()
-        .lines()
-        .map(|line| {
-            let (what, time) = line.rsplit_once(' ').unwrap();
-            (time.parse().unwrap(), what.to_owned())
-        })
-        .collect();
-    for record in world.records("nixos-rebuild") {
-        events.push((record.time, "rebuild start".to_owned()));
-        let end = record.end.expect("every rebuild ended");
-        events.push((end, "rebuild end".to_owned()));
-    }
-    events.sort();
-    events.into_iter().map(|(_, what)| what).collect()
-}
-
-fn text(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-}
-
 /// Reliability (Concurrent runs): two deploys to one target at once → the second says what it waits for and since when, then runs; the nixos-rebuild calls never overlap and the tree is the second's
 #[test]
 fn a_second_deploy_waits_for_the_first_and_they_never_overlap() {
@@ -180,7 +156,7 @@ fn a_second_deploy_waits_for_the_first_and_they_never_overlap() {
     let b_args: Vec<&str> = b_args.iter().map(String::as_str).collect();
     let b = spawn(&world, "krops-deploy", &b_args, &b_err);
     let (a_code, b_code) = (finish(a, &a_err), finish(b, &b_err));
-    let (a_log, b_log) = (text(&a_err), text(&b_err));
+    let (a_log, b_log) = (file_text(&a_err), file_text(&b_err));
     assert_eq!(a_code, Some(0), "A failed:\n{a_log}");
     assert_eq!(b_code, Some(0), "B failed:\n{b_log}");
     // B said what it waited for, and for whom.
@@ -201,7 +177,7 @@ fn a_second_deploy_waits_for_the_first_and_they_never_overlap() {
     );
     // One after the other: A's populate and rebuild, then B's.
     assert_eq!(
-        timeline(&world),
+        world.timeline(),
         [
             "A start",
             "A end",
@@ -215,7 +191,7 @@ fn a_second_deploy_waits_for_the_first_and_they_never_overlap() {
         "A:\n{a_log}\nB:\n{b_log}"
     );
     // The target holds B's sources, none of A's.
-    assert_eq!(text(&dest.join("gen")), "B\n");
+    assert_eq!(file_text(&dest.join("gen")), "B\n");
     assert!(dest.join("cfg/sub/b.nix").exists());
     assert!(!dest.join("cfg/sub/a.nix").exists());
     assert_eq!(
@@ -223,7 +199,7 @@ fn a_second_deploy_waits_for_the_first_and_they_never_overlap() {
         Path::new("cfg/sub/b.nix")
     );
     // The lock file names the last holder, in one line of fixed width.
-    let holder = text(&dest.join(".populate-lock"));
+    let holder = file_text(&dest.join(".populate-lock"));
     assert!(holder.starts_with("root@origin (pid "), "{holder:?}");
     assert_eq!(holder.len(), 200, "{holder:?}");
 }
@@ -359,7 +335,7 @@ fn lock_timeout_gives_up_with_a_clear_error_and_changes_nothing() {
     assert!(!world.path("b-started").exists(), "B's pipe ran");
     assert!(world.records("nixos-rebuild").is_empty());
     fs::write(&release, "").unwrap();
-    assert_eq!(finish(a, &a_err), Some(0), "{}", text(&a_err));
+    assert_eq!(finish(a, &a_err), Some(0), "{}", file_text(&a_err));
 }
 
 /// Our processes (ssh masters, clients) still running for the world.
@@ -452,7 +428,7 @@ fn a_killed_holder_releases_the_lock() {
             b"",
         );
         out.assert_success();
-        assert_eq!(text(&dest.join("gen")), "B\n", "{how}");
+        assert_eq!(file_text(&dest.join("gen")), "B\n", "{how}");
         assert!(dest.join("cfg/sub/b.nix").exists(), "{how}");
         assert!(!dest.join("cfg/sub/a.nix").exists(), "{how}");
         // The killed run's orphan: its pipe command.
@@ -505,9 +481,9 @@ fn no_lock_lets_two_runs_overlap() {
         &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
         &b_err,
     );
-    assert_eq!(finish(a, &a_err), Some(0), "{}", text(&a_err));
-    assert_eq!(finish(b, &b_err), Some(0), "{}", text(&b_err));
-    let events = timeline(&world);
+    assert_eq!(finish(a, &a_err), Some(0), "{}", file_text(&a_err));
+    assert_eq!(finish(b, &b_err), Some(0), "{}", file_text(&b_err));
+    let events = world.timeline();
     let first_end = events.iter().position(|e| e.ends_with(" end")).unwrap();
     assert_eq!(
         first_end, 2,
@@ -518,7 +494,11 @@ fn no_lock_lets_two_runs_overlap() {
         "--no-lock made a lock file"
     );
     for log in [&a_err, &b_err] {
-        assert!(!text(log).contains("waiting for the lock"), "{}", text(log));
+        assert!(
+            !file_text(log).contains("waiting for the lock"),
+            "{}",
+            file_text(log)
+        );
     }
 }
 
@@ -584,7 +564,7 @@ fn the_lock_file_is_never_followed_and_needs_the_sentinel() {
         "populate: replacing the symlink at alpha:{}/.populate-lock",
         dest.display()
     ));
-    assert_eq!(text(&canary), "untouched\n");
+    assert_eq!(file_text(&canary), "untouched\n");
     let lock = fs::symlink_metadata(dest.join(".populate-lock")).unwrap();
     assert!(lock.file_type().is_file());
     // Something else there is refused, named.
@@ -640,8 +620,8 @@ fn the_lock_is_taken_under_sudo_too() {
     out.assert_failure()
         .assert_stderr_contains("another run holds it (root@origin (pid ");
     fs::write(&release, "").unwrap();
-    assert_eq!(finish(a, &a_err), Some(0), "{}", text(&a_err));
-    assert_eq!(text(&dest.join("gen")), "A\n");
+    assert_eq!(finish(a, &a_err), Some(0), "{}", file_text(&a_err));
+    assert_eq!(file_text(&dest.join("gen")), "A\n");
 }
 
 #[test]

@@ -37,26 +37,6 @@ fn wait_until(file: &Path) -> String {
     )
 }
 
-/// What ran, in the order of the times written: the events, and the
-/// nixos-rebuild stand-in's starts and ends.
-fn timeline(world: &World) -> Vec<String> {
-    let mut events: Vec<(u128, String)> = fs::read_to_string(world.path("events"))
-        .unwrap_or_default()
-        .lines()
-        .map(|line| {
-            let (what, time) = line.rsplit_once(' ').unwrap();
-            (time.parse().unwrap(), what.to_owned())
-        })
-        .collect();
-    for record in world.records("nixos-rebuild") {
-        events.push((record.time, "rebuild start".to_owned()));
-        let end = record.end.expect("every rebuild ended");
-        events.push((end, "rebuild end".to_owned()));
-    }
-    events.sort();
-    events.into_iter().map(|(_, what)| what).collect()
-}
-
 /// Starts `tool ARGS` in the background, its stderr going to `stderr`.
 fn spawn(world: &World, tool: &str, args: &[String], stderr: &Path) -> Child {
     world
@@ -180,7 +160,7 @@ impl Case<'_> {
                         self.how,
                         text(&b_err),
                         text(&a_err),
-                        timeline(world)
+                        world.timeline()
                     );
                 }
                 said
@@ -264,7 +244,7 @@ fn a_stopped_command_run_keeps_the_lock_until_its_script_ends() {
             &args(&b_sources, &["--lock-timeout", "120"], &b_script),
         );
         assert_eq!(
-            timeline(&world),
+            world.timeline(),
             ["A final start", "A final end", "B populate", "B final"],
             "{where_}, SIG{how}"
         );
@@ -323,7 +303,7 @@ fn a_stopped_deploy_keeps_the_lock_until_its_rebuild_ends() {
             &args(&b_sources, &["--lock-timeout", "120"]),
         );
         assert_eq!(
-            timeline(&world),
+            world.timeline(),
             [
                 "rebuild start",
                 "activation start",

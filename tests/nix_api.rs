@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use krops_tests::nix::krops_dir;
-use krops_tests::{Output, World};
+use krops_tests::{file_text, Output, World};
 use serde_json::{json, Value};
 
 /// A derivation the target can build with /bin/sh alone.
@@ -19,10 +19,6 @@ const DERIVATION: &str = r#"builtins.derivation {
 /// `s` as a Nix string literal (JSON's escapes are Nix's, but `$` is not).
 fn nix_str(s: &str) -> String {
     serde_json::to_string(s).unwrap().replace("${", "\\${")
-}
-
-fn file_text(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 
 /// mkTarget of every input, evaluated by Nix, next to mktarget's output.
@@ -1265,4 +1261,92 @@ in {{
     let out = world.run_command(&mut world.command(&command), b"");
     out.assert_success();
     assert_eq!(out.stdout_str(), format!("{}\n", dest.display()));
+}
+
+/// nix-bitcoin's wrapper, as it calls krops: `pkgs.callPackage
+/// "${krops}/pkgs/krops" { inherit populate; }` and
+/// `pkgs.callPackage "${krops}/pkgs/populate" {}` from plain nixpkgs,
+/// without krops-rs's overlay (krops's own flake calls it the same way).
+/// The nixpkgs is a stand-in: `callPackage`, `writers`, and what
+/// pkgs/krops-rs takes, its `rustPlatform.buildRustPackage` giving the
+/// tools as built here.
+#[test]
+fn nix_bitcoins_call_package_of_pkgs_krops_works_unchanged() {
+    let world = World::new();
+    let (writers, krops_rs) = world.nix_fixtures();
+    world.write(
+        "plain-nixpkgs/default.nix",
+        format!(
+            r#"{{ ... }}:
+let
+  callPackageWith = set: f: args:
+    let fn = if builtins.isFunction f then f else import f;
+    in fn (builtins.intersectAttrs (builtins.functionArgs fn) set // args);
+  pkgs = {{
+    callPackage = callPackageWith pkgs;
+    writers = import {writers};
+    lib = {{ }};
+    rustPlatform.buildRustPackage = attrs: {krops_rs};
+    makeWrapper = null; git = null; gnupg = null; openssh = null; rsync = null;
+    nix = null;
+  }};
+in pkgs
+"#,
+            writers = nix_str(writers.to_str().unwrap()),
+            krops_rs = nix_str(krops_rs.to_str().unwrap()),
+        ),
+    );
+    let dest = world.path("local/src");
+    let file = world.write(
+        "krops.nix",
+        format!(
+            r#"let
+  src = {krops};
+  pkgs = import <nixpkgs> {{ }};
+  krops = {{
+    lib = import "${{src}}/lib";
+    pkgs = rec {{
+      krops = pkgs.callPackage "${{src}}/pkgs/krops" {{ inherit populate; }};
+      populate = pkgs.callPackage "${{src}}/pkgs/populate" {{ }};
+    }};
+  }};
+  source = krops.lib.evalSource [ {{ link.symlink = "there"; }} ];
+  target = {dest};
+in {{
+  populate = krops.pkgs.populate {{ inherit source target; force = true; }};
+  command = krops.pkgs.krops.writeCommand "command" {{ inherit source target; }};
+  deploy = krops.pkgs.krops.writeDeploy "deploy" {{ inherit source target; }};
+}}
+"#,
+            krops = nix_str(krops_tests::nix::krops_dir().to_str().unwrap()),
+            dest = nix_str(dest.to_str().unwrap()),
+        ),
+    );
+    let nix_path = format!("nixpkgs={}", world.path("plain-nixpkgs").display());
+    let build = |attr: &str| {
+        let mut cmd = world.command("nix-build");
+        cmd.env("NIX_PATH", &nix_path)
+            .arg("--no-out-link")
+            .arg(&file)
+            .args(["-A", attr]);
+        let out = world.run_command(&mut cmd, b"");
+        out.assert_success();
+        out.stdout_str().trim_end().to_owned()
+    };
+    let populate = build("populate");
+    world
+        .run_command(&mut world.command(&populate), b"")
+        .assert_success();
+    assert_eq!(
+        std::fs::read_link(dest.join("link")).unwrap(),
+        std::path::Path::new("there")
+    );
+    let command = build("command");
+    let out = world.run_command(&mut world.command(&command), b"");
+    out.assert_success();
+    assert_eq!(out.stdout_str(), format!("{}\n", dest.display()));
+    let deploy = build("deploy");
+    let out = world.run_command(world.command(&deploy).arg("--dry-run"), b"");
+    out.assert_success()
+        .assert_stdout_contains("nixos-rebuild switch");
 }

@@ -9,17 +9,14 @@
 //! (`$KROPS_NIXOS_REBUILD`), each test says `skipped:` and returns.
 
 use std::fs;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use krops_tests::{Host, Output, RealRebuild, Record, World, REBUILD_VARIANT_FILE};
+use krops_tests::{argvs, Host, Output, RealRebuild, World, REBUILD_VARIANT_FILE};
 use serde_json::{json, Value};
 
 fn deploy(world: &World, args: &[&str], sources: &Value) -> Output {
     world.run("krops-deploy", args, sources.to_string().as_bytes())
-}
-
-fn argvs(records: &[Record]) -> Vec<Vec<String>> {
-    records.iter().map(|r| r.argv.clone()).collect()
 }
 
 /// A NixOS host `alias` booted into the real program's system `v1`, and a
@@ -609,5 +606,281 @@ fn the_real_program_never_runs_outside_a_world_nixos_machine() {
         "refusing to run the real nixos-rebuild outside a world NixOS machine",
     );
     assert!(rr.activations().is_empty());
+    rr.assert_machine_untouched();
+}
+
+/// The real bash nixos-rebuild passes `--target-host` to ssh as it is:
+/// given `root@[::1]`, ssh looks up the host name `[::1]` and fails. The
+/// recorder had accepted the brackets.
+#[test]
+fn a_build_target_reaches_an_ipv6_target_with_the_real_program() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let six = world.add_nixos_host_at("six", IpAddr::V6(Ipv6Addr::LOCALHOST));
+    world.boot_nixos_host("six", &world.real_system(&rr, "v1"));
+    let beta = world.add_nixos_host("beta");
+    let v2 = world.real_system(&rr, "v2");
+    // nixos-rebuild puts /usr/bin first on its PATH, so its ssh is not the
+    // world's wrapper: the world's ssh config comes with the target.
+    let target = json!({
+        "user": "root", "host": six.address().to_string(), "port": six.port(),
+        "path": world.path("six/src").to_str().unwrap(),
+        "extraOptions": ["-F", world.ssh_config().to_str().unwrap()],
+    })
+    .to_string();
+    let build = beta.target("root", &world.path("beta/src"));
+    let args = [
+        "--target",
+        &target,
+        "--build-target",
+        &build,
+        "--force",
+        "--nom",
+        "false",
+    ];
+    let mut preview = args.to_vec();
+    preview.push("--preview");
+    deploy(&world, &preview, &world.real_sources(&rr, "v2"))
+        .assert_success()
+        .assert_stdout_contains(&format!("new system:     {}", v2.display()));
+    deploy(&world, &args, &world.real_sources(&rr, "v2")).assert_success();
+    assert_eq!(world.current_system("six"), Some(v2.clone()));
+    assert_eq!(world.profile_system("six"), Some(v2));
+    assert_eq!(world.current_system("beta"), None, "beta only built");
+    rr.assert_machine_untouched();
+}
+
+/// A target path with a space, non-ASCII letters and a trailing slash goes
+/// through NIX_PATH, the shell text and the real nixos-rebuild intact.
+#[test]
+fn a_target_path_with_a_space_unicode_and_a_trailing_slash_deploys_with_the_real_program() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let host = world.add_nixos_host("alpha");
+    world.boot_nixos_host("alpha", &world.real_system(&rr, "v1"));
+    let v2 = world.real_system(&rr, "v2");
+    let dir = world.path("alpha/my src ü");
+    let target = format!("{}/", host.target("root", &dir));
+    for operation in ["dry-activate", "test", "switch"] {
+        deploy(
+            &world,
+            &[
+                "--target",
+                &target,
+                "--force",
+                "--nom",
+                "false",
+                "--operation",
+                operation,
+            ],
+            &world.real_sources(&rr, "v2"),
+        )
+        .assert_success();
+    }
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2));
+    assert!(dir.join("nixos-config").is_file());
+    rr.assert_machine_untouched();
+}
+
+/// A sudo target (a non-root login with `sudo: true`) through every
+/// operation with the real program, and a preview there.
+#[test]
+fn every_operation_on_a_sudo_target_with_the_real_program() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let user = world.sudo_user();
+    world.add_nixos_host("alpha");
+    let v1 = world.real_system(&rr, "v1");
+    world.boot_nixos_host("alpha", &v1);
+    let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
+    let dest = world.path("alpha/src");
+    std::fs::create_dir_all(&dest).unwrap();
+    world.chown_to_sudo_user(&dest);
+    let target =
+        json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true})
+            .to_string();
+    let run = |extra: &[&str], marker: &str| {
+        let mut args = vec!["--target", &target, "--force", "--nom", "false"];
+        args.extend(extra);
+        deploy(&world, &args, &world.real_sources(&rr, marker))
+    };
+    let state = || (world.current_system("alpha"), world.profile_system("alpha"));
+    run(&["--operation", "dry-activate"], "v2")
+        .assert_success()
+        .assert_stderr_contains(&format!("would activate {}", v2.display()));
+    assert_eq!(state(), (Some(v1.clone()), Some(v1.clone())));
+    run(&["--operation", "test"], "v2").assert_success();
+    assert_eq!(state(), (Some(v2.clone()), Some(v1.clone())));
+    run(&["--operation", "boot"], "v3").assert_success();
+    assert_eq!(state(), (Some(v2.clone()), Some(v3.clone())));
+    run(&["--preview"], "v3")
+        .assert_success()
+        .assert_stdout_contains(&format!("new system:     {}", v3.display()));
+    assert_eq!(state(), (Some(v2.clone()), Some(v3.clone())));
+    run(&[], "v3").assert_success();
+    assert_eq!(state(), (Some(v3.clone()), Some(v3)));
+    rr.assert_machine_untouched();
+}
+
+fn nix_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap().replace("${", "\\${")
+}
+
+/// A krops.nix as the krops README writes one: several sources (nixpkgs
+/// from git, the configuration as a file, a symlink) through `lib` and
+/// `pkgs.krops.writeDeploy` with a `buildTarget`, its script run as a user
+/// runs it, against the real nixos-rebuild.
+#[test]
+fn a_krops_nix_with_a_build_target_deploys_through_the_writers_with_the_real_program() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    world.add_nixos_host("alpha");
+    world.boot_nixos_host("alpha", &world.real_system(&rr, "v1"));
+    world.add_nixos_host("beta");
+    let v2 = world.real_system(&rr, "v2");
+    // nixpkgs from git: the real program's nixpkgs, committed.
+    let nixpkgs = world.git_repo("nixpkgs");
+    let copy = world
+        .command("cp")
+        .arg("-a")
+        .arg(rr.nixpkgs().join("."))
+        .arg(nixpkgs.path())
+        .output()
+        .unwrap();
+    assert!(copy.status.success(), "{copy:?}");
+    let commit = nixpkgs.commit("nixpkgs");
+    let config = world.real_sources(&rr, "v2")["nixos-config"]["file"]["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (writers, krops_rs) = world.nix_fixtures();
+    let file = world.write(
+        "krops.nix",
+        format!(
+            r#"let
+  krops = {krops};
+  lib = import "${{krops}}/lib";
+  writers = import {writers};
+  pkgs.krops = import "${{krops}}/pkgs/krops" {{ inherit writers; krops-rs = {krops_rs}; }};
+  source = lib.evalSource [{{
+    nixpkgs.git = {{ url = {url}; ref = {commit}; }};
+    nixos-config.file = {{ path = {config}; useChecksum = true; }};
+    "hello.txt".symlink = "nixos-config";
+  }}];
+in pkgs.krops.writeDeploy "deploy-alpha" {{
+  inherit source;
+  target = lib.mkTarget "root@alpha{alpha}" // {{ extraOptions = [ "-F" {ssh_config} ]; }};
+  buildTarget = "root@beta{beta}";
+  force = true;
+  useNixOutputMonitor = false;
+}}
+"#,
+            krops = nix_str(krops_tests::nix::krops_dir().to_str().unwrap()),
+            writers = nix_str(writers.to_str().unwrap()),
+            krops_rs = nix_str(krops_rs.to_str().unwrap()),
+            url = nix_str(&nixpkgs.url()),
+            commit = nix_str(&commit),
+            config = nix_str(&config),
+            alpha = world.path("alpha/src").display(),
+            beta = world.path("beta/src").display(),
+            ssh_config = nix_str(world.ssh_config().to_str().unwrap()),
+        ),
+    );
+    let script = world.nix_build(&file, "");
+    world
+        .run_command(&mut world.command(&script), b"")
+        .assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2));
+    assert_eq!(world.current_system("beta"), None, "beta only built");
+    for host in ["alpha", "beta"] {
+        let dest = world.path(&format!("{host}/src"));
+        assert_eq!(
+            krops_tests::git_head(&dest.join("nixpkgs")),
+            commit,
+            "{host}"
+        );
+        assert_eq!(
+            std::fs::read_link(dest.join("hello.txt")).unwrap(),
+            Path::new("nixos-config")
+        );
+    }
+    rr.assert_machine_untouched();
+}
+
+/// `--ask` together with `--confirm-timeout` on a target with its own
+/// `/etc/nixos/flake.nix`, with the real program: what was shown is
+/// activated and confirmed; then a failing check rolls the asked-for
+/// system back with the real `nixos-rebuild switch --rollback`, which the
+/// machine's flake has no say in either.
+/// Reliability (Real nixos-rebuild): `--ask` with `--confirm-timeout` on a target with its own flake, the check failing → the system asked for is activated, then the real `nixos-rebuild switch --rollback` moves the profile and `/run/current-system` back; exit 1
+#[test]
+fn ask_with_a_confirm_timeout_on_a_flake_target_is_kept_or_rolled_back() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    world.nixos_etc_file(
+        "alpha",
+        "nixos/flake.nix",
+        "{\n  outputs = { self }: throw \"the machine's own flake was built\";\n}\n",
+    );
+    let host = world.add_nixos_host("alpha");
+    world.boot_nixos_host("alpha", &world.real_system(&rr, "v1"));
+    let target = host.target("root", &world.path("alpha/src"));
+    let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
+    let ask = [
+        "--target",
+        &target,
+        "--force",
+        "--nom",
+        "false",
+        "--ask",
+        "--confirm-timeout",
+        "30",
+    ];
+    deploy_on_a_terminal(&world, &ask, &world.real_sources(&rr, "v2"), "y\n")
+        .assert_success()
+        .assert_stdout_contains("Activate? [y/N]")
+        .assert_stdout_contains("the new system stays");
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    // Its watchdog ends once it has recorded the confirmation.
+    let log = world.nixos_run_dir("alpha").join("krops/log");
+    for _ in 0..600 {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(" confirmed")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut failing = ask.to_vec();
+    failing.extend(["--check", "false"]);
+    deploy_on_a_terminal(&world, &failing, &world.real_sources(&rr, "v3"), "y\n")
+        .assert_code(1)
+        .assert_stdout_contains("rolled back to the previous system");
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    let activations = rr.activations();
+    assert_eq!(
+        activations.last().map(String::as_str),
+        Some(format!("switch {}", v2.display()).as_str()),
+        "{activations:?}"
+    );
+    assert!(
+        activations.contains(&format!("switch {}", v3.display())),
+        "{activations:?}"
+    );
     rr.assert_machine_untouched();
 }

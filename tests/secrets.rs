@@ -5,7 +5,7 @@
 //! under sudo; `.pass_info` holds only a name and commit hashes; and an
 //! edit that keeps a secret's size and time still arrives.
 //!
-//! (tests/populate.rs checks the modes of a few secrets on local and
+//! (tests/sources.rs checks the modes of a few secrets on local and
 //! remote targets and that they stay out of the log; this file checks the
 //! rest, and all of it with a store of 200.)
 

@@ -6,14 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use krops_tests::{Output, Tree, World};
+use krops_tests::{Tree, World};
 use serde_json::{json, Value};
-
-fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Output {
-    let mut args = vec!["--target", target];
-    args.extend_from_slice(flags);
-    world.run("populate", &args, sources.to_string().as_bytes())
-}
 
 /// Twelve sources as issue 9's benchmark has them, plus a pipe and secrets.
 fn sources(world: &World) -> Value {
@@ -82,7 +76,9 @@ fn a_run_makes_one_connection_and_leaves_no_master_behind() {
     let sources = sources(&world);
     for run in ["first deploy", "no-op redeploy"] {
         let before = world.handshakes("alpha");
-        populate(&world, &target, &["--force"], &sources).assert_success();
+        world
+            .populate(&target, &["--force"], &sources)
+            .assert_success();
         assert_eq!(world.handshakes("alpha") - before, 1, "{run}");
         assert_nothing_left(&world);
     }
@@ -118,7 +114,9 @@ fn without_multiplexing_every_step_connects_on_its_own() {
     let dest = world.path("src");
     let target = alpha.target("root", &dest);
     let sources = sources(&world);
-    populate(&world, &target, &["--force"], &sources).assert_success();
+    world
+        .populate(&target, &["--force"], &sources)
+        .assert_success();
     // The lock file names each run's holder.
     let snapshot = || {
         let mut tree = Tree::snapshot(&dest);
@@ -129,7 +127,7 @@ fn without_multiplexing_every_step_connects_on_its_own() {
     for how in ["flag", "env"] {
         let before = world.handshakes("alpha");
         let out = if how == "flag" {
-            populate(&world, &target, &["--no-multiplex"], &sources)
+            world.populate(&target, &["--no-multiplex"], &sources)
         } else {
             let mut cmd = world.command(world.tool("populate"));
             cmd.env("KROPS_NO_MULTIPLEX", "1")
@@ -158,12 +156,7 @@ fn parallel_sources_give_the_same_tree_as_sequential_ones() {
     for (i, jobs) in ["1", "4", "9"].into_iter().enumerate() {
         let dest = world.path(&format!("src-{i}"));
         let target = alpha.target("root", &dest);
-        let out = populate(
-            &world,
-            &target,
-            &["--force", "--source-jobs", jobs],
-            &sources,
-        );
+        let out = world.populate(&target, &["--force", "--source-jobs", jobs], &sources);
         out.assert_success();
         // Each step's first log line (after its timestamp) comes before
         // its output, in source order.
@@ -188,7 +181,7 @@ fn parallel_sources_give_the_same_tree_as_sequential_ones() {
     trees[0].assert_unchanged(&trees[1]);
     trees[0].assert_unchanged(&trees[2]);
     for bad in ["0", "10", "x"] {
-        let out = populate(&world, "/tmp/x", &["--source-jobs", bad], &json!({}));
+        let out = world.populate("/tmp/x", &["--source-jobs", bad], &json!({}));
         out.assert_code(2)
             .assert_stderr_contains("populate: error:");
     }
@@ -216,12 +209,7 @@ fn the_first_failure_in_source_order_is_reported_after_the_running_steps() {
         "c-fails": {"pipe": fails_too.to_str().unwrap()},
         "d-link": {"symlink": "x"},
     });
-    let out = populate(
-        &world,
-        &target,
-        &["--force", "--source-jobs", "3"],
-        &sources,
-    );
+    let out = world.populate(&target, &["--force", "--source-jobs", "3"], &sources);
     out.assert_failure();
     let stderr = out.stderr_str();
     // The running step finished; the error names b, the first in order.
@@ -258,7 +246,7 @@ fn a_failing_step_or_a_signal_leaves_no_master_or_socket() {
     repo.write("a", "a\n");
     repo.commit("one");
     let bad = json!({"r": {"git": {"url": repo.url(), "ref": "no-such-branch"}}});
-    populate(&world, &target, &["--force"], &bad).assert_failure();
+    world.populate(&target, &["--force"], &bad).assert_failure();
     assert_nothing_left(&world);
 
     let marker = world.path("started");
@@ -290,7 +278,9 @@ fn the_user_s_own_connection_sharing_is_left_alone() {
     let mut target = json!({"user": "root", "host": "alpha", "path": dest.to_str().unwrap(),
         "extraOptions": ["-o", "ControlMaster=no"]});
     let before = world.handshakes("alpha");
-    populate(&world, &target.to_string(), &["--force"], &sources).assert_success();
+    world
+        .populate(&target.to_string(), &["--force"], &sources)
+        .assert_success();
     // The lock, the batch and the file's rsync, each on its own (ours
     // would make them one).
     assert_eq!(world.handshakes("alpha") - before, 3, "ours was used");
@@ -340,7 +330,9 @@ fn a_failing_source_leaves_the_places_of_sources_that_did_not_start() {
     let target = alpha.target("root", &dest);
     world.write("tree/a.nix", "{ }\n");
     let tree = json!({"file": world.path("tree").to_str().unwrap()});
-    populate(&world, &target, &["--force"], &json!({"keep": tree})).assert_success();
+    world
+        .populate(&target, &["--force"], &json!({"keep": tree}))
+        .assert_success();
     // An earlier deploy left a symlink where a later file source now goes.
     std::os::unix::fs::symlink("keep", dest.join("z-later")).unwrap();
     let fails = world.write_executable("gen/fails", "#!/bin/sh\nexit 7\n");
@@ -349,7 +341,7 @@ fn a_failing_source_leaves_the_places_of_sources_that_did_not_start() {
         "b-fails": {"pipe": fails.to_str().unwrap()},
         "z-later": tree,
     });
-    let out = populate(&world, &target, &["--source-jobs", "1"], &sources);
+    let out = world.populate(&target, &["--source-jobs", "1"], &sources);
     out.assert_failure();
     let stderr = out.stderr_str();
     assert!(dest.join("a-first/a.nix").exists(), "{stderr}");

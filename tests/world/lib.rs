@@ -399,6 +399,117 @@ impl World {
         self.run_command(&mut cmd, stdin)
     }
 
+    /// Runs `populate --target TARGET FLAGS…` with `sources` (a sources
+    /// document) as its input.
+    pub fn populate(&self, target: &str, flags: &[&str], sources: &serde_json::Value) -> Output {
+        let mut args = vec!["--target", target];
+        args.extend_from_slice(flags);
+        self.run("populate", &args, sources.to_string().as_bytes())
+    }
+
+    /// The sources of the drivers' deploys to the world's NixOS hosts: one
+    /// file, `cfg/configuration.nix` holding `{ }`, as `nixos-config`.
+    pub fn nixos_config(&self) -> serde_json::Value {
+        self.write("cfg/configuration.nix", "{ }\n");
+        serde_json::json!({"nixos-config": {"file": self.path("cfg/configuration.nix").to_str().unwrap()}})
+    }
+
+    /// Nothing of the run is left here: no temp dir (secrets, pipe output, the
+    /// control socket's dir) in the self's TMPDIR, no process (ssh master,
+    /// rsync, ssh, a pipe's command, gpg, age).
+    #[track_caller]
+    pub fn assert_nothing_left(&self) {
+        self.assert_no_processes_left();
+        let tmp: Vec<_> = std::fs::read_dir(self.tmp_dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        assert!(tmp.is_empty(), "left in TMPDIR: {tmp:?}");
+    }
+
+    /// rsync, slowed down to 1 MB/s while the file `slow-rsync` exists in the
+    /// world, so that a test can act in the middle of a transfer. The real
+    /// rsync on both ends; the receiving end is found through the host's PATH.
+    pub fn slow_rsync(&self) -> PathBuf {
+        let flag = self.path("slow-rsync");
+        self.write_executable(
+            "bin/rsync",
+            format!(
+                "#!/bin/sh\n# rsync at 1 MB/s while {flag} exists (World::slow_rsync)\n\
+                 if [ \"$1\" != --server ] && [ -e {flag} ]; then\n\
+                 \x20 exec /usr/bin/rsync --bwlimit=1000 \"$@\"\nfi\n\
+                 exec /usr/bin/rsync \"$@\"\n",
+                flag = flag.display()
+            ),
+        );
+        self.write(
+            flag.strip_prefix(self.root()).unwrap().to_str().unwrap(),
+            "",
+        );
+        flag
+    }
+
+    /// A NixOS host `alias` running system 1.0, the rebuild set to build 2.0,
+    /// which locks new logins out with `breaking`: the host, the target
+    /// string (`alias/src` in the world), the old and the new system.
+    pub fn nixos_deploy_host(
+        &self,
+        alias: &str,
+        breaking: bool,
+    ) -> (Host, String, PathBuf, PathBuf) {
+        let host = self.add_nixos_host(alias);
+        let old = self.nixos_system("1.0", false);
+        let new = self.nixos_system("2.0", breaking);
+        self.boot_nixos_host(alias, &old);
+        self.set_rebuild_system(&new);
+        let target = host.target("root", &self.path(&format!("{alias}/src")));
+        (host, target, old, new)
+    }
+
+    /// Runs the built tool `tool` with `args` and the sources document
+    /// `sources` as its input.
+    pub fn run_with_sources(
+        &self,
+        tool: &str,
+        args: &[&str],
+        sources: &serde_json::Value,
+    ) -> Output {
+        self.run(tool, args, sources.to_string().as_bytes())
+    }
+
+    /// The one record of the nixos-rebuild stand-in; a panic unless it ran
+    /// exactly once.
+    pub fn only_rebuild(&self) -> Record {
+        let mut records = self.records("nixos-rebuild");
+        assert_eq!(
+            records.len(),
+            1,
+            "nixos-rebuild ran {} times",
+            records.len()
+        );
+        records.remove(0)
+    }
+
+    /// The events the pipes recorded, with the nixos-rebuild stand-in's
+    /// starts and ends, in time order: `A start`, `rebuild end`, ….
+    pub fn timeline(&self) -> Vec<String> {
+        let mut events: Vec<(u128, String)> = fs::read_to_string(self.path("events"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let (what, time) = line.rsplit_once(' ').unwrap();
+                (time.parse().unwrap(), what.to_owned())
+            })
+            .collect();
+        for record in self.records("nixos-rebuild") {
+            events.push((record.time, "rebuild start".to_owned()));
+            let end = record.end.expect("every rebuild ended");
+            events.push((end, "rebuild end".to_owned()));
+        }
+        events.sort();
+        events.into_iter().map(|(_, what)| what).collect()
+    }
+
     /// Runs any command (usually from [`World::command`]) with `stdin` as its
     /// input; killed after [`RUN_TIMEOUT`].
     pub fn run_command(&self, cmd: &mut Command, stdin: &[u8]) -> Output {
@@ -753,4 +864,38 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
         newest = newest.max(mtime);
     }
     newest
+}
+
+/// The text of the file at `path`; a panic naming the path when it cannot
+/// be read.
+#[track_caller]
+pub fn file_text(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+}
+
+/// Whether rsync is in the middle of writing `dir/big` (its temp file
+/// `.big.XXXXXX` has some bytes).
+pub fn receiving_big(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            entry.file_name().to_string_lossy().starts_with(".big.")
+                && entry.metadata().is_ok_and(|meta| meta.len() > 0)
+        })
+}
+
+/// The tree populate leaves at `dest`, without the lock file, which names
+/// the last run that held the lock (its pid, its time).
+pub fn sources_tree(dest: &Path) -> Tree {
+    let lock = dest.join(".populate-lock");
+    assert!(lock.is_file(), "no lock file at {}", lock.display());
+    std::fs::remove_file(&lock).unwrap();
+    Tree::snapshot(dest)
+}
+
+/// The argv of each record.
+pub fn argvs(records: &[Record]) -> Vec<Vec<String>> {
+    records.iter().map(|r| r.argv.clone()).collect()
 }

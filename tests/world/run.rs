@@ -49,6 +49,13 @@ impl Output {
     }
 
     /// stderr as text (lossy UTF-8).
+    /// stdout as the one JSON document a `--json` run prints there.
+    #[track_caller]
+    pub fn document(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout_str().trim_end())
+            .unwrap_or_else(|err| panic!("stdout is not one JSON document ({err}):\n{self}"))
+    }
+
     pub fn stderr_str(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }

@@ -223,6 +223,17 @@ pub struct Record {
 }
 
 impl Record {
+    /// The port of the sshd the recorded run came in through (from
+    /// `SSH_CONNECTION`).
+    pub fn server_port(&self) -> String {
+        // SSH_CONNECTION = client_ip client_port server_ip server_port
+        self.env["SSH_CONNECTION"]
+            .split(' ')
+            .nth(3)
+            .unwrap()
+            .to_owned()
+    }
+
     /// The value of the environment variable `name`, if set.
     pub fn var(&self, name: &str) -> Option<&str> {
         self.env.get(name).map(String::as_str)

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use krops_tests::{quote, Host, Output, World, RUN_TIMEOUT};
+use krops_tests::{quote, Host, World, RUN_TIMEOUT};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -169,10 +169,6 @@ fn assert_every_field_present(value: &Value) {
 }
 
 // ---- fixtures ----
-
-fn run(world: &World, tool: &str, args: &[&str], sources: &Value) -> Output {
-    world.run(tool, args, sources.to_string().as_bytes())
-}
 
 /// A file tree, a symlink and a pipe.
 fn sources(world: &World) -> Value {
@@ -571,8 +567,7 @@ fn a_fleet_on_a_terminal_ends_with_the_failed_hosts_output_and_the_summary() {
 fn plain_lines_with_timestamps_when_stderr_is_not_a_terminal() {
     let world = World::new();
     let alpha = world.add_host("alpha");
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "populate",
         &["--target", &target(&alpha, &world), "--force"],
         &sources(&world),
@@ -621,12 +616,11 @@ fn quiet_prints_errors_only() {
     let world = World::new();
     let alpha = world.add_host("alpha");
     let args = ["--target", &target(&alpha, &world), "--force", "--quiet"];
-    let out = run(&world, "populate", &args, &sources(&world));
+    let out = world.run_with_sources("populate", &args, &sources(&world));
     out.assert_success();
     assert_eq!(out.stderr_str(), "", "{out}");
     // A deploy's rebuild output too, while it succeeds.
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-deploy",
         &[&args[..], &["--nom", "false"]].concat(),
         &sources(&world),
@@ -637,7 +631,7 @@ fn quiet_prints_errors_only() {
 
     let mut failing = sources(&world);
     failing["broken"] = broken_git(&world);
-    let out = run(&world, "populate", &args, &failing);
+    let out = world.run_with_sources("populate", &args, &failing);
     out.assert_failure();
     let stderr = out.stderr_str();
     // The failed step's output, then the error; nothing of the rest.
@@ -655,8 +649,7 @@ fn quiet_prints_errors_only() {
         "3",
     )
     .unwrap();
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-deploy",
         &[&args[..], &["--nom", "false"]].concat(),
         &sources(&world),
@@ -683,7 +676,7 @@ fn json_for_a_populate_and_its_no_op_repeat() {
     sources["secrets"] =
         json!({"pass": {"dir": pass.dir().to_str().unwrap(), "name": "hosts/alpha"}});
     let args = ["--target", &target(&alpha, &world), "--force", "--json"];
-    let out = run(&world, "populate", &args, &sources);
+    let out = world.run_with_sources("populate", &args, &sources);
     out.assert_success();
     let results: Results = parse(&out.stdout_str(), &out);
     assert_eq!((results.version, results.tool.as_str()), (1, "populate"));
@@ -736,7 +729,7 @@ fn json_for_a_populate_and_its_no_op_repeat() {
     );
 
     // Again, nothing changed: rsync says so, and the pass store is skipped.
-    let again = run(&world, "populate", &args, &sources);
+    let again = world.run_with_sources("populate", &args, &sources);
     again.assert_success();
     let results: Results = parse(&again.stdout_str(), &again);
     let target = &results.targets[0];
@@ -767,7 +760,7 @@ fn json_for_a_failed_source() {
         "--source-jobs",
         "1",
     ];
-    let out = run(&world, "populate", &args, &sources);
+    let out = world.run_with_sources("populate", &args, &sources);
     out.assert_failure();
     let results: Results = parse(&out.stdout_str(), &out);
     assert!(!results.ok);
@@ -802,8 +795,7 @@ fn json_for_a_failed_source() {
     assert_eq!(target.sources[1].seconds, 0.0);
     assert!(target.sources[1].error.is_none());
     // Bad input: nothing ran, and the document says why.
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "populate",
         &["--target", args[1], "--json"],
         &json!({"x": {"nope": 1}}),
@@ -818,8 +810,7 @@ fn json_for_a_failed_source() {
 fn json_for_a_deploy_keeps_stdout_for_the_document() {
     let world = World::new();
     let alpha = world.add_host("alpha");
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-deploy",
         &[
             "--target",
@@ -850,8 +841,7 @@ fn json_for_a_deploy_keeps_stdout_for_the_document() {
         "4",
     )
     .unwrap();
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-deploy",
         &[
             "--target",
@@ -886,7 +876,7 @@ fn json_for_krops_command_and_krops_test_goes_to_a_file() {
     for tool in ["krops-command", "krops-test"] {
         for json_args in [&["--json"][..], &["--json-file", "-"][..]] {
             let args = [&["--target", &target, "--force"][..], json_args].concat();
-            let out = run(&world, tool, &args, &sources(&world));
+            let out = world.run_with_sources(tool, &args, &sources(&world));
             out.assert_code(2);
             out.assert_stderr_contains(&format!("{tool}: error: --json: stdout carries "));
             out.assert_stderr_contains("--json-file FILE");
@@ -894,8 +884,7 @@ fn json_for_krops_command_and_krops_test_goes_to_a_file() {
         }
     }
     let file = world.path("results.json");
-    let out = run(
-        &world,
+    let out = world.run_with_sources(
         "krops-command",
         &[
             "--target",
@@ -931,7 +920,7 @@ fn json_for_a_fleet_has_each_hosts_results() {
         "beta": {"target": beta.target("root", &world.path("beta/src")),
                  "source": {"broken": broken_git(&world)}, "force": true},
     });
-    let out = run(&world, "krops-deploy", &["--fleet", "-", "--json"], &fleet);
+    let out = world.run_with_sources("krops-deploy", &["--fleet", "-", "--json"], &fleet);
     out.assert_code(1);
     // stdout is the document alone: the hosts' prefixed stdout went to stderr.
     let results: FleetResults = parse(&out.stdout_str(), &out);
@@ -971,7 +960,7 @@ fn a_failed_sentinel_check_is_quiet_with_quiet_and_in_the_json() {
     let target = target(&alpha, &world);
     for lock in [&[][..], &["--no-lock"][..]] {
         let args = [&["--target", &target, "--quiet"][..], lock].concat();
-        let out = run(&world, "populate", &args, &sources(&world));
+        let out = world.run_with_sources("populate", &args, &sources(&world));
         out.assert_failure();
         let stderr = out.stderr_str();
         assert!(stamped_lines(&stderr).is_empty(), "{out}");
@@ -981,7 +970,7 @@ fn a_failed_sentinel_check_is_quiet_with_quiet_and_in_the_json() {
         );
         for tool in ["populate", "krops-deploy"] {
             let args = [&["--target", &target, "--json"][..], lock].concat();
-            let out = run(&world, tool, &args, &sources(&world));
+            let out = world.run_with_sources(tool, &args, &sources(&world));
             out.assert_failure();
             let results: Results = parse(&out.stdout_str(), &out);
             let error = results.error.as_deref().unwrap();
@@ -997,4 +986,95 @@ fn a_failed_sentinel_check_is_quiet_with_quiet_and_in_the_json() {
         }
     }
     assert!(!world.path("alpha/src").exists());
+}
+
+#[test]
+fn a_failed_step_names_the_command_and_shows_its_output_once() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("remote/src");
+    let out = world.populate(
+        &alpha.target("root", &dest),
+        &["--force"],
+        &json!({"broken": {"derivation": "builtins.derivation { name = 1; }"}}),
+    );
+    out.assert_failure();
+    let stderr = out.stderr_str();
+    assert!(
+        stderr.contains("populate: error: source broken (derivation) → alpha:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`nix-build -E "), "{stderr}");
+    assert!(stderr.contains("failed: exit status 1"), "{stderr}");
+    assert!(
+        !stderr.contains("set -efu"),
+        "the script was printed: {stderr}"
+    );
+    assert!(
+        !stderr.contains("--- its output ends with ---"),
+        "output repeated: {stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("value is an integer while a string was expected")
+            .count(),
+        1,
+        "the child's error shown more than once: {stderr}"
+    );
+}
+
+#[test]
+fn a_failed_multi_line_derivation_is_named_whole() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("src");
+    let out = world.populate(
+        &alpha.target("root", &dest),
+        &["--force"],
+        &json!({"broken": {"derivation": "builtins.derivation {\n  name = 1;\n}"}}),
+    );
+    out.assert_failure();
+    let stderr = out.stderr_str();
+    let error = &stderr[stderr.find("populate: error:").expect("no error line")..];
+    assert!(
+        error.contains(&format!(
+            "}} -o {}/broken` failed: exit status 1",
+            dest.display()
+        )),
+        "{error}"
+    );
+}
+
+/// README: when the run failed, `ok` is false "and `error` says why". A
+/// failed activation said `error: null`, while stderr said
+/// `krops-deploy: error: nixos-rebuild switch … failed: exit status 1`.
+#[test]
+fn json_after_a_failed_rebuild_says_why_as_stderr_does() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let host = world.add_nixos_host("alpha");
+    let v1 = world.real_system(&rr, "v1");
+    world.boot_nixos_host("alpha", &v1);
+    let target = host.target("root", &world.path("alpha/src"));
+    // The next switch-to-configuration fails (exit 4), as an activation
+    // that a broken unit stops does.
+    world.write("rr/log/fail-next", "");
+    let out = world.run_with_sources(
+        "krops-deploy",
+        &["--target", &target, "--force", "--nom", "false", "--json"],
+        &world.real_sources(&rr, "v2"),
+    );
+    let code = out.code().expect("an exit code");
+    assert_ne!(code, 0, "{out}");
+    let why = format!("nixos-rebuild switch on root@alpha (the target) failed: exit status {code}");
+    out.assert_stderr_contains(&format!("krops-deploy: error: {why}"));
+    let doc = out.document();
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert_eq!(doc["error"], why.as_str(), "{doc}");
+    assert_eq!(doc["final"]["ok"], false, "{doc}");
+    assert_eq!(doc["final"]["exitCode"], code, "{doc}");
+    assert_eq!(doc["targets"][0]["ok"], true, "{doc}");
+    rr.assert_machine_untouched();
 }

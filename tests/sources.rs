@@ -6,18 +6,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use krops_tests::{git_head, EntryKind, Output, Tree, World};
+use krops_tests::{file_text, git_head, EntryKind, Tree, World};
 use serde_json::{json, Value};
-
-fn populate(world: &World, target: &str, flags: &[&str], sources: &Value) -> Output {
-    let mut args = vec!["--target", target];
-    args.extend_from_slice(flags);
-    world.run("populate", &args, sources.to_string().as_bytes())
-}
-
-fn file_text(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
@@ -125,7 +115,7 @@ fn every_type_to_a_local_target() {
     let world = World::new();
     let sources = every_type(&world);
     let dest = world.path("local/src");
-    let out = populate(&world, dest.to_str().unwrap(), &["--force"], &sources);
+    let out = world.populate(dest.to_str().unwrap(), &["--force"], &sources);
     out.assert_success();
     assert!(
         out.stdout.is_empty(),
@@ -153,7 +143,7 @@ fn every_type_to_a_remote_target() {
     let alpha = world.add_host("alpha");
     let sources = every_type(&world);
     let dest = world.path("remote/src");
-    let out = populate(&world, &alpha.target("root", &dest), &["--force"], &sources);
+    let out = world.populate(&alpha.target("root", &dest), &["--force"], &sources);
     out.assert_success();
     assert!(out.stdout.is_empty());
     assert_every_type_arrived(&world, &dest, &sources);
@@ -172,7 +162,7 @@ fn extra_options_with_spaces_reach_ssh_and_rsync() {
     });
     let sources =
         json!({"cfg": {"file": world.path("cfg").to_str().unwrap()}, "l": {"symlink": "cfg/a"}});
-    let out = populate(&world, &target.to_string(), &["--force"], &sources);
+    let out = world.populate(&target.to_string(), &["--force"], &sources);
     out.assert_success();
     assert_eq!(file_text(&dest.join("cfg/a")), "a\n");
     drop(alpha);
@@ -185,7 +175,7 @@ fn missing_sentinel_is_krops_error_and_touches_nothing() {
     let dest = world.mkdir("remote/src");
     let before = Tree::snapshot(&dest);
     let sources = json!({"l": {"symlink": "x"}});
-    let out = populate(&world, &alpha.target("root", &dest), &[], &sources);
+    let out = world.populate(&alpha.target("root", &dest), &[], &sources);
     out.assert_failure();
     // krops's line, exactly, on a line of its own.
     let line = format!(
@@ -202,7 +192,7 @@ fn missing_sentinel_is_krops_error_and_touches_nothing() {
     before.assert_unchanged(&Tree::snapshot(&dest));
 
     let local = world.path("local/src");
-    let out = populate(&world, local.to_str().unwrap(), &[], &sources);
+    let out = world.populate(local.to_str().unwrap(), &[], &sources);
     out.assert_failure();
     let line = format!(
         "error: missing sentinel file: {}/.populate",
@@ -215,7 +205,9 @@ fn missing_sentinel_is_krops_error_and_touches_nothing() {
     );
     assert!(!local.exists());
 
-    populate(&world, &alpha.target("root", &dest), &["--force"], &sources).assert_success();
+    world
+        .populate(&alpha.target("root", &dest), &["--force"], &sources)
+        .assert_success();
     assert!(dest.join(".populate").is_file());
     assert!(dest.join("l").is_symlink());
 }
@@ -228,7 +220,9 @@ fn backup_keeps_a_copy_of_the_previous_state() {
     let target = alpha.target("root", &dest);
     world.write("cfg/a", "version 1\n");
     let sources = json!({"cfg": {"file": world.path("cfg").to_str().unwrap()}});
-    populate(&world, &target, &["--force", "--backup"], &sources).assert_success();
+    world
+        .populate(&target, &["--force", "--backup"], &sources)
+        .assert_success();
     assert!(
         dest.join(".populate").is_dir(),
         "--force --backup makes the sentinel a directory"
@@ -236,7 +230,9 @@ fn backup_keeps_a_copy_of_the_previous_state() {
     // Another size: without useChecksum rsync skips a file of the same size
     // and mtime second, as in krops.
     world.write("cfg/a", "version two\n");
-    populate(&world, &target, &["--backup"], &sources).assert_success();
+    world
+        .populate(&target, &["--backup"], &sources)
+        .assert_success();
     assert_eq!(file_text(&dest.join("cfg/a")), "version two\n");
     assert_eq!(
         file_text(&dest.join(".populate/backup/cfg/a")),
@@ -245,8 +241,10 @@ fn backup_keeps_a_copy_of_the_previous_state() {
 
     // A sentinel file (not a directory) cannot hold a backup: a clear error.
     let plain = world.path("plain/src");
-    populate(&world, plain.to_str().unwrap(), &["--force"], &sources).assert_success();
-    let out = populate(&world, plain.to_str().unwrap(), &["--backup"], &sources);
+    world
+        .populate(plain.to_str().unwrap(), &["--force"], &sources)
+        .assert_success();
+    let out = world.populate(plain.to_str().unwrap(), &["--backup"], &sources);
     out.assert_failure();
     out.assert_stderr_contains(
         "is a file; --backup needs a directory to keep the backup in (--force --backup turns",
@@ -273,7 +271,9 @@ fn redeploys_follow_the_sources() {
             "cfg": {"file": world.path("cfg").to_str().unwrap()},
         })
     };
-    populate(&world, &target, &["--force"], &sources(&first)).assert_success();
+    world
+        .populate(&target, &["--force"], &sources(&first))
+        .assert_success();
     assert_eq!(git_head(&dest.join("repo")), first);
     assert_eq!(git_head(&dest.join("branch")), second);
 
@@ -281,7 +281,9 @@ fn redeploys_follow_the_sources() {
     std::fs::write(dest.join("repo/untracked"), "x").unwrap();
     std::fs::write(dest.join("repo/.version-suffix"), "pre").unwrap();
     std::fs::remove_file(world.path("cfg/gone")).unwrap();
-    populate(&world, &target, &[], &sources(&second)).assert_success();
+    world
+        .populate(&target, &[], &sources(&second))
+        .assert_success();
     assert_eq!(git_head(&dest.join("repo")), second);
     assert_eq!(file_text(&dest.join("repo/a")), "2\n");
     assert!(!dest.join("repo/untracked").exists(), "git clean -dfx");
@@ -292,7 +294,9 @@ fn redeploys_follow_the_sources() {
     // A branch moved on origin is followed (krops would stay at the first clone).
     repo.write("a", "3\n");
     let third = repo.commit("third");
-    populate(&world, &target, &[], &sources(&second)).assert_success();
+    world
+        .populate(&target, &[], &sources(&second))
+        .assert_success();
     assert_eq!(git_head(&dest.join("branch")), third);
     assert_eq!(
         git_head(&dest.join("repo")),
@@ -306,7 +310,7 @@ fn redeploys_follow_the_sources() {
         "tag": {"git": {"url": repo.url(), "ref": "v1"}},
         "shallow": {"git": {"url": repo.file_url(), "ref": first, "shallow": true}},
     });
-    populate(&world, &target, &[], &tagged).assert_success();
+    world.populate(&target, &[], &tagged).assert_success();
     assert_eq!(git_head(&dest.join("tag")), third);
     assert_eq!(git_head(&dest.join("shallow")), first);
 }
@@ -321,12 +325,15 @@ fn unchanged_pass_store_is_not_decrypted_again() {
     pass.insert("host/key", "one");
     let sources =
         json!({"secrets": {"pass": {"dir": pass.dir().to_str().unwrap(), "name": "host"}}});
-    populate(&world, &target, &["--force"], &sources).assert_success();
+    world
+        .populate(&target, &["--force"], &sources)
+        .assert_success();
     assert_eq!(file_text(&dest.join("secrets/key")).trim_end(), "one");
 
     // Same stamp: skipped, so a file changed on the target stays as it is.
     std::fs::write(dest.join("secrets/key"), "changed on the target").unwrap();
-    populate(&world, &target, &[], &sources)
+    world
+        .populate(&target, &[], &sources)
         .assert_success()
         .assert_stderr_contains("unchanged");
     assert_eq!(
@@ -337,7 +344,7 @@ fn unchanged_pass_store_is_not_decrypted_again() {
     // A new commit in the store: decrypted and synced again. (Another size:
     // rsync's quick check sees size and the commit's mtime second, as in krops.)
     pass.insert("host/key", "the second value");
-    populate(&world, &target, &[], &sources).assert_success();
+    world.populate(&target, &[], &sources).assert_success();
     assert_eq!(
         file_text(&dest.join("secrets/key")).trim_end(),
         "the second value"
@@ -365,12 +372,16 @@ fn sudo_target_writes_a_root_owned_directory() {
     });
     // Without sudo the user cannot write there.
     let plain = json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap()});
-    populate(&world, &plain.to_string(), &["--force"], &sources).assert_failure();
+    world
+        .populate(&plain.to_string(), &["--force"], &sources)
+        .assert_failure();
     assert!(!dest.exists());
 
     let target =
         json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true});
-    populate(&world, &target.to_string(), &["--force"], &sources).assert_success();
+    world
+        .populate(&target.to_string(), &["--force"], &sources)
+        .assert_success();
     let tree = Tree::snapshot(&dest);
     for rel in ["cfg/a", "repo/f", "secrets/k", ".populate"] {
         let entry = tree
@@ -406,7 +417,9 @@ fn paths_and_link_texts_with_shell_syntax_arrive_byte_exact() {
         } else {
             dest.to_str().unwrap().to_owned()
         };
-        populate(&world, &target, &["--force"], &sources).assert_success();
+        world
+            .populate(&target, &["--force"], &sources)
+            .assert_success();
         assert_eq!(
             std::fs::read_link(dest.join("l")).unwrap().to_str(),
             Some(link_text),
@@ -506,12 +519,11 @@ fn refused_input_runs_nothing_on_the_target() {
         "root@alpha:0/x",
         "root@alpha:relative",
     ] {
-        let out = populate(&world, bad_target, &["--force"], &good);
+        let out = world.populate(bad_target, &["--force"], &good);
         out.assert_failure();
         out.assert_stderr_contains("target.");
     }
-    let out = populate(
-        &world,
+    let out = world.populate(
         &json!({"host": "alpha", "path": "var/src"}).to_string(),
         &["--force"],
         &good,
@@ -552,7 +564,7 @@ fn a_failing_step_stops_the_run_and_names_the_source() {
         "a-broken": {"git": {"url": world.path("no-such-repo").to_str().unwrap(), "ref": "main"}},
         "b-later": {"symlink": "x"},
     });
-    let out = populate(&world, &alpha.target("root", &dest), &["--force"], &sources);
+    let out = world.populate(&alpha.target("root", &dest), &["--force"], &sources);
     out.assert_failure();
     out.assert_stderr_contains("populate: error: source a-broken (git) → alpha:");
     out.assert_stderr_contains("failed: exit status");
@@ -581,7 +593,7 @@ fn secrets_are_removed_when_decryption_fails() {
     world.run_command(&mut age, b"not yours").assert_success();
     let dest = world.path("local/src");
     let sources = json!({"keys": {"passage": passage.dir().to_str().unwrap()}});
-    let out = populate(&world, dest.to_str().unwrap(), &["--force"], &sources);
+    let out = world.populate(dest.to_str().unwrap(), &["--force"], &sources);
     out.assert_failure()
         .assert_stderr_contains("source keys (passage)");
     let leftovers: Vec<_> = std::fs::read_dir(world.tmp_dir()).unwrap().collect();
@@ -658,8 +670,7 @@ fn dry_run_prints_the_plan_without_secrets_and_runs_nothing() {
         "zecrets": {"passage": passage.dir().to_str().unwrap()},
         "l": {"symlink": "x"},
     });
-    let out = populate(
-        &world,
+    let out = world.populate(
         &alpha.target("root", &dest),
         &["--force", "--dry-run"],
         &sources,
@@ -709,8 +720,7 @@ fn a_failing_sentinel_check_runs_once() {
     let world = World::new();
     let blocker = world.write("blocker", "a file, not a directory\n");
     let dest = blocker.join("src");
-    let out = populate(
-        &world,
+    let out = world.populate(
         dest.to_str().unwrap(),
         &["--force"],
         &json!({"l": {"symlink": "x"}}),
@@ -743,8 +753,7 @@ fn stdout_stays_empty_when_ssh_prints_to_it() {
         "user": "root", "host": "alpha", "path": dest.to_str().unwrap(),
         "extraOptions": ["-o", "PermitLocalCommand=yes", "-o", "LocalCommand=echo noise-from-ssh"]
     });
-    let out = populate(
-        &world,
+    let out = world.populate(
         &target.to_string(),
         &["--force"],
         &json!({"l": {"symlink": "x"}}),
@@ -768,7 +777,9 @@ fn git_submodules_are_checked_out_and_follow_the_ref() {
     let dest = world.path("remote/src");
     let target = alpha.target("root", &dest);
     let sources = |git_ref: &str| json!({"repo": {"git": {"url": repo.url(), "ref": git_ref}}});
-    populate(&world, &target, &["--force"], &sources(&first)).assert_success();
+    world
+        .populate(&target, &["--force"], &sources(&first))
+        .assert_success();
     assert_eq!(file_text(&dest.join("repo/lib/lib.nix")), "{ v = 1; }\n");
 
     // A new commit that moves the submodule: update --init --recursive follows.
@@ -777,7 +788,9 @@ fn git_submodules_are_checked_out_and_follow_the_ref() {
     repo.git(&["-C", "lib", "pull", "-q", "origin", "main"]);
     repo.git(&["add", "lib"]);
     let second = repo.commit("with lib v2");
-    populate(&world, &target, &[], &sources(&second)).assert_success();
+    world
+        .populate(&target, &[], &sources(&second))
+        .assert_success();
     assert_eq!(file_text(&dest.join("repo/lib/lib.nix")), "{ v = 2; }\n");
 }
 
@@ -796,7 +809,9 @@ fn a_pass_store_without_git_is_synced_every_time() {
     assert!(!plain.join(".git").exists());
     let dest = world.path("local/src");
     let sources = json!({"secrets": {"pass": {"dir": plain.to_str().unwrap(), "name": "host"}}});
-    populate(&world, dest.to_str().unwrap(), &["--force"], &sources).assert_success();
+    world
+        .populate(dest.to_str().unwrap(), &["--force"], &sources)
+        .assert_success();
     assert_eq!(file_text(&dest.join("secrets/key")), "not in git");
     assert_eq!(mode(&dest.join("secrets/key")), 0o600);
     assert!(
@@ -822,7 +837,9 @@ fn hex_only_tag_names_follow_origin_and_short_hashes_still_work() {
         "dated-shallow": {"git": {"url": repo.file_url(), "ref": "20240115", "shallow": true}},
         "short": {"git": {"url": repo.url(), "ref": &first[..7]}},
     });
-    populate(&world, &target, &["--force"], &sources).assert_success();
+    world
+        .populate(&target, &["--force"], &sources)
+        .assert_success();
     assert_eq!(git_head(&dest.join("dated")), second);
     assert_eq!(git_head(&dest.join("dated-shallow")), second);
     assert_eq!(git_head(&dest.join("short")), first);
@@ -831,7 +848,7 @@ fn hex_only_tag_names_follow_origin_and_short_hashes_still_work() {
     repo.write("a", "333\n");
     let third = repo.commit("third");
     repo.git(&["tag", "-f", "20240115"]);
-    populate(&world, &target, &[], &sources).assert_success();
+    world.populate(&target, &[], &sources).assert_success();
     assert_eq!(git_head(&dest.join("dated")), third);
     assert_eq!(git_head(&dest.join("dated-shallow")), third);
     assert_eq!(git_head(&dest.join("short")), first);
@@ -844,7 +861,9 @@ fn link_texts_that_look_like_options_are_link_texts() {
     let alpha = world.add_host("alpha");
     let dest = world.path("remote/src");
     let sources = json!({"help": {"symlink": "--help"}, "dash": {"symlink": "-n"}});
-    populate(&world, &alpha.target("root", &dest), &["--force"], &sources).assert_success();
+    world
+        .populate(&alpha.target("root", &dest), &["--force"], &sources)
+        .assert_success();
     assert_eq!(
         std::fs::read_link(dest.join("help")).unwrap().to_str(),
         Some("--help")
