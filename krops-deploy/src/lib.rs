@@ -3,26 +3,28 @@
 //! optionally preview what it changes first, and confirm the switch over a
 //! new connection or have the target roll it back (issue 12).
 
+mod deploy;
 pub mod preview;
 #[cfg(test)]
 mod testing;
 pub mod watchdog;
 
 use std::io::{BufRead, Write};
-use std::process::{ExitCode, ExitStatus};
+use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use mktarget::command::exit_code;
+use krops_driver::{Reporting, Stages};
 use mktarget::shell::{quote, quote_words};
 use mktarget::tool::{usage, Example};
-use mktarget::{Cmd, Origin, Session, Target};
+use mktarget::{Origin, Target};
 use populate::fleet::{choices, FleetArgs, Kind, Setting};
-use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
+use populate::{Plan, PopulateArgs, Results};
 
-use preview::{Built, Preview};
-use watchdog::{Learned, Operation, Outcome, Paths, Report, Watchdog};
+use deploy::Deploy;
+use watchdog::{Operation, Paths, Watchdog};
 
 /// Populate a NixOS target, then run nixos-rebuild on it.
 ///
@@ -426,62 +428,20 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         }),
         None => None,
     };
-    let dry_run = cli.populate.dry_run;
     let reporting = &mut Reporting::new("krops-deploy", &cli.populate, results)?;
-    if cli.preview || cli.ask {
-        return deploy.preview_then(
-            &plans,
-            cli.ask,
-            watchdog.as_ref(),
-            cli.check.as_deref(),
-            dry_run,
-            reporting,
-        );
-    }
-    if watchdog.is_some() && build != target {
-        // nixos-rebuild would activate over its own ssh, where no watchdog
-        // can tell when activation ends: build there, activate here.
-        return deploy.build_then_activate(
-            &plans,
-            watchdog.as_ref(),
-            cli.check.as_deref(),
-            dry_run,
-            reporting,
-        );
-    }
-    let rebuild = Final::new(
-        &deploy.build_session,
-        &deploy.rebuild_command(&nixos_rebuild, watchdog.as_ref()),
-        deploy.on_build("nixos-rebuild", &cli.operation),
-    )
-    .tells_why_on(watchdog::NOT_STARTED);
-    let Some(watchdog) = watchdog else {
-        return populate_then(&plans, &rebuild, dry_run, reporting);
+    let deploy = Rc::new(deploy);
+    let watchdog = watchdog.map(Rc::new);
+    let check = cli.check.clone();
+    let stages = if cli.preview || cli.ask {
+        deploy::preview_then(&deploy, cli.ask, watchdog, check)
+    } else if watchdog.is_some() && build != target {
+        deploy::build_then_activate(&deploy, watchdog, check)
+    } else if let Some(watchdog) = &watchdog {
+        deploy::confirmed(&deploy, &nixos_rebuild, watchdog, check)
+    } else {
+        deploy::plain(&deploy, &nixos_rebuild)
     };
-    if dry_run {
-        let confirm = deploy.confirm_command(&watchdog, cli.check.as_deref());
-        let confirm_what = confirm_what(&watchdog);
-        print!(
-            "{}",
-            populate::dry_run_script(
-                &plans,
-                &[
-                    (&rebuild.what, &rebuild.command(false)),
-                    (&confirm_what, &confirm)
-                ]
-            )
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    populate::populate_all(&plans, reporting)?;
-    mktarget::interrupt::aftermath(watchdog.aftermath(&deploy.target_session.machine()));
-    let status = rebuild.run(reporting)?;
-    if status.code() == Some(watchdog::NOT_STARTED) {
-        // Nothing was activated, nor is there a watchdog to hear from.
-        mktarget::interrupt::no_aftermath();
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(deploy.conclude(&watchdog, cli.check.as_deref(), status, reporting))
+    Stages::new(plans, stages).run_or_print(cli.populate.dry_run, reporting)
 }
 
 /// Checks what the activation options need, before anything runs: a
@@ -544,424 +504,6 @@ fn confirm_what(watchdog: &Watchdog) -> String {
         watchdog.timeout
     )
 }
-
-/// One deploy's commands, once its input is checked.
-struct Deploy {
-    operation: String,
-    cross_deploy: bool,
-    nom: Nom,
-    target_session: Arc<Session>,
-    build_session: Arc<Session>,
-    /// NIX_SSHOPTS for the build target to reach the target, if any.
-    sshopts: Option<String>,
-    paths: Paths,
-}
-
-impl Deploy {
-    fn target(&self) -> &Target {
-        self.target_session.target()
-    }
-
-    fn build(&self) -> &Target {
-        self.build_session.target()
-    }
-
-    fn separate_build(&self) -> bool {
-        self.build() != self.target()
-    }
-
-    /// `PROGRAM OPERATION on MACHINE (the [build] target)`, for messages.
-    fn on_build(&self, program: &str, operation: &str) -> String {
-        let role = if self.separate_build() {
-            "the build target"
-        } else {
-            "the target"
-        };
-        format!(
-            "{program} {operation} on {} ({role})",
-            self.build_session.machine()
-        )
-    }
-
-    /// The script of the rebuild on the build target, as krops runs it; on
-    /// the target with the watchdog started first when there is one.
-    fn rebuild_command(&self, rebuild: &Rebuild, watchdog: Option<&Watchdog>) -> String {
-        let script = rebuild_script(
-            &self.build().path,
-            self.sshopts.as_deref(),
-            rebuild,
-            self.nom,
-        );
-        match watchdog {
-            Some(watchdog) => watchdog.guard(&script),
-            None => script,
-        }
-    }
-
-    /// `nixos-rebuild build` in a private directory on the build target.
-    fn build_command(&self) -> Final {
-        let build = Rebuild {
-            operation: "build".to_owned(),
-            cross_deploy: self.cross_deploy,
-            target_host: None,
-            sudo: false,
-        };
-        let rebuild = rebuild_script(&self.build().path, None, &build, self.nom);
-        Final::new(
-            &self.build_session,
-            &preview::build_script(&rebuild),
-            self.on_build("nixos-rebuild", "build"),
-        )
-    }
-
-    fn activate_command(&self, system: &str, watchdog: Option<&Watchdog>) -> Final {
-        let script = preview::activate_script(&self.paths, &self.operation, system);
-        let script = match watchdog {
-            Some(watchdog) => watchdog.guard(&script),
-            None => script,
-        };
-        Final::new(
-            &self.target_session,
-            &script,
-            format!(
-                "activating the new system ({}) on {}",
-                self.operation,
-                self.target_session.machine()
-            ),
-        )
-        .tells_why_on(watchdog::NOT_STARTED)
-    }
-
-    fn confirm_command(&self, watchdog: &Watchdog, check: Option<&str>) -> Cmd {
-        self.target_session
-            .fresh_command(&watchdog.confirm_script(check), &[])
-    }
-
-    /// Builds the new system, copies it to the target (when the build
-    /// target is another machine) and returns it; `Err(code)` when a step
-    /// failed (it said so).
-    fn build_and_copy(
-        &self,
-        reporting: &mut Reporting,
-    ) -> Result<std::result::Result<Built, ExitCode>> {
-        let build = self.build_command();
-        let (status, stdout) = build.run_capturing_stdout(reporting)?;
-        if !status.success() {
-            return Ok(Err(ExitCode::from(exit_code(status))));
-        }
-        let built = preview::parse_built(&stdout)?;
-        if self.separate_build() {
-            let copy = self.copy_final(&built.system);
-            let status = copy.run(reporting)?;
-            if !status.success() {
-                self.cleanup(&built);
-                return Ok(Err(ExitCode::from(exit_code(status))));
-            }
-        }
-        Ok(Ok(built))
-    }
-
-    fn copy_final(&self, system: &str) -> Final {
-        let script = preview::copy_script(
-            self.sshopts.as_deref(),
-            &self.target().destination(),
-            system,
-        );
-        Final::new(
-            &self.build_session,
-            &script,
-            format!(
-                "copying the system from {} to {}",
-                self.build_session.machine(),
-                self.target_session.machine()
-            ),
-        )
-    }
-
-    /// Removes the build's directory; a failure only warns.
-    fn cleanup(&self, built: &Built) {
-        let cmd = self
-            .build_session
-            .command(&preview::cleanup_script(built), &[], false);
-        if let Err(err) = cmd.run() {
-            eprintln!(
-                "krops-deploy: warning: cannot remove {}: {err:#}",
-                built.dir
-            );
-        }
-    }
-
-    /// Compares the built system with the target's running system.
-    fn preview(&self, built: &Built, reporting: &mut Reporting) -> Result<Preview> {
-        let compare = Final::new(
-            &self.target_session,
-            &preview::diff_script(&self.paths, &built.system),
-            format!(
-                "comparing the new system with the running one on {}",
-                self.target_session.machine()
-            ),
-        );
-        let (status, stdout) = compare.run_capturing_stdout(reporting)?;
-        if !status.success() {
-            bail!("cannot compare the new system with the running one");
-        }
-        preview::parse_diff(&built.system, &stdout)
-    }
-
-    /// `--preview` and `--ask`: populate, build, show what changes; with
-    /// `ask`, activate what was built if the answer is yes.
-    fn preview_then(
-        &self,
-        plans: &[Plan],
-        ask: bool,
-        watchdog: Option<&Watchdog>,
-        check: Option<&str>,
-        dry_run: bool,
-        reporting: &mut Reporting,
-    ) -> Result<ExitCode> {
-        if dry_run {
-            let mut steps = self.dry_run_build_steps();
-            let compare = self.target_session.command(
-                &preview::diff_script(&self.paths, NEW_PLACEHOLDER),
-                &[],
-                false,
-            );
-            steps.push((
-                format!(
-                    "compare it with the running system on {}",
-                    self.target_session.machine()
-                ),
-                compare,
-            ));
-            if ask {
-                steps.extend(self.dry_run_activation_steps(watchdog, check));
-            }
-            return self.print_dry_run(plans, &steps);
-        }
-        populate::populate_all(plans, reporting)?;
-        let built = match self.build_and_copy(reporting)? {
-            Ok(built) => built,
-            Err(code) => return Ok(code),
-        };
-        // Stopped from now on, the tool leaves the build's directory (and
-        // its result link, which keeps the system from being collected).
-        mktarget::interrupt::aftermath(format!(
-            "nothing was activated; the built system's directory {} stays on {} (remove it \
-             with rm -rf)",
-            built.dir,
-            self.build_session.machine()
-        ));
-        let result = self.preview(&built, reporting);
-        let preview = match result {
-            Ok(preview) => preview,
-            Err(err) => {
-                self.cleanup(&built);
-                return Err(err);
-            }
-        };
-        let shown = preview::render(&preview, &self.target_session.machine());
-        reporting
-            .results
-            .extra
-            .insert("preview".to_owned(), preview.to_json());
-        // The preview is stdout's, unless the results are: then it is a
-        // log, which --quiet leaves out.
-        if reporting.results_on_stdout {
-            if !reporting.style.quiet() {
-                std::io::stderr().write_all(shown.as_bytes())?;
-            }
-        } else {
-            let mut out = std::io::stdout().lock();
-            out.write_all(shown.as_bytes())?;
-            out.flush()?;
-        }
-        if !ask {
-            self.cleanup(&built);
-            return Ok(ExitCode::SUCCESS);
-        }
-        mktarget::interrupt::doing("asking whether to activate");
-        let yes = ask_activate();
-        let yes = match yes {
-            Ok(yes) => yes,
-            Err(err) => {
-                self.cleanup(&built);
-                return Err(err);
-            }
-        };
-        if !yes {
-            self.cleanup(&built);
-            bail!(
-                "not activated: the answer was not y (the built system stays in the Nix store \
-                 until it is collected)"
-            );
-        }
-        mktarget::interrupt::no_aftermath();
-        let code = self.activate(&built.system, watchdog, check, reporting);
-        self.cleanup(&built);
-        code
-    }
-
-    /// A build target with `--confirm-timeout`: build there, activate on the
-    /// target with its watchdog.
-    fn build_then_activate(
-        &self,
-        plans: &[Plan],
-        watchdog: Option<&Watchdog>,
-        check: Option<&str>,
-        dry_run: bool,
-        reporting: &mut Reporting,
-    ) -> Result<ExitCode> {
-        if dry_run {
-            let mut steps = self.dry_run_build_steps();
-            steps.extend(self.dry_run_activation_steps(watchdog, check));
-            return self.print_dry_run(plans, &steps);
-        }
-        populate::populate_all(plans, reporting)?;
-        let built = match self.build_and_copy(reporting)? {
-            Ok(built) => built,
-            Err(code) => return Ok(code),
-        };
-        let code = self.activate(&built.system, watchdog, check, reporting);
-        self.cleanup(&built);
-        code
-    }
-
-    /// Activates `system` on the target (guarded by `watchdog`, then
-    /// confirmed or rolled back, when there is one).
-    fn activate(
-        &self,
-        system: &str,
-        watchdog: Option<&Watchdog>,
-        check: Option<&str>,
-        reporting: &mut Reporting,
-    ) -> Result<ExitCode> {
-        let activate = self.activate_command(system, watchdog);
-        if let Some(watchdog) = watchdog {
-            mktarget::interrupt::aftermath(watchdog.aftermath(&self.target_session.machine()));
-        }
-        let status = activate.run(reporting)?;
-        Ok(match watchdog {
-            Some(_) if status.code() == Some(watchdog::NOT_STARTED) => {
-                mktarget::interrupt::no_aftermath();
-                ExitCode::FAILURE
-            }
-            Some(watchdog) => self.conclude(watchdog, check, status, reporting),
-            None => ExitCode::from(exit_code(status)),
-        })
-    }
-
-    /// After a guarded activation that ended with `status`: confirm or
-    /// learn what the watchdog did, and say so, on stderr and in the
-    /// results. Never success after a rollback.
-    fn conclude(
-        &self,
-        watchdog: &Watchdog,
-        check: Option<&str>,
-        status: ExitStatus,
-        reporting: &mut Reporting,
-    ) -> ExitCode {
-        let on = self.target_session.machine();
-        let report = watchdog.conclude(&self.target_session, check, status.success());
-        let failed = || {
-            if status.success() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::from(exit_code(status))
-            }
-        };
-        let Report::NotConfirmed { reason, outcome } = report else {
-            return ExitCode::from(exit_code(status));
-        };
-        let what = match outcome {
-            Learned::Outcome(Outcome::RolledBack(how)) => {
-                format!("{on} rolled back to the previous system ({how})")
-            }
-            Learned::Outcome(Outcome::Unchanged(why)) => {
-                format!("nothing was rolled back on {on}: {why}")
-            }
-            Learned::Outcome(Outcome::Failed(how)) => format!(
-                "rolling back on {on} FAILED ({how}); its log is {}/log there",
-                watchdog.dir()
-            ),
-            Learned::Outcome(Outcome::Confirmed) => {
-                // The confirmation was made, though its answer was lost.
-                if !watchdog.quiet {
-                    eprintln!("krops-deploy: the watchdog on {on} recorded the confirmation");
-                }
-                return ExitCode::from(exit_code(status));
-            }
-            // Activated only after the watchdog started: its record was
-            // removed since (or a reboot emptied /run).
-            Learned::Gone if status.success() => format!(
-                "{on} has no record of the watchdog ({}): nothing rolls back, the new system \
-                 stays unconfirmed",
-                watchdog.dir()
-            ),
-            Learned::Gone => format!(
-                "{on} has no record of the watchdog ({}): it did not start, so nothing was \
-                 activated, or its record was removed; nothing rolls back",
-                watchdog.dir()
-            ),
-            Learned::Nothing => format!(
-                "{on} could not be reached to learn whether it rolled back (the watchdog's \
-                 record is {} there)",
-                watchdog.dir()
-            ),
-        };
-        let why = format!("not confirmed ({reason}): {what}");
-        eprintln!("krops-deploy: error: {why}");
-        reporting.results.final_failed(&why);
-        failed()
-    }
-
-    fn dry_run_build_steps(&self) -> Vec<(String, Cmd)> {
-        let mut steps = vec![(
-            format!(
-                "{} in a private directory; it prints the directory and the new system, \
-                 {NEW_PLACEHOLDER} below",
-                self.on_build("nixos-rebuild", "build")
-            ),
-            self.build_command().command(false),
-        )];
-        if self.separate_build() {
-            let copy = self.copy_final(NEW_PLACEHOLDER);
-            steps.push((copy.what.clone(), copy.command(false)));
-        }
-        steps
-    }
-
-    fn dry_run_activation_steps(
-        &self,
-        watchdog: Option<&Watchdog>,
-        check: Option<&str>,
-    ) -> Vec<(String, Cmd)> {
-        let mut steps = vec![(
-            format!(
-                "activate it ({}) on {}",
-                self.operation,
-                self.target_session.machine()
-            ),
-            self.activate_command(NEW_PLACEHOLDER, watchdog)
-                .command(false),
-        )];
-        if let Some(watchdog) = watchdog {
-            steps.push((
-                confirm_what(watchdog),
-                self.confirm_command(watchdog, check),
-            ));
-        }
-        steps
-    }
-
-    fn print_dry_run(&self, plans: &[Plan], steps: &[(String, Cmd)]) -> Result<ExitCode> {
-        let steps: Vec<(&str, &Cmd)> = steps.iter().map(|(w, c)| (w.as_str(), c)).collect();
-        print!("{}", populate::dry_run_script(plans, &steps));
-        Ok(ExitCode::SUCCESS)
-    }
-}
-
-/// How `--dry-run` writes the store path of the system a build would make.
-const NEW_PLACEHOLDER: &str = "/nix/store/NEW-SYSTEM";
 
 pub fn main() -> ExitCode {
     mktarget::tool::main("krops-deploy", || {
