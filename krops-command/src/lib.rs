@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
+use krops_driver::fleet::{FleetArgs, Kind, Setting};
 use krops_driver::{Final, Reporting, Stage, Stages};
 use mktarget::tool::Example;
 use mktarget::Origin;
-use populate::fleet::{FleetArgs, Kind, Setting};
 use populate::{Plan, PopulateArgs, Results};
 
 /// What runs when no SCRIPT is given: print the target path.
@@ -113,12 +113,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn run_command(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     if cli.fleet.fleet.is_some() {
-        return populate::fleet::run(
+        return krops_driver::fleet::run(
             "krops-command",
             &cli.fleet,
             FLEET_SETTINGS,
             &command(),
-            &populate::fleet::args(),
+            &krops_driver::fleet::args(),
             &cli.populate,
             results,
         );

@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
+use krops_driver::fleet::{choices, FleetArgs, Kind, Setting};
 use krops_driver::{Reporting, Stages};
 use mktarget::shell::{quote, quote_words};
 use mktarget::tool::{usage, Example};
 use mktarget::{Origin, Target};
-use populate::fleet::{choices, FleetArgs, Kind, Setting};
 use populate::{Plan, PopulateArgs, Results};
 
 use deploy::Deploy;
@@ -350,12 +350,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     if cli.fleet.fleet.is_some() {
-        return populate::fleet::run(
+        return krops_driver::fleet::run(
             "krops-deploy",
             &cli.fleet,
             FLEET_SETTINGS,
             &command(),
-            &populate::fleet::args(),
+            &krops_driver::fleet::args(),
             &cli.populate,
             results,
         );
@@ -595,7 +595,7 @@ mod tests {
         };
         let fleet = r#"{"web1": {"target": "root@web1", "source": {}, "fast": true},
                         "web2": {"target": "root@web2", "source": {}, "fast": false}}"#;
-        let hosts = populate::fleet::parse(fleet, FLEET_SETTINGS, &origin, None).unwrap();
+        let hosts = krops_driver::fleet::parse(fleet, FLEET_SETTINGS, &origin, None).unwrap();
         let words: Vec<Vec<String>> = hosts
             .iter()
             .map(|host| host.settings.iter().flat_map(|(_, w)| w.clone()).collect())

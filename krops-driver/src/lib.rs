@@ -4,7 +4,10 @@
 //! printed as the `--dry-run` script from the same value.
 
 mod final_command;
+pub mod fleet;
 mod stages;
+#[cfg(test)]
+mod testing;
 
 pub use final_command::{Final, Reporting};
 pub use stages::{Aftermath, Flow, Stage, Stages};

@@ -317,3 +317,40 @@ fn populate_all(plans: &[Plan], reporting: &mut Reporting) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::testing::{session, target};
+
+    #[test]
+    fn a_dry_run_prints_the_stages_a_capture_would_build_in_order() {
+        let session = Arc::new(session(&target("root@t/var/src")));
+        let later = Arc::clone(&session);
+        let build = Final::new(&session, "echo built", "building".to_owned());
+        let stages = Stages::new(
+            Vec::new(),
+            vec![
+                Stage::capture(build, move |stdout| {
+                    assert_eq!(stdout, None, "nothing ran");
+                    Ok(vec![
+                        Stage::here(None, |_, _| Ok(Flow::Next)).shown("not shown"),
+                        Stage::run(Final::new(&later, "echo use", "using it".to_owned())),
+                    ])
+                })
+                .shown("build it"),
+                Stage::here(Some(Cmd::new("true")), |_, _| Ok(Flow::Next)).shown("confirm"),
+            ],
+        );
+        let script = stages.script().unwrap();
+        let comments: Vec<&str> = script.lines().filter(|l| l.starts_with("# ")).collect();
+        assert_eq!(
+            comments,
+            ["# then build it", "# then using it", "# then confirm"],
+            "{script}"
+        );
+        assert!(script.ends_with("# then confirm\ntrue\n"), "{script}");
+    }
+}

@@ -2,7 +2,6 @@
 //! (krops-deploy, krops-test, krops-command) reuse [`PopulateArgs`] and
 //! [`Plan`] to populate before they act (through krops-driver's stages).
 
-pub mod fleet;
 pub mod lock;
 pub mod parallel;
 pub mod progress;
