@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use mktarget::{Cmd, Session};
-use populate::{lock, progress, Locking, PopulateArgs, Results, ResultsTo, Style};
+use populate::{Locking, PopulateArgs, Results, ResultsTo, Style};
 
 /// A driver's final command, and what messages call it
 /// (`nixos-rebuild switch on root@server01`). Unless the run takes no
 /// lock, it runs on the target under the run's lock there, which then lasts
 /// as long as the command, also when the tool ends first
-/// ([`populate::lock::final_guard`]).
+/// ([`populate::final_guard`]).
 #[derive(Debug)]
 pub struct Final {
     body: Body,
@@ -136,7 +136,7 @@ impl Final {
     /// `--dry-run` shows it.
     pub fn command(&self, locked: bool) -> Cmd {
         let guard = if locked {
-            lock::final_guard(&self.session)
+            populate::final_guard(&self.session)
         } else {
             Vec::new()
         };
@@ -209,7 +209,7 @@ impl Final {
     fn start_running(&self, reporting: &Reporting) -> Result<Instant> {
         self.session.connect().with_context(|| self.what.clone())?;
         self.tell_interrupt(reporting.locked);
-        progress::final_started(reporting.style, reporting.tool, &self.what);
+        populate::final_started(reporting.style, reporting.tool, &self.what);
         Ok(Instant::now())
     }
 
@@ -234,7 +234,7 @@ impl Final {
             .results
             .set_final(&self.what, Some(status), began.elapsed());
         let how = mktarget::command::describe(status);
-        progress::final_ended(
+        populate::final_ended(
             reporting.style,
             reporting.tool,
             &self.what,

@@ -2,16 +2,16 @@
 //! (krops-deploy, krops-test, krops-command) reuse [`PopulateArgs`] and
 //! [`Plan`] to populate before they act (through krops-driver's stages).
 
-pub mod lock;
-pub mod parallel;
-pub mod progress;
-pub mod report;
-pub mod results;
-pub mod script;
-pub mod secrets;
+mod lock;
+mod parallel;
+mod progress;
+mod report;
+mod results;
+mod script;
+mod secrets;
 pub mod source;
 mod step;
-pub mod sync;
+mod sync;
 #[cfg(test)]
 mod testing;
 
@@ -25,12 +25,14 @@ use clap::Parser;
 use mktarget::tool::{usage, Example};
 use mktarget::{Multiplex, Origin, Session, Target};
 
-pub use lock::Locking;
-pub use progress::{Style, Verbosity};
-pub use report::{Printer, Report, StepError, StepOutcome, StepStatus, Transfer};
+// The engine's face: what the drivers (krops-driver) use.
+pub use lock::{final_guard, Locking};
+pub use parallel::each as parallel_each;
+pub use progress::{doing_now, final_ended, final_started, Style, Verbosity};
 pub use results::{Results, ResultsTo};
+pub use secrets::SecretDir;
 pub use source::{Source, Sources};
-pub use sync::{Options, Plan, MAX_JOBS};
+pub use sync::{Options, Plan};
 
 /// What every tool that populates takes on its command line.
 #[derive(Debug, clap::Args)]

@@ -8,7 +8,7 @@ use std::time::Instant;
 use indicatif::{MultiProgress, ProgressBar};
 use mktarget::interrupt;
 use mktarget::Cmd;
-use populate::progress::{self, Style, Verbosity};
+use populate::{Style, Verbosity};
 
 use super::file::*;
 
@@ -111,7 +111,7 @@ impl Board {
     pub(crate) fn saw(&self, i: usize, line: &[u8]) {
         if let Some((_, bars)) = &self.live {
             let line = String::from_utf8_lossy(line);
-            if let Some(what) = progress::doing_now(&line) {
+            if let Some(what) = populate::doing_now(&line) {
                 bars[i].set_message(what.to_owned());
             }
         }
@@ -287,7 +287,7 @@ pub(crate) fn in_parallel<T: Send>(
     jobs: usize,
     each: impl Fn(usize) -> T + Sync,
 ) -> Vec<T> {
-    let results = populate::parallel::each(count, jobs, interrupt::interrupted, each);
+    let results = populate::parallel_each(count, jobs, interrupt::interrupted, each);
     interrupt::wait_if_interrupted();
     results
         .into_iter()

@@ -24,9 +24,7 @@ use anyhow::{bail, Context, Result};
 use mktarget::interrupt;
 use mktarget::mutex::lock;
 use mktarget::{Cmd, Origin};
-use populate::progress::{Style, Verbosity};
-use populate::secrets::SecretDir;
-use populate::{PopulateArgs, Results, ResultsTo};
+use populate::{PopulateArgs, Results, ResultsTo, SecretDir, Style, Verbosity};
 
 use board::*;
 use file::*;
