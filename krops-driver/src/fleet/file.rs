@@ -293,3 +293,245 @@ pub(crate) fn read(file: &Path) -> Result<String> {
         mktarget::json::read(file, &what)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::testing::origin;
+
+    pub(crate) const SETTINGS: &[Setting] = &[
+        Setting {
+            key: "operation",
+            option: "--operation",
+            kind: Kind::Text,
+            unless: &[],
+        },
+        Setting {
+            key: "force",
+            option: "--force",
+            kind: Kind::Flag,
+            unless: &[],
+        },
+        Setting {
+            key: "buildTarget",
+            option: "--build-target",
+            kind: Kind::Target,
+            unless: &[],
+        },
+        Setting {
+            key: "useNixOutputMonitor",
+            option: "--nom",
+            kind: Kind::Choice(|| vec!["opportunistic".into(), "false".into()]),
+            unless: &[],
+        },
+        Setting {
+            key: "command",
+            option: "",
+            kind: Kind::Script,
+            unless: &[],
+        },
+        Setting {
+            key: "confirmTimeout",
+            option: "--confirm-timeout",
+            kind: Kind::Count,
+            unless: &["--preview"],
+        },
+        Setting {
+            key: "allocateTTY",
+            option: "--allocate-tty",
+            kind: Kind::NotInFleet("no terminal"),
+            unless: &[],
+        },
+    ];
+
+    fn parse_err(fleet: Value) -> String {
+        format!(
+            "{:#}",
+            parse(&fleet.to_string(), SETTINGS, &origin(), None).unwrap_err()
+        )
+    }
+
+    pub(crate) fn host(value: Value) -> Host {
+        let fleet = json!({ "web1": value });
+        parse(&fleet.to_string(), SETTINGS, &origin(), None)
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let good = json!({"target": "root@web1", "source": {}});
+        let with = |key: &str, value: Value| {
+            let mut host = good.clone();
+            host[key] = value;
+            json!({ "web1": host })
+        };
+        for (fleet, expected) in [
+            (json!([]), "fleet: expected an object"),
+            (json!({}), "fleet: no hosts"),
+            (json!({"web 1": good}), "fleet.\"web 1\": a host name"),
+            (json!({"-web": good}), "fleet.\"-web\": a host name"),
+            (json!({"web1": 3}), "fleet.web1: expected an object"),
+            (
+                with("targte", json!("x")),
+                "fleet.web1.targte: unknown field",
+            ),
+            (
+                json!({"web1": {"source": {}}}),
+                "fleet.web1.target: missing field",
+            ),
+            (
+                json!({"web1": {"target": "root@web1"}}),
+                "fleet.web1.source: missing field",
+            ),
+            (
+                with("target", json!(7)),
+                "fleet.web1.target: expected a target",
+            ),
+            (
+                with("target", json!(null)),
+                "fleet.web1.target: must not be null",
+            ),
+            (
+                with("target", json!({"host": "h", "prot": 1})),
+                "fleet.web1.target: target.prot: unknown field",
+            ),
+            (
+                with("source", json!({"x": {"nope": 1}})),
+                "fleet.web1.source: x.nope: unknown field",
+            ),
+            (
+                with("force", json!("yes")),
+                "fleet.web1.force: expected a boolean",
+            ),
+            (
+                with("operation", json!(1)),
+                "fleet.web1.operation: expected a string",
+            ),
+            (
+                with("useNixOutputMonitor", json!("sometimes")),
+                "fleet.web1.useNixOutputMonitor: expected a boolean or one of",
+            ),
+            (
+                with("buildTarget", json!("-oops")),
+                "fleet.web1.buildTarget: ",
+            ),
+            (
+                with("confirmTimeout", json!(0)),
+                "fleet.web1.confirmTimeout: expected a whole number of at least 1, got 0",
+            ),
+            (
+                with("confirmTimeout", json!(2.5)),
+                "fleet.web1.confirmTimeout: expected a whole number",
+            ),
+            (
+                with("confirmTimeout", json!("30")),
+                "fleet.web1.confirmTimeout: expected a whole number",
+            ),
+            (json!({"..": good}), "fleet.\"..\": a host name"),
+            (json!({".": good}), "fleet.\".\": a host name"),
+            (
+                with("operation", json!("boot\n--rollback")),
+                "fleet.web1.operation: \"boot\\n--rollback\" contains a control character",
+            ),
+            (
+                with("command", json!("true\0")),
+                "fleet.web1.command: \"true\\0\" contains a NUL byte",
+            ),
+            (
+                with("useNixOutputMonitor", json!(["x".repeat(1000)])),
+                "fleet.web1.useNixOutputMonitor: expected a boolean or one of opportunistic, false, got a list",
+            ),
+        ] {
+            let err = parse_err(fleet.clone());
+            assert!(err.contains(expected), "{fleet}: {err}");
+        }
+        let err = format!(
+            "{:#}",
+            parse(
+                r#"{"a": {"target": "t", "source": {}}, "a": {}}"#,
+                SETTINGS,
+                &origin(),
+                None
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("duplicate key \"a\""), "{err}");
+    }
+
+    #[test]
+    fn settings_become_options() {
+        let web1 = host(json!({
+            "target": {"host": "web1", "user": "root"},
+            "source": {"s": {"symlink": "x"}},
+            "operation": "boot", "force": true, "buildTarget": "b",
+            "useNixOutputMonitor": false, "command": "echo hi", "confirmTimeout": 30,
+        }));
+        let words: Vec<Vec<String>> = web1.settings.iter().map(|(_, w)| w.clone()).collect();
+        assert_eq!(words[0], ["--operation=boot"]);
+        assert_eq!(words[1], ["--force"]);
+        assert!(words[2][0].starts_with("--build-target={"));
+        assert!(words[2][0].contains("\"host\":\"b\""));
+        assert_eq!(words[3], ["--nom=false"]);
+        assert_eq!(words[4], ["echo hi"]);
+        assert_eq!(words[5], ["--confirm-timeout=30"]);
+        assert!(
+            host(json!({"target": "t", "source": {}, "confirmTimeout": null})).settings[0]
+                .1
+                .is_empty()
+        );
+        assert!(
+            host(json!({"target": "t", "source": {}, "force": false})).settings[0]
+                .1
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn globs_match_like_the_shell() {
+        for (pattern, name, matches) in [
+            ("web*", "web1", true),
+            ("web*", "web", true),
+            ("web*", "db1", false),
+            ("w?b1", "web1", true),
+            ("w?b1", "wb1", false),
+            ("*", "anything", true),
+            ("*1", "web1", true),
+            ("*b*1", "web21", true),
+            ("web1", "web1", true),
+            ("web1", "web10", false),
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "aXbYbZ", false),
+        ] {
+            assert_eq!(glob_match(pattern, name), matches, "{pattern} {name}");
+        }
+    }
+
+    #[test]
+    fn on_selects_and_names_patterns_matching_nothing() {
+        let fleet = json!({
+            "web1": {"target": "a", "source": {}},
+            "web2": {"target": "b", "source": {}},
+            "db1": {"target": "c", "source": {}},
+        });
+        let hosts = || parse(&fleet.to_string(), SETTINGS, &origin(), None).unwrap();
+        let names = |on: &[&str]| -> Vec<String> {
+            let on: Vec<String> = on.iter().map(|s| s.to_string()).collect();
+            select(hosts(), &on)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.name)
+                .collect()
+        };
+        assert_eq!(names(&[]), ["db1", "web1", "web2"]);
+        assert_eq!(names(&["web*"]), ["web1", "web2"]);
+        assert_eq!(names(&["db1", "web2"]), ["db1", "web2"]);
+        let err = select(hosts(), &["web*".into(), "mail*".into()]).unwrap_err();
+        assert!(
+            err.to_string().contains("--on \"mail*\" matches no host"),
+            "{err}"
+        );
+    }
+}

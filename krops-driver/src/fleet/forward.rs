@@ -102,3 +102,132 @@ pub fn host_args(host: &Host, sources_file: &Path, forwarded: &Forwarded) -> Res
     }
     Ok(args)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::fleet::file::tests::{host, SETTINGS};
+    use crate::testing::origin;
+
+    fn cli() -> clap::Command {
+        clap::Command::new("t")
+            .arg(clap::Arg::new("fleet").long("fleet"))
+            .arg(clap::Arg::new("jobs").long("jobs"))
+            .arg(clap::Arg::new("on").long("on"))
+            .arg(clap::Arg::new("operation").long("operation"))
+            .arg(
+                clap::Arg::new("force")
+                    .long("force")
+                    .action(clap::ArgAction::SetTrue),
+            )
+            .arg(
+                clap::Arg::new("preview")
+                    .long("preview")
+                    .action(clap::ArgAction::SetTrue),
+            )
+            .arg(clap::Arg::new("script"))
+    }
+
+    fn strings(words: &[&str]) -> Vec<String> {
+        words.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn forwarded_drops_only_the_fleets_options() {
+        let out = forwarded(
+            &cli(),
+            &strings(&[
+                "--fleet",
+                "-",
+                "--force",
+                "--jobs=2",
+                "--operation",
+                "--on",
+                "--on",
+                "a,b",
+                "--new-flag",
+            ]),
+        );
+        // `--operation`'s value is `--on` (as clap reads it), kept.
+        assert_eq!(
+            out.words,
+            strings(&["--force", "--operation", "--on", "--new-flag"])
+        );
+        assert_eq!(
+            out.given,
+            ["--force", "--operation", "--new-flag"]
+                .map(String::from)
+                .into()
+        );
+        assert!(!out.positional);
+        let out = forwarded(&cli(), &strings(&["--fleet=f", "echo", "hi"]));
+        assert_eq!(out.words, strings(&["echo", "hi"]));
+        assert!(out.positional);
+        let out = forwarded(&cli(), &strings(&["--fleet", "f", "--"]));
+        assert!(out.words.is_empty() && !out.positional);
+        let out = forwarded(&cli(), &strings(&["--", "-x"]));
+        assert_eq!(out.words, strings(&["--", "-x"]));
+        assert!(out.positional);
+    }
+
+    #[test]
+    fn host_args_let_the_command_line_win() {
+        let web1 = host(json!({
+            "target": "root@web1/srv", "source": {},
+            "operation": "boot", "force": true, "command": "-echo",
+        }));
+        let file = Path::new("/tmp/x/web1.json");
+        let args = host_args(&web1, file, &forwarded(&cli(), &strings(&["--dry-run"]))).unwrap();
+        assert_eq!(args[0], "--target");
+        assert!(args[1].contains("\"path\":\"/srv\""), "{}", args[1]);
+        assert_eq!(
+            args[2..],
+            strings(&[
+                "--sources",
+                "/tmp/x/web1.json",
+                "--operation=boot",
+                "--force",
+                "--dry-run",
+                "--",
+                "-echo"
+            ])
+        );
+        let cli_wins = forwarded(&cli(), &strings(&["--operation", "test", "--force", "ls"]));
+        let args = host_args(&web1, file, &cli_wins).unwrap();
+        assert_eq!(
+            args[4..],
+            strings(&["--operation", "test", "--force", "ls"])
+        );
+    }
+
+    #[test]
+    fn a_setting_the_command_line_makes_moot_is_left_out() {
+        let web1 = host(json!({"target": "t", "source": {}, "confirmTimeout": 30}));
+        let file = Path::new("/tmp/x/web1.json");
+        let args = host_args(&web1, file, &forwarded(&cli(), &[])).unwrap();
+        assert_eq!(args[4..], strings(&["--confirm-timeout=30"]));
+        let preview = forwarded(&cli(), &strings(&["--preview"]));
+        let args = host_args(&web1, file, &preview).unwrap();
+        assert_eq!(args[4..], strings(&["--preview"]));
+    }
+
+    #[test]
+    fn a_terminal_of_its_own_is_a_usage_error_in_a_fleet() {
+        let fleet = |tty: Value| {
+            let fleet = json!({"web1": {"target": "t", "source": {}, "allocateTTY": tty}});
+            parse(&fleet.to_string(), SETTINGS, &origin(), None)
+        };
+        assert!(fleet(json!(false)).unwrap()[0].settings[0].1.is_empty());
+        let err = fleet(json!(true)).unwrap_err();
+        assert!(mktarget::tool::is_usage(&err), "{err:#}");
+        assert_eq!(
+            format!("{err:#}"),
+            "fleet.web1.allocateTTY: true does not go with --fleet: no terminal"
+        );
+        let err = fleet(json!("yes")).unwrap_err();
+        assert!(!mktarget::tool::is_usage(&err), "{err:#}");
+        assert!(format!("{err:#}").contains("expected a boolean"), "{err:#}");
+    }
+}
