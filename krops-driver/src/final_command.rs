@@ -158,12 +158,13 @@ impl Final {
         }
     }
 
-    /// Runs the command and returns how it exited, its progress shown and
+    /// Runs the command (only a stage runs it: [`crate::Stages::run`]) and
+    /// returns how it exited, its progress shown and
     /// its outcome recorded as the run's final command; when it failed,
     /// says so as `TOOL: error: …`. Its stdout is ours, or our stderr when
     /// ours carries the results; with `--quiet` its stderr is shown only
     /// when it fails.
-    pub fn run(&self, reporting: &mut Reporting) -> Result<ExitStatus> {
+    pub(crate) fn run(&self, reporting: &mut Reporting) -> Result<ExitStatus> {
         let began = self.start_running(reporting)?;
         let ran = self
             .command(reporting.locked)
@@ -179,7 +180,10 @@ impl Final {
     /// Like [`Final::run`], with its stdout captured (data: a store path)
     /// and its stderr shown as it comes (with `--quiet`, only when it
     /// fails).
-    pub fn run_capturing_stdout(&self, reporting: &mut Reporting) -> Result<(ExitStatus, String)> {
+    pub(crate) fn run_capturing_stdout(
+        &self,
+        reporting: &mut Reporting,
+    ) -> Result<(ExitStatus, String)> {
         let began = self.start_running(reporting)?;
         let ran = self
             .command(reporting.locked)
