@@ -16,8 +16,8 @@
 
 use std::collections::BTreeSet;
 
+use krops_driver::fleet::{Kind, Setting};
 use krops_tests::World;
-use populate::fleet::{Kind, Setting};
 use populate::source::Kind as SourceKind;
 use serde_json::{json, Value};
 

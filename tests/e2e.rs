@@ -32,6 +32,7 @@ mod shapes;
 mod activate;
 mod check_stream;
 mod drivers;
+mod dry_run_modes;
 mod fleet;
 mod real_nixos;
 

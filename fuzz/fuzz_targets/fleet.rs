@@ -1,5 +1,5 @@
 //! A fleet file as `krops-deploy --fleet` and `krops-command --fleet` read
-//! it (`populate::fleet::parse`): never a panic, and every word of a
+//! it (`krops_driver::fleet::parse`): never a panic, and every word of a
 //! host's command line can be an argument (no NUL byte).
 
 #![no_main]
@@ -8,7 +8,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use mktarget::Origin;
-use populate::fleet::{host_args, parse, Forwarded};
+use krops_driver::fleet::{host_args, parse, Forwarded};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
+use krops_driver::fleet::{FleetArgs, Kind, Setting};
+use krops_driver::{Final, Reporting, Stage, Stages};
 use mktarget::tool::Example;
 use mktarget::Origin;
-use populate::fleet::{FleetArgs, Kind, Setting};
-use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
+use populate::{Plan, PopulateArgs, Results};
 
 /// What runs when no SCRIPT is given: print the target path.
 pub const DEFAULT_SCRIPT: &str = "printf '%s\\n' \"$1\"";
@@ -112,12 +113,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn run_command(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     if cli.fleet.fleet.is_some() {
-        return populate::fleet::run(
+        return krops_driver::fleet::run(
             "krops-command",
             &cli.fleet,
             FLEET_SETTINGS,
             &command(),
-            &populate::fleet::args(),
+            &krops_driver::fleet::args(),
             &cli.populate,
             results,
         );
@@ -139,7 +140,7 @@ fn run_command(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         last = last.stdin_inherit();
     }
     let reporting = &mut Reporting::new("krops-command", &cli.populate, results)?;
-    populate_then(&[plan], &last, cli.populate.dry_run, reporting)
+    Stages::new(vec![plan], vec![Stage::run(last)]).run_or_print(cli.populate.dry_run, reporting)
 }
 
 pub fn main() -> ExitCode {

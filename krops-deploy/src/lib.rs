@@ -3,26 +3,31 @@
 //! optionally preview what it changes first, and confirm the switch over a
 //! new connection or have the target roll it back (issue 12).
 
+mod deploy;
 pub mod preview;
+mod rebuild;
 #[cfg(test)]
 mod testing;
 pub mod watchdog;
 
 use std::io::{BufRead, Write};
-use std::process::{ExitCode, ExitStatus};
+use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use mktarget::command::exit_code;
-use mktarget::shell::{quote, quote_words};
+use krops_driver::fleet::{choices, FleetArgs, Kind, Setting};
+use krops_driver::{Reporting, Stages};
 use mktarget::tool::{usage, Example};
-use mktarget::{Cmd, Origin, Session, Target};
-use populate::fleet::{choices, FleetArgs, Kind, Setting};
-use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
+use mktarget::{Origin, Target};
+use populate::{Plan, PopulateArgs, Results};
 
-use preview::{Built, Preview};
-use watchdog::{Learned, Operation, Outcome, Paths, Report, Watchdog};
+use deploy::Deploy;
+pub use rebuild::{
+    nix_sshopts, rebuild_script, Rebuild, Rebuilder, TargetHost, BASH_REBUILDER_PROBE,
+};
+use watchdog::{Operation, Paths, Watchdog};
 
 /// Populate a NixOS target, then run nixos-rebuild on it.
 ///
@@ -191,186 +196,6 @@ impl Nom {
     }
 }
 
-/// The nixos-rebuild programs a build target may run. They differ in the
-/// options the tools pass, so the build target's own program decides, once
-/// per run, in the script that runs it ([`rebuild_script`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rebuilder {
-    /// The bash `nixos-rebuild` (NixOS up to 25.05): `--use-remote-sudo`,
-    /// and `--no-build-nix` for a cross deploy.
-    Bash,
-    /// `nixos-rebuild-ng`, the Python program (the default since NixOS
-    /// 25.11): `--sudo` (`--use-remote-sudo` is its deprecated alias); it
-    /// builds no Nix, so `--no-build-nix` would only warn.
-    Ng,
-}
-
-/// Shell text that succeeds when the `nixos-rebuild` on PATH is the bash
-/// program: it refuses `--sudo` as an unknown option, before reading any
-/// other word, while nixos-rebuild-ng knows `--sudo` and refuses the next
-/// word instead. Either exits at once, having done nothing.
-pub const BASH_REBUILDER_PROBE: &str =
-    "nixos-rebuild --sudo --krops-probe 2>&1 | grep -q 'unknown option.*--sudo'";
-
-/// How `--target-host` names the target for each program; they differ for
-/// an IPv6 literal. The bash program passes it to ssh as it is, and ssh
-/// reads `root@[::1]` as the host name `[::1]`; nixos-rebuild-ng reads it
-/// as a URL's authority, which wants the brackets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TargetHost {
-    /// `root@::1`, for the bash program.
-    pub ssh: String,
-    /// `root@[::1]`, for nixos-rebuild-ng.
-    pub bracketed: String,
-}
-
-impl TargetHost {
-    pub fn new(target: &Target) -> TargetHost {
-        TargetHost {
-            ssh: target.ssh_destination(),
-            bracketed: target.destination(),
-        }
-    }
-
-    fn for_program(&self, program: Rebuilder) -> &str {
-        match program {
-            Rebuilder::Bash => &self.ssh,
-            Rebuilder::Ng => &self.bracketed,
-        }
-    }
-}
-
-/// One nixos-rebuild run, before the build target's program is known.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rebuild {
-    pub operation: String,
-    /// `--cross-deploy`: the bash program must not build Nix first.
-    pub cross_deploy: bool,
-    /// The target, as `--target-host` names it, when nixos-rebuild runs
-    /// elsewhere (on the build target).
-    pub target_host: Option<TargetHost>,
-    /// Whether activation on the target goes through sudo.
-    pub sudo: bool,
-}
-
-impl Rebuild {
-    /// What krops's writeDeploy runs for `cli`; the target as each program
-    /// wants it ([`TargetHost`]). It builds
-    /// where it runs, on the build target: krops also passed `--build-host`
-    /// naming that same machine, so nixos-rebuild ssh-ed to itself and
-    /// copied to the target from that nested session, without NIX_SSHOPTS.
-    pub fn new(cli: &Cli, target: &Target, build: &Target) -> Rebuild {
-        Rebuild {
-            operation: cli.operation.clone(),
-            cross_deploy: cli.cross_deploy,
-            target_host: (build != target).then(|| TargetHost::new(target)),
-            sudo: target.sudo,
-        }
-    }
-
-    /// nixos-rebuild's arguments for `program`. Always `--no-flake`: in
-    /// this NIX_PATH mode a flake of the machine's own
-    /// (`/etc/nixos/flake.nix`) must not replace the synced sources.
-    pub fn args(&self, program: Rebuilder) -> Vec<String> {
-        let mut args = vec![self.operation.clone(), "--no-flake".to_owned()];
-        if self.cross_deploy && program == Rebuilder::Bash {
-            args.push("--no-build-nix".to_owned());
-        }
-        if let Some(host) = &self.target_host {
-            args.extend([
-                "--target-host".to_owned(),
-                host.for_program(program).to_owned(),
-            ]);
-        }
-        if self.sudo {
-            args.push(
-                match program {
-                    Rebuilder::Bash => "--use-remote-sudo",
-                    Rebuilder::Ng => "--sudo",
-                }
-                .to_owned(),
-            );
-        }
-        args
-    }
-}
-
-/// ssh options the build host needs to reach the target, for NIX_SSHOPTS
-/// (krops drops the target's port and extraOptions here): `None` when there
-/// are none, else the words joined by spaces, or `Err(word)` for the first
-/// word NIX_SSHOPTS cannot carry. nixos-rebuild splits NIX_SSHOPTS at
-/// whitespace without removing quotes (nixos-rebuild-ng removes them), so
-/// only words without whitespace, quotes and backslashes mean the same to both.
-pub fn nix_sshopts(target: &Target, build: &Target) -> Option<Result<String, String>> {
-    if build == target {
-        return None;
-    }
-    let mut opts = Vec::new();
-    if let Some(port) = &target.port {
-        opts.extend(["-p".to_owned(), port.clone()]);
-    }
-    opts.extend(target.extra_options.iter().cloned());
-    if opts.is_empty() {
-        return None;
-    }
-    let unsafe_word = opts.iter().find(|word| {
-        word.chars()
-            .any(|c| c.is_whitespace() || "'\"\\".contains(c))
-    });
-    Some(match unsafe_word {
-        Some(word) => Err(word.clone()),
-        None => Ok(opts.join(" ")),
-    })
-}
-
-/// The script run on the build target: the rebuild, piped through nom as
-/// `mode` says. Unlike krops, a failing rebuild fails the script even when
-/// its output goes through nom. Where the programs' arguments differ, the
-/// script asks the build target's program which it is
-/// ([`BASH_REBUILDER_PROBE`]) right before running it.
-pub fn rebuild_script(nix_path: &str, sshopts: Option<&str>, run: &Rebuild, mode: Nom) -> String {
-    let mut prefix = format!("NIX_PATH={} ", quote(nix_path));
-    if let Some(opts) = sshopts {
-        prefix.push_str(&format!("NIX_SSHOPTS={} ", quote(opts)));
-    }
-    let command = |program| format!("{prefix}nixos-rebuild {}", quote_words(run.args(program)));
-    let (bash, ng) = (command(Rebuilder::Bash), command(Rebuilder::Ng));
-    let rebuild = if bash == ng {
-        bash
-    } else {
-        format!("if {BASH_REBUILDER_PROBE}; then {bash}; else {ng}; fi")
-    };
-    // `(CMD) 2>&1 | nom`, failing when either fails (POSIX sh has no
-    // pipefail): both statuses are collected on fd 4, the rebuild's first.
-    // A failed nom wins: the rebuild then only died of the broken pipe.
-    let through_nom = format!(
-        "exec 3>&1; statuses=$( {{ {{ ({rebuild}) 2>&1; echo $? >&4; }} | nom >&3; echo $? >&4; }} 4>&1 ); \
-         set -- $statuses; if [ \"${{2:-1}}\" != 0 ]; then exit \"${{2:-1}}\"; fi; exit \"$1\""
-    );
-    let pessimistic = format!(
-        "NIX_PATH={} nix-shell -p nix-output-monitor --run {}",
-        quote(nix_path),
-        quote(&through_nom)
-    );
-    let body = match mode {
-        Nom::Opportunistic => {
-            format!("if command -v nom >/dev/null; then\n  {through_nom}\nelse\n  {rebuild}\nfi")
-        }
-        Nom::Optimistic => through_nom,
-        Nom::Pessimistic => pessimistic,
-        Nom::True => {
-            format!(
-                "if command -v nom >/dev/null; then\n  {through_nom}\nelse\n  {pessimistic}\nfi"
-            )
-        }
-        Nom::False => rebuild,
-    };
-    format!(
-        "printf '# use nix-output-monitor: %s\\n' {} >&2\n{body}\n",
-        mode.name()
-    )
-}
-
 pub fn run(cli: Cli) -> Result<ExitCode> {
     cli.populate
         .output
@@ -379,12 +204,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     if cli.fleet.fleet.is_some() {
-        return populate::fleet::run(
+        return krops_driver::fleet::run(
             "krops-deploy",
             &cli.fleet,
             FLEET_SETTINGS,
             &command(),
-            &populate::fleet::args(),
+            &krops_driver::fleet::args(),
             &cli.populate,
             results,
         );
@@ -464,62 +289,20 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         }),
         None => None,
     };
-    let dry_run = cli.populate.dry_run;
     let reporting = &mut Reporting::new("krops-deploy", &cli.populate, results)?;
-    if cli.preview || cli.ask {
-        return deploy.preview_then(
-            &plans,
-            cli.ask,
-            watchdog.as_ref(),
-            cli.check.as_deref(),
-            dry_run,
-            reporting,
-        );
-    }
-    if watchdog.is_some() && build != target {
-        // nixos-rebuild would activate over its own ssh, where no watchdog
-        // can tell when activation ends: build there, activate here.
-        return deploy.build_then_activate(
-            &plans,
-            watchdog.as_ref(),
-            cli.check.as_deref(),
-            dry_run,
-            reporting,
-        );
-    }
-    let rebuild = Final::new(
-        &deploy.build_session,
-        &deploy.rebuild_command(&nixos_rebuild, watchdog.as_ref()),
-        deploy.on_build("nixos-rebuild", &cli.operation),
-    )
-    .tells_why_on(watchdog::NOT_STARTED);
-    let Some(watchdog) = watchdog else {
-        return populate_then(&plans, &rebuild, dry_run, reporting);
+    let deploy = Rc::new(deploy);
+    let watchdog = watchdog.map(Rc::new);
+    let check = cli.check.clone();
+    let stages = if cli.preview || cli.ask {
+        deploy::preview_then(&deploy, cli.ask, watchdog, check)
+    } else if watchdog.is_some() && build != target {
+        deploy::build_then_activate(&deploy, watchdog, check)
+    } else if let Some(watchdog) = &watchdog {
+        deploy::confirmed(&deploy, &nixos_rebuild, watchdog, check)
+    } else {
+        deploy::plain(&deploy, &nixos_rebuild)
     };
-    if dry_run {
-        let confirm = deploy.confirm_command(&watchdog, cli.check.as_deref());
-        let confirm_what = confirm_what(&watchdog);
-        print!(
-            "{}",
-            populate::dry_run_script(
-                &plans,
-                &[
-                    (&rebuild.what, &rebuild.command(false)),
-                    (&confirm_what, &confirm)
-                ]
-            )
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    populate::populate_all(&plans, reporting)?;
-    mktarget::interrupt::aftermath(watchdog.aftermath(&deploy.target_session.machine()));
-    let status = rebuild.run(reporting)?;
-    if status.code() == Some(watchdog::NOT_STARTED) {
-        // Nothing was activated, nor is there a watchdog to hear from.
-        mktarget::interrupt::no_aftermath();
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(deploy.conclude(&watchdog, cli.check.as_deref(), status, reporting))
+    Stages::new(plans, stages).run_or_print(cli.populate.dry_run, reporting)
 }
 
 /// Checks what the activation options need, before anything runs: a
@@ -583,424 +366,6 @@ fn confirm_what(watchdog: &Watchdog) -> String {
     )
 }
 
-/// One deploy's commands, once its input is checked.
-struct Deploy {
-    operation: String,
-    cross_deploy: bool,
-    nom: Nom,
-    target_session: Arc<Session>,
-    build_session: Arc<Session>,
-    /// NIX_SSHOPTS for the build target to reach the target, if any.
-    sshopts: Option<String>,
-    paths: Paths,
-}
-
-impl Deploy {
-    fn target(&self) -> &Target {
-        self.target_session.target()
-    }
-
-    fn build(&self) -> &Target {
-        self.build_session.target()
-    }
-
-    fn separate_build(&self) -> bool {
-        self.build() != self.target()
-    }
-
-    /// `PROGRAM OPERATION on MACHINE (the [build] target)`, for messages.
-    fn on_build(&self, program: &str, operation: &str) -> String {
-        let role = if self.separate_build() {
-            "the build target"
-        } else {
-            "the target"
-        };
-        format!(
-            "{program} {operation} on {} ({role})",
-            self.build_session.machine()
-        )
-    }
-
-    /// The script of the rebuild on the build target, as krops runs it; on
-    /// the target with the watchdog started first when there is one.
-    fn rebuild_command(&self, rebuild: &Rebuild, watchdog: Option<&Watchdog>) -> String {
-        let script = rebuild_script(
-            &self.build().path,
-            self.sshopts.as_deref(),
-            rebuild,
-            self.nom,
-        );
-        match watchdog {
-            Some(watchdog) => watchdog.guard(&script),
-            None => script,
-        }
-    }
-
-    /// `nixos-rebuild build` in a private directory on the build target.
-    fn build_command(&self) -> Final {
-        let build = Rebuild {
-            operation: "build".to_owned(),
-            cross_deploy: self.cross_deploy,
-            target_host: None,
-            sudo: false,
-        };
-        let rebuild = rebuild_script(&self.build().path, None, &build, self.nom);
-        Final::new(
-            &self.build_session,
-            &preview::build_script(&rebuild),
-            self.on_build("nixos-rebuild", "build"),
-        )
-    }
-
-    fn activate_command(&self, system: &str, watchdog: Option<&Watchdog>) -> Final {
-        let script = preview::activate_script(&self.paths, &self.operation, system);
-        let script = match watchdog {
-            Some(watchdog) => watchdog.guard(&script),
-            None => script,
-        };
-        Final::new(
-            &self.target_session,
-            &script,
-            format!(
-                "activating the new system ({}) on {}",
-                self.operation,
-                self.target_session.machine()
-            ),
-        )
-        .tells_why_on(watchdog::NOT_STARTED)
-    }
-
-    fn confirm_command(&self, watchdog: &Watchdog, check: Option<&str>) -> Cmd {
-        self.target_session
-            .fresh_command(&watchdog.confirm_script(check), &[])
-    }
-
-    /// Builds the new system, copies it to the target (when the build
-    /// target is another machine) and returns it; `Err(code)` when a step
-    /// failed (it said so).
-    fn build_and_copy(
-        &self,
-        reporting: &mut Reporting,
-    ) -> Result<std::result::Result<Built, ExitCode>> {
-        let build = self.build_command();
-        let (status, stdout) = build.run_capturing_stdout(reporting)?;
-        if !status.success() {
-            return Ok(Err(ExitCode::from(exit_code(status))));
-        }
-        let built = preview::parse_built(&stdout)?;
-        if self.separate_build() {
-            let copy = self.copy_final(&built.system);
-            let status = copy.run(reporting)?;
-            if !status.success() {
-                self.cleanup(&built);
-                return Ok(Err(ExitCode::from(exit_code(status))));
-            }
-        }
-        Ok(Ok(built))
-    }
-
-    fn copy_final(&self, system: &str) -> Final {
-        let script = preview::copy_script(
-            self.sshopts.as_deref(),
-            &self.target().destination(),
-            system,
-        );
-        Final::new(
-            &self.build_session,
-            &script,
-            format!(
-                "copying the system from {} to {}",
-                self.build_session.machine(),
-                self.target_session.machine()
-            ),
-        )
-    }
-
-    /// Removes the build's directory; a failure only warns.
-    fn cleanup(&self, built: &Built) {
-        let cmd = self
-            .build_session
-            .command(&preview::cleanup_script(built), &[], false);
-        if let Err(err) = cmd.run() {
-            eprintln!(
-                "krops-deploy: warning: cannot remove {}: {err:#}",
-                built.dir
-            );
-        }
-    }
-
-    /// Compares the built system with the target's running system.
-    fn preview(&self, built: &Built, reporting: &mut Reporting) -> Result<Preview> {
-        let compare = Final::new(
-            &self.target_session,
-            &preview::diff_script(&self.paths, &built.system),
-            format!(
-                "comparing the new system with the running one on {}",
-                self.target_session.machine()
-            ),
-        );
-        let (status, stdout) = compare.run_capturing_stdout(reporting)?;
-        if !status.success() {
-            bail!("cannot compare the new system with the running one");
-        }
-        preview::parse_diff(&built.system, &stdout)
-    }
-
-    /// `--preview` and `--ask`: populate, build, show what changes; with
-    /// `ask`, activate what was built if the answer is yes.
-    fn preview_then(
-        &self,
-        plans: &[Plan],
-        ask: bool,
-        watchdog: Option<&Watchdog>,
-        check: Option<&str>,
-        dry_run: bool,
-        reporting: &mut Reporting,
-    ) -> Result<ExitCode> {
-        if dry_run {
-            let mut steps = self.dry_run_build_steps();
-            let compare = self.target_session.command(
-                &preview::diff_script(&self.paths, NEW_PLACEHOLDER),
-                &[],
-                false,
-            );
-            steps.push((
-                format!(
-                    "compare it with the running system on {}",
-                    self.target_session.machine()
-                ),
-                compare,
-            ));
-            if ask {
-                steps.extend(self.dry_run_activation_steps(watchdog, check));
-            }
-            return self.print_dry_run(plans, &steps);
-        }
-        populate::populate_all(plans, reporting)?;
-        let built = match self.build_and_copy(reporting)? {
-            Ok(built) => built,
-            Err(code) => return Ok(code),
-        };
-        // Stopped from now on, the tool leaves the build's directory (and
-        // its result link, which keeps the system from being collected).
-        mktarget::interrupt::aftermath(format!(
-            "nothing was activated; the built system's directory {} stays on {} (remove it \
-             with rm -rf)",
-            built.dir,
-            self.build_session.machine()
-        ));
-        let result = self.preview(&built, reporting);
-        let preview = match result {
-            Ok(preview) => preview,
-            Err(err) => {
-                self.cleanup(&built);
-                return Err(err);
-            }
-        };
-        let shown = preview::render(&preview, &self.target_session.machine());
-        reporting
-            .results
-            .extra
-            .insert("preview".to_owned(), preview.to_json());
-        // The preview is stdout's, unless the results are: then it is a
-        // log, which --quiet leaves out.
-        if reporting.results_on_stdout {
-            if !reporting.style.quiet() {
-                std::io::stderr().write_all(shown.as_bytes())?;
-            }
-        } else {
-            let mut out = std::io::stdout().lock();
-            out.write_all(shown.as_bytes())?;
-            out.flush()?;
-        }
-        if !ask {
-            self.cleanup(&built);
-            return Ok(ExitCode::SUCCESS);
-        }
-        mktarget::interrupt::doing("asking whether to activate");
-        let yes = ask_activate();
-        let yes = match yes {
-            Ok(yes) => yes,
-            Err(err) => {
-                self.cleanup(&built);
-                return Err(err);
-            }
-        };
-        if !yes {
-            self.cleanup(&built);
-            bail!(
-                "not activated: the answer was not y (the built system stays in the Nix store \
-                 until it is collected)"
-            );
-        }
-        mktarget::interrupt::no_aftermath();
-        let code = self.activate(&built.system, watchdog, check, reporting);
-        self.cleanup(&built);
-        code
-    }
-
-    /// A build target with `--confirm-timeout`: build there, activate on the
-    /// target with its watchdog.
-    fn build_then_activate(
-        &self,
-        plans: &[Plan],
-        watchdog: Option<&Watchdog>,
-        check: Option<&str>,
-        dry_run: bool,
-        reporting: &mut Reporting,
-    ) -> Result<ExitCode> {
-        if dry_run {
-            let mut steps = self.dry_run_build_steps();
-            steps.extend(self.dry_run_activation_steps(watchdog, check));
-            return self.print_dry_run(plans, &steps);
-        }
-        populate::populate_all(plans, reporting)?;
-        let built = match self.build_and_copy(reporting)? {
-            Ok(built) => built,
-            Err(code) => return Ok(code),
-        };
-        let code = self.activate(&built.system, watchdog, check, reporting);
-        self.cleanup(&built);
-        code
-    }
-
-    /// Activates `system` on the target (guarded by `watchdog`, then
-    /// confirmed or rolled back, when there is one).
-    fn activate(
-        &self,
-        system: &str,
-        watchdog: Option<&Watchdog>,
-        check: Option<&str>,
-        reporting: &mut Reporting,
-    ) -> Result<ExitCode> {
-        let activate = self.activate_command(system, watchdog);
-        if let Some(watchdog) = watchdog {
-            mktarget::interrupt::aftermath(watchdog.aftermath(&self.target_session.machine()));
-        }
-        let status = activate.run(reporting)?;
-        Ok(match watchdog {
-            Some(_) if status.code() == Some(watchdog::NOT_STARTED) => {
-                mktarget::interrupt::no_aftermath();
-                ExitCode::FAILURE
-            }
-            Some(watchdog) => self.conclude(watchdog, check, status, reporting),
-            None => ExitCode::from(exit_code(status)),
-        })
-    }
-
-    /// After a guarded activation that ended with `status`: confirm or
-    /// learn what the watchdog did, and say so, on stderr and in the
-    /// results. Never success after a rollback.
-    fn conclude(
-        &self,
-        watchdog: &Watchdog,
-        check: Option<&str>,
-        status: ExitStatus,
-        reporting: &mut Reporting,
-    ) -> ExitCode {
-        let on = self.target_session.machine();
-        let report = watchdog.conclude(&self.target_session, check, status.success());
-        let failed = || {
-            if status.success() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::from(exit_code(status))
-            }
-        };
-        let Report::NotConfirmed { reason, outcome } = report else {
-            return ExitCode::from(exit_code(status));
-        };
-        let what = match outcome {
-            Learned::Outcome(Outcome::RolledBack(how)) => {
-                format!("{on} rolled back to the previous system ({how})")
-            }
-            Learned::Outcome(Outcome::Unchanged(why)) => {
-                format!("nothing was rolled back on {on}: {why}")
-            }
-            Learned::Outcome(Outcome::Failed(how)) => format!(
-                "rolling back on {on} FAILED ({how}); its log is {}/log there",
-                watchdog.dir()
-            ),
-            Learned::Outcome(Outcome::Confirmed) => {
-                // The confirmation was made, though its answer was lost.
-                if !watchdog.quiet {
-                    eprintln!("krops-deploy: the watchdog on {on} recorded the confirmation");
-                }
-                return ExitCode::from(exit_code(status));
-            }
-            // Activated only after the watchdog started: its record was
-            // removed since (or a reboot emptied /run).
-            Learned::Gone if status.success() => format!(
-                "{on} has no record of the watchdog ({}): nothing rolls back, the new system \
-                 stays unconfirmed",
-                watchdog.dir()
-            ),
-            Learned::Gone => format!(
-                "{on} has no record of the watchdog ({}): it did not start, so nothing was \
-                 activated, or its record was removed; nothing rolls back",
-                watchdog.dir()
-            ),
-            Learned::Nothing => format!(
-                "{on} could not be reached to learn whether it rolled back (the watchdog's \
-                 record is {} there)",
-                watchdog.dir()
-            ),
-        };
-        let why = format!("not confirmed ({reason}): {what}");
-        eprintln!("krops-deploy: error: {why}");
-        reporting.results.final_failed(&why);
-        failed()
-    }
-
-    fn dry_run_build_steps(&self) -> Vec<(String, Cmd)> {
-        let mut steps = vec![(
-            format!(
-                "{} in a private directory; it prints the directory and the new system, \
-                 {NEW_PLACEHOLDER} below",
-                self.on_build("nixos-rebuild", "build")
-            ),
-            self.build_command().command(false),
-        )];
-        if self.separate_build() {
-            let copy = self.copy_final(NEW_PLACEHOLDER);
-            steps.push((copy.what.clone(), copy.command(false)));
-        }
-        steps
-    }
-
-    fn dry_run_activation_steps(
-        &self,
-        watchdog: Option<&Watchdog>,
-        check: Option<&str>,
-    ) -> Vec<(String, Cmd)> {
-        let mut steps = vec![(
-            format!(
-                "activate it ({}) on {}",
-                self.operation,
-                self.target_session.machine()
-            ),
-            self.activate_command(NEW_PLACEHOLDER, watchdog)
-                .command(false),
-        )];
-        if let Some(watchdog) = watchdog {
-            steps.push((
-                confirm_what(watchdog),
-                self.confirm_command(watchdog, check),
-            ));
-        }
-        steps
-    }
-
-    fn print_dry_run(&self, plans: &[Plan], steps: &[(String, Cmd)]) -> Result<ExitCode> {
-        let steps: Vec<(&str, &Cmd)> = steps.iter().map(|(w, c)| (w.as_str(), c)).collect();
-        print!("{}", populate::dry_run_script(plans, &steps));
-        Ok(ExitCode::SUCCESS)
-    }
-}
-
-/// How `--dry-run` writes the store path of the system a build would make.
-const NEW_PLACEHOLDER: &str = "/nix/store/NEW-SYSTEM";
-
 pub fn main() -> ExitCode {
     mktarget::tool::main("krops-deploy", || {
         run(mktarget::tool::parse("krops-deploy"))
@@ -1012,19 +377,8 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    fn origin() -> Origin {
-        Origin {
-            user: Some("alice".into()),
-            host: "laptop".into(),
-        }
-    }
-
     fn cli(args: &[&str]) -> Cli {
         Cli::parse_from([&["krops-deploy", "--target", "root@t"], args].concat())
-    }
-
-    fn t(s: &str) -> Target {
-        Target::parse(s, &origin()).unwrap()
     }
 
     #[test]
@@ -1091,7 +445,7 @@ mod tests {
         };
         let fleet = r#"{"web1": {"target": "root@web1", "source": {}, "fast": true},
                         "web2": {"target": "root@web2", "source": {}, "fast": false}}"#;
-        let hosts = populate::fleet::parse(fleet, FLEET_SETTINGS, &origin, None).unwrap();
+        let hosts = krops_driver::fleet::parse(fleet, FLEET_SETTINGS, &origin, None).unwrap();
         let words: Vec<Vec<String>> = hosts
             .iter()
             .map(|host| host.settings.iter().flat_map(|(_, w)| w.clone()).collect())
@@ -1108,255 +462,5 @@ mod tests {
         assert!(parse(&["--force"]).is_err());
         assert!(parse(&["--target", "t", "--on", "web*"]).is_err());
         assert!(parse(&["--fleet", "f", "--jobs", "0"]).is_err());
-    }
-
-    fn args(args: &[&str], target: &Target, build: &Target, program: Rebuilder) -> Vec<String> {
-        Rebuild::new(&cli(args), target, build).args(program)
-    }
-
-    #[test]
-    fn rebuild_args_follow_write_deploy() {
-        use Rebuilder::{Bash, Ng};
-        for program in [Bash, Ng] {
-            assert_eq!(
-                args(&[], &t("root@t"), &t("root@t"), program),
-                ["switch", "--no-flake"]
-            );
-        }
-        assert_eq!(
-            args(
-                &["--operation", "boot", "--cross-deploy"],
-                &t("root@t"),
-                &t("root@t"),
-                Bash
-            ),
-            ["boot", "--no-flake", "--no-build-nix"]
-        );
-        // nixos-rebuild-ng builds no Nix: --no-build-nix would only warn.
-        assert_eq!(
-            args(&["--cross-deploy"], &t("root@t"), &t("root@t"), Ng),
-            ["switch", "--no-flake"]
-        );
-        let mut target = t("deploy@t");
-        target.sudo = true;
-        // Built where nixos-rebuild runs, on the build target: no --build-host.
-        assert_eq!(
-            args(&[], &target, &t("@b"), Bash),
-            [
-                "switch",
-                "--no-flake",
-                "--target-host",
-                "deploy@t",
-                "--use-remote-sudo"
-            ]
-        );
-        assert_eq!(
-            args(&[], &target, &t("@b"), Ng),
-            [
-                "switch",
-                "--no-flake",
-                "--target-host",
-                "deploy@t",
-                "--sudo"
-            ]
-        );
-    }
-
-    #[test]
-    fn rebuild_args_name_ipv6_hosts_as_each_program_wants_them() {
-        // The bash program hands --target-host to ssh, which would look up
-        // `[::1]` as a name; nixos-rebuild-ng reads it as a URL's authority.
-        let string = t("root@[::1]:2222/var/src");
-        assert_eq!(
-            args(&[], &string, &t("root@b"), Rebuilder::Bash),
-            ["switch", "--no-flake", "--target-host", "root@::1"]
-        );
-        assert_eq!(
-            args(&[], &string, &t("root@b"), Rebuilder::Ng),
-            ["switch", "--no-flake", "--target-host", "root@[::1]"]
-        );
-        // A host as JSON gives the bare address: the same.
-        let mut json = t("root@b");
-        json.host = "2001:db8::1".into();
-        json.validate().unwrap();
-        assert_eq!(
-            args(&[], &json, &t("@b"), Rebuilder::Bash),
-            ["switch", "--no-flake", "--target-host", "root@2001:db8::1"]
-        );
-        assert_eq!(
-            args(&[], &json, &t("@b"), Rebuilder::Ng),
-            [
-                "switch",
-                "--no-flake",
-                "--target-host",
-                "root@[2001:db8::1]"
-            ]
-        );
-        // The port still reaches the build host through NIX_SSHOPTS.
-        assert_eq!(
-            nix_sshopts(&t("root@[::1]:2222"), &t("root@b")),
-            Some(Ok("-p 2222".into()))
-        );
-    }
-
-    /// Runs [`BASH_REBUILDER_PROBE`] with `program` as nixos-rebuild.
-    fn probe(program: &str) -> bool {
-        let dir = tempfile_dir();
-        let path = format!("{dir}/nixos-rebuild");
-        std::fs::write(&path, program).unwrap();
-        std::process::Command::new("chmod")
-            .args(["+x", &path])
-            .status()
-            .unwrap();
-        let status = std::process::Command::new("/bin/sh")
-            .args(["-c", BASH_REBUILDER_PROBE])
-            .env("PATH", format!("{dir}:/usr/bin:/bin"))
-            .status()
-            .unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        status.success()
-    }
-
-    #[test]
-    fn the_probe_tells_the_bash_program_from_nixos_rebuild_ng() {
-        // Their first words on an option they do not know (the real bash
-        // program runs in tests/real_nixos.rs).
-        let bash = "#!/bin/sh\necho \"$0: unknown option \\`$1'\" >&2; exit 1\n";
-        assert!(probe(bash));
-        // argparse's usage names --sudo too, but not as unknown.
-        let ng = "#!/bin/sh\necho 'usage: nixos-rebuild [--sudo] [--use-remote-sudo]' >&2\n\
-                  echo 'nixos-rebuild: error: unrecognized arguments: --krops-probe' >&2; exit 2\n";
-        assert!(!probe(ng));
-    }
-
-    #[test]
-    fn the_script_runs_what_the_build_targets_program_understands() {
-        let plain = Rebuild::new(&cli(&[]), &t("root@t"), &t("root@t"));
-        let script = rebuild_script("/var/src", None, &plain, Nom::False);
-        assert!(!script.contains("--krops-probe"), "{script}");
-        assert!(
-            script.ends_with("\nNIX_PATH=/var/src nixos-rebuild switch --no-flake\n"),
-            "{script}"
-        );
-        let mut target = t("root@t");
-        target.sudo = true;
-        let sudo = Rebuild::new(&cli(&[]), &target, &target);
-        let script = rebuild_script("/var/src", None, &sudo, Nom::False);
-        assert!(
-            script.ends_with(&format!(
-                "\nif {BASH_REBUILDER_PROBE}; then NIX_PATH=/var/src nixos-rebuild switch \
-                 --no-flake --use-remote-sudo; else NIX_PATH=/var/src nixos-rebuild switch \
-                 --no-flake --sudo; fi\n"
-            )),
-            "{script}"
-        );
-    }
-
-    #[test]
-    fn sshopts_carry_the_targets_port_and_options() {
-        let mut target = t("root@t:2222");
-        target.extra_options = vec!["-o".into(), "ProxyJump=jump".into()];
-        let opts = nix_sshopts(&target, &t("root@b"));
-        assert_eq!(opts, Some(Ok("-p 2222 -o ProxyJump=jump".into())));
-        assert_eq!(nix_sshopts(&target, &target), None);
-        assert_eq!(nix_sshopts(&t("root@t"), &t("root@b")), None);
-        // Words NIX_SSHOPTS cannot carry the same way to every nixos-rebuild.
-        for word in ["ProxyCommand=nc %h %p", "it's", "a\\b", "\"q\""] {
-            target.extra_options = vec!["-o".into(), word.into()];
-            assert_eq!(nix_sshopts(&target, &t("root@b")), Some(Err(word.into())));
-        }
-    }
-
-    /// Runs the rebuild script with stand-in `nixos-rebuild` and `nom`.
-    fn run_script(mode: Nom, with_nom: bool, rebuild_status: i32) -> (i32, String, String) {
-        let dir = tempfile_dir();
-        let bin = format!("{dir}/bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let write = |name: &str, body: &str| {
-            let path = format!("{bin}/{name}");
-            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-            std::process::Command::new("chmod")
-                .args(["+x", &path])
-                .status()
-                .unwrap();
-        };
-        write(
-            "nixos-rebuild",
-            &format!(
-                "echo \"rebuild $* NIX_PATH=$NIX_PATH\"; echo oops >&2; exit {rebuild_status}"
-            ),
-        );
-        if with_nom {
-            write("nom", "sed 's/^/nom: /'");
-        }
-        let switch = Rebuild::new(&cli(&[]), &t("root@t"), &t("root@t"));
-        let script = rebuild_script("/var/src", None, &switch, mode);
-        let out = std::process::Command::new("/bin/sh")
-            .args(["-c", &script])
-            .env("PATH", format!("{bin}:/usr/bin:/bin"))
-            .output()
-            .unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
-    }
-
-    fn tempfile_dir() -> String {
-        let out = std::process::Command::new("mktemp")
-            .arg("-d")
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    #[test]
-    fn nom_modes_pipe_as_krops_does_and_keep_the_status() {
-        let (status, stdout, stderr) = run_script(Nom::Opportunistic, true, 0);
-        assert_eq!(status, 0);
-        assert_eq!(
-            stdout,
-            "nom: rebuild switch --no-flake NIX_PATH=/var/src\nnom: oops\n"
-        );
-        assert!(
-            stderr.starts_with("# use nix-output-monitor: opportunistic\n"),
-            "{stderr}"
-        );
-        let (status, stdout, stderr) = run_script(Nom::Opportunistic, false, 0);
-        assert_eq!(
-            (status, stdout.as_str(), stderr.contains("oops")),
-            (0, "rebuild switch --no-flake NIX_PATH=/var/src\n", true)
-        );
-        let (status, stdout, _) = run_script(Nom::Optimistic, true, 4);
-        assert_eq!((status, stdout.starts_with("nom: ")), (4, true));
-        // nom missing: optimistic fails as krops does (127), never silently.
-        let (status, _, stderr) = run_script(Nom::Optimistic, false, 0);
-        assert_eq!(status, 127, "{stderr}");
-        let (status, stdout, _) = run_script(Nom::False, true, 5);
-        assert_eq!((status, stdout.starts_with("rebuild")), (5, true));
-        // The real nix-shell runs and looks for nixpkgs below NIX_PATH.
-        let (status, _, stderr) = run_script(Nom::Pessimistic, true, 0);
-        assert_ne!(status, 0);
-        assert!(stderr.contains("nixpkgs"), "{stderr}");
-        let (status, stdout, _) = run_script(Nom::True, true, 6);
-        assert_eq!((status, stdout.starts_with("nom: ")), (6, true));
-    }
-
-    #[test]
-    fn pessimistic_runs_nom_through_nix_shell() {
-        let switch = Rebuild::new(&cli(&[]), &t("root@t"), &t("root@t"));
-        let script = rebuild_script("/var/src", None, &switch, Nom::Pessimistic);
-        assert!(
-            script
-                .contains("\nNIX_PATH=/var/src nix-shell -p nix-output-monitor --run 'exec 3>&1;"),
-            "{script}"
-        );
-        let script = rebuild_script("/var/src", None, &switch, Nom::True);
-        assert!(
-            script.contains("else\n  NIX_PATH=/var/src nix-shell -p nix-output-monitor"),
-            "{script}"
-        );
     }
 }

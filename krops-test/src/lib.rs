@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
+use krops_driver::{Final, Reporting, Stage, Stages};
 use mktarget::tool::{usage, Example};
 use mktarget::{Cmd, Origin};
-use populate::{populate_then, Final, Plan, PopulateArgs, Reporting, Results};
+use populate::{Plan, PopulateArgs, Results};
 
 /// Populate a local target, then build its system with nix-build.
 ///
@@ -77,13 +78,12 @@ fn test(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let sources = cli.populate.read_sources()?;
     let session = cli.populate.session(&target, &origin)?;
     let plan = Plan::new(&session, &sources, cli.populate.options())?;
-    populate_then(
-        &[plan],
-        &Final::here(
-            &session,
-            build_command(&target.path, cli.trace),
-            "nix-build of the system on this machine".to_owned(),
-        ),
+    let build = Final::here(
+        &session,
+        build_command(&target.path, cli.trace),
+        "nix-build of the system on this machine".to_owned(),
+    );
+    Stages::new(vec![plan], vec![Stage::run(build)]).run_or_print(
         cli.populate.dry_run,
         &mut Reporting::new("krops-test", &cli.populate, results)?,
     )

@@ -1,38 +1,38 @@
 //! populate: sync krops sources to a target (SPEC §3). The drivers
 //! (krops-deploy, krops-test, krops-command) reuse [`PopulateArgs`] and
-//! [`Plan`] to populate before they act.
+//! [`Plan`] to populate before they act (through krops-driver's stages).
 
-pub mod fleet;
-pub mod lock;
-pub mod parallel;
-pub mod progress;
-pub mod report;
-pub mod results;
-pub mod script;
-pub mod secrets;
+mod lock;
+mod parallel;
+mod progress;
+mod report;
+mod results;
+mod script;
+mod secrets;
 pub mod source;
 mod step;
-pub mod sync;
+mod sync;
 #[cfg(test)]
 mod testing;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::{ExitCode, ExitStatus};
+use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use mktarget::tool::{usage, Example};
-use mktarget::{Cmd, Multiplex, Origin, Session, Target};
+use mktarget::{Multiplex, Origin, Session, Target};
 
-pub use lock::Locking;
-pub use progress::{Style, Verbosity};
-pub use report::{Printer, Report, StepError, StepOutcome, StepStatus, Transfer};
+// The engine's face: what the drivers (krops-driver) use.
+pub use lock::{final_guard, Locking};
+pub use parallel::each as parallel_each;
+pub use progress::{doing_now, final_ended, final_started, Style, Verbosity};
 pub use results::{Results, ResultsTo};
+pub use secrets::SecretDir;
 pub use source::{Source, Sources};
-pub use sync::{Options, Plan, MAX_JOBS};
+pub use sync::{Options, Plan};
 
 /// What every tool that populates takes on its command line.
 #[derive(Debug, clap::Args)]
@@ -216,319 +216,6 @@ impl PopulateArgs {
         };
         let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
         source::parse(&text, home.as_deref())
-    }
-}
-
-/// A driver's final command, and what messages call it
-/// (`nixos-rebuild switch on root@server01`). Unless the run takes no
-/// lock, it runs on the target under the run's lock there, which then lasts
-/// as long as the command, also when the tool ends first
-/// ([`lock::final_guard`]).
-#[derive(Debug)]
-pub struct Final {
-    body: Body,
-    pub what: String,
-    /// The machine it runs on when it runs there through ssh (without a
-    /// terminal: a signal here does not stop it there).
-    pub remote: Option<String>,
-    /// The connection it goes through.
-    pub session: Arc<Session>,
-    /// An exit status with which the command has said why it failed, as
-    /// the run's error line: no other is added.
-    told: Option<i32>,
-}
-
-/// What a final command runs.
-#[derive(Debug)]
-enum Body {
-    /// `/bin/sh -c SCRIPT ARGS...` on the target ([`Session::command`]).
-    Script {
-        script: String,
-        args: Vec<String>,
-        tty: bool,
-        stdin: bool,
-    },
-    /// A command of this machine (krops-test's nix-build: its target is
-    /// local).
-    Here(Cmd),
-}
-
-/// How a driver's run shows its steps and records them: the tool's name
-/// for messages, the progress style, whether our stdout carries the
-/// results (so a command's stdout must go elsewhere), and the results.
-pub struct Reporting<'r> {
-    pub tool: &'static str,
-    pub style: Style,
-    pub results_on_stdout: bool,
-    pub results: &'r mut Results,
-    /// Whether the run takes the lock (not `--no-lock`): its final
-    /// commands then run under it.
-    pub locked: bool,
-}
-
-impl<'r> Reporting<'r> {
-    pub fn new(tool: &'static str, args: &PopulateArgs, results: &'r mut Results) -> Result<Self> {
-        Ok(Reporting {
-            tool,
-            style: args.output.style(),
-            results_on_stdout: args.output.results_to(None)? == Some(ResultsTo::Stdout),
-            results,
-            locked: args.options().locking != Locking::Off,
-        })
-    }
-}
-
-/// What every driver does: run each populate plan, then the final command
-/// on the target, and end with its exit status; the results record it all.
-/// With `dry_run`, print all of it as one sh script instead.
-pub fn populate_then(
-    plans: &[Plan],
-    last: &Final,
-    dry_run: bool,
-    reporting: &mut Reporting,
-) -> Result<ExitCode> {
-    let longest = last.command(!dry_run && reporting.locked).longest_word();
-    if longest > mktarget::command::MAX_ARG_BYTES {
-        bail!(
-            "{}: it would be {longest} bytes in one argument, more than the {} Linux \
-             passes to a program: the script is too long",
-            last.what,
-            mktarget::command::MAX_ARG_BYTES
-        );
-    }
-    if dry_run {
-        print!(
-            "{}",
-            dry_run_script(plans, &[(&last.what, &last.command(false))])
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    populate_all(plans, reporting)?;
-    let status = last.run(reporting)?;
-    Ok(ExitCode::from(mktarget::command::exit_code(status)))
-}
-
-/// The `--dry-run` script of a driver: each plan, then each later step as
-/// `# then WHAT` and its command.
-pub fn dry_run_script(plans: &[Plan], steps: &[(&str, &Cmd)]) -> String {
-    let mut script = String::from("#!/bin/sh\n");
-    for plan in plans {
-        script.push_str(&plan.script());
-        script.push('\n');
-    }
-    for (what, command) in steps {
-        script.push_str(&format!("# then {what}\n{command}\n"));
-    }
-    script
-}
-
-/// Runs each populate plan, in order, into the results; an error when one
-/// fails or a signal came.
-pub fn populate_all(plans: &[Plan], reporting: &mut Reporting) -> Result<()> {
-    lock_all(plans, reporting.style, reporting.results)?;
-    for plan in plans {
-        let report = plan.run(reporting.style);
-        reporting.results.add_target(&report);
-        report.into_result()?;
-    }
-    if mktarget::interrupt::interrupted() {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-impl Final {
-    /// `/bin/sh -c SCRIPT` on `session`'s target ([`Session::command`]),
-    /// which messages call `what`.
-    pub fn new(session: &Arc<Session>, script: &str, what: String) -> Final {
-        Final {
-            body: Body::Script {
-                script: script.to_owned(),
-                args: Vec::new(),
-                tty: false,
-                stdin: false,
-            },
-            what,
-            remote: (!session.is_local()).then(|| session.machine()),
-            session: Arc::clone(session),
-            told: None,
-        }
-    }
-
-    /// `command` on this machine, the target of `session`.
-    pub fn here(session: &Arc<Session>, command: Cmd, what: String) -> Final {
-        Final {
-            body: Body::Here(command),
-            what,
-            remote: None,
-            session: Arc::clone(session),
-            told: None,
-        }
-    }
-
-    /// The script gets `args` (`$0` first).
-    pub fn args(mut self, more: &[String]) -> Final {
-        if let Body::Script { args, .. } = &mut self.body {
-            args.extend_from_slice(more);
-        }
-        self
-    }
-
-    /// With a terminal on the target (`ssh -t`), whose hangup stops the
-    /// command there; with our stdin.
-    pub fn tty(mut self) -> Final {
-        if let Body::Script { tty, stdin, .. } = &mut self.body {
-            *tty = true;
-            *stdin = true;
-        }
-        self.remote = None;
-        self
-    }
-
-    /// Exiting with `code`, the command has said why as the run's error
-    /// line (`TOOL: error: …`): no other is added.
-    pub fn tells_why_on(mut self, code: i32) -> Final {
-        self.told = Some(code);
-        self
-    }
-
-    /// With our stdin.
-    pub fn stdin_inherit(mut self) -> Final {
-        if let Body::Script { stdin, .. } = &mut self.body {
-            *stdin = true;
-        }
-        self
-    }
-
-    /// The command as it runs: under the run's lock when `locked`, else as
-    /// `--dry-run` shows it.
-    pub fn command(&self, locked: bool) -> Cmd {
-        let guard = if locked {
-            lock::final_guard(&self.session)
-        } else {
-            Vec::new()
-        };
-        match &self.body {
-            Body::Script {
-                script,
-                args,
-                tty,
-                stdin,
-            } => {
-                let cmd = self.session.command_under(&guard, script, args, *tty);
-                if *stdin {
-                    cmd.stdin_inherit()
-                } else {
-                    cmd
-                }
-            }
-            Body::Here(cmd) => cmd.clone().under(&guard),
-        }
-    }
-
-    /// Runs the command and returns how it exited, its progress shown and
-    /// its outcome recorded as the run's final command; when it failed,
-    /// says so as `TOOL: error: …`. Its stdout is ours, or our stderr when
-    /// ours carries the results; with `--quiet` its stderr is shown only
-    /// when it fails.
-    pub fn run(&self, reporting: &mut Reporting) -> Result<ExitStatus> {
-        let began = self.start_running(reporting)?;
-        let ran = self
-            .command(reporting.locked)
-            .status_redirected(reporting.results_on_stdout, reporting.style.quiet());
-        let (status, kept) = self.record(reporting, began, ran)?;
-        if !status.success() {
-            let _ = std::io::stderr().write_all(&kept);
-        }
-        self.report(reporting, status);
-        Ok(status)
-    }
-
-    /// Like [`Final::run`], with its stdout captured (data: a store path)
-    /// and its stderr shown as it comes (with `--quiet`, only when it
-    /// fails).
-    pub fn run_capturing_stdout(&self, reporting: &mut Reporting) -> Result<(ExitStatus, String)> {
-        let began = self.start_running(reporting)?;
-        let ran = self
-            .command(reporting.locked)
-            .status_and_stdout(reporting.style.quiet())
-            .map(|(status, stdout, kept)| (status, (stdout, kept)));
-        let (status, (stdout, kept)) = self.record(reporting, began, ran)?;
-        if !status.success() {
-            let _ = std::io::stderr().write_all(&kept);
-        }
-        self.report(reporting, status);
-        Ok((status, stdout))
-    }
-
-    fn start_running(&self, reporting: &Reporting) -> Result<Instant> {
-        self.session.connect().with_context(|| self.what.clone())?;
-        mktarget::interrupt::doing(&self.what);
-        if let Some(on) = &self.remote {
-            mktarget::interrupt::remote(on);
-            if reporting.locked {
-                let path = &self.session.target().path;
-                mktarget::interrupt::remote_lock(self.session.display_path(path));
-            }
-        }
-        progress::final_started(reporting.style, reporting.tool, &self.what);
-        Ok(Instant::now())
-    }
-
-    /// Records how the command ended (or that it could not run) in the
-    /// results and the progress.
-    fn record<T>(
-        &self,
-        reporting: &mut Reporting,
-        began: Instant,
-        ran: Result<(ExitStatus, T)>,
-    ) -> Result<(ExitStatus, T)> {
-        let (status, kept) = match ran {
-            Ok(ran) => ran,
-            Err(err) => {
-                reporting
-                    .results
-                    .set_final(&self.what, None, began.elapsed());
-                return Err(err);
-            }
-        };
-        reporting
-            .results
-            .set_final(&self.what, Some(status), began.elapsed());
-        let how = mktarget::command::describe(status);
-        progress::final_ended(
-            reporting.style,
-            reporting.tool,
-            &self.what,
-            (!status.success()).then_some(how.as_str()),
-            began.elapsed(),
-        );
-        Ok((status, kept))
-    }
-
-    /// Says why a failed command failed, as `TOOL: error: …` and as the
-    /// results' `error`, so that a script reading them learns what the
-    /// exit status and stderr say.
-    fn report(&self, reporting: &mut Reporting, status: ExitStatus) {
-        if status.success() || (self.told.is_some() && status.code() == self.told) {
-            return;
-        }
-        mktarget::interrupt::wait_if_interrupted();
-        // Its output was ours, so ssh's message is above; the shared
-        // connection's master may tell more.
-        let why = match self
-            .session
-            .connection_failure(&self.command(false), status, &[])
-        {
-            Some(why) => format!("{}: {why}", self.what),
-            None => format!(
-                "{} failed: {}",
-                self.what,
-                mktarget::command::describe(status)
-            ),
-        };
-        eprintln!("{}: error: {why}", reporting.tool);
-        reporting.results.final_failed(&why);
     }
 }
 

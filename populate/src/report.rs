@@ -256,31 +256,6 @@ impl Printer {
             }
         }
     }
-
-    /// A writer for one step's output.
-    pub fn step(&self, step: usize) -> StepWriter<'_> {
-        StepWriter {
-            printer: self,
-            step,
-        }
-    }
-}
-
-/// One step's output stream; see [`Printer`].
-pub struct StepWriter<'a> {
-    printer: &'a Printer,
-    step: usize,
-}
-
-impl Write for StepWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.printer.write(self.step, buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ impl Step {
         &self,
         status: StepStatus,
         elapsed: Duration,
-        transfer: Option<crate::Transfer>,
+        transfer: Option<crate::report::Transfer>,
     ) -> StepOutcome {
         StepOutcome {
             label: self.label.clone(),
@@ -482,7 +482,12 @@ impl<'a> Run<'a> {
     }
 
     /// Like [`Run::end`], with what rsync did.
-    fn end_with(&self, i: usize, status: StepStatus, transfer: Option<crate::Transfer>) -> bool {
+    fn end_with(
+        &self,
+        i: usize,
+        status: StepStatus,
+        transfer: Option<crate::report::Transfer>,
+    ) -> bool {
         let step = &self.plan.steps[i];
         let elapsed = lock(&self.started)[i]
             .map(|(t, _)| t.elapsed())

@@ -1,0 +1,360 @@
+//! Fleets: one run of a driver for many hosts (`krops-deploy --fleet FILE`,
+//! `krops-command --fleet FILE`; see README). FILE maps a host name to what
+//! krops's writer for that driver takes (`target`, `source`, …). The whole
+//! file is checked first; then every selected host runs as a child process
+//! of the same tool in single-host mode, several at once, with each line of
+//! its output prefixed with its name, and a summary ends the run.
+//!
+//! A host's run is the tool's own single-host mode, so a fleet does exactly
+//! what running the tool once per host would: the command line's other
+//! options reach every host unchanged, whatever options the tool has.
+
+mod board;
+mod file;
+mod forward;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, ExitStatus};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use mktarget::interrupt;
+use mktarget::mutex::lock;
+use mktarget::{Cmd, Origin};
+use populate::{PopulateArgs, Results, ResultsTo, SecretDir, Style, Verbosity};
+
+use board::*;
+use file::*;
+pub use file::{choices, glob_match, parse, select, Host, Kind, Setting};
+pub use forward::{forwarded, host_args, Forwarded};
+
+/// The fleet's own options; a driver flattens them into its command line
+/// beside [`populate::PopulateArgs`]. (`--jobs` and `--on` also conflict with
+/// `--target`: clap does not enforce `requires` of an argument that
+/// conflicts with one given.)
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// Run on every host of FILE (`-`: stdin), a JSON object of host name → the writer's attributes (target, source, …)
+    #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
+    pub fleet: Option<PathBuf>,
+    /// With --fleet: how many hosts run at once (default: all, at most 8)
+    #[arg(long, value_name = "N", requires = "fleet", conflicts_with = "target", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+    /// With --fleet: only these hosts, by name or pattern (`*` and `?` match any characters: web*)
+    #[arg(
+        long,
+        value_name = "NAME,…",
+        requires = "fleet",
+        conflicts_with = "target",
+        value_delimiter = ','
+    )]
+    pub on: Vec<String>,
+}
+
+/// The ids of [`FleetArgs`]'s options, and of where the results go (each
+/// host's go to a file of the fleet's), which no host's run gets.
+pub(crate) const FLEET_OPTIONS: [&str; 5] = ["fleet", "jobs", "on", "json", "json_file"];
+
+/// Hosts that run at once unless `--jobs` says otherwise.
+pub const DEFAULT_JOBS: usize = 8;
+
+/// A driver's `--fleet` mode: checks the fleet file, runs every selected
+/// host as `tool` in single-host mode (first all with `--dry-run`, so that
+/// nothing runs anywhere unless every host's input is good), and ends with
+/// a summary on stderr; exit status 1 when any host failed.
+///
+/// `command` is the driver's clap command and `args` our arguments without
+/// the program name: they give what every host's run gets.
+pub fn run(
+    tool: &'static str,
+    fleet: &FleetArgs,
+    settings: &[Setting],
+    command: &clap::Command,
+    args: &[String],
+    populate: &PopulateArgs,
+    results: &mut Results,
+) -> Result<ExitCode> {
+    results.fleet();
+    let dry_run = populate.dry_run;
+    let file = fleet.fleet.as_deref().context("--fleet is required")?;
+    let origin = Origin::from_env();
+    let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
+    let hosts = parse(&read(file)?, settings, &origin, home.as_deref())?;
+    let hosts = select(hosts, &fleet.on)?;
+    let forwarded = forwarded(command, args);
+    let program = std::env::current_exe()
+        .context("cannot find this tool's own executable to run each host")?
+        .display()
+        .to_string();
+    // Removed at the end and on a signal.
+    let dir = SecretDir::holding("krops-fleet.", "the fleet's sources files")?;
+    let mut host_args = Vec::new();
+    for host in &hosts {
+        let name = format!("{}.json", host.name);
+        dir.create_file(Path::new(&name))?
+            .write_all(&serde_json::to_vec(&host.sources)?)
+            .with_context(|| format!("cannot write {name}"))?;
+        let file = dir.path().join(name);
+        host_args.push(self::host_args(host, &file, &forwarded)?);
+    }
+    // Each host writes its results beside its sources; we gather them.
+    let wants_results = populate.output.json || populate.output.json_file.is_some();
+    let results_file = |i: usize| dir.path().join(format!("{}.results.json", hosts[i].name));
+    let jobs = fleet
+        .jobs
+        .map_or(hosts.len().min(DEFAULT_JOBS), usize::from);
+    let count = hosts.len();
+    let style = populate.output.style();
+
+    if !dry_run {
+        // Every host checks its whole input the way its run will, running nothing.
+        interrupt::doing(format!("checking the fleet's {count} hosts"));
+        let quiet = Board::new(Style::plain(Verbosity::Quiet), &[]);
+        let checks = in_parallel(count, jobs, |i| {
+            let check = Cmd::new(&program).arg("--dry-run").args(&host_args[i]);
+            let stdout = (Sink::Kept, Stream::Stdout);
+            run_host(&quiet, i, &hosts[i].name, &check, stdout, Sink::Kept)
+        });
+        let refused: Vec<usize> = (0..count).filter(|&i| !checks[i].ok()).collect();
+        if !refused.is_empty() {
+            for &i in &refused {
+                let prefix = format!("{} | ", hosts[i].name);
+                let mut stderr = std::io::stderr().lock();
+                for line in String::from_utf8_lossy(&checks[i].stderr).lines() {
+                    let _ = writeln!(stderr, "{prefix}{line}");
+                }
+                if let Err(why) = &checks[i].status {
+                    let _ = writeln!(stderr, "{prefix}{why}");
+                }
+            }
+            let names: Vec<&str> = refused.iter().map(|&i| hosts[i].name.as_str()).collect();
+            bail!(
+                "fleet: the input of {} refused (see above); nothing ran on any host",
+                names.join(", ")
+            );
+        }
+    }
+
+    interrupt::doing(format!("the fleet's {count} hosts"));
+    // On a signal, the handler says which hosts finished, and how.
+    let progress = Arc::new(Mutex::new(vec![Progress::Waiting; count]));
+    {
+        let progress = Arc::clone(&progress);
+        let names: Vec<String> = hosts.iter().map(|host| host.name.clone()).collect();
+        interrupt::on_signal_report(move || {
+            let rows: Vec<Row> = lock(&progress)
+                .iter()
+                .map(|progress| match progress {
+                    Progress::Waiting => Row {
+                        result: HostResult::NotStarted,
+                        seconds: 0.0,
+                    },
+                    Progress::Running(started) => Row {
+                        result: HostResult::Interrupted,
+                        seconds: started.elapsed().as_secs_f64(),
+                    },
+                    Progress::Done(row) => row.clone(),
+                })
+                .collect();
+            summary(tool, &names, &rows)
+        });
+    }
+    let stdout = if dry_run { Sink::Kept } else { Sink::Prefixed };
+    let stdout_to = if populate.output.results_to(None)? == Some(ResultsTo::Stdout) {
+        Stream::Stderr
+    } else {
+        Stream::Stdout
+    };
+    let stderr = if style.live {
+        Sink::Watched
+    } else {
+        Sink::Prefixed
+    };
+    let board = Board::new(style, &hosts);
+    let outcomes = in_parallel(count, jobs, |i| {
+        lock(&progress)[i] = Progress::Running(Instant::now());
+        let mut command = Cmd::new(&program);
+        if wants_results && !dry_run {
+            command = command
+                .arg("--json-file")
+                .arg(results_file(i).display().to_string());
+        }
+        let command = command.args(&host_args[i]);
+        board.started(i);
+        let outcome = run_host(
+            &board,
+            i,
+            &hosts[i].name,
+            &command,
+            (stdout, stdout_to),
+            stderr,
+        );
+        board.ended(i, &outcome);
+        let mut row = outcome.row();
+        // A host the signal stopped is interrupted, not failed. (Asked
+        // before taking the lock the handler's report takes.)
+        if row.result != HostResult::Ok && interrupt::interrupted() {
+            row.result = HostResult::Interrupted;
+        }
+        lock(&progress)[i] = Progress::Done(row);
+        outcome
+    });
+    board.finish(&hosts, &outcomes);
+    if dry_run {
+        // Each host's plan as it would print it alone, one after another.
+        let mut out = std::io::stdout().lock();
+        for (host, outcome) in hosts.iter().zip(&outcomes) {
+            writeln!(out, "# ---- fleet host {} ----", host.name)?;
+            out.write_all(&outcome.stdout)?;
+        }
+        out.flush()?;
+    }
+    for (i, (host, outcome)) in hosts.iter().zip(&outcomes).enumerate() {
+        let document = std::fs::read(results_file(i))
+            .ok()
+            .and_then(|text| serde_json::from_slice(&text).ok());
+        let exit_code = outcome.status.as_ref().ok().and_then(ExitStatus::code);
+        let elapsed = std::time::Duration::from_secs_f64(outcome.seconds);
+        results.add_host(&host.name, exit_code, elapsed, document);
+    }
+    let failed = outcomes.iter().filter(|o| !o.ok()).count();
+    if !style.quiet() || failed > 0 {
+        let names: Vec<String> = hosts.iter().map(|host| host.name.clone()).collect();
+        let rows: Vec<Row> = outcomes.iter().map(Outcome::row).collect();
+        eprint!("{}", summary(tool, &names, &rows));
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The table at the end: host, result, seconds, after a line that counts
+/// the results.
+fn summary(tool: &str, names: &[String], rows: &[Row]) -> String {
+    let count =
+        |wanted: fn(&HostResult) -> bool| rows.iter().filter(|row| wanted(&row.result)).count();
+    let ok = count(|r| *r == HostResult::Ok);
+    let mut text = format!("{tool}: fleet: {ok} of {} hosts ok", names.len());
+    for (n, what) in [
+        (count(|r| matches!(r, HostResult::Failed(_))), "failed"),
+        (count(|r| *r == HostResult::Interrupted), "interrupted"),
+        (count(|r| *r == HostResult::NotStarted), "not started"),
+    ] {
+        if n > 0 {
+            text.push_str(&format!(", {n} {what}"));
+        }
+    }
+    text.push('\n');
+    let name_width = names.iter().map(String::len).max().unwrap_or(0);
+    let results: Vec<String> = rows.iter().map(|row| row.result.text()).collect();
+    let result_width = results.iter().map(String::len).max().unwrap_or(0);
+    for ((name, row), result) in names.iter().zip(rows).zip(&results) {
+        text.push_str(&format!(
+            "  {name:name_width$}  {result:result_width$}  {:6.1} s\n",
+            row.seconds
+        ));
+    }
+    text
+}
+
+/// Our arguments without the program name, for [`run`] (clap has read
+/// them, so every word a host's run gets is text).
+pub fn args() -> Vec<String> {
+    std::env::args_os()
+        .skip(1)
+        .map(|arg: OsString| arg.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    use crate::fleet::file::tests::host;
+
+    #[test]
+    fn a_hosts_live_line_says_what_it_does_now_and_that_it_waits_for_the_lock() {
+        let live = Style {
+            live: true,
+            color: false,
+            verbosity: Verbosity::Normal,
+        };
+        let hosts = [host(json!({"target": "root@web1", "source": {}}))];
+        let board = Board::new(live, &hosts);
+        let message = || board.live.as_ref().unwrap().1[0].message();
+        board.saw(
+            0,
+            b"2024-05-01T12:00:03Z populate: source a (file) \xe2\x86\x92 web1:/var/src/a\n",
+        );
+        assert_eq!(message(), "source a (file) → web1:/var/src/a");
+        board.saw(0, b"sending incremental file list\n");
+        assert_eq!(message(), "source a (file) → web1:/var/src/a");
+        // The lock's line has no timestamp.
+        board.saw(
+            0,
+            b"populate: waiting for the lock on web1:/var/src, held by bob@laptop (pid 7, run \
+              5f3a1c) since 2024-06-01 12:03:04 UTC\n",
+        );
+        assert_eq!(
+            message(),
+            "waiting for the lock on web1:/var/src, held by bob@laptop (pid 7, run 5f3a1c) since \
+             2024-06-01 12:03:04 UTC"
+        );
+        board.saw(0, b"populate: something else\n");
+        assert!(message().starts_with("waiting for the lock"));
+    }
+
+    #[test]
+    fn summary_lists_result_and_seconds() {
+        let hosts = [
+            host(json!({"target": "a", "source": {}})),
+            Host {
+                name: "db-primary".into(),
+                ..host(json!({"target": "b", "source": {}}))
+            },
+        ];
+        let status =
+            |code: i32| <ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw(code << 8);
+        let outcome = |code, seconds| Outcome {
+            status: Ok(status(code)),
+            seconds,
+            stdout: vec![],
+            stderr: vec![],
+        };
+        let names: Vec<String> = hosts.iter().map(|host| host.name.clone()).collect();
+        let rows: Vec<Row> = [outcome(0, 1.25), outcome(3, 12.0)]
+            .iter()
+            .map(Outcome::row)
+            .collect();
+        let text = summary("krops-deploy", &names, &rows);
+        assert_eq!(
+            text,
+            "krops-deploy: fleet: 1 of 2 hosts ok, 1 failed\n\
+             \x20 web1        ok                         1.2 s\n\
+             \x20 db-primary  failed (exit status 3)    12.0 s\n"
+        );
+        let row = |result, seconds| Row { result, seconds };
+        let text = summary(
+            "krops-command",
+            &["a".into(), "b".into(), "c".into()],
+            &[
+                row(HostResult::Ok, 2.0),
+                row(HostResult::Interrupted, 3.5),
+                row(HostResult::NotStarted, 0.0),
+            ],
+        );
+        assert_eq!(
+            text,
+            "krops-command: fleet: 1 of 3 hosts ok, 1 interrupted, 1 not started\n\
+             \x20 a  ok              2.0 s\n\
+             \x20 b  interrupted     3.5 s\n\
+             \x20 c  not started     0.0 s\n"
+        );
+    }
+}

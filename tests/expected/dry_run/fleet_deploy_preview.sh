@@ -1,0 +1,382 @@
+# ---- fleet host alpha ----
+#!/bin/sh
+# populate root@alpha/var/src
+# The real run first takes the lock on alpha:/var/src/.populate-lock (flock, held until the run and its final command end; waiting for it as long as another run holds it). This script takes none.
+set -efu
+
+# sentinel check
+ssh -l root -T -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 alpha 'set -efu
+run() {
+  "$@" || failed "$?" "$*"
+}
+failed() {
+  printf '\''populate: failed: %s (exit status %s)\n'\'' "$2" "$1" >&2
+  exit "$1"
+}
+claim() {
+  if test -L "$2"; then
+    case $1 in
+      link) return 0 ;;
+      outlink) case $(readlink "$2") in /nix/store/*) return 0 ;; esac ;;
+    esac
+    printf '\''populate: replacing the symlink at %s\n'\'' "$3" >&2
+    run rm -f "$2"
+  elif test -d "$2"; then
+    test "$1" = dir && return 0
+    printf '\''populate: replacing the directory at %s\n'\'' "$3" >&2
+    run rm -fR "$2"
+  elif test -e "$2"; then
+    krops_what="file"
+    if test "$1" = file; then
+      test -f "$2" && return 0
+      krops_what='\''special file'\''
+    fi
+    printf '\''populate: replacing the %s at %s\n'\'' "$krops_what" "$3" >&2
+    run rm -f "$2"
+  fi
+}
+# krops_sentinel PATH SHOWN FORCE BACKUP: the sentinel check of PATH, whose
+# sentinel messages call SHOWN. FORCE is '\''force'\'' (make PATH and the sentinel
+# first) or '\''check'\''; BACKUP is '\''backup'\'' (the sentinel must be a directory)
+# or '\''no-backup'\''. Exits 3 when the sentinel is missing, 4 when --backup
+# finds a file, 5 when it is a symlink (see sync.rs).
+krops_sentinel() {
+  krops_sentinel=$1/.populate
+  if test "$3" = force; then
+    run mkdir -p "$1" >&2
+    if test -L "$krops_sentinel"; then
+      printf '\''populate: replacing the symlink at %s (a sentinel is never followed)\n'\'' "$2" >&2
+      run rm -f "$krops_sentinel"
+    fi
+    if test "$4" = backup; then
+      # A backup needs the sentinel to be a directory; krops'\''s hosts have
+      # an empty file there, which becomes one.
+      if test -f "$krops_sentinel" && ! test -s "$krops_sentinel"; then
+        printf '\''populate: turning the empty sentinel file %s into a directory\n'\'' "$2" >&2
+        run rm -f "$krops_sentinel"
+      fi
+      if test -f "$krops_sentinel"; then
+        printf '\''error: the sentinel file %s is not empty, so it cannot become the directory a backup needs\n'\'' "$2" >&2
+        exit 1
+      fi
+      run mkdir -p "$krops_sentinel"
+    else
+      run touch "$krops_sentinel"
+    fi
+  fi
+  if test -L "$krops_sentinel"; then
+    printf '\''error: the sentinel %s is a symlink, which populate does not follow; replace it with an empty file, or run with --force to have it replaced\n'\'' "$2" >&2
+    exit 5
+  fi
+  if ! test -e "$krops_sentinel"; then
+    printf '\''error: missing sentinel file: %s\n'\'' "$2" >&2
+    exit 3
+  fi
+  if test "$4" = backup && ! test -d "$krops_sentinel"; then
+    printf '\''error: the sentinel %s is a file; --backup needs a directory to keep the backup in (--force --backup turns an empty sentinel file into one)\n'\'' "$2" >&2
+    exit 4
+  fi
+}
+krops_sentinel /var/src alpha:/var/src/.populate check no-backup
+'
+
+# source l (symlink)
+ssh -l root -T -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 alpha 'set -efu
+run() {
+  "$@" || failed "$?" "$*"
+}
+failed() {
+  printf '\''populate: failed: %s (exit status %s)\n'\'' "$2" "$1" >&2
+  exit "$1"
+}
+claim() {
+  if test -L "$2"; then
+    case $1 in
+      link) return 0 ;;
+      outlink) case $(readlink "$2") in /nix/store/*) return 0 ;; esac ;;
+    esac
+    printf '\''populate: replacing the symlink at %s\n'\'' "$3" >&2
+    run rm -f "$2"
+  elif test -d "$2"; then
+    test "$1" = dir && return 0
+    printf '\''populate: replacing the directory at %s\n'\'' "$3" >&2
+    run rm -fR "$2"
+  elif test -e "$2"; then
+    krops_what="file"
+    if test "$1" = file; then
+      test -f "$2" && return 0
+      krops_what='\''special file'\''
+    fi
+    printf '\''populate: replacing the %s at %s\n'\'' "$krops_what" "$3" >&2
+    run rm -f "$2"
+  fi
+}
+# krops_symlink P SHOWN TARGET: the symlink P -> TARGET (messages call P
+# SHOWN); '\''--'\'': TARGET may begin with '\''-'\''.
+krops_symlink() {
+  claim link "$1" "$2"
+  run ln -fnsT -- "$3" "$1"
+}
+krops_symlink /var/src/l alpha:/var/src/l x
+'
+
+# source motd (file)
+rsync '--rsync-path=/bin/sh -c '\''set -efu
+run() {
+  "$@" || failed "$?" "$*"
+}
+failed() {
+  printf '\''\'\'''\''populate: failed: %s (exit status %s)\n'\''\'\'''\'' "$2" "$1" >&2
+  exit "$1"
+}
+claim() {
+  if test -L "$2"; then
+    case $1 in
+      link) return 0 ;;
+      outlink) case $(readlink "$2") in /nix/store/*) return 0 ;; esac ;;
+    esac
+    printf '\''\'\'''\''populate: replacing the symlink at %s\n'\''\'\'''\'' "$3" >&2
+    run rm -f "$2"
+  elif test -d "$2"; then
+    test "$1" = dir && return 0
+    printf '\''\'\'''\''populate: replacing the directory at %s\n'\''\'\'''\'' "$3" >&2
+    run rm -fR "$2"
+  elif test -e "$2"; then
+    krops_what="file"
+    if test "$1" = file; then
+      test -f "$2" && return 0
+      krops_what='\''\'\'''\''special file'\''\'\'''\''
+    fi
+    printf '\''\'\'''\''populate: replacing the %s at %s\n'\''\'\'''\'' "$krops_what" "$3" >&2
+    run rm -f "$2"
+  fi
+}
+claim file /var/src/motd alpha:/var/src/motd
+exec "$0" "$@"
+'\'' rsync' -e ''\''ssh'\'' '\''-l'\'' '\''root'\'' '\''-T'\'' '\''-o'\'' '\''ConnectTimeout=30'\'' '\''-o'\'' '\''ServerAliveInterval=15'\'' '\''-o'\'' '\''ServerAliveCountMax=4'\''' -vFrlptD --itemize-changes --delete-excluded $WORLD/files/motd root@alpha:/var/src/motd
+
+# then nixos-rebuild build on root@alpha (the target) in a private directory; it prints the directory and the new system, /nix/store/NEW-SYSTEM below
+ssh -l root -T -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 alpha '/bin/sh -c '\''dir=$(mktemp -d "${TMPDIR:-/tmp}/krops-build.XXXXXX") || exit 1
+cd "$dir" || exit 1
+(
+printf '\''\'\'''\''# use nix-output-monitor: %s\n'\''\'\'''\'' false >&2
+NIX_PATH=/var/src nixos-rebuild build --no-flake
+
+) >&2
+status=$?
+if [ "$status" = 0 ] && [ -L result ]; then
+  printf '\''\'\'''\''%s\n'\''\'\'''\'' "$dir" "$(readlink -f result)"
+  exit 0
+fi
+cd / && rm -rf "$dir"
+if [ "$status" = 0 ]; then
+  echo '\''\'\'''\''krops-deploy: nixos-rebuild build made no ./result link'\''\'\'''\'' >&2
+  exit 1
+fi
+exit "$status"
+'\'''
+# then compare it with the running system on root@alpha
+ssh -l root -T -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 alpha '/bin/sh -c '\''new=/nix/store/NEW-SYSTEM current=/run/current-system
+if [ -e "$current" ]; then running=$(readlink -f "$current"); else running=; fi
+printf '\''\'\'''\''%s\n'\''\'\'''\'' "$running"
+if [ -z "$running" ]; then echo none; exit 0; fi
+if [ "$running" = "$new" ]; then echo same; exit 0; fi
+if command -v nvd >/dev/null 2>&1 && text=$(nvd diff "$running" "$new"); then
+  printf '\''\'\'''\''nvd\n%s\n'\''\'\'''\'' "$text"
+elif text=$(nix --extra-experimental-features nix-command store diff-closures "$running" "$new"); then
+  printf '\''\'\'''\''nix\n%s\n'\''\'\'''\'' "$text"
+else
+  echo differ
+fi
+'\'''
+# ---- fleet host beta ----
+#!/bin/sh
+# populate root@beta/etc/krops
+# The real run first takes the lock on beta:/etc/krops/.populate-lock (flock, held until the run and its final command end; waiting for it as long as another run holds it). This script takes none.
+set -efu
+
+# sentinel check
+ssh -l root -T -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 beta 'set -efu
+run() {
+  "$@" || failed "$?" "$*"
+}
+failed() {
+  printf '\''populate: failed: %s (exit status %s)\n'\'' "$2" "$1" >&2
+  exit "$1"
+}
+claim() {
+  if test -L "$2"; then
+    case $1 in
+      link) return 0 ;;
+      outlink) case $(readlink "$2") in /nix/store/*) return 0 ;; esac ;;
+    esac
+    printf '\''populate: replacing the symlink at %s\n'\'' "$3" >&2
+    run rm -f "$2"
+  elif test -d "$2"; then
+    test "$1" = dir && return 0
+    printf '\''populate: replacing the directory at %s\n'\'' "$3" >&2
+    run rm -fR "$2"
+  elif test -e "$2"; then
+    krops_what="file"
+    if test "$1" = file; then
+      test -f "$2" && return 0
+      krops_what='\''special file'\''
+    fi
+    printf '\''populate: replacing the %s at %s\n'\'' "$krops_what" "$3" >&2
+    run rm -f "$2"
+  fi
+}
+# krops_sentinel PATH SHOWN FORCE BACKUP: the sentinel check of PATH, whose
+# sentinel messages call SHOWN. FORCE is '\''force'\'' (make PATH and the sentinel
+# first) or '\''check'\''; BACKUP is '\''backup'\'' (the sentinel must be a directory)
+# or '\''no-backup'\''. Exits 3 when the sentinel is missing, 4 when --backup
+# finds a file, 5 when it is a symlink (see sync.rs).
+krops_sentinel() {
+  krops_sentinel=$1/.populate
+  if test "$3" = force; then
+    run mkdir -p "$1" >&2
+    if test -L "$krops_sentinel"; then
+      printf '\''populate: replacing the symlink at %s (a sentinel is never followed)\n'\'' "$2" >&2
+      run rm -f "$krops_sentinel"
+    fi
+    if test "$4" = backup; then
+      # A backup needs the sentinel to be a directory; krops'\''s hosts have
+      # an empty file there, which becomes one.
+      if test -f "$krops_sentinel" && ! test -s "$krops_sentinel"; then
+        printf '\''populate: turning the empty sentinel file %s into a directory\n'\'' "$2" >&2
+        run rm -f "$krops_sentinel"
+      fi
+      if test -f "$krops_sentinel"; then
+        printf '\''error: the sentinel file %s is not empty, so it cannot become the directory a backup needs\n'\'' "$2" >&2
+        exit 1
+      fi
+      run mkdir -p "$krops_sentinel"
+    else
+      run touch "$krops_sentinel"
+    fi
+  fi
+  if test -L "$krops_sentinel"; then
+    printf '\''error: the sentinel %s is a symlink, which populate does not follow; replace it with an empty file, or run with --force to have it replaced\n'\'' "$2" >&2
+    exit 5
+  fi
+  if ! test -e "$krops_sentinel"; then
+    printf '\''error: missing sentinel file: %s\n'\'' "$2" >&2
+    exit 3
+  fi
+  if test "$4" = backup && ! test -d "$krops_sentinel"; then
+    printf '\''error: the sentinel %s is a file; --backup needs a directory to keep the backup in (--force --backup turns an empty sentinel file into one)\n'\'' "$2" >&2
+    exit 4
+  fi
+}
+krops_sentinel /etc/krops beta:/etc/krops/.populate force no-backup
+'
+
+# source l (symlink)
+ssh -l root -T -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 beta 'set -efu
+run() {
+  "$@" || failed "$?" "$*"
+}
+failed() {
+  printf '\''populate: failed: %s (exit status %s)\n'\'' "$2" "$1" >&2
+  exit "$1"
+}
+claim() {
+  if test -L "$2"; then
+    case $1 in
+      link) return 0 ;;
+      outlink) case $(readlink "$2") in /nix/store/*) return 0 ;; esac ;;
+    esac
+    printf '\''populate: replacing the symlink at %s\n'\'' "$3" >&2
+    run rm -f "$2"
+  elif test -d "$2"; then
+    test "$1" = dir && return 0
+    printf '\''populate: replacing the directory at %s\n'\'' "$3" >&2
+    run rm -fR "$2"
+  elif test -e "$2"; then
+    krops_what="file"
+    if test "$1" = file; then
+      test -f "$2" && return 0
+      krops_what='\''special file'\''
+    fi
+    printf '\''populate: replacing the %s at %s\n'\'' "$krops_what" "$3" >&2
+    run rm -f "$2"
+  fi
+}
+# krops_symlink P SHOWN TARGET: the symlink P -> TARGET (messages call P
+# SHOWN); '\''--'\'': TARGET may begin with '\''-'\''.
+krops_symlink() {
+  claim link "$1" "$2"
+  run ln -fnsT -- "$3" "$1"
+}
+krops_symlink /etc/krops/l beta:/etc/krops/l x
+'
+
+# source motd (file)
+rsync '--rsync-path=/bin/sh -c '\''set -efu
+run() {
+  "$@" || failed "$?" "$*"
+}
+failed() {
+  printf '\''\'\'''\''populate: failed: %s (exit status %s)\n'\''\'\'''\'' "$2" "$1" >&2
+  exit "$1"
+}
+claim() {
+  if test -L "$2"; then
+    case $1 in
+      link) return 0 ;;
+      outlink) case $(readlink "$2") in /nix/store/*) return 0 ;; esac ;;
+    esac
+    printf '\''\'\'''\''populate: replacing the symlink at %s\n'\''\'\'''\'' "$3" >&2
+    run rm -f "$2"
+  elif test -d "$2"; then
+    test "$1" = dir && return 0
+    printf '\''\'\'''\''populate: replacing the directory at %s\n'\''\'\'''\'' "$3" >&2
+    run rm -fR "$2"
+  elif test -e "$2"; then
+    krops_what="file"
+    if test "$1" = file; then
+      test -f "$2" && return 0
+      krops_what='\''\'\'''\''special file'\''\'\'''\''
+    fi
+    printf '\''\'\'''\''populate: replacing the %s at %s\n'\''\'\'''\'' "$krops_what" "$3" >&2
+    run rm -f "$2"
+  fi
+}
+claim file /etc/krops/motd beta:/etc/krops/motd
+exec "$0" "$@"
+'\'' rsync' -e ''\''ssh'\'' '\''-l'\'' '\''root'\'' '\''-T'\'' '\''-o'\'' '\''ConnectTimeout=30'\'' '\''-o'\'' '\''ServerAliveInterval=15'\'' '\''-o'\'' '\''ServerAliveCountMax=4'\''' -vFrlptD --itemize-changes --delete-excluded $WORLD/files/motd root@beta:/etc/krops/motd
+
+# then nixos-rebuild build on root@beta (the target) in a private directory; it prints the directory and the new system, /nix/store/NEW-SYSTEM below
+ssh -l root -T -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 beta '/bin/sh -c '\''dir=$(mktemp -d "${TMPDIR:-/tmp}/krops-build.XXXXXX") || exit 1
+cd "$dir" || exit 1
+(
+printf '\''\'\'''\''# use nix-output-monitor: %s\n'\''\'\'''\'' false >&2
+NIX_PATH=/etc/krops nixos-rebuild build --no-flake
+
+) >&2
+status=$?
+if [ "$status" = 0 ] && [ -L result ]; then
+  printf '\''\'\'''\''%s\n'\''\'\'''\'' "$dir" "$(readlink -f result)"
+  exit 0
+fi
+cd / && rm -rf "$dir"
+if [ "$status" = 0 ]; then
+  echo '\''\'\'''\''krops-deploy: nixos-rebuild build made no ./result link'\''\'\'''\'' >&2
+  exit 1
+fi
+exit "$status"
+'\'''
+# then compare it with the running system on root@beta
+ssh -l root -T -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 beta '/bin/sh -c '\''new=/nix/store/NEW-SYSTEM current=/run/current-system
+if [ -e "$current" ]; then running=$(readlink -f "$current"); else running=; fi
+printf '\''\'\'''\''%s\n'\''\'\'''\'' "$running"
+if [ -z "$running" ]; then echo none; exit 0; fi
+if [ "$running" = "$new" ]; then echo same; exit 0; fi
+if command -v nvd >/dev/null 2>&1 && text=$(nvd diff "$running" "$new"); then
+  printf '\''\'\'''\''nvd\n%s\n'\''\'\'''\'' "$text"
+elif text=$(nix --extra-experimental-features nix-command store diff-closures "$running" "$new"); then
+  printf '\''\'\'''\''nix\n%s\n'\''\'\'''\'' "$text"
+else
+  echo differ
+fi
+'\'''
