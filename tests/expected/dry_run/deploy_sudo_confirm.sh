@@ -21,8 +21,25 @@ claim() {
     printf '\''\'\'''\''populate: replacing the symlink at %s\n'\''\'\'''\'' "$3" >&2
     run rm -f "$2"
   elif test -d "$2"; then
-    test "$1" = dir && return 0
-    printf '\''\'\'''\''populate: replacing the directory at %s\n'\''\'\'''\'' "$3" >&2
+    if test "$1" = dir || test "$1" = tree; then
+      if test -O "$2"; then
+        # rsync, as any user but root, makes a read-only file writable
+        # before it deletes it: with a second link, that is a file
+        # outside P too. Such files are removed here instead.
+        if test "$1" = tree && test "$(id -u)" != 0; then
+          run find "$2" -type f -links +1 ! -perm -u+w -exec rm -f {} +
+        fi
+        return 0
+      fi
+      printf '\''\'\'''\''populate: replacing the directory at %s: it belongs to another user\n'\''\'\'''\'' "$3" >&2
+    else
+      printf '\''\'\'''\''populate: replacing the directory at %s\n'\''\'\'''\'' "$3" >&2
+    fi
+    # A read-only directory of one'\''\'\'''\''s own is removed as a fresh place would
+    # be made: rm needs to write to a directory to delete in it (only
+    # directories are made writable: a file may have a link outside P).
+    test "$(id -u)" = 0 ||
+      find "$2" -type d ! -perm -u+w -exec chmod u+w {} + 2>/dev/null || :
     run rm -fR "$2"
   elif test -e "$2"; then
     krops_what="file"
@@ -97,8 +114,25 @@ claim() {
     printf '\''\'\'''\''populate: replacing the symlink at %s\n'\''\'\'''\'' "$3" >&2
     run rm -f "$2"
   elif test -d "$2"; then
-    test "$1" = dir && return 0
-    printf '\''\'\'''\''populate: replacing the directory at %s\n'\''\'\'''\'' "$3" >&2
+    if test "$1" = dir || test "$1" = tree; then
+      if test -O "$2"; then
+        # rsync, as any user but root, makes a read-only file writable
+        # before it deletes it: with a second link, that is a file
+        # outside P too. Such files are removed here instead.
+        if test "$1" = tree && test "$(id -u)" != 0; then
+          run find "$2" -type f -links +1 ! -perm -u+w -exec rm -f {} +
+        fi
+        return 0
+      fi
+      printf '\''\'\'''\''populate: replacing the directory at %s: it belongs to another user\n'\''\'\'''\'' "$3" >&2
+    else
+      printf '\''\'\'''\''populate: replacing the directory at %s\n'\''\'\'''\'' "$3" >&2
+    fi
+    # A read-only directory of one'\''\'\'''\''s own is removed as a fresh place would
+    # be made: rm needs to write to a directory to delete in it (only
+    # directories are made writable: a file may have a link outside P).
+    test "$(id -u)" = 0 ||
+      find "$2" -type d ! -perm -u+w -exec chmod u+w {} + 2>/dev/null || :
     run rm -fR "$2"
   elif test -e "$2"; then
     krops_what="file"
@@ -137,8 +171,25 @@ claim() {
     printf '\''\'\'''\''populate: replacing the symlink at %s\n'\''\'\'''\'' "$3" >&2
     run rm -f "$2"
   elif test -d "$2"; then
-    test "$1" = dir && return 0
-    printf '\''\'\'''\''populate: replacing the directory at %s\n'\''\'\'''\'' "$3" >&2
+    if test "$1" = dir || test "$1" = tree; then
+      if test -O "$2"; then
+        # rsync, as any user but root, makes a read-only file writable
+        # before it deletes it: with a second link, that is a file
+        # outside P too. Such files are removed here instead.
+        if test "$1" = tree && test "$(id -u)" != 0; then
+          run find "$2" -type f -links +1 ! -perm -u+w -exec rm -f {} +
+        fi
+        return 0
+      fi
+      printf '\''\'\'''\''populate: replacing the directory at %s: it belongs to another user\n'\''\'\'''\'' "$3" >&2
+    else
+      printf '\''\'\'''\''populate: replacing the directory at %s\n'\''\'\'''\'' "$3" >&2
+    fi
+    # A read-only directory of one'\''\'\'''\''s own is removed as a fresh place would
+    # be made: rm needs to write to a directory to delete in it (only
+    # directories are made writable: a file may have a link outside P).
+    test "$(id -u)" = 0 ||
+      find "$2" -type d ! -perm -u+w -exec chmod u+w {} + 2>/dev/null || :
     run rm -fR "$2"
   elif test -e "$2"; then
     krops_what="file"
