@@ -276,13 +276,14 @@ fn a_checkout_git_refuses_for_its_owner_is_replaced_or_the_failing_command_named
     let sources = json!({"n": {"git": {"url": origin.url(), "ref": "main"}}});
 
     // The checkout is the sudo test user's, and root deploys: git refuses
-    // it (dubious ownership), so root replaces it with a checkout of its own.
+    // it (dubious ownership), so root replaces it with a checkout of its own
+    // (the claim of PATH/NAME does, as for any directory of another user).
     let path = world.mkdir("users-then-roots");
     world.chown_to_sudo_user(&path);
     populate(&world, &alpha.target(user, &path), &["--force"], &sources).assert_success();
     let out = populate(&world, &alpha.target("root", &path), &[], &sources);
     out.assert_success()
-        .assert_stderr_contains("it is not a git checkout of its own");
+        .assert_stderr_contains("it belongs to another user");
     assert!(!out.stderr_str().contains("git remote add"), "{out}");
     assert_fresh_checkout(&world, &path.join("n"), &commit, "root's");
     let owner =
@@ -299,7 +300,7 @@ fn a_checkout_git_refuses_for_its_owner_is_replaced_or_the_failing_command_named
     let out = populate(&world, &alpha.target(user, &path), &[], &sources);
     out.assert_failure()
         .assert_stderr_contains("source n (git)")
-        .assert_stderr_contains("dubious ownership")
+        .assert_stderr_contains("it belongs to another user")
         .assert_stderr_contains(&format!("`rm -fR {}/n` failed", path.display()));
     assert!(!out.stderr_str().contains("git remote add"), "{out}");
     before.assert_unchanged(&Tree::snapshot(&path.join("n")));
