@@ -119,3 +119,40 @@ fn a_check_that_ignores_sigterm_is_still_stopped_on_the_target() {
     }
     assert!(still.is_empty(), "the check still runs: {still:?}\n{out}");
 }
+
+/// A final command that starts a daemon with its output redirected (as a
+/// daemon must be started over ssh anyway) ends, and with it the lock: the
+/// daemon holds nothing of it, and the next run goes through while the
+/// daemon still runs, over ssh and on a path with spaces.
+#[test]
+fn a_daemon_the_final_command_leaves_holds_no_lock() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("with space/src");
+    let target = alpha.target("root", &dest);
+    let pid_file = world.path("daemon.pid");
+    let nap = format!("1002{}", std::process::id());
+    let script = format!(
+        "sleep {nap} >/dev/null 2>&1 </dev/null & echo $! >{}",
+        krops_tests::quote(pid_file.as_os_str())
+    );
+    world
+        .run(
+            "krops-command",
+            &["--target", &target, "--force", &script],
+            b"{}",
+        )
+        .assert_success();
+    let daemon = fs::read_to_string(&pid_file).unwrap();
+    let daemon = daemon.trim();
+    let alive = world.sh(&format!("kill -0 {daemon}")).success();
+    let second = world.run(
+        "krops-command",
+        &["--target", &target, "--lock-timeout", "0", "echo second"],
+        b"{}",
+    );
+    world.sh(&format!("kill {daemon}"));
+    assert!(alive, "the daemon ended with the run");
+    second.assert_success();
+    assert_eq!(second.stdout_str(), "second\n");
+}
