@@ -156,3 +156,63 @@ fn a_daemon_the_final_command_leaves_holds_no_lock() {
     second.assert_success();
     assert_eq!(second.stdout_str(), "second\n");
 }
+
+/// Unmounts its path when dropped, also when the test fails.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A file system mounted at `PATH/NAME` (another user's, or of no use to a
+/// git source) is never replaced: `rm -fR` emptied it, then failed on the
+/// busy mount point. The run fails saying so and leaves what is in it.
+#[test]
+fn a_mount_point_at_a_sources_place_is_never_emptied() {
+    let world = World::new();
+    world.write("dest/.populate", "");
+    world.write("tree/a", "a\n");
+    let origin = world.git_repo("origin");
+    origin.write("default.nix", "{ }\n");
+    origin.commit("first");
+    let pipe = world.write_executable("gen", "#!/bin/sh\necho hi\n");
+    let cases = [
+        (
+            "foreign",
+            json!({"file": world.path("tree").to_str().unwrap()}),
+        ),
+        ("file", json!({"pipe": pipe.to_str().unwrap()})),
+        ("git", json!({"git": {"url": origin.url(), "ref": "main"}})),
+    ];
+    for (name, source) in cases {
+        let at = world.mkdir(&format!("dest/{name}"));
+        world
+            .sh(&format!(
+                "mount -t tmpfs tmpfs {}",
+                krops_tests::quote(at.as_os_str())
+            ))
+            .assert_success();
+        let _mount = Mount(at.clone());
+        fs::write(at.join("precious"), "precious\n").unwrap();
+        if name == "foreign" {
+            world.chown_to_sudo_user(&at);
+        }
+        let out = world.run(
+            "populate",
+            &["--target", world.path("dest").to_str().unwrap()],
+            json!({ name: source }).to_string().as_bytes(),
+        );
+        out.assert_failure()
+            .assert_stderr_contains(&format!("{} is a mount point", at.display()));
+        assert_eq!(
+            fs::read_to_string(at.join("precious")).ok().as_deref(),
+            Some("precious\n"),
+            "{name}: {out}"
+        );
+    }
+}

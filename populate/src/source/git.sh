@@ -33,6 +33,7 @@ krops_git() {
     krops_checkout=$(cd -P "$krops_p/.git" && pwd -P && cd .. && pwd -P) &&
     test "$(cd "$krops_p" && git rev-parse --absolute-git-dir --show-toplevel)" = "$krops_checkout"; }; then
     if test -e "$krops_p"; then
+      keep_mount "$krops_p" "$krops_shown"
       printf 'populate: replacing %s: it is not a git checkout of its own\n' "$krops_shown" >&2
     fi
     run rm -fR "$krops_p"
