@@ -216,3 +216,53 @@ fn a_mount_point_at_a_sources_place_is_never_emptied() {
         );
     }
 }
+
+/// A `--check` that leaves a child running in the background (its output
+/// still the check's): the check itself succeeded, so the deploy is
+/// confirmed, and the child is stopped with the rest of the check.
+#[test]
+fn a_check_that_leaves_a_child_running_confirms() {
+    let world = World::new();
+    let host = world.add_nixos_host("alpha");
+    let old = world.nixos_system("1.0", false);
+    let new = world.nixos_system("2.0", false);
+    world.boot_nixos_host("alpha", &old);
+    world.set_rebuild_system(&new);
+    let target = host.target("root", &world.path("alpha/src"));
+    world.write("cfg/configuration.nix", "{ }\n");
+    let sources = world.write(
+        "sources.json",
+        json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}})
+            .to_string(),
+    );
+    let nap = format!("1003{}", std::process::id());
+    let check = format!("sleep {nap} & echo checked");
+    let out = world.run(
+        "krops-deploy",
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--nom",
+            "false",
+            "--sources",
+            sources.to_str().unwrap(),
+            "--confirm-timeout",
+            "8",
+            "--check",
+            &check,
+        ],
+        b"",
+    );
+    let still = processes_with(&format!("sleep {nap}"));
+    for line in &still {
+        let pid = line.split(' ').next().unwrap();
+        world.sh(&format!("kill -KILL {pid}"));
+    }
+    out.assert_success().assert_stderr_contains("checked\n");
+    assert!(!out.stderr_str().contains("not confirmed"), "{out}");
+    assert!(
+        still.is_empty(),
+        "the check's child still runs: {still:?}\n{out}"
+    );
+}
