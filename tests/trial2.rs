@@ -266,3 +266,42 @@ fn a_check_that_leaves_a_child_running_confirms() {
         "the check's child still runs: {still:?}\n{out}"
     );
 }
+
+/// What a final command prints and how it ends pass through the guard's
+/// relays unchanged over ssh: binary output without a trailing newline on
+/// stdout and stderr, exit status 3, and death by a signal (which ssh
+/// reports as 255).
+#[test]
+fn a_final_commands_bytes_and_status_pass_the_guard_unchanged() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let target = alpha.target("root", &world.path("src"));
+    let bytes = world.path("bytes");
+    let script = format!(
+        "head -c 300000 /dev/urandom >{b}; cat {b}; printf x; cat {b} >&2; exit 3",
+        b = krops_tests::quote(bytes.as_os_str())
+    );
+    let out = world.run(
+        "krops-command",
+        &["--target", &target, "--force", &script],
+        b"{}",
+    );
+    out.assert_code(3);
+    let mut want = fs::read(&bytes).unwrap();
+    let printed = want.clone();
+    want.push(b'x');
+    assert!(out.stdout == want, "stdout changed on the way");
+    assert!(
+        out.stderr.windows(printed.len()).any(|w| w == printed),
+        "stderr changed on the way"
+    );
+    let out = world.run(
+        "krops-command",
+        &["--target", &target, "kill -TERM $$"],
+        b"{}",
+    );
+    // ssh itself exits 255 for a command killed by a signal, as without
+    // the guard: the guard kills itself with the same signal.
+    out.assert_code(255)
+        .assert_stderr_contains("or the command was killed by a signal on the target");
+}
