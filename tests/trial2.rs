@@ -305,3 +305,30 @@ fn a_final_commands_bytes_and_status_pass_the_guard_unchanged() {
     out.assert_code(255)
         .assert_stderr_contains("or the command was killed by a signal on the target");
 }
+
+/// `krops-command --allocate-tty` in a terminal (util-linux `script` makes
+/// one): the command on the target has a terminal on stdin and stdout, reads
+/// what is typed, and its exit status comes back, through the guard.
+#[test]
+fn a_final_command_with_a_tty_reads_the_terminal() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let target = alpha.target("root", &world.path("src"));
+    let sources = world.write("sources.json", "{}");
+    let inner = format!(
+        "{} --target {} --force --sources {} --allocate-tty {}",
+        krops_tests::quote(world.tool("krops-command").as_os_str()),
+        krops_tests::quote(target.as_ref() as &std::ffi::OsStr),
+        krops_tests::quote(sources.as_os_str()),
+        krops_tests::quote(
+            "test -t 0 && test -t 1 && echo has-a-tty; read x; echo got:$x; exit 4".as_ref()
+                as &std::ffi::OsStr
+        ),
+    );
+    let mut cmd = world.command("script");
+    cmd.args(["-qec", &inner, "/dev/null"]);
+    let out = world.run_command(&mut cmd, b"typed\n");
+    out.assert_code(4);
+    assert!(out.stdout_str().contains("has-a-tty"), "{out}");
+    assert!(out.stdout_str().contains("got:typed"), "{out}");
+}
