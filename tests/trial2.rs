@@ -151,7 +151,10 @@ fn a_daemon_the_final_command_leaves_holds_no_lock() {
         &["--target", &target, "--lock-timeout", "0", "echo second"],
         b"{}",
     );
-    world.sh(&format!("kill {daemon}"));
+    for line in processes_with(&format!("sleep {nap}")) {
+        let pid = line.split(' ').next().unwrap();
+        world.sh(&format!("kill -KILL {pid}"));
+    }
     assert!(alive, "the daemon ended with the run");
     second.assert_success();
     assert_eq!(second.stdout_str(), "second\n");
