@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use krops_tests::World;
+use krops_tests::{processes_with, World};
 use serde_json::json;
 
 fn sources(world: &World) -> String {
@@ -19,21 +19,6 @@ fn sources(world: &World) -> String {
             .to_string(),
     );
     file.display().to_string()
-}
-
-/// The processes whose command line contains `needle`, as `PID CMDLINE`.
-fn processes_with(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) {
-            found.push(format!("{} {cmdline}", entry.file_name().to_string_lossy()));
-        }
-    }
-    found
 }
 
 /// Reliability (Resources): a `--check` that prints 50 MB → all of it reaches stderr as it comes, the deploy is confirmed, and the tool's peak memory stays under 40 MB
@@ -144,4 +129,112 @@ fn a_check_past_the_timeout_is_shown_and_stopped_on_the_target() {
         );
         assert!(Path::new(&world.path("alpha/src")).exists());
     }
+}
+
+/// Reliability (Connection fault): a `--check` that ignores SIGTERM (it and the child it waits for) and hangs past `--confirm-timeout` → the deploy is rolled back and the check is still stopped on the target (SIGKILL after SIGTERM)
+#[test]
+fn a_check_that_ignores_sigterm_is_still_stopped_on_the_target() {
+    let world = World::new();
+    let host = world.add_nixos_host("alpha");
+    let old = world.nixos_system("1.0", false);
+    let new = world.nixos_system("2.0", false);
+    world.boot_nixos_host("alpha", &old);
+    world.set_rebuild_system(&new);
+    let target = host.target("root", &world.path("alpha/src"));
+    world.write("cfg/configuration.nix", "{ }\n");
+    let sources = world.write(
+        "sources.json",
+        json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}})
+            .to_string(),
+    );
+    let marker = format!("krops-stubborn-check-{}", std::process::id());
+    let nap = format!("1001{}", std::process::id());
+    let check = format!("trap '' TERM; echo '{marker}: checking'; sleep {nap}; : {marker}");
+    let out = world.run(
+        "krops-deploy",
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--nom",
+            "false",
+            "--sources",
+            sources.to_str().unwrap(),
+            "--confirm-timeout",
+            "5",
+            "--check",
+            &check,
+        ],
+        b"",
+    );
+    out.assert_code(1)
+        .assert_stderr_contains(&format!("{marker}: checking\n"))
+        .assert_stderr_contains("rolled back");
+    let left = || {
+        let mut left = processes_with(&marker);
+        left.extend(processes_with(&format!("sleep {nap}")));
+        left
+    };
+    for _ in 0..200 {
+        if left().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let still = left();
+    for line in &still {
+        let pid = line.split(' ').next().unwrap();
+        world.sh(&format!("kill -KILL {pid}"));
+    }
+    assert!(still.is_empty(), "the check still runs: {still:?}\n{out}");
+}
+
+/// A `--check` that leaves a child running in the background (its output
+/// still the check's): the check itself succeeded, so the deploy is
+/// confirmed, and the child is stopped with the rest of the check.
+#[test]
+fn a_check_that_leaves_a_child_running_confirms() {
+    let world = World::new();
+    let host = world.add_nixos_host("alpha");
+    let old = world.nixos_system("1.0", false);
+    let new = world.nixos_system("2.0", false);
+    world.boot_nixos_host("alpha", &old);
+    world.set_rebuild_system(&new);
+    let target = host.target("root", &world.path("alpha/src"));
+    world.write("cfg/configuration.nix", "{ }\n");
+    let sources = world.write(
+        "sources.json",
+        json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}})
+            .to_string(),
+    );
+    let nap = format!("1003{}", std::process::id());
+    let check = format!("sleep {nap} & echo checked");
+    let out = world.run(
+        "krops-deploy",
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--nom",
+            "false",
+            "--sources",
+            sources.to_str().unwrap(),
+            "--confirm-timeout",
+            "8",
+            "--check",
+            &check,
+        ],
+        b"",
+    );
+    let still = processes_with(&format!("sleep {nap}"));
+    for line in &still {
+        let pid = line.split(' ').next().unwrap();
+        world.sh(&format!("kill -KILL {pid}"));
+    }
+    out.assert_success().assert_stderr_contains("checked\n");
+    assert!(!out.stderr_str().contains("not confirmed"), "{out}");
+    assert!(
+        still.is_empty(),
+        "the check's child still runs: {still:?}\n{out}"
+    );
 }

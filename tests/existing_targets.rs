@@ -6,6 +6,7 @@
 //! are explained. What a signal leaves is in `interrupts`, messages in
 //! `output`, bad input in `hostile`.
 
+use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -494,4 +495,64 @@ fn missing_and_file_sentinels_are_explained_once() {
         "{out:?}"
     );
     assert!(!dest.join("l").exists());
+}
+
+/// Unmounts its path when dropped, also when the test fails.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A file system mounted at `PATH/NAME` (another user's, or of no use to a
+/// git source) is never replaced: `rm -fR` emptied it, then failed on the
+/// busy mount point. The run fails saying so and leaves what is in it.
+#[test]
+fn a_mount_point_at_a_sources_place_is_never_emptied() {
+    let world = World::new();
+    world.write("dest/.populate", "");
+    world.write("tree/a", "a\n");
+    let origin = world.git_repo("origin");
+    origin.write("default.nix", "{ }\n");
+    origin.commit("first");
+    let pipe = world.write_executable("gen", "#!/bin/sh\necho hi\n");
+    let cases = [
+        (
+            "foreign",
+            json!({"file": world.path("tree").to_str().unwrap()}),
+        ),
+        ("file", json!({"pipe": pipe.to_str().unwrap()})),
+        ("git", json!({"git": {"url": origin.url(), "ref": "main"}})),
+    ];
+    for (name, source) in cases {
+        let at = world.mkdir(&format!("dest/{name}"));
+        world
+            .sh(&format!(
+                "mount -t tmpfs tmpfs {}",
+                krops_tests::quote(at.as_os_str())
+            ))
+            .assert_success();
+        let _mount = Mount(at.clone());
+        fs::write(at.join("precious"), "precious\n").unwrap();
+        if name == "foreign" {
+            world.chown_to_sudo_user(&at);
+        }
+        let out = world.run(
+            "populate",
+            &["--target", world.path("dest").to_str().unwrap()],
+            json!({ name: source }).to_string().as_bytes(),
+        );
+        out.assert_failure()
+            .assert_stderr_contains(&format!("{} is a mount point", at.display()));
+        assert_eq!(
+            fs::read_to_string(at.join("precious")).ok().as_deref(),
+            Some("precious\n"),
+            "{name}: {out}"
+        );
+    }
 }

@@ -270,7 +270,8 @@ fn a_checkout_git_refuses_for_its_owner_is_replaced_or_the_failing_command_named
     let sources = json!({"n": {"git": {"url": origin.url(), "ref": "main"}}});
 
     // The checkout is the sudo test user's, and root deploys: git refuses
-    // it (dubious ownership), so root replaces it with a checkout of its own.
+    // it (dubious ownership), so root replaces it with a checkout of its own
+    // (the claim of PATH/NAME does, as for any directory of another user).
     let path = world.mkdir("users-then-roots");
     world.chown_to_sudo_user(&path);
     world
@@ -278,7 +279,7 @@ fn a_checkout_git_refuses_for_its_owner_is_replaced_or_the_failing_command_named
         .assert_success();
     let out = world.populate(&alpha.target("root", &path), &[], &sources);
     out.assert_success()
-        .assert_stderr_contains("it is not a git checkout of its own");
+        .assert_stderr_contains("it belongs to another user");
     assert!(!out.stderr_str().contains("git remote add"), "{out}");
     assert_fresh_checkout(&world, &path.join("n"), &commit, "root's");
     let owner =
@@ -297,7 +298,7 @@ fn a_checkout_git_refuses_for_its_owner_is_replaced_or_the_failing_command_named
     let out = world.populate(&alpha.target(user, &path), &[], &sources);
     out.assert_failure()
         .assert_stderr_contains("source n (git)")
-        .assert_stderr_contains("dubious ownership")
+        .assert_stderr_contains("it belongs to another user")
         .assert_stderr_contains(&format!("`rm -fR {}/n` failed", path.display()));
     assert!(!out.stderr_str().contains("git remote add"), "{out}");
     before.assert_unchanged(&Tree::snapshot(&path.join("n")));
@@ -502,5 +503,44 @@ fn a_broken_checkout_is_replaced_or_fails_naming_the_source_and_the_command() {
                 .assert_stderr_contains(&format!("source {name} (git)"))
                 .assert_stderr_contains(&format!("`{command}` failed"));
         }
+    }
+}
+
+/// A shallow clone of one branch at `PATH/NAME` (`git clone --depth 1
+/// --branch old`, as a user or another tool leaves it) fetches only that
+/// branch: a full git source of a commit on another branch must still get
+/// it, as a fresh deploy does.
+#[test]
+fn a_single_branch_shallow_clone_gets_a_full_sources_commit_of_another_branch() {
+    let world = World::new();
+    let repo = world.git_repo("repo");
+    repo.write("a", "old\n");
+    repo.commit("old");
+    repo.git(&["branch", "old"]);
+    repo.write("a", "main 1\n");
+    repo.commit("main 1");
+    repo.write("a", "main 2\n");
+    let wanted = repo.commit("main 2");
+    let dest = world.mkdir("dest");
+    world.write("dest/.populate", "");
+    let at = dest.join("src");
+    world
+        .sh(&format!(
+            "git clone -q --depth 1 --branch old {} {}",
+            krops_tests::quote(repo.file_url().as_ref() as &std::ffi::OsStr),
+            krops_tests::quote(at.as_os_str()),
+        ))
+        .assert_success();
+    for git_ref in [wanted.as_str(), "main~1", "main"] {
+        let sources = json!({"src": {"git": {"url": repo.url(), "ref": git_ref}}});
+        world
+            .run(
+                "populate",
+                &["--target", dest.to_str().unwrap()],
+                sources.to_string().as_bytes(),
+            )
+            .assert_success();
+        let origin = repo.git(&["rev-parse", "--verify", &format!("{git_ref}^{{commit}}")]);
+        assert_eq!(git_head(&at), origin, "ref {git_ref}");
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use krops_tests::World;
+use krops_tests::{processes_with, World};
 use serde_json::json;
 
 /// How long a command of a test waits for what it waits for before giving
@@ -360,4 +360,110 @@ fn a_finished_run_lets_go_and_no_lock_takes_none() {
     );
     out.assert_success();
     assert_eq!(out.stdout_str(), ".populate\n", "{out}");
+}
+
+/// A final command that starts a daemon with its output redirected (as a
+/// daemon must be started over ssh anyway) ends, and with it the lock: the
+/// daemon holds nothing of it, and the next run goes through while the
+/// daemon still runs, over ssh and on a path with spaces.
+#[test]
+fn a_daemon_the_final_command_leaves_holds_no_lock() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("with space/src");
+    let target = alpha.target("root", &dest);
+    let pid_file = world.path("daemon.pid");
+    let nap = format!("1002{}", std::process::id());
+    let script = format!(
+        "sleep {nap} >/dev/null 2>&1 </dev/null & echo $! >{}",
+        krops_tests::quote(pid_file.as_os_str())
+    );
+    world
+        .run(
+            "krops-command",
+            &["--target", &target, "--force", &script],
+            b"{}",
+        )
+        .assert_success();
+    let daemon = fs::read_to_string(&pid_file).unwrap();
+    let daemon = daemon.trim();
+    let alive = world.sh(&format!("kill -0 {daemon}")).success();
+    let second = world.run(
+        "krops-command",
+        &["--target", &target, "--lock-timeout", "0", "echo second"],
+        b"{}",
+    );
+    for line in processes_with(&format!("sleep {nap}")) {
+        let pid = line.split(' ').next().unwrap();
+        world.sh(&format!("kill -KILL {pid}"));
+    }
+    assert!(alive, "the daemon ended with the run");
+    second.assert_success();
+    assert_eq!(second.stdout_str(), "second\n");
+}
+
+/// What a final command prints and how it ends pass through the guard's
+/// relays unchanged over ssh: binary output without a trailing newline on
+/// stdout and stderr, exit status 3, and death by a signal (which ssh
+/// reports as 255).
+#[test]
+fn a_final_commands_bytes_and_status_pass_the_guard_unchanged() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let target = alpha.target("root", &world.path("src"));
+    let bytes = world.path("bytes");
+    let script = format!(
+        "head -c 300000 /dev/urandom >{b}; cat {b}; printf x; cat {b} >&2; exit 3",
+        b = krops_tests::quote(bytes.as_os_str())
+    );
+    let out = world.run(
+        "krops-command",
+        &["--target", &target, "--force", &script],
+        b"{}",
+    );
+    out.assert_code(3);
+    let mut want = fs::read(&bytes).unwrap();
+    let printed = want.clone();
+    want.push(b'x');
+    assert!(out.stdout == want, "stdout changed on the way");
+    assert!(
+        out.stderr.windows(printed.len()).any(|w| w == printed),
+        "stderr changed on the way"
+    );
+    let out = world.run(
+        "krops-command",
+        &["--target", &target, "kill -TERM $$"],
+        b"{}",
+    );
+    // ssh itself exits 255 for a command killed by a signal, as without
+    // the guard: the guard kills itself with the same signal.
+    out.assert_code(255)
+        .assert_stderr_contains("or the command was killed by a signal on the target");
+}
+
+/// `krops-command --allocate-tty` in a terminal (util-linux `script` makes
+/// one): the command on the target has a terminal on stdin and stdout, reads
+/// what is typed, and its exit status comes back, through the guard.
+#[test]
+fn a_final_command_with_a_tty_reads_the_terminal() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let target = alpha.target("root", &world.path("src"));
+    let sources = world.write("sources.json", "{}");
+    let inner = format!(
+        "{} --target {} --force --sources {} --allocate-tty {}",
+        krops_tests::quote(world.tool("krops-command").as_os_str()),
+        krops_tests::quote(target.as_ref() as &std::ffi::OsStr),
+        krops_tests::quote(sources.as_os_str()),
+        krops_tests::quote(
+            "test -t 0 && test -t 1 && echo has-a-tty; read x; echo got:$x; exit 4".as_ref()
+                as &std::ffi::OsStr
+        ),
+    );
+    let mut cmd = world.command("script");
+    cmd.args(["-qec", &inner, "/dev/null"]);
+    let out = world.run_command(&mut cmd, b"typed\n");
+    out.assert_code(4);
+    assert!(out.stdout_str().contains("has-a-tty"), "{out}");
+    assert!(out.stdout_str().contains("got:typed"), "{out}");
 }

@@ -342,18 +342,25 @@ impl Watchdog {
             // watcher reads ours saved on fd 3, with a builtin (nothing of
             // it is left reading once it is killed). It outlives a SIGTERM
             // to the script's process group (how the deployer stops a try
-            // on a local target), so that it still stops the check.
+            // on a local target), so that it still stops the check. A check
+            // that ignores SIGTERM (or a child of it that does) gets SIGKILL
+            // 3 s later, from a process of the watcher's that the script,
+            // should it end first, does not stop. What the check leaves
+            // running in its session once it ended (`daemon &`) is killed:
+            // holding the check's stderr, it would keep the confirmation
+            // from finishing until --confirm-timeout.
             Some(check) => format!(
                 "\x20 exec 3<&0\n\
                  \x20 if setsid -w true >/dev/null 2>&1; then detach='setsid -w'; else detach=; fi\n\
                  \x20 $detach /bin/sh -c {} krops-check </dev/null >&2 3<&- &\n\
                  \x20 check=$!\n\
-                 \x20 {{ trap '' TERM; while read -r _ <&3; do :; done; kill -TERM -\"$check\" || kill -TERM \"$check\"; kill -TERM $$; }} </dev/null >/dev/null 2>&1 &\n\
+                 \x20 {{ trap '' TERM; while read -r _ <&3; do :; done; (sleep 3; kill -KILL -\"$check\" || kill -KILL \"$check\") & kill -TERM -\"$check\" || kill -TERM \"$check\"; kill -TERM $$; }} </dev/null >/dev/null 2>&1 &\n\
                  \x20 watcher=$!\n\
                  \x20 exec 3<&-\n\
                  \x20 status=0\n\
                  \x20 wait \"$check\" || status=$?\n\
                  \x20 kill -KILL \"$watcher\" 2>/dev/null\n\
+                 \x20 kill -KILL -\"$check\" 2>/dev/null\n\
                  \x20 if [ \"$status\" != 0 ]; then\n\
                  \x20   ln -s rollback \"$dir/verdict\" 2>/dev/null\n\
                  \x20   exit {CHECK_FAILED}\n\

@@ -899,3 +899,18 @@ pub fn sources_tree(dest: &Path) -> Tree {
 pub fn argvs(records: &[Record]) -> Vec<Vec<String>> {
     records.iter().map(|r| r.argv.clone()).collect()
 }
+
+/// The processes whose command line contains `needle`, as `PID CMDLINE`.
+pub fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{} {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}

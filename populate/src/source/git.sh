@@ -33,6 +33,7 @@ krops_git() {
     krops_checkout=$(cd -P "$krops_p/.git" && pwd -P && cd .. && pwd -P) &&
     test "$(cd "$krops_p" && git rev-parse --absolute-git-dir --show-toplevel)" = "$krops_checkout"; }; then
     if test -e "$krops_p"; then
+      keep_mount "$krops_p" "$krops_shown"
       printf 'populate: replacing %s: it is not a git checkout of its own\n' "$krops_shown" >&2
     fi
     run rm -fR "$krops_p"
@@ -64,6 +65,14 @@ krops_git() {
     krops_depth=--depth=1
   else
     krops_depth=
+    # A clone of one branch (`git clone --depth 1 --branch B`, or
+    # `--single-branch`) fetches only B: a full source fetches all of
+    # origin's branches, as a fresh clone does, or a commit of another
+    # branch is never there.
+    krops_refspec='+refs/heads/*:refs/remotes/origin/*'
+    if ! test "$(git config --get-all remote.origin.fetch)" = "$krops_refspec"; then
+      run git config --replace-all remote.origin.fetch "$krops_refspec"
+    fi
     # A checkout an earlier deploy fetched shallow has one commit: `main~1`
     # and friends need the history shallow = false promises.
     krops_shallow=$(run git rev-parse --is-shallow-repository)
