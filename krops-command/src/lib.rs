@@ -1,5 +1,5 @@
 //! krops-command: populate a target, then run a shell script there with the
-//! target path as `$1` (SPEC §4, krops's `writeCommand`).
+//! target path as `$1` (README: Run something; krops's `writeCommand`).
 
 use std::process::ExitCode;
 

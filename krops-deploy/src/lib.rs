@@ -1,7 +1,7 @@
 //! krops-deploy: populate the build target and the target, then run
-//! `nixos-rebuild` on the build target (SPEC §4, krops's `writeDeploy`);
+//! `nixos-rebuild` on the build target (README: Deploy; krops's `writeDeploy`);
 //! optionally preview what it changes first, and confirm the switch over a
-//! new connection or have the target roll it back (issue 12).
+//! new connection or have the target roll it back (README: See what a deploy changes).
 
 mod deploy;
 pub mod preview;

@@ -1,4 +1,4 @@
-//! The confirmed switch of `--confirm-timeout` (issue 12): shell text that
+//! The confirmed switch of `--confirm-timeout` (README: See what a deploy changes): shell text that
 //! runs on the target, and the deployer's side of it.
 //!
 //! Before activating, the target starts a watchdog ([`Watchdog::start_script`])
