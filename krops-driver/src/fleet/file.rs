@@ -238,28 +238,9 @@ pub(crate) fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result
 }
 
 /// Whether `name` matches `pattern`, where `*` matches any characters and
-/// `?` one.
+/// `?` one (nothing else is special, as `wildmatch` has it).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    // Iterative matching with one backtrack point for the last `*`.
-    let (mut i, mut j) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while j < n.len() {
-        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
-            i += 1;
-            j += 1;
-        } else if i < p.len() && p[i] == '*' {
-            star = Some((i, j));
-            i += 1;
-        } else if let Some((si, sj)) = star {
-            i = si + 1;
-            j = sj + 1;
-            star = Some((si, sj + 1));
-        } else {
-            return false;
-        }
-    }
-    p[i..].iter().all(|&c| c == '*')
+    wildmatch::WildMatch::new(pattern).matches(name)
 }
 
 /// The hosts `--on` picks (all when it is empty); a pattern that matches
@@ -504,6 +485,8 @@ pub(crate) mod tests {
             ("web1", "web10", false),
             ("a*b*c", "aXbYbZc", true),
             ("a*b*c", "aXbYbZ", false),
+            ("web[1]", "web[1]", true),
+            ("web[1]", "web1", false),
         ] {
             assert_eq!(glob_match(pattern, name), matches, "{pattern} {name}");
         }
