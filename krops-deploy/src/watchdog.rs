@@ -607,7 +607,7 @@ fn classify(cmd: &mktarget::Cmd, status: ExitStatus) -> Try {
 
 /// What the deployer saw of a confirmed activation.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Report {
+pub enum Confirmation {
     /// Confirmed over a new connection: the new system stays.
     Confirmed,
     /// Not confirmed, for this reason; what the watchdog then did, if the
@@ -631,7 +631,12 @@ impl Watchdog {
     /// The deployer's side after activation: confirm over new connections
     /// (retried until the timeout; after `activated` failed, withhold
     /// instead), then, when not confirmed, wait for the watchdog's result.
-    pub fn conclude(&self, session: &Session, check: Option<&str>, activated: bool) -> Report {
+    pub fn conclude(
+        &self,
+        session: &Session,
+        check: Option<&str>,
+        activated: bool,
+    ) -> Confirmation {
         let on = session.machine();
         mktarget::interrupt::doing(if activated {
             format!("the confirmation of the deploy over a new ssh connection to {on}")
@@ -680,7 +685,7 @@ impl Watchdog {
                                  new system stays"
                             );
                         }
-                        return Report::Confirmed;
+                        return Confirmation::Confirmed;
                     }
                     Try::Exited(CHECK_FAILED) => {
                         reason = "the check failed".to_owned();
@@ -730,7 +735,7 @@ impl Watchdog {
         );
         let outcome = self.wait_for_outcome(session, deadline + REPORT_GRACE, &mut echo);
         mktarget::interrupt::wait_if_interrupted();
-        Report::NotConfirmed { reason, outcome }
+        Confirmation::NotConfirmed { reason, outcome }
     }
 
     /// Asks for the watchdog's result over new connections until `until`.
