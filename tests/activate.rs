@@ -1,4 +1,4 @@
-//! End-to-end: safe activation (issue 12). `krops-deploy --preview` and
+//! End-to-end: safe activation (README: See what a deploy changes). `krops-deploy --preview` and
 //! `--ask` build without activating and show what changes;
 //! `--confirm-timeout` has the target roll back a deploy that no new ssh
 //! connection confirms. The targets are the world's NixOS hosts (sshd in a

@@ -1,7 +1,7 @@
 //! End-to-end: the output of `krops-deploy --check` streams to stderr as it
 //! comes, is never kept whole in memory, shows also when the check runs past
 //! `--confirm-timeout`, and a check given up on is stopped on the target
-//! (issue 17). The targets are the world's NixOS hosts (tests/world/nixos.rs).
+//! (README: See what a deploy changes). The targets are the world's NixOS hosts (tests/world/nixos.rs).
 
 use std::fs;
 use std::path::Path;

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 
-use krops_driver::fleet::{Kind, Setting};
+use krops_driver::fleet::{Setting, SettingKind};
 use krops_tests::World;
 use populate::source::Kind as SourceKind;
 use serde_json::{json, Value};
@@ -69,7 +69,7 @@ fn assert_settings_are_options(tool: &str, settings: &[Setting], command: &clap:
     let options = long_options(command);
     for setting in settings {
         match setting.kind {
-            Kind::Script => assert!(
+            SettingKind::Script => assert!(
                 command.get_positionals().any(|arg| arg
                     .get_value_names()
                     .is_some_and(|names| names.iter().any(|name| name.as_str() == setting.option))),
@@ -397,7 +397,7 @@ fn nom_modes_come_from_the_option_everywhere() {
         .iter()
         .find(|s| s.key == "useNixOutputMonitor")
         .expect("the fleet setting useNixOutputMonitor");
-    let Kind::Choice(choices) = setting.kind else {
+    let SettingKind::Choice(choices) = setting.kind else {
         panic!("useNixOutputMonitor is a {:?}", setting.kind)
     };
     assert_eq!(choices(), modes, "the fleet's useNixOutputMonitor");

@@ -1,5 +1,5 @@
 //! End-to-end: each tool's help, version, man page and shell completions
-//! (issue 11). `xtask dist` (what `cargo xtask dist DIR` runs, and the Nix
+//! (README: Man pages and completions). `xtask dist` (what `cargo xtask dist DIR` runs, and the Nix
 //! package at build time) writes the man pages and completions from the
 //! tools' clap commands; here they are checked against what the built tools
 //! really accept (their `--help`), by the real man tooling (groff) and the

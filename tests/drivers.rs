@@ -1,5 +1,5 @@
 //! End-to-end: krops-deploy, krops-test and krops-command against real sshd
-//! hosts, with stand-ins only for nixos-rebuild and nom (SPEC §4, issue 4).
+//! hosts, with stand-ins only for nixos-rebuild and nom (README: The tools).
 
 use std::path::Path;
 

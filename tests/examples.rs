@@ -1,4 +1,4 @@
-//! End-to-end: the shell examples in `scripts/examples/` (issue 11), run as
+//! End-to-end: the shell examples in `scripts/examples/` (README: Examples), run as
 //! a user would run them, with the built tools on PATH, against the test
 //! world's sshd hosts and its nixos-rebuild stand-in.
 

@@ -1,5 +1,5 @@
 //! End-to-end: populate and the drivers on targets that already hold an
-//! earlier deploy (issue 7): nothing is written outside the target path
+//! earlier deploy (README: Differences from krops): nothing is written outside the target path
 //! (symlinks, `.git` links, backups and sentinels are replaced, never
 //! followed), pipes replace their file only when complete and keep its mode
 //! and owner, populate's own names are refused, and krops's file sentinels

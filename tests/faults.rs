@@ -1,4 +1,4 @@
-//! End-to-end: connection faults (issue 10). The target's sshd refuses,
+//! End-to-end: connection faults (README: Reliability). The target's sshd refuses,
 //! rejects the host key or the login, accepts and never answers, dies or
 //! freezes in the middle of a populate; a fleet has a hanging host or is
 //! interrupted (signals to a single run are in `interrupts`). Each time the

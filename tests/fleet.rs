@@ -1,5 +1,5 @@
 //! End-to-end: `krops-deploy --fleet` and `krops-command --fleet` against
-//! three real sshd hosts (SPEC §4 "Fleets", issue 9), with the world's
+//! three real sshd hosts (README: Many hosts at once), with the world's
 //! stand-ins for nixos-rebuild and nom.
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! End-to-end: every git ref a krops configuration uses checks out what
 //! `git rev-parse` names in origin, on a local target, over ssh and with sudo
-//! (SPEC §3 git, issue 7 "Git: every ref that works in krops works here").
+//! (README: Sources, git).
 
 use std::path::Path;
 

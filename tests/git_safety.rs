@@ -1,5 +1,5 @@
-//! End-to-end: a git source owns `PATH/NAME` and nothing else (issue 17,
-//! "git"): git never finds a repository above it, whatever stands there
+//! End-to-end: a git source owns `PATH/NAME` and nothing else (README:
+//! Sources, git): git never finds a repository above it, whatever stands there
 //! becomes a fresh checkout, a deploy leaves the checkout and its submodules
 //! exactly at the commit, and a failure names the command that failed. On a
 //! local target, over ssh and with sudo, against the real git.

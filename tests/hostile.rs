@@ -1,4 +1,4 @@
-//! End-to-end: hostile and malformed input (issue 10). A table of bad
+//! End-to-end: hostile and malformed input (README: Reliability, Bad input). A table of bad
 //! inputs to `mktarget`, `populate` and the drivers (`krops-deploy`,
 //! `krops-test`, `krops-command`, their `--fleet` files included), each
 //! run against a real sshd target of the test world, and for the drivers

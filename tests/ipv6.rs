@@ -1,7 +1,7 @@
 //! End-to-end: targets that name an IPv6 literal (`root@[::1]:PORT/…`, or a
 //! JSON host `"::1"`) reach a real sshd on `[::1]` with ssh, rsync and git,
 //! and nixos-rebuild is told the host in brackets; a target path with ':' is
-//! refused before anything runs (SPEC §1, §2, issue 7 "Targets").
+//! refused before anything runs (README: Targets).
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! End-to-end: two runs against one target path never write at the same
-//! time (issue 10). A run holds `flock` on `PATH/.populate-lock` through a
+//! time (README: Sources, the lock). A run holds `flock` on `PATH/.populate-lock` through a
 //! process on the target from its first write to the end of its final
 //! command; a second run waits and says for whom, gives up after
 //! `--lock-timeout`, or takes no lock with `--no-lock`; a killed holder's

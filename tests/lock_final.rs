@@ -1,5 +1,5 @@
 //! End-to-end: the lock on a target lasts as long as the final command it
-//! guards, on the target (issue 17). A run stopped (Ctrl-C) or killed
+//! guards, on the target (README: Sources, the lock). A run stopped (Ctrl-C) or killed
 //! (`kill -9`) during its final command leaves that command running there;
 //! the next run waits for it, says that it does, and populates only once
 //! the command has ended.

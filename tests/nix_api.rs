@@ -1,4 +1,4 @@
-//! End-to-end: the Nix API (issue 8). krops's `lib` and writers evaluated by
+//! End-to-end: the Nix API (README: From Nix). krops's `lib` and writers evaluated by
 //! the real `nix-instantiate` and built by the real `nix-build`, without
 //! nixpkgs; the scripts they write deploy to real sshd hosts.
 

@@ -1,4 +1,4 @@
-//! End-to-end: how the tools show a run (issue 11): live lines on a
+//! End-to-end: how the tools show a run (README: Progress and results): live lines on a
 //! terminal (a real pseudo-terminal, tmux's), plain timestamped lines
 //! otherwise, `--quiet`, `--verbose`, `NO_COLOR`, `TERM=dumb`, and the
 //! results as JSON (`--json`, `--json-file`), read back with the schema

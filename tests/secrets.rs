@@ -1,4 +1,4 @@
-//! End-to-end: what happens to secrets (issue 10). Decrypted content never
+//! End-to-end: what happens to secrets (README: Reliability, Secrets). Decrypted content never
 //! appears in any process's argv, in the log, in `--dry-run`'s script or in
 //! an error message; the local temp dirs are 0700 (their files 0600) and
 //! gone afterwards; on the target the files are 0600 in 0700 dirs, also

@@ -1,4 +1,4 @@
-//! End-to-end, generated (issue 23): nothing outside PATH is ever written,
+//! End-to-end, generated (README: Reliability, Lived targets): nothing outside PATH is ever written,
 //! whatever shape a lived target has.
 //!
 //! For every source type, a seeded generator puts at `PATH/NAME` one of the

@@ -1,5 +1,5 @@
 //! End-to-end: `populate` against real sshd, rsync, git, pass, age and nix,
-//! to a local target and to remote ones (SPEC §3, issue 3).
+//! to a local target and to remote ones (README: Sources).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

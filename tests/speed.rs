@@ -1,5 +1,5 @@
 //! End-to-end: one shared ssh connection per target and run, and sources
-//! synced in parallel (issue 9), against the real sshd of the test world.
+//! synced in parallel (README: Targets), against the real sshd of the test world.
 //! The sshd logs at INFO, so [`World::handshakes`] counts connections.
 
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use krops_tests::{Tree, World};
 use serde_json::{json, Value};
 
-/// Twelve sources as issue 9's benchmark has them, plus a pipe and secrets.
+/// Twelve sources as `scripts/bench`'s cases have them, plus a pipe and secrets.
 fn sources(world: &World) -> Value {
     let mut sources = serde_json::Map::new();
     for i in 0..8 {

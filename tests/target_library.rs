@@ -1,5 +1,5 @@
 //! End-to-end: the target library (`mktarget`) runs scripts on a real sshd,
-//! plain, with extraOptions, and with sudo (SPEC §2, issue 2).
+//! plain, with extraOptions, and with sudo (README: Targets).
 
 use krops_tests::World;
 use mktarget::{Cmd, Multiplex, Origin, Session, Target};
@@ -12,7 +12,7 @@ fn origin() -> Origin {
     }
 }
 
-/// How the tools reach `target`, each ssh on its own (SPEC §2's commands).
+/// How the tools reach `target`, each ssh on its own (README: Targets).
 fn session(target: &Target) -> Session {
     Session::open(target, &origin(), Multiplex::Off).unwrap()
 }

@@ -1,11 +1,11 @@
 //! krops-command: populate a target, then run a shell script there with the
-//! target path as `$1` (SPEC §4, krops's `writeCommand`).
+//! target path as `$1` (README: Run something; krops's `writeCommand`).
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use krops_driver::fleet::{FleetArgs, Kind, Setting};
+use krops_driver::fleet::{FleetArgs, Setting, SettingKind};
 use krops_driver::{Final, Reporting, Stage, Stages};
 use mktarget::tool::Example;
 use mktarget::Origin;
@@ -74,13 +74,13 @@ pub const FLEET_SETTINGS: &[Setting] = &[
     Setting {
         key: "command",
         option: "SCRIPT",
-        kind: Kind::Script,
+        kind: SettingKind::Script,
         unless: &[],
     },
     Setting {
         key: "allocateTTY",
         option: "--allocate-tty",
-        kind: Kind::NotInFleet(
+        kind: SettingKind::NotInFleet(
             "a fleet's hosts share no terminal (their output comes as prefixed lines): run \
              krops-command --target … --allocate-tty for that host alone",
         ),
@@ -89,13 +89,13 @@ pub const FLEET_SETTINGS: &[Setting] = &[
     Setting {
         key: "force",
         option: "--force",
-        kind: Kind::Flag,
+        kind: SettingKind::Flag,
         unless: &[],
     },
     Setting {
         key: "backup",
         option: "--backup",
-        kind: Kind::Flag,
+        kind: SettingKind::Flag,
         unless: &[],
     },
 ];

@@ -14,7 +14,7 @@ use mktarget::command::exit_code;
 use mktarget::{Cmd, Session, Target};
 
 use crate::preview::{self, Built};
-use crate::watchdog::{self, Learned, Outcome, Paths, Report, Watchdog};
+use crate::watchdog::{self, Confirmation, Learned, Outcome, Paths, Watchdog};
 use crate::{ask_activate, confirm_what, rebuild_script, Nom, Rebuild};
 
 /// How `--dry-run` writes the store path of the system a build would make.
@@ -151,7 +151,7 @@ impl Deploy {
                 ExitCode::from(exit_code(status))
             }
         };
-        let Report::NotConfirmed { reason, outcome } = report else {
+        let Confirmation::NotConfirmed { reason, outcome } = report else {
             return ExitCode::from(exit_code(status));
         };
         let what = match outcome {

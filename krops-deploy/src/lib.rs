@@ -1,7 +1,7 @@
 //! krops-deploy: populate the build target and the target, then run
-//! `nixos-rebuild` on the build target (SPEC §4, krops's `writeDeploy`);
+//! `nixos-rebuild` on the build target (README: Deploy; krops's `writeDeploy`);
 //! optionally preview what it changes first, and confirm the switch over a
-//! new connection or have the target roll it back (issue 12).
+//! new connection or have the target roll it back (README: See what a deploy changes).
 
 mod deploy;
 pub mod preview;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use krops_driver::fleet::{choices, FleetArgs, Kind, Setting};
+use krops_driver::fleet::{choices, FleetArgs, Setting, SettingKind};
 use krops_driver::{Reporting, Stages};
 use mktarget::tool::{usage, Example};
 use mktarget::{Origin, Target};
@@ -133,37 +133,37 @@ pub const FLEET_SETTINGS: &[Setting] = &[
     Setting {
         key: "buildTarget",
         option: "--build-target",
-        kind: Kind::Target,
+        kind: SettingKind::Target,
         unless: &[],
     },
     Setting {
         key: "operation",
         option: "--operation",
-        kind: Kind::Text,
+        kind: SettingKind::Text,
         unless: &[],
     },
     Setting {
         key: "crossDeploy",
         option: "--cross-deploy",
-        kind: Kind::Flag,
+        kind: SettingKind::Flag,
         unless: &[],
     },
     Setting {
         key: "useNixOutputMonitor",
         option: "--nom",
-        kind: Kind::Choice(choices::<Nom>),
+        kind: SettingKind::Choice(choices::<Nom>),
         unless: &[],
     },
     Setting {
         key: "force",
         option: "--force",
-        kind: Kind::Flag,
+        kind: SettingKind::Flag,
         unless: &[],
     },
     Setting {
         key: "backup",
         option: "--backup",
-        kind: Kind::Flag,
+        kind: SettingKind::Flag,
         unless: &[],
     },
     // Deprecated in krops and here; taken so that a writeDeploy call
@@ -171,13 +171,13 @@ pub const FLEET_SETTINGS: &[Setting] = &[
     Setting {
         key: "fast",
         option: "--fast",
-        kind: Kind::Flag,
+        kind: SettingKind::Flag,
         unless: &[],
     },
     Setting {
         key: "confirmTimeout",
         option: "--confirm-timeout",
-        kind: Kind::Count,
+        kind: SettingKind::Count,
         // A preview activates nothing, so nothing is confirmed.
         unless: &["--preview"],
     },

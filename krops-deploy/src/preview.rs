@@ -1,5 +1,5 @@
 //! Building a system without activating it, and what it would change
-//! (`--preview`, `--ask`; issue 12): the shell text each step runs, and the
+//! (`--preview`, `--ask`; README: See what a deploy changes): the shell text each step runs, and the
 //! preview as a plain value that a report can carry.
 //!
 //! The new system is built with `nixos-rebuild build` in a private

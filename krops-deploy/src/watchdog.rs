@@ -1,4 +1,4 @@
-//! The confirmed switch of `--confirm-timeout` (issue 12): shell text that
+//! The confirmed switch of `--confirm-timeout` (README: See what a deploy changes): shell text that
 //! runs on the target, and the deployer's side of it.
 //!
 //! Before activating, the target starts a watchdog ([`Watchdog::start_script`])
@@ -614,7 +614,7 @@ fn classify(cmd: &mktarget::Cmd, status: ExitStatus) -> Try {
 
 /// What the deployer saw of a confirmed activation.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Report {
+pub enum Confirmation {
     /// Confirmed over a new connection: the new system stays.
     Confirmed,
     /// Not confirmed, for this reason; what the watchdog then did, if the
@@ -638,7 +638,12 @@ impl Watchdog {
     /// The deployer's side after activation: confirm over new connections
     /// (retried until the timeout; after `activated` failed, withhold
     /// instead), then, when not confirmed, wait for the watchdog's result.
-    pub fn conclude(&self, session: &Session, check: Option<&str>, activated: bool) -> Report {
+    pub fn conclude(
+        &self,
+        session: &Session,
+        check: Option<&str>,
+        activated: bool,
+    ) -> Confirmation {
         let on = session.machine();
         mktarget::interrupt::doing(if activated {
             format!("the confirmation of the deploy over a new ssh connection to {on}")
@@ -687,7 +692,7 @@ impl Watchdog {
                                  new system stays"
                             );
                         }
-                        return Report::Confirmed;
+                        return Confirmation::Confirmed;
                     }
                     Try::Exited(CHECK_FAILED) => {
                         reason = "the check failed".to_owned();
@@ -737,7 +742,7 @@ impl Watchdog {
         );
         let outcome = self.wait_for_outcome(session, deadline + REPORT_GRACE, &mut echo);
         mktarget::interrupt::wait_if_interrupted();
-        Report::NotConfirmed { reason, outcome }
+        Confirmation::NotConfirmed { reason, outcome }
     }
 
     /// Asks for the watchdog's result over new connections until `until`.

@@ -49,10 +49,10 @@ pub struct Stage {
     /// own messages call it.
     shown: Option<String>,
     aftermath: Aftermath,
-    kind: Kind,
+    kind: StageKind,
 }
 
-enum Kind {
+enum StageKind {
     /// A final command; a failure ends the run with its exit status,
     /// unless the next stage takes it (`passes_status`). Exiting with
     /// `ends_failed_on`, the command has said why: the run ends with 1 and
@@ -86,7 +86,7 @@ impl Stage {
         Stage {
             shown: None,
             aftermath: Aftermath::Same,
-            kind: Kind::Run {
+            kind: StageKind::Run {
                 run,
                 passes_status: false,
                 ends_failed_on: None,
@@ -102,7 +102,7 @@ impl Stage {
         Stage {
             shown: None,
             aftermath: Aftermath::Same,
-            kind: Kind::Capture {
+            kind: StageKind::Capture {
                 run,
                 failure: None,
                 then: Box::new(then),
@@ -119,7 +119,7 @@ impl Stage {
         Stage {
             shown: None,
             aftermath: Aftermath::Same,
-            kind: Kind::Here {
+            kind: StageKind::Here {
                 doing: None,
                 dry,
                 act: Box::new(act),
@@ -141,7 +141,7 @@ impl Stage {
 
     /// While this stage (done here) runs, the tool is doing `what`.
     pub fn doing(mut self, what: impl Into<String>) -> Stage {
-        if let Kind::Here { doing, .. } = &mut self.kind {
+        if let StageKind::Here { doing, .. } = &mut self.kind {
             *doing = Some(what.into());
         }
         self
@@ -149,7 +149,7 @@ impl Stage {
 
     /// The next stage gets this one's exit status, also a failure.
     pub fn passes_status(mut self) -> Stage {
-        if let Kind::Run { passes_status, .. } = &mut self.kind {
+        if let StageKind::Run { passes_status, .. } = &mut self.kind {
             *passes_status = true;
         }
         self
@@ -158,7 +158,7 @@ impl Stage {
     /// Exiting with `code`, the command has said why it failed: the run
     /// ends with 1, and nothing happens anyway any more.
     pub fn ends_failed_on(mut self, code: i32) -> Stage {
-        if let Kind::Run { ends_failed_on, .. } = &mut self.kind {
+        if let StageKind::Run { ends_failed_on, .. } = &mut self.kind {
             *ends_failed_on = Some(code);
         }
         self
@@ -166,7 +166,7 @@ impl Stage {
 
     /// A failure of this capture ends the run with the error `why`.
     pub fn failure_is_error(mut self, why: impl Into<String>) -> Stage {
-        if let Kind::Capture { failure, .. } = &mut self.kind {
+        if let StageKind::Capture { failure, .. } = &mut self.kind {
             *failure = Some(why.into());
         }
         self
@@ -174,8 +174,8 @@ impl Stage {
 
     fn final_command(&self) -> Option<&Final> {
         match &self.kind {
-            Kind::Run { run, .. } | Kind::Capture { run, .. } => Some(run),
-            Kind::Here { .. } => None,
+            StageKind::Run { run, .. } | StageKind::Capture { run, .. } => Some(run),
+            StageKind::Here { .. } => None,
         }
     }
 }
@@ -230,16 +230,16 @@ impl Stages {
         todo.reverse();
         while let Some(stage) = todo.pop() {
             let (what, command) = match stage.kind {
-                Kind::Run { run, .. } => {
+                StageKind::Run { run, .. } => {
                     (stage.shown.unwrap_or(run.what.clone()), run.command(false))
                 }
-                Kind::Capture { run, then, .. } => {
+                StageKind::Capture { run, then, .. } => {
                     let command = run.command(false);
                     todo.extend(then(None)?.into_iter().rev());
                     (stage.shown.unwrap_or(run.what.clone()), command)
                 }
-                Kind::Here { dry: Some(cmd), .. } => (stage.shown.unwrap_or_default(), cmd),
-                Kind::Here { dry: None, .. } => continue,
+                StageKind::Here { dry: Some(cmd), .. } => (stage.shown.unwrap_or_default(), cmd),
+                StageKind::Here { dry: None, .. } => continue,
             };
             script.push_str(&format!("# then {what}\n{command}\n"));
         }
@@ -260,7 +260,7 @@ impl Stages {
                 Aftermath::Clear => mktarget::interrupt::no_aftermath(),
             }
             match stage.kind {
-                Kind::Run {
+                StageKind::Run {
                     run,
                     passes_status,
                     ends_failed_on,
@@ -275,7 +275,7 @@ impl Stages {
                     }
                     last = Some(status);
                 }
-                Kind::Capture { run, failure, then } => {
+                StageKind::Capture { run, failure, then } => {
                     let (status, stdout) = run.run_capturing_stdout(reporting)?;
                     if let (false, Some(why)) = (status.success(), failure) {
                         bail!(why);
@@ -286,7 +286,7 @@ impl Stages {
                     last = Some(status);
                     todo.extend(then(Some(stdout))?.into_iter().rev());
                 }
-                Kind::Here { doing, act, .. } => {
+                StageKind::Here { doing, act, .. } => {
                     if let Some(what) = doing {
                         mktarget::interrupt::doing(what);
                     }

@@ -1,5 +1,5 @@
 //! krops-test: populate a local target, then build its NixOS system with
-//! nix-build without activating it (SPEC §4, krops's `writeTest`).
+//! nix-build without activating it (README: Build without activating; krops's `writeTest`).
 
 use std::process::ExitCode;
 

@@ -308,13 +308,15 @@ impl Cmd {
             .with_context(|| format!("waiting for `{}`", self.brief()))
     }
 
-    /// Runs the command with its stdout written to `file` (used for secrets,
-    /// which must never pass through our memory's logs or a pipe to a log).
+    /// [`Cmd::run_to_file_into`] with our stderr as `out`, for the tests.
+    #[cfg(test)]
     pub fn run_to_file(&self, file: File) -> Result<()> {
         self.run_to_file_into(file, &mut std::io::stderr())
     }
 
-    /// Like [`Cmd::run_to_file`], its stderr going to `out` when it succeeds.
+    /// Runs the command with its stdout written to `file` (used for secrets,
+    /// which must never pass through our memory's logs or a pipe to a log),
+    /// its stderr going to `out` when it succeeds.
     pub fn run_to_file_into(&self, file: File, out: &mut dyn Write) -> Result<()> {
         let output = self.run_stderr_captured(self.expression().stdout_file(file))?;
         let _ = out.write_all(&output.stderr);

@@ -1,4 +1,4 @@
-//! Stopping cleanly on SIGINT, SIGTERM and SIGHUP (SPEC §5).
+//! Stopping cleanly on SIGINT, SIGTERM and SIGHUP (README: Differences from krops).
 //!
 //! Every child a tool starts is registered here while it runs. Children that
 //! do not share our terminal run in a process group of their own, so a

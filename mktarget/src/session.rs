@@ -1,4 +1,4 @@
-//! A connection to a target as a value (SPEC §2): the target resolved once
+//! A connection to a target as a value (README: Targets): the target resolved once
 //! into local or remote, and, for a remote target, one OpenSSH master that
 //! every ssh of the run goes through (steps, rsync's `-e`, a driver's final
 //! command), so a run costs one handshake instead of one per step.
@@ -831,8 +831,8 @@ mod tests {
         SshConfig::parse("connecttimeout 5\nserveraliveinterval 30\nserveralivecountmax 2\n")
     }
 
-    /// An unshared session, whose commands are SPEC §2's (no default
-    /// options: see [`all_set`]).
+    /// An unshared session, with the plain commands of README's Targets
+    /// section (no default options: see [`all_set`]).
     fn off(target: &Target) -> Session {
         Session::open_with(target, &origin(), Multiplex::Off, &all_set()).unwrap()
     }

@@ -1,4 +1,4 @@
-//! What a target is: where sources go and where commands run (SPEC §1, §2).
+//! What a target is: where sources go and where commands run (README: Targets).
 
 use std::borrow::Cow;
 use std::fmt;

@@ -1,4 +1,4 @@
-//! populate: sync krops sources to a target (SPEC §3). The drivers
+//! populate: sync krops sources to a target (README: Sources). The drivers
 //! (krops-deploy, krops-test, krops-command) reuse [`PopulateArgs`] and
 //! [`Plan`] to populate before they act (through krops-driver's stages).
 

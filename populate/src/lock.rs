@@ -1,4 +1,4 @@
-//! The lock on a target (issue 10): two runs against the same target path
+//! The lock on a target (README: Sources, the lock): two runs against the same target path
 //! must not write at once, nor run two nixos-rebuilds. A run holds the lock
 //! from before its first write until its final command has ended.
 //!

@@ -121,26 +121,9 @@ pub fn seconds(elapsed: Duration) -> String {
 /// A plain line's timestamp: RFC 3339, UTC, whole seconds
 /// (`2024-05-01T12:00:03Z`).
 pub fn timestamp(at: SystemTime) -> String {
-    let secs = at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's days-to-civil, for days since 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    // humantime panics outside 1970..=9999: a clock set there shows the edge.
+    let last = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    humantime::format_rfc3339_seconds(at.clamp(UNIX_EPOCH, last)).to_string()
 }
 
 /// What a plain line says after its timestamp, if it has one.
@@ -504,6 +487,8 @@ mod tests {
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(at(1_714_564_803), "2024-05-01T12:00:03Z");
         assert_eq!(at(4_102_444_799), "2099-12-31T23:59:59Z");
+        assert_eq!(timestamp(UNIX_EPOCH - Duration::from_secs(1)), at(0));
+        assert_eq!(at(u64::from(u32::MAX) * 100), "9999-12-31T23:59:59Z");
         assert_eq!(
             strip_timestamp("2024-05-01T12:00:03Z populate: source a (file) → /x"),
             Some("populate: source a (file) → /x")

@@ -1,4 +1,4 @@
-//! The steps of a populate run (SPEC §3): the sentinel check, the backup,
+//! The steps of a populate run (README: Sources): the sentinel check, the backup,
 //! and one step per source, each a command on the target or here; and how
 //! they run: the cheap scripts (the checks, symlinks, the claims of rsync
 //! sources' places) batched into as few remote runs as fit, then the other

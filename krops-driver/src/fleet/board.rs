@@ -26,7 +26,7 @@ pub(crate) enum Sink {
 
 /// How one host's run ended.
 #[derive(Debug)]
-pub(crate) struct Outcome {
+pub(crate) struct HostOutcome {
     /// How the run exited, or why it could not run.
     pub(crate) status: std::result::Result<ExitStatus, String>,
     pub(crate) seconds: f64,
@@ -34,18 +34,18 @@ pub(crate) struct Outcome {
     pub(crate) stderr: Vec<u8>,
 }
 
-impl Outcome {
+impl HostOutcome {
     pub(crate) fn ok(&self) -> bool {
         self.status.as_ref().is_ok_and(ExitStatus::success)
     }
 
-    pub(crate) fn row(&self) -> Row {
+    pub(crate) fn row(&self) -> SummaryRow {
         let result = match &self.status {
             Ok(status) if status.success() => HostResult::Ok,
             Ok(status) => HostResult::Failed(mktarget::command::describe(*status)),
             Err(why) => HostResult::Failed(why.clone()),
         };
-        Row {
+        SummaryRow {
             result,
             seconds: self.seconds,
         }
@@ -117,7 +117,7 @@ impl Board {
         }
     }
 
-    pub(crate) fn ended(&self, i: usize, outcome: &Outcome) {
+    pub(crate) fn ended(&self, i: usize, outcome: &HostOutcome) {
         if let Some((_, bars)) = &self.live {
             let mark = if outcome.ok() {
                 self.style.check()
@@ -137,7 +137,7 @@ impl Board {
 
     /// Replaces the live lines with each failed host's line and output
     /// (unless `--verbose` showed it as it came).
-    pub(crate) fn finish(self, hosts: &[Host], outcomes: &[Outcome]) {
+    pub(crate) fn finish(self, hosts: &[Host], outcomes: &[HostOutcome]) {
         let Some((multi, bars)) = self.live else {
             return;
         };
@@ -159,7 +159,7 @@ impl Board {
 
 /// One host's line of the summary.
 #[derive(Clone, Debug)]
-pub(crate) struct Row {
+pub(crate) struct SummaryRow {
     pub(crate) result: HostResult,
     pub(crate) seconds: f64,
 }
@@ -189,10 +189,10 @@ impl HostResult {
 
 /// Where each host's run is, for the summary a signal prints.
 #[derive(Clone, Debug)]
-pub(crate) enum Progress {
+pub(crate) enum HostState {
     Waiting,
     Running(Instant),
-    Done(Row),
+    Done(SummaryRow),
 }
 
 /// Copies `from` to our stdout or stderr line by line with `prefix`, or
@@ -250,14 +250,14 @@ pub(crate) fn run_host(
     command: &Cmd,
     (stdout, stdout_to): (Sink, Stream),
     stderr: Sink,
-) -> Outcome {
+) -> HostOutcome {
     let started = Instant::now();
     let prefix = format!("{name} | ");
     let pipes = os_pipe::pipe().and_then(|out| Ok((out, os_pipe::pipe()?)));
     let ((out_reader, out_writer), (err_reader, err_writer)) = match pipes {
         Ok(pipes) => pipes,
         Err(err) => {
-            return Outcome {
+            return HostOutcome {
                 status: Err(format!("cannot make a pipe: {err}")),
                 seconds: 0.0,
                 stdout: Vec::new(),
@@ -271,7 +271,7 @@ pub(crate) fn run_host(
         let status = command
             .status_to(out_writer, err_writer)
             .map_err(|err| format!("{err:#}"));
-        Outcome {
+        HostOutcome {
             status,
             stdout: out.join().unwrap_or_default(),
             stderr: err.join().unwrap_or_default(),

@@ -16,9 +16,9 @@ use serde_json::Value;
 pub struct Setting {
     /// The attribute, in krops's words (`crossDeploy`).
     pub key: &'static str,
-    /// The driver's option (`--cross-deploy`); unused for [`Kind::Script`].
+    /// The driver's option (`--cross-deploy`); unused for [`SettingKind::Script`].
     pub option: &'static str,
-    pub kind: Kind,
+    pub kind: SettingKind,
     /// Options of the command line that make this setting moot: with one
     /// of them, the host runs without it (`--preview` activates nothing,
     /// so a `confirmTimeout` has nothing to confirm).
@@ -26,7 +26,7 @@ pub struct Setting {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub enum Kind {
+pub enum SettingKind {
     /// A boolean: the option (a flag) when true.
     Flag,
     /// A string, the option's value.
@@ -46,7 +46,7 @@ pub enum Kind {
 }
 
 /// The values of an option whose values are `E`'s, as its `--help` lists
-/// them: for [`Kind::Choice`].
+/// them: for [`SettingKind::Choice`].
 pub fn choices<E: clap::ValueEnum>() -> Vec<String> {
     E::value_variants()
         .iter()
@@ -186,50 +186,50 @@ pub(crate) fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result
     let option = setting.option.to_owned();
     let valued = |value: &str| vec![format!("{option}={value}")];
     Ok(match (setting.kind, value) {
-        (Kind::Flag, Value::Bool(on)) => {
+        (SettingKind::Flag, Value::Bool(on)) => {
             if *on {
                 vec![option]
             } else {
                 vec![]
             }
         }
-        (Kind::Flag | Kind::NotInFleet(_), _) if !value.is_boolean() => {
+        (SettingKind::Flag | SettingKind::NotInFleet(_), _) if !value.is_boolean() => {
             bail!("expected a boolean, got {}", kind(value))
         }
-        (Kind::NotInFleet(why), Value::Bool(true)) => {
+        (SettingKind::NotInFleet(why), Value::Bool(true)) => {
             return Err(usage(format!("true does not go with --fleet: {why}")))
         }
-        (Kind::Flag | Kind::NotInFleet(_), _) => vec![],
+        (SettingKind::Flag | SettingKind::NotInFleet(_), _) => vec![],
         // An option's value is one line; a script may span lines, but no
         // argument holds a NUL byte.
-        (Kind::Text, Value::String(s)) if s.contains(char::is_control) => bail!(
+        (SettingKind::Text, Value::String(s)) if s.contains(char::is_control) => bail!(
             "{} contains a control character (a newline, a tab, a NUL byte)",
             shown(s)
         ),
-        (Kind::Text, Value::String(s)) => valued(s),
-        (Kind::Text, _) => bail!("expected a string, got {}", kind(value)),
-        (Kind::Script, Value::String(s)) if s.contains('\0') => {
+        (SettingKind::Text, Value::String(s)) => valued(s),
+        (SettingKind::Text, _) => bail!("expected a string, got {}", kind(value)),
+        (SettingKind::Script, Value::String(s)) if s.contains('\0') => {
             bail!("{} contains a NUL byte", shown(s))
         }
-        (Kind::Script, Value::String(s)) => vec![s.clone()],
-        (Kind::Script, _) => bail!("expected a script (a string), got {}", kind(value)),
-        (Kind::Target, _) => match target(value, origin)? {
+        (SettingKind::Script, Value::String(s)) => vec![s.clone()],
+        (SettingKind::Script, _) => bail!("expected a script (a string), got {}", kind(value)),
+        (SettingKind::Target, _) => match target(value, origin)? {
             Some(target) => valued(&serde_json::to_string(&target)?),
             None => vec![],
         },
-        (Kind::Count, Value::Null) => vec![],
-        (Kind::Count, Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {
+        (SettingKind::Count, Value::Null) => vec![],
+        (SettingKind::Count, Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {
             valued(&n.to_string())
         }
-        (Kind::Count, _) => bail!("expected a whole number of at least 1, got {value}"),
-        (Kind::Choice(_), Value::Bool(b)) => valued(&b.to_string()),
-        (Kind::Choice(choices), Value::String(s)) if choices().contains(s) => valued(s),
-        (Kind::Choice(choices), Value::String(s)) => bail!(
+        (SettingKind::Count, _) => bail!("expected a whole number of at least 1, got {value}"),
+        (SettingKind::Choice(_), Value::Bool(b)) => valued(&b.to_string()),
+        (SettingKind::Choice(choices), Value::String(s)) if choices().contains(s) => valued(s),
+        (SettingKind::Choice(choices), Value::String(s)) => bail!(
             "expected a boolean or one of {}, got {}",
             choices().join(", "),
             shown(s)
         ),
-        (Kind::Choice(choices), _) => bail!(
+        (SettingKind::Choice(choices), _) => bail!(
             "expected a boolean or one of {}, got {}",
             choices().join(", "),
             kind(value)
@@ -238,28 +238,9 @@ pub(crate) fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result
 }
 
 /// Whether `name` matches `pattern`, where `*` matches any characters and
-/// `?` one.
+/// `?` one (nothing else is special, as `wildmatch` has it).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    // Iterative matching with one backtrack point for the last `*`.
-    let (mut i, mut j) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while j < n.len() {
-        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
-            i += 1;
-            j += 1;
-        } else if i < p.len() && p[i] == '*' {
-            star = Some((i, j));
-            i += 1;
-        } else if let Some((si, sj)) = star {
-            i = si + 1;
-            j = sj + 1;
-            star = Some((si, sj + 1));
-        } else {
-            return false;
-        }
-    }
-    p[i..].iter().all(|&c| c == '*')
+    wildmatch::WildMatch::new(pattern).matches(name)
 }
 
 /// The hosts `--on` picks (all when it is empty); a pattern that matches
@@ -305,43 +286,43 @@ pub(crate) mod tests {
         Setting {
             key: "operation",
             option: "--operation",
-            kind: Kind::Text,
+            kind: SettingKind::Text,
             unless: &[],
         },
         Setting {
             key: "force",
             option: "--force",
-            kind: Kind::Flag,
+            kind: SettingKind::Flag,
             unless: &[],
         },
         Setting {
             key: "buildTarget",
             option: "--build-target",
-            kind: Kind::Target,
+            kind: SettingKind::Target,
             unless: &[],
         },
         Setting {
             key: "useNixOutputMonitor",
             option: "--nom",
-            kind: Kind::Choice(|| vec!["opportunistic".into(), "false".into()]),
+            kind: SettingKind::Choice(|| vec!["opportunistic".into(), "false".into()]),
             unless: &[],
         },
         Setting {
             key: "command",
             option: "",
-            kind: Kind::Script,
+            kind: SettingKind::Script,
             unless: &[],
         },
         Setting {
             key: "confirmTimeout",
             option: "--confirm-timeout",
-            kind: Kind::Count,
+            kind: SettingKind::Count,
             unless: &["--preview"],
         },
         Setting {
             key: "allocateTTY",
             option: "--allocate-tty",
-            kind: Kind::NotInFleet("no terminal"),
+            kind: SettingKind::NotInFleet("no terminal"),
             unless: &[],
         },
     ];
@@ -504,6 +485,8 @@ pub(crate) mod tests {
             ("web1", "web10", false),
             ("a*b*c", "aXbYbZc", true),
             ("a*b*c", "aXbYbZ", false),
+            ("web[1]", "web[1]", true),
+            ("web[1]", "web1", false),
         ] {
             assert_eq!(glob_match(pattern, name), matches, "{pattern} {name}");
         }

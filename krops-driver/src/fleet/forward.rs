@@ -86,8 +86,8 @@ pub fn host_args(host: &Host, sources_file: &Path, forwarded: &Forwarded) -> Res
     let mut script = None;
     for (setting, words) in &host.settings {
         match setting.kind {
-            Kind::Script if !forwarded.positional => script = words.first().cloned(),
-            Kind::Script => {}
+            SettingKind::Script if !forwarded.positional => script = words.first().cloned(),
+            SettingKind::Script => {}
             _ if forwarded.given.contains(setting.option) => {}
             _ if setting
                 .unless

@@ -28,7 +28,7 @@ use populate::{PopulateArgs, Results, ResultsTo, SecretDir, Style, Verbosity};
 
 use board::*;
 use file::*;
-pub use file::{choices, glob_match, parse, select, Host, Kind, Setting};
+pub use file::{choices, glob_match, parse, select, Host, Setting, SettingKind};
 pub use forward::{forwarded, host_args, Forwarded};
 
 /// The fleet's own options; a driver flattens them into its command line
@@ -140,23 +140,23 @@ pub fn run(
 
     interrupt::doing(format!("the fleet's {count} hosts"));
     // On a signal, the handler says which hosts finished, and how.
-    let progress = Arc::new(Mutex::new(vec![Progress::Waiting; count]));
+    let progress = Arc::new(Mutex::new(vec![HostState::Waiting; count]));
     {
         let progress = Arc::clone(&progress);
         let names: Vec<String> = hosts.iter().map(|host| host.name.clone()).collect();
         interrupt::on_signal_report(move || {
-            let rows: Vec<Row> = lock(&progress)
+            let rows: Vec<SummaryRow> = lock(&progress)
                 .iter()
                 .map(|progress| match progress {
-                    Progress::Waiting => Row {
+                    HostState::Waiting => SummaryRow {
                         result: HostResult::NotStarted,
                         seconds: 0.0,
                     },
-                    Progress::Running(started) => Row {
+                    HostState::Running(started) => SummaryRow {
                         result: HostResult::Interrupted,
                         seconds: started.elapsed().as_secs_f64(),
                     },
-                    Progress::Done(row) => row.clone(),
+                    HostState::Done(row) => row.clone(),
                 })
                 .collect();
             summary(tool, &names, &rows)
@@ -175,7 +175,7 @@ pub fn run(
     };
     let board = Board::new(style, &hosts);
     let outcomes = in_parallel(count, jobs, |i| {
-        lock(&progress)[i] = Progress::Running(Instant::now());
+        lock(&progress)[i] = HostState::Running(Instant::now());
         let mut command = Cmd::new(&program);
         if wants_results && !dry_run {
             command = command
@@ -199,7 +199,7 @@ pub fn run(
         if row.result != HostResult::Ok && interrupt::interrupted() {
             row.result = HostResult::Interrupted;
         }
-        lock(&progress)[i] = Progress::Done(row);
+        lock(&progress)[i] = HostState::Done(row);
         outcome
     });
     board.finish(&hosts, &outcomes);
@@ -223,7 +223,7 @@ pub fn run(
     let failed = outcomes.iter().filter(|o| !o.ok()).count();
     if !style.quiet() || failed > 0 {
         let names: Vec<String> = hosts.iter().map(|host| host.name.clone()).collect();
-        let rows: Vec<Row> = outcomes.iter().map(Outcome::row).collect();
+        let rows: Vec<SummaryRow> = outcomes.iter().map(HostOutcome::row).collect();
         eprint!("{}", summary(tool, &names, &rows));
     }
     Ok(if failed == 0 {
@@ -235,7 +235,7 @@ pub fn run(
 
 /// The table at the end: host, result, seconds, after a line that counts
 /// the results.
-fn summary(tool: &str, names: &[String], rows: &[Row]) -> String {
+fn summary(tool: &str, names: &[String], rows: &[SummaryRow]) -> String {
     let count =
         |wanted: fn(&HostResult) -> bool| rows.iter().filter(|row| wanted(&row.result)).count();
     let ok = count(|r| *r == HostResult::Ok);
@@ -321,16 +321,16 @@ mod tests {
         ];
         let status =
             |code: i32| <ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw(code << 8);
-        let outcome = |code, seconds| Outcome {
+        let outcome = |code, seconds| HostOutcome {
             status: Ok(status(code)),
             seconds,
             stdout: vec![],
             stderr: vec![],
         };
         let names: Vec<String> = hosts.iter().map(|host| host.name.clone()).collect();
-        let rows: Vec<Row> = [outcome(0, 1.25), outcome(3, 12.0)]
+        let rows: Vec<SummaryRow> = [outcome(0, 1.25), outcome(3, 12.0)]
             .iter()
-            .map(Outcome::row)
+            .map(HostOutcome::row)
             .collect();
         let text = summary("krops-deploy", &names, &rows);
         assert_eq!(
@@ -339,7 +339,7 @@ mod tests {
              \x20 web1        ok                         1.2 s\n\
              \x20 db-primary  failed (exit status 3)    12.0 s\n"
         );
-        let row = |result, seconds| Row { result, seconds };
+        let row = |result, seconds| SummaryRow { result, seconds };
         let text = summary(
             "krops-command",
             &["a".into(), "b".into(), "c".into()],

@@ -1,4 +1,4 @@
-//! The git source (SPEC §3): a script run on the target that clones or
+//! The git source (README: Sources): a script run on the target that clones or
 //! fetches and checks out the source's ref.
 //!
 //! How a ref is resolved (README, "Sources"): a full commit hash exactly as

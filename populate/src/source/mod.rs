@@ -1,4 +1,4 @@
-//! What a source is (SPEC §3, "Source input"): parsed once from JSON into
+//! What a source is (README: Sources): parsed once from JSON into
 //! validated types, every refusal naming the JSON path of what is wrong;
 //! and what each does on the target ([`Work`]). One module a source type,
 //! each with its fields, its parser and its work.
