@@ -13,6 +13,7 @@ mod world_selftest;
 
 // Targets and the connection to one.
 mod ipv6;
+mod sessions;
 mod speed;
 mod target_library;
 

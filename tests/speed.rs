@@ -135,13 +135,13 @@ fn without_multiplexing_every_step_connects_on_its_own() {
             world.run_command(&mut cmd, sources.to_string().as_bytes())
         };
         out.assert_success();
-        // The lock, the batch (sentinel, symlinks), 8 trees (each an
-        // rsync, which claims its place first), 2 checkouts, the pipe and
-        // the store's claim (its stamp is unchanged, so no rsync): each its
-        // own connection, as in krops (which also claimed apart from rsync,
-        // and took no lock).
+        // The lock with the batch (sentinel, symlinks) in its session, 8
+        // trees (each an rsync, which claims its place first), 2
+        // checkouts, the pipe and the store's claim (its stamp is
+        // unchanged, so no rsync): each its own connection, as in krops
+        // (which also claimed apart from rsync, and took no lock).
         let made = world.handshakes("alpha") - before;
-        assert_eq!(made, 14, "{how}");
+        assert_eq!(made, 13, "{how}");
         assert_nothing_left(&world);
     }
     shared.assert_unchanged(&snapshot());
@@ -281,9 +281,9 @@ fn the_user_s_own_connection_sharing_is_left_alone() {
     world
         .populate(&target.to_string(), &["--force"], &sources)
         .assert_success();
-    // The lock, the batch and the file's rsync, each on its own (ours
-    // would make them one).
-    assert_eq!(world.handshakes("alpha") - before, 3, "ours was used");
+    // The lock (the batch in its session) and the file's rsync, each on
+    // its own (ours would make them one).
+    assert_eq!(world.handshakes("alpha") - before, 2, "ours was used");
     assert_nothing_left(&world);
 
     // Their own master, persisting in the background: used, not hanging.

@@ -43,6 +43,16 @@ const FINAL_GUARD: &str = include_str!("lock-final.sh");
 /// What the lock script's lines on stdout start with.
 const MARKER: &str = "krops-lock ";
 
+/// What the lock script prints after the batch it runs in its session
+/// ([`script`]'s `batch`), then the batch's exit status and a newline.
+const BATCHED: &str = "\x1ekrops-lock-batched ";
+
+/// Where `needle` first is in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len())
+        .position(|window| window == needle)
+}
+
 /// How long a released lock's script gets to end before it is stopped.
 const RELEASE_GRACE: Duration = Duration::from_secs(5);
 
@@ -65,7 +75,7 @@ pub enum Locking {
 #[derive(Debug)]
 pub(crate) enum Taken {
     /// The script holds it until this is dropped.
-    Held { _process: Box<LockProcess> },
+    Held { process: Box<LockProcess> },
     /// Another lock of this very run holds it: the same machine and path
     /// reached under two names (say, a build target that is the target).
     Ours,
@@ -76,15 +86,66 @@ pub(crate) enum Taken {
     Unreachable,
 }
 
+impl Taken {
+    /// Runs the batch the lock script was given ([`script`]'s `batch`) in
+    /// its session, once: its output (every part's, with their markers)
+    /// and exit status. None when there is no such batch to run (not
+    /// held by our script, no batch given, or run already).
+    pub(crate) fn run_batch(&mut self) -> Option<Result<(Vec<u8>, i32)>> {
+        match self {
+            Taken::Held { process } => process.run_batch(),
+            _ => None,
+        }
+    }
+}
+
 /// The script holding the lock; dropping it lets go.
 #[derive(Debug)]
 pub(crate) struct LockProcess {
     started: Started,
     /// Its stdin: the lock is held as long as this is open.
     stdin: Option<os_pipe::PipeWriter>,
+    /// Its stdout after `held`, while its batch has not run yet.
+    batch: Option<BufReader<os_pipe::PipeReader>>,
+    /// Where the lock is, for messages.
+    place: String,
 }
 
 impl LockProcess {
+    /// See [`Taken::run_batch`]: says `batch` on the script's stdin and
+    /// reads what the batch prints up to the script's end marker.
+    fn run_batch(&mut self) -> Option<Result<(Vec<u8>, i32)>> {
+        let mut stdout = self.batch.take()?;
+        let stdin = self.stdin.as_mut()?;
+        let what = format!("lock on {}", self.place);
+        let ran = (|| {
+            stdin
+                .write_all(b"batch\n")
+                .and_then(|()| stdin.flush())
+                .with_context(|| format!("the {what}: cannot start the checks in its session"))?;
+            let mut out = Vec::new();
+            loop {
+                let from = out.len();
+                let read = stdout
+                    .read_until(b'\n', &mut out)
+                    .with_context(|| format!("the {what}: reading what the checks said"))?;
+                if read == 0 {
+                    bail!("the {what}: its session ended before the checks in it did");
+                }
+                let line = &out[from..];
+                if let Some(at) = find(line, BATCHED.as_bytes()) {
+                    let code = std::str::from_utf8(&line[at + BATCHED.len()..])
+                        .ok()
+                        .and_then(|code| code.trim_end().parse().ok())
+                        .unwrap_or(1);
+                    out.truncate(from + at);
+                    return Ok((out, code));
+                }
+            }
+        })();
+        Some(ran)
+    }
+
     /// Closes the script's stdin and waits for it to end (it stops waiting
     /// or lets go of the lock); stops it if it does not.
     fn release(&mut self) -> Option<std::process::ExitStatus> {
@@ -184,7 +245,20 @@ fn place(session: &Session) -> String {
 /// whenever it waits and the holder changed, then one of `held` (and keeps
 /// it until its stdin closes), `none` (nothing to lock), `timeout`, or
 /// `error MESSAGE`. `force` is populate's `--force`: the path is made first.
-pub(crate) fn script(session: &Session, force: bool, timeout: Option<u32>, id: &str) -> String {
+///
+/// `batch` is a batch script ([`crate::script::batch`]: the sentinel check
+/// and what is batched with it) the script runs once held, in its own
+/// session, when its stdin says `batch` (see [`Taken::run_batch`]): a
+/// session fewer a run, and so a few round trips fewer. It runs only under
+/// the lock, and only when the run starts: a driver takes every target's
+/// lock before any writes (`lock_all`).
+pub(crate) fn script(
+    session: &Session,
+    force: bool,
+    timeout: Option<u32>,
+    id: &str,
+    batch: Option<&str>,
+) -> String {
     let path = &session.target().path;
     let lock = format!("{path}/{LOCK_FILE}");
     let shown = session.display_path(&lock).into_owned();
@@ -274,6 +348,7 @@ pub(crate) fn script(session: &Session, force: bool, timeout: Option<u32>, id: &
          if test -L \"$krops_f\"; then rm -f -- \"$krops_f\"; fi\n\
          (umask 022 && : >>\"$krops_f\") 2>/dev/null\n\
          say held\n\
+         {batch}\
          exec >/dev/null 2>&1\n\
          cat\n\
          if (exec 8<\"$krops_f\") 2>/dev/null; then\n  \
@@ -288,6 +363,14 @@ pub(crate) fn script(session: &Session, force: bool, timeout: Option<u32>, id: &
          exec 9>&-\n",
         w = HOLDER_WIDTH - 1,
         id = quote(id),
+        // In a subshell: the batch's settings, names and exits stay its
+        // own; not holding the lock's descriptor, nor reading stdin.
+        batch = batch.map_or_else(String::new, |batch| format!(
+            "if IFS= read -r krops_go && test \"$krops_go\" = batch; then\n\
+             (\n{batch}\n) 9>&- </dev/null\n\
+             printf '\\036krops-lock-batched %s\\n' \"$?\"\n\
+             fi\n"
+        )),
     ));
     s
 }
@@ -301,6 +384,7 @@ pub(crate) fn take(
     timeout: Option<u32>,
     id: &str,
     quiet: bool,
+    batch: Option<&str>,
 ) -> Result<Taken> {
     // The sentinel check says why (see Plan::lock).
     if session.connect().is_err() {
@@ -308,13 +392,15 @@ pub(crate) fn take(
     }
     let place = place(session);
     let what = format!("lock on {place}");
-    let cmd = session.shell(&script(session, force, timeout, id));
+    let cmd = session.shell(&script(session, force, timeout, id, batch));
     let piped = cmd
         .start_piped()
         .with_context(|| format!("cannot take the {what}"))?;
     let mut process = LockProcess {
         started: piped.started,
         stdin: Some(piped.stdin),
+        batch: None,
+        place: place.clone(),
     };
     let stderr = Gate::new(piped.stderr);
     let mut lines = BufReader::new(piped.stdout);
@@ -354,8 +440,11 @@ pub(crate) fn take(
                         since.elapsed().as_secs()
                     );
                 }
+                if batch.is_some() {
+                    process.batch = Some(lines);
+                }
                 return Ok(Taken::Held {
-                    _process: Box::new(process),
+                    process: Box::new(process),
                 });
             }
             "none" => {
@@ -488,8 +577,17 @@ mod tests {
     #[test]
     fn the_script_is_valid_sh() {
         let session = local(std::path::Path::new("/var/src with 'quotes'"));
-        for (force, timeout) in [(false, None), (true, Some(0)), (true, Some(30))] {
-            let text = script(&session, force, timeout, "a@b (pid 1, run 000001)");
+        let cases = [
+            (false, None, None),
+            (true, Some(0), None),
+            (
+                true,
+                Some(30),
+                Some("set -efu\ncase x in x) echo ')' ;; esac\n"),
+            ),
+        ];
+        for (force, timeout, batch) in cases {
+            let text = script(&session, force, timeout, "a@b (pid 1, run 000001)", batch);
             let out = std::process::Command::new("/bin/sh")
                 .args(["-n", "-c", &text])
                 .output()
@@ -542,19 +640,19 @@ mod tests {
         let session = local(&path);
         // Without --force nor a sentinel there is nothing to lock.
         assert!(matches!(
-            take(&session, false, None, "me", false).unwrap(),
+            take(&session, false, None, "me", false, None).unwrap(),
             Taken::Nothing
         ));
         assert!(!path.exists());
-        let first = match take(&session, true, None, "first (pid 1)", false).unwrap() {
-            Taken::Held { _process } => *_process,
+        let first = match take(&session, true, None, "first (pid 1)", false, None).unwrap() {
+            Taken::Held { process } => *process,
             other => panic!("{other:?}"),
         };
         let text = std::fs::read_to_string(path.join(LOCK_FILE)).unwrap();
         assert!(text.starts_with("first (pid 1) since "), "{text:?}");
         assert_eq!(text.len(), HOLDER_WIDTH);
         // Another taker gives up; this run's own second taker sees itself.
-        let err = take(&session, true, Some(0), "second", false).unwrap_err();
+        let err = take(&session, true, Some(0), "second", false, None).unwrap_err();
         let err = format!("{err:#}");
         assert!(
             err.contains("held by") || err.contains("first (pid 1)"),
@@ -562,11 +660,42 @@ mod tests {
         );
         assert!(err.contains("--lock-timeout 0"), "{err}");
         assert!(matches!(
-            take(&session, true, Some(0), "first (pid 1)", false).unwrap(),
+            take(&session, true, Some(0), "first (pid 1)", false, None).unwrap(),
             Taken::Ours
         ));
         drop(first);
-        let again = take(&session, true, Some(0), "second", false).unwrap();
+        let again = take(&session, true, Some(0), "second", false, None).unwrap();
         assert!(matches!(again, Taken::Held { .. }), "{again:?}");
+    }
+
+    #[test]
+    fn a_batch_given_to_the_lock_runs_once_under_it_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("src");
+        let session = local(&path);
+        let batch =
+            "set -efu\nif flock -n 9 2>/dev/null; then exit 9; fi\nprintf 'out\\n'\nexit 3\n";
+        let mut held = take(&session, true, None, "me (pid 1)", false, Some(batch)).unwrap();
+        let (out, code) = held.run_batch().unwrap().unwrap();
+        // It ran with the lock held by its script, not by itself (fd 9 is
+        // closed for it: `flock -n 9` fails), and said its own status.
+        assert_eq!(
+            (String::from_utf8(out).unwrap().as_str(), code),
+            ("out\n", 3)
+        );
+        assert!(held.run_batch().is_none(), "once");
+        // Another taker still waits: the lock is held after the batch.
+        assert!(take(&session, true, Some(0), "other", false, None).is_err());
+        drop(held);
+        assert!(matches!(
+            take(&session, true, Some(0), "other", false, None).unwrap(),
+            Taken::Held { .. }
+        ));
+        // Not asked: the batch never runs.
+        let ran = dir.path().join("ran");
+        let touch = format!("touch {}", quote(ran.to_str().unwrap()));
+        let held = take(&session, true, None, "me (pid 1)", false, Some(&touch)).unwrap();
+        drop(held);
+        assert!(!ran.exists());
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use mktarget::command::MAX_ARG_BYTES;
+use mktarget::command::{describe, MAX_ARG_BYTES};
 use mktarget::interrupt;
 use mktarget::mutex::{self, lock};
 use mktarget::Session;
@@ -233,8 +233,23 @@ impl Plan {
         if let Err(err) = self.connect(style) {
             return Ok(self.check_sentinel(style, Some((err, began))));
         }
+        // The first batch (the sentinel check, and the symlinks and backup
+        // batched with it) runs in the lock's session when the run starts:
+        // one session fewer.
+        let chunks = self.chunks();
+        let batch = chunks
+            .first()
+            .map(|chunk| crate::script::batch(chunk))
+            .filter(|batch| batch.len() <= BATCH_BYTES);
         for _ in 0..3 {
-            let taken = crate::lock::take(&self.session, self.force, timeout, id, style.quiet());
+            let taken = crate::lock::take(
+                &self.session,
+                self.force,
+                timeout,
+                id,
+                style.quiet(),
+                batch.as_deref(),
+            );
             match taken {
                 Err(err) => return Ok(Some(self.stopped_report(&err, began.elapsed()))),
                 Ok(Taken::Nothing | Taken::Unreachable) => {
@@ -253,6 +268,18 @@ impl Plan {
             self.session.display_path(&self.session.target().path)
         );
         Ok(Some(self.stopped_report(&err, began.elapsed())))
+    }
+
+    /// Every step's batched part, in plan order, cut into batches
+    /// ([`chunks`]).
+    fn chunks(&self) -> Vec<Vec<(usize, &Script)>> {
+        let parts: Vec<(usize, &Script)> = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, step)| step.work.batched().map(|script| (i, script)))
+            .collect();
+        chunks(parts)
     }
 
     /// Opens the shared connection; says so when the target has not
@@ -302,7 +329,7 @@ impl Plan {
                 .work
                 .batched()
                 .expect("the first step is the batched sentinel check");
-            run.batch(&[(0, script)]);
+            run.batch(&[(0, script)], false);
         }
         let mut report = run.finish();
         report.elapsed = began.elapsed();
@@ -502,24 +529,20 @@ impl<'a> Run<'a> {
     /// Runs every step's batched part, in plan order, in as few remote runs
     /// as fit; returns whether a step failed (or a signal came).
     fn batches(&self) -> bool {
-        let parts: Vec<(usize, &Script)> = self
-            .plan
-            .steps
+        let chunks = self.plan.chunks();
+        chunks
             .iter()
             .enumerate()
-            .filter_map(|(i, step)| step.work.batched().map(|script| (i, script)))
-            .collect();
-        chunks(parts).iter().any(|chunk| self.batch(chunk))
+            .any(|(k, chunk)| self.batch(chunk, k == 0))
     }
 
     /// One remote run of batched parts, stopping at the first that fails;
-    /// returns whether one failed.
-    fn batch(&self, parts: &[(usize, &Script)]) -> bool {
+    /// returns whether one failed. The `first` batch runs in the lock's
+    /// session when the lock was given it ([`Plan::lock`]).
+    fn batch(&self, parts: &[(usize, &Script)], first: bool) -> bool {
         if interrupt::interrupted() {
             return true;
         }
-        let script = crate::script::batch(parts);
-        let cmd = self.plan.session.shell(&script);
         let labels: Vec<&str> = parts
             .iter()
             .map(|(i, _)| self.plan.steps[*i].label.as_str())
@@ -528,7 +551,18 @@ impl<'a> Run<'a> {
         for (i, _) in parts {
             self.clock(*i);
         }
-        let output = cmd.output();
+        let in_lock = if first {
+            lock(&self.plan.lock).as_mut().and_then(Taken::run_batch)
+        } else {
+            None
+        };
+        let (output, cmd) = match in_lock {
+            Some(ran) => (ran.map(|(stdout, code)| Ran::InLock { stdout, code }), None),
+            None => {
+                let cmd = self.plan.session.shell(&crate::script::batch(parts));
+                (cmd.output().map(Ran::Alone), Some(cmd))
+            }
+        };
         self.doing(&labels, false);
         let output = match output {
             Ok(output) => output,
@@ -538,7 +572,7 @@ impl<'a> Run<'a> {
                 return self.end(first, StepStatus::Failed(StepError::from(err)));
             }
         };
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = String::from_utf8_lossy(output.stdout());
         // What is left of the output: an index, not a copy per part (a
         // copy would cost the output's size times the parts).
         let mut rest: &str = &stdout;
@@ -550,8 +584,17 @@ impl<'a> Run<'a> {
                 // The run ended before this part finished: ssh failed, or
                 // a signal.
                 self.progress.output(*i, rest.as_bytes());
-                self.progress.output(*i, &output.stderr);
-                let error = step_failure(&self.plan.session, &cmd, output.status, &output.stderr);
+                let error = match (&output, &cmd) {
+                    (Ran::Alone(output), Some(cmd)) => {
+                        self.progress.output(*i, &output.stderr);
+                        step_failure(&self.plan.session, cmd, output.status, &output.stderr)
+                    }
+                    _ => StepError::message(format!(
+                        "the lock's session ended its batch before this step finished \
+                         (exit status {})",
+                        output.code()
+                    )),
+                };
                 // The parts after it never ran: `finish` says so.
                 return self.end(*i, StepStatus::Failed(error));
             };
@@ -586,9 +629,11 @@ impl<'a> Run<'a> {
             };
             return self.end(*i, StepStatus::Failed(error));
         }
-        if !output.status.success() {
-            let (last, _) = parts[parts.len() - 1];
-            self.progress.output(last, &output.stderr);
+        if let Ran::Alone(output) = &output {
+            if !output.status.success() {
+                let (last, _) = parts[parts.len() - 1];
+                self.progress.output(last, &output.stderr);
+            }
         }
         false
     }
@@ -636,6 +681,31 @@ impl<'a> Run<'a> {
         Report {
             steps,
             ..self.plan.empty_report()
+        }
+    }
+}
+
+/// How one batch ran.
+enum Ran {
+    /// In a session of its own.
+    Alone(std::process::Output),
+    /// In the lock's session: what it printed, and its exit status.
+    InLock { stdout: Vec<u8>, code: i32 },
+}
+
+impl Ran {
+    fn stdout(&self) -> &[u8] {
+        match self {
+            Ran::Alone(output) => &output.stdout,
+            Ran::InLock { stdout, .. } => stdout,
+        }
+    }
+
+    /// Its exit status, for a message.
+    fn code(&self) -> String {
+        match self {
+            Ran::Alone(output) => describe(output.status),
+            Ran::InLock { code, .. } => code.to_string(),
         }
     }
 }

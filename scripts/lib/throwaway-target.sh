@@ -1,12 +1,14 @@
 # Sourced by scripts/demo and scripts/bench: throwaway ssh targets on this
 # machine. `throwaway_target WORK ALIAS` starts a real sshd on 127.0.0.1 (a
-# free port, its own host key, logging at INFO to WORK/ssh/ALIAS/sshd.log),
+# free port, its own host key, logging at VERBOSE to WORK/ssh/ALIAS/sshd.log),
 # puts an `ssh` wrapper that knows ALIAS first on PATH, and puts WORK/bin
 # first on the target's PATH (for stand-ins). Call it again with the same
 # WORK and another ALIAS for more targets, each its own sshd on its own
 # port, all known to the same wrapper and reached with the same client key.
 # `throwaway_handshakes [ALIAS...]` counts the logins the sshd of these
-# aliases (all by default) have accepted so far; `throwaway_target_stop`
+# aliases (all by default) have accepted so far, `throwaway_sessions
+# [ALIAS...]` the sessions (commands, one a channel: "Starting session"
+# lines, logged at VERBOSE) they started; `throwaway_target_stop`
 # ends every sshd started. Sessions get SHLVL=1, so bash does not source
 # the login user's ~/.bashrc for them: on this kind of machine root's runs
 # `pyenv rehash`, which costs ~90 ms and takes a machine-wide lock at every
@@ -59,7 +61,7 @@ ListenAddress 127.0.0.1
 Port $port
 HostKey $dir/host_key
 PidFile none
-LogLevel INFO
+LogLevel VERBOSE
 AuthorizedKeysFile $work/ssh/authorized_keys
 StrictModes no
 UsePAM no
@@ -114,6 +116,19 @@ throwaway_handshakes() {
     for alias in "$@"; do logs+=("$throwaway_work/ssh/$alias/sshd.log"); done
   fi
   cat "${logs[@]}" | grep -c 'Accepted publickey' || true
+}
+
+# Prints how many sessions (one a command or shell: a channel of a
+# connection, or the only one of a connection of its own) the sshd of the
+# given aliases (default: all) started so far, summed.
+throwaway_sessions() {
+  local logs=() alias
+  if [ "$#" -eq 0 ]; then
+    logs=("$throwaway_work"/ssh/*/sshd.log)
+  else
+    for alias in "$@"; do logs+=("$throwaway_work/ssh/$alias/sshd.log"); done
+  fi
+  cat "${logs[@]}" | grep -c 'Starting session: ' || true
 }
 
 throwaway_target_stop() {

@@ -112,9 +112,10 @@ fn sshd_config(world: &World, address: IpAddr, port: u16, host_key: &Path) -> St
     line("MaxSessions 100".into());
     line("PrintMotd no".into());
     line("PrintLastLog no".into());
-    // INFO: one "Accepted publickey" line per handshake, which
-    // `World::handshakes` counts.
-    line("LogLevel INFO".into());
+    // VERBOSE: one "Accepted publickey" line per handshake, which
+    // `World::handshakes` counts, and one "Starting session" line per
+    // session (a command over a connection), which tests/sessions.rs counts.
+    line("LogLevel VERBOSE".into());
     // remote_env sets SHLVL=1, so the machine's ~/.bashrc stays out of the
     // world (see there).
     let set_env: Vec<String> = world
@@ -447,7 +448,7 @@ impl World {
         );
     }
 
-    /// What sshd of host `alias` wrote to stderr so far (its log, level INFO).
+    /// What sshd of host `alias` wrote to stderr so far (its log, level VERBOSE).
     pub fn sshd_log(&self, alias: &str) -> String {
         fs::read_to_string(self.root.join("hosts").join(alias).join("sshd.log")).unwrap_or_default()
     }

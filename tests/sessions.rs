@@ -1,0 +1,86 @@
+//! End-to-end: how many ssh sessions (commands over the shared connection)
+//! a run costs (README: Sources, one connection a run), counted from the test sshd's log, which logs at
+//! VERBOSE: one "Starting session" line per session. On a link with a real
+//! round-trip time every session costs a few round trips, so what can run
+//! together does.
+
+use krops_tests::World;
+use serde_json::{json, Value};
+
+/// Sessions host `alias`'s sshd started so far.
+fn sessions(world: &World, alias: &str) -> usize {
+    world.sshd_log(alias).matches("Starting session: ").count()
+}
+
+/// The twelve sources of issue 22's figures: 8 file trees, 2 git
+/// checkouts at a commit hash, 2 symlinks.
+fn twelve(world: &World) -> Value {
+    let mut sources = serde_json::Map::new();
+    for i in 0..8 {
+        world.write(&format!("trees/t{i}/a.nix"), format!("{{ t = {i}; }}\n"));
+        sources.insert(
+            format!("tree{i}"),
+            json!({"file": world.path(&format!("trees/t{i}")).to_str().unwrap()}),
+        );
+    }
+    for i in 0..2 {
+        let repo = world.git_repo(&format!("repo{i}"));
+        repo.write("default.nix", format!("{{ r = {i}; }}\n"));
+        let commit = repo.commit("first");
+        sources.insert(
+            format!("repo{i}"),
+            json!({"git": {"url": repo.url(), "ref": commit}}),
+        );
+    }
+    sources.insert("link0".into(), json!({"symlink": "tree0"}));
+    sources.insert("link1".into(), json!({"symlink": "repo1/default.nix"}));
+    Value::Object(sources)
+}
+
+/// (handshakes, sessions) one run of populate costs host alpha.
+fn cost(world: &World, target: &str, flags: &[&str], sources: &Value) -> (usize, usize) {
+    let (h, s) = (world.handshakes("alpha"), sessions(world, "alpha"));
+    world.populate(target, flags, sources).assert_success();
+    (world.handshakes("alpha") - h, sessions(world, "alpha") - s)
+}
+
+#[test]
+fn a_run_of_twelve_sources_costs_one_session_for_the_lock_and_checks_and_one_a_sync() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("src");
+    let target = alpha.target("root", &dest);
+    let sources = twelve(&world);
+    // One session holds the lock and runs the sentinel check and the
+    // symlinks; each of the 8 trees is one rsync, each checkout one script.
+    for (run, flags) in [("first deploy", &["--force"][..]), ("no-op redeploy", &[])] {
+        assert_eq!(
+            cost(&world, &target, flags, &sources),
+            (1, 1 + 8 + 2),
+            "{run}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(dest.join("link0")).unwrap().to_str(),
+        Some("tree0")
+    );
+    // Without the lock, the checks and symlinks are one session of their own.
+    assert_eq!(
+        cost(&world, &target, &["--no-lock"], &sources),
+        (1, 1 + 8 + 2)
+    );
+}
+
+#[test]
+fn symlinks_alone_cost_one_session_however_many() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let dest = world.path("src");
+    let target = alpha.target("root", &dest);
+    let sources: serde_json::Map<String, Value> = (0..300)
+        .map(|i| (format!("link{i:03}"), json!({"symlink": "x"})))
+        .collect();
+    let sources = Value::Object(sources);
+    assert_eq!(cost(&world, &target, &["--force"], &sources), (1, 1));
+    assert_eq!(cost(&world, &target, &[], &sources), (1, 1));
+}
