@@ -12,6 +12,18 @@ failed() {
   printf '\''populate: failed: %s (exit status %s)\n'\'' "$2" "$1" >&2
   exit "$1"
 }
+# keep_mount P SHOWN: fails, changing nothing, when P is a mount point:
+# `rm -fR` would empty the file system mounted there, then fail on P (it is
+# busy). util-linux'\''s mountpoint sees a bind mount too; without it, P'\''s
+# device differs from its parent'\''s.
+keep_mount() {
+  if mountpoint -q "$1" 2>/dev/null || {
+    krops_dev=$(stat -c %d "$1" 2>/dev/null) && test "$krops_dev" != "$(stat -c %d "$1/.." 2>/dev/null)"
+  }; then
+    printf '\''populate: error: %s is a mount point: it is never replaced (unmount it, or deploy elsewhere); nothing in it was changed\n'\'' "$2" >&2
+    exit 1
+  fi
+}
 claim() {
   if test -L "$2"; then
     case $1 in
@@ -31,8 +43,10 @@ claim() {
         fi
         return 0
       fi
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s: it belongs to another user\n'\'' "$3" >&2
     else
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s\n'\'' "$3" >&2
     fi
     # A read-only directory of one'\''s own is removed as a fresh place would
@@ -105,6 +119,18 @@ failed() {
   printf '\''populate: failed: %s (exit status %s)\n'\'' "$2" "$1" >&2
   exit "$1"
 }
+# keep_mount P SHOWN: fails, changing nothing, when P is a mount point:
+# `rm -fR` would empty the file system mounted there, then fail on P (it is
+# busy). util-linux'\''s mountpoint sees a bind mount too; without it, P'\''s
+# device differs from its parent'\''s.
+keep_mount() {
+  if mountpoint -q "$1" 2>/dev/null || {
+    krops_dev=$(stat -c %d "$1" 2>/dev/null) && test "$krops_dev" != "$(stat -c %d "$1/.." 2>/dev/null)"
+  }; then
+    printf '\''populate: error: %s is a mount point: it is never replaced (unmount it, or deploy elsewhere); nothing in it was changed\n'\'' "$2" >&2
+    exit 1
+  fi
+}
 claim() {
   if test -L "$2"; then
     case $1 in
@@ -124,8 +150,10 @@ claim() {
         fi
         return 0
       fi
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s: it belongs to another user\n'\'' "$3" >&2
     else
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s\n'\'' "$3" >&2
     fi
     # A read-only directory of one'\''s own is removed as a fresh place would
@@ -162,6 +190,18 @@ failed() {
   printf '\''\'\'''\''populate: failed: %s (exit status %s)\n'\''\'\'''\'' "$2" "$1" >&2
   exit "$1"
 }
+# keep_mount P SHOWN: fails, changing nothing, when P is a mount point:
+# `rm -fR` would empty the file system mounted there, then fail on P (it is
+# busy). util-linux'\''\'\'''\''s mountpoint sees a bind mount too; without it, P'\''\'\'''\''s
+# device differs from its parent'\''\'\'''\''s.
+keep_mount() {
+  if mountpoint -q "$1" 2>/dev/null || {
+    krops_dev=$(stat -c %d "$1" 2>/dev/null) && test "$krops_dev" != "$(stat -c %d "$1/.." 2>/dev/null)"
+  }; then
+    printf '\''\'\'''\''populate: error: %s is a mount point: it is never replaced (unmount it, or deploy elsewhere); nothing in it was changed\n'\''\'\'''\'' "$2" >&2
+    exit 1
+  fi
+}
 claim() {
   if test -L "$2"; then
     case $1 in
@@ -181,8 +221,10 @@ claim() {
         fi
         return 0
       fi
+      keep_mount "$2" "$3"
       printf '\''\'\'''\''populate: replacing the directory at %s: it belongs to another user\n'\''\'\'''\'' "$3" >&2
     else
+      keep_mount "$2" "$3"
       printf '\''\'\'''\''populate: replacing the directory at %s\n'\''\'\'''\'' "$3" >&2
     fi
     # A read-only directory of one'\''\'\'''\''s own is removed as a fresh place would

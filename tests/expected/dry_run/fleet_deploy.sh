@@ -13,6 +13,18 @@ failed() {
   printf '\''populate: failed: %s (exit status %s)\n'\'' "$2" "$1" >&2
   exit "$1"
 }
+# keep_mount P SHOWN: fails, changing nothing, when P is a mount point:
+# `rm -fR` would empty the file system mounted there, then fail on P (it is
+# busy). util-linux'\''s mountpoint sees a bind mount too; without it, P'\''s
+# device differs from its parent'\''s.
+keep_mount() {
+  if mountpoint -q "$1" 2>/dev/null || {
+    krops_dev=$(stat -c %d "$1" 2>/dev/null) && test "$krops_dev" != "$(stat -c %d "$1/.." 2>/dev/null)"
+  }; then
+    printf '\''populate: error: %s is a mount point: it is never replaced (unmount it, or deploy elsewhere); nothing in it was changed\n'\'' "$2" >&2
+    exit 1
+  fi
+}
 claim() {
   if test -L "$2"; then
     case $1 in
@@ -32,8 +44,10 @@ claim() {
         fi
         return 0
       fi
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s: it belongs to another user\n'\'' "$3" >&2
     else
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s\n'\'' "$3" >&2
     fi
     # A read-only directory of one'\''s own is removed as a fresh place would
@@ -106,6 +120,18 @@ failed() {
   printf '\''populate: failed: %s (exit status %s)\n'\'' "$2" "$1" >&2
   exit "$1"
 }
+# keep_mount P SHOWN: fails, changing nothing, when P is a mount point:
+# `rm -fR` would empty the file system mounted there, then fail on P (it is
+# busy). util-linux'\''s mountpoint sees a bind mount too; without it, P'\''s
+# device differs from its parent'\''s.
+keep_mount() {
+  if mountpoint -q "$1" 2>/dev/null || {
+    krops_dev=$(stat -c %d "$1" 2>/dev/null) && test "$krops_dev" != "$(stat -c %d "$1/.." 2>/dev/null)"
+  }; then
+    printf '\''populate: error: %s is a mount point: it is never replaced (unmount it, or deploy elsewhere); nothing in it was changed\n'\'' "$2" >&2
+    exit 1
+  fi
+}
 claim() {
   if test -L "$2"; then
     case $1 in
@@ -125,8 +151,10 @@ claim() {
         fi
         return 0
       fi
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s: it belongs to another user\n'\'' "$3" >&2
     else
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s\n'\'' "$3" >&2
     fi
     # A read-only directory of one'\''s own is removed as a fresh place would
@@ -163,6 +191,18 @@ failed() {
   printf '\''\'\'''\''populate: failed: %s (exit status %s)\n'\''\'\'''\'' "$2" "$1" >&2
   exit "$1"
 }
+# keep_mount P SHOWN: fails, changing nothing, when P is a mount point:
+# `rm -fR` would empty the file system mounted there, then fail on P (it is
+# busy). util-linux'\''\'\'''\''s mountpoint sees a bind mount too; without it, P'\''\'\'''\''s
+# device differs from its parent'\''\'\'''\''s.
+keep_mount() {
+  if mountpoint -q "$1" 2>/dev/null || {
+    krops_dev=$(stat -c %d "$1" 2>/dev/null) && test "$krops_dev" != "$(stat -c %d "$1/.." 2>/dev/null)"
+  }; then
+    printf '\''\'\'''\''populate: error: %s is a mount point: it is never replaced (unmount it, or deploy elsewhere); nothing in it was changed\n'\''\'\'''\'' "$2" >&2
+    exit 1
+  fi
+}
 claim() {
   if test -L "$2"; then
     case $1 in
@@ -182,8 +222,10 @@ claim() {
         fi
         return 0
       fi
+      keep_mount "$2" "$3"
       printf '\''\'\'''\''populate: replacing the directory at %s: it belongs to another user\n'\''\'\'''\'' "$3" >&2
     else
+      keep_mount "$2" "$3"
       printf '\''\'\'''\''populate: replacing the directory at %s\n'\''\'\'''\'' "$3" >&2
     fi
     # A read-only directory of one'\''\'\'''\''s own is removed as a fresh place would
@@ -346,6 +388,18 @@ failed() {
   printf '\''populate: failed: %s (exit status %s)\n'\'' "$2" "$1" >&2
   exit "$1"
 }
+# keep_mount P SHOWN: fails, changing nothing, when P is a mount point:
+# `rm -fR` would empty the file system mounted there, then fail on P (it is
+# busy). util-linux'\''s mountpoint sees a bind mount too; without it, P'\''s
+# device differs from its parent'\''s.
+keep_mount() {
+  if mountpoint -q "$1" 2>/dev/null || {
+    krops_dev=$(stat -c %d "$1" 2>/dev/null) && test "$krops_dev" != "$(stat -c %d "$1/.." 2>/dev/null)"
+  }; then
+    printf '\''populate: error: %s is a mount point: it is never replaced (unmount it, or deploy elsewhere); nothing in it was changed\n'\'' "$2" >&2
+    exit 1
+  fi
+}
 claim() {
   if test -L "$2"; then
     case $1 in
@@ -365,8 +419,10 @@ claim() {
         fi
         return 0
       fi
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s: it belongs to another user\n'\'' "$3" >&2
     else
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s\n'\'' "$3" >&2
     fi
     # A read-only directory of one'\''s own is removed as a fresh place would
@@ -439,6 +495,18 @@ failed() {
   printf '\''populate: failed: %s (exit status %s)\n'\'' "$2" "$1" >&2
   exit "$1"
 }
+# keep_mount P SHOWN: fails, changing nothing, when P is a mount point:
+# `rm -fR` would empty the file system mounted there, then fail on P (it is
+# busy). util-linux'\''s mountpoint sees a bind mount too; without it, P'\''s
+# device differs from its parent'\''s.
+keep_mount() {
+  if mountpoint -q "$1" 2>/dev/null || {
+    krops_dev=$(stat -c %d "$1" 2>/dev/null) && test "$krops_dev" != "$(stat -c %d "$1/.." 2>/dev/null)"
+  }; then
+    printf '\''populate: error: %s is a mount point: it is never replaced (unmount it, or deploy elsewhere); nothing in it was changed\n'\'' "$2" >&2
+    exit 1
+  fi
+}
 claim() {
   if test -L "$2"; then
     case $1 in
@@ -458,8 +526,10 @@ claim() {
         fi
         return 0
       fi
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s: it belongs to another user\n'\'' "$3" >&2
     else
+      keep_mount "$2" "$3"
       printf '\''populate: replacing the directory at %s\n'\'' "$3" >&2
     fi
     # A read-only directory of one'\''s own is removed as a fresh place would
@@ -496,6 +566,18 @@ failed() {
   printf '\''\'\'''\''populate: failed: %s (exit status %s)\n'\''\'\'''\'' "$2" "$1" >&2
   exit "$1"
 }
+# keep_mount P SHOWN: fails, changing nothing, when P is a mount point:
+# `rm -fR` would empty the file system mounted there, then fail on P (it is
+# busy). util-linux'\''\'\'''\''s mountpoint sees a bind mount too; without it, P'\''\'\'''\''s
+# device differs from its parent'\''\'\'''\''s.
+keep_mount() {
+  if mountpoint -q "$1" 2>/dev/null || {
+    krops_dev=$(stat -c %d "$1" 2>/dev/null) && test "$krops_dev" != "$(stat -c %d "$1/.." 2>/dev/null)"
+  }; then
+    printf '\''\'\'''\''populate: error: %s is a mount point: it is never replaced (unmount it, or deploy elsewhere); nothing in it was changed\n'\''\'\'''\'' "$2" >&2
+    exit 1
+  fi
+}
 claim() {
   if test -L "$2"; then
     case $1 in
@@ -515,8 +597,10 @@ claim() {
         fi
         return 0
       fi
+      keep_mount "$2" "$3"
       printf '\''\'\'''\''populate: replacing the directory at %s: it belongs to another user\n'\''\'\'''\'' "$3" >&2
     else
+      keep_mount "$2" "$3"
       printf '\''\'\'''\''populate: replacing the directory at %s\n'\''\'\'''\'' "$3" >&2
     fi
     # A read-only directory of one'\''\'\'''\''s own is removed as a fresh place would
