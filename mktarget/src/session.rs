@@ -249,7 +249,8 @@ impl Session {
         matches!(self.reach, Reach::Local)
     }
 
-    /// Whether ssh connections go through a master of ours.
+    /// Whether ssh connections go through a master of ours (only a test asks).
+    #[cfg(test)]
     pub fn is_shared(&self) -> bool {
         matches!(self.reach, Reach::Shared(_))
     }
@@ -268,7 +269,8 @@ impl Session {
         }
     }
 
-    /// The control socket, when connections are shared.
+    /// The control socket, when connections are shared (only a test asks).
+    #[cfg(test)]
     pub fn control_socket(&self) -> Option<&Path> {
         match &self.reach {
             Reach::Shared(control) => Some(&control.socket),

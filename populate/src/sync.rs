@@ -7,7 +7,6 @@
 //! outcome is data ([`Report`]); its display ([`Progress`]) keeps each
 //! step's output together, in plan order.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
@@ -352,8 +351,9 @@ impl Plan {
     }
 
     /// Runs the plan with plain lines (or, with `style` quiet, errors only)
-    /// going to `out`.
-    pub fn run_to(&self, style: Style, out: Box<dyn Write + Send>) -> Report {
+    /// going to `out` (only a test runs a plan so).
+    #[cfg(test)]
+    pub fn run_to(&self, style: Style, out: Box<dyn std::io::Write + Send>) -> Report {
         let connecting = self.connect_timed(style);
         self.run_with(&Progress::plain(style, self.rows(), out), connecting)
     }
