@@ -501,29 +501,9 @@ fn ask_without_a_terminal_refuses_before_anything_runs() {
     assert!(world.records("nixos-rebuild").is_empty());
 }
 
-/// The shell line that runs krops-deploy with `args` and the world's sources.
-fn deploy_line(world: &World, args: &[&str]) -> String {
-    let sources = world.write("sources.json", world.nixos_config().to_string());
-    let mut line = vec![world.tool("krops-deploy").display().to_string()];
-    line.extend(args.iter().map(|a| a.to_string()));
-    line.extend(["--sources".to_owned(), sources.display().to_string()]);
-    line.iter()
-        .map(|w| krops_tests::quote(std::ffi::OsStr::new(w)))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Runs krops-deploy with a terminal (util-linux `script`), typing `answer`.
 fn with_terminal(world: &World, args: &[&str], answer: &str) -> Output {
-    let mut cmd = world.command("setsid");
-    cmd.args([
-        "-w",
-        "script",
-        "-qefc",
-        &deploy_line(world, args),
-        "/dev/null",
-    ]);
-    world.run_command(&mut cmd, answer.as_bytes())
+    world.deploy_on_a_terminal(args, &world.nixos_config(), answer)
 }
 
 /// Like [`with_terminal`], but types `keys` only once the terminal shows
@@ -538,7 +518,7 @@ fn with_terminal_at_the_question(world: &World, args: &[&str], keys: &str) -> Ou
     let mut cmd = world.command("/bin/sh");
     cmd.args(["-c", script, "sh"])
         .arg(&typescript)
-        .arg(deploy_line(world, args))
+        .arg(world.deploy_line(args, &world.nixos_config()))
         .arg(keys);
     world.run_command(&mut cmd, b"")
 }
@@ -676,18 +656,13 @@ fn a_build_target_builds_and_the_target_activates_under_its_watchdog() {
 #[test]
 fn a_sudo_target_runs_the_watchdog_as_root() {
     let world = World::new();
-    let user = world.sudo_user();
     world.add_nixos_host("alpha");
-    let dest = world.path("alpha/src");
-    fs::create_dir_all(&dest).unwrap();
-    world.chown_to_sudo_user(&dest);
-    let target =
-        json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true});
+    let target = world.sudo_user_target("alpha", true);
     let out = deploy(
         &world,
         &[
             "--target",
-            &target.to_string(),
+            &target,
             "--force",
             "--nom",
             "false",
@@ -867,16 +842,12 @@ fn a_watchdog_that_cannot_start_is_not_waited_for() {
     // watchdog to withhold the confirmation from or to hear from.
     let world = World::new();
     let (_, _, old, _) = world.nixos_deploy_host("alpha", false);
-    let user = world.sudo_user();
-    let dest = world.path("alpha/src");
-    fs::create_dir_all(&dest).unwrap();
-    world.chown_to_sudo_user(&dest);
-    let target = json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap()});
+    let target = world.sudo_user_target("alpha", false);
     let out = deploy(
         &world,
         &[
             "--target",
-            &target.to_string(),
+            &target,
             "--force",
             "--nom",
             "false",

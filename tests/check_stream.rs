@@ -78,12 +78,7 @@ fn a_check_past_the_timeout_is_shown_and_stopped_on_the_target() {
         let target = if how == "root" {
             root_target
         } else {
-            let dest = world.path("alpha/src");
-            fs::create_dir_all(&dest).unwrap();
-            world.chown_to_sudo_user(&dest);
-            json!({"user": world.sudo_user(), "host": "alpha", "path": dest.to_str().unwrap(),
-                   "sudo": true})
-            .to_string()
+            world.sudo_user_target("alpha", true)
         };
         let sources = sources(&world);
         // Unique to this test: what its check's processes are found by.

@@ -325,21 +325,16 @@ fn a_sudo_target_is_rebuilt_with_the_option_the_bash_program_knows() {
     let Some(rr) = world.real_rebuild() else {
         return;
     };
-    let user = world.sudo_user();
     booted_host(&world, &rr, "alpha");
     let v2 = world.real_system(&rr, "v2");
-    let dest = world.path("alpha/src");
-    fs::create_dir_all(&dest).unwrap();
-    world.chown_to_sudo_user(&dest);
     // The rebuild runs as root through sudo (the bash program's
     // --use-remote-sudo then prefixes root's own commands with sudo).
-    let target =
-        json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true});
+    let target = world.sudo_user_target("alpha", true);
     let out = deploy(
         &world,
         &[
             "--target",
-            &target.to_string(),
+            &target,
             "--force",
             "--nom",
             "false",
@@ -418,20 +413,6 @@ fn nixos_rebuild_ng_gets_sudo_and_no_no_build_nix() {
 
 /// Runs krops-deploy with `args` and `sources` (a file) on a terminal
 /// (util-linux `script`), typing `answer`.
-fn deploy_on_a_terminal(world: &World, args: &[&str], sources: &Value, answer: &str) -> Output {
-    let file = world.write("sources.json", sources.to_string());
-    let mut line = vec![world.tool("krops-deploy").display().to_string()];
-    line.extend(args.iter().map(|a| a.to_string()));
-    line.extend(["--sources".to_owned(), file.display().to_string()]);
-    let line = line
-        .iter()
-        .map(|w| krops_tests::quote(std::ffi::OsStr::new(w)))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut cmd = world.command("setsid");
-    cmd.args(["-w", "script", "-qefc", &line, "/dev/null"]);
-    world.run_command(&mut cmd, answer.as_bytes())
-}
 
 #[test]
 fn preview_and_ask_build_with_the_real_program_and_activate_what_was_shown() {
@@ -467,9 +448,12 @@ fn preview_and_ask_build_with_the_real_program_and_activate_what_was_shown() {
     assert!(rr.activations().is_empty());
 
     let ask = ["--target", &target, "--nom", "false", "--ask"];
-    deploy_on_a_terminal(&world, &ask, &sources, "n\n").assert_code(1);
+    world
+        .deploy_on_a_terminal(&ask, &sources, "n\n")
+        .assert_code(1);
     assert_eq!(world.current_system("alpha"), Some(v1.clone()));
-    deploy_on_a_terminal(&world, &ask, &sources, "y\n")
+    world
+        .deploy_on_a_terminal(&ask, &sources, "y\n")
         .assert_success()
         .assert_stdout_contains("Activate? [y/N]");
     assert_eq!(world.current_system("alpha"), Some(v2.clone()));
@@ -695,17 +679,11 @@ fn every_operation_on_a_sudo_target_with_the_real_program() {
     let Some(rr) = world.real_rebuild() else {
         return;
     };
-    let user = world.sudo_user();
     world.add_nixos_host("alpha");
     let v1 = world.real_system(&rr, "v1");
     world.boot_nixos_host("alpha", &v1);
     let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
-    let dest = world.path("alpha/src");
-    std::fs::create_dir_all(&dest).unwrap();
-    world.chown_to_sudo_user(&dest);
-    let target =
-        json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true})
-            .to_string();
+    let target = world.sudo_user_target("alpha", true);
     let run = |extra: &[&str], marker: &str| {
         let mut args = vec!["--target", &target, "--force", "--nom", "false"];
         args.extend(extra);
@@ -848,7 +826,8 @@ fn ask_with_a_confirm_timeout_on_a_flake_target_is_kept_or_rolled_back() {
         "--confirm-timeout",
         "30",
     ];
-    deploy_on_a_terminal(&world, &ask, &world.real_sources(&rr, "v2"), "y\n")
+    world
+        .deploy_on_a_terminal(&ask, &world.real_sources(&rr, "v2"), "y\n")
         .assert_success()
         .assert_stdout_contains("Activate? [y/N]")
         .assert_stdout_contains("the new system stays");
@@ -867,7 +846,8 @@ fn ask_with_a_confirm_timeout_on_a_flake_target_is_kept_or_rolled_back() {
     }
     let mut failing = ask.to_vec();
     failing.extend(["--check", "false"]);
-    deploy_on_a_terminal(&world, &failing, &world.real_sources(&rr, "v3"), "y\n")
+    world
+        .deploy_on_a_terminal(&failing, &world.real_sources(&rr, "v3"), "y\n")
         .assert_code(1)
         .assert_stdout_contains("rolled back to the previous system");
     assert_eq!(world.current_system("alpha"), Some(v2.clone()));

@@ -723,6 +723,52 @@ impl World {
         );
     }
 
+    /// A target for the sudo test user on host `alias` (`sudo` as given), at
+    /// `ALIAS/src`, made and owned by that user.
+    pub fn sudo_user_target(&self, alias: &str, sudo: bool) -> String {
+        let dest = self.path(&format!("{alias}/src"));
+        fs::create_dir_all(&dest).unwrap();
+        self.chown_to_sudo_user(&dest);
+        let mut target = serde_json::json!({
+            "user": self.sudo_user(), "host": alias, "path": dest.to_str().unwrap(),
+        });
+        if sudo {
+            target["sudo"] = serde_json::Value::Bool(true);
+        }
+        target.to_string()
+    }
+
+    /// The shell line that runs krops-deploy with `args` and `sources`
+    /// (written to `sources.json`), each word quoted.
+    pub fn deploy_line(&self, args: &[&str], sources: &serde_json::Value) -> String {
+        let file = self.write("sources.json", sources.to_string());
+        let mut line = vec![self.tool("krops-deploy").display().to_string()];
+        line.extend(args.iter().map(|a| a.to_string()));
+        line.extend(["--sources".to_owned(), file.display().to_string()]);
+        line.iter()
+            .map(|w| quote(OsStr::new(w)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Runs krops-deploy with a terminal (util-linux `script`), typing `answer`.
+    pub fn deploy_on_a_terminal(
+        &self,
+        args: &[&str],
+        sources: &serde_json::Value,
+        answer: &str,
+    ) -> Output {
+        let mut cmd = self.command("setsid");
+        cmd.args([
+            "-w",
+            "script",
+            "-qefc",
+            &self.deploy_line(args, sources),
+            "/dev/null",
+        ]);
+        self.run_command(&mut cmd, answer.as_bytes())
+    }
+
     /// A snapshot of the tree at `path` (empty when nothing is there), to compare
     /// before and after; modification times are left out.
     pub fn tree(&self, path: &Path) -> Tree {
