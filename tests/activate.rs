@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use krops_tests::{argvs, Output, World};
+use krops_tests::{argvs, forced_args, Output, World};
 use serde_json::{json, Value};
 
 fn deploy(world: &World, args: &[&str]) -> Output {
@@ -64,18 +64,7 @@ fn a_good_switch_is_confirmed_over_a_new_connection_and_kept() {
     let world = World::new();
     let (_, target, _, new) = world.nixos_deploy_host("alpha", false);
     let before = world.handshakes("alpha");
-    let out = deploy(
-        &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--confirm-timeout",
-            "30",
-        ],
-    );
+    let out = deploy(&world, &forced_args(&target, &["--confirm-timeout", "30"]));
     out.assert_success()
         .assert_stderr_contains("confirmed over a new ssh connection to root@alpha");
     // One connection for the deploy, one of its own for the confirmation.
@@ -109,18 +98,7 @@ fn a_good_switch_is_confirmed_over_a_new_connection_and_kept() {
 fn a_switch_that_locks_out_new_logins_is_rolled_back() {
     let world = World::new();
     let (_, target, old, new) = world.nixos_deploy_host("alpha", true);
-    let out = deploy(
-        &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--confirm-timeout",
-            "2",
-        ],
-    );
+    let out = deploy(&world, &forced_args(&target, &["--confirm-timeout", "2"]));
     out.assert_code(1)
         .assert_stderr_contains("not confirmed (no new ssh connection to root@alpha within 2 s)")
         .assert_stderr_contains(
@@ -207,17 +185,7 @@ fn a_check_that_outlasts_the_timeout_is_not_a_lost_connection() {
     // (a new connection was made).
     let out = deploy(
         &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--confirm-timeout",
-            "2",
-            "--check",
-            "sleep 8",
-        ],
+        &forced_args(&target, &["--confirm-timeout", "2", "--check", "sleep 8"]),
     );
     out.assert_code(1)
         .assert_stderr_contains(
@@ -370,18 +338,7 @@ fn a_failed_activation_is_not_confirmed() {
     let world = World::new();
     let (_, target, old, _) = world.nixos_deploy_host("alpha", false);
     world.set_rebuild_exit(4);
-    let out = deploy(
-        &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--confirm-timeout",
-            "600",
-        ],
-    );
+    let out = deploy(&world, &forced_args(&target, &["--confirm-timeout", "600"]));
     // nixos-rebuild's status; the running system never changed.
     out.assert_code(4)
         .assert_stderr_contains("not confirmed (the activation failed): nothing was rolled back");
@@ -396,17 +353,7 @@ fn a_failed_activation_is_not_confirmed() {
 fn preview_prints_what_changes_and_activates_nothing() {
     let world = World::new();
     let (_, target, old, new) = world.nixos_deploy_host("alpha", false);
-    let out = deploy(
-        &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--preview",
-        ],
-    );
+    let out = deploy(&world, &forced_args(&target, &["--preview"]));
     out.assert_success();
     let stdout = out.stdout_str();
     assert_eq!(
@@ -434,18 +381,7 @@ fn preview_prints_what_changes_and_activates_nothing() {
 fn preview_with_json_puts_the_preview_in_the_results_and_nothing_else_on_stdout() {
     let world = World::new();
     let (_, target, old, new) = world.nixos_deploy_host("alpha", false);
-    let out = deploy(
-        &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--preview",
-            "--json",
-        ],
-    );
+    let out = deploy(&world, &forced_args(&target, &["--preview", "--json"]));
     out.assert_success();
     let doc: serde_json::Value =
         serde_json::from_str(&out.stdout_str()).expect("one JSON document");
@@ -468,17 +404,7 @@ fn preview_of_the_running_system_says_nothing_changes() {
     let world = World::new();
     let (_, target, old, _) = world.nixos_deploy_host("alpha", false);
     world.set_rebuild_system(&old);
-    let out = deploy(
-        &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--preview",
-        ],
-    );
+    let out = deploy(&world, &forced_args(&target, &["--preview"]));
     out.assert_success()
         .assert_stdout_contains("no changes: the new system is the running system\n");
 }
@@ -527,14 +453,7 @@ fn with_terminal_at_the_question(world: &World, args: &[&str], keys: &str) -> Ou
 fn ctrl_c_at_the_question_activates_nothing_and_names_what_stays() {
     let world = World::new();
     let (_, target, old, _) = world.nixos_deploy_host("alpha", false);
-    let args = [
-        "--target",
-        target.as_str(),
-        "--force",
-        "--nom",
-        "false",
-        "--ask",
-    ];
+    let args = forced_args(target.as_str(), &["--ask"]);
     // ^C on the terminal: SIGINT to the tool, waiting for the answer.
     let out = with_terminal_at_the_question(&world, &args, "\x03");
     out.assert_code(130)
@@ -562,14 +481,7 @@ fn ctrl_c_at_the_question_activates_nothing_and_names_what_stays() {
 fn ask_activates_the_system_it_built_on_yes_only() {
     let world = World::new();
     let (_, target, old, new) = world.nixos_deploy_host("alpha", false);
-    let args = [
-        "--target",
-        target.as_str(),
-        "--force",
-        "--nom",
-        "false",
-        "--ask",
-    ];
+    let args = forced_args(target.as_str(), &["--ask"]);
     let out = with_terminal(&world, &args, "n\n");
     out.assert_code(1)
         .assert_stdout_contains("Activate? [y/N]")
@@ -599,16 +511,7 @@ fn ask_activates_the_system_it_built_on_yes_only() {
 fn ask_with_a_confirm_timeout_rolls_back_a_lockout() {
     let world = World::new();
     let (_, target, old, _) = world.nixos_deploy_host("alpha", true);
-    let args = [
-        "--target",
-        target.as_str(),
-        "--force",
-        "--nom",
-        "false",
-        "--ask",
-        "--confirm-timeout",
-        "2",
-    ];
+    let args = forced_args(target.as_str(), &["--ask", "--confirm-timeout", "2"]);
     let out = with_terminal(&world, &args, "y\n");
     out.assert_code(1)
         .assert_stdout_contains("rolled back to the previous system");
@@ -658,18 +561,7 @@ fn a_sudo_target_runs_the_watchdog_as_root() {
     let world = World::new();
     world.add_nixos_host("alpha");
     let target = world.sudo_user_target("alpha", true);
-    let out = deploy(
-        &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--confirm-timeout",
-            "30",
-        ],
-    );
+    let out = deploy(&world, &forced_args(&target, &["--confirm-timeout", "30"]));
     out.assert_success()
         .assert_stderr_contains("confirmed over a new ssh connection");
     let rebuilds = world.records("nixos-rebuild");
@@ -843,18 +735,7 @@ fn a_watchdog_that_cannot_start_is_not_waited_for() {
     let world = World::new();
     let (_, _, old, _) = world.nixos_deploy_host("alpha", false);
     let target = world.sudo_user_target("alpha", false);
-    let out = deploy(
-        &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--confirm-timeout",
-            "20",
-        ],
-    );
+    let out = deploy(&world, &forced_args(&target, &["--confirm-timeout", "20"]));
     out.assert_code(1);
     // One error line, with mkdir's reason in it: not mkdir's line, the
     // script's and the failed rebuild's apart, nor a withheld confirmation.
@@ -898,16 +779,7 @@ fn assert_rolled_back(doc: &Value, out: &Output) {
 fn json_after_a_rollback_says_not_ok_and_why() {
     let world = World::new();
     let (_, target, old, _) = world.nixos_deploy_host("alpha", true);
-    let args = [
-        "--target",
-        target.as_str(),
-        "--force",
-        "--nom",
-        "false",
-        "--confirm-timeout",
-        "2",
-        "--json",
-    ];
+    let args = forced_args(target.as_str(), &["--confirm-timeout", "2", "--json"]);
     let out = world.run(
         "krops-deploy",
         &args,
@@ -986,14 +858,7 @@ fn a_fleet_previews_hosts_that_have_a_confirm_timeout() {
 fn quiet_is_quiet_in_the_preview_and_confirm_paths() {
     let world = World::new();
     let (_, target, _, _) = world.nixos_deploy_host("alpha", false);
-    let base = [
-        "--target",
-        target.as_str(),
-        "--force",
-        "--nom",
-        "false",
-        "-q",
-    ];
+    let base = forced_args(target.as_str(), &["-q"]);
     for extra in [
         &[][..],
         &["--preview"],

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use krops_tests::{processes_with, World};
+use krops_tests::{forced_args, processes_with, World};
 use serde_json::json;
 
 fn sources(world: &World) -> String {
@@ -87,19 +87,17 @@ fn a_check_past_the_timeout_is_shown_and_stopped_on_the_target() {
         let check = format!("echo '{marker}: checking'; sleep {nap}; : {marker}");
         let out = world.run(
             "krops-deploy",
-            &[
-                "--target",
+            &forced_args(
                 &target,
-                "--force",
-                "--nom",
-                "false",
-                "--sources",
-                &sources,
-                "--confirm-timeout",
-                "5",
-                "--check",
-                &check,
-            ],
+                &[
+                    "--sources",
+                    &sources,
+                    "--confirm-timeout",
+                    "5",
+                    "--check",
+                    &check,
+                ],
+            ),
             b"",
         );
         out.assert_code(1)

@@ -12,7 +12,7 @@ use std::fs;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use krops_tests::{argvs, Host, Output, RealRebuild, World, REBUILD_VARIANT_FILE};
+use krops_tests::{argvs, forced_args, Host, Output, RealRebuild, World, REBUILD_VARIANT_FILE};
 use serde_json::{json, Value};
 
 fn deploy(world: &World, args: &[&str], sources: &Value) -> Output {
@@ -43,7 +43,7 @@ fn a_switch_builds_the_synced_sources_and_activates_them_on_a_remote_host() {
     let (v1, v2) = (world.real_system(&rr, "v1"), world.real_system(&rr, "v2"));
     let out = deploy(
         &world,
-        &["--target", &target, "--force", "--nom", "false"],
+        &forced_args(&target, &[]),
         &world.real_sources(&rr, "v2"),
     );
     out.assert_success()
@@ -152,18 +152,7 @@ fn a_target_with_its_own_flake_gets_the_synced_sources() {
         .ssh("root@alpha", "test -f /etc/nixos/flake.nix")
         .assert_success();
 
-    let out = deploy(
-        &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--preview",
-        ],
-        &sources,
-    );
+    let out = deploy(&world, &forced_args(&target, &["--preview"]), &sources);
     out.assert_success()
         .assert_stdout_contains(&format!("new system:     {}", v2.display()));
     let out = deploy(&world, &["--target", &target, "--nom", "false"], &sources);
@@ -192,15 +181,7 @@ fn a_confirmed_switch_is_kept_or_really_rolled_back() {
     let profiles = world.nixos_profiles_dir("alpha");
     let generation = || fs::read_link(profiles.join("system")).unwrap();
 
-    let confirmed = [
-        "--target",
-        &target,
-        "--force",
-        "--nom",
-        "false",
-        "--confirm-timeout",
-        "30",
-    ];
+    let confirmed = forced_args(&target, &["--confirm-timeout", "30"]);
     deploy(&world, &confirmed, &world.real_sources(&rr, "v2"))
         .assert_success()
         .assert_stderr_contains("confirmed over a new ssh connection to root@alpha");
@@ -332,14 +313,7 @@ fn a_sudo_target_is_rebuilt_with_the_option_the_bash_program_knows() {
     let target = world.sudo_user_target("alpha", true);
     let out = deploy(
         &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--cross-deploy",
-        ],
+        &forced_args(&target, &["--cross-deploy"]),
         &world.real_sources(&rr, "v2"),
     );
     out.assert_success();
@@ -375,20 +349,14 @@ fn nixos_rebuild_ng_gets_sudo_and_no_no_build_nix() {
     let user = world.sudo_user();
     let dest = world.mkdir("root-owned").join("src");
     let target =
-        json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true});
+        json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true})
+            .to_string();
     world.write(&format!("records/{REBUILD_VARIANT_FILE}"), "ng\n");
     world.write("cfg/configuration.nix", "{ }\n");
     let sources =
         json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}});
     let build = beta.target("root", &world.path("beta/src"));
-    let args = [
-        "--target",
-        &target.to_string(),
-        "--force",
-        "--nom",
-        "false",
-        "--cross-deploy",
-    ];
+    let args = forced_args(&target, &["--cross-deploy"]);
     let mut with_build = args.to_vec();
     with_build.extend(["--build-target", &build]);
     for args in [&args[..], &with_build] {
@@ -423,18 +391,7 @@ fn preview_and_ask_build_with_the_real_program_and_activate_what_was_shown() {
     let (_, target) = booted_host(&world, &rr, "alpha");
     let (v1, v2) = (world.real_system(&rr, "v1"), world.real_system(&rr, "v2"));
     let sources = world.real_sources(&rr, "v2");
-    let out = deploy(
-        &world,
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--preview",
-        ],
-        &sources,
-    );
+    let out = deploy(&world, &forced_args(&target, &["--preview"]), &sources);
     out.assert_success();
     assert!(
         out.stdout_str().starts_with(&format!(
@@ -685,7 +642,7 @@ fn every_operation_on_a_sudo_target_with_the_real_program() {
     let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
     let target = world.sudo_user_target("alpha", true);
     let run = |extra: &[&str], marker: &str| {
-        let mut args = vec!["--target", &target, "--force", "--nom", "false"];
+        let mut args = forced_args(&target, &[]);
         args.extend(extra);
         deploy(&world, &args, &world.real_sources(&rr, marker))
     };
@@ -816,16 +773,7 @@ fn ask_with_a_confirm_timeout_on_a_flake_target_is_kept_or_rolled_back() {
     world.boot_nixos_host("alpha", &world.real_system(&rr, "v1"));
     let target = host.target("root", &world.path("alpha/src"));
     let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
-    let ask = [
-        "--target",
-        &target,
-        "--force",
-        "--nom",
-        "false",
-        "--ask",
-        "--confirm-timeout",
-        "30",
-    ];
+    let ask = forced_args(&target, &["--ask", "--confirm-timeout", "30"]);
     world
         .deploy_on_a_terminal(&ask, &world.real_sources(&rr, "v2"), "y\n")
         .assert_success()

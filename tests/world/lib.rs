@@ -47,7 +47,7 @@ use mktarget::mutex::lock;
 pub use git::{git_head, GitRepo};
 pub use host::Host;
 pub use real_rebuild::{RealRebuild, REAL_REBUILD_ENV};
-pub use run::{command_line, quote, run as run_with_timeout, Output, RUN_TIMEOUT};
+pub use run::{command_line, forced_args, quote, run as run_with_timeout, Output, RUN_TIMEOUT};
 pub use secrets::{PassStore, PassageStore};
 pub use standins::{Record, FIXED_STANDIN_DIR, REBUILD_EXIT_FILE, REBUILD_VARIANT_FILE};
 pub use tree::{Entry, EntryKind, Tree};

@@ -142,6 +142,14 @@ fn write_block(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     Ok(())
 }
 
+/// The arguments of a deploy to `target` that asks nothing and shows no
+/// nom: `--target TARGET --force --nom false`, then `more`.
+pub fn forced_args<'a>(target: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--target", target, "--force", "--nom", "false"];
+    args.extend(more);
+    args
+}
+
 /// Quotes one word for a POSIX shell, for display only.
 pub fn quote(word: &OsStr) -> String {
     let word = word.to_string_lossy();
