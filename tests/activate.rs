@@ -528,17 +528,10 @@ fn a_build_target_builds_and_the_target_activates_under_its_watchdog() {
     let build = beta.target("root", &world.path("beta/src"));
     let out = deploy(
         &world,
-        &[
-            "--target",
+        &forced_args(
             &target,
-            "--build-target",
-            &build,
-            "--force",
-            "--nom",
-            "false",
-            "--confirm-timeout",
-            "30",
-        ],
+            &["--build-target", &build, "--confirm-timeout", "30"],
+        ),
     );
     out.assert_success()
         .assert_stderr_contains("confirmed over a new ssh connection to root@alpha");

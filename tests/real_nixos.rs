@@ -28,6 +28,24 @@ fn booted_host(world: &World, rr: &RealRebuild, alias: &str) -> (Host, String) {
     (host, target)
 }
 
+/// The arguments of a forced deploy to `target` built on `build`, once a
+/// preview with them has shown the real program's system `v2` as the new one.
+fn previewed_on<'a>(
+    world: &World,
+    rr: &RealRebuild,
+    target: &'a str,
+    build: &'a str,
+) -> Vec<&'a str> {
+    let args = forced_args(target, &["--build-target", build]);
+    let mut preview = args.clone();
+    preview.push("--preview");
+    let v2 = world.real_system(rr, "v2");
+    deploy(world, &preview, &world.real_sources(rr, "v2"))
+        .assert_success()
+        .assert_stdout_contains(&format!("new system:     {}", v2.display()));
+    args
+}
+
 /// `ACTION SYSTEM`, as [`RealRebuild::activations`] lists them.
 fn activation(action: &str, system: &Path) -> String {
     format!("{action} {}", system.display())
@@ -265,21 +283,8 @@ fn a_build_target_builds_and_reaches_the_target_through_its_options() {
         .assert_failure();
     let target = target.to_string();
     let build = beta.target("root", &world.path("beta/src"));
-    let args = [
-        "--target",
-        &target,
-        "--build-target",
-        &build,
-        "--force",
-        "--nom",
-        "false",
-    ];
     // The preview builds there too, and copies to the target to compare.
-    let mut preview = args.to_vec();
-    preview.push("--preview");
-    deploy(&world, &preview, &world.real_sources(&rr, "v2"))
-        .assert_success()
-        .assert_stdout_contains(&format!("new system:     {}", v2.display()));
+    let args = previewed_on(&world, &rr, &target, &build);
     assert!(rr.activations().is_empty());
     let out = deploy(&world, &args, &world.real_sources(&rr, "v2"));
     out.assert_success();
@@ -572,20 +577,7 @@ fn a_build_target_reaches_an_ipv6_target_with_the_real_program() {
     })
     .to_string();
     let build = beta.target("root", &world.path("beta/src"));
-    let args = [
-        "--target",
-        &target,
-        "--build-target",
-        &build,
-        "--force",
-        "--nom",
-        "false",
-    ];
-    let mut preview = args.to_vec();
-    preview.push("--preview");
-    deploy(&world, &preview, &world.real_sources(&rr, "v2"))
-        .assert_success()
-        .assert_stdout_contains(&format!("new system:     {}", v2.display()));
+    let args = previewed_on(&world, &rr, &target, &build);
     deploy(&world, &args, &world.real_sources(&rr, "v2")).assert_success();
     assert_eq!(world.current_system("six"), Some(v2.clone()));
     assert_eq!(world.profile_system("six"), Some(v2));
