@@ -21,6 +21,35 @@ fn sources(world: &World) -> String {
     file.display().to_string()
 }
 
+/// The arguments of a forced deploy to `target` with `sources`, confirmed
+/// within `timeout` seconds only if `check` passes.
+fn checked_args<'a>(
+    target: &'a str,
+    sources: &'a str,
+    timeout: &'a str,
+    check: &'a str,
+) -> Vec<&'a str> {
+    forced_args(
+        target,
+        &[
+            "--sources",
+            sources,
+            "--confirm-timeout",
+            timeout,
+            "--check",
+            check,
+        ],
+    )
+}
+
+/// Kills the processes that [`processes_with`] listed as `lines`.
+fn kill(world: &World, lines: &[String]) {
+    for line in lines {
+        let pid = line.split(' ').next().unwrap();
+        world.sh(&format!("kill -KILL {pid}"));
+    }
+}
+
 /// Reliability (Resources): a `--check` that prints 50 MB → all of it reaches stderr as it comes, the deploy is confirmed, and the tool's peak memory stays under 40 MB
 #[test]
 fn a_chatty_check_streams_to_stderr_and_memory_stays_small() {
@@ -34,19 +63,7 @@ fn a_chatty_check_streams_to_stderr_and_memory_stays_small() {
         .command("/usr/bin/time")
         .args(["-o", rss.to_str().unwrap(), "-f", "%M"])
         .arg(world.tool("krops-deploy"))
-        .args([
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--sources",
-            &sources,
-            "--confirm-timeout",
-            "120",
-            "--check",
-            check,
-        ])
+        .args(checked_args(&target, &sources, "120", check))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(&stderr).unwrap())
@@ -87,17 +104,7 @@ fn a_check_past_the_timeout_is_shown_and_stopped_on_the_target() {
         let check = format!("echo '{marker}: checking'; sleep {nap}; : {marker}");
         let out = world.run(
             "krops-deploy",
-            &forced_args(
-                &target,
-                &[
-                    "--sources",
-                    &sources,
-                    "--confirm-timeout",
-                    "5",
-                    "--check",
-                    &check,
-                ],
-            ),
+            &checked_args(&target, &sources, "5", &check),
             b"",
         );
         out.assert_code(1)
@@ -128,36 +135,14 @@ fn a_check_past_the_timeout_is_shown_and_stopped_on_the_target() {
 #[test]
 fn a_check_that_ignores_sigterm_is_still_stopped_on_the_target() {
     let world = World::new();
-    let host = world.add_nixos_host("alpha");
-    let old = world.nixos_system("1.0", false);
-    let new = world.nixos_system("2.0", false);
-    world.boot_nixos_host("alpha", &old);
-    world.set_rebuild_system(&new);
-    let target = host.target("root", &world.path("alpha/src"));
-    world.write("cfg/configuration.nix", "{ }\n");
-    let sources = world.write(
-        "sources.json",
-        json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}})
-            .to_string(),
-    );
+    let target = world.nixos_deploy_host("alpha", false).1;
+    let sources = sources(&world);
     let marker = format!("krops-stubborn-check-{}", std::process::id());
     let nap = format!("1001{}", std::process::id());
     let check = format!("trap '' TERM; echo '{marker}: checking'; sleep {nap}; : {marker}");
     let out = world.run(
         "krops-deploy",
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--sources",
-            sources.to_str().unwrap(),
-            "--confirm-timeout",
-            "5",
-            "--check",
-            &check,
-        ],
+        &checked_args(&target, &sources, "5", &check),
         b"",
     );
     out.assert_code(1)
@@ -175,10 +160,7 @@ fn a_check_that_ignores_sigterm_is_still_stopped_on_the_target() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let still = left();
-    for line in &still {
-        let pid = line.split(' ').next().unwrap();
-        world.sh(&format!("kill -KILL {pid}"));
-    }
+    kill(&world, &still);
     assert!(still.is_empty(), "the check still runs: {still:?}\n{out}");
 }
 
@@ -188,42 +170,17 @@ fn a_check_that_ignores_sigterm_is_still_stopped_on_the_target() {
 #[test]
 fn a_check_that_leaves_a_child_running_confirms() {
     let world = World::new();
-    let host = world.add_nixos_host("alpha");
-    let old = world.nixos_system("1.0", false);
-    let new = world.nixos_system("2.0", false);
-    world.boot_nixos_host("alpha", &old);
-    world.set_rebuild_system(&new);
-    let target = host.target("root", &world.path("alpha/src"));
-    world.write("cfg/configuration.nix", "{ }\n");
-    let sources = world.write(
-        "sources.json",
-        json!({"nixos-config": {"file": world.path("cfg/configuration.nix").to_str().unwrap()}})
-            .to_string(),
-    );
+    let target = world.nixos_deploy_host("alpha", false).1;
+    let sources = sources(&world);
     let nap = format!("1003{}", std::process::id());
     let check = format!("sleep {nap} & echo checked");
     let out = world.run(
         "krops-deploy",
-        &[
-            "--target",
-            &target,
-            "--force",
-            "--nom",
-            "false",
-            "--sources",
-            sources.to_str().unwrap(),
-            "--confirm-timeout",
-            "8",
-            "--check",
-            &check,
-        ],
+        &checked_args(&target, &sources, "8", &check),
         b"",
     );
     let still = processes_with(&format!("sleep {nap}"));
-    for line in &still {
-        let pid = line.split(' ').next().unwrap();
-        world.sh(&format!("kill -KILL {pid}"));
-    }
+    kill(&world, &still);
     out.assert_success().assert_stderr_contains("checked\n");
     assert!(!out.stderr_str().contains("not confirmed"), "{out}");
     assert!(

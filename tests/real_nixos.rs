@@ -95,15 +95,7 @@ fn every_operation_on_a_local_target_does_what_nixos_rebuild_does() {
     let dest = dest.to_str().unwrap();
     let run = |operation: &str, marker: &str| {
         let sources = world.real_sources(&rr, marker).to_string();
-        let args = [
-            "--target",
-            dest,
-            "--force",
-            "--nom",
-            "false",
-            "--operation",
-            operation,
-        ];
+        let args = forced_args(dest, &["--operation", operation]);
         world.run_local_nixos("local", "krops-deploy", &args, sources.as_bytes())
     };
     let state = || (world.current_system("local"), world.profile_system("local"));
@@ -601,15 +593,7 @@ fn a_target_path_with_a_space_unicode_and_a_trailing_slash_deploys_with_the_real
     for operation in ["dry-activate", "test", "switch"] {
         deploy(
             &world,
-            &[
-                "--target",
-                &target,
-                "--force",
-                "--nom",
-                "false",
-                "--operation",
-                operation,
-            ],
+            &forced_args(&target, &["--operation", operation]),
             &world.real_sources(&rr, "v2"),
         )
         .assert_success();
@@ -634,9 +618,11 @@ fn every_operation_on_a_sudo_target_with_the_real_program() {
     let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
     let target = world.sudo_user_target("alpha", true);
     let run = |extra: &[&str], marker: &str| {
-        let mut args = forced_args(&target, &[]);
-        args.extend(extra);
-        deploy(&world, &args, &world.real_sources(&rr, marker))
+        deploy(
+            &world,
+            &forced_args(&target, extra),
+            &world.real_sources(&rr, marker),
+        )
     };
     let state = || (world.current_system("alpha"), world.profile_system("alpha"));
     run(&["--operation", "dry-activate"], "v2")
