@@ -46,6 +46,26 @@ fn previewed_on<'a>(
     args
 }
 
+/// A host running `v1` through dry-activate (says what it would do,
+/// changes nothing), test (runs `v2`, the profile keeps `v1`) and boot (the
+/// profile gets `v3`, the running one stays): `run` deploys an operation
+/// with the real program's sources of a system, `state` is the running and
+/// the profile's system.
+fn dry_activate_test_and_boot(
+    run: impl Fn(&str, &str) -> Output,
+    state: impl Fn() -> (Option<PathBuf>, Option<PathBuf>),
+    [v1, v2, v3]: [&Path; 3],
+) {
+    run("dry-activate", "v2")
+        .assert_success()
+        .assert_stderr_contains(&format!("would activate {}", v2.display()));
+    assert_eq!(state(), (Some(v1.into()), Some(v1.into())));
+    run("test", "v2").assert_success();
+    assert_eq!(state(), (Some(v2.into()), Some(v1.into())));
+    run("boot", "v3").assert_success();
+    assert_eq!(state(), (Some(v2.into()), Some(v3.into())));
+}
+
 /// `ACTION SYSTEM`, as [`RealRebuild::activations`] lists them.
 fn activation(action: &str, system: &Path) -> String {
     format!("{action} {}", system.display())
@@ -109,17 +129,7 @@ fn every_operation_on_a_local_target_does_what_nixos_rebuild_does() {
     fs::remove_file(world.path("result")).unwrap();
     assert_eq!(state(), (Some(v1.clone()), Some(v1.clone())));
     assert!(rr.activations().is_empty());
-    // dry-activate: says what it would do, changes nothing.
-    run("dry-activate", "v2")
-        .assert_success()
-        .assert_stderr_contains(&format!("would activate {}", v2.display()));
-    assert_eq!(state(), (Some(v1.clone()), Some(v1.clone())));
-    // test: runs the new system, the profile keeps the old one.
-    run("test", "v2").assert_success();
-    assert_eq!(state(), (Some(v2.clone()), Some(v1.clone())));
-    // boot: the profile gets the new system, the running one stays.
-    run("boot", "v3").assert_success();
-    assert_eq!(state(), (Some(v2.clone()), Some(v3.clone())));
+    dry_activate_test_and_boot(run, state, [&v1, &v2, &v3]);
     // switch: both.
     run("switch", "v2").assert_success();
     assert_eq!(state(), (Some(v2.clone()), Some(v2.clone())));
@@ -625,14 +635,11 @@ fn every_operation_on_a_sudo_target_with_the_real_program() {
         )
     };
     let state = || (world.current_system("alpha"), world.profile_system("alpha"));
-    run(&["--operation", "dry-activate"], "v2")
-        .assert_success()
-        .assert_stderr_contains(&format!("would activate {}", v2.display()));
-    assert_eq!(state(), (Some(v1.clone()), Some(v1.clone())));
-    run(&["--operation", "test"], "v2").assert_success();
-    assert_eq!(state(), (Some(v2.clone()), Some(v1.clone())));
-    run(&["--operation", "boot"], "v3").assert_success();
-    assert_eq!(state(), (Some(v2.clone()), Some(v3.clone())));
+    dry_activate_test_and_boot(
+        |op, marker| run(&["--operation", op], marker),
+        state,
+        [&v1, &v2, &v3],
+    );
     run(&["--preview"], "v3")
         .assert_success()
         .assert_stdout_contains(&format!("new system:     {}", v3.display()));
