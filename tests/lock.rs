@@ -11,10 +11,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use krops_tests::{file_text, Output, World};
+use krops_tests::{file_text, finish, Output, World};
 use serde_json::{json, Value};
 
 /// How long a pipe command waits for what it waits for before giving up
@@ -76,33 +75,6 @@ fn sources(world: &World, run: &str, pipe: &Path) -> PathBuf {
     )
 }
 
-/// Starts `tool ARGS` in the background, its stderr going to `stderr`.
-fn spawn(world: &World, tool: &str, args: &[&str], stderr: &Path) -> Child {
-    world
-        .command(world.tool(tool))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(stderr).unwrap())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start {tool}: {err}"))
-}
-
-/// Waits (up to two minutes) for `child` and returns its exit code.
-fn finish(mut child: Child, stderr: &Path) -> Option<i32> {
-    for _ in 0..1200 {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    panic!(
-        "the tool did not end; its stderr:\n{}",
-        fs::read_to_string(stderr).unwrap_or_default()
-    );
-}
-
 #[track_caller]
 fn wait_for_file(path: &Path) {
     for _ in 0..1200 {
@@ -150,11 +122,11 @@ fn a_second_deploy_waits_for_the_first_and_they_never_overlap() {
     };
     let a_args = deploy(&a_sources, true);
     let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
-    let a = spawn(&world, "krops-deploy", &a_args, &a_err);
+    let a = world.spawn("krops-deploy", &a_args, &a_err);
     wait_for_file(&a_started);
     let b_args = deploy(&b_sources, false);
     let b_args: Vec<&str> = b_args.iter().map(String::as_str).collect();
-    let b = spawn(&world, "krops-deploy", &b_args, &b_err);
+    let b = world.spawn("krops-deploy", &b_args, &b_err);
     let (a_code, b_code) = (finish(a, &a_err), finish(b, &b_err));
     let (a_log, b_log) = (file_text(&a_err), file_text(&b_err));
     assert_eq!(a_code, Some(0), "A failed:\n{a_log}");
@@ -234,8 +206,7 @@ fn lock_timeout_gives_up_with_a_clear_error_and_changes_nothing() {
     fs::remove_file(&release).unwrap();
     fs::remove_file(&started).unwrap();
     let a_err = world.path("a.err");
-    let a = spawn(
-        &world,
+    let a = world.spawn(
         "populate",
         &[
             "--target",
@@ -383,8 +354,7 @@ fn a_killed_holder_releases_the_lock() {
         );
         let b_sources = sources(&world, "b", &b_pipe);
         let a_err = world.path(&format!("a-{how}.err"));
-        let mut a = spawn(
-            &world,
+        let mut a = world.spawn(
             "populate",
             &[
                 "--target",
@@ -469,14 +439,12 @@ fn no_lock_lets_two_runs_overlap() {
     };
     let a_args = args(&a_sources);
     let b_args = args(&b_sources);
-    let a = spawn(
-        &world,
+    let a = world.spawn(
         "populate",
         &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
         &a_err,
     );
-    let b = spawn(
-        &world,
+    let b = world.spawn(
         "populate",
         &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
         &b_err,
@@ -593,8 +561,7 @@ fn the_lock_is_taken_under_sudo_too() {
     let a_pipe = pipe_command(&world, "A", &started, Some((&release, "")), "A");
     let a_sources = sources(&world, "a", &a_pipe);
     let a_err = world.path("a.err");
-    let a = spawn(
-        &world,
+    let a = world.spawn(
         "populate",
         &[
             "--target",

@@ -10,10 +10,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use krops_tests::{processes_with, World};
+use krops_tests::{finish, processes_with, World};
 use serde_json::json;
 
 /// How long a command of a test waits for what it waits for before giving
@@ -35,30 +35,6 @@ fn wait_until(file: &Path) -> String {
          sleep 0.1; done",
         file.display()
     )
-}
-
-/// Starts `tool ARGS` in the background, its stderr going to `stderr`.
-fn spawn(world: &World, tool: &str, args: &[String], stderr: &Path) -> Child {
-    world
-        .command(world.tool(tool))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(stderr).unwrap())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start {tool}: {err}"))
-}
-
-/// Waits (up to two minutes) for `child` and returns its exit code.
-fn finish(mut child: Child, stderr: &Path) -> Option<i32> {
-    for _ in 0..1200 {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    panic!("the tool did not end; its stderr:\n{}", text(stderr));
 }
 
 fn text(path: &Path) -> String {
@@ -123,7 +99,7 @@ impl Case<'_> {
     fn run(&self, a_args: &[String], b_args: &[String]) -> String {
         let world = self.world;
         let (a_err, b_err) = (world.path("a.err"), world.path("b.err"));
-        let mut a = spawn(world, self.tool, a_args, &a_err);
+        let mut a = world.spawn(self.tool, a_args, &a_err);
         wait_for(
             &format!("A's final command never started:\n{}", text(&a_err)),
             || self.started.exists(),
@@ -142,7 +118,7 @@ impl Case<'_> {
                 "{a_log}"
             );
         }
-        let mut b = spawn(world, self.tool, b_args, &b_err);
+        let mut b = world.spawn(self.tool, b_args, &b_err);
         // B waits, and says for what: A's final command, which runs on.
         let waiting = format!(
             "populate: waiting for the lock on {}, held by root@origin (pid {a_pid}, run ",

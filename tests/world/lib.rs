@@ -39,7 +39,7 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use mktarget::mutex::lock;
@@ -723,6 +723,18 @@ impl World {
         );
     }
 
+    /// Starts the built tool `tool` with `args` in the background, its stdin
+    /// and stdout empty, its stderr going to the file `stderr`.
+    pub fn spawn<S: AsRef<OsStr>>(&self, tool: &str, args: &[S], stderr: &Path) -> Child {
+        self.command(self.tool(tool))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {tool}: {err}"))
+    }
+
     /// A target for the sudo test user on host `alias` (`sudo` as given), at
     /// `ALIAS/src`, made and owned by that user.
     pub fn sudo_user_target(&self, alias: &str, sudo: bool) -> String {
@@ -944,6 +956,20 @@ pub fn sources_tree(dest: &Path) -> Tree {
 /// The argv of each record.
 pub fn argvs(records: &[Record]) -> Vec<Vec<String>> {
     records.iter().map(|r| r.argv.clone()).collect()
+}
+
+/// Waits (up to two minutes) for `child`, started by [`World::spawn`], and
+/// returns its exit code; panics with its `stderr` if it does not end.
+pub fn finish(mut child: Child, stderr: &Path) -> Option<i32> {
+    for _ in 0..1200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let stderr = fs::read_to_string(stderr).unwrap_or_default();
+    panic!("the tool did not end; its stderr:\n{stderr}");
 }
 
 /// The processes whose command line contains `needle`, as `PID CMDLINE`.
