@@ -108,6 +108,28 @@ fn outside_path(outer: &GitRepo) -> Tree {
     tree
 }
 
+/// The three ways to reach the target (as [`targets`]), each with its target
+/// path in an outer repo `etc-HOW` of its own: `(how, target, outer, path)`.
+fn targets_in_outer_repos(world: &World) -> Vec<(&'static str, String, GitRepo, PathBuf)> {
+    let outers: Vec<(GitRepo, PathBuf)> = ["local", "ssh", "sudo"]
+        .iter()
+        .map(|how| outer_repo(world, &format!("etc-{how}")))
+        .collect();
+    let path_of = |how: &str| {
+        let at = ["local", "ssh", "sudo"]
+            .iter()
+            .position(|h| *h == how)
+            .unwrap();
+        outers[at].1.clone()
+    };
+    let targets = targets(world, path_of);
+    targets
+        .into_iter()
+        .zip(outers)
+        .map(|((how, target), (outer, path))| (how, target, outer, path))
+        .collect()
+}
+
 /// The README's filter example (`*.nix`, `*/`, nothing else) of a directory
 /// that is a git checkout: the directories of its `.git`, empty.
 fn filter_example(dir: &Path) -> Value {
@@ -141,19 +163,8 @@ fn a_dot_git_that_is_no_repository_never_leads_git_to_a_parent_repository() {
         "other-origin",
     ];
     let git_source = json!({"git": {"url": origin.url(), "ref": "main"}});
-    let outers: Vec<(GitRepo, PathBuf)> = ["local", "ssh", "sudo"]
-        .iter()
-        .map(|how| outer_repo(&world, &format!("etc-{how}")))
-        .collect();
-    let path_of = |how: &str| {
-        let at = ["local", "ssh", "sudo"]
-            .iter()
-            .position(|h| *h == how)
-            .unwrap();
-        outers[at].1.clone()
-    };
-    for (at, (how, target)) in targets(&world, path_of).into_iter().enumerate() {
-        let (outer, path) = &outers[at];
+    for (how, target, outer, path) in targets_in_outer_repos(&world) {
+        let (outer, path) = (&outer, &path);
         let before = outside_path(outer);
         let p = |shape: &str| path.join(shape);
         std::fs::create_dir_all(p("empty-dot-git").join(".git")).unwrap();
@@ -455,19 +466,8 @@ fn a_broken_checkout_is_replaced_or_fails_naming_the_source_and_the_command() {
     origin.write("default.nix", "{ }\n");
     let commit = origin.commit("first");
     let git_source = json!({"git": {"url": origin.url(), "ref": "main"}});
-    let outers: Vec<(GitRepo, PathBuf)> = ["local", "ssh", "sudo"]
-        .iter()
-        .map(|how| outer_repo(&world, &format!("etc-{how}")))
-        .collect();
-    let path_of = |how: &str| {
-        let at = ["local", "ssh", "sudo"]
-            .iter()
-            .position(|h| *h == how)
-            .unwrap();
-        outers[at].1.clone()
-    };
-    for (at, (how, target)) in targets(&world, path_of).into_iter().enumerate() {
-        let (outer, path) = &outers[at];
+    for (how, target, outer, path) in targets_in_outer_repos(&world) {
+        let (outer, path) = (&outer, &path);
         let before = outside_path(outer);
         let names = ["bad-head", "bad-config", "bad-ref", "bad-index"];
         let all: serde_json::Map<String, Value> = names
