@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use krops_tests::nix::krops_dir;
+use krops_tests::nix::{krops_dir, nix_str};
 use krops_tests::{file_text, Output, World};
 use serde_json::{json, Value};
 
@@ -15,11 +15,6 @@ const DERIVATION: &str = r#"builtins.derivation {
   builder = "/bin/sh";
   args = [ "-c" "echo built by nix > $out" ];
 }"#;
-
-/// `s` as a Nix string literal (JSON's escapes are Nix's, but `$` is not).
-fn nix_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap().replace("${", "\\${")
-}
 
 /// mkTarget of every input, evaluated by Nix, next to mktarget's output.
 fn compare_mk_target(world: &World, inputs: &[&str], env: impl Fn(&mut std::process::Command)) {
@@ -1239,16 +1234,7 @@ in {{
         ),
     );
     let nix_path = format!("nixpkgs={}", world.path("fake-nixpkgs").display());
-    let build = |attr: &str| {
-        let mut cmd = world.command("nix-build");
-        cmd.env("NIX_PATH", &nix_path)
-            .arg("--no-out-link")
-            .arg(&file)
-            .args(["-A", attr]);
-        let out = world.run_command(&mut cmd, b"");
-        out.assert_success();
-        out.stdout_str().trim_end().to_owned()
-    };
+    let build = |attr: &str| world.nix_build_with_path(&nix_path, &file, attr);
     let populate = build("populate");
     world
         .run_command(&mut world.command(&populate), b"")
@@ -1323,16 +1309,7 @@ in {{
         ),
     );
     let nix_path = format!("nixpkgs={}", world.path("plain-nixpkgs").display());
-    let build = |attr: &str| {
-        let mut cmd = world.command("nix-build");
-        cmd.env("NIX_PATH", &nix_path)
-            .arg("--no-out-link")
-            .arg(&file)
-            .args(["-A", attr]);
-        let out = world.run_command(&mut cmd, b"");
-        out.assert_success();
-        out.stdout_str().trim_end().to_owned()
-    };
+    let build = |attr: &str| world.nix_build_with_path(&nix_path, &file, attr);
     let populate = build("populate");
     world
         .run_command(&mut world.command(&populate), b"")

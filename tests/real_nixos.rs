@@ -12,6 +12,7 @@ use std::fs;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
+use krops_tests::nix::nix_str;
 use krops_tests::{argvs, forced_args, Host, Output, RealRebuild, World, REBUILD_VARIANT_FILE};
 use serde_json::{json, Value};
 
@@ -647,10 +648,6 @@ fn every_operation_on_a_sudo_target_with_the_real_program() {
     run(&[], "v3").assert_success();
     assert_eq!(state(), (Some(v3.clone()), Some(v3)));
     rr.assert_machine_untouched();
-}
-
-fn nix_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap().replace("${", "\\${")
 }
 
 /// A krops.nix as the krops README writes one: several sources (nixpkgs

@@ -26,6 +26,11 @@ pub const WRITERS_NIX: &str = r#"# writers.writeDash of the krops test world (te
 }
 "#;
 
+/// `s` as a Nix string literal (JSON's escapes are Nix's, but `$` is not).
+pub fn nix_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap().replace("${", "\\${")
+}
+
 /// The workspace's own directory, which holds `lib/`, `pkgs/` and `flake.nix`.
 pub fn krops_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -91,9 +96,21 @@ impl World {
     /// path it printed.
     #[track_caller]
     pub fn nix_build(&self, file: &Path, attr: &str) -> PathBuf {
+        self.nix_build_in(&mut self.command("nix-build"), file, attr)
+    }
+
+    /// [`World::nix_build`] with `NIX_PATH` set to `nix_path`.
+    #[track_caller]
+    pub fn nix_build_with_path(&self, nix_path: &str, file: &Path, attr: &str) -> PathBuf {
         let mut cmd = self.command("nix-build");
+        cmd.env("NIX_PATH", nix_path);
+        self.nix_build_in(&mut cmd, file, attr)
+    }
+
+    #[track_caller]
+    fn nix_build_in(&self, cmd: &mut Command, file: &Path, attr: &str) -> PathBuf {
         cmd.arg("--no-out-link").arg(file).args(["-A", attr]);
-        let out = self.run_command(&mut cmd, b"");
+        let out = self.run_command(cmd, b"");
         out.assert_success();
         let stdout = out.stdout_str();
         let path = stdout.trim_end();
