@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -988,18 +988,25 @@ fn a_failed_sentinel_check_is_quiet_with_quiet_and_in_the_json() {
     assert!(!world.path("alpha/src").exists());
 }
 
-#[test]
-fn a_failed_step_names_the_command_and_shows_its_output_once() {
-    let world = World::new();
+/// Populates `dest` (in the world) on a new host `alpha` with a source
+/// `broken` of the failing derivation `expr`: the target path and the
+/// failed run's stderr.
+fn populate_broken(world: &World, dest: &str, expr: &str) -> (PathBuf, String) {
     let alpha = world.add_host("alpha");
-    let dest = world.path("remote/src");
+    let dest = world.path(dest);
     let out = world.populate(
         &alpha.target("root", &dest),
         &["--force"],
-        &json!({"broken": {"derivation": "builtins.derivation { name = 1; }"}}),
+        &json!({"broken": {"derivation": expr}}),
     );
     out.assert_failure();
-    let stderr = out.stderr_str();
+    (dest, out.stderr_str())
+}
+
+#[test]
+fn a_failed_step_names_the_command_and_shows_its_output_once() {
+    let world = World::new();
+    let (_, stderr) = populate_broken(&world, "remote/src", "builtins.derivation { name = 1; }");
     assert!(
         stderr.contains("populate: error: source broken (derivation) → alpha:"),
         "{stderr}"
@@ -1026,15 +1033,7 @@ fn a_failed_step_names_the_command_and_shows_its_output_once() {
 #[test]
 fn a_failed_multi_line_derivation_is_named_whole() {
     let world = World::new();
-    let alpha = world.add_host("alpha");
-    let dest = world.path("src");
-    let out = world.populate(
-        &alpha.target("root", &dest),
-        &["--force"],
-        &json!({"broken": {"derivation": "builtins.derivation {\n  name = 1;\n}"}}),
-    );
-    out.assert_failure();
-    let stderr = out.stderr_str();
+    let (dest, stderr) = populate_broken(&world, "src", "builtins.derivation {\n  name = 1;\n}");
     let error = &stderr[stderr.find("populate: error:").expect("no error line")..];
     assert!(
         error.contains(&format!(
