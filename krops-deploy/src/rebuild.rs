@@ -190,16 +190,9 @@ pub fn rebuild_script(nix_path: &str, sshopts: Option<&str>, run: &Rebuild, mode
 #[cfg(test)]
 mod tests {
     use clap::Parser;
-    use mktarget::Origin;
+    use mktarget::testing::origin;
 
     use super::*;
-
-    fn origin() -> Origin {
-        Origin {
-            user: Some("alice".into()),
-            host: "laptop".into(),
-        }
-    }
 
     fn cli(args: &[&str]) -> Cli {
         Cli::parse_from([&["krops-deploy", "--target", "root@t"], args].concat())

@@ -6,8 +6,6 @@
 mod final_command;
 pub mod fleet;
 mod stages;
-#[cfg(test)]
-mod testing;
 
 pub use final_command::{Final, Reporting};
 pub use stages::{Aftermath, Flow, Stage, Stages};

@@ -323,7 +323,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::testing::{session, target};
+    use mktarget::testing::{session, target};
 
     #[test]
     fn a_dry_run_prints_the_stages_a_capture_would_build_in_order() {

@@ -9,6 +9,8 @@ pub mod mutex;
 pub mod session;
 pub mod shell;
 pub mod target;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tool;
 
 use std::io::Write;

@@ -815,13 +815,7 @@ fn control_dir() -> std::io::Result<(PrivateDir, PathBuf)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn origin() -> Origin {
-        Origin {
-            user: Some("alice".into()),
-            host: "laptop".into(),
-        }
-    }
+    use crate::testing::origin;
 
     fn parse(s: &str) -> Target {
         Target::from_arg(s, &origin()).unwrap()

@@ -569,14 +569,8 @@ pub fn kind(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::origin;
     use serde_json::json;
-
-    fn origin() -> Origin {
-        Origin {
-            user: Some("alice".into()),
-            host: "laptop".into(),
-        }
-    }
 
     fn parse(s: &str) -> Target {
         Target::parse(s, &origin()).unwrap_or_else(|e| panic!("{s:?}: {e:#}"))

@@ -12,8 +12,6 @@ mod secrets;
 pub mod source;
 mod step;
 mod sync;
-#[cfg(test)]
-mod testing;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -567,7 +567,7 @@ mod tests {
     use super::*;
     use mktarget::{Multiplex, Origin, Target};
 
-    use crate::testing::origin;
+    use mktarget::testing::origin;
 
     fn local(path: &std::path::Path) -> Session {
         let target = Target::parse(path.to_str().unwrap(), &origin()).unwrap();

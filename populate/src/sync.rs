@@ -782,7 +782,7 @@ mod tests {
 
     use std::path::Path;
 
-    use crate::testing::{session, target};
+    use mktarget::testing::{session, target};
 
     fn quiet() -> Style {
         Style::plain(crate::progress::Verbosity::Quiet)

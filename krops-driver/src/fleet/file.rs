@@ -280,7 +280,7 @@ pub(crate) mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::testing::origin;
+    use mktarget::testing::origin;
 
     pub(crate) const SETTINGS: &[Setting] = &[
         Setting {

@@ -109,7 +109,7 @@ mod tests {
 
     use super::*;
     use crate::fleet::file::tests::{host, SETTINGS};
-    use crate::testing::origin;
+    use mktarget::testing::origin;
 
     fn cli() -> clap::Command {
         clap::Command::new("t")

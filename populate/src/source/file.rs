@@ -203,7 +203,7 @@ pub(crate) fn default_file_options() -> FileSource {
 mod tests {
     use super::*;
 
-    use crate::testing::{session, target};
+    use mktarget::testing::{session, target};
 
     #[test]
     fn rsync_argv_follows_krops() {

@@ -1,6 +1,9 @@
-//! Fixtures of this crate's unit tests (as populate's).
+//! Fixtures the workspace's unit tests share (the `testing` feature, which
+//! the other crates enable as a dev-dependency): a test deploys from
+//! alice@laptop, to targets parsed from there.
 
-use mktarget::{Origin, Session, Target};
+use crate::session::SshConfig;
+use crate::{Multiplex, Origin, Session, Target};
 
 /// The machine the tests deploy from: alice@laptop.
 pub fn origin() -> Origin {
@@ -18,8 +21,7 @@ pub fn target(s: &str) -> Target {
 /// An unshared session to `target`, for a user whose ssh config sets the
 /// options sessions would add (so command lines carry none of them).
 pub fn session(target: &Target) -> Session {
-    let config = mktarget::session::SshConfig::parse(
-        "connecttimeout 5\nserveraliveinterval 30\nserveralivecountmax 2\n",
-    );
-    Session::open_with(target, &origin(), mktarget::Multiplex::Off, &config).unwrap()
+    let config =
+        SshConfig::parse("connecttimeout 5\nserveraliveinterval 30\nserveralivecountmax 2\n");
+    Session::open_with(target, &origin(), Multiplex::Off, &config).unwrap()
 }
