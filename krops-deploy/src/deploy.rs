@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use krops_driver::{Aftermath, Final, Flow, Reporting, Stage};
-use mktarget::command::exit_code;
+use mktarget::command::{exit_code, Stdio};
 use mktarget::{Cmd, Session, Target};
 
 use crate::preview::{self, Built};
@@ -478,7 +478,8 @@ impl Drop for BuildDir {
         let cmd = self
             .session
             .command(&preview::cleanup_script(&self.built), &[], false);
-        if let Err(err) = cmd.run() {
+        let ran = cmd.run(Stdio::tee(std::io::stderr()));
+        if let Err(err) = ran.and_then(|ran| Ok(ran.checked()?)) {
             eprintln!(
                 "krops-deploy: warning: cannot remove {}: {err:#}",
                 self.built.dir

@@ -20,6 +20,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use mktarget::command::Stdio;
 use mktarget::shell::quote;
 use mktarget::Session;
 
@@ -535,19 +536,15 @@ fn lock_flow(flow: &std::sync::Mutex<Flow>) -> std::sync::MutexGuard<'_, Flow> {
 /// stops its check when it closes.
 fn try_fresh(session: &Session, script: &str, deadline: Instant, echo: &mut Echo) -> Try {
     let cmd = session.fresh_command(script, &[]);
-    let piped = match cmd.start_piped() {
+    let piped = match cmd.spawn(Stdio::piped()) {
         Ok(piped) => piped,
         Err(err) => {
             eprintln!("krops-deploy: {err:#}");
             return Try::NoAnswer;
         }
     };
-    let mktarget::command::Piped {
-        mut started,
-        stdin,
-        mut stdout,
-        mut stderr,
-    } = piped;
+    let mut started = piped;
+    let (stdin, mut stdout, mut stderr) = started.take_pipes();
     let flow = std::sync::Mutex::new(Flow {
         first_line: Some(Vec::new()),
         ..Flow::default()
@@ -750,7 +747,7 @@ impl Watchdog {
         let script = self.result_script();
         while Instant::now() < until && !mktarget::interrupt::interrupted() {
             let cmd = session.fresh_command(&script, &[]);
-            if let Ok(output) = cmd.output() {
+            if let Ok(output) = cmd.run(Stdio::capture()).map(std::process::Output::from) {
                 let connected = !cmd.connection_failed(output.status);
                 if !output.status.success() || !connected {
                     echo.show(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use mktarget::command::{Out, Stdio};
 use mktarget::{Cmd, Session};
 use populate::{Locking, PopulateArgs, Results, ResultsTo, Style};
 
@@ -166,9 +167,18 @@ impl Final {
     /// when it fails.
     pub(crate) fn run(&self, reporting: &mut Reporting) -> Result<ExitStatus> {
         let began = self.start_running(reporting)?;
+        let stdio = Stdio::new(
+            if reporting.results_on_stdout {
+                Out::Join
+            } else {
+                Out::Inherit
+            },
+            kept_if(reporting.style.quiet()),
+        );
         let ran = self
             .command(reporting.locked)
-            .status_redirected(reporting.results_on_stdout, reporting.style.quiet());
+            .run(stdio)
+            .map(|ran| (ran.status, ran.stderr));
         let (status, kept) = self.record(reporting, began, ran)?;
         if !status.success() {
             let _ = std::io::stderr().write_all(&kept);
@@ -185,10 +195,15 @@ impl Final {
         reporting: &mut Reporting,
     ) -> Result<(ExitStatus, String)> {
         let began = self.start_running(reporting)?;
+        let stdio = Stdio::new(Out::Capture, kept_if(reporting.style.quiet()));
         let ran = self
             .command(reporting.locked)
-            .status_and_stdout(reporting.style.quiet())
-            .map(|(status, stdout, kept)| (status, (stdout, kept)));
+            .run(stdio)
+            .and_then(|mut ran| {
+                let kept = std::mem::take(&mut ran.stderr);
+                let status = ran.status;
+                Ok((status, (ran.stdout_text()?, kept)))
+            });
         let (status, (stdout, kept)) = self.record(reporting, began, ran)?;
         if !status.success() {
             let _ = std::io::stderr().write_all(&kept);
@@ -260,7 +275,7 @@ impl Final {
         // connection's master may tell more.
         let why = match self
             .session
-            .connection_failure(&self.command(false), status, &[])
+            .connection_failure(&self.command(false).failure(status))
         {
             Some(why) => format!("{}: {why}", self.what),
             None => format!(
@@ -271,5 +286,15 @@ impl Final {
         };
         eprintln!("{}: error: {why}", reporting.tool);
         reporting.results.final_failed(&why);
+    }
+}
+
+/// Where a final command's stderr goes: kept, to be shown only if it
+/// fails (`--quiet`), or ours.
+fn kept_if(quiet: bool) -> Out<'static> {
+    if quiet {
+        Out::Capture
+    } else {
+        Out::Inherit
     }
 }

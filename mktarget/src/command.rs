@@ -1,15 +1,17 @@
 //! An external command as a value: program, argv, env, working directory and
 //! stdin. It prints itself as a quoted shell line (what `--dry-run` and the
-//! log show) and becomes a `duct` expression only when it runs.
+//! log show) and becomes a `duct` expression only when it runs, in one of
+//! two ways: [`Cmd::run`] to its end, or [`Cmd::spawn`] in the background,
+//! its streams going where a [`Stdio`] says. A failure is a
+//! [`ProcessError`]: the command line, how it ended, the end of its output.
 
 use std::fmt;
-use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::IntoRawFd;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::interrupt;
 use crate::shell::quote;
@@ -30,20 +32,244 @@ pub struct Cmd {
     env: Vec<(String, String)>,
     dir: Option<String>,
     stdin: Stdin,
-    quiet: bool,
     foreground: bool,
     /// `setpriv`, which starts the program for [`Cmd::die_with_us`].
     die_with_us: Option<String>,
 }
 
-/// Where a command's stdin comes from. Children never inherit ours unless
-/// asked to: the tools read their own input from stdin.
+/// Where a command's stdin comes from: part of the command, as its shell
+/// line shows a pipe. Children never inherit ours unless asked to: the
+/// tools read their own input from stdin. (A pipe of ours instead, to
+/// talk to a helper, is [`Stdio::piped`].)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stdin {
     Null,
     Inherit,
     /// The stdout of another command, as in `SOURCE | THIS`.
     Pipe(Box<Cmd>),
+}
+
+/// Where a command's stdout or its stderr goes while it runs.
+pub enum Out<'a> {
+    /// Ours: its stdout to our stdout, its stderr to our stderr.
+    Inherit,
+    /// `/dev/null`.
+    Null,
+    /// Where its other stream goes: its stdout with its stderr (when our
+    /// stdout carries something else), its stderr with its stdout.
+    Join,
+    /// Kept, and returned when it ends ([`Finished`], [`Child::wait`]).
+    Capture,
+    /// Kept while it runs, passed on to the writer when it succeeds, and
+    /// quoted in its error when it fails ([`Cmd::run`] only).
+    Hold(Box<dyn Write + 'a>),
+    /// Passed on to the writer as it comes, its end kept for the error,
+    /// which does not repeat it ([`Cmd::run`] and stdout only: join its
+    /// stderr to pass both on).
+    Tee(Box<dyn Write + 'a>),
+    /// A file, or the write end of a pipe someone reads (a fleet prefixing
+    /// each host's lines, a master's log). Our copy is closed once it
+    /// started, so a reader sees the end when it (and whatever it left
+    /// holding it) is done.
+    File(OwnedFd),
+    /// A pipe, whose end is ours ([`Child::stdout`], [`Child::stderr`];
+    /// [`Cmd::spawn`] only).
+    Pipe,
+}
+
+impl Out<'_> {
+    /// To `file`: see [`Out::File`].
+    pub fn file(file: impl Into<OwnedFd>) -> Out<'static> {
+        Out::File(file.into())
+    }
+}
+
+/// Where a command's streams go when it runs: its stdout and stderr (see
+/// [`Out`]), and whether its stdin is a pipe of ours instead of what the
+/// command says ([`Stdin`]).
+pub struct Stdio<'a> {
+    /// Its stdin a pipe whose write end is ours ([`Child::stdin`];
+    /// [`Cmd::spawn`] only): a helper the tool talks to sees it close
+    /// when the tool lets go of it, or exits, or dies. The command then
+    /// runs in a process group of its own.
+    pub stdin_pipe: bool,
+    pub stdout: Out<'a>,
+    pub stderr: Out<'a>,
+}
+
+impl<'a> Stdio<'a> {
+    pub fn new(stdout: Out<'a>, stderr: Out<'a>) -> Stdio<'a> {
+        Stdio {
+            stdin_pipe: false,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Our stdout and stderr: a driver's final command, whose status is
+    /// the tool's.
+    pub fn inherit() -> Stdio<'a> {
+        Stdio::new(Out::Inherit, Out::Inherit)
+    }
+
+    /// Both to `/dev/null`.
+    pub fn null() -> Stdio<'a> {
+        Stdio::new(Out::Null, Out::Null)
+    }
+
+    /// Both kept, for a caller that tells what of them to show.
+    pub fn capture() -> Stdio<'a> {
+        Stdio::new(Out::Capture, Out::Capture)
+    }
+
+    /// Its stdout kept (data), its stderr passed on to ours when it
+    /// succeeds and quoted in its error when it fails: what `$(…)` reads.
+    pub fn read() -> Stdio<'a> {
+        Stdio::new(Out::Capture, Out::Hold(Box::new(std::io::stderr())))
+    }
+
+    /// Its stdout and stderr, together, into `out` as they come; their end
+    /// kept for the error (a step's log).
+    pub fn tee(out: impl Write + 'a) -> Stdio<'a> {
+        Stdio::new(Out::Tee(Box::new(out)), Out::Join)
+    }
+
+    /// Its stdin, stdout and stderr on pipes of ours: a long-lived helper
+    /// the tool talks to (see [`Stdio::stdin_pipe`], [`Child::take_pipes`]).
+    pub fn piped() -> Stdio<'a> {
+        Stdio {
+            stdin_pipe: true,
+            stdout: Out::Pipe,
+            stderr: Out::Pipe,
+        }
+    }
+}
+
+/// What a command is, as far as telling why it failed goes: whether its
+/// exit status may be ssh's, or rsync's over ssh (see
+/// [`crate::Session::connection_failure`]), or a script's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    Ssh,
+    Rsync,
+    /// `/bin/sh`: a script here.
+    Shell,
+    Other,
+}
+
+impl Program {
+    fn of(program: &str) -> Program {
+        match program {
+            "ssh" => Program::Ssh,
+            "rsync" => Program::Rsync,
+            "/bin/sh" => Program::Shell,
+            _ => Program::Other,
+        }
+    }
+}
+
+/// A command that failed: its command line as users see it, how it ended,
+/// and the end of its output. Its message is cargo's: `` `LINE` failed:
+/// exit status N ``, then the output's end unless it was shown.
+#[derive(Clone, Debug)]
+pub struct ProcessError {
+    /// The command line, cut short ([`Cmd::brief`]).
+    pub command: String,
+    pub program: Program,
+    pub status: ExitStatus,
+    /// Its stderr when it was kept; the end of its output when that was
+    /// passed on as it came ([`Out::Tee`]); else empty.
+    pub stderr: Vec<u8>,
+    /// Whether `stderr` was shown already (the message then leaves it out).
+    pub shown: bool,
+}
+
+impl ProcessError {
+    /// Whether it is an ssh that lost or never had its connection (ssh's
+    /// own exit status 255).
+    pub fn ssh_failed(&self) -> bool {
+        self.program == Program::Ssh && self.status.code() == Some(255)
+    }
+}
+
+impl fmt::Display for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` failed: {}", self.command, describe(self.status))?;
+        if self.shown {
+            return Ok(());
+        }
+        let stderr = &self.stderr;
+        let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(TAIL_BYTES)..]);
+        let tail = tail.trim_end();
+        if !tail.is_empty() {
+            write!(f, "\n--- its output ends with ---\n{tail}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ProcessError {}
+
+/// A command run to its end ([`Cmd::run`]).
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    /// Its stdout, when kept ([`Out::Capture`], [`Out::Hold`]).
+    pub stdout: Vec<u8>,
+    /// Its stderr, when kept; the end of its output when that went to an
+    /// [`Out::Tee`].
+    pub stderr: Vec<u8>,
+    command: String,
+    program: Program,
+    shown: bool,
+}
+
+impl Finished {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Itself when it succeeded, else its error.
+    pub fn checked(self) -> std::result::Result<Finished, ProcessError> {
+        if self.success() {
+            Ok(self)
+        } else {
+            Err(self.failure())
+        }
+    }
+
+    /// The error it is (or would be) when it failed.
+    pub fn failure(&self) -> ProcessError {
+        ProcessError {
+            command: self.command.clone(),
+            program: self.program,
+            status: self.status,
+            stderr: self.stderr.clone(),
+            shown: self.shown,
+        }
+    }
+
+    /// Its kept stdout as text, when it succeeded; else its error.
+    pub fn text(self) -> Result<String> {
+        self.checked()?.stdout_text()
+    }
+
+    /// Its kept stdout as text, however it ended.
+    pub fn stdout_text(self) -> Result<String> {
+        let command = self.command;
+        String::from_utf8(self.stdout)
+            .with_context(|| format!("`{command}` printed something that is not UTF-8"))
+    }
+}
+
+impl From<Finished> for std::process::Output {
+    fn from(finished: Finished) -> std::process::Output {
+        std::process::Output {
+            status: finished.status,
+            stdout: finished.stdout,
+            stderr: finished.stderr,
+        }
+    }
 }
 
 impl Cmd {
@@ -54,7 +280,6 @@ impl Cmd {
             env: Vec::new(),
             dir: None,
             stdin: Stdin::Null,
-            quiet: false,
             foreground: false,
             die_with_us: None,
         }
@@ -109,12 +334,6 @@ impl Cmd {
         if std::thread::current().name() == Some("main") {
             self.die_with_us = find_on_path("setpriv");
         }
-        self
-    }
-
-    /// Sends its stdout and stderr to /dev/null.
-    pub fn quiet(mut self) -> Cmd {
-        self.quiet = true;
         self
     }
 
@@ -192,9 +411,9 @@ impl Cmd {
         }
     }
 
-    fn expression(&self) -> duct::Expression {
+    fn expression(&self, own_group: bool) -> duct::Expression {
         let expr = self.expression_inner();
-        if self.own_group() {
+        if own_group {
             expr.before_spawn(|command| {
                 std::os::unix::process::CommandExt::process_group(command, 0);
                 Ok(())
@@ -220,9 +439,6 @@ impl Cmd {
         if let Some(dir) = &self.dir {
             expr = expr.dir(dir);
         }
-        if self.quiet {
-            expr = expr.stdout_null().stderr_null();
-        }
         match &self.stdin {
             Stdin::Null => expr.stdin_null(),
             Stdin::Inherit => expr,
@@ -230,32 +446,95 @@ impl Cmd {
         }
     }
 
-    /// Runs the command with its stdout and stderr going to our stderr (stdout
-    /// carries only data). Its error does not repeat the output: it was shown.
-    pub fn run(&self) -> Result<()> {
-        let (status, _) = self.run_unchecked()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(self.failure(status, &[]))
+    /// Runs the command to its end, its streams going where `stdio` says,
+    /// known to the interrupt handler meanwhile, and returns how it ended
+    /// and what was kept. An error only when it could not run; whether it
+    /// failed is for the caller to ask ([`Finished::checked`]).
+    pub fn run(&self, stdio: Stdio<'_>) -> Result<Finished> {
+        let Stdio {
+            stdin_pipe,
+            stdout,
+            stderr,
+        } = stdio;
+        if stdin_pipe || matches!(stdout, Out::Pipe) || matches!(stderr, Out::Pipe | Out::Tee(_)) {
+            bail!(
+                "`{}`: pipes of ours are for a spawned command",
+                self.brief()
+            );
         }
+        let own_group = self.own_group();
+        let mut expr = self.expression(own_group);
+        let (mut tee, mut hold_out, mut hold_err) = (None, None, None);
+        for (out, is_stdout) in joined_first(stdout, stderr) {
+            expr = match out {
+                Out::Tee(out) => {
+                    tee = Some(out);
+                    expr
+                }
+                Out::Hold(out) if is_stdout => {
+                    hold_out = Some(out);
+                    expr.stdout_capture()
+                }
+                Out::Hold(out) => {
+                    hold_err = Some(out);
+                    expr.stderr_capture()
+                }
+                other => direct(expr, other, is_stdout)?,
+            };
+        }
+        let (output, shown) = match tee {
+            Some(mut out) => (self.tee(expr, own_group, &mut out)?, true),
+            None => (self.wait_output(expr, own_group)?, false),
+        };
+        let finished = Finished {
+            status: output.status,
+            stdout: output.stdout,
+            stderr: output.stderr,
+            command: self.brief(),
+            program: Program::of(&self.program),
+            shown,
+        };
+        if finished.success() {
+            // Our stderr going away must not fail a command that succeeded.
+            if let Some(mut out) = hold_out {
+                let _ = out.write_all(&finished.stdout);
+            }
+            if let Some(mut out) = hold_err {
+                let _ = out.write_all(&finished.stderr);
+            }
+        }
+        Ok(finished)
     }
 
-    /// Like [`Cmd::run`], but returns how the command exited, with the tail
-    /// of its output, for callers that give some exit codes a meaning.
-    pub fn run_unchecked(&self) -> Result<(ExitStatus, Vec<u8>)> {
-        self.run_unchecked_into(&mut std::io::stderr())
+    /// Runs `expr` (this command, its streams directed) to its end, and
+    /// returns how it ended and what was captured. Our copies of files
+    /// `expr` directs to are closed once it started, so readers of pipes
+    /// see their end when it is done.
+    fn wait_output(&self, expr: duct::Expression, own_group: bool) -> Result<std::process::Output> {
+        let expr = expr.unchecked();
+        let handle = expr
+            .start()
+            .with_context(|| format!("cannot start `{}`", self.brief()))?;
+        drop(expr);
+        let _registered = interrupt::register(handle.pids(), own_group);
+        handle
+            .into_output()
+            .with_context(|| format!("waiting for `{}`", self.brief()))
     }
 
-    /// Like [`Cmd::run_unchecked`], with the output going to `out`.
-    pub fn run_unchecked_into(&self, out: &mut dyn Write) -> Result<(ExitStatus, Vec<u8>)> {
-        let mut reader = self
-            .expression()
-            .stderr_to_stdout()
+    /// Runs `expr` to its end, its stdout passed on to `out` as it comes;
+    /// what comes back as its stderr is the end of that output.
+    fn tee(
+        &self,
+        expr: duct::Expression,
+        own_group: bool,
+        out: &mut dyn Write,
+    ) -> Result<std::process::Output> {
+        let mut reader = expr
             .unchecked()
             .reader()
             .with_context(|| format!("cannot start `{}`", self.brief()))?;
-        let _registered = interrupt::register(reader.pids(), self.own_group());
+        let _registered = interrupt::register(reader.pids(), own_group);
         let mut tail = Vec::new();
         let mut buf = [0u8; 8192];
         loop {
@@ -274,213 +553,92 @@ impl Cmd {
             .with_context(|| format!("waiting for `{}`", self.brief()))?
             .map(|output| output.status)
             .with_context(|| format!("`{}` did not exit", self.brief()))?;
-        Ok((status, tail))
-    }
-
-    /// Runs the command and returns its stdout; its stderr is passed on when
-    /// it succeeds and quoted in the error when it fails.
-    pub fn read(&self) -> Result<String> {
-        let output = self.run_stderr_captured(self.expression().stdout_capture())?;
-        let _ = std::io::stderr().write_all(&output.stderr);
-        String::from_utf8(output.stdout)
-            .with_context(|| format!("`{}` printed something that is not UTF-8", self.brief()))
-    }
-
-    /// Runs the command with stdout and stderr captured and returns how it
-    /// ended, for callers that report failures themselves.
-    pub fn output(&self) -> Result<std::process::Output> {
-        self.wait_output(self.expression().stdout_capture().stderr_capture())
-    }
-
-    /// Runs `expr` (this command, its streams directed) to its end, known
-    /// to the interrupt handler meanwhile, and returns how it ended and what
-    /// was captured. Our copies of files `expr` directs to are closed once
-    /// it started, so readers of pipes see their end when it is done.
-    fn wait_output(&self, expr: duct::Expression) -> Result<std::process::Output> {
-        let expr = expr.unchecked();
-        let handle = expr
-            .start()
-            .with_context(|| format!("cannot start `{}`", self.brief()))?;
-        drop(expr);
-        let _registered = interrupt::register(handle.pids(), self.own_group());
-        handle
-            .into_output()
-            .with_context(|| format!("waiting for `{}`", self.brief()))
-    }
-
-    /// [`Cmd::run_to_file_into`] with our stderr as `out`, for the tests.
-    #[cfg(test)]
-    pub fn run_to_file(&self, file: File) -> Result<()> {
-        self.run_to_file_into(file, &mut std::io::stderr())
-    }
-
-    /// Runs the command with its stdout written to `file` (used for secrets,
-    /// which must never pass through our memory's logs or a pipe to a log),
-    /// its stderr going to `out` when it succeeds.
-    pub fn run_to_file_into(&self, file: File, out: &mut dyn Write) -> Result<()> {
-        let output = self.run_stderr_captured(self.expression().stdout_file(file))?;
-        let _ = out.write_all(&output.stderr);
-        Ok(())
-    }
-
-    /// Runs `expr` (this command with its stdout directed) with stderr
-    /// captured: returned when it succeeds, quoted in the error when not.
-    fn run_stderr_captured(&self, expr: duct::Expression) -> Result<std::process::Output> {
-        let output = self.wait_output(expr.stderr_capture())?;
-        if !output.status.success() {
-            return Err(self.failure(output.status, &output.stderr));
-        }
-        Ok(output)
-    }
-
-    /// Starts the command in the background, its stdout and stderr going to
-    /// our stderr (a long-lived helper, such as an ssh master, whose output
-    /// is never data); see [`Started`].
-    pub fn start(&self) -> Result<Started> {
-        self.start_expression(self.expression().stdout_to_stderr())
-    }
-
-    /// Like [`Cmd::start`], its stdout and stderr going to `stderr` (the
-    /// write end of a pipe someone reads); our copy of it is closed once
-    /// the command started.
-    pub fn start_with_stderr(&self, stderr: impl IntoRawFd) -> Result<Started> {
-        self.start_expression(self.expression().stdout_to_stderr().stderr_file(stderr))
-    }
-
-    fn start_expression(&self, expr: duct::Expression) -> Result<Started> {
-        let expr = expr.unchecked();
-        let handle = expr
-            .start()
-            .with_context(|| format!("cannot start `{}`", self.brief()))?;
-        drop(expr);
-        let registered = interrupt::register(handle.pids(), self.own_group());
-        Ok(Started {
-            pids: handle.pids(),
-            own_group: self.own_group(),
-            handle,
-            _registered: registered,
+        Ok(std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr: tail,
         })
     }
 
-    /// Starts the command in the background with its stdout and stderr
-    /// captured, for a caller that polls it against a deadline
-    /// ([`Started::try_output`]) and decides what of its output to show.
-    pub fn start_captured(&self) -> Result<Started> {
-        self.start_expression(self.expression().stdout_capture().stderr_capture())
-    }
-
-    /// Starts the command in the background with its stdin, stdout and
-    /// stderr on pipes of ours: a long-lived helper the tool talks to (the
-    /// target's lock), which sees its stdin close when the tool lets go of
-    /// the returned writer, or exits, or dies. Like every command whose
-    /// stdin is not ours, it runs in a process group of its own.
-    pub fn start_piped(&self) -> Result<Piped> {
+    /// Starts the command in the background, its streams going where
+    /// `stdio` says (a long-lived helper, such as an ssh master, or one
+    /// polled against a deadline); see [`Child`].
+    pub fn spawn(&self, stdio: Stdio<'_>) -> Result<Child> {
+        let Stdio {
+            stdin_pipe,
+            stdout,
+            stderr,
+        } = stdio;
         let pipe = || os_pipe::pipe().context("cannot make a pipe");
-        let (stdin_reader, stdin_writer) = pipe()?;
-        let (stdout_reader, stdout_writer) = pipe()?;
-        let (stderr_reader, stderr_writer) = pipe()?;
-        // Not `expression()`: its stdin_null would win over the pipe.
-        let mut inner = self.clone();
-        inner.stdin = Stdin::Inherit;
-        let expr = inner
-            .expression_inner()
-            .before_spawn(|command| {
-                std::os::unix::process::CommandExt::process_group(command, 0);
-                Ok(())
-            })
-            .stdin_file(stdin_reader)
-            .stdout_file(stdout_writer)
-            .stderr_file(stderr_writer)
-            .unchecked();
+        let (mut ours_in, mut ours_out, mut ours_err) = (None, None, None);
+        let (expr, own_group) = if stdin_pipe {
+            // Not with our stdin_null, which would win over the pipe.
+            let mut inner = self.clone();
+            inner.stdin = Stdin::Inherit;
+            let (reader, writer) = pipe()?;
+            ours_in = Some(writer);
+            (inner.expression(true).stdin_file(reader), true)
+        } else {
+            (self.expression(self.own_group()), self.own_group())
+        };
+        let mut expr = expr;
+        for (out, is_stdout) in joined_first(stdout, stderr) {
+            expr = match out {
+                Out::Pipe => {
+                    let (reader, writer) = pipe()?;
+                    if is_stdout {
+                        ours_out = Some(reader);
+                        expr.stdout_file(writer)
+                    } else {
+                        ours_err = Some(reader);
+                        expr.stderr_file(writer)
+                    }
+                }
+                Out::Tee(_) | Out::Hold(_) => {
+                    bail!(
+                        "`{}`: a spawned command's output is not ours to pass on",
+                        self.brief()
+                    )
+                }
+                other => direct(expr, other, is_stdout)?,
+            };
+        }
+        let expr = expr.unchecked();
         let handle = expr
             .start()
             .with_context(|| format!("cannot start `{}`", self.brief()))?;
-        // Our copies of the child's ends: the reader must see its end.
+        // Our copies of the child's ends: a reader must see its end.
         drop(expr);
-        let registered = interrupt::register(handle.pids(), true);
-        let started = Started {
+        let registered = interrupt::register(handle.pids(), own_group);
+        Ok(Child {
             pids: handle.pids(),
-            own_group: true,
+            own_group,
             handle,
             _registered: registered,
-        };
-        Ok(Piped {
-            started,
-            stdin: stdin_writer,
-            stdout: stdout_reader,
-            stderr: stderr_reader,
+            command: self.brief(),
+            program: Program::of(&self.program),
+            stdin: ours_in,
+            stdout: ours_out,
+            stderr: ours_err,
         })
-    }
-
-    /// Runs the command with our stdout and stderr and returns how it exited:
-    /// for a driver's final command, whose status is the tool's status.
-    pub fn status(&self) -> Result<ExitStatus> {
-        Ok(self.wait_output(self.expression())?.status)
-    }
-
-    /// Runs the command with its stderr going to ours as it comes and its
-    /// stdout captured, for a step whose log should show live but whose
-    /// stdout is data (a store path); returns how it exited, its stdout,
-    /// and its stderr when `keep_stderr` kept it instead of showing it
-    /// (`--quiet`: shown only if it failed).
-    pub fn status_and_stdout(&self, keep_stderr: bool) -> Result<(ExitStatus, String, Vec<u8>)> {
-        let mut expr = self.expression().stdout_capture();
-        if keep_stderr {
-            expr = expr.stderr_capture();
-        }
-        let output = self.wait_output(expr)?;
-        let stdout = String::from_utf8(output.stdout)
-            .with_context(|| format!("`{}` printed something that is not UTF-8", self.brief()))?;
-        Ok((output.status, stdout, output.stderr))
-    }
-
-    /// Like [`Cmd::status`], its stdout going to our stderr when
-    /// `stdout_to_stderr` (ours then carries something else), and its stderr
-    /// (with that stdout) kept and returned instead of shown when
-    /// `keep_stderr` (`--quiet`: shown only if it failed).
-    pub fn status_redirected(
-        &self,
-        stdout_to_stderr: bool,
-        keep_stderr: bool,
-    ) -> Result<(ExitStatus, Vec<u8>)> {
-        let mut expr = self.expression();
-        if stdout_to_stderr {
-            expr = expr.stdout_to_stderr();
-        }
-        if keep_stderr {
-            expr = expr.stderr_capture();
-        }
-        let output = self.wait_output(expr)?;
-        Ok((output.status, output.stderr))
-    }
-
-    /// Runs the command with its stdout and stderr written to `stdout` and
-    /// `stderr` (the write ends of pipes someone else reads, e.g. a fleet
-    /// prefixing each host's lines) and returns how it exited. Our copies of
-    /// the ends are closed once it started, so the readers see the end of
-    /// its output when it (and whatever it left holding them) is done.
-    pub fn status_to(&self, stdout: impl IntoRawFd, stderr: impl IntoRawFd) -> Result<ExitStatus> {
-        let expr = self.expression().stdout_file(stdout).stderr_file(stderr);
-        Ok(self.wait_output(expr)?.status)
     }
 
     /// Whether `status` says this command, an ssh, lost or never had its
     /// connection (ssh's own exit status 255).
     pub fn connection_failed(&self, status: ExitStatus) -> bool {
-        self.program == "ssh" && status.code() == Some(255)
+        self.failure(status).ssh_failed()
     }
 
-    /// The error for this command ending with `status`: its command line, how
-    /// it exited, and the tail of `stderr` (pass `&[]` when it was shown).
-    pub fn failure(&self, status: ExitStatus, stderr: &[u8]) -> anyhow::Error {
-        let mut message = format!("`{}` failed: {}", self.brief(), describe(status));
-        let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(TAIL_BYTES)..]);
-        let tail = tail.trim_end();
-        if !tail.is_empty() {
-            message.push_str("\n--- its output ends with ---\n");
-            message.push_str(tail);
+    /// The error for this command ending with `status`, its output shown
+    /// (for a caller that ran it with its output ours).
+    pub fn failure(&self, status: ExitStatus) -> ProcessError {
+        ProcessError {
+            command: self.brief(),
+            program: Program::of(&self.program),
+            status,
+            stderr: Vec::new(),
+            shown: true,
         }
-        anyhow::anyhow!(message)
     }
 
     /// The command line, cut short for error messages (a populate step's
@@ -561,13 +719,144 @@ fn find_on_path(name: &str) -> Option<String> {
         .map(|file| file.display().to_string())
 }
 
+/// The streams in the order their directions apply: a joined one first,
+/// as duct's inner direction, so that it joins wherever the other goes.
+fn joined_first<'a>(stdout: Out<'a>, stderr: Out<'a>) -> [(Out<'a>, bool); 2] {
+    if matches!(stderr, Out::Join) {
+        [(stderr, false), (stdout, true)]
+    } else {
+        [(stdout, true), (stderr, false)]
+    }
+}
+
+/// `expr` with its stdout (or stderr) going where `out` says, for the
+/// ways that need nothing of ours while it runs.
+fn direct(expr: duct::Expression, out: Out<'_>, is_stdout: bool) -> Result<duct::Expression> {
+    Ok(match (out, is_stdout) {
+        (Out::Inherit, _) => expr,
+        (Out::Null, true) => expr.stdout_null(),
+        (Out::Null, false) => expr.stderr_null(),
+        (Out::Join, true) => expr.stdout_to_stderr(),
+        (Out::Join, false) => expr.stderr_to_stdout(),
+        (Out::Capture, true) => expr.stdout_capture(),
+        (Out::Capture, false) => expr.stderr_capture(),
+        (Out::File(fd), true) => expr.stdout_file(fd),
+        (Out::File(fd), false) => expr.stderr_file(fd),
+        (Out::Pipe | Out::Tee(_) | Out::Hold(_), _) => bail!("unsupported stdio"),
+    })
+}
+
+/// A command started in the background ([`Cmd::spawn`]), and our ends of
+/// the pipes it was given; stopped with [`Child::terminate`] (the
+/// interrupt handler stops it on a signal: it is registered).
+#[derive(Debug)]
+pub struct Child {
+    handle: duct::Handle,
+    pids: Vec<u32>,
+    own_group: bool,
+    _registered: interrupt::Registered,
+    command: String,
+    program: Program,
+    pub stdin: Option<os_pipe::PipeWriter>,
+    pub stdout: Option<os_pipe::PipeReader>,
+    pub stderr: Option<os_pipe::PipeReader>,
+}
+
+impl Child {
+    /// Our ends of its stdin, stdout and stderr, for a child spawned with
+    /// [`Stdio::piped`].
+    pub fn take_pipes(
+        &mut self,
+    ) -> (
+        os_pipe::PipeWriter,
+        os_pipe::PipeReader,
+        os_pipe::PipeReader,
+    ) {
+        match (self.stdin.take(), self.stdout.take(), self.stderr.take()) {
+            (Some(stdin), Some(stdout), Some(stderr)) => (stdin, stdout, stderr),
+            _ => panic!("`{}` was not spawned with Stdio::piped()", self.command),
+        }
+    }
+
+    /// How it exited, if it has.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.handle.try_wait()?.map(|output| output.status))
+    }
+
+    /// Waits for it to exit; how it did, and what was kept of its output
+    /// ([`Out::Capture`]).
+    pub fn wait(&mut self) -> Result<Finished> {
+        let output = self
+            .handle
+            .wait()
+            .with_context(|| format!("waiting for `{}`", self.command))?;
+        Ok(Finished {
+            status: output.status,
+            stdout: output.stdout.clone(),
+            stderr: output.stderr.clone(),
+            command: self.command.clone(),
+            program: self.program,
+            shown: false,
+        })
+    }
+
+    /// Waits up to `timeout` for it to exit; how it exited, if it did.
+    pub fn wait_for(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.handle.try_wait() {
+                Ok(Some(output)) => return Some(output.status),
+                Ok(None) if started.elapsed() < timeout => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits up to `grace` for it to exit, then kills it.
+    /// SIGTERM is sent again every 100 ms meanwhile: a program that checks
+    /// for a signal before it waits (OpenSSH 9.2's ssh does) misses one
+    /// that lands between the check and the wait until its wait times out.
+    pub fn terminate(&mut self, grace: std::time::Duration) {
+        use nix::sys::signal::Signal;
+        use std::time::{Duration, Instant};
+        let signal_all = |signal: Signal| {
+            for &pid in &self.pids {
+                interrupt::stop(pid, self.own_group, signal);
+            }
+        };
+        let started = Instant::now();
+        let mut signalled: Option<Instant> = None;
+        while started.elapsed() < grace {
+            if !matches!(self.handle.try_wait(), Ok(None)) {
+                return;
+            }
+            if signalled.is_none_or(|at| at.elapsed() >= Duration::from_millis(100)) {
+                signal_all(Signal::SIGTERM);
+                signalled = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        signal_all(Signal::SIGKILL);
+        let _ = self.handle.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+
     use super::*;
+
+    /// What `$(CMD)` reads.
+    fn read(cmd: &Cmd) -> Result<String> {
+        cmd.run(Stdio::read())?.text()
+    }
 
     /// Runs `line` through a real /bin/sh and returns its stdout.
     fn sh(line: &str) -> String {
-        Cmd::new("/bin/sh").args(["-c", line]).read().unwrap()
+        read(&Cmd::new("/bin/sh").args(["-c", line])).unwrap()
     }
 
     #[test]
@@ -575,8 +864,8 @@ mod tests {
         let cmd = Cmd::new("printf")
             .args(["<%s>", "a b", "it's", "$(id)", "`x`", "", "new\nline"])
             .env("X", "1 2");
-        assert_eq!(sh(&cmd.to_string()), cmd.read().unwrap());
-        assert_eq!(cmd.read().unwrap(), "<a b><it's><$(id)><`x`><><new\nline>");
+        assert_eq!(sh(&cmd.to_string()), read(&cmd).unwrap());
+        assert_eq!(read(&cmd).unwrap(), "<a b><it's><$(id)><`x`><><new\nline>");
     }
 
     #[test]
@@ -636,7 +925,7 @@ mod tests {
         let cmd = Cmd::new("/bin/sh")
             .args(["-c", "printf %s \"$K\""])
             .env("K", "v w");
-        assert_eq!(cmd.read().unwrap(), "v w");
+        assert_eq!(read(&cmd).unwrap(), "v w");
         assert_eq!(sh(&cmd.to_string()), "v w");
     }
 
@@ -645,19 +934,20 @@ mod tests {
         let cmd = Cmd::new("tr")
             .args(["a-z", "A-Z"])
             .pipe_from(Cmd::new("printf").arg("abc"));
-        assert_eq!(cmd.read().unwrap(), "ABC");
+        assert_eq!(read(&cmd).unwrap(), "ABC");
         let failing = Cmd::new("cat").pipe_from(Cmd::new("/bin/sh").args(["-c", "echo x; exit 3"]));
-        assert!(format!("{:#}", failing.read().unwrap_err()).contains("exit status 3"));
+        assert!(format!("{:#}", read(&failing).unwrap_err()).contains("exit status 3"));
     }
 
     #[test]
     fn failure_names_command_status_and_stderr_tail() {
         let cmd = Cmd::new("/bin/sh").args(["-c", "echo out; echo 'it broke' >&2; exit 7"]);
-        let err = format!("{:#}", cmd.run().unwrap_err());
+        let ran = cmd.run(Stdio::tee(std::io::stderr())).unwrap();
+        let err = format!("{:#}", anyhow::Error::from(ran.checked().unwrap_err()));
         assert!(err.contains("/bin/sh -c"), "{err}");
         assert!(err.contains("exit status 7"), "{err}");
         assert!(err.contains("it broke"), "{err}");
-        let err = format!("{:#}", cmd.read().unwrap_err());
+        let err = format!("{:#}", read(&cmd).unwrap_err());
         assert!(
             err.contains("exit status 7") && err.contains("it broke"),
             "{err}"
@@ -667,7 +957,7 @@ mod tests {
     #[test]
     fn signals_are_named() {
         let cmd = Cmd::new("/bin/sh").args(["-c", "kill -TERM $$"]);
-        let status = cmd.status().unwrap();
+        let status = cmd.run(Stdio::inherit()).unwrap().status;
         assert_eq!(describe(status), "killed by signal 15");
         assert_eq!(exit_code(status), 143);
     }
@@ -678,44 +968,91 @@ mod tests {
         let (out, err) = (dir.path().join("out"), dir.path().join("err"));
         let status = Cmd::new("/bin/sh")
             .args(["-c", "echo to-out; echo to-err >&2; exit 4"])
-            .status_to(File::create(&out).unwrap(), File::create(&err).unwrap())
-            .unwrap();
+            .run(Stdio::new(
+                Out::file(File::create(&out).unwrap()),
+                Out::file(File::create(&err).unwrap()),
+            ))
+            .unwrap()
+            .status;
         assert_eq!(status.code(), Some(4));
         assert_eq!(std::fs::read_to_string(out).unwrap(), "to-out\n");
         assert_eq!(std::fs::read_to_string(err).unwrap(), "to-err\n");
     }
 
     #[test]
-    fn status_and_stdout_keeps_only_stdout() {
+    fn captured_stdout_leaves_stderr_ours_or_kept() {
         let script = ["-c", "echo data; echo log >&2; exit 3"];
-        let (status, stdout, kept) = Cmd::new("/bin/sh")
-            .args(script)
-            .status_and_stdout(false)
-            .unwrap();
-        assert_eq!((status.code(), stdout.as_str()), (Some(3), "data\n"));
-        assert!(kept.is_empty());
-        let (_, stdout, kept) = Cmd::new("/bin/sh")
-            .args(script)
-            .status_and_stdout(true)
-            .unwrap();
+        let cmd = Cmd::new("/bin/sh").args(script);
+        let ran = cmd.run(Stdio::new(Out::Capture, Out::Inherit)).unwrap();
         assert_eq!(
-            (stdout.as_str(), kept.as_slice()),
-            ("data\n", &b"log\n"[..])
+            (ran.status.code(), &ran.stdout[..]),
+            (Some(3), &b"data\n"[..])
+        );
+        assert!(ran.stderr.is_empty());
+        let ran = cmd.run(Stdio::capture()).unwrap();
+        assert_eq!(
+            (&ran.stdout[..], &ran.stderr[..]),
+            (&b"data\n"[..], &b"log\n"[..])
         );
     }
 
     #[test]
-    fn a_captured_start_is_polled_for_its_output() {
-        let mut started = Cmd::new("/bin/sh")
-            .args(["-c", "echo out; echo err >&2; exit 2"])
-            .start_captured()
-            .unwrap();
-        let output = loop {
-            if let Some(output) = started.try_output().unwrap() {
-                break output;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+    fn held_output_is_passed_on_only_when_it_succeeds() {
+        let held = |script: &str| {
+            let mut passed = Vec::new();
+            let ran = Cmd::new("/bin/sh")
+                .args(["-c", script])
+                .run(Stdio::new(Out::Capture, Out::Hold(Box::new(&mut passed))))
+                .unwrap();
+            (ran, passed)
         };
+        let (ran, passed) = held("echo data; echo log >&2");
+        assert_eq!(
+            (ran.text().unwrap().as_str(), &passed[..]),
+            ("data\n", &b"log\n"[..])
+        );
+        let (ran, passed) = held("echo data; echo why >&2; exit 5");
+        assert!(passed.is_empty());
+        let err = ran.checked().unwrap_err();
+        assert_eq!(
+            (err.status.code(), &err.stderr[..], err.shown),
+            (Some(5), &b"why\n"[..], false)
+        );
+        assert!(
+            err.to_string()
+                .ends_with("failed: exit status 5\n--- its output ends with ---\nwhy"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_teed_run_passes_both_streams_on_and_keeps_their_end() {
+        let mut passed = Vec::new();
+        let cmd = Cmd::new("/bin/sh").args(["-c", "echo out; echo err >&2; exit 4"]);
+        let err = cmd
+            .run(Stdio::tee(&mut passed))
+            .unwrap()
+            .checked()
+            .unwrap_err();
+        assert_eq!(passed, b"out\nerr\n");
+        assert_eq!((&err.stderr[..], err.shown), (&b"out\nerr\n"[..], true));
+        // Shown, so not repeated.
+        assert_eq!(
+            err.to_string(),
+            format!("`{}` failed: exit status 4", cmd.brief())
+        );
+    }
+
+    #[test]
+    fn a_spawned_child_is_waited_for_its_output() {
+        let mut child = Cmd::new("/bin/sh")
+            .args(["-c", "echo out; echo err >&2; exit 2"])
+            .spawn(Stdio::capture())
+            .unwrap();
+        while child.try_wait().unwrap().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let output = child.wait().unwrap();
         assert_eq!(output.status.code(), Some(2));
         assert_eq!(
             (&output.stdout[..], &output.stderr[..]),
@@ -724,27 +1061,69 @@ mod tests {
     }
 
     #[test]
-    fn status_redirected_keeps_stderr_and_moves_stdout_there() {
+    fn a_piped_child_is_talked_to() {
+        let mut child = Cmd::new("/bin/sh")
+            .args(["-c", "read line; echo \"got $line\"; echo done >&2"])
+            .spawn(Stdio::piped())
+            .unwrap();
+        let (mut stdin, mut stdout, mut stderr) = child.take_pipes();
+        stdin.write_all(b"hi\n").unwrap();
+        drop(stdin);
+        let (mut out, mut err) = (String::new(), String::new());
+        stdout.read_to_string(&mut out).unwrap();
+        stderr.read_to_string(&mut err).unwrap();
+        assert_eq!((out.as_str(), err.as_str()), ("got hi\n", "done\n"));
+        assert!(child.wait().unwrap().success());
+    }
+
+    #[test]
+    fn a_joined_stream_goes_where_the_other_goes() {
         let cmd = Cmd::new("/bin/sh").args(["-c", "echo to-out; echo to-err >&2; exit 3"]);
-        let (status, kept) = cmd.status_redirected(true, true).unwrap();
-        assert_eq!(status.code(), Some(3));
-        assert_eq!(String::from_utf8(kept).unwrap(), "to-out\nto-err\n");
-        let (status, kept) = cmd.status_redirected(false, false).unwrap();
-        assert_eq!((status.code(), kept.len()), (Some(3), 0));
+        let ran = cmd.run(Stdio::new(Out::Join, Out::Capture)).unwrap();
+        assert_eq!(ran.status.code(), Some(3));
+        assert_eq!(
+            (&ran.stdout[..], &ran.stderr[..]),
+            (&b""[..], &b"to-out\nto-err\n"[..])
+        );
+        let ran = cmd.run(Stdio::new(Out::Capture, Out::Join)).unwrap();
+        assert_eq!(
+            (&ran.stdout[..], &ran.stderr[..]),
+            (&b"to-out\nto-err\n"[..], &b""[..])
+        );
+        let ran = cmd.run(Stdio::inherit()).unwrap();
+        assert_eq!((ran.status.code(), ran.stderr.len()), (Some(3), 0));
+    }
+
+    #[test]
+    fn pipes_of_ours_are_refused_where_nothing_reads_them() {
+        let cmd = Cmd::new("true");
+        assert!(cmd.run(Stdio::piped()).is_err());
+        assert!(cmd.spawn(Stdio::read()).is_err());
+        assert!(cmd
+            .run(Stdio::new(
+                Out::Inherit,
+                Out::Tee(Box::new(std::io::sink()))
+            ))
+            .is_err());
     }
 
     #[test]
     fn stdin_is_null_unless_inherited() {
-        assert_eq!(Cmd::new("cat").read().unwrap(), "");
+        assert_eq!(read(&Cmd::new("cat")).unwrap(), "");
     }
 
     #[test]
-    fn run_to_file_writes_stdout_there() {
+    fn stdout_to_a_file_is_written_there() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
         Cmd::new("printf")
             .arg("secret")
-            .run_to_file(File::create(&path).unwrap())
+            .run(Stdio::new(
+                Out::file(File::create(&path).unwrap()),
+                Out::Hold(Box::new(std::io::stderr())),
+            ))
+            .unwrap()
+            .checked()
             .unwrap();
         assert_eq!(std::fs::read_to_string(path).unwrap(), "secret");
     }
@@ -754,79 +1133,5 @@ mod tests {
         let cmd = Cmd::new("echo").arg("x".repeat(1000));
         assert!(cmd.brief().chars().count() <= 401);
         assert!(cmd.brief().ends_with('…'));
-    }
-}
-
-/// A command started with [`Cmd::start_piped`], and our ends of its pipes.
-#[derive(Debug)]
-pub struct Piped {
-    pub started: Started,
-    pub stdin: os_pipe::PipeWriter,
-    pub stdout: os_pipe::PipeReader,
-    pub stderr: os_pipe::PipeReader,
-}
-
-/// A command started in the background; stopped with [`Started::terminate`]
-/// (the interrupt handler stops it on a signal: it is registered).
-#[derive(Debug)]
-pub struct Started {
-    handle: duct::Handle,
-    pids: Vec<u32>,
-    own_group: bool,
-    _registered: interrupt::Registered,
-}
-
-impl Started {
-    /// How it exited, if it has.
-    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
-        Ok(self.handle.try_wait()?.map(|output| output.status))
-    }
-
-    /// How it exited and what it printed, if it has exited (for a command
-    /// started with [`Cmd::start_captured`]; else the output is empty).
-    pub fn try_output(&mut self) -> Result<Option<std::process::Output>> {
-        Ok(self.handle.try_wait()?.cloned())
-    }
-
-    /// Waits up to `timeout` for it to exit; how it exited, if it did.
-    pub fn wait_for(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {
-        let started = std::time::Instant::now();
-        loop {
-            match self.handle.try_wait() {
-                Ok(Some(output)) => return Some(output.status),
-                Ok(None) if started.elapsed() < timeout => {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// Sends SIGTERM, waits up to `grace` for it to exit, then kills it.
-    /// SIGTERM is sent again every 100 ms meanwhile: a program that checks
-    /// for a signal before it waits (OpenSSH 9.2's ssh does) misses one
-    /// that lands between the check and the wait until its wait times out.
-    pub fn terminate(&mut self, grace: std::time::Duration) {
-        use nix::sys::signal::Signal;
-        use std::time::{Duration, Instant};
-        let signal_all = |signal: Signal| {
-            for &pid in &self.pids {
-                interrupt::stop(pid, self.own_group, signal);
-            }
-        };
-        let started = Instant::now();
-        let mut signalled: Option<Instant> = None;
-        while started.elapsed() < grace {
-            if !matches!(self.handle.try_wait(), Ok(None)) {
-                return;
-            }
-            if signalled.is_none_or(|at| at.elapsed() >= Duration::from_millis(100)) {
-                signal_all(Signal::SIGTERM);
-                signalled = Some(Instant::now());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        signal_all(Signal::SIGKILL);
-        let _ = self.handle.wait();
     }
 }

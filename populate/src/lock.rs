@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use mktarget::command::{describe, Started};
+use mktarget::command::{describe, Child, Stdio};
 use mktarget::shell::quote;
 use mktarget::{interrupt, Session};
 
@@ -102,7 +102,7 @@ impl Taken {
 /// The script holding the lock; dropping it lets go.
 #[derive(Debug)]
 pub(crate) struct LockProcess {
-    started: Started,
+    started: Child,
     /// Its stdin: the lock is held as long as this is open.
     stdin: Option<os_pipe::PipeWriter>,
     /// Its stdout after `held`, while its batch has not run yet.
@@ -393,17 +393,18 @@ pub(crate) fn take(
     let place = place(session);
     let what = format!("lock on {place}");
     let cmd = session.shell(&script(session, force, timeout, id, batch));
-    let piped = cmd
-        .start_piped()
+    let mut started = cmd
+        .spawn(Stdio::piped())
         .with_context(|| format!("cannot take the {what}"))?;
+    let (stdin, stdout, stderr) = started.take_pipes();
     let mut process = LockProcess {
-        started: piped.started,
-        stdin: Some(piped.stdin),
+        started,
+        stdin: Some(stdin),
         batch: None,
         place: place.clone(),
     };
-    let stderr = Gate::new(piped.stderr);
-    let mut lines = BufReader::new(piped.stdout);
+    let stderr = Gate::new(stderr);
+    let mut lines = BufReader::new(stdout);
     let mut waiting_since: Option<Instant> = None;
     let mut holder = String::new();
     loop {

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use mktarget::command::{describe, Cmd};
+use mktarget::command::{describe, Cmd, ProcessError, Program, Stdio};
 use mktarget::Session;
 
 use crate::report::{StepError, Transfer};
@@ -148,11 +148,9 @@ pub(crate) fn claim(session: &Session, p: &str, makes: Makes) -> Script {
 /// Runs one command of a step on `session`'s target, its output going to
 /// `out` as it comes.
 pub(crate) fn run_cmd(session: &Session, cmd: &Cmd, out: &mut dyn Write) -> Result<()> {
-    let (status, tail) = cmd.run_unchecked_into(out)?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(step_failure(session, cmd, status, &tail).into())
+    match cmd.run(Stdio::tee(out))?.checked() {
+        Ok(_) => Ok(()),
+        Err(failed) => Err(step_failure(session, &failed).into()),
     }
 }
 
@@ -201,13 +199,9 @@ impl Write for Watch<'_> {
 /// target failed and why (ssh's own words), or the one command that failed
 /// (what a script's `run` named), or what rsync said, and the status;
 /// never the whole script, nor the output again (it was shown).
-pub(crate) fn step_failure(
-    session: &Session,
-    cmd: &Cmd,
-    status: std::process::ExitStatus,
-    tail: &[u8],
-) -> StepError {
-    if let Some(message) = session.connection_failure(cmd, status, tail) {
+pub(crate) fn step_failure(session: &Session, failed: &ProcessError) -> StepError {
+    let (status, tail) = (failed.status, &failed.stderr[..]);
+    if let Some(message) = session.connection_failure(failed) {
         return StepError {
             command: None,
             status: Some(describe(status)),
@@ -215,15 +209,15 @@ pub(crate) fn step_failure(
             message,
         };
     }
-    failure(describe(status), tail, |status_text| match cmd.program() {
-        "ssh" | "/bin/sh" => (None, format!("its script failed: {status_text}")),
-        "rsync" => (
+    failure(describe(status), tail, |status_text| match failed.program {
+        Program::Ssh | Program::Shell => (None, format!("its script failed: {status_text}")),
+        Program::Rsync => (
             None,
             format!("rsync failed: {status_text} (its messages are above)"),
         ),
-        _ => (
-            Some(cmd.brief()),
-            format!("`{}` failed: {status_text}", cmd.brief()),
+        Program::Other => (
+            Some(failed.command.clone()),
+            format!("`{}` failed: {status_text}", failed.command),
         ),
     })
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use mktarget::command::{describe, MAX_ARG_BYTES};
+use mktarget::command::{describe, Finished, Stdio, MAX_ARG_BYTES};
 use mktarget::interrupt;
 use mktarget::mutex::{self, lock};
 use mktarget::Session;
@@ -560,7 +560,7 @@ impl<'a> Run<'a> {
             Some(ran) => (ran.map(|(stdout, code)| Ran::InLock { stdout, code }), None),
             None => {
                 let cmd = self.plan.session.shell(&crate::script::batch(parts));
-                (cmd.output().map(Ran::Alone), Some(cmd))
+                (cmd.run(Stdio::capture()).map(Ran::Alone), Some(cmd))
             }
         };
         self.doing(&labels, false);
@@ -585,9 +585,9 @@ impl<'a> Run<'a> {
                 // a signal.
                 self.progress.output(*i, rest.as_bytes());
                 let error = match (&output, &cmd) {
-                    (Ran::Alone(output), Some(cmd)) => {
+                    (Ran::Alone(output), Some(_)) => {
                         self.progress.output(*i, &output.stderr);
-                        step_failure(&self.plan.session, cmd, output.status, &output.stderr)
+                        step_failure(&self.plan.session, &output.failure())
                     }
                     _ => StepError::message(format!(
                         "the lock's session ended its batch before this step finished \
@@ -688,7 +688,7 @@ impl<'a> Run<'a> {
 /// How one batch ran.
 enum Ran {
     /// In a session of its own.
-    Alone(std::process::Output),
+    Alone(Finished),
     /// In the lock's session: what it printed, and its exit status.
     InLock { stdout: Vec<u8>, code: i32 },
 }

@@ -6,6 +6,7 @@ use std::process::ExitStatus;
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar};
+use mktarget::command::{Out, Stdio};
 use mktarget::interrupt;
 use mktarget::Cmd;
 use populate::{Style, Verbosity};
@@ -268,8 +269,10 @@ pub(crate) fn run_host(
     std::thread::scope(|scope| {
         let out = scope.spawn(|| pump(out_reader, board, i, &prefix, stdout_to, stdout));
         let err = scope.spawn(|| pump(err_reader, board, i, &prefix, Stream::Stderr, stderr));
+        let stdio = Stdio::new(Out::file(out_writer), Out::file(err_writer));
         let status = command
-            .status_to(out_writer, err_writer)
+            .run(stdio)
+            .map(|ran| ran.status)
             .map_err(|err| format!("{err:#}"));
         HostOutcome {
             status,

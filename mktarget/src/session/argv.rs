@@ -348,15 +348,19 @@ mod tests {
         ];
         let mut argv = off(&t).fresh_ssh_argv();
         argv.extend(["-G".to_owned(), "h".to_owned()]);
-        let out = Cmd::from_argv(argv).output().unwrap();
-        assert!(out.status.success(), "{out:?}");
+        let out = Cmd::from_argv(argv).run(Stdio::capture()).unwrap();
+        assert!(out.success(), "{out:?}");
         let config = String::from_utf8(out.stdout).unwrap();
         // (ssh -G prints no controlpath line for none.)
         assert!(!config.contains("controlpath"), "{config}");
         // Without `-S none` it would have used the user's.
         let mut argv = t.ssh_argv(false);
         argv.extend(["-G".to_owned(), "h".to_owned()]);
-        let config = Cmd::from_argv(argv).read().unwrap();
+        let config = Cmd::from_argv(argv)
+            .run(Stdio::read())
+            .unwrap()
+            .text()
+            .unwrap();
         assert!(config.contains("controlpath /tmp/"), "{config}");
     }
 }

@@ -1,6 +1,6 @@
 //! What ssh's own configuration says of a target, as `ssh -G` prints it.
 
-use crate::command::Cmd;
+use crate::command::{Cmd, Stdio};
 use crate::target::Target;
 
 /// What ssh's configuration for a target is, as `ssh -G` prints it
@@ -18,7 +18,7 @@ impl SshConfig {
         argv.push("-G".to_owned());
         argv.extend(target.extra_options.iter().cloned());
         argv.push(target.ssh_host().to_owned());
-        match Cmd::from_argv(argv).output() {
+        match Cmd::from_argv(argv).run(Stdio::capture()) {
             Ok(out) if out.status.success() => {
                 SshConfig::parse(&String::from_utf8_lossy(&out.stdout))
             }

@@ -1,33 +1,30 @@
 //! Why an ssh (or an rsync through one) failed: the connection, told in
 //! ssh's own words, or the command itself.
 
-use std::process::ExitStatus;
-
 use super::Session;
-use crate::command::Cmd;
+use crate::command::{describe, ProcessError, Program};
 
 impl Session {
-    /// When `cmd`, an ssh of this session (or an rsync through one), ended
-    /// with `status` and output ending in `tail` because of the connection:
-    /// what the error says, `the ssh connection to HOST failed: WHY`, where
-    /// WHY is ssh's own message (from `tail`, else from the shared
-    /// connection's master, if it ended). `None` when the command itself
-    /// failed.
-    pub fn connection_failure(&self, cmd: &Cmd, status: ExitStatus, tail: &[u8]) -> Option<String> {
-        let ssh_failed = status.code() == Some(255);
+    /// When `failed`, an ssh of this session (or an rsync through one),
+    /// failed because of the connection: what the error says, `the ssh
+    /// connection to HOST failed: WHY`, where WHY is ssh's own message
+    /// (from the end of its output, else from the shared connection's
+    /// master, if it ended). `None` when the command itself failed.
+    pub fn connection_failure(&self, failed: &ProcessError) -> Option<String> {
+        let ssh_failed = failed.ssh_failed();
         // rsync passes ssh's 255 on; a lost connection may also end it
         // with a protocol or I/O error (12, 10, 11): any failure of rsync
         // is looked at.
-        let suspect = match cmd.program() {
-            "ssh" => ssh_failed,
-            "rsync" => true,
-            _ => false,
+        let suspect = match failed.program {
+            Program::Ssh => ssh_failed,
+            Program::Rsync => true,
+            Program::Shell | Program::Other => false,
         };
         if self.is_local() || !suspect {
             return None;
         }
         let who = self.target.destination();
-        let lines = connection_lines(&String::from_utf8_lossy(tail));
+        let lines = connection_lines(&String::from_utf8_lossy(&failed.stderr));
         if !lines.is_empty() {
             return Some(format!(
                 "the ssh connection to {who} failed: {}",
@@ -37,7 +34,7 @@ impl Session {
         if let Some((ended, said)) = self.master_ended() {
             let lines = connection_lines(&said);
             let why = if lines.is_empty() {
-                format!("{}; ssh printed no reason", crate::command::describe(ended))
+                format!("{}; ssh printed no reason", describe(ended))
             } else {
                 lines.join(" ")
             };
@@ -45,14 +42,14 @@ impl Session {
                 "the ssh connection to {who} was lost: the shared connection ended ({why})"
             ));
         }
-        let how = crate::command::describe(status);
-        match cmd.program() {
+        let how = describe(failed.status);
+        match failed.program {
             // ssh says 255 for both; its message, if any, tells which.
-            "ssh" => Some(format!(
+            Program::Ssh => Some(format!(
                 "the ssh connection to {who} failed, or the command was killed by a signal \
                  on the target ({how}; ssh's message, if any, is above)"
             )),
-            "rsync" if ssh_failed => Some(format!(
+            Program::Rsync if failed.status.code() == Some(255) => Some(format!(
                 "the ssh connection to {who} failed (rsync: {how}, which is ssh's; \
                  ssh's message, if any, is above)"
             )),

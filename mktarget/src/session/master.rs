@@ -12,7 +12,7 @@ use anyhow::{anyhow, Result};
 
 use super::diagnosis::connection_lines;
 use super::{Reach, Session};
-use crate::command::{Cmd, Started};
+use crate::command::{Child, Cmd, Out, Stdio};
 use crate::interrupt::{self, PrivateDir};
 use crate::mutex::lock;
 
@@ -30,7 +30,7 @@ pub(super) struct Control {
 /// A running master and what it says on stderr.
 #[derive(Debug)]
 pub(super) struct Master {
-    process: Started,
+    process: Child,
     log: Arc<Mutex<MasterLog>>,
 }
 
@@ -63,7 +63,7 @@ impl Session {
             if !*started && !interrupt::interrupted() {
                 *started = true;
                 // Its failure shows again, with ssh's message, in the first step.
-                let _ = self.ssh("true".to_owned(), false).quiet().status();
+                let _ = self.ssh("true".to_owned(), false).run(Stdio::null());
             }
             return Ok(());
         }
@@ -126,7 +126,7 @@ impl Session {
             Ok(pipe) => pipe,
             Err(err) => return fall_back(format!("cannot make a pipe: {err}")),
         };
-        let mut process = match cmd.start_with_stderr(writer) {
+        let mut process = match cmd.spawn(Stdio::new(Out::Join, Out::file(writer))) {
             Ok(process) => process,
             Err(err) => return fall_back(format!("{err:#}")),
         };
@@ -183,7 +183,7 @@ impl Session {
             // removes its socket when it stops.
             let mut argv = self.ssh_argv(false);
             argv.extend(["-O", "exit", self.target.ssh_host()].map(str::to_owned));
-            if let Ok(mut exit) = Cmd::from_argv(argv).quiet().start_captured() {
+            if let Ok(mut exit) = Cmd::from_argv(argv).spawn(Stdio::null()) {
                 if exit.wait_for(Duration::from_secs(2)).is_none() {
                     exit.terminate(Duration::from_secs(1));
                 }

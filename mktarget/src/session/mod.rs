@@ -180,7 +180,7 @@ impl Drop for Session {
 #[cfg(test)]
 mod fixtures {
     pub use super::*;
-    pub use crate::command::Cmd;
+    pub use crate::command::{Cmd, Stdio};
     pub use crate::testing::origin;
 
     pub fn parse(s: &str) -> Target {
@@ -208,6 +208,12 @@ mod fixtures {
         let mut argv = session.ssh_argv(false);
         argv.insert(1, "-G".to_owned());
         argv.push(session.target().ssh_host().to_owned());
-        SshConfig::parse(&Cmd::from_argv(argv).read().unwrap())
+        SshConfig::parse(
+            &Cmd::from_argv(argv)
+                .run(Stdio::read())
+                .unwrap()
+                .text()
+                .unwrap(),
+        )
     }
 }

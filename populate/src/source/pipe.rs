@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use mktarget::command::{Out, Stdio};
 use mktarget::{Cmd, Session};
 use serde_json::Value;
 
@@ -83,7 +84,9 @@ impl Pipe {
         let out = SecretDir::holding("populate-pipe.", "the pipe's output")?;
         let file = out.create_file(Path::new("out"))?;
         // Its output may be secret: it stays out of the log and the error.
-        self.command.run_to_file_into(file, log).context(
+        let stdio = Stdio::new(Out::file(file), Out::Hold(Box::new(&mut *log)));
+        let ran = self.command.run(stdio).and_then(|ran| Ok(ran.checked()?));
+        ran.context(
             "the command failed, so nothing was sent and the target's file is left as it was",
         )?;
         let path = out.path().join("out");

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
+use mktarget::command::{Out, Stdio};
 use mktarget::interrupt;
 use mktarget::shell::quote;
 use mktarget::{Cmd, Session};
@@ -110,7 +111,8 @@ impl Secrets {
         self.show
             .clone()
             .arg(entry_name)
-            .run_to_file_into(out, log)?;
+            .run(Stdio::new(Out::file(out), Out::Hold(Box::new(log))))?
+            .checked()?;
         // pass: the last commit's date, when the store is a git repo
         // (the stamp exists exactly then); passage: the .age file's.
         let mtime = match &self.pass {
@@ -151,10 +153,10 @@ impl Secrets {
         // The place is claimed first, so that neither the stamp nor the
         // secrets are read or written through a symlink.
         let claim = self.claim(session, stamp.is_some());
-        let output = claim.output()?;
+        let output = claim.run(Stdio::capture())?;
         let _ = log.write_all(&output.stderr);
-        if !output.status.success() {
-            return Err(step_failure(session, &claim, output.status, &output.stderr).into());
+        if !output.success() {
+            return Err(step_failure(session, &output.failure()).into());
         }
         if let Some(stamp) = &stamp {
             if String::from_utf8_lossy(&output.stdout).trim_end_matches('\n') == stamp {
@@ -249,7 +251,8 @@ fn pass_stamp(dir: &str, name: &str, root: &Path) -> Result<Option<String>> {
     let last_commit = |path: &str| {
         Cmd::new("git")
             .args(["-C", dir, "log", "-1", "--format=%H", "--", path])
-            .read()
+            .run(Stdio::read())
+            .and_then(|ran| ran.text())
     };
     let mut hashes = last_commit(name)?;
     let mut links = Vec::new();
@@ -270,7 +273,8 @@ fn last_commit_time(dir: &str, file: &Path) -> Result<Option<std::time::SystemTi
     let out = Cmd::new("git")
         .args(["-C", dir, "log", "-1", "--format=%at", "--"])
         .arg(file.to_string_lossy())
-        .read()?;
+        .run(Stdio::read())?
+        .text()?;
     Ok(out
         .trim()
         .parse::<u64>()
