@@ -2,15 +2,16 @@
 //! given twice in one object is an error naming it by its path
 //! (`nixpkgs.git.url`; serde_json would keep the last one, so a copy-pasted
 //! source silently replaces another). Input nested deeper than serde_json's
-//! limit (128) is an error too.
+//! limit (128) is an error too. And how error messages show what the input
+//! said: a string quoted and cut short ([`shown`]), a key in a JSON path
+//! ([`shown_key`]), a value's kind ([`kind`]).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::Read;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
-
-use crate::target::{shown, shown_key};
 
 /// The most input the tools read as JSON. sources.json of 10,000 sources
 /// is a few MB; this much means a device or an endless pipe
@@ -155,10 +156,65 @@ impl<'de> Visitor<'de> for Strict<'_> {
     }
 }
 
+/// How an error message shows a string from the input: quoted, with control
+/// characters escaped, and cut after [`SHOWN_CHARS`] characters (the whole
+/// length said instead), so that a 50 MB field does not become a 50 MB
+/// message.
+pub fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
+/// How many characters of a string [`shown`] keeps.
+pub const SHOWN_CHARS: usize = 80;
+
+/// How an error message names an object's key in a JSON path
+/// (`nixpkgs.git.url`): as it is when it has only portable filename
+/// characters and is short, else as [`shown`] quotes it.
+pub fn shown_key(key: &str) -> Cow<'_, str> {
+    let plain = !key.is_empty()
+        && key.len() <= SHOWN_CHARS
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if plain {
+        Cow::Borrowed(key)
+    } else {
+        Cow::Owned(shown(key))
+    }
+}
+
+/// What kind of JSON value this is, for error messages.
+pub fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn messages_show_input_quoted_and_cut_short() {
+        assert_eq!(shown("a\nb"), "\"a\\nb\"");
+        let long = "é".repeat(100);
+        assert_eq!(
+            shown(&long),
+            format!("\"{}\"… (200 bytes)", "é".repeat(SHOWN_CHARS))
+        );
+        assert_eq!(shown_key("git"), "git");
+        assert_eq!(shown_key("a b"), "\"a b\"");
+        assert_eq!(shown_key(""), "\"\"");
+    }
 
     #[test]
     fn parses_like_serde_json() {

@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::json::{kind, shown, SHOWN_CHARS};
+
 /// A validated krops target. Construct it with [`Target::parse`],
 /// [`Target::from_json`] or [`Target::from_arg`], which refuse bad input.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -524,48 +526,6 @@ fn nullable_string(value: &Value, field: &str) -> Result<Option<String>> {
     }
 }
 
-/// How an error message shows a string from the input: quoted, with control
-/// characters escaped, and cut after [`SHOWN_CHARS`] characters (the whole
-/// length said instead), so that a 50 MB field does not become a 50 MB
-/// message.
-pub fn shown(value: &str) -> String {
-    match value.char_indices().nth(SHOWN_CHARS) {
-        None => format!("{value:?}"),
-        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
-    }
-}
-
-/// How many characters of a string [`shown`] keeps.
-pub const SHOWN_CHARS: usize = 80;
-
-/// How an error message names an object's key in a JSON path
-/// (`nixpkgs.git.url`): as it is when it has only portable filename
-/// characters and is short, else as [`shown`] quotes it.
-pub fn shown_key(key: &str) -> Cow<'_, str> {
-    let plain = !key.is_empty()
-        && key.len() <= SHOWN_CHARS
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if plain {
-        Cow::Borrowed(key)
-    } else {
-        Cow::Owned(shown(key))
-    }
-}
-
-/// What kind of JSON value this is, for error messages.
-pub fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -891,16 +851,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_show_input_quoted_and_cut_short() {
-        assert_eq!(shown("a\nb"), "\"a\\nb\"");
-        let long = "é".repeat(100);
-        assert_eq!(
-            shown(&long),
-            format!("\"{}\"… (200 bytes)", "é".repeat(SHOWN_CHARS))
-        );
-        assert_eq!(shown_key("git"), "git");
-        assert_eq!(shown_key("a b"), "\"a b\"");
-        assert_eq!(shown_key(""), "\"\"");
+    fn a_huge_refused_field_is_shown_cut_short() {
         let err = refused(&format!("{}@h", "-".repeat(100_000)));
         assert!(err.len() < 400, "{err}");
     }

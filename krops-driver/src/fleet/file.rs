@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use mktarget::target::{kind, shown, shown_key};
+use mktarget::json::{kind, shown, shown_key};
 use mktarget::tool::usage;
 use mktarget::{Origin, Target};
 use populate::source::is_portable;

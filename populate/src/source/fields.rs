@@ -2,7 +2,8 @@
 //! naming the JSON path of what is wrong.
 
 use anyhow::{bail, Result};
-use mktarget::target::{kind, shown, shown_key, PATH_MAX_BYTES};
+use mktarget::json::{kind, shown, shown_key};
+use mktarget::target::PATH_MAX_BYTES;
 use serde_json::{Map, Value};
 
 /// A path here or on the target: absolute, one line (see [`line`]), and

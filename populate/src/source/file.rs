@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use mktarget::target::shown;
+use mktarget::json::shown;
 use mktarget::{Cmd, Session};
 use serde_json::Value;
 

@@ -11,7 +11,8 @@
 //! after `git fetch origin`.
 
 use anyhow::{bail, Result};
-use mktarget::target::{shown, PATH_MAX_BYTES};
+use mktarget::json::shown;
+use mktarget::target::PATH_MAX_BYTES;
 use mktarget::Session;
 use serde_json::Value;
 

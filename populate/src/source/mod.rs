@@ -9,7 +9,7 @@ pub(crate) mod store;
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use mktarget::target::{kind, shown, shown_key};
+use mktarget::json::{kind, shown, shown_key};
 use mktarget::Session;
 use serde_json::Value;
 

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use mktarget::{Cmd, Session};
 use serde_json::Value;
 
-use mktarget::target::shown;
+use mktarget::json::shown;
 
 use super::fields::{absolute, Fields};
 use super::store::Secrets;

@@ -5,7 +5,8 @@ use anyhow::{bail, Result};
 use mktarget::Session;
 use serde_json::Value;
 
-use mktarget::target::{shown, PATH_MAX_BYTES};
+use mktarget::json::shown;
+use mktarget::target::PATH_MAX_BYTES;
 
 use super::fields::{text, Fields};
 use crate::script::{Function, Script};
