@@ -10,8 +10,6 @@ use mktarget::Session;
 
 use crate::report::{StepError, Transfer};
 use crate::script::{batch, failed_command, Script};
-use crate::source::pipe::Pipe;
-use crate::source::store::Secrets;
 
 #[derive(Debug)]
 pub(crate) enum Work {
@@ -30,9 +28,20 @@ pub(crate) enum Work {
     /// (derivations, which may build from them).
     Alone { script: Script, late: bool },
     /// A pass or passage store: decrypted here, then synced.
-    Secrets(Box<Secrets>),
+    Secrets(Box<dyn Staged>),
     /// A pipe: its command's output, kept here, then moved into place there.
-    Pipe(Box<Pipe>),
+    Pipe(Box<dyn Staged>),
+}
+
+/// Work made here before it goes to the target (secrets decrypted, a
+/// pipe's output kept), by the source type that knows how: the steps run
+/// it without knowing the types.
+pub(crate) trait Staged: std::fmt::Debug + Send + Sync {
+    /// Runs it on `session`'s target, what it says going to `out`.
+    fn run(&self, session: &Session, out: &mut dyn Write) -> Result<Ended>;
+
+    /// The commands it runs, as `--dry-run` shows them.
+    fn script(&self, session: &Session) -> String;
 }
 
 impl Work {
@@ -67,8 +76,7 @@ impl Work {
             Work::Alone { script, .. } => {
                 run_cmd(session, &session.shell(&script.whole()), out).map(|()| Ended::Done(None))
             }
-            Work::Secrets(secrets) => secrets.run(session, out),
-            Work::Pipe(pipe) => pipe.run(session, out).map(|()| Ended::Done(None)),
+            Work::Secrets(staged) | Work::Pipe(staged) => staged.run(session, out),
         }
     }
 
@@ -103,8 +111,7 @@ impl Work {
                 rsync,
             } => format!("{}\n{rsync}", shell(claim)),
             Work::Rsync { claim: None, rsync } => rsync.to_string(),
-            Work::Secrets(secrets) => secrets.script(session),
-            Work::Pipe(pipe) => pipe.script(),
+            Work::Secrets(staged) | Work::Pipe(staged) => staged.script(session),
         }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::fields::{absolute, Fields};
 use crate::script::{Function, Script};
 use crate::secrets::SecretDir;
-use crate::step::{run_cmd, Work};
+use crate::step::{run_cmd, Ended, Staged, Work};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PipeSource {
@@ -77,6 +77,16 @@ static RECEIVE: Function = Function {
 /// Sends a file's size on a line, then the file: what the receive script reads.
 fn sized(file: &str) -> Cmd {
     Cmd::new("/bin/sh").args(["-c", "wc -c < \"$1\" && cat \"$1\"", "sh", file])
+}
+
+impl Staged for Pipe {
+    fn run(&self, session: &Session, log: &mut dyn Write) -> Result<Ended> {
+        Pipe::run(self, session, log).map(|()| Ended::Done(None))
+    }
+
+    fn script(&self, _: &Session) -> String {
+        Pipe::script(self)
+    }
 }
 
 impl Pipe {

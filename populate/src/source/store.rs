@@ -16,7 +16,7 @@ use walkdir::WalkDir;
 use super::file::{default_file_options, rsync, FileSource};
 use crate::script::{Function, Script};
 use crate::secrets::SecretDir;
-use crate::step::{claim, run_rsync, step_failure, Ended, Makes};
+use crate::step::{claim, run_rsync, step_failure, Ended, Makes, Staged};
 
 /// `krops_pass_info P` (`store.sh`): the stamp the last run left, if any.
 static PASS_INFO: Function = Function {
@@ -38,6 +38,16 @@ pub(crate) struct Secrets {
     pub(super) show: Cmd,
     /// pass only: the store dir and entry name, for the change stamp.
     pub(super) pass: Option<(String, String)>,
+}
+
+impl Staged for Secrets {
+    fn run(&self, session: &Session, log: &mut dyn Write) -> Result<Ended> {
+        Secrets::run(self, session, log)
+    }
+
+    fn script(&self, session: &Session) -> String {
+        Secrets::script(self, session)
+    }
 }
 
 impl Secrets {
