@@ -23,6 +23,12 @@ pub enum Program {
 }
 
 impl Program {
+    /// Whether a command of this program that ended with `status` is an
+    /// ssh that lost or never had its connection (ssh's own 255).
+    fn ssh_failed(self, status: ExitStatus) -> bool {
+        self == Program::Ssh && status.code() == Some(255)
+    }
+
     pub(super) fn of(program: &str) -> Program {
         match program {
             "ssh" => Program::Ssh,
@@ -53,7 +59,7 @@ impl ProcessError {
     /// Whether it is an ssh that lost or never had its connection (ssh's
     /// own exit status 255).
     pub fn ssh_failed(&self) -> bool {
-        self.program == Program::Ssh && self.status.code() == Some(255)
+        self.program.ssh_failed(self.status)
     }
 }
 
@@ -79,7 +85,7 @@ impl Cmd {
     /// Whether `status` says this command, an ssh, lost or never had its
     /// connection (ssh's own exit status 255).
     pub fn connection_failed(&self, status: ExitStatus) -> bool {
-        self.failure(status).ssh_failed()
+        Program::of(&self.program).ssh_failed(status)
     }
 
     /// The error for this command ending with `status`, its output shown
@@ -123,6 +129,22 @@ mod tests {
     /// What `$(CMD)` reads.
     fn read(cmd: &Cmd) -> Result<String> {
         cmd.run(Stdio::read())?.text()
+    }
+
+    #[test]
+    fn only_ssh_s_own_255_is_a_lost_connection() {
+        let status = |code: i32| ExitStatus::from_raw(code << 8);
+        assert!(Cmd::new("ssh").connection_failed(status(255)));
+        assert!(!Cmd::new("ssh").connection_failed(status(1)));
+        assert!(!Cmd::new("/bin/sh").connection_failed(status(255)));
+        let failed = Cmd::new("rsync").arg("-a").failure(status(255));
+        assert_eq!(
+            (failed.program, failed.ssh_failed()),
+            (Program::Rsync, false)
+        );
+        assert_eq!(failed.to_string(), "`rsync -a` failed: exit status 255");
+        let failed = Cmd::new("ssh").failure(status(255));
+        assert_eq!((failed.program, failed.ssh_failed()), (Program::Ssh, true));
     }
 
     #[test]

@@ -114,7 +114,47 @@ fn login_rejected(line: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
     use super::*;
+    use crate::session::fixtures::*;
+
+    #[test]
+    fn the_connection_is_blamed_by_the_failed_program_and_its_status() {
+        let remote = off(&parse("root@h"));
+        let diagnose = |session: &Session, program: &str, code: i32, stderr: &str| {
+            let mut failed = Cmd::new(program).failure(ExitStatus::from_raw(code << 8));
+            failed.stderr = stderr.as_bytes().to_vec();
+            session.connection_failure(&failed)
+        };
+        let refused = "ssh: connect to host h port 22: Connection refused\n";
+        assert_eq!(
+            diagnose(&remote, "ssh", 255, refused).as_deref(),
+            Some("the ssh connection to root@h failed: ssh: connect to host h port 22: Connection refused")
+        );
+        assert_eq!(
+            diagnose(&remote, "ssh", 255, "").as_deref(),
+            Some(
+                "the ssh connection to root@h failed, or the command was killed by a signal \
+                 on the target (exit status 255; ssh's message, if any, is above)"
+            )
+        );
+        // rsync: any failure is looked at, but only ssh's status or words blame the connection.
+        assert_eq!(
+            diagnose(&remote, "rsync", 255, "").as_deref(),
+            Some(
+                "the ssh connection to root@h failed (rsync: exit status 255, which is ssh's; \
+                 ssh's message, if any, is above)"
+            )
+        );
+        assert!(diagnose(&remote, "rsync", 12, refused).is_some());
+        assert_eq!(diagnose(&remote, "rsync", 23, ""), None);
+        // The command's own failure, whatever it printed.
+        assert_eq!(diagnose(&remote, "ssh", 1, refused), None);
+        assert_eq!(diagnose(&remote, "/bin/sh", 255, refused), None);
+        assert_eq!(diagnose(&off(&parse("/srv")), "ssh", 255, refused), None);
+    }
 
     #[test]
     fn ssh_s_reasons_are_found_in_its_output() {
