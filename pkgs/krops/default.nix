@@ -21,7 +21,7 @@ in
 }:
 
 let
-  inherit (w) flag option optionUnless checkBool checkString targetJSON;
+  inherit (w) flag option optionUnless checkBool checkString checkTags targetJSON;
   writeTool = w.writeTool { inherit krops-rs writers; };
 
   # krops-deploy --nom's modes (clap's values of its `Nom`); tests/contract.rs
@@ -38,6 +38,7 @@ in
     force ? false,
     operation ? "switch",
     source,
+    tags ? [ ],
     target,
     useNixOutputMonitor ? "opportunistic"
   }:
@@ -58,7 +59,7 @@ in
         then lib.trace "${what}: it's now always fast, setting the `fast` attribute is deprecated and will be removed in future"
         else (x: x);
     in
-    deprecated (writeTool name "krops-deploy" source (
+    deprecated (builtins.seq (checkTags what tags) writeTool name "krops-deploy" source (
       option "--target" (targetJSON what "target" target)
       ++ option "--build-target" (if buildTarget == null then null else targetJSON what "buildTarget" buildTarget)
       ++ option "--operation" (checkString what "operation" operation)
@@ -96,6 +97,7 @@ in
     command ? null,
     force ? false,
     source,
+    tags ? [ ],
     target
   }:
     let
@@ -109,7 +111,7 @@ in
         else if lib.isString command then option "--" command
         else throw "${what}: command: expected a function of the target path giving a script, got ${lib.typeOf command}";
     in
-    writeTool name "krops-command" source (
+    builtins.seq (checkTags what tags) writeTool name "krops-command" source (
       option "--target" (targetJSON what "target" target)
       ++ flag "--allocate-tty" (checkBool what "allocateTTY" allocateTTY)
       ++ flag "--force" (checkBool what "force" force)

@@ -1,0 +1,156 @@
+//! End-to-end: running a fleet (README: Many hosts at once): picking hosts
+//! by tag, rolling deploys that stop starting hosts after failures, and
+//! reboots the deploy waits through and checks, against real sshd hosts.
+
+use std::path::PathBuf;
+
+use krops_tests::World;
+use serde_json::{json, Value};
+
+use crate::fleet::{dest, fleet_of, paths, rebuilt, run_fleet, script, summary_row, three_hosts};
+
+#[test]
+fn on_picks_hosts_by_tag_mixed_with_names() {
+    let (world, hosts) = three_hosts();
+    let mut fleet = fleet_of(&world, &hosts);
+    fleet["alpha"]["tags"] = json!(["web", "eu"]);
+    fleet["beta"]["tags"] = json!(["db"]);
+    fleet["gamma"]["tags"] = json!(["web"]);
+    let fleet = Value::Object(fleet);
+
+    let out = run_fleet(&world, "krops-deploy", &["--on", "@web", "--json"], &fleet);
+    out.assert_success();
+    assert_eq!(rebuilt(&world), paths(&world, &["alpha", "gamma"]));
+    assert!(!dest(&world, "beta").exists(), "beta is not tagged web");
+    let doc = out.document();
+    let hosts = doc["hosts"].as_object().unwrap();
+    assert_eq!(
+        hosts.keys().collect::<Vec<_>>(),
+        ["alpha", "gamma"],
+        "{doc}"
+    );
+    assert_eq!(hosts["alpha"]["tags"], json!(["web", "eu"]), "{doc}");
+    assert_eq!(hosts["gamma"]["tags"], json!(["web"]), "{doc}");
+    assert_eq!(hosts["alpha"]["batch"], json!(1), "{doc}");
+    assert_eq!(hosts["alpha"]["notStarted"], Value::Null, "{doc}");
+    assert_eq!(hosts["alpha"]["rebooted"], json!(false), "{doc}");
+
+    // A tag that no host has stops the run before any host starts, like a
+    // pattern that matches none.
+    let before = world.records("nixos-rebuild").len();
+    let out = run_fleet(&world, "krops-deploy", &["--on", "beta,@mail"], &fleet);
+    out.assert_code(1).assert_stderr_contains(
+        "--on \"@mail\": no host of the fleet has the tag \"mail\" (the tags are db, eu, web)",
+    );
+    assert_eq!(world.records("nixos-rebuild").len(), before);
+    assert!(!dest(&world, "beta").exists());
+
+    // A tag, mixed with a name.
+    run_fleet(&world, "krops-deploy", &["--on", "@db,gamma"], &fleet).assert_success();
+    assert_eq!(
+        rebuilt(&world),
+        paths(&world, &["alpha", "beta", "gamma", "gamma"])
+    );
+
+    // A bad tag in the file is refused, naming its place.
+    let mut bad = fleet.clone();
+    bad["beta"]["tags"] = json!(["db", "a b"]);
+    let out = run_fleet(&world, "krops-deploy", &["--on", "@web"], &bad);
+    out.assert_code(1)
+        .assert_stderr_contains("fleet.beta.tags: [1]: \"a b\": a tag must be");
+    assert_eq!(world.records("nixos-rebuild").len(), before + 2);
+}
+
+/// A pipe source that fails once `mark` exists after writing it; for
+/// `waits`, one that waits (at most 30 s) until `mark` exists.
+fn pipe(world: &World, name: &str, body: &str) -> PathBuf {
+    script(world, &format!("pipes/{name}"), body)
+}
+
+/// Reliability (Fleet): the second host of a fleet fails with --max-failures 1 → the running host finishes, the later ones are not started, and the run exits 1 naming them
+#[test]
+fn max_failures_stops_starting_hosts_and_lets_the_running_ones_finish() {
+    let world = World::new();
+    let names = ["alpha", "beta", "delta", "gamma"];
+    let hosts: Vec<_> = names.iter().map(|name| world.add_host(name)).collect();
+    let mut fleet = fleet_of(&world, &hosts);
+    let failed = world.path("beta-failed");
+    let failed = failed.display();
+    // alpha runs beside beta and finishes only after beta has failed.
+    let waits = pipe(
+        &world,
+        "alpha",
+        &format!(
+            "i=0\n\
+             while [ ! -e {failed} ]; do\n\
+             \x20 i=$((i + 1)); if [ $i -gt 300 ]; then echo beta never failed >&2; exit 1; fi\n\
+             \x20 sleep 0.1\n\
+             done\n\
+             echo alpha finished after beta failed\n"
+        ),
+    );
+    let fails = pipe(
+        &world,
+        "beta",
+        &format!("echo beta breaks >&2\ntouch {failed}\nexit 3\n"),
+    );
+    fleet["alpha"]["source"]["wait"] = json!({"pipe": waits.to_str().unwrap()});
+    fleet["beta"]["source"]["wait"] = json!({"pipe": fails.to_str().unwrap()});
+    let fleet = Value::Object(fleet);
+    let out = run_fleet(
+        &world,
+        "krops-deploy",
+        &["--jobs", "2", "--max-failures", "1", "--json"],
+        &fleet,
+    );
+    out.assert_code(1);
+    assert_eq!(rebuilt(&world), paths(&world, &["alpha"]), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(dest(&world, "alpha").join("wait")).unwrap(),
+        "alpha finished after beta failed\n"
+    );
+    for name in ["delta", "gamma"] {
+        assert!(
+            !dest(&world, name).exists(),
+            "{name} was not started\n{out}"
+        );
+        assert!(
+            summary_row(&out, name).contains(" not started (--max-failures 1: 1 host failed) "),
+            "{out}"
+        );
+    }
+    assert!(summary_row(&out, "alpha").contains(" ok "), "{out}");
+    assert!(
+        summary_row(&out, "beta").contains(" failed (exit status 1) "),
+        "{out}"
+    );
+    out.assert_stderr_contains("krops-deploy: fleet: 1 of 4 hosts ok, 1 failed, 2 not started\n")
+        .assert_stderr_contains(
+            "krops-deploy: fleet: stopped starting hosts (--max-failures 1: 1 host failed); \
+             not started: delta, gamma\n",
+        );
+    let doc = out.document();
+    assert_eq!(doc["ok"], json!(false));
+    let host = |name: &str| doc["hosts"][name].clone();
+    assert_eq!(host("alpha")["batch"], json!(1), "{doc}");
+    assert_eq!(host("beta")["batch"], json!(1), "{doc}");
+    assert_eq!(host("beta")["ok"], json!(false), "{doc}");
+    for name in ["delta", "gamma"] {
+        assert_eq!(host(name)["batch"], Value::Null, "{doc}");
+        assert_eq!(host(name)["exitCode"], Value::Null, "{doc}");
+        assert_eq!(
+            host(name)["notStarted"],
+            json!("--max-failures 1: 1 host failed"),
+            "{doc}"
+        );
+    }
+
+    // Without --max-failures, every host runs, as before.
+    std::fs::remove_file(world.path("beta-failed")).unwrap();
+    let out = run_fleet(&world, "krops-deploy", &["--jobs", "2"], &fleet);
+    out.assert_code(1);
+    assert_eq!(
+        rebuilt(&world),
+        paths(&world, &["alpha", "alpha", "delta", "gamma"])
+    );
+}
