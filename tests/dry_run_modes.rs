@@ -117,6 +117,22 @@ fn every_deploy_mode_prints_the_script_it_printed() {
         &["--build-target", BUILD, "--preview"],
     );
     deploy("deploy_no_lock", &["--no-lock"]);
+    deploy(
+        "deploy_reboot",
+        &[
+            "--operation",
+            "boot",
+            "--reboot",
+            "--reboot-timeout",
+            "300",
+            "--check",
+            "systemctl is-system-running --wait",
+        ],
+    );
+    deploy(
+        "deploy_confirm_reboot",
+        &["--confirm-timeout", "30", "--check", "true", "--reboot"],
+    );
     let sudo = json!({"user": "deploy", "host": "alpha", "port": "2222",
                       "path": "/var/src", "sudo": true})
     .to_string();

@@ -3,8 +3,9 @@
 //! reboots the deploy waits through and checks, against real sshd hosts.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use krops_tests::World;
+use krops_tests::{forced_args, Comeback, Output, World};
 use serde_json::{json, Value};
 
 use crate::fleet::{dest, fleet_of, paths, rebuilt, run_fleet, script, summary_row, three_hosts};
@@ -153,4 +154,141 @@ fn max_failures_stops_starting_hosts_and_lets_the_running_ones_finish() {
         rebuilt(&world),
         paths(&world, &["alpha", "alpha", "delta", "gamma"])
     );
+}
+
+/// `krops-deploy --reboot` with `args` to `target` (forced, no nom, with
+/// `--json`), while the host `alias` reboots as `comeback` says.
+fn deploy_rebooting(
+    world: &World,
+    host: &krops_tests::Host,
+    comeback: Comeback,
+    target: &str,
+    args: &[&str],
+    sources: &Value,
+) -> Output {
+    let mut more = vec!["--reboot", "--json"];
+    more.extend_from_slice(args);
+    let args = forced_args(target, &more);
+    world.reboot_when_asked(host, comeback, || {
+        world.run_with_sources("krops-deploy", &args, sources)
+    })
+}
+
+/// Reliability (Connection fault): a boot, then a reboot that drops the host's sshd and brings it back 2 s later with a new boot id → the deploy waits, saying for what, sees the new boot id and the system just built running, runs the check after it, and --json says so
+#[test]
+fn a_reboot_is_waited_for_and_checked() {
+    let world = World::new();
+    let (host, target, old, new) = world.nixos_deploy_host("alpha", false);
+    let before = world.boot_id("alpha");
+    let checked = world.path("checked");
+    let check = format!(
+        "cat /proc/sys/kernel/random/boot_id > {}; readlink -f /run/current-system >> {}",
+        checked.display(),
+        checked.display()
+    );
+    let out = deploy_rebooting(
+        &world,
+        &host,
+        Comeback::After(Duration::from_secs(2)),
+        &target,
+        &[
+            "--operation",
+            "boot",
+            "--reboot-timeout",
+            "120",
+            "--check",
+            &check,
+        ],
+        &world.nixos_config(),
+    );
+    out.assert_success()
+        .assert_stderr_contains("krops-deploy: rebooting root@alpha\n")
+        .assert_stderr_contains(
+            "krops-deploy: waiting for root@alpha to go down and come back with a new boot id \
+             (up to ",
+        )
+        .assert_stderr_contains("krops-deploy: root@alpha is down; waiting for it to come back")
+        .assert_stderr_contains("running the system just built")
+        .assert_stderr_contains("krops-deploy: running the check on root@alpha after the reboot");
+    let after = world.boot_id("alpha");
+    assert_ne!(before, after);
+    assert_eq!(world.current_system("alpha"), Some(new.clone()));
+    assert_ne!(old, new);
+    // The check ran once the host was back, on the new boot and system.
+    assert_eq!(
+        std::fs::read_to_string(&checked).unwrap(),
+        format!("{after}\n{}\n", new.display())
+    );
+    assert_eq!(world.records("reboot").len(), 1);
+    let reboot = &out.document()["reboot"];
+    assert_eq!(reboot["rebooted"], json!(true), "{reboot}");
+    assert_eq!(reboot["bootIdBefore"], json!(before), "{reboot}");
+    assert_eq!(reboot["bootIdAfter"], json!(after), "{reboot}");
+    assert_eq!(
+        reboot["system"],
+        json!(new.display().to_string()),
+        "{reboot}"
+    );
+    assert_eq!(
+        reboot["running"],
+        json!(new.display().to_string()),
+        "{reboot}"
+    );
+    assert!(reboot["seconds"].as_f64().unwrap() >= 2.0, "{reboot}");
+}
+
+/// Reliability (Connection fault): a rebooted host that never comes back, --reboot-timeout 4 → exit 1 after about 4 s, naming the time it had and that it went down; --json: not rebooted
+#[test]
+fn a_host_that_never_comes_back_fails_naming_its_time() {
+    let world = World::new();
+    let (host, target, _, _) = world.nixos_deploy_host("alpha", false);
+    let began = Instant::now();
+    let out = deploy_rebooting(
+        &world,
+        &host,
+        Comeback::Never,
+        &target,
+        &["--reboot-timeout", "4"],
+        &world.nixos_config(),
+    );
+    let took = began.elapsed();
+    out.assert_code(1).assert_stderr_contains(
+        "krops-deploy: error: root@alpha did not come back with a new boot id within 4 s \
+         (--reboot-timeout): it went down and has not answered since",
+    );
+    assert!(took < Duration::from_secs(40), "it took {took:?}\n{out}");
+    let doc = out.document();
+    assert_eq!(doc["ok"], json!(false));
+    assert_eq!(doc["reboot"]["rebooted"], json!(false), "{doc}");
+    assert_eq!(doc["reboot"]["bootIdAfter"], Value::Null, "{doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("within 4 s"),
+        "{doc}"
+    );
+}
+
+/// Reliability (Connection fault): a rebooted host that comes back running the old system (its boot loader picked another generation) → exit 1 naming both systems and its new boot id
+#[test]
+fn a_host_back_on_the_old_system_fails() {
+    let world = World::new();
+    let (host, target, old, new) = world.nixos_deploy_host("alpha", false);
+    let out = deploy_rebooting(
+        &world,
+        &host,
+        Comeback::OnTheOldSystem(Duration::from_secs(1)),
+        &target,
+        &["--operation", "boot", "--reboot-timeout", "120"],
+        &world.nixos_config(),
+    );
+    let after = world.boot_id("alpha");
+    out.assert_code(1).assert_stderr_contains(&format!(
+        "krops-deploy: error: root@alpha came back (boot id {after}) running {}, not the system \
+         just built {}: its boot loader started another generation",
+        old.display(),
+        new.display()
+    ));
+    assert_eq!(world.current_system("alpha"), Some(old));
+    let reboot = &out.document()["reboot"];
+    assert_eq!(reboot["rebooted"], json!(true), "{reboot}");
+    assert_eq!(reboot["bootIdAfter"], json!(after), "{reboot}");
 }

@@ -37,6 +37,8 @@ in
     fast ? null,
     force ? false,
     operation ? "switch",
+    reboot ? false,
+    rebootTimeout ? null,
     source,
     tags ? [ ],
     target,
@@ -54,6 +56,11 @@ in
         if confirmTimeout == null then null
         else if lib.isInt confirmTimeout && confirmTimeout >= 1 then toString confirmTimeout
         else throw "${what}: confirmTimeout: expected a whole number of seconds (at least 1), got ${lib.toJSON confirmTimeout}";
+      # Seconds a rebooted target has to come back (--reboot-timeout).
+      rebootTimeout' =
+        if rebootTimeout == null then null
+        else if lib.isInt rebootTimeout && rebootTimeout >= 1 then toString rebootTimeout
+        else throw "${what}: rebootTimeout: expected a whole number of seconds (at least 1), got ${lib.toJSON rebootTimeout}";
       deprecated =
         if fast != null
         then lib.trace "${what}: it's now always fast, setting the `fast` attribute is deprecated and will be removed in future"
@@ -68,6 +75,9 @@ in
       ++ flag "--force" (checkBool what "force" force)
       ++ flag "--backup" (checkBool what "backup" backup)
       ++ optionUnless "--preview" "--confirm-timeout" confirmTimeout'
+      # A preview activates nothing to reboot into, as a fleet leaves it out.
+      ++ (if checkBool what "reboot" reboot then [ { unless = "--preview"; words = [ "--reboot" ]; } ] else [ ])
+      ++ optionUnless "--preview" "--reboot-timeout" rebootTimeout'
     ));
 
   writeTest = name: {
