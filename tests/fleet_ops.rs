@@ -292,3 +292,197 @@ fn a_host_back_on_the_old_system_fails() {
     assert_eq!(reboot["rebooted"], json!(true), "{reboot}");
     assert_eq!(reboot["bootIdAfter"], json!(after), "{reboot}");
 }
+
+/// With the real nixos-rebuild: a boot, then the reboot into it → the host
+/// comes back running the system nixos-rebuild built from the synced
+/// sources, which is what the deploy checked.
+#[test]
+fn a_reboot_after_a_real_boot_comes_back_on_the_system_it_built() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let host = world.add_nixos_host("alpha");
+    let v1 = world.real_system(&rr, "v1");
+    world.boot_nixos_host("alpha", &v1);
+    let target = host.target("root", &world.path("alpha/src"));
+    let v2 = world.real_system(&rr, "v2");
+    let out = deploy_rebooting(
+        &world,
+        &host,
+        Comeback::After(Duration::from_secs(1)),
+        &target,
+        &["--operation", "boot", "--reboot-timeout", "120"],
+        &world.real_sources(&rr, "v2"),
+    );
+    out.assert_success()
+        .assert_stderr_contains("building the system configuration...")
+        .assert_stderr_contains("running the system just built");
+    assert_eq!(world.profile_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(rr.activations(), [format!("boot {}", v2.display())]);
+    let reboot = &out.document()["reboot"];
+    assert_eq!(
+        reboot["system"],
+        json!(v2.display().to_string()),
+        "{reboot}"
+    );
+    assert_eq!(
+        reboot["running"],
+        json!(v2.display().to_string()),
+        "{reboot}"
+    );
+    assert_eq!(reboot["rebooted"], json!(true), "{reboot}");
+    rr.assert_machine_untouched();
+}
+
+/// Three world NixOS hosts running system 1.0, the rebuild set to build
+/// 2.0, and a fleet of them (forced, no nom): the hosts, the fleet, the old
+/// and the new system.
+fn nixos_fleet(
+    world: &World,
+) -> (
+    Vec<krops_tests::Host>,
+    serde_json::Map<String, Value>,
+    PathBuf,
+    PathBuf,
+) {
+    let old = world.nixos_system("1.0", false);
+    let new = world.nixos_system("2.0", false);
+    world.set_rebuild_system(&new);
+    let sources = world.nixos_config();
+    let mut fleet = serde_json::Map::new();
+    let hosts = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|alias| {
+            let host = world.add_nixos_host(alias);
+            world.boot_nixos_host(alias, &old);
+            fleet.insert(
+                (*alias).to_owned(),
+                json!({
+                    "target": host.target("root", &world.path(&format!("{alias}/src"))),
+                    "source": sources,
+                    "force": true,
+                    "useNixOutputMonitor": false,
+                }),
+            );
+            host
+        })
+        .collect();
+    (hosts, fleet, old, new)
+}
+
+/// Reliability (Fleet): a fleet rebooting one host at a time whose second host never comes back, with --max-failures 1 → the first is back on the new system, the second fails naming its time, the third is not started (nor rebooted); --json has each host's boot ids
+#[test]
+fn a_fleet_reboots_within_jobs_and_max_failures() {
+    let world = World::new();
+    let (hosts, mut fleet, old, new) = nixos_fleet(&world);
+    for alias in ["alpha", "beta", "gamma"] {
+        fleet[alias]["reboot"] = json!(true);
+        fleet[alias]["operation"] = json!("boot");
+    }
+    fleet["beta"]["rebootTimeout"] = json!(3);
+    let before: Vec<String> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|alias| world.boot_id(alias))
+        .collect();
+    let back = Comeback::After(Duration::from_secs(1));
+    let out = world.reboot_when_asked(&hosts[0], back, || {
+        world.reboot_when_asked(&hosts[1], Comeback::Never, || {
+            run_fleet(
+                &world,
+                "krops-deploy",
+                &["--jobs", "1", "--max-failures", "1", "--json"],
+                &Value::Object(fleet),
+            )
+        })
+    });
+    out.assert_code(1);
+    assert!(summary_row(&out, "alpha").contains(" ok "), "{out}");
+    assert!(
+        summary_row(&out, "beta").contains(" failed (exit status 1) "),
+        "{out}"
+    );
+    assert!(
+        summary_row(&out, "gamma").contains(" not started "),
+        "{out}"
+    );
+    out.assert_stderr_contains(
+        "beta | krops-deploy: error: root@beta did not come back with a new boot id within 3 s \
+         (--reboot-timeout)",
+    );
+    assert_eq!(world.current_system("alpha"), Some(new));
+    assert_eq!(world.current_system("gamma"), Some(old));
+    // One host at a time: beta's reboot came after alpha was back.
+    let mut reboots = world.records("reboot");
+    assert_eq!(reboots.len(), 2, "alpha and beta rebooted");
+    reboots.sort_by_key(|record| record.time);
+    let alpha_back = std::fs::metadata(world.path("hosts/alpha/boot_id"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    assert!(
+        reboots[0].time < alpha_back && alpha_back < reboots[1].time,
+        "beta rebooted while alpha was down\n{out}"
+    );
+    let doc = out.document();
+    let host = |alias: &str| doc["hosts"][alias].clone();
+    assert_eq!(host("alpha")["rebooted"], json!(true), "{doc}");
+    assert_eq!(host("alpha")["bootIdBefore"], json!(before[0]), "{doc}");
+    assert_eq!(
+        host("alpha")["bootIdAfter"],
+        json!(world.boot_id("alpha")),
+        "{doc}"
+    );
+    assert_ne!(host("alpha")["bootIdAfter"], json!(before[0]), "{doc}");
+    assert_eq!(host("beta")["rebooted"], json!(false), "{doc}");
+    assert_eq!(host("beta")["bootIdBefore"], json!(before[1]), "{doc}");
+    assert_eq!(host("beta")["bootIdAfter"], Value::Null, "{doc}");
+    assert_eq!(host("beta")["batch"], json!(2), "{doc}");
+    assert_eq!(host("gamma")["rebooted"], json!(false), "{doc}");
+    assert_eq!(host("gamma")["bootIdBefore"], Value::Null, "{doc}");
+    assert_eq!(
+        host("gamma")["notStarted"],
+        json!("--max-failures 1: 1 host failed"),
+        "{doc}"
+    );
+    assert_eq!(world.boot_id("gamma"), before[2]);
+}
+
+/// Reliability (Fleet): a confirmed fleet deploy whose check fails on the first host, --jobs 1 --max-failures 1 → that host rolls back and counts as failed, the others are never deployed
+#[test]
+fn a_deploy_that_was_not_confirmed_counts_as_failed() {
+    let world = World::new();
+    let (_, fleet, old, _) = nixos_fleet(&world);
+    let out = run_fleet(
+        &world,
+        "krops-deploy",
+        &[
+            "--jobs",
+            "1",
+            "--max-failures",
+            "1",
+            "--confirm-timeout",
+            "600",
+            "--check",
+            "test -e /run/current-system/healthy",
+        ],
+        &Value::Object(fleet),
+    );
+    out.assert_code(1)
+        .assert_stderr_contains("alpha | krops-deploy: error: not confirmed (the check failed)");
+    assert!(
+        summary_row(&out, "alpha").contains(" failed (exit status 1) "),
+        "{out}"
+    );
+    for alias in ["beta", "gamma"] {
+        assert!(summary_row(&out, alias).contains(" not started "), "{out}");
+        assert_eq!(world.current_system(alias), Some(old.clone()));
+    }
+    assert_eq!(world.current_system("alpha"), Some(old));
+    // Only alpha's switch and its rollback.
+    assert_eq!(world.records("nixos-rebuild").len(), 2);
+}

@@ -455,6 +455,57 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_host_shows_its_batch_and_a_held_one_why() {
+        let live = Style {
+            live: true,
+            color: false,
+            verbosity: Verbosity::Normal,
+        };
+        let hosts = [
+            host(json!({"target": "root@web1", "source": {}})),
+            Host {
+                name: "web2".into(),
+                ..host(json!({"target": "root@web2", "source": {}}))
+            },
+        ];
+        let board = Board::new(live, &hosts);
+        let message = |i: usize| board.live.as_ref().unwrap().1[i].message();
+        board.waiting(1, 2);
+        assert_eq!(message(1), "  web2  waiting to start (batch 2)");
+        board.not_started(1, "--max-failures 1: 1 host failed");
+        assert_eq!(
+            message(1),
+            "- web2  not started (--max-failures 1: 1 host failed)"
+        );
+    }
+
+    #[test]
+    fn summary_names_the_hosts_max_failures_kept_from_starting() {
+        let row = |result, seconds| SummaryRow { result, seconds };
+        let held = || HostResult::Held("--max-failures 1: 1 host failed".into());
+        let text = summary(
+            "krops-deploy",
+            &["a".into(), "b".into(), "c".into(), "d".into()],
+            &[
+                row(HostResult::Ok, 2.0),
+                row(HostResult::Failed("exit status 1".into()), 3.5),
+                row(held(), 0.0),
+                row(held(), 0.0),
+            ],
+        );
+        assert_eq!(
+            text,
+            "krops-deploy: fleet: 1 of 4 hosts ok, 1 failed, 2 not started\n\
+             \x20 a  ok                                                2.0 s\n\
+             \x20 b  failed (exit status 1)                            3.5 s\n\
+             \x20 c  not started (--max-failures 1: 1 host failed)     0.0 s\n\
+             \x20 d  not started (--max-failures 1: 1 host failed)     0.0 s\n\
+             krops-deploy: fleet: stopped starting hosts (--max-failures 1: 1 host failed); not \
+             started: c, d\n"
+        );
+    }
+
+    #[test]
     fn summary_lists_result_and_seconds() {
         let hosts = [
             host(json!({"target": "a", "source": {}})),
