@@ -210,6 +210,29 @@ fn fleets_print_the_scripts_they_printed() {
         &["--fleet", path, "--preview"],
         b"",
     );
+    // A rolling deploy that reboots: batches, tags and the reboot's stages.
+    let rolling = json!({
+        "alpha": {"target": TARGET, "source": source, "useNixOutputMonitor": false,
+                  "tags": ["web", "eu"], "reboot": true, "rebootTimeout": 300},
+        "beta": {"target": "root@beta/etc/krops", "source": source, "force": true,
+                 "useNixOutputMonitor": false, "operation": "boot", "tags": ["db"],
+                 "reboot": true},
+    });
+    let rolling = world.write("rolling.json", rolling.to_string());
+    check(
+        &world,
+        "fleet_deploy_rolling",
+        "krops-deploy",
+        &[
+            "--fleet",
+            rolling.to_str().unwrap(),
+            "--jobs",
+            "1",
+            "--max-failures",
+            "1",
+        ],
+        b"",
+    );
     let commands = json!({
         "alpha": {"target": TARGET, "source": source, "command": "uptime"},
         "beta": {"target": "root@beta/etc/krops", "source": source},

@@ -293,6 +293,99 @@ fn a_host_back_on_the_old_system_fails() {
     assert_eq!(reboot["bootIdAfter"], json!(after), "{reboot}");
 }
 
+/// Reliability (Connection fault): a host whose reboot returns and that never goes down (the same boot id), --reboot-timeout 3 → exit 1 saying it still answered with its old boot id
+#[test]
+fn a_host_that_never_goes_down_fails_saying_so() {
+    let world = World::new();
+    let (_, target, _, new) = world.nixos_deploy_host("alpha", false);
+    let before = world.boot_id("alpha");
+    // Nobody plays the machine: the stand-in's request is never served.
+    let args = forced_args(&target, &["--reboot", "--reboot-timeout", "3", "--json"]);
+    let out = world.run_with_sources("krops-deploy", &args, &world.nixos_config());
+    out.assert_code(1).assert_stderr_contains(
+        "krops-deploy: error: root@alpha did not come back with a new boot id within 3 s \
+         (--reboot-timeout): it still answered with the boot id it had before the reboot",
+    );
+    assert_eq!(world.boot_id("alpha"), before);
+    assert_eq!(world.current_system("alpha"), Some(new));
+    let reboot = &out.document()["reboot"];
+    assert_eq!(reboot["bootIdBefore"], json!(before), "{reboot}");
+    assert_eq!(reboot["rebooted"], json!(false), "{reboot}");
+}
+
+#[test]
+fn a_reboot_that_fails_is_an_error_and_nothing_is_waited_for() {
+    // A plain world host: the reboot stand-in refuses to play a NixOS one.
+    let world = World::new();
+    let host = world.add_host("alpha");
+    let target = host.target("root", &world.path("alpha/src"));
+    let args = forced_args(&target, &["--reboot"]);
+    let began = Instant::now();
+    let out = world.run_with_sources("krops-deploy", &args, &world.nixos_config());
+    out.assert_code(1).assert_stderr_contains(
+        "krops-deploy: error: reboot on root@alpha failed (exit status 1): reboot stand-in: not \
+         a world NixOS host: refusing",
+    );
+    assert!(!out.stderr_str().contains("waiting for"), "{out}");
+    assert!(began.elapsed() < Duration::from_secs(30), "{out}");
+}
+
+#[test]
+fn reboot_options_that_cannot_work_are_usage_errors_before_anything_runs() {
+    let world = World::new();
+    let host = world.add_host("alpha");
+    let target = host.target("root", &world.path("alpha/src"));
+    for (args, needle) in [
+        (
+            &["--reboot", "--operation", "test"][..],
+            "--reboot reboots into the system just built: --operation must be one of switch, \
+             boot, not test",
+        ),
+        (
+            &["--reboot-timeout", "9"],
+            "--reboot-timeout needs --reboot",
+        ),
+        (
+            &["--reboot", "--preview"],
+            "'--reboot' cannot be used with '--preview'",
+        ),
+        (&["--reboot", "--reboot-timeout", "0"], "--reboot-timeout"),
+        (&["--check", "true"], "--check needs --confirm-timeout"),
+    ] {
+        let args = forced_args(&target, args);
+        world
+            .run_with_sources("krops-deploy", &args, &world.nixos_config())
+            .assert_code(2)
+            .assert_stderr_contains(needle);
+        assert!(
+            !world.path("alpha/src").exists(),
+            "{args:?} changed the target"
+        );
+    }
+    assert!(world.records("nixos-rebuild").is_empty());
+    assert!(world.records("reboot").is_empty());
+    // A fleet host's too: nothing runs on any host.
+    let fleet = json!({
+        "alpha": {"target": target, "source": world.nixos_config(), "force": true,
+                  "rebootTimeout": 30},
+    });
+    let out = run_fleet(&world, "krops-deploy", &[], &fleet);
+    out.assert_code(1)
+        .assert_stderr_contains("alpha | krops-deploy: error: --reboot-timeout needs --reboot");
+    let out = run_fleet(
+        &world,
+        "krops-deploy",
+        &["--on", "alpha"],
+        &json!({
+            "alpha": {"target": target, "source": {}, "reboot": "yes"},
+        }),
+    );
+    out.assert_code(1)
+        .assert_stderr_contains("fleet.alpha.reboot: expected a boolean, got a string");
+    assert!(world.records("nixos-rebuild").is_empty());
+    assert!(!world.path("alpha/src").exists());
+}
+
 /// With the real nixos-rebuild: a boot, then the reboot into it → the host
 /// comes back running the system nixos-rebuild built from the synced
 /// sources, which is what the deploy checked.

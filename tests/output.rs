@@ -89,6 +89,12 @@ struct HostResult {
     exit_code: Option<i32>,
     seconds: f64,
     results: Option<Results>,
+    tags: Vec<String>,
+    batch: Option<u64>,
+    not_started: Option<String>,
+    rebooted: bool,
+    boot_id_before: Option<String>,
+    boot_id_after: Option<String>,
 }
 
 /// The one JSON document `text` is, read as `T`; every field present.
@@ -137,6 +143,21 @@ fn assert_every_field_present(value: &Value) {
             "fleet",
             &["version", "tool", "ok", "seconds", "hosts", "error"],
         ),
+        (
+            "host",
+            &[
+                "ok",
+                "exitCode",
+                "seconds",
+                "results",
+                "tags",
+                "batch",
+                "notStarted",
+                "rebooted",
+                "bootIdBefore",
+                "bootIdAfter",
+            ],
+        ),
     ];
     let check = |what: &str, object: &serde_json::Map<String, Value>| {
         let fields = expected.iter().find(|(name, _)| *name == what).unwrap().1;
@@ -153,6 +174,7 @@ fn assert_every_field_present(value: &Value) {
     if let Some(Value::Object(hosts)) = doc.get("hosts") {
         check("fleet", doc);
         for host in hosts.values() {
+            check("host", host.as_object().unwrap());
             if let Some(results) = host.get("results").filter(|r| !r.is_null()) {
                 assert_every_field_present(results);
             }
@@ -942,6 +964,13 @@ fn json_for_a_fleet_has_each_hosts_results() {
     );
     let beta = &results.hosts["beta"];
     assert_eq!((beta.ok, beta.exit_code), (false, Some(1)));
+    for host in [alpha, beta] {
+        assert!(host.tags.is_empty());
+        assert_eq!(host.batch, Some(1));
+        assert_eq!(host.not_started, None);
+        assert!(!host.rebooted);
+        assert_eq!((&host.boot_id_before, &host.boot_id_after), (&None, &None));
+    }
     let beta_results = beta.results.as_ref().unwrap();
     assert_eq!(beta_results.targets[0].sources[0].status, "failed");
     assert!(beta_results.final_command.is_none());

@@ -72,21 +72,22 @@ const FILES_PER_HOST: usize = 8;
 const FILES_OF_OUR_OWN: usize = 64;
 
 /// How many hosts can run at once on this machine: as many as its soft
-/// open-file limit (`ulimit -n`, from `/proc/self/limits`) leaves room for,
-/// at least 1; 64 when the limit cannot be read.
+/// open-file limit (`ulimit -n`, from `/proc/self/limits`) leaves room for.
 pub fn machine_jobs() -> usize {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    jobs_allowed(&std::fs::read_to_string("/proc/self/limits").unwrap_or_default())
+}
+
+/// [`machine_jobs`] for the text of `/proc/self/limits`: at least 1; 64
+/// when it names no open-file limit.
+fn jobs_allowed(limits: &str) -> usize {
     let soft = limits
         .lines()
         .find_map(|line| line.strip_prefix("Max open files"))
-        .and_then(|rest| rest.split_whitespace().next().map(str::to_owned));
-    match soft.as_deref() {
-        Some("unlimited") => usize::from(u16::MAX),
-        Some(n) => match n.parse::<usize>() {
-            Ok(n) => (n.saturating_sub(FILES_OF_OUR_OWN) / FILES_PER_HOST).max(1),
-            Err(_) => 64,
-        },
-        None => 64,
+        .and_then(|rest| rest.split_whitespace().next());
+    match soft.map(|soft| (soft, soft.parse::<usize>())) {
+        Some(("unlimited", _)) => usize::from(u16::MAX),
+        Some((_, Ok(n))) => (n.saturating_sub(FILES_OF_OUR_OWN) / FILES_PER_HOST).max(1),
+        _ => 64,
     }
 }
 
@@ -279,8 +280,30 @@ pub fn run(
     if dry_run {
         // Each host's plan as it would print it alone, one after another.
         let mut out = std::io::stdout().lock();
-        for (host, outcome) in hosts.iter().zip(&outcomes) {
+        if let Some(most) = max_failures {
+            writeln!(
+                out,
+                "# --max-failures {most}: once {most} of these hosts failed, the hosts after them \
+                 do not start"
+            )?;
+        }
+        let batches = count > jobs || max_failures.is_some();
+        for (i, (host, outcome)) in hosts.iter().zip(&outcomes).enumerate() {
             writeln!(out, "# ---- fleet host {} ----", host.name)?;
+            let mut notes = Vec::new();
+            if batches {
+                notes.push(format!(
+                    "batch {} of {} (hosts start in name order, {jobs} at once)",
+                    batch(i),
+                    batch(count - 1)
+                ));
+            }
+            if !host.tags.is_empty() {
+                notes.push(format!("tags: {}", host.tags.join(", ")));
+            }
+            if !notes.is_empty() {
+                writeln!(out, "# {}", notes.join("; "))?;
+            }
             if let Some(outcome) = outcome {
                 out.write_all(&outcome.stdout)?;
             }
@@ -452,6 +475,24 @@ mod tests {
         );
         board.saw(0, b"populate: something else\n");
         assert!(message().starts_with("waiting for the lock"));
+    }
+
+    #[test]
+    fn the_open_file_limit_says_how_many_hosts_run_at_once() {
+        let limits = |soft: &str| {
+            format!(
+                "Limit                     Soft Limit           Hard Limit           Units\n\
+                 Max processes             127431               127431               processes\n\
+                 Max open files            {soft:<20} 524288               files\n"
+            )
+        };
+        // ulimit -n 1024, the usual default: far more than the 8 of before.
+        assert_eq!(jobs_allowed(&limits("1024")), 120);
+        assert_eq!(jobs_allowed(&limits("524288")), 65528);
+        assert_eq!(jobs_allowed(&limits("70")), 1);
+        assert_eq!(jobs_allowed(&limits("unlimited")), 65535);
+        assert_eq!(jobs_allowed(""), 64);
+        assert!(machine_jobs() >= 1);
     }
 
     #[test]
