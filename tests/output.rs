@@ -583,6 +583,57 @@ fn a_fleet_on_a_terminal_ends_with_the_failed_hosts_output_and_the_summary() {
     );
 }
 
+#[test]
+fn a_fleet_on_a_terminal_names_the_hosts_max_failures_kept_from_starting() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let beta = world.add_host("beta");
+    let gamma = world.add_host("gamma");
+    let entry = |host: &krops_tests::Host, source: Value| {
+        json!({"target": host.target("root", &world.path(&format!("{}/src", host.alias()))),
+               "source": source, "force": true, "useNixOutputMonitor": false, "tags": ["web"]})
+    };
+    let fleet = json!({
+        "alpha": entry(&alpha, json!({"broken": broken_git(&world)})),
+        "beta": entry(&beta, sources(&world)),
+        "gamma": entry(&gamma, sources(&world)),
+    });
+    let args = [
+        "--fleet",
+        "-",
+        "--on",
+        "@web",
+        "--jobs",
+        "1",
+        "--max-failures",
+        "1",
+    ];
+    let screen = on_terminal(&world, "krops-deploy", &args, &fleet, &[]);
+    assert_eq!(screen.code, 1, "{screen}");
+    let lines: Vec<&str> = screen.text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|line| line.starts_with("✗ alpha"))
+        .unwrap_or_else(|| panic!("no ✗ line for alpha\n{screen}"));
+    for name in ["beta", "gamma"] {
+        assert!(
+            lines[at..]
+                .iter()
+                .any(|l| l.starts_with(&format!("- {name} "))
+                    && l.ends_with("  not started (--max-failures 1: 1 host failed)")),
+            "{screen}"
+        );
+    }
+    assert!(
+        lines[at..].iter().any(|l| l.starts_with(
+            "krops-deploy: fleet: stopped starting hosts (--max-failures 1: 1 host failed); not \
+             started: beta, gamma"
+        )),
+        "{screen}"
+    );
+    assert!(!world.path("beta/src").exists(), "{screen}");
+}
+
 // ---- plain lines ----
 
 #[test]
