@@ -237,6 +237,28 @@ fn a_reboot_is_waited_for_and_checked() {
     assert!(reboot["seconds"].as_f64().unwrap() >= 2.0, "{reboot}");
 }
 
+#[test]
+fn a_sudo_target_is_rebooted_under_sudo() {
+    let world = World::new();
+    let (host, _, _, new) = world.nixos_deploy_host("alpha", false);
+    let target = world.sudo_user_target("alpha", true);
+    let before = world.boot_id("alpha");
+    let out = deploy_rebooting(
+        &world,
+        &host,
+        Comeback::After(Duration::from_secs(1)),
+        &target,
+        &["--operation", "boot", "--reboot-timeout", "120"],
+        &world.nixos_config(),
+    );
+    out.assert_success();
+    assert_ne!(world.boot_id("alpha"), before);
+    assert_eq!(world.current_system("alpha"), Some(new));
+    let reboots = world.records("reboot");
+    assert_eq!(reboots.len(), 1);
+    assert_eq!(reboots[0].uid, 0, "reboot ran as root, under sudo");
+}
+
 /// Reliability (Connection fault): a rebooted host that never comes back, --reboot-timeout 4 → exit 1 after about 4 s, naming the time it had and that it went down; --json: not rebooted
 #[test]
 fn a_host_that_never_comes_back_fails_naming_its_time() {
