@@ -601,3 +601,38 @@ fn a_deploy_that_was_not_confirmed_counts_as_failed() {
     // Only alpha's switch and its rollback.
     assert_eq!(world.records("nixos-rebuild").len(), 2);
 }
+
+/// writeDeploy's `reboot` and `rebootTimeout` become `--reboot` and
+/// `--reboot-timeout`, left out when the script is run with `--preview`
+/// (there is nothing to reboot into); its `tags` reach no option.
+#[test]
+fn write_deploy_takes_reboot_and_tags() {
+    let world = World::new();
+    let (writers, krops_rs) = world.nix_fixtures();
+    let file = world.write(
+        "deploy.nix",
+        format!(
+            r#"let
+  krops = {krops};
+  lib = import (krops + "/lib");
+  k = import (krops + "/pkgs/krops") {{ writers = import {writers}; krops-rs = {krops_rs}; }};
+in {{
+  d = k.writeDeploy "d" {{ source = lib.evalSource {{ l.symlink = "x"; }}; target = "h";
+    reboot = true; rebootTimeout = 77; tags = [ "web" ]; }};
+}}"#,
+            krops = krops_tests::nix::nix_str(krops_tests::nix::krops_dir().to_str().unwrap()),
+            writers = krops_tests::nix::nix_str(writers.to_str().unwrap()),
+            krops_rs = krops_tests::nix::nix_str(krops_rs.to_str().unwrap()),
+        ),
+    );
+    let built = world.nix_build(&file, "d");
+    let script = std::fs::read_to_string(&built).unwrap();
+    assert!(!script.contains("web"), "{script}");
+    let out = world.run_command(world.command(&built).arg("--dry-run"), b"");
+    out.assert_success()
+        .assert_stdout_contains("# then reboot root@h; it prints its boot id")
+        .assert_stdout_contains("for up to 77 s after the reboot");
+    let out = world.run_command(world.command(&built).args(["--dry-run", "--preview"]), b"");
+    out.assert_success();
+    assert!(!out.stdout_str().contains("reboot"), "{out}");
+}
