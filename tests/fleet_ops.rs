@@ -408,6 +408,48 @@ fn reboot_options_that_cannot_work_are_usage_errors_before_anything_runs() {
     assert!(!world.path("alpha/src").exists());
 }
 
+/// Reliability (Interrupt): SIGTERM while waiting for a rebooted host that is down → exit 143 at once, saying what it waited for and that the host may be rebooting; nothing of the run is left running
+#[test]
+fn sigterm_while_waiting_for_a_reboot_stops_at_once() {
+    let world = World::new();
+    let (host, target, _, _) = world.nixos_deploy_host("alpha", false);
+    let sources = world.write("sources.json", world.nixos_config().to_string());
+    let mut args = forced_args(&target, &["--reboot", "--reboot-timeout", "600"]);
+    args.extend(["--sources", sources.to_str().unwrap()]);
+    let request = world.nixos_run_dir("alpha").join("krops-test-reboot");
+    let mut asked = None;
+    let (code, stderr) = world.reboot_when_asked(&host, Comeback::Never, || {
+        world.signal_once(
+            "krops-deploy",
+            &args,
+            || {
+                // Once the host went down, a moment into the wait.
+                let rebooted = std::fs::read_dir(world.records_dir())
+                    .unwrap()
+                    .flatten()
+                    .any(|entry| entry.file_name().to_string_lossy().starts_with("reboot."));
+                if asked.is_none() && rebooted && !request.exists() {
+                    asked = Some(Instant::now());
+                }
+                asked.is_some_and(|at| at.elapsed() > Duration::from_millis(1500))
+            },
+            "TERM",
+        )
+    });
+    let waited = asked.unwrap().elapsed();
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(
+        waited < Duration::from_secs(20),
+        "it took {waited:?} to stop\n{stderr}"
+    );
+    assert!(
+        stderr.contains("root@alpha is down; waiting for it to come back"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("root@alpha may be rebooting"), "{stderr}");
+    world.assert_no_processes_left();
+}
+
 /// With the real nixos-rebuild: a boot, then the reboot into it → the host
 /// comes back running the system nixos-rebuild built from the synced
 /// sources, which is what the deploy checked.

@@ -435,7 +435,10 @@ pub(crate) fn reboot_and_wait(
             "reboot {on}; it prints its boot id and the system its next boot starts"
         ))
         .doing(format!("rebooting {on}"))
-        .aftermath(Aftermath::Set(format!("{on} may be rebooting")))
+        .aftermath(Aftermath::Set(format!(
+            "{on} may be rebooting (into the system just built, unless its boot loader picks \
+             another)"
+        )))
     };
     let waiting = {
         let dry = reboot.state_command(&deploy.target_session);
@@ -454,11 +457,12 @@ pub(crate) fn reboot_and_wait(
                 .extra
                 .insert("reboot".to_owned(), record.to_json());
             waited?;
+            // Back: nothing happens on its own any more.
+            mktarget::interrupt::no_aftermath();
             Ok(Flow::Next)
         })
         .shown(shown)
         .doing(format!("waiting for {on} to come back after the reboot"))
-        .aftermath(Aftermath::Clear)
     };
     let mut stages = vec![rebooting, waiting];
     stages.extend(after_the_host_is_back(deploy, reboot, check));
