@@ -237,6 +237,26 @@ fn a_reboot_is_waited_for_and_checked() {
     assert!(reboot["seconds"].as_f64().unwrap() >= 2.0, "{reboot}");
 }
 
+/// `--quiet`: a deploy that reboots and succeeds prints nothing on stderr
+/// (not even ssh's word on the connection the reboot cuts).
+#[test]
+fn a_quiet_reboot_that_succeeds_prints_nothing() {
+    let world = World::new();
+    let (host, target, _, new) = world.nixos_deploy_host("alpha", false);
+    let out = deploy_rebooting(
+        &world,
+        &host,
+        Comeback::After(Duration::from_secs(1)),
+        &target,
+        &["--quiet", "--operation", "boot"],
+        &world.nixos_config(),
+    );
+    out.assert_success();
+    assert_eq!(out.stderr_str(), "", "{out}");
+    assert_eq!(world.current_system("alpha"), Some(new));
+    assert_eq!(out.document()["reboot"]["rebooted"], json!(true));
+}
+
 #[test]
 fn a_sudo_target_is_rebooted_under_sudo() {
     let world = World::new();

@@ -134,17 +134,18 @@ impl Reboot {
         populate::final_started(self.style, "krops-deploy", what);
     }
 
-    /// The command that reboots the target (`reboot.sh`), over the run's
-    /// connection, under sudo when the target says so.
+    /// The command that reboots the target (`reboot.sh`), under sudo when
+    /// the target says so, over a new connection: the run's shared one is
+    /// closed first, as the reboot would cut it (its master saying so on
+    /// stderr, also under `--quiet`).
     pub(crate) fn reboot_command(&self, session: &Session) -> Cmd {
-        session.command(
+        session.fresh_command(
             &code(REBOOT_SCRIPT),
             &[
                 "krops-deploy-reboot".to_owned(),
                 self.paths.profile.clone(),
                 BOOT_ID.to_owned(),
             ],
-            false,
         )
     }
 
@@ -172,6 +173,7 @@ impl Reboot {
     pub(crate) fn reboot(&self, session: &Session) -> Result<(BootState, Instant)> {
         let on = session.machine();
         self.say(&format!("rebooting {on}"));
+        session.close();
         let began = Instant::now();
         let cmd = self.reboot_command(session);
         let deadline = began + Duration::from_secs(u64::from(self.timeout));

@@ -388,7 +388,7 @@ grep -q '\''\'\'''\''^[^ ]* '\''\'\'''\''WATCHDOG-ID'\''\'\'''\'' confirmed$'\''
 exit 11
 '\'''
 # then reboot root@alpha; it prints its boot id and the system its next boot starts
-ssh -l root -T -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 alpha '/bin/sh -c '\''set -eu
+ssh -l root -T -S none alpha '/bin/sh -c '\''set -eu
 boot_id=$(cat "$2")
 system=$(readlink -f "$1")
 printf '\''\'\'''\''boot-id %s\nsystem %s\n'\''\'\'''\'' "$boot_id" "$system"
