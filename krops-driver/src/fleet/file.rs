@@ -316,8 +316,16 @@ pub fn select(hosts: Vec<Host>, on: &[String]) -> Result<Vec<Host>> {
             bail!("--on {word:?}: no host of the fleet has the tag {tag:?} ({known})");
         }
         let names: Vec<&str> = hosts.iter().map(|host| host.name.as_str()).collect();
+        let tagged = hosts
+            .iter()
+            .any(|host| host.tags.iter().any(|tag| glob_match(word, tag)));
+        let hint = if tagged {
+            format!("; hosts with such a tag are picked with @{word}")
+        } else {
+            String::new()
+        };
         bail!(
-            "--on {word:?} matches no host of the fleet ({})",
+            "--on {word:?} matches no host of the fleet ({}){hint}",
             names.join(", ")
         );
     }
@@ -558,6 +566,13 @@ pub(crate) mod tests {
         );
         let err = format!("{:#}", names(&["@"]).unwrap_err());
         assert!(err.contains("expected a tag after @"), "{err}");
+        // A tag without its @ is a name, which the error says.
+        let err = format!("{:#}", names(&["web"]).unwrap_err());
+        assert_eq!(
+            err,
+            "--on \"web\" matches no host of the fleet (db1, mail, web1, web2); hosts with such a \
+             tag are picked with @web"
+        );
         // A host named like a tag is not a tag.
         let err = format!("{:#}", names(&["@mail"]).unwrap_err());
         assert!(err.contains("has the tag \"mail\""), "{err}");
