@@ -20,6 +20,18 @@ rec {
     if isString value then value
     else throw "${what}: ${name}: expected a string, got ${typeOf value}";
 
+  # A fleet host's `tags` (`krops-deploy --fleet FILE --on @web`): a fleet
+  # built in Nix gives writeDeploy's or writeCommand's attributes, tags
+  # included, to `builtins.toJSON`. One host's script has no use for them,
+  # so they are only checked here, as the fleet file checks them.
+  checkTags = what: tags:
+    let
+      bad = lib.filter (tag: !(isString tag) || builtins.match "[A-Za-z0-9._][A-Za-z0-9._-]*" tag == null) tags;
+    in
+    if !(isList tags) then throw "${what}: tags: expected a list of tags (strings), got ${typeOf tags}"
+    else if bad != [ ] then throw "${what}: tags: ${toJSON (lib.head bad)}: a tag must be 1 to 255 of the characters A-Z a-z 0-9 . _ - and not start with '-'"
+    else tags;
+
   # The target as JSON, its defaults filled in here as krops's `mkTarget`
   # fills them when the script is built. A field the tools do not know (a
   # typo such as `sudo` spelt `sduo`) is an evaluation error here, rather

@@ -46,9 +46,10 @@ fn writer_args(world: &World, writer: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// What a fleet host of a driver may say: its settings, `target` and `source`.
+/// What a fleet host of a driver may say: its settings, `target`, `source`
+/// and `tags`.
 fn fleet_keys(settings: &[Setting]) -> BTreeSet<String> {
-    ["target", "source"]
+    ["target", "source", "tags"]
         .into_iter()
         .chain(settings.iter().map(|s| s.key))
         .map(str::to_owned)

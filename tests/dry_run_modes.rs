@@ -117,6 +117,22 @@ fn every_deploy_mode_prints_the_script_it_printed() {
         &["--build-target", BUILD, "--preview"],
     );
     deploy("deploy_no_lock", &["--no-lock"]);
+    deploy(
+        "deploy_reboot",
+        &[
+            "--operation",
+            "boot",
+            "--reboot",
+            "--reboot-timeout",
+            "300",
+            "--check",
+            "systemctl is-system-running --wait",
+        ],
+    );
+    deploy(
+        "deploy_confirm_reboot",
+        &["--confirm-timeout", "30", "--check", "true", "--reboot"],
+    );
     let sudo = json!({"user": "deploy", "host": "alpha", "port": "2222",
                       "path": "/var/src", "sudo": true})
     .to_string();
@@ -192,6 +208,29 @@ fn fleets_print_the_scripts_they_printed() {
         "fleet_deploy_preview",
         "krops-deploy",
         &["--fleet", path, "--preview"],
+        b"",
+    );
+    // A rolling deploy that reboots: batches, tags and the reboot's stages.
+    let rolling = json!({
+        "alpha": {"target": TARGET, "source": source, "useNixOutputMonitor": false,
+                  "tags": ["web", "eu"], "reboot": true, "rebootTimeout": 300},
+        "beta": {"target": "root@beta/etc/krops", "source": source, "force": true,
+                 "useNixOutputMonitor": false, "operation": "boot", "tags": ["db"],
+                 "reboot": true},
+    });
+    let rolling = world.write("rolling.json", rolling.to_string());
+    check(
+        &world,
+        "fleet_deploy_rolling",
+        "krops-deploy",
+        &[
+            "--fleet",
+            rolling.to_str().unwrap(),
+            "--jobs",
+            "1",
+            "--max-failures",
+            "1",
+        ],
         b"",
     );
     let commands = json!({

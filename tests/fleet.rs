@@ -12,18 +12,18 @@ use serde_json::{json, Value};
 const HOSTS: [&str; 3] = ["alpha", "beta", "gamma"];
 
 /// A world with the three hosts; each host's target path is `NAME/src`.
-fn three_hosts() -> (World, Vec<Host>) {
+pub(crate) fn three_hosts() -> (World, Vec<Host>) {
     let world = World::new();
     let hosts = HOSTS.iter().map(|name| world.add_host(name)).collect();
     (world, hosts)
 }
 
-fn dest(world: &World, name: &str) -> PathBuf {
+pub(crate) fn dest(world: &World, name: &str) -> PathBuf {
     world.path(&format!("{name}/src"))
 }
 
 /// A host's writeDeploy attributes: its own configuration file, forced.
-fn deploy_entry(world: &World, host: &Host) -> Value {
+pub(crate) fn deploy_entry(world: &World, host: &Host) -> Value {
     let name = host.alias();
     let config = world.write(
         &format!("cfg/{name}/configuration.nix"),
@@ -37,7 +37,7 @@ fn deploy_entry(world: &World, host: &Host) -> Value {
     })
 }
 
-fn fleet_of(world: &World, hosts: &[Host]) -> serde_json::Map<String, Value> {
+pub(crate) fn fleet_of(world: &World, hosts: &[Host]) -> serde_json::Map<String, Value> {
     hosts
         .iter()
         .map(|host| (host.alias().to_owned(), deploy_entry(world, host)))
@@ -45,13 +45,13 @@ fn fleet_of(world: &World, hosts: &[Host]) -> serde_json::Map<String, Value> {
 }
 
 /// Runs `tool --fleet - ARGS` with `fleet` on stdin.
-fn run_fleet(world: &World, tool: &str, args: &[&str], fleet: &Value) -> Output {
+pub(crate) fn run_fleet(world: &World, tool: &str, args: &[&str], fleet: &Value) -> Output {
     let args = [&["--fleet", "-"], args].concat();
     world.run(tool, &args, fleet.to_string().as_bytes())
 }
 
 /// The target paths nixos-rebuild switched, sorted.
-fn rebuilt(world: &World) -> Vec<String> {
+pub(crate) fn rebuilt(world: &World) -> Vec<String> {
     let mut paths: Vec<String> = world
         .records("nixos-rebuild")
         .iter()
@@ -61,7 +61,7 @@ fn rebuilt(world: &World) -> Vec<String> {
     paths
 }
 
-fn paths(world: &World, names: &[&str]) -> Vec<String> {
+pub(crate) fn paths(world: &World, names: &[&str]) -> Vec<String> {
     names
         .iter()
         .map(|name| dest(world, name).display().to_string())
@@ -70,7 +70,7 @@ fn paths(world: &World, names: &[&str]) -> Vec<String> {
 
 /// The summary row of `host` on stderr.
 #[track_caller]
-fn summary_row(out: &Output, host: &str) -> String {
+pub(crate) fn summary_row(out: &Output, host: &str) -> String {
     let stderr = out.stderr_str();
     let rows: Vec<&str> = stderr
         .lines()
@@ -81,7 +81,7 @@ fn summary_row(out: &Output, host: &str) -> String {
 }
 
 /// An executable script at `rel` in the world.
-fn script(world: &World, rel: &str, body: &str) -> PathBuf {
+pub(crate) fn script(world: &World, rel: &str, body: &str) -> PathBuf {
     world.write_executable(rel, format!("#!/bin/sh\n{body}"))
 }
 

@@ -811,6 +811,18 @@ fn typos_in_writer_arguments_are_evaluation_errors() {
             r#"kropsPkgs.writeDeploy "d" { source = { x.gti = { }; }; target = "h"; }"#,
             "evalSource: x.gti: unknown field",
         ),
+        (
+            r#"kropsPkgs.writeDeploy "d" { inherit source; target = "h"; tags = "web"; }"#,
+            "writeDeploy d: tags: expected a list of tags (strings), got string",
+        ),
+        (
+            r#"kropsPkgs.writeCommand "c" { inherit source; target = "h"; tags = [ "web" "a,b" ]; }"#,
+            "writeCommand c: tags: \"a,b\": a tag must be",
+        ),
+        (
+            r#"kropsPkgs.writeDeploy "d" { inherit source; target = "h"; rebootTimeout = 0; }"#,
+            "writeDeploy d: rebootTimeout: expected a whole number of seconds (at least 1), got 0",
+        ),
     ] {
         let out = with_writers(&world, &format!("({expr}).drvPath"));
         out.assert_failure().assert_stderr_contains(needle);
@@ -820,10 +832,11 @@ fn typos_in_writer_arguments_are_evaluation_errors() {
         &world,
         r#"map (d: d.drvPath) [
              (kropsPkgs.writeDeploy "d" { inherit source; target = "h"; buildTarget = "b"; operation = "boot";
-                crossDeploy = true; useNixOutputMonitor = true; force = true; backup = true; fast = true; })
+                crossDeploy = true; useNixOutputMonitor = true; force = true; backup = true; fast = true;
+                tags = [ "web" "eu-1" ]; reboot = true; rebootTimeout = 30; })
              (kropsPkgs.writeTest "t" { inherit source; target = "/tmp/x"; trace = true; force = true; backup = true; })
              (kropsPkgs.writeCommand "c" { inherit source; target = "h"; allocateTTY = true; force = true; backup = true;
-                command = p: "ls ${p}"; })
+                command = p: "ls ${p}"; tags = [ "web" ]; })
              (populate { inherit source; target = "h"; force = true; backup = true; })
            ]"#,
     );

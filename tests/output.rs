@@ -89,6 +89,12 @@ struct HostResult {
     exit_code: Option<i32>,
     seconds: f64,
     results: Option<Results>,
+    tags: Vec<String>,
+    batch: Option<u64>,
+    not_started: Option<String>,
+    rebooted: bool,
+    boot_id_before: Option<String>,
+    boot_id_after: Option<String>,
 }
 
 /// The one JSON document `text` is, read as `T`; every field present.
@@ -137,6 +143,21 @@ fn assert_every_field_present(value: &Value) {
             "fleet",
             &["version", "tool", "ok", "seconds", "hosts", "error"],
         ),
+        (
+            "host",
+            &[
+                "ok",
+                "exitCode",
+                "seconds",
+                "results",
+                "tags",
+                "batch",
+                "notStarted",
+                "rebooted",
+                "bootIdBefore",
+                "bootIdAfter",
+            ],
+        ),
     ];
     let check = |what: &str, object: &serde_json::Map<String, Value>| {
         let fields = expected.iter().find(|(name, _)| *name == what).unwrap().1;
@@ -153,6 +174,7 @@ fn assert_every_field_present(value: &Value) {
     if let Some(Value::Object(hosts)) = doc.get("hosts") {
         check("fleet", doc);
         for host in hosts.values() {
+            check("host", host.as_object().unwrap());
             if let Some(results) = host.get("results").filter(|r| !r.is_null()) {
                 assert_every_field_present(results);
             }
@@ -561,6 +583,57 @@ fn a_fleet_on_a_terminal_ends_with_the_failed_hosts_output_and_the_summary() {
     );
 }
 
+#[test]
+fn a_fleet_on_a_terminal_names_the_hosts_max_failures_kept_from_starting() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let beta = world.add_host("beta");
+    let gamma = world.add_host("gamma");
+    let entry = |host: &krops_tests::Host, source: Value| {
+        json!({"target": host.target("root", &world.path(&format!("{}/src", host.alias()))),
+               "source": source, "force": true, "useNixOutputMonitor": false, "tags": ["web"]})
+    };
+    let fleet = json!({
+        "alpha": entry(&alpha, json!({"broken": broken_git(&world)})),
+        "beta": entry(&beta, sources(&world)),
+        "gamma": entry(&gamma, sources(&world)),
+    });
+    let args = [
+        "--fleet",
+        "-",
+        "--on",
+        "@web",
+        "--jobs",
+        "1",
+        "--max-failures",
+        "1",
+    ];
+    let screen = on_terminal(&world, "krops-deploy", &args, &fleet, &[]);
+    assert_eq!(screen.code, 1, "{screen}");
+    let lines: Vec<&str> = screen.text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|line| line.starts_with("✗ alpha"))
+        .unwrap_or_else(|| panic!("no ✗ line for alpha\n{screen}"));
+    for name in ["beta", "gamma"] {
+        assert!(
+            lines[at..]
+                .iter()
+                .any(|l| l.starts_with(&format!("- {name} "))
+                    && l.ends_with("  not started (--max-failures 1: 1 host failed)")),
+            "{screen}"
+        );
+    }
+    assert!(
+        lines[at..].iter().any(|l| l.starts_with(
+            "krops-deploy: fleet: stopped starting hosts (--max-failures 1: 1 host failed); not \
+             started: beta, gamma"
+        )),
+        "{screen}"
+    );
+    assert!(!world.path("beta/src").exists(), "{screen}");
+}
+
 // ---- plain lines ----
 
 #[test]
@@ -942,6 +1015,13 @@ fn json_for_a_fleet_has_each_hosts_results() {
     );
     let beta = &results.hosts["beta"];
     assert_eq!((beta.ok, beta.exit_code), (false, Some(1)));
+    for host in [alpha, beta] {
+        assert!(host.tags.is_empty());
+        assert_eq!(host.batch, Some(1));
+        assert_eq!(host.not_started, None);
+        assert!(!host.rebooted);
+        assert_eq!((&host.boot_id_before, &host.boot_id_after), (&None, &None));
+    }
     let beta_results = beta.results.as_ref().unwrap();
     assert_eq!(beta_results.targets[0].sources[0].status, "failed");
     assert!(beta_results.final_command.is_none());

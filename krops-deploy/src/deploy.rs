@@ -14,6 +14,7 @@ use mktarget::command::{exit_code, Stdio};
 use mktarget::{Cmd, Session, Target};
 
 use crate::preview::{self, Built};
+use crate::reboot::{self, Reboot};
 use crate::watchdog::{self, Confirmation, Learned, Outcome, Paths, Watchdog};
 use crate::{ask_activate, confirm_what, rebuild_script, Nom, Rebuild};
 
@@ -390,14 +391,112 @@ fn confirm(deploy: &Rc<Deploy>, watchdog: &Rc<Watchdog>, check: Option<String>) 
     let watchdog = Rc::clone(watchdog);
     Stage::here(Some(command), move |reporting, status| {
         let status = status.expect("a confirmation follows an activation");
-        Ok(Flow::End(deploy.conclude(
-            &watchdog,
-            check.as_deref(),
-            status,
-            reporting,
-        )))
+        let code = deploy.conclude(&watchdog, check.as_deref(), status, reporting);
+        // Confirmed, the run goes on (a reboot may follow).
+        Ok(if code == ExitCode::SUCCESS {
+            Flow::Next
+        } else {
+            Flow::End(code)
+        })
     })
     .shown(shown)
+}
+
+/// `--reboot`, after a successful boot or switch (the stages before end
+/// the run otherwise): reboot the target, wait for it to come back with a
+/// new boot id running the system just built, then what runs once it is
+/// back ([`after_the_host_is_back`]).
+pub(crate) fn reboot_and_wait(
+    deploy: &Rc<Deploy>,
+    reboot: &Rc<Reboot>,
+    check: Option<String>,
+) -> Vec<Stage> {
+    let on = deploy.target_session.machine();
+    let before = Rc::new(std::cell::RefCell::new(None));
+    let rebooting = {
+        let (deploy, reboot, before) = (Rc::clone(deploy), Rc::clone(reboot), Rc::clone(&before));
+        Stage::here(
+            Some(reboot.reboot_command(&deploy.target_session)),
+            move |reporting, _| {
+                let mut record = reboot::Record::default();
+                let done = reboot.reboot(&deploy.target_session);
+                if let Ok((state, _)) = &done {
+                    record.before = Some(state.clone());
+                }
+                reporting
+                    .results
+                    .extra
+                    .insert("reboot".to_owned(), record.to_json());
+                *before.borrow_mut() = Some((done?, record));
+                Ok(Flow::Next)
+            },
+        )
+        .shown(format!(
+            "reboot {on}; it prints its boot id and the system its next boot starts"
+        ))
+        .doing(format!("rebooting {on}"))
+        .aftermath(Aftermath::Set(format!(
+            "{on} may be rebooting (into the system just built, unless its boot loader picks \
+             another)"
+        )))
+    };
+    let waiting = {
+        let dry = reboot.state_command(&deploy.target_session);
+        let (deploy, reboot) = (Rc::clone(deploy), Rc::clone(reboot));
+        let shown = format!(
+            "over a new ssh connection every second, for up to {} s after the reboot: until {on} \
+             answers with a new boot id, running the system its boot was to start",
+            reboot.timeout
+        );
+        Stage::here(Some(dry), move |reporting, _| {
+            let ((state, began), mut record) =
+                before.borrow_mut().take().expect("the reboot came first");
+            let waited = reboot.wait(&deploy.target_session, &state, began, &mut record);
+            reporting
+                .results
+                .extra
+                .insert("reboot".to_owned(), record.to_json());
+            waited?;
+            // Back: nothing happens on its own any more.
+            mktarget::interrupt::no_aftermath();
+            Ok(Flow::Next)
+        })
+        .shown(shown)
+        .doing(format!("waiting for {on} to come back after the reboot"))
+    };
+    let mut stages = vec![rebooting, waiting];
+    stages.extend(after_the_host_is_back(deploy, reboot, check));
+    stages
+}
+
+/// What runs once a rebooted target is back with the system just built,
+/// in order. HOOK (README: Reboot and wait): post-activation keys are sent
+/// again here, before the check (a boot empties `/run/keys`); push their
+/// stages first.
+fn after_the_host_is_back(
+    deploy: &Rc<Deploy>,
+    reboot: &Rc<Reboot>,
+    check: Option<String>,
+) -> Vec<Stage> {
+    let mut stages = Vec::new();
+    if let Some(check) = check {
+        let on = deploy.target_session.machine();
+        let dry = reboot.check_command(&deploy.target_session, &check);
+        let shown = format!(
+            "the check on {on} after the reboot, over a new ssh connection (up to {} s)",
+            reboot.timeout
+        );
+        let (deploy, reboot) = (Rc::clone(deploy), Rc::clone(reboot));
+        stages.push(
+            Stage::here(Some(dry), move |_, _| {
+                reboot.check(&deploy.target_session, &check)?;
+                Ok(Flow::Next)
+            })
+            .shown(shown)
+            .doing(format!("running the check on {on} after the reboot")),
+        );
+    }
+    stages
 }
 
 /// Shows the preview on stdout (or, when stdout carries the results, as a

@@ -5,6 +5,7 @@
 
 mod deploy;
 pub mod preview;
+pub mod reboot;
 mod rebuild;
 #[cfg(test)]
 mod testing;
@@ -39,9 +40,10 @@ use watchdog::{Operation, Paths, Watchdog};
 /// With --fleet FILE, deploys every host FILE names instead, several at once
 /// (see --jobs and --on): FILE is a JSON object of host name → writeDeploy's
 /// attributes (target, source, and optionally buildTarget, operation,
-/// crossDeploy, useNixOutputMonitor, force, backup, fast, confirmTimeout). Each
-/// host's output lines start with its name; options given here apply to
-/// every host and win over FILE. Exits 1 when any host failed.
+/// crossDeploy, useNixOutputMonitor, force, backup, fast, confirmTimeout,
+/// reboot, rebootTimeout, tags). Each host's output lines start with its
+/// name; options given here apply to every host and win over FILE. Exits 1
+/// when any host failed.
 ///
 /// --preview builds the new system without activating it and prints what
 /// would change; --ask then asks before activating it. --confirm-timeout
@@ -83,9 +85,15 @@ pub struct Cli {
     /// For switch and test: the target rolls back unless a new ssh connection confirms the deploy within SECONDS after activation
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..))]
     pub confirm_timeout: Option<u32>,
-    /// With --confirm-timeout: run SCRIPT with /bin/sh on the target over the new connection first; if it fails, the deploy is not confirmed
+    /// With --confirm-timeout: run SCRIPT with /bin/sh on the target over the new connection first; if it fails, the deploy is not confirmed. With --reboot: run it again once the target is back
     #[arg(long, value_name = "SCRIPT", allow_hyphen_values = true)]
     pub check: Option<String>,
+    /// After a successful boot or switch: reboot the target, wait for it to come back with a new boot id, and check it runs the system just built
+    #[arg(long, conflicts_with_all = ["preview", "ask"])]
+    pub reboot: bool,
+    /// With --reboot: how long the target has to go down and come back (and the check after it, to end) [default: 600]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub reboot_timeout: Option<u32>,
 }
 
 /// What `krops-deploy --help` and its man page show.
@@ -181,7 +189,24 @@ pub const FLEET_SETTINGS: &[Setting] = &[
         // A preview activates nothing, so nothing is confirmed.
         unless: &["--preview"],
     },
+    Setting {
+        key: "reboot",
+        option: "--reboot",
+        kind: SettingKind::Flag,
+        // Nor is anything rebooted into.
+        unless: &["--preview"],
+    },
+    Setting {
+        key: "rebootTimeout",
+        option: "--reboot-timeout",
+        kind: SettingKind::Count,
+        unless: &["--preview"],
+    },
 ];
+
+/// The operations after which `--reboot` reboots: those that make the
+/// built system the one the next boot starts.
+const REBOOTING: &[&str] = &["switch", "boot"];
 
 /// The operations `--ask` can activate a built system with.
 const ACTIVATING: &[&str] = &["switch", "boot", "test", "dry-activate"];
@@ -290,10 +315,18 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         None => None,
     };
     let reporting = &mut Reporting::new("krops-deploy", &cli.populate, results)?;
+    let reboot = cli.reboot.then(|| {
+        Rc::new(reboot::Reboot {
+            timeout: cli.reboot_timeout.unwrap_or(reboot::DEFAULT_TIMEOUT),
+            style: reporting.style,
+            paths: Paths::nixos(),
+        })
+    });
     let deploy = Rc::new(deploy);
     let watchdog = watchdog.map(Rc::new);
-    let check = cli.check.clone();
-    let stages = if cli.preview || cli.ask {
+    // The confirmation's check; after a reboot, the reboot's.
+    let check = cli.check.clone().filter(|_| watchdog.is_some());
+    let mut stages = if cli.preview || cli.ask {
         deploy::preview_then(&deploy, cli.ask, watchdog, check)
     } else if watchdog.is_some() && build != target {
         deploy::build_then_activate(&deploy, watchdog, check)
@@ -302,6 +335,9 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     } else {
         deploy::plain(&deploy, &nixos_rebuild)
     };
+    if let Some(reboot) = &reboot {
+        stages.extend(deploy::reboot_and_wait(&deploy, reboot, cli.check.clone()));
+    }
     Stages::new(plans, stages).run_or_print(cli.populate.dry_run, reporting)
 }
 
@@ -315,9 +351,23 @@ fn check_activation_options(cli: &Cli) -> Result<()> {
             ACTIVATING.join(", ")
         )));
     }
-    if cli.check.is_some() && cli.confirm_timeout.is_none() {
+    if cli.check.is_some() && cli.confirm_timeout.is_none() && !cli.reboot {
         return Err(usage(
-            "--check needs --confirm-timeout: the check decides whether a deploy is confirmed",
+            "--check needs --confirm-timeout (the check decides whether a deploy is confirmed) \
+             or --reboot (it runs once the target is back)",
+        ));
+    }
+    if cli.reboot && !REBOOTING.contains(&operation) {
+        return Err(usage(format!(
+            "--reboot reboots into the system just built: --operation must be one of {}, not \
+             {operation}",
+            REBOOTING.join(", ")
+        )));
+    }
+    if cli.reboot_timeout.is_some() && !cli.reboot {
+        return Err(usage(
+            "--reboot-timeout needs --reboot (fleet: reboot: true): it bounds the wait for a \
+             rebooted target",
         ));
     }
     if cli.confirm_timeout.is_some() && Operation::from_name(operation).is_none() {
@@ -416,6 +466,8 @@ mod tests {
             &["--check", "true"][..],
             &["--confirm-timeout", "5", "--operation", "boot"],
             &["--ask", "--operation", "build"],
+            &["--reboot", "--operation", "test"],
+            &["--reboot-timeout", "5"],
         ] {
             let err = check_activation_options(&cli(args)).unwrap_err();
             assert!(mktarget::tool::is_usage(&err), "{args:?}: {err}");
@@ -462,5 +514,10 @@ mod tests {
         assert!(parse(&["--force"]).is_err());
         assert!(parse(&["--target", "t", "--on", "web*"]).is_err());
         assert!(parse(&["--fleet", "f", "--jobs", "0"]).is_err());
+        assert!(parse(&["--fleet", "f", "--max-failures", "0"]).is_err());
+        assert!(parse(&["--target", "t", "--max-failures", "1"]).is_err());
+        assert!(parse(&["--target", "t", "--reboot", "--preview"]).is_err());
+        assert!(parse(&["--target", "t", "--reboot", "--reboot-timeout", "0"]).is_err());
+        assert!(parse(&["--target", "t", "--reboot", "--check", "true"]).is_ok());
     }
 }

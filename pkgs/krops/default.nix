@@ -21,7 +21,7 @@ in
 }:
 
 let
-  inherit (w) flag option optionUnless checkBool checkString targetJSON;
+  inherit (w) flag option optionUnless checkBool checkString checkTags targetJSON;
   writeTool = w.writeTool { inherit krops-rs writers; };
 
   # krops-deploy --nom's modes (clap's values of its `Nom`); tests/contract.rs
@@ -37,7 +37,10 @@ in
     fast ? null,
     force ? false,
     operation ? "switch",
+    reboot ? false,
+    rebootTimeout ? null,
     source,
+    tags ? [ ],
     target,
     useNixOutputMonitor ? "opportunistic"
   }:
@@ -53,12 +56,17 @@ in
         if confirmTimeout == null then null
         else if lib.isInt confirmTimeout && confirmTimeout >= 1 then toString confirmTimeout
         else throw "${what}: confirmTimeout: expected a whole number of seconds (at least 1), got ${lib.toJSON confirmTimeout}";
+      # Seconds a rebooted target has to come back (--reboot-timeout).
+      rebootTimeout' =
+        if rebootTimeout == null then null
+        else if lib.isInt rebootTimeout && rebootTimeout >= 1 then toString rebootTimeout
+        else throw "${what}: rebootTimeout: expected a whole number of seconds (at least 1), got ${lib.toJSON rebootTimeout}";
       deprecated =
         if fast != null
         then lib.trace "${what}: it's now always fast, setting the `fast` attribute is deprecated and will be removed in future"
         else (x: x);
     in
-    deprecated (writeTool name "krops-deploy" source (
+    deprecated (builtins.seq (checkTags what tags) writeTool name "krops-deploy" source (
       option "--target" (targetJSON what "target" target)
       ++ option "--build-target" (if buildTarget == null then null else targetJSON what "buildTarget" buildTarget)
       ++ option "--operation" (checkString what "operation" operation)
@@ -67,6 +75,9 @@ in
       ++ flag "--force" (checkBool what "force" force)
       ++ flag "--backup" (checkBool what "backup" backup)
       ++ optionUnless "--preview" "--confirm-timeout" confirmTimeout'
+      # A preview activates nothing to reboot into, as a fleet leaves it out.
+      ++ (if checkBool what "reboot" reboot then [ { unless = "--preview"; words = [ "--reboot" ]; } ] else [ ])
+      ++ optionUnless "--preview" "--reboot-timeout" rebootTimeout'
     ));
 
   writeTest = name: {
@@ -96,6 +107,7 @@ in
     command ? null,
     force ? false,
     source,
+    tags ? [ ],
     target
   }:
     let
@@ -109,7 +121,7 @@ in
         else if lib.isString command then option "--" command
         else throw "${what}: command: expected a function of the target path giving a script, got ${lib.typeOf command}";
     in
-    writeTool name "krops-command" source (
+    builtins.seq (checkTags what tags) writeTool name "krops-command" source (
       option "--target" (targetJSON what "target" target)
       ++ flag "--allocate-tty" (checkBool what "allocateTTY" allocateTTY)
       ++ flag "--force" (checkBool what "force" force)

@@ -149,6 +149,15 @@ impl Results {
         );
     }
 
+    /// More fields of the fleet host `name`'s entry, added after
+    /// [`Results::add_host`] (its tags, its batch, whether it rebooted).
+    pub fn host_fields(&mut self, name: &str, fields: Map<String, Value>) {
+        if let Some(Value::Object(host)) = self.hosts.as_mut().and_then(|hosts| hosts.get_mut(name))
+        {
+            host.extend(fields);
+        }
+    }
+
     /// Marks this a fleet's document, with no host yet.
     pub fn fleet(&mut self) {
         self.hosts.get_or_insert_with(BTreeMap::new);

@@ -46,6 +46,7 @@ use mktarget::mutex::lock;
 
 pub use git::{git_head, GitRepo};
 pub use host::Host;
+pub use nixos::Comeback;
 pub use real_rebuild::{RealRebuild, REAL_REBUILD_ENV};
 pub use run::{command_line, forced_args, quote, run as run_with_timeout, Output, RUN_TIMEOUT};
 pub use secrets::{PassStore, PassageStore};

@@ -36,8 +36,18 @@ pub const REBUILD_SYSTEM_FILE: &str = "nixos-rebuild.system";
 /// `switch-to-configuration` appends `NAME OPERATION`.
 pub const ACTIVATIONS_FILE: &str = "activations";
 
+/// The file in a NixOS machine's directory that its namespace sees as
+/// `/proc/sys/kernel/random/boot_id`: a reboot ([`World::reboot_when_asked`])
+/// writes a new one.
+pub const BOOT_ID_FILE: &str = "boot_id";
+
+/// The file in a NixOS host's `/run` by which the `reboot` stand-in asks
+/// the world to reboot the host.
+pub const REBOOT_REQUEST: &str = "krops-test-reboot";
+
 /// `program` started in a mount namespace of its own in which `/run` is
-/// `host_dir/run` and `/nix/var/nix/profiles` is `host_dir/profiles`; when
+/// `host_dir/run`, `/nix/var/nix/profiles` is `host_dir/profiles` and
+/// `/proc/sys/kernel/random/boot_id` is `host_dir/boot_id`; when
 /// `host_dir/etc` exists, its files are laid over `/etc` (read-only), e.g.
 /// an `/etc/nixos/flake.nix` of the host's own.
 pub(crate) fn namespaced(host_dir: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -46,14 +56,54 @@ pub(crate) fn namespaced(host_dir: &Path, program: impl AsRef<std::ffi::OsStr>) 
         .arg(
             "mount --bind \"$1\" /run && mount --bind \"$2\" /nix/var/nix/profiles \
              && { [ ! -d \"$3\" ] || mount -t overlay overlay -o \"lowerdir=$3:/etc\" /etc; } \
-             && shift 3 && exec \"$@\"",
+             && { [ ! -f \"$4\" ] || mount --bind \"$4\" /proc/sys/kernel/random/boot_id; } \
+             && shift 4 && exec \"$@\"",
         )
         .arg("sh")
         .arg(host_dir.join("run"))
         .arg(host_dir.join("profiles"))
         .arg(host_dir.join("etc"))
+        .arg(host_dir.join(BOOT_ID_FILE))
         .arg(program);
     cmd
+}
+
+/// A boot id as the kernel writes one: a random UUID.
+fn new_boot_id() -> String {
+    let bytes: [u8; 16] = std::array::from_fn(|_| rand_byte());
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}\n",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// A random byte from the kernel.
+fn rand_byte() -> u8 {
+    use std::io::Read;
+    let mut byte = [0u8; 1];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut byte))
+        .expect("cannot read /dev/urandom");
+    byte[0]
+}
+
+/// What a NixOS host does when its `reboot` stand-in asks
+/// ([`World::reboot_when_asked`]).
+#[derive(Clone, Debug)]
+pub enum Comeback {
+    /// Its sshd comes back after this long, with a new boot id, running
+    /// the system its profile points at, as a boot does.
+    After(std::time::Duration),
+    /// The same, running the system it ran before the reboot (its boot
+    /// loader started another generation).
+    OnTheOldSystem(std::time::Duration),
+    /// It never comes back.
+    Never,
 }
 
 impl World {
@@ -86,7 +136,71 @@ impl World {
         }
         fs::write(dir.join("run").join(NIXOS_MARKER), "")
             .unwrap_or_else(|err| panic!("cannot mark {alias}'s /run: {err}"));
+        fs::write(dir.join(BOOT_ID_FILE), new_boot_id())
+            .unwrap_or_else(|err| panic!("cannot write {alias}'s boot id: {err}"));
         dir
+    }
+
+    /// The boot id of the NixOS machine `alias` (its
+    /// `/proc/sys/kernel/random/boot_id`).
+    pub fn boot_id(&self, alias: &str) -> String {
+        let path = self.path(&format!("hosts/{alias}/{BOOT_ID_FILE}"));
+        fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// Plays the machine under the NixOS host `host` while `during` runs:
+    /// each time its `reboot` stand-in asks, the host goes down as a reboot
+    /// takes it (its sshd and every session killed) and comes back as
+    /// `comeback` says, with a new boot id (written in place, so the
+    /// namespace's bind mount of it sees it). Returns what `during` returns.
+    pub fn reboot_when_asked<T>(
+        &self,
+        host: &Host,
+        comeback: Comeback,
+        during: impl FnOnce() -> T,
+    ) -> T {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let alias = host.alias().to_owned();
+        let request = self.nixos_run_dir(&alias).join(REBOOT_REQUEST);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let machine = scope.spawn(|| {
+                let mut host = host.clone();
+                while !done.load(Ordering::SeqCst) {
+                    if fs::remove_file(&request).is_err() {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        continue;
+                    }
+                    let running = self.current_system(&alias);
+                    self.kill_host(&alias);
+                    let (delay, system) = match &comeback {
+                        Comeback::Never => return,
+                        Comeback::After(delay) => (*delay, self.profile_system(&alias)),
+                        Comeback::OnTheOldSystem(delay) => (*delay, running),
+                    };
+                    std::thread::sleep(delay);
+                    let path = self.path(&format!("hosts/{alias}/{BOOT_ID_FILE}"));
+                    fs::write(&path, new_boot_id())
+                        .unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+                    let link = self.nixos_run_dir(&alias).join("current-system");
+                    let _ = fs::remove_file(&link);
+                    if let Some(system) = system {
+                        std::os::unix::fs::symlink(system, &link)
+                            .unwrap_or_else(|err| panic!("cannot link {}: {err}", link.display()));
+                    }
+                    host = self.restart_host(&host);
+                }
+            });
+            let result = during();
+            done.store(true, Ordering::SeqCst);
+            machine
+                .join()
+                .expect("the rebooting machine's thread panicked");
+            result
+        })
     }
 
     /// What the NixOS host `alias` sees as `/run`.

@@ -1,4 +1,5 @@
-//! The only stand-ins of the test world: `nixos-rebuild`, `nom` and `passage`.
+//! The only stand-ins of the test world: `nixos-rebuild`, `nom`, `passage`
+//! and `reboot` (which a test machine cannot do).
 //! Everything else the tools run is the real program, and so is
 //! `nixos-rebuild` in a world that has it (`real_rebuild.rs`): the stand-in
 //! then records the call and runs it.
@@ -175,12 +176,25 @@ else
 fi
 "#;
 
+/// `reboot`, on a world NixOS host only: asks the world to reboot the
+/// host (`World::reboot_when_asked`), which then kills its sshd with this
+/// session; anywhere else it refuses.
+const REBOOT: &str = r#"standin_record reboot "$@"
+if [ ! -f /run/krops-test-nixos ]; then
+  echo "reboot stand-in: not a world NixOS host: refusing" >&2
+  standin_exit 1
+fi
+: >/run/krops-test-reboot
+standin_exit 0
+"#;
+
 /// The stand-ins by name, as complete scripts.
-pub fn scripts() -> [(&'static str, String); 3] {
+pub fn scripts() -> [(&'static str, String); 4] {
     [
         ("nixos-rebuild", format!("{RECORD}{NIXOS_REBUILD}")),
         ("nom", format!("{RECORD}{NOM}")),
         ("passage", format!("{RECORD}{PASSAGE}")),
+        ("reboot", format!("{RECORD}{REBOOT}")),
     ]
 }
 

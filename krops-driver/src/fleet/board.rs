@@ -99,6 +99,24 @@ impl Board {
         }
     }
 
+    /// Host `i` waits for its turn, in batch `batch`.
+    pub(crate) fn waiting(&self, i: usize, batch: usize) {
+        if let Some((_, bars)) = &self.live {
+            bars[i].set_message(format!(
+                "  {}  {}",
+                self.style.dim(&bars[i].prefix()),
+                self.style.dim(&format!("waiting to start (batch {batch})"))
+            ));
+        }
+    }
+
+    /// Host `i` was never started, for this reason.
+    pub(crate) fn not_started(&self, i: usize, why: &str) {
+        if let Some((_, bars)) = &self.live {
+            bars[i].finish_with_message(format!("- {}  not started ({why})", bars[i].prefix()));
+        }
+    }
+
     pub(crate) fn started(&self, i: usize) {
         if let Some((_, bars)) = &self.live {
             bars[i].set_style(self.style.spinner("{spinner} {prefix}  {secs}  {msg}"));
@@ -138,13 +156,17 @@ impl Board {
 
     /// Replaces the live lines with each failed host's line and output
     /// (unless `--verbose` showed it as it came).
-    pub(crate) fn finish(self, hosts: &[Host], outcomes: &[HostOutcome]) {
+    pub(crate) fn finish(self, hosts: &[Host], outcomes: &[Option<HostOutcome>]) {
         let Some((multi, bars)) = self.live else {
             return;
         };
         let _ = multi.clear();
         let mut stderr = std::io::stderr().lock();
         for ((host, outcome), bar) in hosts.iter().zip(outcomes).zip(&bars) {
+            let Some(outcome) = outcome else {
+                let _ = writeln!(stderr, "{}", bar.message());
+                continue;
+            };
             if outcome.ok() {
                 continue;
             }
@@ -175,6 +197,8 @@ pub(crate) enum HostResult {
     Interrupted,
     /// A signal came before it started.
     NotStarted,
+    /// `--max-failures` kept it from starting, as this says.
+    Held(String),
 }
 
 impl HostResult {
@@ -184,6 +208,7 @@ impl HostResult {
             HostResult::Failed(how) => format!("failed ({how})"),
             HostResult::Interrupted => "interrupted".to_owned(),
             HostResult::NotStarted => "not started".to_owned(),
+            HostResult::Held(why) => format!("not started ({why})"),
         }
     }
 }

@@ -65,7 +65,12 @@ pub struct Host {
     pub sources: Value,
     /// Each setting it makes: the setting and the words it becomes.
     pub settings: Vec<(Setting, Vec<String>)>,
+    /// Its `tags`, which `--on @TAG` picks it by (README: Many hosts at once).
+    pub tags: Vec<String>,
 }
+
+/// What a host has besides its settings: the fleet's own attributes.
+const HOST_KEYS: [&str; 3] = ["target", "source", "tags"];
 
 /// Host names: portable characters only (they prefix output lines and name
 /// files), not starting with `-`, not `.` or `..`.
@@ -128,14 +133,14 @@ pub(crate) fn host(
         );
     };
     let expected = || {
-        ["target", "source"]
+        HOST_KEYS
             .into_iter()
             .chain(settings.iter().map(|s| s.key))
             .collect::<Vec<_>>()
             .join(", ")
     };
     for key in object.keys() {
-        if key != "target" && key != "source" && !settings.iter().any(|s| s.key == key) {
+        if !HOST_KEYS.contains(&key.as_str()) && !settings.iter().any(|s| s.key == key) {
             bail!(
                 "{path}.{}: unknown field (expected {})",
                 shown_key(key),
@@ -153,6 +158,10 @@ pub(crate) fn host(
         .with_context(|| format!("{path}.target: must not be null"))?;
     let sources = required("source")?.clone();
     populate::source::from_json(&sources, home).with_context(|| format!("{path}.source"))?;
+    let tags = match object.get("tags") {
+        None => Vec::new(),
+        Some(value) => tags(value).with_context(|| format!("{path}.tags"))?,
+    };
     let mut made = Vec::new();
     for setting in settings {
         if let Some(value) = object.get(setting.key) {
@@ -166,7 +175,34 @@ pub(crate) fn host(
         target,
         sources,
         settings: made,
+        tags,
     })
+}
+
+/// A host's `tags`: a list of names of the characters of host names (they
+/// follow `@` in `--on`, which a comma would split), each once.
+fn tags(value: &Value) -> Result<Vec<String>> {
+    let Value::Array(list) = value else {
+        bail!("expected a list of tags (strings), got {}", kind(value));
+    };
+    let mut tags: Vec<String> = Vec::new();
+    for (i, tag) in list.iter().enumerate() {
+        let Value::String(tag) = tag else {
+            bail!("[{i}]: expected a tag (a string), got {}", kind(tag));
+        };
+        if tag.is_empty() || tag.starts_with('-') || !is_portable(tag) || tag.len() > 255 {
+            bail!(
+                "[{i}]: {}: a tag must be 1 to 255 of the characters A-Z a-z 0-9 . _ - and not \
+                 start with '-'",
+                shown(tag)
+            );
+        }
+        if tags.contains(tag) {
+            bail!("[{i}]: {} is given twice", shown(tag));
+        }
+        tags.push(tag.clone());
+    }
+    Ok(tags)
 }
 
 /// A target as a writer takes it: a string, an object, or null (none).
@@ -243,24 +279,59 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     wildmatch::WildMatch::new(pattern).matches(name)
 }
 
-/// The hosts `--on` picks (all when it is empty); a pattern that matches
-/// no host is an error naming it.
+/// Whether `host` is what one word of `--on` names: `@TAG` a host with a
+/// tag `TAG` matches (a pattern too), else a name or a pattern of names.
+fn picks(word: &str, host: &Host) -> bool {
+    match word.strip_prefix('@') {
+        Some(tag) => host.tags.iter().any(|t| glob_match(tag, t)),
+        None => glob_match(word, &host.name),
+    }
+}
+
+/// The hosts `--on` picks (all when it is empty), in name order; a name,
+/// pattern or `@TAG` that picks no host is an error naming it.
 pub fn select(hosts: Vec<Host>, on: &[String]) -> Result<Vec<Host>> {
     if on.is_empty() {
         return Ok(hosts);
     }
-    for pattern in on {
-        if !hosts.iter().any(|host| glob_match(pattern, &host.name)) {
-            let names: Vec<&str> = hosts.iter().map(|host| host.name.as_str()).collect();
-            bail!(
-                "--on {pattern:?} matches no host of the fleet ({})",
-                names.join(", ")
-            );
+    for word in on {
+        if word == "@" {
+            bail!("--on \"@\": expected a tag after @ (--on @web)");
         }
+        if hosts.iter().any(|host| picks(word, host)) {
+            continue;
+        }
+        if let Some(tag) = word.strip_prefix('@') {
+            let mut known: Vec<&str> = hosts
+                .iter()
+                .flat_map(|host| host.tags.iter().map(String::as_str))
+                .collect();
+            known.sort_unstable();
+            known.dedup();
+            let known = if known.is_empty() {
+                "no host has a tag".to_owned()
+            } else {
+                format!("the tags are {}", known.join(", "))
+            };
+            bail!("--on {word:?}: no host of the fleet has the tag {tag:?} ({known})");
+        }
+        let names: Vec<&str> = hosts.iter().map(|host| host.name.as_str()).collect();
+        let tagged = hosts
+            .iter()
+            .any(|host| host.tags.iter().any(|tag| glob_match(word, tag)));
+        let hint = if tagged {
+            format!("; hosts with such a tag are picked with @{word}")
+        } else {
+            String::new()
+        };
+        bail!(
+            "--on {word:?} matches no host of the fleet ({}){hint}",
+            names.join(", ")
+        );
     }
     Ok(hosts
         .into_iter()
-        .filter(|host| on.iter().any(|pattern| glob_match(pattern, &host.name)))
+        .filter(|host| on.iter().any(|word| picks(word, host)))
         .collect())
 }
 
@@ -471,6 +542,79 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn on_picks_hosts_by_tag_mixed_with_names_and_patterns() {
+        let fleet = json!({
+            "web1": {"target": "a", "source": {}, "tags": ["web", "eu"]},
+            "web2": {"target": "b", "source": {}, "tags": ["web", "us"]},
+            "db1": {"target": "c", "source": {}, "tags": ["db", "eu"]},
+            "mail": {"target": "d", "source": {}},
+        });
+        let hosts = || parse(&fleet.to_string(), SETTINGS, &origin(), None).unwrap();
+        let names = |on: &[&str]| -> Result<Vec<String>> {
+            let on: Vec<String> = on.iter().map(|s| s.to_string()).collect();
+            Ok(select(hosts(), &on)?.into_iter().map(|h| h.name).collect())
+        };
+        assert_eq!(names(&["@web"]).unwrap(), ["web1", "web2"]);
+        assert_eq!(names(&["@web", "db1"]).unwrap(), ["db1", "web1", "web2"]);
+        assert_eq!(names(&["@eu", "m*"]).unwrap(), ["db1", "mail", "web1"]);
+        assert_eq!(names(&["@u*"]).unwrap(), ["web2"]);
+        let err = format!("{:#}", names(&["@web", "@asia"]).unwrap_err());
+        assert_eq!(
+            err,
+            "--on \"@asia\": no host of the fleet has the tag \"asia\" (the tags are db, eu, \
+             us, web)"
+        );
+        let err = format!("{:#}", names(&["@"]).unwrap_err());
+        assert!(err.contains("expected a tag after @"), "{err}");
+        // A tag without its @ is a name, which the error says.
+        let err = format!("{:#}", names(&["web"]).unwrap_err());
+        assert_eq!(
+            err,
+            "--on \"web\" matches no host of the fleet (db1, mail, web1, web2); hosts with such a \
+             tag are picked with @web"
+        );
+        // A host named like a tag is not a tag.
+        let err = format!("{:#}", names(&["@mail"]).unwrap_err());
+        assert!(err.contains("has the tag \"mail\""), "{err}");
+    }
+
+    #[test]
+    fn tags_are_checked() {
+        let with = |tags: Value| json!({"web1": {"target": "a", "source": {}, "tags": tags}});
+        for (tags, expected) in [
+            (
+                json!("web"),
+                "fleet.web1.tags: expected a list of tags (strings), got a string",
+            ),
+            (
+                json!([1]),
+                "fleet.web1.tags: [0]: expected a tag (a string), got a number",
+            ),
+            (
+                json!(["web", ""]),
+                "fleet.web1.tags: [1]: \"\": a tag must be",
+            ),
+            (
+                json!(["a,b"]),
+                "fleet.web1.tags: [0]: \"a,b\": a tag must be",
+            ),
+            (json!(["-x"]), "fleet.web1.tags: [0]: \"-x\": a tag must be"),
+            (
+                json!(["web", "web"]),
+                "fleet.web1.tags: [1]: \"web\" is given twice",
+            ),
+        ] {
+            let err = parse_err(with(tags.clone()));
+            assert!(err.contains(expected), "{tags}: {err}");
+        }
+        assert_eq!(
+            host(json!({"target": "a", "source": {}, "tags": ["x", "y"]})).tags,
+            ["x", "y"]
+        );
+        assert!(host(json!({"target": "a", "source": {}})).tags.is_empty());
+    }
+
+    #[test]
     fn globs_match_like_the_shell() {
         for (pattern, name, matches) in [
             ("web*", "web1", true),
@@ -512,6 +656,7 @@ pub(crate) mod tests {
         assert_eq!(names(&["web*"]), ["web1", "web2"]);
         assert_eq!(names(&["db1", "web2"]), ["db1", "web2"]);
         let err = select(hosts(), &["web*".into(), "mail*".into()]).unwrap_err();
+
         assert!(
             err.to_string().contains("--on \"mail*\" matches no host"),
             "{err}"

@@ -17,6 +17,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -40,9 +41,12 @@ pub struct FleetArgs {
     /// Run on every host of FILE (`-`: stdin), a JSON object of host name → the writer's attributes (target, source, …)
     #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
     pub fleet: Option<PathBuf>,
-    /// With --fleet: how many hosts run at once (default: all, at most 8)
+    /// With --fleet: how many hosts run at once (default: all, as many as this machine's open-file limit allows)
     #[arg(long, value_name = "N", requires = "fleet", conflicts_with = "target", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
+    /// With --fleet: once N hosts failed, start no more (the running ones finish; the rest are not started)
+    #[arg(long, value_name = "N", requires = "fleet", conflicts_with = "target", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_failures: Option<u16>,
     /// With --fleet: only these hosts, by name or pattern (`*` and `?` match any characters: web*)
     #[arg(
         long,
@@ -56,10 +60,36 @@ pub struct FleetArgs {
 
 /// The ids of [`FleetArgs`]'s options, and of where the results go (each
 /// host's go to a file of the fleet's), which no host's run gets.
-pub(crate) const FLEET_OPTIONS: [&str; 5] = ["fleet", "jobs", "on", "json", "json_file"];
+pub(crate) const FLEET_OPTIONS: [&str; 6] =
+    ["fleet", "jobs", "max_failures", "on", "json", "json_file"];
 
-/// Hosts that run at once unless `--jobs` says otherwise.
-pub const DEFAULT_JOBS: usize = 8;
+/// The open files one running host costs the fleet's process: the pipes of
+/// its stdout and stderr, with room to spare.
+const FILES_PER_HOST: usize = 8;
+
+/// The files the fleet's process keeps for itself (its own stdio, the
+/// terminal, the sources' files).
+const FILES_OF_OUR_OWN: usize = 64;
+
+/// How many hosts can run at once on this machine: as many as its soft
+/// open-file limit (`ulimit -n`, from `/proc/self/limits`) leaves room for.
+pub fn machine_jobs() -> usize {
+    jobs_allowed(&std::fs::read_to_string("/proc/self/limits").unwrap_or_default())
+}
+
+/// [`machine_jobs`] for the text of `/proc/self/limits`: at least 1; 64
+/// when it names no open-file limit.
+fn jobs_allowed(limits: &str) -> usize {
+    let soft = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next());
+    match soft.map(|soft| (soft, soft.parse::<usize>())) {
+        Some(("unlimited", _)) => usize::from(u16::MAX),
+        Some((_, Ok(n))) => (n.saturating_sub(FILES_OF_OUR_OWN) / FILES_PER_HOST).max(1),
+        _ => 64,
+    }
+}
 
 /// A driver's `--fleet` mode: checks the fleet file, runs every selected
 /// host as `tool` in single-host mode (first all with `--dry-run`, so that
@@ -103,9 +133,21 @@ pub fn run(
     // Each host writes its results beside its sources; we gather them.
     let wants_results = populate.output.json || populate.output.json_file.is_some();
     let results_file = |i: usize| dir.path().join(format!("{}.results.json", hosts[i].name));
-    let jobs = fleet
-        .jobs
-        .map_or(hosts.len().min(DEFAULT_JOBS), usize::from);
+    let limit = machine_jobs();
+    let jobs = match fleet.jobs.map(usize::from) {
+        Some(asked) if asked > limit => {
+            eprintln!(
+                "{tool}: warning: --jobs {asked}: this machine's open-file limit (ulimit -n) \
+                 leaves room for {limit} hosts at once; running {limit}"
+            );
+            limit
+        }
+        Some(asked) => asked,
+        None => hosts.len().min(limit),
+    };
+    // Hosts start in name order, `jobs` at once: the first `jobs` are
+    // batch 1, the next batch 2, …
+    let batch = |i: usize| i / jobs + 1;
     let count = hosts.len();
     let style = populate.output.style();
 
@@ -174,7 +216,15 @@ pub fn run(
         Sink::Prefixed
     };
     let board = Board::new(style, &hosts);
-    let outcomes = in_parallel(count, jobs, |i| {
+    for i in 0..count {
+        board.waiting(i, batch(i));
+    }
+    // `--max-failures`: once that many hosts failed, no new one starts.
+    let failures = AtomicUsize::new(0);
+    let max_failures = fleet.max_failures.map(usize::from);
+    let held = || max_failures.is_some_and(|most| failures.load(Ordering::SeqCst) >= most);
+    let stop = || interrupt::interrupted() || held();
+    let outcomes = populate::parallel_each(count, jobs, stop, |i| {
         lock(&progress)[i] = HostState::Running(Instant::now());
         let mut command = Cmd::new(&program);
         if wants_results && !dry_run {
@@ -199,31 +249,94 @@ pub fn run(
         if row.result != HostResult::Ok && interrupt::interrupted() {
             row.result = HostResult::Interrupted;
         }
+        if matches!(row.result, HostResult::Failed(_)) {
+            failures.fetch_add(1, Ordering::SeqCst);
+        }
         lock(&progress)[i] = HostState::Done(row);
         outcome
     });
+    interrupt::wait_if_interrupted();
+    let not_started = max_failures.map(|most| {
+        let failed = failures.load(Ordering::SeqCst);
+        let hosts = if failed == 1 { "host" } else { "hosts" };
+        format!("--max-failures {most}: {failed} {hosts} failed")
+    });
+    let rows: Vec<SummaryRow> = outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, outcome)| match outcome {
+            Some(outcome) => outcome.row(),
+            None => {
+                let why = not_started.clone().unwrap_or_default();
+                board.not_started(i, &why);
+                SummaryRow {
+                    result: HostResult::Held(why),
+                    seconds: 0.0,
+                }
+            }
+        })
+        .collect();
     board.finish(&hosts, &outcomes);
     if dry_run {
         // Each host's plan as it would print it alone, one after another.
         let mut out = std::io::stdout().lock();
-        for (host, outcome) in hosts.iter().zip(&outcomes) {
+        if let Some(most) = max_failures {
+            writeln!(
+                out,
+                "# --max-failures {most}: once {most} of these hosts failed, the hosts after them \
+                 do not start"
+            )?;
+        }
+        let batches = count > jobs || max_failures.is_some();
+        for (i, (host, outcome)) in hosts.iter().zip(&outcomes).enumerate() {
             writeln!(out, "# ---- fleet host {} ----", host.name)?;
-            out.write_all(&outcome.stdout)?;
+            let mut notes = Vec::new();
+            if batches {
+                notes.push(format!(
+                    "batch {} of {} (hosts start in name order, {jobs} at once)",
+                    batch(i),
+                    batch(count - 1)
+                ));
+            }
+            if !host.tags.is_empty() {
+                notes.push(format!("tags: {}", host.tags.join(", ")));
+            }
+            if !notes.is_empty() {
+                writeln!(out, "# {}", notes.join("; "))?;
+            }
+            if let Some(outcome) = outcome {
+                out.write_all(&outcome.stdout)?;
+            }
         }
         out.flush()?;
     }
     for (i, (host, outcome)) in hosts.iter().zip(&outcomes).enumerate() {
-        let document = std::fs::read(results_file(i))
+        let document: Option<serde_json::Value> = std::fs::read(results_file(i))
             .ok()
             .and_then(|text| serde_json::from_slice(&text).ok());
-        let exit_code = outcome.status.as_ref().ok().and_then(ExitStatus::code);
-        let elapsed = std::time::Duration::from_secs_f64(outcome.seconds);
+        let exit_code = outcome
+            .as_ref()
+            .and_then(|outcome| outcome.status.as_ref().ok().and_then(ExitStatus::code));
+        let seconds = outcome.as_ref().map_or(0.0, |outcome| outcome.seconds);
+        let elapsed = std::time::Duration::from_secs_f64(seconds);
+        let fields = host_fields(
+            host,
+            outcome.as_ref().map(|_| batch(i)),
+            match (outcome, &rows[i].result) {
+                (None, HostResult::Held(why)) => Some(why.as_str()),
+                _ => None,
+            },
+            document.as_ref(),
+        );
         results.add_host(&host.name, exit_code, elapsed, document);
+        results.host_fields(&host.name, fields);
     }
-    let failed = outcomes.iter().filter(|o| !o.ok()).count();
+    let failed = rows
+        .iter()
+        .filter(|row| row.result != HostResult::Ok)
+        .count();
     if !style.quiet() || failed > 0 {
         let names: Vec<String> = hosts.iter().map(|host| host.name.clone()).collect();
-        let rows: Vec<SummaryRow> = outcomes.iter().map(HostOutcome::row).collect();
         eprint!("{}", summary(tool, &names, &rows));
     }
     Ok(if failed == 0 {
@@ -231,6 +344,41 @@ pub fn run(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// What a fleet's document says of a host besides how its run ended: its
+/// tags, its batch (`None`: not started), why it was not started, and from
+/// its own document whether it rebooted, with the boot ids before and after.
+fn host_fields(
+    host: &Host,
+    batch: Option<usize>,
+    not_started: Option<&str>,
+    document: Option<&serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::{json, Value};
+    let reboot = document.and_then(|doc| doc.get("reboot"));
+    let of_reboot = |key: &str| {
+        reboot
+            .and_then(|r| r.get(key))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let rebooted = reboot
+        .and_then(|r| r.get("rebooted"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let fields = json!({
+        "tags": host.tags,
+        "batch": batch,
+        "notStarted": not_started,
+        "rebooted": rebooted,
+        "bootIdBefore": of_reboot("bootIdBefore"),
+        "bootIdAfter": of_reboot("bootIdAfter"),
+    });
+    match fields {
+        Value::Object(map) => map,
+        _ => unreachable!("an object"),
+    }
 }
 
 /// The table at the end: host, result, seconds, after a line that counts
@@ -243,7 +391,10 @@ fn summary(tool: &str, names: &[String], rows: &[SummaryRow]) -> String {
     for (n, what) in [
         (count(|r| matches!(r, HostResult::Failed(_))), "failed"),
         (count(|r| *r == HostResult::Interrupted), "interrupted"),
-        (count(|r| *r == HostResult::NotStarted), "not started"),
+        (
+            count(|r| matches!(r, HostResult::NotStarted | HostResult::Held(_))),
+            "not started",
+        ),
     ] {
         if n > 0 {
             text.push_str(&format!(", {n} {what}"));
@@ -257,6 +408,22 @@ fn summary(tool: &str, names: &[String], rows: &[SummaryRow]) -> String {
         text.push_str(&format!(
             "  {name:name_width$}  {result:result_width$}  {:6.1} s\n",
             row.seconds
+        ));
+    }
+    let held: Vec<&str> = names
+        .iter()
+        .zip(rows)
+        .filter(|(_, row)| matches!(row.result, HostResult::Held(_)))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if let Some(HostResult::Held(why)) = rows
+        .iter()
+        .map(|row| &row.result)
+        .find(|result| matches!(result, HostResult::Held(_)))
+    {
+        text.push_str(&format!(
+            "{tool}: fleet: stopped starting hosts ({why}); not started: {}\n",
+            held.join(", ")
         ));
     }
     text
@@ -308,6 +475,75 @@ mod tests {
         );
         board.saw(0, b"populate: something else\n");
         assert!(message().starts_with("waiting for the lock"));
+    }
+
+    #[test]
+    fn the_open_file_limit_says_how_many_hosts_run_at_once() {
+        let limits = |soft: &str| {
+            format!(
+                "Limit                     Soft Limit           Hard Limit           Units\n\
+                 Max processes             127431               127431               processes\n\
+                 Max open files            {soft:<20} 524288               files\n"
+            )
+        };
+        // ulimit -n 1024, the usual default: far more than the 8 of before.
+        assert_eq!(jobs_allowed(&limits("1024")), 120);
+        assert_eq!(jobs_allowed(&limits("524288")), 65528);
+        assert_eq!(jobs_allowed(&limits("70")), 1);
+        assert_eq!(jobs_allowed(&limits("unlimited")), 65535);
+        assert_eq!(jobs_allowed(""), 64);
+        assert!(machine_jobs() >= 1);
+    }
+
+    #[test]
+    fn a_waiting_host_shows_its_batch_and_a_held_one_why() {
+        let live = Style {
+            live: true,
+            color: false,
+            verbosity: Verbosity::Normal,
+        };
+        let hosts = [
+            host(json!({"target": "root@web1", "source": {}})),
+            Host {
+                name: "web2".into(),
+                ..host(json!({"target": "root@web2", "source": {}}))
+            },
+        ];
+        let board = Board::new(live, &hosts);
+        let message = |i: usize| board.live.as_ref().unwrap().1[i].message();
+        board.waiting(1, 2);
+        assert_eq!(message(1), "  web2  waiting to start (batch 2)");
+        board.not_started(1, "--max-failures 1: 1 host failed");
+        assert_eq!(
+            message(1),
+            "- web2  not started (--max-failures 1: 1 host failed)"
+        );
+    }
+
+    #[test]
+    fn summary_names_the_hosts_max_failures_kept_from_starting() {
+        let row = |result, seconds| SummaryRow { result, seconds };
+        let held = || HostResult::Held("--max-failures 1: 1 host failed".into());
+        let text = summary(
+            "krops-deploy",
+            &["a".into(), "b".into(), "c".into(), "d".into()],
+            &[
+                row(HostResult::Ok, 2.0),
+                row(HostResult::Failed("exit status 1".into()), 3.5),
+                row(held(), 0.0),
+                row(held(), 0.0),
+            ],
+        );
+        assert_eq!(
+            text,
+            "krops-deploy: fleet: 1 of 4 hosts ok, 1 failed, 2 not started\n\
+             \x20 a  ok                                                2.0 s\n\
+             \x20 b  failed (exit status 1)                            3.5 s\n\
+             \x20 c  not started (--max-failures 1: 1 host failed)     0.0 s\n\
+             \x20 d  not started (--max-failures 1: 1 host failed)     0.0 s\n\
+             krops-deploy: fleet: stopped starting hosts (--max-failures 1: 1 host failed); not \
+             started: c, d\n"
+        );
     }
 
     #[test]
