@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use mktarget::command::{Out, Stdio};
 use mktarget::{Cmd, Session};
 use serde_json::{json, Value};
 
@@ -108,10 +109,10 @@ enum Ran {
 
 /// Runs `cmd` with its output captured, stopping it at `deadline`.
 fn bounded(cmd: &Cmd, deadline: Instant) -> Result<Ran> {
-    let mut started = cmd.start_captured()?;
+    let mut started = cmd.spawn(Stdio::capture())?;
     loop {
-        if let Some(output) = started.try_output()? {
-            return Ok(Ran::Exited(output));
+        if started.try_wait()?.is_some() {
+            return Ok(Ran::Exited(started.wait()?.into()));
         }
         if Instant::now() >= deadline || mktarget::interrupt::interrupted() {
             started.terminate(Duration::from_secs(2));
@@ -293,7 +294,7 @@ impl Reboot {
             self.timeout
         ));
         let cmd = self.check_command(session, check);
-        let mut started = cmd.start()?;
+        let mut started = cmd.spawn(Stdio::new(Out::Join, Out::Inherit))?;
         let timeout = Duration::from_secs(u64::from(self.timeout));
         let Some(status) = started.wait_for(timeout) else {
             started.terminate(Duration::from_secs(3));
