@@ -20,6 +20,21 @@ rec {
     if isString value then value
     else throw "${what}: ${name}: expected a string, got ${typeOf value}";
 
+  # Flake mode (README: Flakes): `flake` (a string, `NAME[/DIR][#ATTR]`) and
+  # `flakeInputs` (input name → source name) as `--flake` and one
+  # `--flake-input INPUT=SOURCE` each; the tool checks them against the
+  # sources.
+  flakeOptions = what: flake: flakeInputs:
+    if flake == null && flakeInputs != { } then
+      throw "${what}: flakeInputs: needs flake (the source holding flake.nix)"
+    else if !lib.isAttrs flakeInputs then
+      throw "${what}: flakeInputs: expected an attribute set of input name → source name, got ${typeOf flakeInputs}"
+    else
+      option "--flake" (if flake == null then null else checkString what "flake" flake)
+      ++ concatMap
+        (input: option "--flake-input" "${input}=${checkString what "flakeInputs.${input}" flakeInputs.${input}}")
+        (attrNames flakeInputs);
+
   # The target as JSON, its defaults filled in here as krops's `mkTarget`
   # fills them when the script is built. A field the tools do not know (a
   # typo such as `sudo` spelt `sduo`) is an evaluation error here, rather

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use krops_driver::fleet::{choices, FleetArgs, Setting, SettingKind};
-use krops_driver::{Reporting, Stages};
+use krops_driver::{FlakeArgs, Reporting, Stages};
 use mktarget::tool::{usage, Example};
 use mktarget::{Origin, Target};
 use populate::{Plan, PopulateArgs, Results};
@@ -59,6 +59,8 @@ pub struct Cli {
     pub populate: PopulateArgs,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    #[command(flatten)]
+    pub flake: FlakeArgs,
     /// Evaluate and build on this target instead (populated too); it must reach --target over ssh
     #[arg(long, value_name = "TARGET", allow_hyphen_values = true)]
     pub build_target: Option<String>,
@@ -175,6 +177,18 @@ pub const FLEET_SETTINGS: &[Setting] = &[
         unless: &[],
     },
     Setting {
+        key: "flake",
+        option: "--flake",
+        kind: SettingKind::Text,
+        unless: &[],
+    },
+    Setting {
+        key: "flakeInputs",
+        option: "--flake-input",
+        kind: SettingKind::Pairs,
+        unless: &[],
+    },
+    Setting {
         key: "confirmTimeout",
         option: "--confirm-timeout",
         kind: SettingKind::Count,
@@ -244,6 +258,10 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         None => target.clone(),
     };
     let sources = cli.populate.read_sources()?;
+    let flake = cli.flake.flake(&sources)?;
+    if let Some(flake) = &flake {
+        flake.rebuild_args(&build.path)?;
+    }
     let options = cli.populate.options();
     let target_session = cli.populate.session(&target, &origin)?;
     let build_session = if build == target {
@@ -256,7 +274,13 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         plans.push(Plan::new(&build_session, &sources, options)?);
     }
     plans.push(Plan::new(&target_session, &sources, options)?);
-    let nixos_rebuild = Rebuild::new(cli, &target, &build);
+    let nixos_rebuild = Rebuild {
+        flake: flake
+            .as_ref()
+            .map(|flake| flake.rebuild_args(&build.path))
+            .transpose()?,
+        ..Rebuild::new(cli, &target, &build)
+    };
     let sshopts = match nix_sshopts(&target, &build) {
         Some(Ok(opts)) => Some(opts),
         Some(Err(word)) => {
@@ -277,6 +301,7 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         build_session,
         sshopts,
         paths: Paths::nixos(),
+        flake,
     };
     let watchdog = match cli.confirm_timeout {
         Some(timeout) => Some(Watchdog {

@@ -21,7 +21,7 @@ in
 }:
 
 let
-  inherit (w) flag option optionUnless checkBool checkString targetJSON;
+  inherit (w) flag option optionUnless checkBool checkString targetJSON flakeOptions;
   writeTool = w.writeTool { inherit krops-rs writers; };
 
   # krops-deploy --nom's modes (clap's values of its `Nom`); tests/contract.rs
@@ -35,6 +35,8 @@ in
     confirmTimeout ? null,
     crossDeploy ? false,
     fast ? null,
+    flake ? null,
+    flakeInputs ? { },
     force ? false,
     operation ? "switch",
     source,
@@ -67,10 +69,13 @@ in
       ++ flag "--force" (checkBool what "force" force)
       ++ flag "--backup" (checkBool what "backup" backup)
       ++ optionUnless "--preview" "--confirm-timeout" confirmTimeout'
+      ++ flakeOptions what flake flakeInputs
     ));
 
   writeTest = name: {
     backup ? false,
+    flake ? null,
+    flakeInputs ? { },
     force ? false,
     source,
     target,
@@ -88,6 +93,7 @@ in
         ++ flag "--trace" (checkBool what "trace" trace)
         ++ flag "--force" (checkBool what "force" force)
         ++ flag "--backup" (checkBool what "backup" backup)
+        ++ flakeOptions what flake flakeInputs
       );
 
   writeCommand = name: {
