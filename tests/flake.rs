@@ -87,6 +87,9 @@ fn file_source(dir: &Path) -> Value {
 fn nixpkgs_repo(world: &World, rr: &RealRebuild) -> GitRepo {
     let repo = world.git_repo("nixpkgs");
     copy_tree(&rr.nixpkgs(), repo.path());
+    // A commit of this world's own: nix caches what it fetched by commit,
+    // and the world's commits would otherwise be the same in every test.
+    repo.write(".krops-test-world", world.root().to_str().unwrap());
     repo.commit("nixpkgs");
     repo
 }
@@ -166,6 +169,7 @@ fn host_name() -> String {
         .to_owned()
 }
 
+/// Reliability (Real nixos-rebuild): a flake without `#ATTR` built on a build target that reaches the target only with its ssh options → krops reads the target's host name itself (the bash program would ask without NIX_SSHOPTS and fail); previewed, built there, activated on the target
 #[test]
 fn a_git_flake_without_attr_is_previewed_and_built_on_a_build_target() {
     let world = World::new();
@@ -253,12 +257,16 @@ fn a_sudo_target_builds_a_git_flake_as_root() {
     let target = world.sudo_user_target("alpha", true);
     let repo = flake_repo(&world, "machines", "", &[("web1", "v2"), ("web2", "v3")]);
     let nixpkgs = nixpkgs_repo(&world, &rr);
-    let sources = json!({"config": git_source(&repo), "nixpkgs": git_source(&nixpkgs)});
+    // nixpkgs as a shallow checkout, as its size makes one: read as such.
+    let shallow =
+        json!({"git": {"url": nixpkgs.file_url(), "ref": nixpkgs.head(), "shallow": true}});
+    let sources = json!({"config": git_source(&repo), "nixpkgs": shallow});
     let args = forced_args(
         &target,
         &["--flake", "config#web2", "--flake-input", "nixpkgs=nixpkgs"],
     );
     deploy(&world, &args, &sources).assert_success();
+    assert!(world.path("alpha/src/nixpkgs/.git/shallow").exists());
     assert_eq!(world.current_system("alpha"), Some(v3.clone()));
     assert_eq!(world.profile_system("alpha"), Some(v3));
     let records = world.records("nixos-rebuild");
