@@ -13,7 +13,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use krops_tests::nix::{krops_dir, nix_str};
-use krops_tests::{argvs, file_text, forced_args, GitRepo, Output, RealRebuild, World};
+use krops_tests::{
+    argvs, file_text, forced_args, GitRepo, Output, RealRebuild, World, REBUILD_VARIANT_FILE,
+};
 use serde_json::{json, Value};
 
 fn deploy(world: &World, args: &[&str], sources: &Value) -> Output {
@@ -543,4 +545,71 @@ fn bad_flake_options_are_refused_naming_them_before_anything_runs() {
     out.assert_failure()
         .assert_stderr_contains("\"link\" is a symlink source");
     assert!(!dest.exists(), "the fleet changed the target");
+}
+
+#[test]
+fn nixos_rebuild_ng_gets_the_same_flake_arguments_and_sudo() {
+    // The stand-in, reading options as nixos-rebuild-ng does (its flake
+    // options are the bash program's).
+    let world = World::new();
+    world.add_host("alpha");
+    let beta = world.add_host("beta");
+    let user = world.sudo_user();
+    let dest = world.mkdir("root-owned").join("src");
+    let target =
+        json!({"user": user, "host": "alpha", "path": dest.to_str().unwrap(), "sudo": true})
+            .to_string();
+    world.write(&format!("records/{REBUILD_VARIANT_FILE}"), "ng\n");
+    let config = world.write("machines/flake.nix", "{ outputs = _: { }; }\n");
+    let sources = json!({"config": file_source(config.parent().unwrap()),
+                         "nixpkgs": file_source(&world.mkdir("nixpkgs"))});
+    let build = beta.target("root", &world.path("beta/src"));
+    let flake = ["--flake", "config", "--flake-input", "nixpkgs=nixpkgs"];
+    let args = forced_args(&target, &flake);
+    let mut with_build = args.to_vec();
+    with_build.extend(["--build-target", &build]);
+    for args in [&args[..], &with_build] {
+        let out = deploy(&world, args, &sources);
+        out.assert_success();
+        assert!(!out.stderr_str().contains("deprecated"), "{out}");
+    }
+    let (at, built) = (dest.to_str().unwrap(), world.path("beta/src"));
+    let built = built.to_str().unwrap();
+    let inputs = |src: &str| {
+        [
+            "--override-input".to_owned(),
+            "nixpkgs".to_owned(),
+            format!("path:{src}/nixpkgs"),
+            "--no-write-lock-file".to_owned(),
+        ]
+    };
+    let on_target = [
+        vec![
+            "switch".to_owned(),
+            "--flake".to_owned(),
+            format!("path:{at}/config"),
+        ],
+        inputs(at).to_vec(),
+        vec!["--sudo".to_owned()],
+    ]
+    .concat();
+    // From the build target, the target's host name named by krops.
+    let from_build = [
+        vec![
+            "switch".to_owned(),
+            "--flake".to_owned(),
+            format!("path:{built}/config#{}", host_name()),
+        ],
+        inputs(built).to_vec(),
+        vec![
+            "--target-host".to_owned(),
+            format!("{user}@alpha"),
+            "--sudo".to_owned(),
+        ],
+    ]
+    .concat();
+    assert_eq!(
+        argvs(&world.records("nixos-rebuild")),
+        [on_target, from_build]
+    );
 }

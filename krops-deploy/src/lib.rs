@@ -47,6 +47,11 @@ use watchdog::{Operation, Paths, Watchdog};
 /// would change; --ask then asks before activating it. --confirm-timeout
 /// has the target roll a switch back unless a new ssh connection confirms
 /// it in time.
+///
+/// --flake NAME#ATTR builds the flake in the synced source NAME instead
+/// (`nixos-rebuild OPERATION --flake PATH/NAME#ATTR --no-write-lock-file`),
+/// and each --flake-input INPUT=SOURCE overrides one of its inputs with a
+/// synced source, so the build target needs no network.
 #[derive(Debug, Parser)]
 #[command(name = "krops-deploy", version, after_help = mktarget::tool::examples_help(EXAMPLES))]
 #[command(mut_arg("target", |arg| arg

@@ -16,8 +16,10 @@ use populate::{Plan, PopulateArgs, Results};
 /// Populate a local target, then build its system with nix-build.
 ///
 /// Reads sources.json on stdin, syncs it to --target (which must be this
-/// machine), then runs `NIX_PATH=PATH nix-build -A system '<nixpkgs/nixos>'`.
-/// stdout is the built system's store path; everything else goes to stderr.
+/// machine), then runs `NIX_PATH=PATH nix-build -A system '<nixpkgs/nixos>'`
+/// (with --flake, `nix build` of the synced flake's
+/// nixosConfigurations.ATTR.config.system.build.toplevel). stdout is the
+/// built system's store path; everything else goes to stderr.
 #[derive(Debug, Parser)]
 #[command(name = "krops-test", version, after_help = mktarget::tool::examples_help(EXAMPLES))]
 pub struct Cli {
