@@ -39,7 +39,8 @@ use watchdog::{Operation, Paths, Watchdog};
 /// With --fleet FILE, deploys every host FILE names instead, several at once
 /// (see --jobs and --on): FILE is a JSON object of host name → writeDeploy's
 /// attributes (target, source, and optionally buildTarget, operation,
-/// crossDeploy, useNixOutputMonitor, force, backup, fast, confirmTimeout). Each
+/// crossDeploy, useNixOutputMonitor, force, backup, fast, confirmTimeout,
+/// flake, flakeInputs). Each
 /// host's output lines start with its name; options given here apply to
 /// every host and win over FILE. Exits 1 when any host failed.
 ///
