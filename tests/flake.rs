@@ -613,3 +613,44 @@ fn nixos_rebuild_ng_gets_the_same_flake_arguments_and_sudo() {
         [on_target, from_build]
     );
 }
+
+#[test]
+fn the_writers_pass_flake_and_flake_inputs_and_refuse_them_malformed() {
+    let world = World::new();
+    let writer = |writer: &str, args: &str| {
+        world.nix_eval(&format!(
+            "let k = import (krops + \"/pkgs/krops\") {{ writers = {{ writeDash = name: text: \
+             {{ inherit name text; }}; }}; krops-rs = \"/krops-rs\"; }}; \
+             in (k.{writer} \"d\" ({{ source = {{ }}; target = \"/tmp/src\"; }} // {args})).text"
+        ))
+    };
+    for name in ["writeDeploy", "writeTest"] {
+        let out = writer(
+            name,
+            "{ flake = \"config#web1\"; flakeInputs = { nixpkgs = \"nixpkgs\"; hm = \"home\"; }; }",
+        );
+        out.assert_success()
+            .assert_stdout_contains("--flake 'config#web1'")
+            .assert_stdout_contains("--flake-input hm=home")
+            .assert_stdout_contains("--flake-input nixpkgs=nixpkgs");
+        for (args, says) in [
+            (
+                "{ flakeInputs = { nixpkgs = \"nixpkgs\"; }; }",
+                "flakeInputs: needs flake",
+            ),
+            ("{ flake = 3; }", "flake: expected a string, got int"),
+            (
+                "{ flake = \"c\"; flakeInputs = [ \"nixpkgs\" ]; }",
+                "flakeInputs: expected an attribute set",
+            ),
+            (
+                "{ flake = \"c\"; flakeInputs = { nixpkgs = 1; }; }",
+                "flakeInputs.nixpkgs: expected a string",
+            ),
+        ] {
+            writer(name, args)
+                .assert_failure()
+                .assert_stderr_contains(&format!("{name} d: {says}"));
+        }
+    }
+}
