@@ -306,8 +306,23 @@ fn a_fleet_deploys_one_flake_to_two_hosts_with_their_own_attributes() {
     let file = world.write("fleet.json", fleet.to_string());
     let out = world.run("krops-deploy", &["--fleet", file.to_str().unwrap()], b"");
     out.assert_success();
-    assert_eq!(world.current_system("alpha"), Some(v2));
-    assert_eq!(world.current_system("beta"), Some(v3));
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.current_system("beta"), Some(v3.clone()));
+    // The inputs given on the command line, for every host's own flake.
+    let mut swapped = json!({"alpha": host(&alpha, "web2"), "beta": host(&beta, "web1")});
+    for name in ["alpha", "beta"] {
+        swapped[name].as_object_mut().unwrap().remove("flakeInputs");
+    }
+    let file = world.write("swapped.json", swapped.to_string());
+    let args = [
+        "--fleet",
+        file.to_str().unwrap(),
+        "--flake-input",
+        "nixpkgs=nixpkgs",
+    ];
+    world.run("krops-deploy", &args, b"").assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v3));
+    assert_eq!(world.current_system("beta"), Some(v2));
     rr.assert_machine_untouched();
 }
 
@@ -520,7 +535,10 @@ fn bad_flake_options_are_refused_naming_them_before_anything_runs() {
             &["--flake", "config#web1", "--flake-input", "nixpkgs=link"],
             "\"link\" is a symlink source",
         ),
-        (&["--flake-input", "nixpkgs=nixpkgs"], "--flake"),
+        (
+            &["--flake-input", "nixpkgs=nixpkgs"],
+            "--flake-input \"nixpkgs=nixpkgs\": needs --flake",
+        ),
     ] {
         let all = forced_args(&target, args);
         let out = deploy(&world, &all, &sources);

@@ -21,7 +21,7 @@ pub struct FlakeArgs {
     #[arg(long, value_name = "NAME[/DIR][#ATTR]", allow_hyphen_values = true)]
     pub flake: Option<String>,
     /// With --flake: override the flake's input INPUT with the synced source SOURCE (repeatable); a git source is read as a git checkout, a file tree as a path
-    #[arg(long, value_name = "INPUT=SOURCE", requires = "flake")]
+    #[arg(long, value_name = "INPUT=SOURCE")]
     pub flake_input: Vec<String>,
 }
 
@@ -31,6 +31,12 @@ impl FlakeArgs {
     pub fn flake(&self, sources: &Sources) -> Result<Option<Flake>> {
         match &self.flake {
             Some(flake) => Flake::parse(flake, &self.flake_input, sources).map(Some),
+            // Checked here, not by clap: with --fleet, a host's own flake
+            // may take the inputs of the command line.
+            None if !self.flake_input.is_empty() => Err(usage(format!(
+                "--flake-input {}: needs --flake (the source holding flake.nix)",
+                shown(&self.flake_input[0])
+            ))),
             None => Ok(None),
         }
     }
