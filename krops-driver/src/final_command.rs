@@ -1,7 +1,7 @@
 //! A driver's final command: what runs on the target (or here) after the
 //! populate plans, shown and recorded as the run's final command.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::process::ExitStatus;
 use std::sync::{mpsc, Arc, Mutex};
@@ -169,11 +169,11 @@ impl Final {
         let began = self.start_running(reporting)?;
         let command = self.command(reporting.locked);
         let quiet = reporting.style.quiet();
-        // Through a pipe of ours, its stderr is no terminal: a local
-        // command writing to the user's terminal keeps it (nix's progress).
-        let tail_kept = !quiet
-            && matches!(self.body, Body::Script { tty: false, .. })
-            && (self.remote.is_some() || !std::io::stderr().is_terminal());
+        // Only through ssh (there, its stderr is no terminal anyway): a local
+        // command keeps ours, for nix's progress on a terminal and for
+        // what it leaves running once we are gone.
+        let tail_kept =
+            !quiet && self.remote.is_some() && matches!(self.body, Body::Script { tty: false, .. });
         let ran = if tail_kept {
             status_keeping_tail(&command, reporting.results_on_stdout)
         } else {
