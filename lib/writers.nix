@@ -32,6 +32,21 @@ rec {
     else if bad != [ ] then throw "${what}: tags: ${toJSON (lib.head bad)}: a tag must be 1 to 255 of the characters A-Z a-z 0-9 . _ - and not start with '-'"
     else tags;
 
+  # Flake mode (README: Flakes): `flake` (a string, `NAME[/DIR][#ATTR]`) and
+  # `flakeInputs` (input name → source name) as `--flake` and one
+  # `--flake-input INPUT=SOURCE` each; the tool checks them against the
+  # sources.
+  flakeOptions = what: flake: flakeInputs:
+    if flake == null && flakeInputs != { } then
+      throw "${what}: flakeInputs: needs flake (the source holding flake.nix)"
+    else if !lib.isAttrs flakeInputs then
+      throw "${what}: flakeInputs: expected an attribute set of input name → source name, got ${typeOf flakeInputs}"
+    else
+      option "--flake" (if flake == null then null else checkString what "flake" flake)
+      ++ concatMap
+        (input: option "--flake-input" "${input}=${checkString what "flakeInputs.${input}" flakeInputs.${input}}")
+        (attrNames flakeInputs);
+
   # The target as JSON, its defaults filled in here as krops's `mkTarget`
   # fills them when the script is built. A field the tools do not know (a
   # typo such as `sudo` spelt `sduo`) is an evaluation error here, rather

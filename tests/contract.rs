@@ -126,6 +126,11 @@ fn writers_take_what_a_fleet_host_says() {
     }
 }
 
+/// Writer attributes holding many values, each its own option (as a
+/// fleet's `SettingKind::Pairs`): `flakeInputs = { nixpkgs = "nixpkgs"; }`
+/// is `--flake-input nixpkgs=nixpkgs`.
+const PLURAL_ATTRIBUTES: &[(&str, &str)] = &[("flakeInputs", "--flake-input")];
+
 /// krops-test and populate have no fleet: their writers' attributes besides
 /// `target` and `source` are the tools' options of the same name.
 #[test]
@@ -145,9 +150,13 @@ fn writers_without_a_fleet_take_the_tools_options() {
         assert!(args.iter().any(|(name, _)| name == "source"), "{writer}");
         for (name, _) in args {
             if name != "target" && name != "source" {
+                let option = match PLURAL_ATTRIBUTES.iter().find(|(attr, _)| *attr == name) {
+                    Some((_, option)) => option.to_string(),
+                    None => format!("--{name}"),
+                };
                 assert!(
-                    options.contains(&format!("--{name}")),
-                    "{writer} takes {name}, but {tool} has no --{name}"
+                    options.contains(&option),
+                    "{writer} takes {name}, but {tool} has no {option}"
                 );
             }
         }

@@ -246,3 +246,35 @@ fn fleets_print_the_scripts_they_printed() {
         b"",
     );
 }
+
+#[test]
+fn flake_modes_print_the_scripts_they_printed() {
+    let world = World::new();
+    let config = world.write("machines/flake.nix", "{ outputs = _: { }; }\n");
+    let sources = json!({
+        "config": {"file": config.parent().unwrap().to_str().unwrap()},
+        "nixpkgs": {"git": {"url": "https://github.com/NixOS/nixpkgs", "ref": "nixos-24.05"}},
+    })
+    .to_string();
+    let sources = sources.as_bytes();
+    let flake = ["--flake", "config#web1", "--flake-input", "nixpkgs=nixpkgs"];
+    let deploy = |mode: &str, args: &[&str]| {
+        let mut all = vec!["--target", TARGET, "--nom", "false"];
+        all.extend(args);
+        check(&world, mode, "krops-deploy", &all, sources);
+    };
+    deploy("deploy_flake", &flake);
+    deploy(
+        "deploy_flake_confirm",
+        &[&flake[..], &["--confirm-timeout", "30"]].concat(),
+    );
+    // No #ATTR with a build target: the target's host name is read first.
+    deploy(
+        "deploy_flake_build_target_preview",
+        &["--flake", "config", "--build-target", BUILD, "--preview"],
+    );
+    let local = world.path("local-src");
+    let mut test = vec!["--target", local.to_str().unwrap()];
+    test.extend(flake);
+    check(&world, "test_flake", "krops-test", &test, sources);
+}

@@ -34,6 +34,7 @@ mod activate;
 mod check_stream;
 mod drivers;
 mod dry_run_modes;
+mod flake;
 mod fleet;
 mod fleet_ops;
 mod real_nixos;

@@ -8,8 +8,9 @@ use std::process::{ExitCode, ExitStatus};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
-use krops_driver::{Aftermath, Final, Flow, Reporting, Stage};
+use anyhow::{anyhow, bail, Result};
+use krops_driver::flake::{attr_of_host_name, check_attr};
+use krops_driver::{Aftermath, Final, Flake, Flow, Reporting, Stage};
 use mktarget::command::{exit_code, Stdio};
 use mktarget::{Cmd, Session, Target};
 
@@ -24,6 +25,14 @@ pub(crate) const NEW_PLACEHOLDER: &str = "/nix/store/NEW-SYSTEM";
 /// How `--dry-run` writes the private directory a build would make.
 const DIR_PLACEHOLDER: &str = "BUILD-DIR";
 
+/// How `--dry-run` writes the target's host name, a flake's attribute
+/// when `--flake` names none.
+const HOST_NAME_PLACEHOLDER: &str = "TARGET-HOST-NAME";
+
+/// Prints the host name, which nixos-rebuild takes for the flake's
+/// attribute when none is given (both programs read the kernel's).
+const HOST_NAME_SCRIPT: &str = "cat /proc/sys/kernel/hostname";
+
 /// One deploy's commands, once its input is checked.
 pub(crate) struct Deploy {
     pub(crate) operation: String,
@@ -34,6 +43,9 @@ pub(crate) struct Deploy {
     /// NIX_SSHOPTS for the build target to reach the target, if any.
     pub(crate) sshopts: Option<String>,
     pub(crate) paths: Paths,
+    /// Flake mode (`--flake`), checked against the sources and the build
+    /// target's path.
+    pub(crate) flake: Option<Flake>,
 }
 
 impl Deploy {
@@ -77,13 +89,46 @@ impl Deploy {
         }
     }
 
-    /// `nixos-rebuild build` in a private directory on the build target.
-    fn build_command(&self) -> Final {
+    /// nixos-rebuild's flake arguments on the build target, with `attr`
+    /// when `--flake` names no attribute. The deploy checked the path.
+    pub(crate) fn flake_args(&self, attr: Option<&str>) -> Option<Vec<String>> {
+        let flake = self.flake.as_ref()?;
+        let flake = match (flake.attr(), attr) {
+            (None, Some(attr)) => flake.with_attr(attr),
+            _ => flake.clone(),
+        };
+        let args = flake.rebuild_args(&self.build().path);
+        Some(args.expect("the deploy checked the build target's path for the flake"))
+    }
+
+    /// `rebuild` with the flake's attribute `attr`, when krops names it.
+    fn rebuild_of(&self, rebuild: &Rebuild, attr: Option<&str>) -> Rebuild {
+        match attr {
+            Some(_) => Rebuild {
+                flake: self.flake_args(attr),
+                ..rebuild.clone()
+            },
+            None => rebuild.clone(),
+        }
+    }
+
+    /// Whether the build needs the target's host name first: a flake
+    /// without an attribute, built on another machine than the target
+    /// (nixos-rebuild would take its own name, or, with `--target-host`,
+    /// ask the target without the options of NIX_SSHOPTS).
+    fn needs_host_name(&self) -> bool {
+        self.separate_build() && self.flake.as_ref().is_some_and(|f| f.attr().is_none())
+    }
+
+    /// `nixos-rebuild build` in a private directory on the build target
+    /// (a flake's attribute `attr` when it names none).
+    fn build_command(&self, attr: Option<&str>) -> Final {
         let build = Rebuild {
             operation: "build".to_owned(),
             cross_deploy: self.cross_deploy,
             target_host: None,
             sudo: false,
+            flake: self.flake_args(attr),
         };
         let rebuild = rebuild_script(&self.build().path, None, &build, self.nom);
         Final::new(
@@ -200,15 +245,19 @@ impl Deploy {
 
 /// The plain deploy, krops's: `nixos-rebuild OPERATION` on the build
 /// target, which activates on the target.
-pub(crate) fn plain(deploy: &Deploy, rebuild: &Rebuild) -> Vec<Stage> {
-    vec![Stage::run(
-        Final::new(
-            &deploy.build_session,
-            &deploy.rebuild_command(rebuild, None),
-            deploy.on_build("nixos-rebuild", &deploy.operation),
-        )
-        .tells_why_on(watchdog::NOT_STARTED),
-    )]
+pub(crate) fn plain(deploy: &Rc<Deploy>, rebuild: &Rebuild) -> Vec<Stage> {
+    let (deploy, rebuild) = (Rc::clone(deploy), rebuild.clone());
+    with_host_name(&Rc::clone(&deploy), move |attr| {
+        let rebuild = deploy.rebuild_of(&rebuild, attr);
+        vec![Stage::run(
+            Final::new(
+                &deploy.build_session,
+                &deploy.rebuild_command(&rebuild, None),
+                deploy.on_build("nixos-rebuild", &deploy.operation),
+            )
+            .tells_why_on(watchdog::NOT_STARTED),
+        )]
+    })
 }
 
 /// `--confirm-timeout` on the target itself: the rebuild with the watchdog
@@ -327,7 +376,63 @@ pub(crate) fn build_then_activate(
 /// the target, then what `then` makes of the build. The directory is
 /// removed once the stages after it are done or dropped.
 fn build_then(deploy: &Rc<Deploy>, then: impl FnOnce(Build) -> Vec<Stage> + 'static) -> Vec<Stage> {
-    let build = deploy.build_command();
+    let deploy = Rc::clone(deploy);
+    with_host_name(&Rc::clone(&deploy), move |attr| {
+        build_with(&deploy, attr, then)
+    })
+}
+
+/// The stages `then` makes, given the flake's attribute when krops must
+/// name it: a flake without one, built on a build target, gets the
+/// target's host name, read over krops's own connection to it, as
+/// nixos-rebuild would read it there (the bash program does that before
+/// it applies NIX_SSHOPTS, so a target reached with a port or options
+/// would be asked without them; README: Flakes).
+fn with_host_name(
+    deploy: &Rc<Deploy>,
+    then: impl FnOnce(Option<&str>) -> Vec<Stage> + 'static,
+) -> Vec<Stage> {
+    if !deploy.needs_host_name() {
+        return then(None);
+    }
+    let read = Final::new(
+        &deploy.target_session,
+        HOST_NAME_SCRIPT,
+        format!(
+            "reading the host name of {}",
+            deploy.target_session.machine()
+        ),
+    );
+    let shown = format!(
+        "the host name of {}, the flake's attribute ({HOST_NAME_PLACEHOLDER} below)",
+        deploy.target_session.machine()
+    );
+    let deploy = Rc::clone(deploy);
+    vec![Stage::capture(read, move |stdout| {
+        let attr = match stdout {
+            Some(stdout) => attr_of_host_name(&stdout),
+            None => HOST_NAME_PLACEHOLDER.to_owned(),
+        };
+        check_attr(&attr).map_err(|why| {
+            anyhow!(
+                "the host name of {}, the flake's attribute: {why}",
+                deploy.target_session.machine()
+            )
+        })?;
+        Ok(then(Some(&attr)))
+    })
+    .shown(shown)
+    .failure_is_error("cannot read the target's host name, the flake's attribute")]
+}
+
+/// [`build_then`] once the flake's attribute is known (`attr`, when
+/// `--flake` names none).
+fn build_with(
+    deploy: &Rc<Deploy>,
+    attr: Option<&str>,
+    then: impl FnOnce(Build) -> Vec<Stage> + 'static,
+) -> Vec<Stage> {
+    let build = deploy.build_command(attr);
     let shown = format!(
         "{} in a private directory; it prints the directory and the new system, \
          {NEW_PLACEHOLDER} below",

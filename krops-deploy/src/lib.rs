@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use krops_driver::fleet::{choices, FleetArgs, Setting, SettingKind};
-use krops_driver::{Reporting, Stages};
+use krops_driver::{FlakeArgs, Reporting, Stages};
 use mktarget::tool::{usage, Example};
 use mktarget::{Origin, Target};
 use populate::{Plan, PopulateArgs, Results};
@@ -41,14 +41,19 @@ use watchdog::{Operation, Paths, Watchdog};
 /// (see --jobs and --on): FILE is a JSON object of host name → writeDeploy's
 /// attributes (target, source, and optionally buildTarget, operation,
 /// crossDeploy, useNixOutputMonitor, force, backup, fast, confirmTimeout,
-/// reboot, rebootTimeout, tags). Each host's output lines start with its
-/// name; options given here apply to every host and win over FILE. Exits 1
-/// when any host failed.
+/// flake, flakeInputs, reboot, rebootTimeout, tags). Each host's output
+/// lines start with its name; options given here apply to every host and
+/// win over FILE. Exits 1 when any host failed.
 ///
 /// --preview builds the new system without activating it and prints what
 /// would change; --ask then asks before activating it. --confirm-timeout
 /// has the target roll a switch back unless a new ssh connection confirms
 /// it in time.
+///
+/// --flake NAME#ATTR builds the flake in the synced source NAME instead
+/// (`nixos-rebuild OPERATION --flake PATH/NAME#ATTR --no-write-lock-file`),
+/// and each --flake-input INPUT=SOURCE overrides one of its inputs with a
+/// synced source, so the build target needs no network.
 #[derive(Debug, Parser)]
 #[command(name = "krops-deploy", version, after_help = mktarget::tool::examples_help(EXAMPLES))]
 #[command(mut_arg("target", |arg| arg
@@ -61,6 +66,8 @@ pub struct Cli {
     pub populate: PopulateArgs,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    #[command(flatten)]
+    pub flake: FlakeArgs,
     /// Evaluate and build on this target instead (populated too); it must reach --target over ssh
     #[arg(long, value_name = "TARGET", allow_hyphen_values = true)]
     pub build_target: Option<String>,
@@ -183,6 +190,18 @@ pub const FLEET_SETTINGS: &[Setting] = &[
         unless: &[],
     },
     Setting {
+        key: "flake",
+        option: "--flake",
+        kind: SettingKind::Text,
+        unless: &[],
+    },
+    Setting {
+        key: "flakeInputs",
+        option: "--flake-input",
+        kind: SettingKind::Pairs,
+        unless: &[],
+    },
+    Setting {
         key: "confirmTimeout",
         option: "--confirm-timeout",
         kind: SettingKind::Count,
@@ -269,6 +288,10 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         None => target.clone(),
     };
     let sources = cli.populate.read_sources()?;
+    let flake = cli.flake.flake(&sources)?;
+    if let Some(flake) = &flake {
+        flake.rebuild_args(&build.path)?;
+    }
     let options = cli.populate.options();
     let target_session = cli.populate.session(&target, &origin)?;
     let build_session = if build == target {
@@ -281,7 +304,13 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         plans.push(Plan::new(&build_session, &sources, options)?);
     }
     plans.push(Plan::new(&target_session, &sources, options)?);
-    let nixos_rebuild = Rebuild::new(cli, &target, &build);
+    let nixos_rebuild = Rebuild {
+        flake: flake
+            .as_ref()
+            .map(|flake| flake.rebuild_args(&build.path))
+            .transpose()?,
+        ..Rebuild::new(cli, &target, &build)
+    };
     let sshopts = match nix_sshopts(&target, &build) {
         Some(Ok(opts)) => Some(opts),
         Some(Err(word)) => {
@@ -302,6 +331,7 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         build_session,
         sshopts,
         paths: Paths::nixos(),
+        flake,
     };
     let watchdog = match cli.confirm_timeout {
         Some(timeout) => Some(Watchdog {

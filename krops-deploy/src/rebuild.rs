@@ -67,6 +67,9 @@ pub struct Rebuild {
     pub target_host: Option<TargetHost>,
     /// Whether activation on the target goes through sudo.
     pub sudo: bool,
+    /// Flake mode: nixos-rebuild's `--flake REF …` words
+    /// ([`krops_driver::Flake::rebuild_args`]), instead of `--no-flake`.
+    pub flake: Option<Vec<String>>,
 }
 
 impl Rebuild {
@@ -81,14 +84,20 @@ impl Rebuild {
             cross_deploy: cli.cross_deploy,
             target_host: (build != target).then(|| TargetHost::new(target)),
             sudo: target.sudo,
+            flake: None,
         }
     }
 
-    /// nixos-rebuild's arguments for `program`. Always `--no-flake`: in
-    /// this NIX_PATH mode a flake of the machine's own
-    /// (`/etc/nixos/flake.nix`) must not replace the synced sources.
+    /// nixos-rebuild's arguments for `program`. In flake mode the synced
+    /// flake's; else `--no-flake`: in this NIX_PATH mode a flake of the
+    /// machine's own (`/etc/nixos/flake.nix`) must not replace the synced
+    /// sources.
     pub fn args(&self, program: Rebuilder) -> Vec<String> {
-        let mut args = vec![self.operation.clone(), "--no-flake".to_owned()];
+        let mut args = vec![self.operation.clone()];
+        match &self.flake {
+            Some(flake) => args.extend(flake.iter().cloned()),
+            None => args.push("--no-flake".to_owned()),
+        }
         if self.cross_deploy && program == Rebuilder::Bash {
             args.push("--no-build-nix".to_owned());
         }
@@ -144,8 +153,13 @@ pub fn nix_sshopts(target: &Target, build: &Target) -> Option<Result<String, Str
 /// its output goes through nom. Where the programs' arguments differ, the
 /// script asks the build target's program which it is
 /// ([`BASH_REBUILDER_PROBE`]) right before running it.
+/// A flake is evaluated purely, so its rebuild gets no NIX_PATH (which
+/// only nix-shell's `-p` of `--nom pessimistic` reads then).
 pub fn rebuild_script(nix_path: &str, sshopts: Option<&str>, run: &Rebuild, mode: Nom) -> String {
-    let mut prefix = format!("NIX_PATH={} ", quote(nix_path));
+    let mut prefix = match run.flake {
+        Some(_) => String::new(),
+        None => format!("NIX_PATH={} ", quote(nix_path)),
+    };
     if let Some(opts) = sshopts {
         prefix.push_str(&format!("NIX_SSHOPTS={} ", quote(opts)));
     }
@@ -252,6 +266,50 @@ mod tests {
                 "--sudo"
             ]
         );
+    }
+
+    #[test]
+    fn a_flake_replaces_no_flake_for_both_programs() {
+        let mut target = t("deploy@t");
+        target.sudo = true;
+        let flake = vec![
+            "--flake".to_owned(),
+            "path:/var/src/config#web1".to_owned(),
+            "--no-write-lock-file".to_owned(),
+        ];
+        let run = Rebuild {
+            flake: Some(flake),
+            ..Rebuild::new(&cli(&["--cross-deploy"]), &target, &t("@b"))
+        };
+        assert_eq!(
+            run.args(Rebuilder::Bash),
+            [
+                "switch",
+                "--flake",
+                "path:/var/src/config#web1",
+                "--no-write-lock-file",
+                "--no-build-nix",
+                "--target-host",
+                "deploy@t",
+                "--use-remote-sudo"
+            ]
+        );
+        assert_eq!(
+            run.args(Rebuilder::Ng),
+            [
+                "switch",
+                "--flake",
+                "path:/var/src/config#web1",
+                "--no-write-lock-file",
+                "--target-host",
+                "deploy@t",
+                "--sudo"
+            ]
+        );
+        // Evaluated purely: no NIX_PATH for the rebuild itself.
+        let script = rebuild_script("/var/src", None, &run, Nom::False);
+        assert!(!script.contains("NIX_PATH"), "{script}");
+        assert!(script.contains("--no-write-lock-file"), "{script}");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! A driver's final command: what runs on the target (or here) after the
 //! populate plans, shown and recorded as the run's final command.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::process::ExitStatus;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use mktarget::command::{Out, Stdio};
@@ -167,23 +168,31 @@ impl Final {
     /// when it fails.
     pub(crate) fn run(&self, reporting: &mut Reporting) -> Result<ExitStatus> {
         let began = self.start_running(reporting)?;
-        let stdio = Stdio::new(
-            if reporting.results_on_stdout {
-                Out::Join
-            } else {
-                Out::Inherit
-            },
-            kept_if(reporting.style.quiet()),
-        );
-        let ran = self
-            .command(reporting.locked)
-            .run(stdio)
-            .map(|ran| (ran.status, ran.stderr));
+        let command = self.command(reporting.locked);
+        let quiet = reporting.style.quiet();
+        // Only through ssh (there, its stderr is no terminal anyway): a local
+        // command keeps ours, for nix's progress on a terminal and for
+        // what it leaves running once we are gone.
+        let tail_kept =
+            !quiet && self.remote.is_some() && matches!(self.body, Body::Script { tty: false, .. });
+        let ran = if tail_kept {
+            status_keeping_tail(&command, reporting.results_on_stdout)
+        } else {
+            let stdio = Stdio::new(
+                if reporting.results_on_stdout {
+                    Out::Join
+                } else {
+                    Out::Inherit
+                },
+                kept_if(quiet),
+            );
+            command.run(stdio).map(|ran| (ran.status, ran.stderr))
+        };
         let (status, kept) = self.record(reporting, began, ran)?;
-        if !status.success() {
+        if !status.success() && !tail_kept {
             let _ = std::io::stderr().write_all(&kept);
         }
-        self.report(reporting, status);
+        self.report(reporting, status, last_error_line(&kept));
         Ok(status)
     }
 
@@ -208,7 +217,7 @@ impl Final {
         if !status.success() {
             let _ = std::io::stderr().write_all(&kept);
         }
-        self.report(reporting, status);
+        self.report(reporting, status, None);
         Ok((status, stdout))
     }
 
@@ -266,7 +275,7 @@ impl Final {
     /// Says why a failed command failed, as `TOOL: error: …` and as the
     /// results' `error`, so that a script reading them learns what the
     /// exit status and stderr say.
-    fn report(&self, reporting: &mut Reporting, status: ExitStatus) {
+    fn report(&self, reporting: &mut Reporting, status: ExitStatus, said: Option<String>) {
         if status.success() || (self.told.is_some() && status.code() == self.told) {
             return;
         }
@@ -279,9 +288,10 @@ impl Final {
         {
             Some(why) => format!("{}: {why}", self.what),
             None => format!(
-                "{} failed: {}",
+                "{} failed: {}{}",
                 self.what,
-                mktarget::command::describe(status)
+                mktarget::command::describe(status),
+                said.map(|line| format!(" ({line})")).unwrap_or_default()
             ),
         };
         eprintln!("{}: error: {why}", reporting.tool);
@@ -296,5 +306,83 @@ fn kept_if(quiet: bool) -> Out<'static> {
         Out::Capture
     } else {
         Out::Inherit
+    }
+}
+
+/// How much of a final command's stderr is kept to find its last error line.
+const TAIL_BYTES: usize = 8192;
+
+/// How long the copy of a command's stderr may go on once the command
+/// ended: something it left running (an ssh master it forked) may hold
+/// the pipe open, and the tool does not wait for that.
+const TAIL_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs `cmd` with its stdout ours (or on our stderr when the results are
+/// on stdout), its stderr shown as it comes; its last [`TAIL_BYTES`] are kept
+/// as well, for the error line to quote ([`last_error_line`]).
+fn status_keeping_tail(cmd: &Cmd, stdout_to_stderr: bool) -> Result<(ExitStatus, Vec<u8>)> {
+    let stdout = if stdout_to_stderr {
+        std::io::stderr().as_fd().try_clone_to_owned()
+    } else {
+        std::io::stdout().as_fd().try_clone_to_owned()
+    }
+    .context("cannot pass on our stdout")?;
+    let (mut reader, writer) = os_pipe::pipe().context("cannot make a pipe for stderr")?;
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let (done, copied) = mpsc::channel();
+    let kept = Arc::clone(&tail);
+    std::thread::spawn(move || {
+        let mut buf = [0; 8192];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = std::io::stderr().write_all(&buf[..n]);
+            let mut tail = kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            tail.extend_from_slice(&buf[..n]);
+            let excess = tail.len().saturating_sub(TAIL_BYTES);
+            tail.drain(..excess);
+        }
+        let _ = done.send(());
+    });
+    let status = cmd
+        .run(Stdio::new(Out::file(stdout), Out::file(writer)))?
+        .status;
+    let _ = copied.recv_timeout(TAIL_GRACE);
+    let tail = tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Ok((status, tail.clone()))
+}
+
+/// The last line of `stderr` that says `error: …`, as nix and
+/// nixos-rebuild begin theirs (nix's own words about why a build failed:
+/// `error: unable to download …`), for the run's error line.
+fn last_error_line(stderr: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.starts_with("error: "))
+        .map(|line| line.chars().filter(|c| !c.is_control()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_error_line_is_nixs_last_word() {
+        let stderr = b"warning: error: unable to download 'x'; retrying\n\
+                       error: unable to download 'https://api.github.com/x': no host (6)\n\
+                       (use '--show-trace' to show detailed location information)\n";
+        assert_eq!(
+            last_error_line(stderr).as_deref(),
+            Some("error: unable to download 'https://api.github.com/x': no host (6)")
+        );
+        assert_eq!(last_error_line(b"building\nfailed\n"), None);
+        assert_eq!(
+            last_error_line(b"\x1b[31;1merror:\x1b[0m x\n"),
+            None,
+            "colours are not guessed at"
+        );
     }
 }

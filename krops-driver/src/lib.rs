@@ -4,8 +4,10 @@
 //! printed as the `--dry-run` script from the same value.
 
 mod final_command;
+pub mod flake;
 pub mod fleet;
 mod stages;
 
 pub use final_command::{Final, Reporting};
+pub use flake::{Flake, FlakeArgs};
 pub use stages::{Aftermath, Flow, Stage, Stages};

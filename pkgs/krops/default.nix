@@ -21,7 +21,7 @@ in
 }:
 
 let
-  inherit (w) flag option optionUnless checkBool checkString checkTags targetJSON;
+  inherit (w) flag option optionUnless checkBool checkString checkTags targetJSON flakeOptions;
   writeTool = w.writeTool { inherit krops-rs writers; };
 
   # krops-deploy --nom's modes (clap's values of its `Nom`); tests/contract.rs
@@ -35,6 +35,8 @@ in
     confirmTimeout ? null,
     crossDeploy ? false,
     fast ? null,
+    flake ? null,
+    flakeInputs ? { },
     force ? false,
     operation ? "switch",
     reboot ? false,
@@ -78,10 +80,13 @@ in
       # A preview activates nothing to reboot into, as a fleet leaves it out.
       ++ (if checkBool what "reboot" reboot then [ { unless = "--preview"; words = [ "--reboot" ]; } ] else [ ])
       ++ optionUnless "--preview" "--reboot-timeout" rebootTimeout'
+      ++ flakeOptions what flake flakeInputs
     ));
 
   writeTest = name: {
     backup ? false,
+    flake ? null,
+    flakeInputs ? { },
     force ? false,
     source,
     target,
@@ -99,6 +104,7 @@ in
         ++ flag "--trace" (checkBool what "trace" trace)
         ++ flag "--force" (checkBool what "force" force)
         ++ flag "--backup" (checkBool what "backup" backup)
+        ++ flakeOptions what flake flakeInputs
       );
 
   writeCommand = name: {

@@ -43,6 +43,9 @@ pub enum SettingKind {
     /// A boolean that only a host's run alone can have true (the option,
     /// a terminal's): true is a usage error, saying why.
     NotInFleet(&'static str),
+    /// An object of names to strings, or null (none): the option once a
+    /// pair, its value `NAME=STRING` (`flakeInputs`: `--flake-input`).
+    Pairs,
 }
 
 /// The values of an option whose values are `E`'s, as its `--help` lists
@@ -258,6 +261,38 @@ pub(crate) fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result
             valued(&n.to_string())
         }
         (SettingKind::Count, _) => bail!("expected a whole number of at least 1, got {value}"),
+        (SettingKind::Pairs, Value::Null) => vec![],
+        (SettingKind::Pairs, Value::Object(pairs)) => {
+            let mut words = Vec::new();
+            for (name, value) in pairs {
+                let Value::String(s) = value else {
+                    bail!(
+                        "{}: expected a string, got {}",
+                        shown_key(name),
+                        kind(value)
+                    );
+                };
+                if name.contains('=') || name.contains(char::is_control) {
+                    bail!(
+                        "{}: a name holds no '=' and no control character",
+                        shown_key(name)
+                    );
+                }
+                if s.contains(char::is_control) {
+                    bail!(
+                        "{}: {} contains a control character",
+                        shown_key(name),
+                        shown(s)
+                    );
+                }
+                words.extend(valued(&format!("{name}={s}")));
+            }
+            words
+        }
+        (SettingKind::Pairs, _) => bail!(
+            "expected an object of names to strings, got {}",
+            kind(value)
+        ),
         (SettingKind::Choice(_), Value::Bool(b)) => valued(&b.to_string()),
         (SettingKind::Choice(choices), Value::String(s)) if choices().contains(s) => valued(s),
         (SettingKind::Choice(choices), Value::String(s)) => bail!(
@@ -661,5 +696,48 @@ pub(crate) mod tests {
             err.to_string().contains("--on \"mail*\" matches no host"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn pairs_become_one_option_each_and_bad_ones_name_their_key() {
+        const FLAKE: &[Setting] = &[Setting {
+            key: "flakeInputs",
+            option: "--flake-input",
+            kind: SettingKind::Pairs,
+            unless: &[],
+        }];
+        let run = |inputs: Value| {
+            let fleet =
+                json!({"web1": {"target": "root@web1", "source": {}, "flakeInputs": inputs}});
+            parse(&fleet.to_string(), FLAKE, &origin(), None)
+                .map(|mut hosts| hosts.remove(0).settings.remove(0).1)
+                .map_err(|err| format!("{err:#}"))
+        };
+        assert_eq!(
+            run(json!({"nixpkgs": "nixpkgs", "home-manager/nixpkgs": "np"})).unwrap(),
+            [
+                "--flake-input=home-manager/nixpkgs=np",
+                "--flake-input=nixpkgs=nixpkgs"
+            ]
+        );
+        assert_eq!(run(json!(null)).unwrap(), Vec::<String>::new());
+        for (inputs, says) in [
+            (
+                json!(["nixpkgs"]),
+                "fleet.web1.flakeInputs: expected an object",
+            ),
+            (
+                json!({"nixpkgs": 1}),
+                "fleet.web1.flakeInputs: nixpkgs: expected a string",
+            ),
+            (
+                json!({"a=b": "c"}),
+                "fleet.web1.flakeInputs: \"a=b\": a name holds no '='",
+            ),
+            (json!({"n": "a\nb"}), "contains a control character"),
+        ] {
+            let err = run(inputs).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
     }
 }
