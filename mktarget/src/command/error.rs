@@ -49,7 +49,7 @@ pub struct ProcessError {
     pub program: Program,
     pub status: ExitStatus,
     /// Its stderr when it was kept; the end of its output when that was
-    /// passed on as it came ([`Out::Tee`]); else empty.
+    /// passed on as it came ([`Out::Tee`](super::Out::Tee)); else empty.
     pub stderr: Vec<u8>,
     /// Whether `stderr` was shown already (the message then leaves it out).
     pub shown: bool,

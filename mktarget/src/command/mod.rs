@@ -91,7 +91,7 @@ impl Cmd {
     }
 
     /// Keeps it in our process group though its stdin is not ours, so it
-    /// can prompt on our terminal (see [`interrupt`]).
+    /// can prompt on our terminal (see [`interrupt`](crate::interrupt)).
     pub fn foreground(mut self) -> Cmd {
         self.foreground = true;
         self
@@ -173,7 +173,7 @@ impl Cmd {
     }
 
     /// Whether the command runs in process groups of its own (see
-    /// [`interrupt`]): all but those that share our terminal, which must
+    /// [`interrupt`](crate::interrupt)): all but those that share our terminal, which must
     /// stay in the foreground group to read it.
     fn own_group(&self) -> bool {
         if self.foreground {

@@ -15,13 +15,13 @@ pub enum Out<'a> {
     /// Where its other stream goes: its stdout with its stderr (when our
     /// stdout carries something else), its stderr with its stdout.
     Join,
-    /// Kept, and returned when it ends ([`Finished`], [`Child::wait`]).
+    /// Kept, and returned when it ends ([`Finished`](super::Finished), [`Child::wait`](super::Child::wait)).
     Capture,
     /// Kept while it runs, passed on to the writer when it succeeds, and
-    /// quoted in its error when it fails ([`Cmd::run`] only).
+    /// quoted in its error when it fails ([`Cmd::run`](super::Cmd::run) only).
     Hold(Box<dyn Write + 'a>),
     /// Passed on to the writer as it comes, its end kept for the error,
-    /// which does not repeat it ([`Cmd::run`] and stdout only: join its
+    /// which does not repeat it ([`Cmd::run`](super::Cmd::run) and stdout only: join its
     /// stderr to pass both on).
     Tee(Box<dyn Write + 'a>),
     /// A file, or the write end of a pipe someone reads (a fleet prefixing
@@ -29,8 +29,8 @@ pub enum Out<'a> {
     /// started, so a reader sees the end when it (and whatever it left
     /// holding it) is done.
     File(OwnedFd),
-    /// A pipe, whose end is ours ([`Child::stdout`], [`Child::stderr`];
-    /// [`Cmd::spawn`] only).
+    /// A pipe, whose end is ours ([`Child::stdout`](super::Child::stdout), [`Child::stderr`](super::Child::stderr);
+    /// [`Cmd::spawn`](super::Cmd::spawn) only).
     Pipe,
 }
 
@@ -43,10 +43,10 @@ impl Out<'_> {
 
 /// Where a command's streams go when it runs: its stdout and stderr (see
 /// [`Out`]), and whether its stdin is a pipe of ours instead of what the
-/// command says ([`Stdin`]).
+/// command says ([`Stdin`](super::Stdin)).
 pub struct Stdio<'a> {
-    /// Its stdin a pipe whose write end is ours ([`Child::stdin`];
-    /// [`Cmd::spawn`] only): a helper the tool talks to sees it close
+    /// Its stdin a pipe whose write end is ours ([`Child::stdin`](super::Child::stdin);
+    /// [`Cmd::spawn`](super::Cmd::spawn) only): a helper the tool talks to sees it close
     /// when the tool lets go of it, or exits, or dies. The command then
     /// runs in a process group of its own.
     pub stdin_pipe: bool,
@@ -92,7 +92,7 @@ impl<'a> Stdio<'a> {
     }
 
     /// Its stdin, stdout and stderr on pipes of ours: a long-lived helper
-    /// the tool talks to (see [`Stdio::stdin_pipe`], [`Child::take_pipes`]).
+    /// the tool talks to (see [`Stdio::stdin_pipe`], [`Child::take_pipes`](super::Child::take_pipes)).
     pub fn piped() -> Stdio<'a> {
         Stdio {
             stdin_pipe: true,

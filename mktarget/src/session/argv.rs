@@ -11,7 +11,7 @@ use crate::shell::{quote, quote_words, rsync_quote_words};
 impl Session {
     /// `ssh [-l USER] [-p PORT] -T|-t [SHARING] EXTRA_OPTIONS... [DEFAULTS]`
     /// without the host; SHARING is `-o ControlPath=S -o ControlMaster=no`
-    /// when shared, DEFAULTS those of [`DEFAULT_OPTIONS`] the user left unset.
+    /// when shared, DEFAULTS those of [`DEFAULT_OPTIONS`](super::DEFAULT_OPTIONS) the user left unset.
     pub fn ssh_argv(&self, tty: bool) -> Vec<String> {
         let mut argv = self.target.ssh_argv_before_options(tty);
         if let Reach::Shared(control) = &self.reach {

@@ -83,7 +83,7 @@ const CONNECTION_MESSAGES: &[&str] = &[
 ];
 
 /// The lines of `output` in which ssh says why it could not connect or
-/// lost the connection (see [`CONNECTION_MESSAGES`], and a rejected login,
+/// lost the connection (see `CONNECTION_MESSAGES`, and a rejected login,
 /// `USER@HOST: Permission denied (publickey,password).`), trimmed, each
 /// once.
 pub fn connection_lines(output: &str) -> Vec<String> {
