@@ -56,7 +56,16 @@ pub struct FleetArgs {
 
 /// The ids of [`FleetArgs`]'s options, and of where the results go (each
 /// host's go to a file of the fleet's), which no host's run gets.
-pub(crate) const FLEET_OPTIONS: [&str; 5] = ["fleet", "jobs", "on", "json", "json_file"];
+pub(crate) const FLEET_OPTIONS: [&str; 7] = [
+    "fleet",
+    "jobs",
+    "on",
+    "json",
+    "json_file",
+    // Asked or read once for the whole fleet: see `sudo_password`.
+    "ask_sudo_password",
+    "sudo_password_file",
+];
 
 /// Hosts that run at once unless `--jobs` says otherwise.
 pub const DEFAULT_JOBS: usize = 8;
@@ -85,6 +94,8 @@ pub fn run(
     let hosts = parse(&read(file)?, settings, &origin, home.as_deref())?;
     let hosts = select(hosts, &fleet.on)?;
     let forwarded = forwarded(command, args);
+    // Asked once (none for --dry-run); every host's run gets it on its stdin.
+    let password = populate.sudo_password()?;
     let program = std::env::current_exe()
         .context("cannot find this tool's own executable to run each host")?
         .display()
@@ -114,7 +125,11 @@ pub fn run(
         interrupt::doing(format!("checking the fleet's {count} hosts"));
         let quiet = Board::new(Style::plain(Verbosity::Quiet), &[]);
         let checks = in_parallel(count, jobs, |i| {
-            let check = Cmd::new(&program).arg("--dry-run").args(&host_args[i]);
+            let mut check = Cmd::new(&program).arg("--dry-run");
+            if password.is_some() {
+                check = check.arg("--ask-sudo-password");
+            }
+            let check = check.args(&host_args[i]);
             let stdout = (Sink::Kept, Stream::Stdout);
             run_host(&quiet, i, &hosts[i].name, &check, stdout, Sink::Kept)
         });
@@ -182,6 +197,13 @@ pub fn run(
                 .arg("--json-file")
                 .arg(results_file(i).display().to_string());
         }
+        let command = match &password {
+            Some(_) if dry_run => command.arg("--ask-sudo-password"),
+            Some(password) => command
+                .args(["--sudo-password-file", "/dev/stdin"])
+                .first_line(password.clone()),
+            None => command,
+        };
         let command = command.args(&host_args[i]);
         board.started(i);
         let outcome = run_host(

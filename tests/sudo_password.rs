@@ -1,0 +1,382 @@
+//! A sudo password (README: A sudo password): `--ask-sudo-password` and
+//! `--sudo-password-file` on a target whose sudo rule asks for one (the
+//! test user `krops-sudo-pw`, made by `scripts/test`), over real sshd with
+//! the real sudo: every step that needs root gets it, a wrong one fails
+//! once with sudo's message, and it never shows in any process's argv or
+//! environment, the log, `--dry-run` or `--json`.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use krops_tests::{Output, World, SUDO_PASSWORD};
+use serde_json::{json, Value};
+
+/// A password file of the test's own, 0600, holding `password`.
+fn password_file(world: &World, password: &str) -> PathBuf {
+    let name = format!("secret/sudo-password-{}", password.len());
+    let file = world.write(&name, format!("{password}\n"));
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    file
+}
+
+/// A target for the password user on `alias`, with sudo, at a directory
+/// only root may write (so every write needs sudo).
+fn root_only_target(world: &World, alias: &str) -> (String, PathBuf) {
+    let user = world.sudo_password_user();
+    let dest = world.mkdir(&format!("root-only-{alias}")).join("src");
+    let target = json!({"user": user, "host": alias, "path": dest.to_str().unwrap(), "sudo": true});
+    (target.to_string(), dest)
+}
+
+/// Sources of every kind that syncs differently: a file tree, a git
+/// checkout, a pass store, a pipe and a symlink.
+fn sources(world: &World) -> Value {
+    world.write("cfg/configuration.nix", "{ }\n");
+    let repo = world.git_repo("repo");
+    repo.write("default.nix", "{ }\n");
+    let commit = repo.commit("first");
+    let pipe = world.write_executable("bin-gen/gen", "#!/bin/sh\necho generated\n");
+    let pass = world.pass_store();
+    pass.insert("hosts/alpha/key", "pass-secret");
+    json!({
+        "cfg": {"file": world.path("cfg").to_str().unwrap()},
+        "repo": {"git": {"url": repo.url(), "ref": commit}},
+        "secrets": {"pass": {"dir": pass.dir().to_str().unwrap(), "name": "hosts/alpha"}},
+        "version": {"pipe": pipe.to_str().unwrap()},
+        "link": {"symlink": "cfg"},
+    })
+}
+
+/// What the sampler saw: processes whose argv or environment held the
+/// password.
+#[derive(Debug, Default)]
+struct Seen {
+    samples: usize,
+    leaks: Vec<String>,
+}
+
+/// Reads every process's cmdline and environ, again and again, until
+/// `stop`; notes each that holds `needle`.
+fn sample(needle: &str, stop: &AtomicBool, seen: &Mutex<Seen>) {
+    while !stop.load(Ordering::SeqCst) {
+        let mut leaks = Vec::new();
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            for what in ["cmdline", "environ"] {
+                let Ok(bytes) = fs::read(entry.path().join(what)) else {
+                    continue;
+                };
+                if String::from_utf8_lossy(&bytes).contains(needle) {
+                    let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                    leaks.push(format!(
+                        "{what} of {}: {}",
+                        entry.path().display(),
+                        String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                    ));
+                }
+            }
+        }
+        let mut seen = seen.lock().unwrap();
+        seen.samples += 1;
+        seen.leaks.extend(leaks);
+        drop(seen);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `tool ARGS` while sampling every process for the password.
+fn run_sampled(world: &World, tool: &str, args: &[&str]) -> (Output, Seen) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sampler = {
+        let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
+        std::thread::spawn(move || sample(SUDO_PASSWORD, &stop, &seen))
+    };
+    let out = world.run(tool, args, b"");
+    stop.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    (out, seen)
+}
+
+#[track_caller]
+fn assert_no_password_in(out: &Output) {
+    assert!(
+        !out.stdout_str().contains(SUDO_PASSWORD) && !out.stderr_str().contains(SUDO_PASSWORD),
+        "the password reached the output:\n{out}"
+    );
+}
+
+/// Owner uid of `path` (not following a symlink).
+fn owner(path: &Path) -> u32 {
+    fs::symlink_metadata(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .uid()
+}
+
+/// Reliability (Secrets): a sudo target whose sudo asks for a password, a file, git, pass, pipe and symlink source, the lock and the final command, `/proc/*/cmdline` and `environ` of every process sampled → every step ran as root with the password from `--sudo-password-file`; it is in no argv, environment, log or `--json`
+#[test]
+fn every_step_gets_the_password_and_no_process_shows_it() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let (target, dest) = root_only_target(&world, "alpha");
+    let sources = world.write("sources.json", sources(&world).to_string());
+    let file = password_file(&world, SUDO_PASSWORD);
+    let results = world.path("results.json");
+    let (out, seen) = run_sampled(
+        &world,
+        "krops-command",
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--sudo-password-file",
+            file.to_str().unwrap(),
+            "--sources",
+            sources.to_str().unwrap(),
+            "--json-file",
+            results.to_str().unwrap(),
+            // Root's, under the lock the run holds.
+            "id -u; test -e \"$1/.populate-lock\" && echo locked; cat \"$1/version\"",
+        ],
+    );
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "0\nlocked\ngenerated\n", "{out}");
+    assert!(seen.samples > 10, "the sampler hardly ran: {seen:?}");
+    assert!(seen.leaks.is_empty(), "{:#?}", seen.leaks);
+    assert_no_password_in(&out);
+    let document = fs::read_to_string(&results).unwrap();
+    assert!(!document.contains(SUDO_PASSWORD), "{document}");
+    // Everything arrived, and is root's: it went through sudo.
+    for name in [
+        "cfg/configuration.nix",
+        "repo/default.nix",
+        "secrets/key",
+        "version",
+        "link",
+        ".populate-lock",
+    ] {
+        assert_eq!(owner(&dest.join(name)), 0, "{name}");
+    }
+    assert_eq!(
+        fs::read_to_string(dest.join("secrets/key")).unwrap(),
+        "pass-secret"
+    );
+    assert_eq!(fs::read_link(dest.join("link")).unwrap(), Path::new("cfg"));
+    // A second run over the synced tree (rsync's no-op, git already there).
+    world
+        .run(
+            "populate",
+            &[
+                "--target",
+                &target,
+                "--sudo-password-file",
+                file.to_str().unwrap(),
+                "--sources",
+                sources.to_str().unwrap(),
+            ],
+            b"",
+        )
+        .assert_success();
+}
+
+/// Reliability (Secrets): a wrong sudo password in `--sudo-password-file` → the run fails at once, sudo's own message said once, no hang; nothing is written on the target
+#[test]
+fn a_wrong_password_fails_once_with_sudo_s_message() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let (target, dest) = root_only_target(&world, "alpha");
+    let sources = world.write("sources.json", sources(&world).to_string());
+    let file = password_file(&world, "not the password");
+    let started = Instant::now();
+    let out = world.run(
+        "krops-deploy",
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--nom",
+            "false",
+            "--sudo-password-file",
+            file.to_str().unwrap(),
+            "--sources",
+            sources.to_str().unwrap(),
+        ],
+        b"",
+    );
+    out.assert_failure();
+    assert!(started.elapsed() < Duration::from_secs(30), "{out}");
+    let stderr = out.stderr_str();
+    assert_eq!(
+        stderr.matches("incorrect password attempt").count(),
+        1,
+        "{out}"
+    );
+    assert!(
+        stderr.contains("refused the password of krops-sudo-pw"),
+        "{out}"
+    );
+    assert!(!stderr.contains("not the password"), "{out}");
+    assert!(!dest.exists(), "{out}");
+    assert!(world.records("nixos-rebuild").is_empty());
+}
+
+/// `--ask-sudo-password` without a terminal, and password files that are
+/// not one's own and private: refused before anything connects (exit 2).
+#[test]
+fn a_password_that_cannot_be_had_safely_is_refused_before_anything_runs() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let (target, dest) = root_only_target(&world, "alpha");
+    let sources = world.write("sources.json", sources(&world).to_string());
+    let before = world.handshakes("alpha");
+    let base = [
+        "--target",
+        &target,
+        "--force",
+        "--sources",
+        sources.to_str().unwrap(),
+    ];
+    // No controlling terminal: setsid.
+    let mut cmd = world.command("setsid");
+    cmd.arg("-w")
+        .arg(world.tool("krops-command"))
+        .args(base)
+        .arg("--ask-sudo-password");
+    let out = world.run_command(&mut cmd, b"");
+    out.assert_code(2)
+        .assert_stderr_contains("--ask-sudo-password: there is no terminal to ask on");
+    // Readable by others.
+    let file = password_file(&world, SUDO_PASSWORD);
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let out = world.run(
+        "populate",
+        &[&base[..], &["--sudo-password-file", file_arg]].concat(),
+        b"",
+    );
+    out.assert_code(2)
+        .assert_stderr_contains("--sudo-password-file")
+        .assert_stderr_contains("others may read or write it (mode 0644): refused");
+    // Another user's.
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    let user = world.sudo_password_user();
+    let chown = Command::new("chown").arg(user).arg(&file).status().unwrap();
+    assert!(chown.success());
+    let out = world.run(
+        "krops-deploy",
+        &[&base[..], &["--sudo-password-file", file_arg]].concat(),
+        b"",
+    );
+    out.assert_code(2)
+        .assert_stderr_contains("not to you (uid 0): refused");
+    // Missing, and empty.
+    let out = world.run(
+        "krops-command",
+        &[&base[..], &["--sudo-password-file", "/nonexistent/pw"]].concat(),
+        b"",
+    );
+    out.assert_code(2)
+        .assert_stderr_contains("--sudo-password-file /nonexistent/pw: cannot open it");
+    let empty = password_file(&world, "");
+    let out = world.run(
+        "populate",
+        &[
+            &base[..],
+            &["--sudo-password-file", empty.to_str().unwrap()],
+        ]
+        .concat(),
+        b"",
+    );
+    out.assert_code(2)
+        .assert_stderr_contains("the password is empty");
+    assert_eq!(world.handshakes("alpha"), before, "something connected");
+    assert!(!dest.exists());
+}
+
+/// `--dry-run` shows where the password is given (`sudo_password |`, and
+/// sudo.sh on the target), never its value, and asks for none.
+#[test]
+fn dry_run_shows_where_the_password_goes_and_not_the_password() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let (target, _dest) = root_only_target(&world, "alpha");
+    let sources = world.write("sources.json", sources(&world).to_string());
+    let file = password_file(&world, SUDO_PASSWORD);
+    for how in [
+        vec!["--ask-sudo-password"],
+        vec!["--sudo-password-file", file.to_str().unwrap()],
+    ] {
+        let args = [
+            &[
+                "--target",
+                &target,
+                "--dry-run",
+                "--sources",
+                sources.to_str().unwrap(),
+            ][..],
+            &how,
+        ]
+        .concat();
+        let out = world.run("krops-command", &args, b"");
+        out.assert_success();
+        let script = out.stdout_str();
+        assert_no_password_in(&out);
+        // Every step, rsync's remote shell, the pipe and the final command.
+        assert!(script.contains("sudo_password | ssh "), "{script}");
+        assert!(script.contains("krops_rsh"), "{script}");
+        assert!(script.contains("{ sudo_password; "), "{script}");
+        assert!(script.contains("sudo -S -p "), "{script}");
+        let shell = Command::new("/bin/sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(&script)
+            .status();
+        assert!(shell.unwrap().success(), "{script}");
+    }
+}
+
+/// A fleet asks once and gives the password to every host's run (on its
+/// stdin: never in an argv); the nixos-rebuild it runs reads nothing of it.
+#[test]
+fn a_fleet_gives_the_password_to_every_host() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let _beta = world.add_host("beta");
+    let source = sources(&world);
+    let mut fleet = serde_json::Map::new();
+    for alias in ["alpha", "beta"] {
+        let (target, _) = root_only_target(&world, alias);
+        fleet.insert(
+            alias.to_owned(),
+            json!({"target": serde_json::from_str::<Value>(&target).unwrap(), "source": source, "force": true}),
+        );
+    }
+    let fleet = world.write("fleet.json", Value::Object(fleet).to_string());
+    let file = password_file(&world, SUDO_PASSWORD);
+    let (out, seen) = run_sampled(
+        &world,
+        "krops-deploy",
+        &[
+            "--fleet",
+            fleet.to_str().unwrap(),
+            "--nom",
+            "false",
+            "--sudo-password-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    out.assert_success();
+    assert!(seen.leaks.is_empty(), "{:#?}", seen.leaks);
+    assert_no_password_in(&out);
+    let records = world.records("nixos-rebuild");
+    assert_eq!(records.len(), 2, "{out}");
+    for record in records {
+        assert_eq!(record.uid, 0);
+        assert!(record.stdin.is_empty(), "{:?}", record.stdin);
+    }
+}
