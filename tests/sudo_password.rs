@@ -380,3 +380,109 @@ fn a_fleet_gives_the_password_to_every_host() {
         assert!(record.stdin.is_empty(), "{:?}", record.stdin);
     }
 }
+
+/// A target on a world NixOS machine for the password user, with sudo,
+/// reached with the world's ssh config also by nixos-rebuild's own ssh.
+fn nixos_password_target(world: &World, alias: &str) -> String {
+    json!({
+        "user": world.sudo_password_user(), "host": alias,
+        "path": world.path(&format!("{alias}/src")).to_str().unwrap(), "sudo": true,
+        "extraOptions": ["-F", world.ssh_config().to_str().unwrap()],
+    })
+    .to_string()
+}
+
+/// The real nixos-rebuild switches a sudo target whose sudo wants a
+/// password: as root, through krops's sudo with the password, which its
+/// own `--use-remote-sudo` (root's sudo) then needs no more.
+#[test]
+fn the_real_nixos_rebuild_switches_a_sudo_target_with_a_password() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    world.add_nixos_host("alpha");
+    world.boot_nixos_host("alpha", &world.real_system(&rr, "v1"));
+    let v2 = world.real_system(&rr, "v2");
+    let sources = world.write("sources.json", world.real_sources(&rr, "v2").to_string());
+    let target = nixos_password_target(&world, "alpha");
+    let file = password_file(&world, SUDO_PASSWORD);
+    let (out, seen) = run_sampled(
+        &world,
+        "krops-deploy",
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--nom",
+            "false",
+            "--cross-deploy",
+            "--sudo-password-file",
+            file.to_str().unwrap(),
+            "--sources",
+            sources.to_str().unwrap(),
+        ],
+    );
+    out.assert_success();
+    assert!(seen.leaks.is_empty(), "{:#?}", seen.leaks);
+    assert_no_password_in(&out);
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2));
+    let log = fs::read_to_string(rr.root().join("log/activations.log")).unwrap();
+    assert!(log.contains(" uid=0 "), "{log}");
+    rr.assert_machine_untouched();
+}
+
+/// With a separate build target, nixos-rebuild would run sudo on the
+/// target over its own `ssh -t`, where no password can reach it: the
+/// deploy builds there, copies the system, and activates it on the target
+/// through krops's sudo with the password.
+#[test]
+fn a_build_target_deploys_to_a_sudo_target_with_a_password() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    world.add_nixos_host("alpha");
+    world.boot_nixos_host("alpha", &world.real_system(&rr, "v1"));
+    let beta = world.add_nixos_host("beta");
+    let v2 = world.real_system(&rr, "v2");
+    let sources = world.write("sources.json", world.real_sources(&rr, "v2").to_string());
+    let target = nixos_password_target(&world, "alpha");
+    let file = password_file(&world, SUDO_PASSWORD);
+    let (out, seen) = run_sampled(
+        &world,
+        "krops-deploy",
+        &[
+            "--target",
+            &target,
+            "--build-target",
+            &beta.target("root", &world.path("beta/src")),
+            "--force",
+            "--nom",
+            "false",
+            "--sudo-password-file",
+            file.to_str().unwrap(),
+            "--sources",
+            sources.to_str().unwrap(),
+        ],
+    );
+    out.assert_success();
+    assert!(seen.leaks.is_empty(), "{:#?}", seen.leaks);
+    assert_no_password_in(&out);
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2));
+    assert_eq!(world.current_system("beta"), None);
+    // nixos-rebuild only built, on beta; alpha was activated as root.
+    let records = world.records("nixos-rebuild");
+    let argvs: Vec<Vec<String>> = records.iter().map(|r| r.argv.clone()).collect();
+    assert!(
+        argvs
+            .iter()
+            .all(|argv| !argv.iter().any(|a| a == "--target-host")),
+        "{argvs:?}"
+    );
+    let log = fs::read_to_string(rr.root().join("log/activations.log")).unwrap();
+    assert!(log.contains(" uid=0 "), "{log}");
+    rr.assert_machine_untouched();
+}

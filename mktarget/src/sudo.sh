@@ -19,6 +19,10 @@ krops_sudo() {
     exit 1
   fi
   krops_password=
+  if ! sudo -n true 2>/dev/null; then
+    echo "krops: sudo on $(hostname 2>/dev/null || echo the target) took the password but keeps no timestamp for the command after it (its sudoers sets timestamp_timeout=0?): give $(id -un 2>/dev/null) a NOPASSWD rule or a timestamp_timeout above 0" >&2
+    exit 1
+  fi
   sudo -n "$@"
   krops_status=$?
   exit "$krops_status"
