@@ -486,3 +486,127 @@ fn a_build_target_deploys_to_a_sudo_target_with_a_password() {
     assert!(log.contains(" uid=0 "), "{log}");
     rr.assert_machine_untouched();
 }
+
+/// Runs `tool ARGS` on a terminal of tmux's (stdin /dev/null, stdout to a
+/// file) and types `keys` once the password prompt shows; returns the
+/// screen, the exit status and stdout.
+fn typed_on_terminal(
+    world: &World,
+    tool: &str,
+    args: &[&str],
+    keys: &[&str],
+) -> (String, i32, String) {
+    let dir = world.mkdir("tty");
+    let mut line = String::from("env -i");
+    for (key, value) in world.env() {
+        line.push(' ');
+        line.push_str(&krops_tests::quote(std::ffi::OsStr::new(&format!(
+            "{key}={value}"
+        ))));
+    }
+    line.push(' ');
+    line.push_str(&krops_tests::quote(world.tool(tool).as_os_str()));
+    for arg in args {
+        line.push(' ');
+        line.push_str(&krops_tests::quote(std::ffi::OsStr::new(arg)));
+    }
+    let q = |path: &Path| krops_tests::quote(path.as_os_str());
+    let script = world.write_executable(
+        "tty/run",
+        format!(
+            "#!/bin/sh\ncd {root}\n{line} </dev/null >{out}\necho $? >{code}.tmp\nmv {code}.tmp {code}\necho KROPS-TTY-DONE\n",
+            root = q(world.root()),
+            out = q(&dir.join("stdout")),
+            code = q(&dir.join("code")),
+        ),
+    );
+    let config = world.write(
+        "tty/tmux.conf",
+        "set -g remain-on-exit on\nset -g status off\n",
+    );
+    let socket = dir.join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        let mut cmd = Command::new("tmux");
+        cmd.arg("-S").arg(&socket).arg("-f").arg(&config).args(args);
+        cmd.env("TERM", "xterm-256color");
+        cmd
+    };
+    world
+        .run_command(
+            tmux(&["new-session", "-d", "-x", "200", "-y", "50"]).arg(&script),
+            b"",
+        )
+        .assert_success();
+    let capture = || {
+        world
+            .run_command(&mut tmux(&["capture-pane", "-p", "-J", "-S", "-"]), b"")
+            .stdout_str()
+    };
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = capture();
+            if text.contains(what) {
+                return text;
+            }
+            if Instant::now() > deadline {
+                let _ = world.run_command(&mut tmux(&["kill-server"]), b"");
+                panic!("{tool} never showed {what:?}:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("password for the targets:");
+    for key in keys {
+        let mut args = vec!["send-keys", "-t", "0"];
+        if !key.starts_with("C-") && *key != "Enter" {
+            args.push("-l");
+        }
+        args.push(key);
+        world.run_command(&mut tmux(&args), b"").assert_success();
+    }
+    let text = wait_for("KROPS-TTY-DONE");
+    let _ = world.run_command(&mut tmux(&["kill-server"]), b"");
+    let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap_or_default();
+    (text, read("code").trim().parse().unwrap(), read("stdout"))
+}
+
+/// `--ask-sudo-password` asks once on the terminal, without echo, for a
+/// whole fleet; Ctrl-C at the question ends the run before anything ran.
+#[test]
+fn the_password_is_asked_once_on_the_terminal_without_echo() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let _beta = world.add_host("beta");
+    let source = sources(&world);
+    let mut fleet = serde_json::Map::new();
+    for alias in ["alpha", "beta"] {
+        let (target, _) = root_only_target(&world, alias);
+        fleet.insert(
+            alias.to_owned(),
+            json!({"target": serde_json::from_str::<Value>(&target).unwrap(), "source": source,
+                   "force": true, "command": "id -u"}),
+        );
+    }
+    let fleet = world.write("fleet.json", Value::Object(fleet).to_string());
+    let args = ["--fleet", fleet.to_str().unwrap(), "--ask-sudo-password"];
+    let (screen, code, stdout) =
+        typed_on_terminal(&world, "krops-command", &args, &[SUDO_PASSWORD, "Enter"]);
+    assert_eq!(code, 0, "{screen}");
+    assert_eq!(
+        screen.matches("password for the targets:").count(),
+        1,
+        "{screen}"
+    );
+    assert!(!screen.contains(SUDO_PASSWORD), "echoed:\n{screen}");
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["alpha | 0", "beta | 0"], "{screen}");
+    // Ctrl-C at the question: nothing runs.
+    let before = world.handshakes("alpha");
+    fs::remove_dir_all(world.path("tty")).unwrap();
+    let (screen, code, _) = typed_on_terminal(&world, "krops-command", &args, &["abc", "C-c"]);
+    assert_eq!(code, 130, "{screen}");
+    assert!(screen.contains("interrupted: nothing was done"), "{screen}");
+    assert_eq!(world.handshakes("alpha"), before);
+}

@@ -27,6 +27,9 @@ const SUDO_SH: &str = include_str!("sudo.sh");
 /// the password line (from fd 3) before rsync's stream.
 const RSH_SH: &str = include_str!("rsh.sh");
 
+/// Ctrl-C, as the terminal gives it without signals.
+const INTERRUPT: char = '\u{3}';
+
 /// How long a password may be: sudo's own limit is far below.
 const MAX_BYTES: usize = 4096;
 
@@ -100,10 +103,16 @@ impl SudoPassword {
                 NoEcho::on(tty.try_clone()?).context("cannot turn off the terminal's echo")?;
             write!(tty, "{prompt}").context("cannot write to the terminal")?;
             tty.flush().ok();
-            let line = read_line(&mut tty).context("cannot read the terminal");
+            let line = read_typed(&mut tty).context("cannot read the terminal");
             let _ = writeln!(tty);
             line?
         };
+        // Ctrl-C came as a byte (no signal while asking, so the echo is
+        // always turned back on): as a signal would, before anything ran.
+        if line.contains(INTERRUPT) {
+            let _ = writeln!(tty, "interrupted: nothing was done");
+            std::process::exit(130);
+        }
         SudoPassword::new(line, from)
     }
 
@@ -172,6 +181,41 @@ fn read_line(input: &mut impl Read) -> Result<String> {
     String::from_utf8(bytes).context("the password is not UTF-8")
 }
 
+/// What is typed on the terminal, in its raw mode, up to Enter: the line
+/// with Backspace and Ctrl-U applied; Ctrl-D ends it; Ctrl-C is
+/// [`INTERRUPT`] alone.
+fn read_typed(tty: &mut impl Read) -> Result<String> {
+    let mut typed: Vec<u8> = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match tty.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => match byte[0] {
+                b'\n' | b'\r' | 0x04 => break,
+                0x03 => return Ok(INTERRUPT.to_string()),
+                0x7f | 0x08 => {
+                    // One character, however many bytes.
+                    while let Some(last) = typed.pop() {
+                        if last & 0xc0 != 0x80 {
+                            break;
+                        }
+                    }
+                }
+                0x15 => typed.clear(),
+                b => {
+                    typed.push(b);
+                    if typed.len() > MAX_BYTES {
+                        bail!("the password is longer than {MAX_BYTES} bytes");
+                    }
+                }
+            },
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    String::from_utf8(typed).context("the password is not UTF-8")
+}
+
 /// The terminal's echo turned off until dropped.
 struct NoEcho {
     tty: std::fs::File,
@@ -183,8 +227,13 @@ impl NoEcho {
         use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
         let saved = tcgetattr(&tty)?;
         let mut quiet = saved.clone();
-        quiet.local_flags.remove(LocalFlags::ECHO);
-        quiet.local_flags.insert(LocalFlags::ECHONL);
+        // Raw enough to see Ctrl-C as a byte at once, not as a signal
+        // that would end us with the echo still off.
+        quiet
+            .local_flags
+            .remove(LocalFlags::ECHO | LocalFlags::ISIG | LocalFlags::ICANON);
+        quiet.control_chars[nix::sys::termios::SpecialCharacterIndices::VMIN as usize] = 1;
+        quiet.control_chars[nix::sys::termios::SpecialCharacterIndices::VTIME as usize] = 0;
         tcsetattr(&tty, SetArg::TCSANOW, &quiet)?;
         Ok(NoEcho { tty, saved })
     }
