@@ -487,9 +487,10 @@ fn a_build_target_deploys_to_a_sudo_target_with_a_password() {
     rr.assert_machine_untouched();
 }
 
-/// Runs `tool ARGS` on a terminal of tmux's (stdin /dev/null, stdout to a
-/// file) and types `keys` once the password prompt shows; returns the
-/// screen, the exit status and stdout.
+/// Runs `tool ARGS` on a terminal of tmux's (stdout to a
+/// file) and types `keys` once the password prompt shows (`WAIT:TEXT`
+/// waits until the screen shows TEXT); returns the screen, the exit
+/// status and stdout.
 fn typed_on_terminal(
     world: &World,
     tool: &str,
@@ -514,7 +515,7 @@ fn typed_on_terminal(
     let script = world.write_executable(
         "tty/run",
         format!(
-            "#!/bin/sh\ncd {root}\n{line} </dev/null >{out}\necho $? >{code}.tmp\nmv {code}.tmp {code}\necho KROPS-TTY-DONE\n",
+            "#!/bin/sh\ncd {root}\n{line} >{out}\necho $? >{code}.tmp\nmv {code}.tmp {code}\necho KROPS-TTY-DONE\n",
             root = q(world.root()),
             out = q(&dir.join("stdout")),
             code = q(&dir.join("code")),
@@ -545,8 +546,10 @@ fn typed_on_terminal(
     let wait_for = |what: &str| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // What the target's terminal shows goes to ssh's stdout.
+            let shown = fs::read_to_string(dir.join("stdout")).unwrap_or_default();
             let text = capture();
-            if text.contains(what) {
+            if text.contains(what) || shown.contains(what) {
                 return text;
             }
             if Instant::now() > deadline {
@@ -558,6 +561,10 @@ fn typed_on_terminal(
     };
     wait_for("password for the targets:");
     for key in keys {
+        if let Some(what) = key.strip_prefix("WAIT:") {
+            wait_for(what);
+            continue;
+        }
         let mut args = vec!["send-keys", "-t", "0"];
         if !key.starts_with("C-") && *key != "Enter" {
             args.push("-l");
@@ -609,4 +616,79 @@ fn the_password_is_asked_once_on_the_terminal_without_echo() {
     assert_eq!(code, 130, "{screen}");
     assert!(screen.contains("interrupted: nothing was done"), "{screen}");
     assert_eq!(world.handshakes("alpha"), before);
+}
+
+/// A confirmed switch on a sudo target with a password: the watchdog
+/// starts through sudo with it, and the confirmation over a new
+/// connection gets it too.
+#[test]
+fn a_confirmed_switch_on_a_sudo_target_with_a_password() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    world.add_nixos_host("alpha");
+    world.boot_nixos_host("alpha", &world.real_system(&rr, "v1"));
+    let v2 = world.real_system(&rr, "v2");
+    let sources = world.write("sources.json", world.real_sources(&rr, "v2").to_string());
+    let target = nixos_password_target(&world, "alpha");
+    let file = password_file(&world, SUDO_PASSWORD);
+    let out = world.run(
+        "krops-deploy",
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--nom",
+            "false",
+            "--cross-deploy",
+            "--confirm-timeout",
+            "30",
+            "--check",
+            "id -u",
+            "--sudo-password-file",
+            file.to_str().unwrap(),
+            "--sources",
+            sources.to_str().unwrap(),
+        ],
+        b"",
+    );
+    out.assert_success();
+    assert_no_password_in(&out);
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    assert_eq!(world.profile_system("alpha"), Some(v2));
+    rr.assert_machine_untouched();
+}
+
+/// With `--allocate-tty`, the populate steps get the password and the
+/// script's own sudo asks on the terminal itself.
+#[test]
+fn with_a_terminal_for_the_script_its_sudo_asks_there() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let (target, dest) = root_only_target(&world, "alpha");
+    let sources = world.write("sources.json", sources(&world).to_string());
+    let args = [
+        "--target",
+        &target,
+        "--force",
+        "--sources",
+        sources.to_str().unwrap(),
+        "--ask-sudo-password",
+        "--allocate-tty",
+        "id -u > \"$1/who\"",
+    ];
+    let keys = [
+        SUDO_PASSWORD,
+        "Enter",
+        "WAIT:password for krops-sudo-pw",
+        SUDO_PASSWORD,
+        "Enter",
+    ];
+    let (screen, code, stdout) = typed_on_terminal(&world, "krops-command", &args, &keys);
+    assert_eq!(code, 0, "{screen}");
+    assert!(!screen.contains(SUDO_PASSWORD), "echoed:\n{screen}");
+    assert!(!stdout.contains(SUDO_PASSWORD), "echoed:\n{stdout}");
+    assert_eq!(fs::read_to_string(dest.join("who")).unwrap(), "0\n");
+    assert_eq!(owner(&dest.join("repo/default.nix")), 0);
 }
