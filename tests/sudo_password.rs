@@ -167,6 +167,8 @@ fn every_step_gets_the_password_and_no_process_shows_it() {
         "pass-secret"
     );
     assert_eq!(fs::read_link(dest.join("link")).unwrap(), Path::new("cfg"));
+    // rsync's remote shell took its FIFO's dir with it, and no relay runs.
+    world.assert_nothing_left();
     // A second run over the synced tree (rsync's no-op, git already there).
     world
         .run(
@@ -691,4 +693,52 @@ fn with_a_terminal_for_the_script_its_sudo_asks_there() {
     assert!(!stdout.contains(SUDO_PASSWORD), "echoed:\n{stdout}");
     assert_eq!(fs::read_to_string(dest.join("who")).unwrap(), "0\n");
     assert_eq!(owner(&dest.join("repo/default.nix")), 0);
+}
+
+/// Reliability (Interrupt): SIGINT, then SIGTERM, during an rsync to a sudo target with a password → exit 130 / 143; rsync, its remote shell's relay and ssh stopped, its FIFO's dir gone, TMPDIR empty; a rerun syncs all of it
+#[test]
+fn signals_during_an_rsync_with_a_password_leave_nothing_behind() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let flag = world.slow_rsync();
+    world.write("tree/small", "small\n");
+    world
+        .sh(&format!(
+            "head -c 20000000 /dev/urandom > {}",
+            world.path("tree/big").display()
+        ))
+        .assert_success();
+    let sources = world.write(
+        "sources.json",
+        json!({"tree": {"file": world.path("tree").to_str().unwrap()}}).to_string(),
+    );
+    let (target, dest) = root_only_target(&world, "alpha");
+    let file = password_file(&world, SUDO_PASSWORD);
+    let args = [
+        "--target",
+        &target,
+        "--force",
+        "--sudo-password-file",
+        file.to_str().unwrap(),
+        "--sources",
+        sources.to_str().unwrap(),
+    ];
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let (status, stderr) = world.signal_once(
+            "populate",
+            &args,
+            || krops_tests::receiving_big(&dest.join("tree")),
+            signal,
+        );
+        assert_eq!(status, Some(code), "SIG{signal}: {stderr}");
+        world.assert_nothing_left();
+    }
+    fs::remove_file(flag).unwrap();
+    world.run("populate", &args, b"").assert_success();
+    world.assert_nothing_left();
+    assert_eq!(
+        fs::metadata(dest.join("tree/big")).unwrap().len(),
+        20_000_000
+    );
+    assert_eq!(owner(&dest.join("tree/big")), 0);
 }
