@@ -13,7 +13,7 @@ krops_sudo() {
     echo "krops: no sudo password came on stdin" >&2
     exit 1
   fi
-  if ! printf '%s\n' "$krops_password" | sudo -S -p '' -v; then
+  if ! printf "%s\n" "$krops_password" | sudo -S -p "" -v; then
     krops_password=
     echo "krops: sudo on $(hostname 2>/dev/null || echo the target) refused the password of $(id -un 2>/dev/null)" >&2
     exit 1
