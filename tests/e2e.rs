@@ -22,6 +22,7 @@ mod git_refs;
 mod git_safety;
 mod secrets;
 mod sources;
+mod sudo_password;
 
 // Targets that already hold something, and the lock on them.
 mod existing_targets;

@@ -360,6 +360,8 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         deploy::preview_then(&deploy, cli.ask, watchdog, check)
     } else if watchdog.is_some() && build != target {
         deploy::build_then_activate(&deploy, watchdog, check)
+    } else if remote_sudo_needs_password(&deploy, &target, &build, &cli.operation) {
+        deploy::build_then_activate(&deploy, None, None)
     } else if let Some(watchdog) = &watchdog {
         deploy::confirmed(&deploy, &nixos_rebuild, watchdog, check)
     } else {
@@ -369,6 +371,24 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         stages.extend(deploy::reboot_and_wait(&deploy, reboot, cli.check.clone()));
     }
     Stages::new(plans, stages).run_or_print(cli.populate.dry_run, reporting)
+}
+
+/// Whether nixos-rebuild would have to run sudo on the target itself with
+/// a password: with a separate build target, its `--use-remote-sudo` runs
+/// `ssh -t TARGET sudo …` over connections of its own, where sudo can only
+/// ask on a terminal (README: A sudo password). krops-deploy then builds
+/// on the build target, copies the system to the target and activates it
+/// there itself, through sudo with the password, as `--confirm-timeout`
+/// does with a build target.
+fn remote_sudo_needs_password(
+    deploy: &Deploy,
+    target: &Target,
+    build: &Target,
+    operation: &str,
+) -> bool {
+    build != target
+        && deploy.target_session.sudo_password().is_some()
+        && ACTIVATING.contains(&operation)
 }
 
 /// Checks what the activation options need, before anything runs: a

@@ -8,6 +8,7 @@ pub mod json;
 pub mod mutex;
 pub mod session;
 pub mod shell;
+pub mod sudo;
 pub mod target;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -22,6 +23,7 @@ use serde_json::{Map, Value};
 
 pub use command::Cmd;
 pub use session::{Multiplex, Session};
+pub use sudo::SudoPassword;
 pub use target::{Origin, Target};
 
 /// Print a krops target as one JSON object.

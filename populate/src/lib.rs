@@ -21,7 +21,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use mktarget::tool::{usage, Example};
-use mktarget::{Multiplex, Origin, Session, Target};
+use mktarget::{Multiplex, Origin, Session, SudoPassword, Target};
 
 // The engine's face: what the drivers (krops-driver) use.
 pub use lock::{final_guard, Locking};
@@ -69,6 +69,15 @@ pub struct PopulateArgs {
     /// Take no lock on the target path (by default a run holds one from its first write to the end of its final command, so two runs never write or rebuild at once)
     #[arg(long)]
     pub no_lock: bool,
+    /// Ask once, on the terminal, for the password sudo wants on sudo targets, and give it to their `sudo -S` for every step that needs root
+    #[arg(long, conflicts_with = "sudo_password_file")]
+    pub ask_sudo_password: bool,
+    /// Read that password from the first line of FILE, which must be yours and not readable by others (for automation)
+    #[arg(long, value_name = "FILE")]
+    pub sudo_password_file: Option<PathBuf>,
+    /// The password, once asked or read.
+    #[arg(skip)]
+    pub sudo_password_got: std::sync::Mutex<Option<Option<SudoPassword>>>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -181,7 +190,41 @@ impl PopulateArgs {
         } else {
             Multiplex::from_flag(self.no_multiplex)
         };
-        Ok(Arc::new(Session::open(target, origin, multiplex)?))
+        let session = Session::open(target, origin, multiplex)?;
+        let password = if target.sudo {
+            self.sudo_password()?
+        } else {
+            None
+        };
+        Ok(Arc::new(session.with_sudo_password(password)))
+    }
+
+    /// The sudo password `--ask-sudo-password` or `--sudo-password-file`
+    /// gives, asked or read once a run; for `--dry-run` only the mark of
+    /// one (it shows where the password goes, and asks for none).
+    pub fn sudo_password(&self) -> Result<Option<SudoPassword>> {
+        let mut got = mktarget::mutex::lock(&self.sudo_password_got);
+        if let Some(password) = got.as_ref() {
+            return Ok(password.clone());
+        }
+        let password = match &self.sudo_password_file {
+            _ if self.dry_run && self.ask_sudo_password => Some(SudoPassword::shown()),
+            Some(file) => {
+                // Checked for --dry-run too, which then shows only where it goes.
+                let password = SudoPassword::read_file(file)?;
+                Some(if self.dry_run {
+                    SudoPassword::shown()
+                } else {
+                    password
+                })
+            }
+            None if self.ask_sudo_password => {
+                Some(SudoPassword::ask("[sudo] password for the targets: ")?)
+            }
+            None => None,
+        };
+        *got = Some(password.clone());
+        Ok(password)
     }
 
     /// Parses `--target` (see [`Target::from_arg`]); a bad one is a

@@ -59,6 +59,17 @@ pub const SUDO_USER: &str = "krops-sudo";
 /// The sudoers drop-in of [`SUDO_USER`], written by `scripts/test`.
 pub const SUDOERS_FILE: &str = "/etc/sudoers.d/krops-test";
 
+/// A user whose sudo asks for a password ([`SUDO_PASSWORD`]); `scripts/test`
+/// creates it, with the sudoers drop-in [`SUDO_PASSWORD_SUDOERS_FILE`].
+pub const SUDO_PASSWORD_USER: &str = "krops-sudo-pw";
+
+/// The password of [`SUDO_PASSWORD_USER`] (as `scripts/test` sets it): words
+/// a shell would split, quote or expand.
+pub const SUDO_PASSWORD: &str = "k r'o\"p $s\\ pw";
+
+/// The sudoers drop-in of [`SUDO_PASSWORD_USER`], written by `scripts/test`.
+pub const SUDO_PASSWORD_SUDOERS_FILE: &str = "/etc/sudoers.d/krops-test-password";
+
 /// The system part of every PATH in the world.
 pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -709,6 +720,24 @@ impl World {
             panic!("{problem}: run scripts/test once to create the sudo test user and its sudoers rule");
         }
         SUDO_USER
+    }
+
+    /// The user whose sudo asks for [`SUDO_PASSWORD`]; panics when
+    /// `scripts/test` has not yet created it and its sudoers rule.
+    #[track_caller]
+    pub fn sudo_password_user(&self) -> &'static str {
+        let exists = Command::new("id")
+            .arg(SUDO_PASSWORD_USER)
+            .output()
+            .is_ok_and(|out| out.status.success());
+        let rule = fs::read_to_string(SUDO_PASSWORD_SUDOERS_FILE).unwrap_or_default();
+        if !exists || !rule.contains(FIXED_STANDIN_DIR) || !rule.contains("ALL=(ALL) ALL") {
+            panic!(
+                "no user {SUDO_PASSWORD_USER} or no {SUDO_PASSWORD_SUDOERS_FILE}: run scripts/test \
+                 once to create them"
+            );
+        }
+        SUDO_PASSWORD_USER
     }
 
     /// Gives `path` (recursively) to the sudo test user, e.g. a target directory

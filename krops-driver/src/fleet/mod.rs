@@ -60,8 +60,17 @@ pub struct FleetArgs {
 
 /// The ids of [`FleetArgs`]'s options, and of where the results go (each
 /// host's go to a file of the fleet's), which no host's run gets.
-pub(crate) const FLEET_OPTIONS: [&str; 6] =
-    ["fleet", "jobs", "max_failures", "on", "json", "json_file"];
+pub(crate) const FLEET_OPTIONS: [&str; 8] = [
+    "fleet",
+    "jobs",
+    "max_failures",
+    "on",
+    "json",
+    "json_file",
+    // Asked or read once for the whole fleet: see `sudo_password`.
+    "ask_sudo_password",
+    "sudo_password_file",
+];
 
 /// The open files one running host costs the fleet's process: the pipes of
 /// its stdout and stderr, with room to spare.
@@ -115,6 +124,8 @@ pub fn run(
     let hosts = parse(&read(file)?, settings, &origin, home.as_deref())?;
     let hosts = select(hosts, &fleet.on)?;
     let forwarded = forwarded(command, args);
+    // Asked once (none for --dry-run); every host's run gets it on its stdin.
+    let password = populate.sudo_password()?;
     let program = std::env::current_exe()
         .context("cannot find this tool's own executable to run each host")?
         .display()
@@ -156,7 +167,11 @@ pub fn run(
         interrupt::doing(format!("checking the fleet's {count} hosts"));
         let quiet = Board::new(Style::plain(Verbosity::Quiet), &[]);
         let checks = in_parallel(count, jobs, |i| {
-            let check = Cmd::new(&program).arg("--dry-run").args(&host_args[i]);
+            let mut check = Cmd::new(&program).arg("--dry-run");
+            if password.is_some() {
+                check = check.arg("--ask-sudo-password");
+            }
+            let check = check.args(&host_args[i]);
             let stdout = (Sink::Kept, Stream::Stdout);
             run_host(&quiet, i, &hosts[i].name, &check, stdout, Sink::Kept)
         });
@@ -232,6 +247,13 @@ pub fn run(
                 .arg("--json-file")
                 .arg(results_file(i).display().to_string());
         }
+        let command = match &password {
+            Some(_) if dry_run => command.arg("--ask-sudo-password"),
+            Some(password) => command
+                .args(["--sudo-password-file", "/dev/stdin"])
+                .first_line(password.clone()),
+            None => command,
+        };
         let command = command.args(&host_args[i]);
         board.started(i);
         let outcome = run_host(

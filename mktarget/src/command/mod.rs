@@ -33,7 +33,24 @@ pub struct Cmd {
     foreground: bool,
     /// `setpriv`, which starts the program for [`Cmd::die_with_us`].
     die_with_us: Option<String>,
+    /// A sudo password the command reads first (see [`Cmd::first_line`]).
+    first_line: Option<FirstLine>,
 }
+
+/// A password line a command reads before its own input: on stdin, or on
+/// fd 3 (rsync's remote shell finds it there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FirstLine {
+    password: crate::sudo::SudoPassword,
+    on_fd3: bool,
+}
+
+/// Runs its arguments with stdin, the password line, moved to fd 3.
+const ON_FD3: &str = "exec 3<&0 </dev/null; exec \"$@\"";
+
+/// Writes its stdin (the password line), then runs its arguments: the
+/// line goes before what they print.
+const LINE_FIRST: &str = "cat && exec \"$@\"";
 
 /// Where a command's stdin comes from: part of the command, as its shell
 /// line shows a pipe. Children never inherit ours unless asked to: the
@@ -57,6 +74,7 @@ impl Cmd {
             stdin: Stdin::Null,
             foreground: false,
             die_with_us: None,
+            first_line: None,
         }
     }
 
@@ -120,6 +138,27 @@ impl Cmd {
     /// Feeds `source`'s stdout into this command: `SOURCE | THIS`.
     pub fn pipe_from(mut self, source: Cmd) -> Cmd {
         self.stdin = Stdin::Pipe(Box::new(source));
+        self
+    }
+
+    /// Gives the command `password` and a newline as the first line of its
+    /// stdin, before its input (none, [`Cmd::pipe_from`]'s source's
+    /// output, or with [`Cmd::stdin_inherit`] ours).
+    pub fn first_line(mut self, password: crate::sudo::SudoPassword) -> Cmd {
+        self.first_line = Some(FirstLine {
+            password,
+            on_fd3: false,
+        });
+        self
+    }
+
+    /// Gives the command `password` and a newline on its fd 3, its stdin
+    /// being /dev/null.
+    pub fn first_line_on_fd3(mut self, password: crate::sudo::SudoPassword) -> Cmd {
+        self.first_line = Some(FirstLine {
+            password,
+            on_fd3: true,
+        });
         self
     }
 
@@ -199,25 +238,49 @@ impl Cmd {
     }
 
     fn expression_inner(&self) -> duct::Expression {
-        let mut expr = match &self.die_with_us {
-            Some(setpriv) => duct::cmd(
-                setpriv,
-                ["--pdeathsig", "TERM", "--", &self.program]
-                    .into_iter()
-                    .chain(self.args.iter().map(String::as_str)),
-            ),
-            None => duct::cmd(&self.program, &self.args),
-        };
+        let mut argv: Vec<&str> = std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .collect();
+        if self.first_line.as_ref().is_some_and(|line| line.on_fd3) {
+            argv.splice(0..0, ["/bin/sh", "-c", ON_FD3, "krops-fd3"]);
+        }
+        if let Some(setpriv) = &self.die_with_us {
+            argv.splice(0..0, [setpriv.as_str(), "--pdeathsig", "TERM", "--"]);
+        }
+        let mut expr = duct::cmd(argv[0], &argv[1..]);
         for (name, value) in &self.env {
             expr = expr.env(name, value);
         }
         if let Some(dir) = &self.dir {
             expr = expr.dir(dir);
         }
-        match &self.stdin {
-            Stdin::Null => expr.stdin_null(),
-            Stdin::Inherit => expr,
-            Stdin::Pipe(source) => source.expression_inner().pipe(expr),
+        let line = self.first_line.as_ref().map(|first| first.password.line());
+        match (&self.stdin, line) {
+            (Stdin::Null, None) => expr.stdin_null(),
+            (Stdin::Null, Some(line)) => expr.stdin_bytes(line),
+            (Stdin::Inherit, None) => expr,
+            (Stdin::Inherit, Some(line)) => match os_pipe::pipe() {
+                // The line, then our stdin as it comes, copied by a
+                // thread that ends with our stdin.
+                Ok((reader, mut writer)) => {
+                    std::thread::spawn(move || {
+                        use std::io::Write;
+                        if writer.write_all(&line).is_ok() {
+                            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut writer);
+                        }
+                    });
+                    expr.stdin_file(reader)
+                }
+                Err(_) => expr.stdin_bytes(line),
+            },
+            (Stdin::Pipe(source), None) => source.expression_inner().pipe(expr),
+            (Stdin::Pipe(source), Some(line)) => {
+                let wrapper = ["/bin/sh", "-c", LINE_FIRST, "krops-line"].map(str::to_owned);
+                let mut source = source.as_ref().clone().under(&wrapper);
+                // duct's innermost redirection wins: none there.
+                source.stdin = Stdin::Inherit;
+                source.expression_inner().stdin_bytes(line).pipe(expr)
+            }
         }
     }
 
@@ -236,8 +299,18 @@ impl Cmd {
 impl fmt::Display for Cmd {
     /// One POSIX sh line that runs this command.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Stdin::Pipe(source) = &self.stdin {
-            write!(f, "{source} | ")?;
+        // `sudo_password` stands for what prints the password's line.
+        let line = self.first_line.as_ref();
+        let on_fd3 = line.is_some_and(|line| line.on_fd3);
+        match (&self.stdin, line) {
+            (Stdin::Pipe(source), Some(_)) => write!(f, "{{ sudo_password; {source}; }} | ")?,
+            (Stdin::Pipe(source), None) => write!(f, "{source} | ")?,
+            (Stdin::Null, Some(_)) => f.write_str("sudo_password | ")?,
+            (Stdin::Inherit, Some(_)) => f.write_str("{ sudo_password; cat; } | ")?,
+            _ => {}
+        }
+        if on_fd3 {
+            f.write_str("{ ")?;
         }
         if let Some(dir) = &self.dir {
             write!(f, "(cd {} && ", quote(dir))?;
@@ -256,6 +329,9 @@ impl fmt::Display for Cmd {
         }
         if self.dir.is_some() {
             f.write_str(")")?;
+        }
+        if on_fd3 {
+            f.write_str("; } 3<&0 </dev/null")?;
         }
         Ok(())
     }

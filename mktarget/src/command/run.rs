@@ -142,7 +142,13 @@ impl Cmd {
             // Not with our stdin_null, which would win over the pipe.
             let mut inner = self.clone();
             inner.stdin = Stdin::Inherit;
-            let (reader, writer) = pipe()?;
+            let (reader, mut writer) = pipe()?;
+            if let Some(first) = inner.first_line.take() {
+                // A pipe holds far more than a line: this never blocks.
+                writer
+                    .write_all(&first.password.line())
+                    .context("cannot write the sudo password to its pipe")?;
+            }
             ours_in = Some(writer);
             (inner.expression(true).stdin_file(reader), true)
         } else {

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use super::{Reach, Session};
 use crate::command::Cmd;
-use crate::shell::{quote, quote_words, rsync_quote_words};
+use crate::shell::{quote_words, rsync_quote_words};
 
 impl Session {
     /// `ssh [-l USER] [-p PORT] -T|-t [SHARING] EXTRA_OPTIONS... [DEFAULTS]`
@@ -44,19 +44,20 @@ impl Session {
     /// terminal), run over a new ssh connection ([`Session::fresh_ssh_argv`]);
     /// on a local target, the same local command.
     pub fn fresh_command(&self, script: &str, args: &[String]) -> Cmd {
-        let argv = self.command_argv(&[], script, args);
-        if self.is_local() {
+        let argv = self.sudo_argv(self.command_argv(&[], script, args), false);
+        let cmd = if self.is_local() {
             Cmd::from_argv(argv)
         } else {
             Cmd::from_argv(self.fresh_ssh_argv())
                 .arg(self.target.ssh_host())
                 .arg(quote_words(&argv))
-        }
+        };
+        self.feed_sudo(cmd, false)
     }
 
     /// The ssh command for rsync's `-e`, quoted the way rsync splits it.
     pub fn rsync_shell(&self) -> String {
-        rsync_quote_words(self.ssh_argv(false))
+        rsync_quote_words(self.sudo_rsh(self.ssh_argv(false)))
     }
 
     /// rsync's destination for `path` on this target: `[USER@]HOST:PATH`, or
@@ -90,11 +91,12 @@ impl Session {
             return Cmd::new("/bin/sh").args(["-c", script]);
         }
         let remote = if self.target.sudo {
-            format!("sudo bash -c {}", quote(script))
+            let sudo = ["sudo", "bash", "-c", script].map(str::to_owned).to_vec();
+            quote_words(self.sudo_argv(sudo, false))
         } else {
             script.to_owned()
         };
-        self.ssh(remote, false)
+        self.feed_sudo(self.ssh(remote, false), false)
     }
 
     /// A driver's final command: `[sudo] /bin/sh -c q(SCRIPT) ARGS...`,
@@ -113,12 +115,13 @@ impl Session {
         args: &[String],
         tty: bool,
     ) -> Cmd {
-        let argv = self.command_argv(wrapper, script, args);
-        if self.is_local() {
+        let argv = self.sudo_argv(self.command_argv(wrapper, script, args), tty);
+        let cmd = if self.is_local() {
             Cmd::from_argv(argv)
         } else {
             self.ssh(quote_words(&argv), tty)
-        }
+        };
+        self.feed_sudo(cmd, tty)
     }
 
     /// `[sudo] [WRAPPER...] /bin/sh -c SCRIPT ARGS...`, what a driver's command runs.

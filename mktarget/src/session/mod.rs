@@ -62,6 +62,8 @@ pub struct Session {
     reach: Reach,
     /// The [`DEFAULT_OPTIONS`] this session adds, as ssh words.
     defaults: Vec<String>,
+    /// What sudo on the target gets (`sudo.rs`).
+    pub(crate) sudo_password: Option<crate::sudo::SudoPassword>,
 }
 
 impl Session {
@@ -125,6 +127,7 @@ impl Session {
             origin: origin.clone(),
             reach,
             defaults,
+            sudo_password: None,
         })
     }
 

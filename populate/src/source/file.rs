@@ -7,7 +7,6 @@ use mktarget::json::shown;
 use mktarget::{Cmd, Session};
 use serde_json::Value;
 
-use mktarget::shell::quote;
 
 use super::fields::{absolute, Fields};
 use crate::script::Script;
@@ -151,17 +150,23 @@ pub(crate) fn rsync(
     if file.use_checksum {
         cmd = cmd.arg("--checksum");
     }
-    let sudo = if session.target().sudo { "sudo " } else { "" };
+    let mut rsync_path: Vec<String> = Vec::new();
+    if session.target().sudo {
+        rsync_path.push("sudo".to_owned());
+    }
     match claim {
         Some(claim) => {
             let script = format!("{}exec \"$0\" \"$@\"\n", claim.whole());
-            cmd = cmd.arg(format!(
-                "--rsync-path={sudo}/bin/sh -c {} rsync",
-                quote(&script)
-            ));
+            rsync_path.extend(["/bin/sh".to_owned(), "-c".to_owned(), script]);
+            rsync_path.push("rsync".to_owned());
         }
-        None if session.target().sudo => cmd = cmd.arg("--rsync-path=sudo rsync"),
+        None if session.target().sudo => rsync_path.push("rsync".to_owned()),
         None => {}
+    }
+    if !rsync_path.is_empty() {
+        // With a sudo password, rsync also carries it to its remote shell.
+        let (path, with_password) = session.rsync_path(rsync_path, cmd);
+        cmd = with_password.arg(format!("--rsync-path={path}"));
     }
     for pattern in &file.exclude {
         cmd = cmd.args(["--exclude", pattern]);
