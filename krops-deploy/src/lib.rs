@@ -18,6 +18,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use krops_driver::fleet::{choices, FleetArgs, Setting, SettingKind};
+use krops_driver::keys::{Delivery, KeysArgs};
 use krops_driver::{Reporting, Stages};
 use mktarget::tool::{usage, Example};
 use mktarget::{Origin, Target};
@@ -59,6 +60,11 @@ pub struct Cli {
     pub populate: PopulateArgs,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    #[command(flatten)]
+    pub keys: KeysArgs,
+    /// Send the keys of --keys and nothing else: no populate, no rebuild (after a reboot emptied the target's tmpfs)
+    #[arg(long, conflicts_with_all = ["preview", "ask", "confirm_timeout", "check", "build_target"])]
+    pub keys_only: bool,
     /// Evaluate and build on this target instead (populated too); it must reach --target over ssh
     #[arg(long, value_name = "TARGET", allow_hyphen_values = true)]
     pub build_target: Option<String>,
@@ -181,6 +187,7 @@ pub const FLEET_SETTINGS: &[Setting] = &[
         // A preview activates nothing, so nothing is confirmed.
         unless: &["--preview"],
     },
+    krops_driver::keys::SETTING,
 ];
 
 /// The operations `--ask` can activate a built system with.
@@ -232,6 +239,10 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     check_activation_options(cli)?;
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
+    let keys = cli.keys.read()?;
+    if cli.keys_only {
+        return keys_only(cli, &target, &origin, keys, results);
+    }
     let build = match &cli.build_target {
         // The target itself, but for a trailing slash, is the target: not
         // another machine to populate and reach with --target-host.
@@ -293,6 +304,9 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let deploy = Rc::new(deploy);
     let watchdog = watchdog.map(Rc::new);
     let check = cli.check.clone();
+    // A preview changes nothing on the target, its keys included.
+    let delivery =
+        (!cli.preview && !keys.is_empty()).then(|| Delivery::new(&deploy.target_session, keys));
     let stages = if cli.preview || cli.ask {
         deploy::preview_then(&deploy, cli.ask, watchdog, check)
     } else if watchdog.is_some() && build != target {
@@ -302,7 +316,29 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     } else {
         deploy::plain(&deploy, &nixos_rebuild)
     };
+    let stages = krops_driver::keys::around(delivery.as_ref(), stages);
     Stages::new(plans, stages).run_or_print(cli.populate.dry_run, reporting)
+}
+
+/// `--keys-only`: the keys sent, nothing populated or rebuilt (README: Keys).
+fn keys_only(
+    cli: &Cli,
+    target: &Target,
+    origin: &Origin,
+    keys: populate::keys::Keys,
+    results: &mut Results,
+) -> Result<ExitCode> {
+    if keys.is_empty() {
+        if !cli.populate.output.quiet {
+            eprintln!("krops-deploy: --keys-only: no keys to send (give them with --keys FILE)");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let session = cli.populate.session(target, origin)?;
+    let delivery = Delivery::new(&session, keys);
+    let reporting = &mut Reporting::new("krops-deploy", &cli.populate, results)?;
+    Stages::new(Vec::new(), vec![krops_driver::keys::only(&delivery)])
+        .run_or_print(cli.populate.dry_run, reporting)
 }
 
 /// Checks what the activation options need, before anything runs: a

@@ -5,6 +5,7 @@
 
 mod final_command;
 pub mod fleet;
+pub mod keys;
 mod stages;
 
 pub use final_command::{Final, Reporting};

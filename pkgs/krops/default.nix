@@ -36,6 +36,7 @@ in
     crossDeploy ? false,
     fast ? null,
     force ? false,
+    keys ? null,
     operation ? "switch",
     source,
     target,
@@ -67,6 +68,7 @@ in
       ++ flag "--force" (checkBool what "force" force)
       ++ flag "--backup" (checkBool what "backup" backup)
       ++ optionUnless "--preview" "--confirm-timeout" confirmTimeout'
+      ++ option "--keys" (w.keysFile what keys)
     ));
 
   writeTest = name: {
@@ -95,6 +97,7 @@ in
     backup ? false,
     command ? null,
     force ? false,
+    keys ? null,
     source,
     target
   }:
@@ -114,6 +117,7 @@ in
       ++ flag "--allocate-tty" (checkBool what "allocateTTY" allocateTTY)
       ++ flag "--force" (checkBool what "force" force)
       ++ flag "--backup" (checkBool what "backup" backup)
+      ++ option "--keys" (w.keysFile what keys)
       ++ script
     );
 }
