@@ -35,6 +35,7 @@ mod check_stream;
 mod drivers;
 mod dry_run_modes;
 mod fleet;
+mod keys;
 mod real_nixos;
 
 // When things go wrong: connection faults, interrupts, bad input.

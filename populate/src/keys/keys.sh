@@ -1,5 +1,6 @@
-# krops_keys HOST STRICT RECORD...: installs keys on the target (README:
-# Keys). HOST is how messages name the machine (`server01:`, or empty).
+# krops_keys HOST ON STRICT RECORD...: installs keys on the target (README:
+# Keys). Messages name a path HOST:PATH (HOST is `server01:`, or empty) and
+# the machine ON (`root@server01`, `this machine`).
 # Each RECORD is words of its own:
 #
 #   dir DIR NAMES   a keys directory and the file names (comma-separated)
@@ -21,10 +22,9 @@
 # stdout: `installed KEY`, `unchanged KEY`, `pending KEY`, `removed PATH`.
 krops_keys() {
   krops_host=$1
-  krops_on=${1%:}
-  test -n "$krops_on" || krops_on='this machine'
-  krops_strict=$2
-  shift 2
+  krops_on=$2
+  krops_strict=$3
+  shift 3
   krops_tmp=
   trap 'test -z "$krops_tmp" || rm -f -- "$krops_tmp"' EXIT
   trap 'exit 130' INT TERM HUP

@@ -24,7 +24,7 @@ use crate::secrets::SecretDir;
 use crate::source::fields::{absolute, line, Fields};
 use crate::source::is_portable;
 
-/// `krops_keys HOST STRICT RECORD...` (`keys.sh`).
+/// `krops_keys HOST ON STRICT RECORD...` (`keys.sh`).
 static INSTALL: Function = Function {
     name: "krops_keys",
     text: include_str!("keys.sh"),
@@ -518,7 +518,11 @@ impl Send<'_> {
         } else {
             format!("{}:", session.target().bracketed_host())
         };
-        let mut words: Vec<String> = vec![host, if self.strict { "1" } else { "0" }.to_owned()];
+        let mut words: Vec<String> = vec![
+            host,
+            session.machine(),
+            if self.strict { "1" } else { "0" }.to_owned(),
+        ];
         if self.dirs {
             for (dir, files) in self.keys.dirs() {
                 let names: Vec<&str> = files.into_iter().collect();
