@@ -699,3 +699,43 @@ fn bad_keys_are_usage_errors_naming_the_field() {
         "a bad keys file connected"
     );
 }
+
+/// `writeDeploy` and `writeCommand` take `keys` as `--keys FILE`; a
+/// `keyFile` that is a Nix path (which would copy the key into the store)
+/// is an evaluation error.
+#[test]
+fn the_writers_pass_keys_and_refuse_a_nix_path_key_file() {
+    let world = World::new();
+    let writers = r#"
+      writers = { writeDash = name: text: { inherit name text; }; };
+      kropsPkgs = import (krops + "/pkgs/krops") { inherit writers; krops-rs = "/krops-rs"; };
+    "#;
+    for writer in ["writeDeploy", "writeCommand"] {
+        let text = world.nix_eval_json(&format!(
+            "let {writers} in (kropsPkgs.{writer} \"x\" {{ target = \"root@h\"; source = {{ }}; \
+             keys.db = {{ keyFile = \"/home/me/db\"; user = \"postgres\"; }}; }}).text"
+        ));
+        let text = text.as_str().unwrap();
+        let file = text
+            .split("--keys ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{writer}: no --keys in\n{text}"));
+        let keys: Value = serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap();
+        assert_eq!(
+            keys,
+            json!({"db": {"keyFile": "/home/me/db", "user": "postgres"}})
+        );
+        world.write("db", "secret");
+        world
+            .nix_eval(&format!(
+                "let {writers} in (kropsPkgs.{writer} \"x\" {{ target = \"root@h\"; source = {{ }}; \
+                 keys.db.keyFile = {}/db; }}).text",
+                world.root().display()
+            ))
+            .assert_failure()
+            .assert_stderr_contains(&format!(
+                "{writer} x: keys.db.keyFile: give the path as a string"
+            ));
+    }
+}
