@@ -739,3 +739,115 @@ fn the_writers_pass_keys_and_refuse_a_nix_path_key_file() {
             ));
     }
 }
+
+/// The default `destDir`, `/run/keys`, on a NixOS machine of the world (in
+/// its own mount namespace, with a tmpfs mounted there); a confirmed switch
+/// (`--confirm-timeout`) sends the post-activation keys once it is
+/// confirmed, and not when its check fails and the target rolls back.
+#[test]
+fn keys_go_to_run_keys_and_post_activation_ones_only_once_a_switch_is_confirmed() {
+    let world = World::new();
+    let (host, target, _, _) = world.nixos_deploy_host("alpha", false);
+    world
+        .ssh(
+            &host.dest("root"),
+            "mkdir -p /run/keys && mount -t tmpfs -o mode=0750 tmpfs /run/keys",
+        )
+        .assert_success();
+    let run_keys = world.nixos_run_dir("alpha").join("keys");
+    let keys = world.write(
+        "keys.json",
+        json!({
+            "pre": {"keyCommand": key_command(&world, "pre", "p")},
+            "post": {"keyCommand": key_command(&world, "post", "q"), "uploadAt": "post-activation"},
+        })
+        .to_string(),
+    );
+    let keys = keys.to_str().unwrap();
+    let deploy = |more: &[&str]| {
+        let mut args = vec!["--target", &target, "--force", "--keys", keys];
+        args.extend(more);
+        world.run_with_sources("krops-deploy", &args, &world.nixos_config())
+    };
+    let out = deploy(&["--confirm-timeout", "30", "--check", "true"]);
+    out.assert_success();
+    assert!(!out.stderr_str().contains("is not on a tmpfs"), "{out}");
+    // Seen from the machine: its /run/keys, a tmpfs, not this machine's.
+    let seen = world.ssh(
+        &host.dest("root"),
+        "cat /run/keys/pre /run/keys/post; stat -f -c %T /run/keys",
+    );
+    seen.assert_success();
+    assert_eq!(seen.stdout_str(), "pqtmpfs\n");
+    assert!(
+        !run_keys.join("pre").exists(),
+        "the tmpfs is the machine's own"
+    );
+
+    world
+        .ssh(&host.dest("root"), "rm /run/keys/post")
+        .assert_success();
+    let out = deploy(&["--confirm-timeout", "30", "--check", "false"]);
+    out.assert_code(1);
+    let seen = world.ssh(&host.dest("root"), "ls /run/keys");
+    assert_eq!(seen.stdout_str(), "pre\n", "{out}");
+}
+
+/// Nothing outside a key's own place is written: a symlink at the key's
+/// place is replaced, never followed; a keys directory that is a symlink,
+/// or inside the target path, is refused; a plain user without sudo is told
+/// keys need root.
+#[test]
+fn keys_never_write_through_symlinks_or_into_the_target_path() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let target = alpha.target("root", &world.path("alpha/src"));
+    let dir = world.path("keys");
+    fs::create_dir_all(&dir).unwrap();
+    let outside = world.write("outside", "untouched");
+    std::os::unix::fs::symlink(&outside, dir.join("k")).unwrap();
+    let write_keys = |dest: &Path| {
+        world.write(
+            "keys.json",
+            json!({"k": {"keyCommand": key_command(&world, "k", "new"), "destDir": dest}})
+                .to_string(),
+        )
+    };
+    let keys = write_keys(&dir);
+    let keys = keys.to_str().unwrap();
+    let run = |target: &str| {
+        world.run_with_sources(
+            "krops-command",
+            &["--target", target, "--force", "--keys", keys, "true"],
+            &json!({}),
+        )
+    };
+    run(&target).assert_success();
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "untouched");
+    assert!(!fs::symlink_metadata(dir.join("k")).unwrap().is_symlink());
+    assert_eq!(fs::read_to_string(dir.join("k")).unwrap(), "new");
+
+    let linked = world.path("linked-keys");
+    std::os::unix::fs::symlink(world.mkdir("elsewhere"), &linked).unwrap();
+    write_keys(&linked);
+    run(&target).assert_code(1).assert_stderr_contains(&format!(
+        "the keys directory alpha:{} is a symlink: it is never followed",
+        linked.display()
+    ));
+    assert!(fs::read_dir(world.path("elsewhere"))
+        .unwrap()
+        .next()
+        .is_none());
+
+    write_keys(&world.path("alpha/src/secrets"));
+    run(&target)
+        .assert_code(2)
+        .assert_stderr_contains("keys.k.destDir:")
+        .assert_stderr_contains("keys go outside the sources");
+
+    write_keys(&dir);
+    let plain = world.sudo_user_target("alpha", false);
+    run(&plain)
+        .assert_code(1)
+        .assert_stderr_contains(&format!("keys need root on {}@alpha", world.sudo_user()));
+}

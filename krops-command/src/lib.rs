@@ -129,7 +129,7 @@ fn run_command(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     }
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
-    let keys = cli.keys.read()?;
+    let keys = cli.keys.read(&target.path)?;
     let sources = cli.populate.read_sources()?;
     let session = cli.populate.session(&target, &origin)?;
     // The script is the activation: pre-activation keys before it,

@@ -390,12 +390,14 @@ fn confirm(deploy: &Rc<Deploy>, watchdog: &Rc<Watchdog>, check: Option<String>) 
     let watchdog = Rc::clone(watchdog);
     Stage::here(Some(command), move |reporting, status| {
         let status = status.expect("a confirmation follows an activation");
-        Ok(Flow::End(deploy.conclude(
-            &watchdog,
-            check.as_deref(),
-            status,
-            reporting,
-        )))
+        let code = deploy.conclude(&watchdog, check.as_deref(), status, reporting);
+        // Confirmed, the run goes on (post-activation keys, README: Keys)
+        // and ends with the activation's status, 0.
+        Ok(if code == ExitCode::SUCCESS {
+            Flow::Next
+        } else {
+            Flow::End(code)
+        })
     })
     .shown(shown)
 }

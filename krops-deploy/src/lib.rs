@@ -239,7 +239,7 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     check_activation_options(cli)?;
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
-    let keys = cli.keys.read()?;
+    let keys = cli.keys.read(&target.path)?;
     if cli.keys_only {
         return keys_only(cli, &target, &origin, keys, results);
     }

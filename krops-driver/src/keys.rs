@@ -46,13 +46,15 @@ pub struct KeysArgs {
 impl KeysArgs {
     /// The keys `--keys` names, checked, with what they need here; none
     /// without `--keys`. A bad file is a mistake on the command line (exit 2).
-    pub fn read(&self) -> Result<Keys> {
+    /// `target` is the target path, which no key may go into.
+    pub fn read(&self, target: &str) -> Result<Keys> {
         let Some(file) = &self.keys else {
             return Ok(Keys::default());
         };
         let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
         let keys = keys::read(file, home.as_deref())
             .and_then(|keys| keys.check_here().map(|()| keys))
+            .and_then(|keys| keys.check_outside(target).map(|()| keys))
             .map_err(|err| usage(format!("{err:#}")))?;
         Ok(keys)
     }

@@ -25,6 +25,10 @@ krops_keys() {
   krops_on=$2
   krops_strict=$3
   shift 3
+  if test "$(id -u)" != 0; then
+    printf 'krops: error: keys need root on %s, to give them their owners (log in as root, or use sudo)\n' "$krops_on" >&2
+    exit 1
+  fi
   krops_tmp=
   trap 'test -z "$krops_tmp" || rm -f -- "$krops_tmp"' EXIT
   trap 'exit 130' INT TERM HUP

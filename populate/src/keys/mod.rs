@@ -446,6 +446,26 @@ impl Keys {
         Ok(())
     }
 
+    /// Refuses a key that would go under the target path `path` (which
+    /// populate owns), or a keys directory holding it.
+    pub fn check_outside(&self, path: &str) -> Result<()> {
+        let path = path.trim_end_matches('/');
+        for key in &self.keys {
+            let dir = &key.dest_dir;
+            let within = |outer: &str, inner: &str| {
+                inner == outer || inner.starts_with(&format!("{outer}/"))
+            };
+            if within(path, dir) || within(dir, path) {
+                bail!(
+                    "keys.{}.destDir: {dir} and the target path {path} are one inside the \
+                     other: keys go outside the sources",
+                    key.name
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The keys sent at `when`.
     pub fn at(&self, when: UploadAt) -> Vec<&Key> {
         self.keys.iter().filter(|k| k.upload_at == when).collect()
@@ -592,9 +612,9 @@ impl Send<'_> {
         drop(dir);
         let said = String::from_utf8_lossy(&output.stderr);
         // The script's own error becomes the error; the rest is the log.
-        let (errors, rest): (Vec<&str>, Vec<&str>) = said
-            .lines()
-            .partition(|line| line.starts_with("krops: error: "));
+        let (errors, rest): (Vec<&str>, Vec<&str>) = said.lines().partition(|line| {
+            line.starts_with("krops: error: ") || line.starts_with("populate: failed: ")
+        });
         for line in rest {
             let _ = writeln!(log, "{line}");
         }
@@ -603,7 +623,12 @@ impl Send<'_> {
                 bail!("{why}");
             }
             match errors.last() {
-                Some(error) => bail!("{}", error.trim_start_matches("krops: error: ")),
+                Some(error) => bail!(
+                    "{}",
+                    error
+                        .trim_start_matches("krops: error: ")
+                        .trim_start_matches("populate: ")
+                ),
                 None => bail!(
                     "the keys' script on {} failed: {}",
                     session.machine(),
