@@ -851,3 +851,55 @@ fn keys_never_write_through_symlinks_or_into_the_target_path() {
         .assert_code(1)
         .assert_stderr_contains(&format!("keys need root on {}@alpha", world.sudo_user()));
 }
+
+/// With the real nixos-rebuild (on a NixOS machine of the world, its own
+/// `/run`): the keys arrive in `/run/keys` around a real switch; when the
+/// rebuild fails (a configuration that does not evaluate), the
+/// pre-activation key is there and the post-activation one is not sent.
+#[test]
+fn post_activation_keys_follow_a_real_switch_and_not_a_failed_one() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let host = world.add_nixos_host("alpha");
+    world.boot_nixos_host("alpha", &world.real_system(&rr, "v1"));
+    let target = host.target("root", &world.path("alpha/src"));
+    let v2 = world.real_system(&rr, "v2");
+    let keys = world.write(
+        "keys.json",
+        json!({
+            "pre": {"keyCommand": key_command(&world, "pre", "p")},
+            "post": {"keyCommand": key_command(&world, "post", "q"), "uploadAt": "post-activation"},
+        })
+        .to_string(),
+    );
+    let keys = keys.to_str().unwrap();
+    let deploy = |sources: &Value| {
+        world.run_with_sources(
+            "krops-deploy",
+            &["--target", &target, "--force", "--keys", keys],
+            sources,
+        )
+    };
+    deploy(&world.real_sources(&rr, "v2")).assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    let ls = |host: &krops_tests::Host| world.ssh(&host.dest("root"), "ls /run/keys").stdout_str();
+    assert_eq!(ls(&host), "post\npre\n");
+
+    world
+        .ssh(&host.dest("root"), "rm /run/keys/post")
+        .assert_success();
+    let broken = world.write(
+        "broken.nix",
+        "{ ... }: { environment.etc.\"marker\".text = throw \"broken on purpose\"; }\n",
+    );
+    let mut sources = world.real_sources(&rr, "v3");
+    sources["nixos-config"]["file"]["path"] = json!(broken);
+    let out = deploy(&sources);
+    out.assert_code(1)
+        .assert_stderr_contains("nixos-rebuild switch on root@alpha (the target) failed");
+    assert_eq!(ls(&host), "pre\n", "{out}");
+    assert_eq!(world.current_system("alpha"), Some(v2));
+    rr.assert_machine_untouched();
+}
