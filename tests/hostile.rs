@@ -431,6 +431,8 @@ fn rows(s: &Setup) -> Vec<Row> {
         keys(s, "krops-deploy", Ok(json!({"db": {"keyCommand": "cat /x"}})), &["keys.db.keyCommand: expected a list"]),
         keys(s, "krops-deploy", Ok(json!({"db": {"keyCommand": ["-x"]}})), &["keys.db.keyCommand[0]: \"-x\" is not a program"]),
         keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": "/nonexistent/db.key"}})), &["keys.db.keyFile: /nonexistent/db.key is not a file"]),
+        keys(s, "krops-command", Ok(json!({"db": {"keyCommand": ["/nonexistent/print-key"]}})), &["keys.db.keyCommand[0]: \"/nonexistent/print-key\" is not an executable file"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg, "destDir": remote}})), &["keys.db.destDir:", "keys go outside the sources"]),
         keys(s, "krops-deploy", Ok(json!({"db": {"pass": {"dir": "/nonexistent", "name": "db"}}})), &["keys.db.pass: \"db\" is not an entry of the password store"]),
         keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg}, "db2": {"keyFile": cfg, "name": "db"}})), &["keys.db2: goes to /run/keys/db, as key \"db\" does"]),
         fleet(Class::Keys, "krops-deploy", s.fleet(json!({"keys": {"db": {"keyFile": cfg, "permissions": "9"}}})), &["fleet.web.keys: keys.db.permissions"]),

@@ -193,6 +193,14 @@ pub fn after(delivery: &Rc<Delivery>) -> Stage {
         if sent.is_empty() {
             return Ok(Flow::Next);
         }
+        let machine = delivery.session.machine();
+        let what = if pending.is_empty() {
+            format!("sending the post-activation keys to {machine}")
+        } else if delivery.keys.at(UploadAt::PostActivation).is_empty() {
+            format!("chowning the keys whose user or group the activation made on {machine}")
+        } else {
+            what
+        };
         let send = Send {
             keys: &delivery.keys,
             sent,

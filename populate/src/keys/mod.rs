@@ -440,7 +440,33 @@ impl Keys {
                         bail!("{path}.keyFile: {file} is not a file");
                     }
                 }
-                Content::KeyCommand(_) => {}
+                Content::KeyCommand(argv) => {
+                    let program = &argv[0];
+                    let executable = |path: &Path| {
+                        std::fs::metadata(path).is_ok_and(|meta| {
+                            use std::os::unix::fs::PermissionsExt;
+                            meta.is_file() && meta.permissions().mode() & 0o111 != 0
+                        })
+                    };
+                    let found = if program.contains('/') {
+                        executable(Path::new(program))
+                    } else {
+                        std::env::var_os("PATH").is_some_and(|path| {
+                            std::env::split_paths(&path).any(|dir| executable(&dir.join(program)))
+                        })
+                    };
+                    if !found {
+                        bail!(
+                            "{path}.keyCommand[0]: {} is not an executable file{}",
+                            shown(program),
+                            if program.contains('/') {
+                                ""
+                            } else {
+                                " on PATH"
+                            }
+                        );
+                    }
+                }
             }
         }
         Ok(())
