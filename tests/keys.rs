@@ -507,8 +507,10 @@ fn keys_only_sends_the_keys_and_nothing_else_for_a_host_and_a_fleet() {
     fs::remove_dir_all(shm.keys()).unwrap();
     let fleet = world.write(
         "fleet.json",
-        json!({"web": {"target": target, "source": world.nixos_config(), "keys": keys}})
-            .to_string(),
+        json!({"web": {"target": target, "source": world.nixos_config(), "keys": keys,
+                       // What the host's deploy takes, moot with --keys-only.
+                       "buildTarget": target, "confirmTimeout": 30}})
+        .to_string(),
     );
     let out = world.run(
         "krops-deploy",

@@ -62,8 +62,10 @@ pub struct Cli {
     pub fleet: FleetArgs,
     #[command(flatten)]
     pub keys: KeysArgs,
-    /// Send the keys of --keys and nothing else: no populate, no rebuild (after a reboot emptied the target's tmpfs)
-    #[arg(long, conflicts_with_all = ["preview", "ask", "confirm_timeout", "check", "build_target"])]
+    /// Send the keys of --keys and nothing else: no populate, no rebuild (after a reboot emptied the target's tmpfs); --build-target and --confirm-timeout are then moot
+    // A fleet host's buildTarget and confirmTimeout are moot then, not
+    // mistakes: they go with it.
+    #[arg(long, conflicts_with_all = ["preview", "ask"])]
     pub keys_only: bool,
     /// Evaluate and build on this target instead (populated too); it must reach --target over ssh
     #[arg(long, value_name = "TARGET", allow_hyphen_values = true)]
@@ -240,9 +242,6 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
     let keys = cli.keys.read(&target.path)?;
-    if cli.keys_only {
-        return keys_only(cli, &target, &origin, keys, results);
-    }
     let build = match &cli.build_target {
         // The target itself, but for a trailing slash, is the target: not
         // another machine to populate and reach with --target-host.
@@ -254,6 +253,9 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         .unwrap_or_else(|| target.clone()),
         None => target.clone(),
     };
+    if cli.keys_only {
+        return keys_only(cli, &target, &origin, keys, results);
+    }
     let sources = cli.populate.read_sources()?;
     let options = cli.populate.options();
     let target_session = cli.populate.session(&target, &origin)?;

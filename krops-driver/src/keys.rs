@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use mktarget::tool::usage;
 use mktarget::Session;
-use populate::keys::{self, Delivered, Keys, Outcome, Send, UploadAt};
+use populate::keys::{self, Batch, Delivered, Keys, Outcome, UploadAt};
 use populate::{Results, Style};
 
 use crate::fleet::{Setting, SettingKind};
@@ -91,7 +91,7 @@ impl Delivery {
         pending
     }
 
-    fn send(&self, what: &str, send: &Send, reporting: &mut Reporting) -> Result<()> {
+    fn send(&self, what: &str, send: &Batch, reporting: &mut Reporting) -> Result<()> {
         let done = run_send(&self.session, what, send, reporting)?;
         self.done.borrow_mut().extend(done);
         record(&self.done.borrow(), reporting.results);
@@ -104,7 +104,7 @@ impl Delivery {
 fn run_send(
     session: &Session,
     what: &str,
-    send: &Send,
+    send: &Batch,
     reporting: &mut Reporting,
 ) -> Result<Vec<Delivered>> {
     session.connect().with_context(|| what.to_owned())?;
@@ -135,7 +135,7 @@ fn record(done: &[Delivered], results: &mut Results) {
 /// the pre-activation keys sent; a key whose user does not exist yet is
 /// installed root-owned, to be chowned by [`after`].
 pub fn before(delivery: &Rc<Delivery>) -> Stage {
-    let send = Send {
+    let send = Batch {
         keys: &delivery.keys,
         sent: delivery.keys.at(UploadAt::PreActivation),
         strict: false,
@@ -149,7 +149,7 @@ pub fn before(delivery: &Rc<Delivery>) -> Stage {
     let delivery = Rc::clone(delivery);
     let shown = what.clone();
     Stage::here_shown_as(script, move |reporting, _| {
-        let send = Send {
+        let send = Batch {
             keys: &delivery.keys,
             sent: delivery.keys.at(UploadAt::PreActivation),
             strict: false,
@@ -165,7 +165,7 @@ pub fn before(delivery: &Rc<Delivery>) -> Stage {
 /// and again the keys [`before`] left root-owned, now with their user and
 /// group (one that still does not exist is an error naming the key).
 pub fn after(delivery: &Rc<Delivery>) -> Stage {
-    let send = Send {
+    let send = Batch {
         keys: &delivery.keys,
         sent: delivery.keys.at(UploadAt::PostActivation),
         strict: true,
@@ -201,7 +201,7 @@ pub fn after(delivery: &Rc<Delivery>) -> Stage {
         } else {
             what
         };
-        let send = Send {
+        let send = Batch {
             keys: &delivery.keys,
             sent,
             strict: true,
@@ -239,8 +239,8 @@ pub fn only(delivery: &Rc<Delivery>) -> Stage {
     .shown(shown)
 }
 
-fn all(keys: &Keys) -> Send<'_> {
-    Send {
+fn all(keys: &Keys) -> Batch<'_> {
+    Batch {
         keys,
         sent: keys.keys.iter().collect(),
         strict: true,

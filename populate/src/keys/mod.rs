@@ -550,14 +550,14 @@ impl fmt::Display for Delivered {
 /// error (`strict`) or leaves the key root-owned for now, and whether the
 /// keys directories are set up (created, checked, cleaned of undeclared
 /// keys) on the way.
-pub struct Send<'k> {
+pub struct Batch<'k> {
     pub keys: &'k Keys,
     pub sent: Vec<&'k Key>,
     pub strict: bool,
     pub dirs: bool,
 }
 
-impl Send<'_> {
+impl Batch<'_> {
     fn script(&self, session: &Session) -> Script {
         let host = if session.is_local() {
             String::new()
