@@ -905,3 +905,47 @@ fn post_activation_keys_follow_a_real_switch_and_not_a_failed_one() {
     assert_eq!(world.current_system("alpha"), Some(v2));
     rr.assert_machine_untouched();
 }
+
+/// Fifty keys, one of them binary and one empty, go over the run's one ssh
+/// connection (colmena opens one a key), byte for byte.
+#[test]
+fn fifty_keys_go_in_one_stream_over_the_run_s_one_connection() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let target = alpha.target("root", &world.path("alpha/src"));
+    let dir = world.path("keys").display().to_string();
+    let binary: Vec<u8> = (0..=255u8).chain(b"\n\0\n".iter().copied()).collect();
+    let mut keys = serde_json::Map::new();
+    for i in 0..48 {
+        let file = world.write(&format!("many/k{i}"), format!("key {i}\n").repeat(i + 1));
+        keys.insert(format!("k{i:02}"), json!({"keyFile": file, "destDir": dir}));
+    }
+    let file = world.write("many/binary", &binary);
+    keys.insert("binary".into(), json!({"keyFile": file, "destDir": dir}));
+    let file = world.write("many/empty", "");
+    keys.insert("empty".into(), json!({"keyFile": file, "destDir": dir}));
+    let keys = world.write("keys.json", Value::Object(keys).to_string());
+    let before = world.handshakes("alpha");
+    world
+        .run_with_sources(
+            "krops-deploy",
+            &[
+                "--target",
+                &target,
+                "--force",
+                "--keys",
+                keys.to_str().unwrap(),
+            ],
+            &world.nixos_config(),
+        )
+        .assert_success();
+    assert_eq!(world.handshakes("alpha") - before, 1, "one connection");
+    assert_eq!(fs::read(format!("{dir}/binary")).unwrap(), binary);
+    assert_eq!(fs::read(format!("{dir}/empty")).unwrap(), b"");
+    for i in 0..48 {
+        assert_eq!(
+            fs::read_to_string(format!("{dir}/k{i:02}")).unwrap(),
+            format!("key {i}\n").repeat(i + 1)
+        );
+    }
+}

@@ -183,6 +183,22 @@ pub fn from_json(value: &Value, home: Option<&str>) -> Result<Keys> {
         keys.push(key);
     }
     keys.sort_by(|a, b| a.name.cmp(&b.name));
+    // A key where another's directory is (or above it) would need its
+    // place to be both a file and a directory.
+    for key in &keys {
+        let place = key.path();
+        if let Some(other) = keys
+            .iter()
+            .find(|o| o.dest_dir == place || o.dest_dir.starts_with(&format!("{place}/")))
+        {
+            bail!(
+                "keys.{}: goes to {place}, which key {}'s destDir {} needs as a directory",
+                shown_key(&key.name),
+                shown(&other.name),
+                other.dest_dir
+            );
+        }
+    }
     Ok(Keys { keys })
 }
 
@@ -860,6 +876,10 @@ mod tests {
             (
                 json!({"a": {"keyCommand": cmd}, "b": {"keyCommand": cmd, "name": "a"}}),
                 "keys.b: goes to /run/keys/a, as key \"a\" does",
+            ),
+            (
+                json!({"app": {"keyCommand": cmd}, "b": {"keyCommand": cmd, "destDir": "/run/keys/app"}}),
+                "keys.app: goes to /run/keys/app, which key \"b\"'s destDir /run/keys/app needs",
             ),
         ] {
             let got = err(keys.clone());
