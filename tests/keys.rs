@@ -142,6 +142,7 @@ fn key_command(world: &World, name: &str, content: &str) -> Value {
     json!(["/bin/cat", file])
 }
 
+/// Reliability (Secrets): keys from pass, passage, a file and a command, to a keys directory on disk and one on a tmpfs → each arrives with its owner, group and mode and nowhere under the target path, the directories 0750 root:keys, a warning for the one on disk; a second deploy writes none (same inodes); a changed key is replaced, an undeclared one removed; no key in the log or `--json`
 #[test]
 fn keys_arrive_with_their_owner_and_mode_and_only_what_changed_is_written() {
     let world = World::new();
@@ -799,6 +800,8 @@ fn keys_go_to_run_keys_and_post_activation_ones_only_once_a_switch_is_confirmed(
 /// place is replaced, never followed; a keys directory that is a symlink,
 /// or inside the target path, is refused; a plain user without sudo is told
 /// keys need root.
+///
+/// Reliability (Lived target): a symlink to a file outside at a key's place, a keys directory that is a symlink, one inside the target path, a plain user without sudo → the symlink is replaced and the file outside untouched; the others refused naming the place, nothing written
 #[test]
 fn keys_never_write_through_symlinks_or_into_the_target_path() {
     let world = World::new();
@@ -948,4 +951,59 @@ fn fifty_keys_go_in_one_stream_over_the_run_s_one_connection() {
             format!("key {i}\n").repeat(i + 1)
         );
     }
+}
+
+/// Reliability (Concurrent runs): three `--keys-only` runs (they take no lock) to one target at once, after one changed every key → each succeeds; every key is whole, as asked, and the manifest lists them all
+#[test]
+fn keys_only_runs_at_once_leave_every_key_whole() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let target = alpha.target("root", &world.path("alpha/src"));
+    let dir = world.path("keys").display().to_string();
+    let mut keys = serde_json::Map::new();
+    for i in 0..20 {
+        let file = world.write(&format!("many/k{i}"), format!("old {i}\n"));
+        keys.insert(
+            format!("k{i:02}"),
+            json!({"keyFile": file, "destDir": dir, "permissions": "0440"}),
+        );
+    }
+    let file = world.write("keys.json", Value::Object(keys).to_string());
+    let args = [
+        "--target",
+        &target,
+        "--keys",
+        file.to_str().unwrap(),
+        "--keys-only",
+    ];
+    world.run("krops-deploy", &args, b"").assert_success();
+    for i in 0..20 {
+        world.write(&format!("many/k{i}"), format!("new {i}\n").repeat(100));
+    }
+    let runs: Vec<_> = (0..3)
+        .map(|n| {
+            let stderr = world.path(&format!("run{n}.stderr"));
+            (world.spawn("krops-deploy", &args, &stderr), stderr)
+        })
+        .collect();
+    for (child, stderr) in runs {
+        let code = krops_tests::finish(child, &stderr);
+        assert_eq!(code, Some(0), "{}", fs::read_to_string(&stderr).unwrap());
+    }
+    for i in 0..20 {
+        let path = format!("{dir}/k{i:02}");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("new {i}\n").repeat(100)
+        );
+        assert_eq!(owner_mode_inode(&path).2, 0o440);
+    }
+    let manifest = fs::read_to_string(format!("{dir}/.krops-keys")).unwrap();
+    assert_eq!(manifest.lines().count(), 20, "{manifest}");
+    let left: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".krops-keys.tmp"))
+        .collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
 }
