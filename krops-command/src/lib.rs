@@ -23,10 +23,14 @@ pub const DEFAULT_SCRIPT: &str = "printf '%s\\n' \"$1\"";
 /// $1. Exits with SCRIPT's exit status. With --sources FILE, SCRIPT reads
 /// this tool's stdin.
 ///
+/// With --keys FILE, also delivers keys to tmpfs on the target (README:
+/// Keys): the pre-activation ones before SCRIPT, the post-activation ones
+/// only after it succeeded.
+///
 /// With --fleet FILE, runs on every host FILE names instead, several at once
 /// (see --jobs and --on): FILE is a JSON object of host name → writeCommand's
 /// attributes (target, source, and optionally command, allocateTTY, force,
-/// backup), where command is the script (else SCRIPT). Each host's output
+/// backup, keys), where command is the script (else SCRIPT). Each host's output
 /// lines start with its name; options and a SCRIPT given here apply to every
 /// host and win over FILE. Exits 1 when any host failed.
 #[derive(Debug, Parser)]

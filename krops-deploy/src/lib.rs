@@ -40,9 +40,13 @@ use watchdog::{Operation, Paths, Watchdog};
 /// With --fleet FILE, deploys every host FILE names instead, several at once
 /// (see --jobs and --on): FILE is a JSON object of host name → writeDeploy's
 /// attributes (target, source, and optionally buildTarget, operation,
-/// crossDeploy, useNixOutputMonitor, force, backup, fast, confirmTimeout). Each
-/// host's output lines start with its name; options given here apply to
-/// every host and win over FILE. Exits 1 when any host failed.
+/// crossDeploy, useNixOutputMonitor, force, backup, fast, confirmTimeout,
+/// keys). Each host's output lines start with its name; options given here
+/// apply to every host and win over FILE. Exits 1 when any host failed.
+///
+/// With --keys FILE, also delivers keys to tmpfs on the target (README:
+/// Keys): the pre-activation ones before nixos-rebuild, the post-activation
+/// ones only after it succeeded; --keys-only sends them and nothing else.
 ///
 /// --preview builds the new system without activating it and prints what
 /// would change; --ask then asks before activating it. --confirm-timeout
