@@ -80,6 +80,26 @@ rec {
       refs = if context == { } then "" else "# the sources refer to: ${refs}\n";
     };
 
+  # `--keys FILE`: the keys object (README: Keys) as JSON in the store. It
+  # holds where each key's content comes from, never a key: a `keyFile`
+  # that is a Nix path (`./secret`) or has store context would copy the key
+  # into the world-readable Nix store, so it is refused; it is a string of
+  # the file's path here. A `keyCommand`'s program must exist when the
+  # script runs.
+  keysFile = what: keys:
+    let
+      check = name: key:
+        if !lib.isAttrs key then
+          throw "${what}: keys.${name}: expected an attribute set, got ${typeOf key}"
+        else if key ? keyFile && !(isString key.keyFile && !builtins.hasContext key.keyFile) then
+          throw "${what}: keys.${name}.keyFile: give the path as a string (\"/home/me/keys/db\"), not a Nix path: that would copy the key into the Nix store, which every user can read"
+        else key;
+    in
+    if keys == null then null
+    else if !lib.isAttrs keys then
+      throw "${what}: keys: expected an attribute set of key name → key, got ${typeOf keys}"
+    else toFile "krops-keys.json" (unsafeDiscardStringContext (toJSON (builtins.mapAttrs check keys)));
+
   # A store path name made of `name`: characters a store path name cannot
   # hold (the colons of an IPv6 address, say) become '-'.
   storeName = name:

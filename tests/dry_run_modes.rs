@@ -133,6 +133,18 @@ fn every_deploy_mode_prints_the_script_it_printed() {
         "deploy_confirm_reboot",
         &["--confirm-timeout", "30", "--check", "true", "--reboot"],
     );
+    let key = world.write("files/tls.key", "not shown\n");
+    world.write_executable("bin/print-token", "#!/bin/sh\necho not shown\n");
+    let keys = world.write(
+        "keys.json",
+        json!({
+            "tls": {"keyFile": key, "user": "nginx", "permissions": "0400"},
+            "token": {"keyCommand": ["print-token", "--host", "alpha"], "destDir": "/run/keys/app",
+                      "uploadAt": "post-activation"},
+        })
+        .to_string(),
+    );
+    deploy("deploy_keys", &["--keys", keys.to_str().unwrap()]);
     let sudo = json!({"user": "deploy", "host": "alpha", "port": "2222",
                       "path": "/var/src", "sudo": true})
     .to_string();

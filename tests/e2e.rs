@@ -38,6 +38,7 @@ mod dry_run_modes;
 mod flake;
 mod fleet;
 mod fleet_ops;
+mod keys;
 mod real_nixos;
 
 // When things go wrong: connection faults, interrupts, bad input.

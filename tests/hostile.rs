@@ -43,10 +43,11 @@ enum Class {
     GitOption,
     Size,
     Nesting,
+    Keys,
 }
 
 impl Class {
-    const ALL: [Class; 14] = [
+    const ALL: [Class; 15] = [
         Class::MalformedJson,
         Class::WrongType,
         Class::UnknownField,
@@ -61,6 +62,7 @@ impl Class {
         Class::GitOption,
         Class::Size,
         Class::Nesting,
+        Class::Keys,
     ];
 
     fn label(self) -> &'static str {
@@ -79,6 +81,7 @@ impl Class {
             Class::GitOption => "git URLs and refs read as options",
             Class::Size => "oversized input (50 MB, too long fields)",
             Class::Nesting => "deeply nested JSON",
+            Class::Keys => "bad keys (--keys FILE, a fleet's keys)",
         }
     }
 }
@@ -197,6 +200,31 @@ fn fleet(class: Class, tool: &'static str, fleet: Vec<u8>, expect: &[&str]) -> R
         tool,
         args: vec!["--fleet".into(), "-".into()],
         stdin: fleet,
+        expect: words(expect),
+    }
+}
+
+/// `TOOL --target TARGET --keys FILE` with good sources, FILE holding
+/// `keys` (`text` when it is not JSON).
+fn keys(s: &Setup, tool: &'static str, keys: Result<Value, &str>, expect: &[&str]) -> Row {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, Ordering::SeqCst);
+    let text = match keys {
+        Ok(keys) => keys.to_string(),
+        Err(text) => text.to_owned(),
+    };
+    let file = s.world.write(&format!("keys/{n}.json"), text);
+    Row {
+        class: Class::Keys,
+        tool,
+        args: vec![
+            "--target".into(),
+            s.target.clone(),
+            "--keys".into(),
+            file.display().to_string(),
+        ],
+        stdin: s.good_sources().to_string().into_bytes(),
         expect: words(expect),
     }
 }
@@ -384,6 +412,31 @@ fn rows(s: &Setup) -> Vec<Row> {
         row(Nesting, "krops-deploy", &["--target", &format!("{{\"host\": {deep_list}")], good.as_bytes(), &["target: malformed JSON object", "recursion limit exceeded"]),
         fleet(Nesting, "krops-command", format!("{{\"web\": {deep_list}").into_bytes(), &["fleet: malformed JSON", "recursion limit exceeded"]),
         row(Nesting, "krops-test", &["--target", &s.local_target()], deep_list.as_bytes(), &["sources: malformed JSON", "recursion limit exceeded"]),
+        // Keys: the content, the place, the owner and the mode.
+        keys(s, "krops-deploy", Err(r#"{"db": {"keyFile": "/x"}"#), &["keys: malformed JSON"]),
+        keys(s, "krops-deploy", Ok(json!([])), &["keys: expected an object", "got a list"]),
+        keys(s, "krops-command", Ok(json!({"db": {"keyFile": cfg, "colour": "red"}})), &["keys.db.colour: unknown field"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg, "keyCommand": ["/bin/true"]}})), &["keys.db: more than one content source"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"user": "root"}})), &["keys.db: no content"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg, "permissions": "0999"}})), &["keys.db.permissions: \"0999\" is not an octal mode"]),
+        keys(s, "krops-command", Ok(json!({"db": {"keyFile": cfg, "permissions": "u=rw"}})), &["keys.db.permissions: \"u=rw\" is not an octal mode"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg, "name": "../../etc/shadow"}})), &["keys.db.name: a key's file name must be one path component"]),
+        keys(s, "krops-deploy", Ok(json!({"a/b": {"keyFile": cfg}})), &["keys.\"a/b\": a key name must be one path component"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg, "destDir": "run/keys"}})), &["keys.db.destDir: \"run/keys\" is not an absolute path"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": "secrets/db"}})), &["keys.db.keyFile: \"secrets/db\" is not an absolute path"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg, "user": "-oops"}})), &["keys.db.user: \"-oops\" is not a user or group name"]),
+        keys(s, "krops-command", Ok(json!({"db": {"keyFile": cfg, "group": "--reference=/etc/shadow"}})), &["keys.db.group:", "is not a user or group name"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg, "user": "ro ot"}})), &["keys.db.user: \"ro ot\" is not a user or group name"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg, "uploadAt": "whenever"}})), &["keys.db.uploadAt: \"whenever\" is not"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyCommand": "cat /x"}})), &["keys.db.keyCommand: expected a list"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyCommand": ["-x"]}})), &["keys.db.keyCommand[0]: \"-x\" is not a program"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": "/nonexistent/db.key"}})), &["keys.db.keyFile: /nonexistent/db.key is not a file"]),
+        keys(s, "krops-command", Ok(json!({"db": {"keyCommand": ["/nonexistent/print-key"]}})), &["keys.db.keyCommand[0]: \"/nonexistent/print-key\" is not an executable file"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg, "destDir": remote}})), &["keys.db.destDir:", "keys go outside the sources"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"pass": {"dir": "/nonexistent", "name": "db"}}})), &["keys.db.pass: \"db\" is not an entry of the password store"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg}, "db2": {"keyFile": cfg, "name": "db"}})), &["keys.db2: goes to /run/keys/db, as key \"db\" does"]),
+        fleet(Class::Keys, "krops-deploy", s.fleet(json!({"keys": {"db": {"keyFile": cfg, "permissions": "9"}}})), &["fleet.web.keys: keys.db.permissions"]),
+        fleet(Class::Keys, "krops-command", s.fleet(json!({"keys": ["db"]})), &["fleet.web.keys: keys: expected an object"]),
     ];
     // krops-test takes only local targets; its sources are checked alike.
     rows.push(Row {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use krops_driver::fleet::{FleetArgs, Setting, SettingKind};
+use krops_driver::keys::{Delivery, KeysArgs};
 use krops_driver::{Final, Reporting, Stage, Stages};
 use mktarget::tool::Example;
 use mktarget::Origin;
@@ -22,10 +23,14 @@ pub const DEFAULT_SCRIPT: &str = "printf '%s\\n' \"$1\"";
 /// $1. Exits with SCRIPT's exit status. With --sources FILE, SCRIPT reads
 /// this tool's stdin.
 ///
+/// With --keys FILE, also delivers keys to tmpfs on the target (README:
+/// Keys): the pre-activation ones before SCRIPT, the post-activation ones
+/// only after it succeeded.
+///
 /// With --fleet FILE, runs on every host FILE names instead, several at once
 /// (see --jobs and --on): FILE is a JSON object of host name → writeCommand's
 /// attributes (target, source, and optionally command, allocateTTY, force,
-/// backup), where command is the script (else SCRIPT). Each host's output
+/// backup, keys), where command is the script (else SCRIPT). Each host's output
 /// lines start with its name; options and a SCRIPT given here apply to every
 /// host and win over FILE. Exits 1 when any host failed.
 #[derive(Debug, Parser)]
@@ -40,6 +45,8 @@ pub struct Cli {
     pub populate: PopulateArgs,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    #[command(flatten)]
+    pub keys: KeysArgs,
     /// Allocate a terminal on the target (ssh -t), e.g. for an interactive SCRIPT (not with --fleet: its hosts share no terminal)
     #[arg(long, conflicts_with = "fleet")]
     pub allocate_tty: bool,
@@ -98,6 +105,7 @@ pub const FLEET_SETTINGS: &[Setting] = &[
         kind: SettingKind::Flag,
         unless: &[],
     },
+    krops_driver::keys::SETTING,
 ];
 
 /// What krops-command's stdout carries, which the results must not join.
@@ -125,8 +133,12 @@ fn run_command(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     }
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
+    let keys = cli.keys.read(&target.path)?;
     let sources = cli.populate.read_sources()?;
     let session = cli.populate.session(&target, &origin)?;
+    // The script is the activation: pre-activation keys before it,
+    // post-activation ones only after it succeeded.
+    let delivery = (!keys.is_empty()).then(|| Delivery::new(&session, keys));
     let plan = Plan::new(&session, &sources, cli.populate.options())?;
     let args = ["krops-command".to_owned(), target.path.clone()];
     let on = session.machine();
@@ -140,7 +152,8 @@ fn run_command(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         last = last.stdin_inherit();
     }
     let reporting = &mut Reporting::new("krops-command", &cli.populate, results)?;
-    Stages::new(vec![plan], vec![Stage::run(last)]).run_or_print(cli.populate.dry_run, reporting)
+    let stages = krops_driver::keys::around(delivery.as_ref(), vec![Stage::run(last)]);
+    Stages::new(vec![plan], stages).run_or_print(cli.populate.dry_run, reporting)
 }
 
 pub fn main() -> ExitCode {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use krops_driver::flake::{attr_of_host_name, check_attr};
+use krops_driver::keys::Delivery;
 use krops_driver::{Aftermath, Final, Flake, Flow, Reporting, Stage};
 use mktarget::command::{exit_code, Stdio};
 use mktarget::{Cmd, Session, Target};
@@ -497,7 +498,8 @@ fn confirm(deploy: &Rc<Deploy>, watchdog: &Rc<Watchdog>, check: Option<String>) 
     Stage::here(Some(command), move |reporting, status| {
         let status = status.expect("a confirmation follows an activation");
         let code = deploy.conclude(&watchdog, check.as_deref(), status, reporting);
-        // Confirmed, the run goes on (a reboot may follow).
+        // Confirmed, the run goes on (post-activation keys, README: Keys; a
+        // reboot may follow) and ends with the activation's status, 0.
         Ok(if code == ExitCode::SUCCESS {
             Flow::Next
         } else {
@@ -515,6 +517,7 @@ pub(crate) fn reboot_and_wait(
     deploy: &Rc<Deploy>,
     reboot: &Rc<Reboot>,
     check: Option<String>,
+    keys: Option<&Rc<Delivery>>,
 ) -> Vec<Stage> {
     let on = deploy.target_session.machine();
     let before = Rc::new(std::cell::RefCell::new(None));
@@ -570,20 +573,24 @@ pub(crate) fn reboot_and_wait(
         .doing(format!("waiting for {on} to come back after the reboot"))
     };
     let mut stages = vec![rebooting, waiting];
-    stages.extend(after_the_host_is_back(deploy, reboot, check));
+    stages.extend(after_the_host_is_back(deploy, reboot, check, keys));
     stages
 }
 
 /// What runs once a rebooted target is back with the system just built,
-/// in order. HOOK (README: Reboot and wait): post-activation keys are sent
-/// again here, before the check (a boot empties `/run/keys`); push their
-/// stages first.
+/// in order: the keys sent again, all of them (a boot empties a tmpfs
+/// `destDir` such as `/run/keys`; README: Keys), over a new shared
+/// connection, then the check.
 fn after_the_host_is_back(
     deploy: &Rc<Deploy>,
     reboot: &Rc<Reboot>,
     check: Option<String>,
+    keys: Option<&Rc<Delivery>>,
 ) -> Vec<Stage> {
     let mut stages = Vec::new();
+    if let Some(keys) = keys {
+        stages.push(krops_driver::keys::only(keys));
+    }
     if let Some(check) = check {
         let on = deploy.target_session.machine();
         let dry = reboot.check_command(&deploy.target_session, &check);

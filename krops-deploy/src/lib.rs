@@ -19,6 +19,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use krops_driver::fleet::{choices, FleetArgs, Setting, SettingKind};
+use krops_driver::keys::{Delivery, KeysArgs};
 use krops_driver::{FlakeArgs, Reporting, Stages};
 use mktarget::tool::{usage, Example};
 use mktarget::{Origin, Target};
@@ -41,9 +42,13 @@ use watchdog::{Operation, Paths, Watchdog};
 /// (see --jobs and --on): FILE is a JSON object of host name → writeDeploy's
 /// attributes (target, source, and optionally buildTarget, operation,
 /// crossDeploy, useNixOutputMonitor, force, backup, fast, confirmTimeout,
-/// flake, flakeInputs, reboot, rebootTimeout, tags). Each host's output
-/// lines start with its name; options given here apply to every host and
-/// win over FILE. Exits 1 when any host failed.
+/// flake, flakeInputs, reboot, rebootTimeout, tags, keys). Each host's
+/// output lines start with its name; options given here apply to every host
+/// and win over FILE. Exits 1 when any host failed.
+///
+/// With --keys FILE, also delivers keys to tmpfs on the target (README:
+/// Keys): the pre-activation ones before nixos-rebuild, the post-activation
+/// ones only after it succeeded; --keys-only sends them and nothing else.
 ///
 /// --preview builds the new system without activating it and prints what
 /// would change; --ask then asks before activating it. --confirm-timeout
@@ -68,6 +73,13 @@ pub struct Cli {
     pub fleet: FleetArgs,
     #[command(flatten)]
     pub flake: FlakeArgs,
+    #[command(flatten)]
+    pub keys: KeysArgs,
+    /// Send the keys of --keys and nothing else: no populate, no rebuild (after a reboot emptied the target's tmpfs); --build-target and --confirm-timeout are then moot
+    // A fleet host's buildTarget and confirmTimeout are moot then, not
+    // mistakes: they go with it.
+    #[arg(long, conflicts_with_all = ["preview", "ask"])]
+    pub keys_only: bool,
     /// Evaluate and build on this target instead (populated too); it must reach --target over ssh
     #[arg(long, value_name = "TARGET", allow_hyphen_values = true)]
     pub build_target: Option<String>,
@@ -221,6 +233,7 @@ pub const FLEET_SETTINGS: &[Setting] = &[
         kind: SettingKind::Count,
         unless: &["--preview"],
     },
+    krops_driver::keys::SETTING,
 ];
 
 /// The operations after which `--reboot` reboots: those that make the
@@ -276,6 +289,7 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     check_activation_options(cli)?;
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
+    let keys = cli.keys.read(&target.path)?;
     let build = match &cli.build_target {
         // The target itself, but for a trailing slash, is the target: not
         // another machine to populate and reach with --target-host.
@@ -287,6 +301,9 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
         .unwrap_or_else(|| target.clone()),
         None => target.clone(),
     };
+    if cli.keys_only {
+        return keys_only(cli, &target, &origin, keys, results);
+    }
     let sources = cli.populate.read_sources()?;
     let flake = cli.flake.flake(&sources)?;
     if let Some(flake) = &flake {
@@ -356,7 +373,10 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     let watchdog = watchdog.map(Rc::new);
     // The confirmation's check; after a reboot, the reboot's.
     let check = cli.check.clone().filter(|_| watchdog.is_some());
-    let mut stages = if cli.preview || cli.ask {
+    // A preview changes nothing on the target, its keys included.
+    let delivery =
+        (!cli.preview && !keys.is_empty()).then(|| Delivery::new(&deploy.target_session, keys));
+    let stages = if cli.preview || cli.ask {
         deploy::preview_then(&deploy, cli.ask, watchdog, check)
     } else if watchdog.is_some() && build != target {
         deploy::build_then_activate(&deploy, watchdog, check)
@@ -367,8 +387,14 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     } else {
         deploy::plain(&deploy, &nixos_rebuild)
     };
+    let mut stages = krops_driver::keys::around(delivery.as_ref(), stages);
     if let Some(reboot) = &reboot {
-        stages.extend(deploy::reboot_and_wait(&deploy, reboot, cli.check.clone()));
+        stages.extend(deploy::reboot_and_wait(
+            &deploy,
+            reboot,
+            cli.check.clone(),
+            delivery.as_ref(),
+        ));
     }
     Stages::new(plans, stages).run_or_print(cli.populate.dry_run, reporting)
 }
@@ -389,6 +415,27 @@ fn remote_sudo_needs_password(
     build != target
         && deploy.target_session.sudo_password().is_some()
         && ACTIVATING.contains(&operation)
+}
+
+/// `--keys-only`: the keys sent, nothing populated or rebuilt (README: Keys).
+fn keys_only(
+    cli: &Cli,
+    target: &Target,
+    origin: &Origin,
+    keys: populate::keys::Keys,
+    results: &mut Results,
+) -> Result<ExitCode> {
+    if keys.is_empty() {
+        if !cli.populate.output.quiet {
+            eprintln!("krops-deploy: --keys-only: no keys to send (give them with --keys FILE)");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let session = cli.populate.session(target, origin)?;
+    let delivery = Delivery::new(&session, keys);
+    let reporting = &mut Reporting::new("krops-deploy", &cli.populate, results)?;
+    Stages::new(Vec::new(), vec![krops_driver::keys::only(&delivery)])
+        .run_or_print(cli.populate.dry_run, reporting)
 }
 
 /// Checks what the activation options need, before anything runs: a

@@ -6,6 +6,7 @@
 mod final_command;
 pub mod flake;
 pub mod fleet;
+pub mod keys;
 mod stages;
 
 pub use final_command::{Final, Reporting};

@@ -76,6 +76,9 @@ enum StageKind {
     Here {
         doing: Option<String>,
         dry: Option<Cmd>,
+        /// What `--dry-run` shows instead of `dry`: a script of several
+        /// commands (a keys' send: each key made here, then the stream).
+        dry_script: Option<String>,
         act: Act,
     },
 }
@@ -122,6 +125,24 @@ impl Stage {
             kind: StageKind::Here {
                 doing: None,
                 dry,
+                dry_script: None,
+                act: Box::new(act),
+            },
+        }
+    }
+
+    /// Does `act` on this machine; `--dry-run` shows `script` for it.
+    pub fn here_shown_as(
+        script: String,
+        act: impl FnOnce(&mut Reporting, Option<ExitStatus>) -> Result<Flow> + 'static,
+    ) -> Stage {
+        Stage {
+            shown: None,
+            aftermath: Aftermath::Same,
+            kind: StageKind::Here {
+                doing: None,
+                dry: None,
+                dry_script: Some(script),
                 act: Box::new(act),
             },
         }
@@ -237,6 +258,14 @@ impl Stages {
                     let command = run.command(false);
                     todo.extend(then(None)?.into_iter().rev());
                     (stage.shown.unwrap_or(run.what.clone()), command)
+                }
+                StageKind::Here {
+                    dry_script: Some(text),
+                    ..
+                } => {
+                    let what = stage.shown.unwrap_or_default();
+                    script.push_str(&format!("# then {what}\n{text}\n"));
+                    continue;
                 }
                 StageKind::Here { dry: Some(cmd), .. } => (stage.shown.unwrap_or_default(), cmd),
                 StageKind::Here { dry: None, .. } => continue,

@@ -38,6 +38,7 @@ in
     flake ? null,
     flakeInputs ? { },
     force ? false,
+    keys ? null,
     operation ? "switch",
     reboot ? false,
     rebootTimeout ? null,
@@ -81,6 +82,7 @@ in
       ++ (if checkBool what "reboot" reboot then [ { unless = "--preview"; words = [ "--reboot" ]; } ] else [ ])
       ++ optionUnless "--preview" "--reboot-timeout" rebootTimeout'
       ++ flakeOptions what flake flakeInputs
+      ++ option "--keys" (w.keysFile what keys)
     ));
 
   writeTest = name: {
@@ -112,6 +114,7 @@ in
     backup ? false,
     command ? null,
     force ? false,
+    keys ? null,
     source,
     tags ? [ ],
     target
@@ -132,6 +135,7 @@ in
       ++ flag "--allocate-tty" (checkBool what "allocateTTY" allocateTTY)
       ++ flag "--force" (checkBool what "force" force)
       ++ flag "--backup" (checkBool what "backup" backup)
+      ++ option "--keys" (w.keysFile what keys)
       ++ script
     );
 }

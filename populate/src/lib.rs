@@ -2,6 +2,7 @@
 //! (krops-deploy, krops-test, krops-command) reuse [`PopulateArgs`] and
 //! [`Plan`] to populate before they act (through krops-driver's stages).
 
+pub mod keys;
 mod lock;
 mod parallel;
 mod progress;

@@ -194,8 +194,18 @@ impl World {
                     host = self.restart_host(&host);
                 }
             });
-            let result = during();
-            done.store(true, Ordering::SeqCst);
+            // Set also when `during` panics: the scope joins the machine's
+            // thread before the panic goes on, so it must stop.
+            struct Done<'a>(&'a AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let result = {
+                let _done = Done(&done);
+                during()
+            };
             machine
                 .join()
                 .expect("the rebooting machine's thread panicked");

@@ -40,6 +40,9 @@ pub enum SettingKind {
     Script,
     /// A whole number of at least 1, the option's value (seconds), or null (none).
     Count,
+    /// A JSON object a host's run reads from a file of the fleet's (the
+    /// option's value is its path), checked by the function given: `keys`.
+    JsonFile(fn(&Value) -> Result<()>),
     /// A boolean that only a host's run alone can have true (the option,
     /// a terminal's): true is a usage error, saying why.
     NotInFleet(&'static str),
@@ -256,6 +259,11 @@ pub(crate) fn words(setting: &Setting, value: &Value, origin: &Origin) -> Result
             Some(target) => valued(&serde_json::to_string(&target)?),
             None => vec![],
         },
+        (SettingKind::JsonFile(_), Value::Null) => vec![],
+        (SettingKind::JsonFile(check), _) => {
+            check(value)?;
+            vec![serde_json::to_string(value)?]
+        }
         (SettingKind::Count, Value::Null) => vec![],
         (SettingKind::Count, Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {
             valued(&n.to_string())

@@ -214,6 +214,26 @@ mod tests {
     }
 
     #[test]
+    fn keys_become_a_file_s_json_and_are_checked_as_the_host_would() {
+        let settings = [crate::keys::SETTING];
+        let fleet = |keys: Value| {
+            let fleet = json!({"web1": {"target": "t", "source": {}, "keys": keys}});
+            parse(&fleet.to_string(), &settings, &origin(), None)
+        };
+        let keys = json!({"db": {"keyCommand": ["print-db"], "user": "postgres"}});
+        let hosts = fleet(keys.clone()).unwrap();
+        let words = &hosts[0].settings[0].1;
+        assert_eq!(words.len(), 1);
+        assert_eq!(serde_json::from_str::<Value>(&words[0]).unwrap(), keys);
+        let err = fleet(json!({"db": {"keyCommand": ["x"], "permissions": "rw"}})).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("fleet.web1.keys: keys.db.permissions: \"rw\""),
+            "{err:#}"
+        );
+        assert!(fleet(json!(null)).unwrap()[0].settings[0].1.is_empty());
+    }
+
+    #[test]
     fn a_terminal_of_its_own_is_a_usage_error_in_a_fleet() {
         let fleet = |tty: Value| {
             let fleet = json!({"web1": {"target": "t", "source": {}, "allocateTTY": tty}});

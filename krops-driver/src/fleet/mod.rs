@@ -133,12 +133,27 @@ pub fn run(
     // Removed at the end and on a signal.
     let dir = SecretDir::holding("krops-fleet.", "the fleet's sources files")?;
     let mut host_args = Vec::new();
-    for host in &hosts {
+    let mut hosts = hosts;
+    for host in &mut hosts {
         let name = format!("{}.json", host.name);
         dir.create_file(Path::new(&name))?
             .write_all(&serde_json::to_vec(&host.sources)?)
             .with_context(|| format!("cannot write {name}"))?;
         let file = dir.path().join(name);
+        // A setting read from a file (keys) gets one beside the sources.
+        for (setting, words) in &mut host.settings {
+            if let (SettingKind::JsonFile(_), Some(text)) = (setting.kind, words.first()) {
+                let name = format!("settings/{}.{}.json", host.name, setting.key);
+                dir.create_file(Path::new(&name))?
+                    .write_all(text.as_bytes())
+                    .with_context(|| format!("cannot write {name}"))?;
+                *words = vec![format!(
+                    "{}={}",
+                    setting.option,
+                    dir.path().join(name).display()
+                )];
+            }
+        }
         host_args.push(self::host_args(host, &file, &forwarded)?);
     }
     // Each host writes its results beside its sources; we gather them.

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 /// A path here or on the target: absolute, one line (see [`line`]), and
 /// no longer than a program takes.
-pub(super) fn absolute(path: &str, value: &Value) -> Result<String> {
+pub(crate) fn absolute(path: &str, value: &Value) -> Result<String> {
     match value {
         Value::String(s) if s.starts_with('/') => {
             line(path, s)?;
@@ -29,7 +29,7 @@ pub(super) fn absolute(path: &str, value: &Value) -> Result<String> {
 /// way holds. Free text (a Nix expression, a symlink's text, a filter or
 /// clean pattern) may hold any other character: a file name may hold a
 /// newline, a tab or an escape, and a pattern or link may name it.
-pub(super) fn text<'a>(path: &str, s: &'a str) -> Result<&'a str> {
+pub(crate) fn text<'a>(path: &str, s: &'a str) -> Result<&'a str> {
     if s.contains('\0') {
         bail!("{path}: {} contains a NUL byte", shown(s));
     }
@@ -40,7 +40,7 @@ pub(super) fn text<'a>(path: &str, s: &'a str) -> Result<&'a str> {
 /// in what is one line: a path, a URL, a ref, a program. There they are a
 /// mistake (a pasted line break), and a newline would split the line in
 /// logs and in what git and pass read.
-pub(super) fn line<'a>(path: &str, s: &'a str) -> Result<&'a str> {
+pub(crate) fn line<'a>(path: &str, s: &'a str) -> Result<&'a str> {
     if s.contains(char::is_control) {
         bail!(
             "{path}: {} contains a control character (a newline, a tab, a NUL byte)",
@@ -52,14 +52,14 @@ pub(super) fn line<'a>(path: &str, s: &'a str) -> Result<&'a str> {
 
 /// The fields of one JSON object, taken one by one; what is left over is an
 /// unknown field. A null field counts as absent, as in krops's evaluated form.
-pub(super) struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     path: String,
     map: &'a Map<String, Value>,
     taken: Vec<&'a str>,
 }
 
 impl<'a> Fields<'a> {
-    pub(super) fn new(path: &str, value: &'a Value) -> Result<Fields<'a>> {
+    pub(crate) fn new(path: &str, value: &'a Value) -> Result<Fields<'a>> {
         let Value::Object(map) = value else {
             bail!("{path}: expected an object, got {}", kind(value));
         };
@@ -70,7 +70,7 @@ impl<'a> Fields<'a> {
         })
     }
 
-    pub(super) fn take(&mut self, key: &str) -> Option<&'a Value> {
+    pub(crate) fn take(&mut self, key: &str) -> Option<&'a Value> {
         let (key, value) = self.map.get_key_value(key)?;
         self.taken.push(key);
         Some(value).filter(|v| !v.is_null())
@@ -80,14 +80,14 @@ impl<'a> Fields<'a> {
         format!("{}.{key}", self.path)
     }
 
-    pub(super) fn string(&mut self, key: &str) -> Result<String> {
+    pub(crate) fn string(&mut self, key: &str) -> Result<String> {
         match self.opt_string(key)? {
             Some(s) => Ok(s),
             None => bail!("{}: missing field", self.field(key)),
         }
     }
 
-    pub(super) fn opt_string(&mut self, key: &str) -> Result<Option<String>> {
+    pub(crate) fn opt_string(&mut self, key: &str) -> Result<Option<String>> {
         match self.take(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -99,7 +99,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub(super) fn absolute(&mut self, key: &str) -> Result<String> {
+    pub(crate) fn absolute(&mut self, key: &str) -> Result<String> {
         let field = self.field(key);
         match self.take(key) {
             None => bail!("{field}: missing field"),
@@ -107,7 +107,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub(super) fn opt_bool(&mut self, key: &str) -> Result<Option<bool>> {
+    pub(crate) fn opt_bool(&mut self, key: &str) -> Result<Option<bool>> {
         match self.take(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -119,7 +119,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub(super) fn list<T>(
+    pub(crate) fn list<T>(
         &mut self,
         key: &str,
         item: impl Fn(&str, &Value) -> Result<T>,
@@ -137,13 +137,13 @@ impl<'a> Fields<'a> {
     }
 
     /// A string that is one line (see [`line`]).
-    pub(super) fn line(&mut self, key: &str) -> Result<String> {
+    pub(crate) fn line(&mut self, key: &str) -> Result<String> {
         let s = self.string(key)?;
         line(&self.field(key), &s)?;
         Ok(s)
     }
 
-    pub(super) fn opt_line(&mut self, key: &str) -> Result<Option<String>> {
+    pub(crate) fn opt_line(&mut self, key: &str) -> Result<Option<String>> {
         let s = self.opt_string(key)?;
         if let Some(s) = &s {
             line(&self.field(key), s)?;
@@ -152,21 +152,21 @@ impl<'a> Fields<'a> {
     }
 
     /// A string of free text (see [`text`]).
-    pub(super) fn text(&mut self, key: &str) -> Result<String> {
+    pub(crate) fn text(&mut self, key: &str) -> Result<String> {
         let s = self.string(key)?;
         text(&self.field(key), &s)?;
         Ok(s)
     }
 
     /// A list of free texts (see [`text`]).
-    pub(super) fn texts(&mut self, key: &str) -> Result<Vec<String>> {
+    pub(crate) fn texts(&mut self, key: &str) -> Result<Vec<String>> {
         self.list(key, |path, value| match value {
             Value::String(s) => Ok(text(path, s)?.to_owned()),
             other => bail!("{path}: expected a string, got {}", kind(other)),
         })
     }
 
-    pub(super) fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         match self
             .map
             .keys()

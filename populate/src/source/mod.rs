@@ -3,7 +3,7 @@
 //! and what each does on the target ([`Work`]). One module a source type,
 //! each with its fields, its parser and its work.
 
-mod fields;
+pub(crate) mod fields;
 pub(crate) mod store;
 
 use std::collections::BTreeMap;
