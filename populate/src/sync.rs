@@ -1179,6 +1179,67 @@ mod tests {
         assert_eq!(outcomes[2], "source b (symlink): Done");
     }
 
+    /// A link already as it should be is left alone (the same inode: it
+    /// was not made again); a link that differs, a directory where a link
+    /// goes, a missing link, and links whose text a line-wise comparison
+    /// could take for what they should be (newlines, \001) are made.
+    #[test]
+    fn links_already_right_are_kept_and_only_what_differs_is_made() {
+        use std::os::unix::fs::{symlink, MetadataExt};
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("src");
+        let inode = |name: &str| {
+            std::fs::symlink_metadata(dest.join(name))
+                .map(|m| m.ino())
+                .ok()
+        };
+        let sources = serde_json::json!({
+            "a": {"symlink": "x"}, "b": {"symlink": "y"}, "c": {"symlink": "z"},
+            "d": {"symlink": "w"}, "e": {"symlink": "n\nd/w"}, "f": {"symlink": "s\u{1}t"},
+            "g": {"symlink": "same"},
+        });
+        assert!(batch_outcomes(sources.clone(), &dest)
+            .iter()
+            .all(|outcome| outcome.ends_with(": Done")));
+        let before: Vec<_> = ["a", "b", "c", "d", "e", "f", "g"]
+            .iter()
+            .map(|name| inode(name))
+            .collect();
+        // b now differs; c is a directory; d is gone; e's text is "n"
+        // followed by what d's would be; f's is "s\nt".
+        std::fs::remove_file(dest.join("b")).unwrap();
+        symlink("other", dest.join("b")).unwrap();
+        std::fs::remove_file(dest.join("c")).unwrap();
+        std::fs::create_dir(dest.join("c")).unwrap();
+        std::fs::remove_file(dest.join("d")).unwrap();
+        std::fs::remove_file(dest.join("e")).unwrap();
+        symlink("n", dest.join("e")).unwrap();
+        std::fs::remove_file(dest.join("f")).unwrap();
+        symlink("s\nt", dest.join("f")).unwrap();
+        let outcomes = batch_outcomes(sources, &dest);
+        assert!(
+            outcomes.iter().all(|outcome| outcome.ends_with(": Done")),
+            "{outcomes:?}"
+        );
+        for (name, to) in [
+            ("a", "x"),
+            ("b", "y"),
+            ("c", "z"),
+            ("d", "w"),
+            ("e", "n\nd/w"),
+            ("f", "s\u{1}t"),
+            ("g", "same"),
+        ] {
+            assert_eq!(
+                std::fs::read_link(dest.join(name)).unwrap(),
+                Path::new(to),
+                "{name}"
+            );
+        }
+        assert_eq!(inode("a"), before[0], "a was made again");
+        assert_eq!(inode("g"), before[6], "g was made again");
+    }
+
     #[test]
     fn a_failing_part_fails_its_step_and_the_rest_do_not_run() {
         let dir = tempfile::tempdir().unwrap();
