@@ -175,7 +175,7 @@ fn call_line(name: &str, args: &[&str]) -> String {
     line
 }
 
-/// One remote run of several steps' parts (INDEX, its script of one call):
+/// One remote run of several steps' parts (INDEX, its script):
 /// the prelude, `krops_step` and every function once, then each part's call
 /// through `krops_step INDEX`, which runs them in a subshell with `set -e`, prints
 /// `\x1ekrops-step INDEX STATUS` after them, and ends the batch after a part
@@ -189,8 +189,11 @@ pub(crate) fn batch(parts: &[(usize, &Script)]) -> String {
     let mut k = 0;
     while k < parts.len() {
         let (i, part) = parts[k];
-        let [call] = part.calls.as_slice() else {
-            panic!("a batched part is one call: {:?}", part.calls);
+        // A part of several calls (a claim, then the checkout) runs them
+        // all in its step, as a script of its own would.
+        let call = match part.calls.as_slice() {
+            [call] => call.clone(),
+            calls => format!("eval {}", quote(&calls.join("\n"))),
         };
         k += 1;
         let Some(together) = &part.together else {
