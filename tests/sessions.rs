@@ -45,29 +45,42 @@ fn cost(world: &World, target: &str, flags: &[&str], sources: &Value) -> (usize,
 }
 
 #[test]
-fn a_run_of_twelve_sources_costs_one_session_for_the_lock_and_checks_and_one_a_sync() {
+fn a_run_of_twelve_sources_costs_one_session_for_the_lock_checks_and_checkouts_and_one_a_sync() {
     let world = World::new();
     let alpha = world.add_host("alpha");
     let dest = world.path("src");
     let target = alpha.target("root", &dest);
     let sources = twelve(&world);
-    // One session holds the lock and runs the sentinel check and the
-    // symlinks; each of the 8 trees is one rsync, each checkout one script.
+    // One session holds the lock and runs the sentinel check, the
+    // symlinks and then both checkouts; each of the 8 trees is one rsync.
     for (run, flags) in [("first deploy", &["--force"][..]), ("no-op redeploy", &[])] {
-        assert_eq!(
-            cost(&world, &target, flags, &sources),
-            (1, 1 + 8 + 2),
-            "{run}"
-        );
+        assert_eq!(cost(&world, &target, flags, &sources), (1, 1 + 8), "{run}");
     }
     assert_eq!(
         std::fs::read_link(dest.join("link0")).unwrap().to_str(),
         Some("tree0")
     );
-    // Without the lock, the checks and symlinks are one session of their own.
+    // Each source of the batches in the lock's session is told apart: the
+    // checkouts are synced, as the trees are.
+    let out = world.populate(&target, &["--json"], &sources);
+    out.assert_success();
+    let results: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+    let statuses: Vec<(&str, &str)> = results["targets"][0]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(statuses.len(), 12, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|(_, status)| *status == "synced"),
+        "{statuses:?}"
+    );
+    // Without the lock, the checks and symlinks are one session of their
+    // own, and so is each checkout.
     assert_eq!(
         cost(&world, &target, &["--no-lock"], &sources),
-        (1, 1 + 8 + 2)
+        (1, 1 + 2 + 8)
     );
 }
 
@@ -77,10 +90,14 @@ fn symlinks_alone_cost_one_session_however_many() {
     let alpha = world.add_host("alpha");
     let dest = world.path("src");
     let target = alpha.target("root", &dest);
-    let sources: serde_json::Map<String, Value> = (0..300)
-        .map(|i| (format!("link{i:03}"), json!({"symlink": "x"})))
-        .collect();
-    let sources = Value::Object(sources);
-    assert_eq!(cost(&world, &target, &["--force"], &sources), (1, 1));
-    assert_eq!(cost(&world, &target, &[], &sources), (1, 1));
+    // 300 fit one batch; 3,000 take several, which run one after another
+    // in the lock's session too.
+    for n in [300, 3000] {
+        let sources: serde_json::Map<String, Value> = (0..n)
+            .map(|i| (format!("link{i:04}"), json!({"symlink": "x"})))
+            .collect();
+        let sources = Value::Object(sources);
+        assert_eq!(cost(&world, &target, &["--force"], &sources), (1, 1), "{n}");
+        assert_eq!(cost(&world, &target, &[], &sources), (1, 1), "{n}");
+    }
 }

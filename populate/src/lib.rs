@@ -60,8 +60,8 @@ pub struct PopulateArgs {
     /// Connect to the target once per step, as krops does, instead of sharing one ssh connection (also KROPS_NO_MULTIPLEX=1)
     #[arg(long)]
     pub no_multiplex: bool,
-    /// How many sources of a target sync at once (1-9)
-    #[arg(long, value_name = "N", default_value_t = 4,
+    /// How many sources of a target sync from here at once (1-9; by default 9: all of them in one wave, up to sshd's default MaxSessions 10 with the lock's session)
+    #[arg(long, value_name = "N", default_value_t = sync::MAX_JOBS as u8,
           value_parser = clap::value_parser!(u8).range(1..=sync::MAX_JOBS as i64))]
     pub source_jobs: u8,
     /// Wait at most SECONDS for another run to let go of the lock on the target path (PATH/.populate-lock), then give up (default: as long as it takes)

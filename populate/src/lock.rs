@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use mktarget::command::{describe, Child, Stdio};
+use mktarget::command::{describe, Child, ProcessError, Stdio};
 use mktarget::shell::quote;
 use mktarget::{interrupt, Session};
 
@@ -43,8 +43,9 @@ const FINAL_GUARD: &str = include_str!("lock-final.sh");
 /// What the lock script's lines on stdout start with.
 const MARKER: &str = "krops-lock ";
 
-/// What the lock script prints after the batch it runs in its session
-/// ([`script`]'s `batch`), then the batch's exit status and a newline.
+/// What the lock script prints after each script it runs in its session
+/// ([`script`]'s `batch`, or one sent on its stdin), then the script's exit
+/// status and a newline.
 const BATCHED: &str = "\x1ekrops-lock-batched ";
 
 /// Where `needle` first is in `hay`.
@@ -91,9 +92,30 @@ impl Taken {
     /// its session, once: its output (every part's, with their markers)
     /// and exit status. None when there is no such batch to run (not
     /// held by our script, no batch given, or run already).
-    pub(crate) fn run_batch(&mut self) -> Option<Result<(Vec<u8>, i32)>> {
+    pub(crate) fn run_batch(&mut self, session: &Session) -> Option<Result<(Vec<u8>, i32)>> {
         match self {
-            Taken::Held { process } => process.run_batch(),
+            Taken::Held { process } if process.batch => {
+                process.batch = false;
+                process.run(session, b"batch\n", "")
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs `text`, a script (a batch: [`crate::script::batch`]), in the
+    /// lock's session, under the lock: its output and exit status, as
+    /// [`Taken::run_batch`]. None when the lock is not held by our script:
+    /// the caller runs it in a session of its own.
+    pub(crate) fn run_script(
+        &mut self,
+        session: &Session,
+        text: &str,
+    ) -> Option<Result<(Vec<u8>, i32)>> {
+        match self {
+            Taken::Held { process } => {
+                let command = format!("script {}\n", text.len());
+                process.run(session, command.as_bytes(), text)
+            }
             _ => None,
         }
     }
@@ -103,24 +125,37 @@ impl Taken {
 #[derive(Debug)]
 pub(crate) struct LockProcess {
     started: Child,
+    /// What started it, and its stderr: why its session ended, if it did.
+    cmd: mktarget::command::Cmd,
+    stderr: Gate,
     /// Its stdin: the lock is held as long as this is open.
     stdin: Option<os_pipe::PipeWriter>,
-    /// Its stdout after `held`, while its batch has not run yet.
-    batch: Option<BufReader<os_pipe::PipeReader>>,
+    /// Its stdout after `held`: what the scripts it runs print.
+    out: Option<BufReader<os_pipe::PipeReader>>,
+    /// Whether it was given a batch that has not run yet.
+    batch: bool,
     /// Where the lock is, for messages.
     place: String,
 }
 
 impl LockProcess {
-    /// See [`Taken::run_batch`]: says `batch` on the script's stdin and
-    /// reads what the batch prints up to the script's end marker.
-    fn run_batch(&mut self) -> Option<Result<(Vec<u8>, i32)>> {
-        let mut stdout = self.batch.take()?;
+    /// See [`Taken::run_batch`] and [`Taken::run_script`]: says `command`
+    /// and `text` on the script's stdin and reads what it prints up to the
+    /// script's end marker. After a failure to, its session is not used
+    /// again.
+    fn run(
+        &mut self,
+        session: &Session,
+        command: &[u8],
+        text: &str,
+    ) -> Option<Result<(Vec<u8>, i32)>> {
+        let stdout = self.out.as_mut()?;
         let stdin = self.stdin.as_mut()?;
         let what = format!("lock on {}", self.place);
         let ran = (|| {
             stdin
-                .write_all(b"batch\n")
+                .write_all(command)
+                .and_then(|()| stdin.write_all(text.as_bytes()))
                 .and_then(|()| stdin.flush())
                 .with_context(|| format!("the {what}: cannot start the checks in its session"))?;
             let mut out = Vec::new();
@@ -130,6 +165,20 @@ impl LockProcess {
                     .read_until(b'\n', &mut out)
                     .with_context(|| format!("the {what}: reading what the checks said"))?;
                 if read == 0 {
+                    // The connection was lost, say: ssh's words, as for
+                    // a session of its own.
+                    let status = self.started.wait_for(RELEASE_GRACE);
+                    let tail = self.stderr.tail();
+                    let failed = status.map(|status| ProcessError {
+                        stderr: tail,
+                        shown: false,
+                        ..self.cmd.failure(status)
+                    });
+                    if let Some(message) =
+                        failed.and_then(|failed| session.connection_failure(&failed))
+                    {
+                        bail!("{message}");
+                    }
                     bail!("the {what}: its session ended before the checks in it did");
                 }
                 let line = &out[from..];
@@ -143,6 +192,9 @@ impl LockProcess {
                 }
             }
         })();
+        if ran.is_err() {
+            self.out = None;
+        }
         Some(ran)
     }
 
@@ -251,7 +303,10 @@ fn place(session: &Session) -> String {
 /// session, when its stdin says `batch` (see [`Taken::run_batch`]): a
 /// session fewer a run, and so a few round trips fewer. It runs only under
 /// the lock, and only when the run starts: a driver takes every target's
-/// lock before any writes (`lock_all`).
+/// lock before any writes (`lock_all`). Once held, the script also runs
+/// every script its stdin sends as `script LENGTH` and then LENGTH bytes
+/// (see [`Taken::run_script`]), one after another: the run's other
+/// batches, its git checkouts and derivations, each a session fewer.
 pub(crate) fn script(
     session: &Session,
     force: bool,
@@ -363,16 +418,39 @@ pub(crate) fn script(
          exec 9>&-\n",
         w = HOLDER_WIDTH - 1,
         id = quote(id),
-        // In a subshell: the batch's settings, names and exits stay its
-        // own; not holding the lock's descriptor, nor reading stdin.
-        batch = batch.map_or_else(String::new, |batch| format!(
-            "if IFS= read -r krops_go && test \"$krops_go\" = batch; then\n\
-             (\n{batch}\n) 9>&- </dev/null\n\
-             printf '\\036krops-lock-batched %s\\n' \"$?\"\n\
-             fi\n"
-        )),
+        batch = commands(batch),
     ));
     s
+}
+
+/// What the lock script does once held ([`script`]): it runs `batch`, if
+/// any, when its stdin says `batch`, and each script its stdin sends as
+/// `script LENGTH`, until its stdin says anything else or closes.
+fn commands(batch: Option<&str>) -> String {
+    // In a subshell: a script's settings, names and exits stay its own;
+    // not holding the lock's descriptor, nor reading stdin.
+    let first = batch.map_or_else(String::new, |batch| {
+        format!("batch)\n(\n{batch}\n) 9>&- </dev/null\n;;\n    ")
+    });
+    // A script sent on stdin is read by `head -c` (GNU's reads no byte
+    // past it), a `.` keeping its last newlines from `$(…)`; one cut
+    // short (the tool gone while sending it) never runs.
+    format!(
+        "while IFS= read -r krops_go; do\n  \
+         case $krops_go in\n    \
+         {first}\
+         'script '[0-9]*)\n      \
+         krops_n=${{krops_go#script }}\n      \
+         krops_text=$(head -c \"$krops_n\" && echo .) || break\n      \
+         krops_text=${{krops_text%.}}\n      \
+         test \"$(printf %s \"$krops_text\" | wc -c)\" = \"$krops_n\" || break\n      \
+         (eval \"$krops_text\") 9>&- </dev/null\n      \
+         ;;\n    \
+         *) break ;;\n  \
+         esac\n  \
+         printf '\\036krops-lock-batched %s\\n' \"$?\"\n\
+         done\n"
+    )
 }
 
 /// Takes the lock on `session`'s target path, waiting as `timeout` says
@@ -397,13 +475,16 @@ pub(crate) fn take(
         .spawn(Stdio::piped())
         .with_context(|| format!("cannot take the {what}"))?;
     let (stdin, stdout, stderr) = started.take_pipes();
+    let stderr = Gate::new(stderr);
     let mut process = LockProcess {
         started,
+        cmd: cmd.clone(),
+        stderr: stderr.clone(),
         stdin: Some(stdin),
-        batch: None,
+        out: None,
+        batch: false,
         place: place.clone(),
     };
-    let stderr = Gate::new(stderr);
     let mut lines = BufReader::new(stdout);
     let mut waiting_since: Option<Instant> = None;
     let mut holder = String::new();
@@ -441,9 +522,8 @@ pub(crate) fn take(
                         since.elapsed().as_secs()
                     );
                 }
-                if batch.is_some() {
-                    process.batch = Some(lines);
-                }
+                process.batch = batch.is_some();
+                process.out = Some(lines);
                 return Ok(Taken::Held {
                     process: Box::new(process),
                 });
@@ -499,13 +579,26 @@ enum Mode {
     Drop,
 }
 
-/// The lock script's stderr, read by a thread of its own.
+/// The lock script's stderr, read by a thread of its own: the mode, what
+/// it holds, and the tail of what it passed on.
 #[derive(Clone)]
-struct Gate(Arc<Mutex<(Mode, Vec<u8>)>>);
+struct Gate(Arc<Mutex<GateState>>);
+
+/// A [`Gate`]'s mode, what it holds, and the tail of what it passed on.
+type GateState = (Mode, Vec<u8>, Vec<u8>);
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
+/// How much of what the lock script's stderr passed on [`Gate`] keeps.
+const GATE_TAIL: usize = 4096;
 
 impl Gate {
     fn new(mut from: os_pipe::PipeReader) -> Gate {
-        let gate = Gate(Arc::new(Mutex::new((Mode::Hold, Vec::new()))));
+        let gate = Gate(Arc::new(Mutex::new((Mode::Hold, Vec::new(), Vec::new()))));
         let reader = gate.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -518,6 +611,10 @@ impl Gate {
                     Mode::Hold => state.1.extend_from_slice(&buf[..n]),
                     Mode::Pass => {
                         let _ = std::io::stderr().write_all(&buf[..n]);
+                        let tail = &mut state.2;
+                        tail.extend_from_slice(&buf[..n]);
+                        let over = tail.len().saturating_sub(GATE_TAIL);
+                        tail.drain(..over);
                     }
                     Mode::Drop => {}
                 }
@@ -526,10 +623,15 @@ impl Gate {
         gate
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Mode, Vec<u8>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The last of what it passed on (once the script said something).
+    fn tail(&self) -> Vec<u8> {
+        self.lock().2.clone()
     }
 
     fn set(&self, mode: Mode) {
@@ -677,14 +779,27 @@ mod tests {
         let batch =
             "set -efu\nif flock -n 9 2>/dev/null; then exit 9; fi\nprintf 'out\\n'\nexit 3\n";
         let mut held = take(&session, true, None, "me (pid 1)", false, Some(batch)).unwrap();
-        let (out, code) = held.run_batch().unwrap().unwrap();
+        let (out, code) = held.run_batch(&session).unwrap().unwrap();
         // It ran with the lock held by its script, not by itself (fd 9 is
         // closed for it: `flock -n 9` fails), and said its own status.
         assert_eq!(
             (String::from_utf8(out).unwrap().as_str(), code),
             ("out\n", 3)
         );
-        assert!(held.run_batch().is_none(), "once");
+        assert!(held.run_batch(&session).is_none(), "once");
+        // Scripts sent on its stdin run there too, one after another, and
+        // keep what they print to the last newline.
+        for (text, said, status) in [
+            (batch, "out\n", 3),
+            ("printf 'two\\n\\n'\nexit 0\n\n\n", "two\n\n", 0),
+            ("echo \"it's $(echo é)\"; exit 5", "it's é\n", 5),
+        ] {
+            let (out, code) = held.run_script(&session, text).unwrap().unwrap();
+            assert_eq!(
+                (String::from_utf8(out).unwrap().as_str(), code),
+                (said, status)
+            );
+        }
         // Another taker still waits: the lock is held after the batch.
         assert!(take(&session, true, Some(0), "other", false, None).is_err());
         drop(held);

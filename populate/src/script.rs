@@ -54,6 +54,20 @@ pub(crate) static STEP: Function = Function {
 pub(crate) struct Script {
     functions: Vec<&'static Function>,
     calls: Vec<String>,
+    /// How a batch runs this call together with its neighbours', if it
+    /// may ([`batch`]).
+    together: Option<Together>,
+}
+
+/// A call a batch runs together with the like calls next to it, through
+/// one call of `function`, which takes every one's first argument, one a
+/// line, then, for each of them in order, its first argument, its step's
+/// INDEX, then its other arguments, and prints each step's marker itself
+/// (as `krops_step` does).
+#[derive(Clone, Debug)]
+struct Together {
+    function: &'static Function,
+    args: Vec<String>,
 }
 
 impl Script {
@@ -69,6 +83,25 @@ impl Script {
         Script {
             functions: vec![function],
             calls: vec![call_line(function.name, args)],
+            together: None,
+        }
+    }
+
+    /// A call of `function` with `args` (at least one), which a batch
+    /// runs together with the like calls next to it through `together`
+    /// (see [`Together`]).
+    pub(crate) fn call_together(
+        function: &'static Function,
+        together: &'static Function,
+        args: &[&str],
+    ) -> Script {
+        debug_assert!(!args.is_empty());
+        Script {
+            together: Some(Together {
+                function: together,
+                args: args.iter().map(|&arg| arg.to_owned()).collect(),
+            }),
+            ..Script::call(function, args)
         }
     }
 
@@ -78,6 +111,7 @@ impl Script {
         Script {
             functions: Vec::new(),
             calls: vec![call_line(name, args)],
+            together: None,
         }
     }
 
@@ -87,6 +121,7 @@ impl Script {
             self.add(function);
         }
         self.calls.extend(next.calls);
+        self.together = None;
         self
     }
 
@@ -116,11 +151,15 @@ impl Script {
     /// `defined` yet (which it then adds).
     pub(crate) fn batch_size(&self, defined: &mut Vec<&'static str>) -> usize {
         let mut size = 0;
-        for function in &self.functions {
+        let together = self.together.as_ref().map(|together| together.function);
+        for function in self.functions.iter().chain(&together) {
             if !defined.contains(&function.name) {
                 defined.push(function.name);
                 size += function.text.len();
             }
+        }
+        if let Some(together) = &self.together {
+            size += quote(&together.args[0]).len() + 1;
         }
         size + self.calls.iter().map(|call| call.len() + 32).sum::<usize>()
     }
@@ -136,23 +175,69 @@ fn call_line(name: &str, args: &[&str]) -> String {
     line
 }
 
-/// One remote run of several steps' parts (INDEX, its script of one call):
+/// One remote run of several steps' parts (INDEX, its script):
 /// the prelude, `krops_step` and every function once, then each part's call
 /// through `krops_step INDEX`, which runs them in a subshell with `set -e`, prints
 /// `\x1ekrops-step INDEX STATUS` after them, and ends the batch after a part
-/// that failed.
+/// that failed. Parts next to each other that may run together (symlinks:
+/// [`Script::call_together`]) are one call of their together function.
 pub(crate) fn batch(parts: &[(usize, &Script)]) -> String {
     let mut all = Script {
         functions: vec![&STEP],
-        calls: Vec::new(),
+        ..Script::default()
     };
-    for (i, part) in parts {
-        let [call] = part.calls.as_slice() else {
-            panic!("a batched part is one call: {:?}", part.calls);
+    let mut k = 0;
+    while k < parts.len() {
+        let (i, part) = parts[k];
+        // A part of several calls (a claim, then the checkout) runs them
+        // all in its step, as a script of its own would.
+        let call = match part.calls.as_slice() {
+            [call] => call.clone(),
+            calls => format!("eval {}", quote(&calls.join("\n"))),
         };
+        k += 1;
+        let Some(together) = &part.together else {
+            all = all.then(Script {
+                functions: part.functions.clone(),
+                calls: vec![format!("{} {i} {call}", STEP.name)],
+                together: None,
+            });
+            continue;
+        };
+        let mut functions = part.functions.clone();
+        functions.push(together.function);
+        let mut firsts = together.args[0].clone();
+        let mut line = String::new();
+        let mut add = |i: usize, args: &[String]| {
+            let index = i.to_string();
+            let words = std::iter::once(&args[0])
+                .chain(std::iter::once(&index))
+                .chain(&args[1..]);
+            for word in words {
+                line.push(' ');
+                line.push_str(&quote(word));
+            }
+        };
+        add(i, &together.args);
+        while let Some((j, next)) = parts.get(k) {
+            match &next.together {
+                Some(like) if std::ptr::eq(like.function, together.function) => {
+                    firsts.push('\n');
+                    firsts.push_str(&like.args[0]);
+                    add(*j, &like.args);
+                    k += 1;
+                }
+                _ => break,
+            }
+        }
         all = all.then(Script {
-            functions: part.functions.clone(),
-            calls: vec![format!("{} {i} {call}", STEP.name)],
+            functions,
+            calls: vec![format!(
+                "{} {}{line}",
+                together.function.name,
+                quote(&firsts)
+            )],
+            together: None,
         });
     }
     all.whole()

@@ -23,9 +23,10 @@ pub(crate) enum Work {
     /// earlier source fails). The claim is a script of its own only where
     /// rsync's `--rsync-path` cannot run it (a local target).
     Rsync { claim: Option<Script>, rsync: Cmd },
-    /// A script on the target that runs as a session of its own, as it may
-    /// take long (git); `late` ones wait for every other source
-    /// (derivations, which may build from them).
+    /// A script on the target that may take long (git): batched with the
+    /// others of its kind, in the lock's session (or one of its own), while
+    /// the sources synced from here run; `late` ones wait for every other
+    /// source (derivations, which may build from them).
     Alone { script: Script, late: bool },
     /// A pass or passage store: decrypted here, then synced.
     Secrets(Box<dyn Staged>),
@@ -53,13 +54,25 @@ impl Work {
         }
     }
 
-    /// Whether the batch does all of the step.
+    /// Whether a batch does all of the step: the cheap ones, and those
+    /// that run alone ([`Work::alone`]).
     pub(crate) fn all_batched(&self) -> bool {
-        self.batched().is_some()
+        self.batched().is_some() || matches!(self, Work::Alone { .. })
     }
 
-    pub(crate) fn late(&self) -> bool {
-        matches!(self, Work::Alone { late: true, .. })
+    /// The script of an `Alone` step that is `late` (a derivation) or not
+    /// (a checkout), which a run batches in the lock's session.
+    pub(crate) fn alone(&self, late: bool) -> Option<&Script> {
+        match self {
+            Work::Alone { script, late: l } if *l == late => Some(script),
+            _ => None,
+        }
+    }
+
+    /// Whether the step syncs from here (rsync, a pipe): it holds a
+    /// session of its own while it runs.
+    pub(crate) fn synced_here(&self) -> bool {
+        matches!(self, Work::Rsync { .. } | Work::Secrets(_) | Work::Pipe(_))
     }
 
     /// Runs what the batch did not: the whole step, or an rsync source's
@@ -92,7 +105,8 @@ impl Work {
             Work::Sentinel { script } | Work::Batched { script } => {
                 session.shell(&batch(&[(0, script)])).longest_word()
             }
-            Work::Alone { script, .. } => shell(script),
+            // Batched in the lock's session, or a session of its own.
+            Work::Alone { script, .. } => session.shell(&batch(&[(0, script)])).longest_word(),
             Work::Rsync { claim, rsync } => {
                 claim.as_ref().map_or(0, shell).max(rsync.longest_word())
             }

@@ -46,8 +46,9 @@ const BATCH_LINES: usize = 256;
 const BATCH_MARKER: &str = "\x1ekrops-step ";
 
 /// The most source steps run at once: each holds a session of the shared
-/// connection, and so does the lock ([`crate::lock`]); 9 and the lock are
-/// sshd's default MaxSessions (10).
+/// connection, and so does the lock ([`crate::lock`], where the checkouts
+/// run meanwhile; without a lock, in a session of their own): 9 and that
+/// one are sshd's default MaxSessions (10).
 pub const MAX_JOBS: usize = 9;
 
 /// How long a target may leave the first connection unanswered before the
@@ -72,7 +73,7 @@ impl Default for Options {
         Options {
             force: false,
             backup: false,
-            jobs: 4,
+            jobs: MAX_JOBS,
             locking: Locking::Wait(None),
         }
     }
@@ -269,16 +270,32 @@ impl Plan {
         Ok(Some(self.stopped_report(&err, began.elapsed())))
     }
 
+    /// The scripts `part` picks of the steps' work, in plan order.
+    fn parts<'s>(
+        &'s self,
+        part: impl Fn(&'s Work) -> Option<&'s Script>,
+    ) -> Vec<(usize, &'s Script)> {
+        self.steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, step)| part(&step.work).map(|script| (i, script)))
+            .collect()
+    }
+
     /// Every step's batched part, in plan order, cut into batches
     /// ([`chunks`]).
     fn chunks(&self) -> Vec<Vec<(usize, &Script)>> {
-        let parts: Vec<(usize, &Script)> = self
-            .steps
-            .iter()
-            .enumerate()
-            .filter_map(|(i, step)| step.work.batched().map(|script| (i, script)))
-            .collect();
-        chunks(parts)
+        chunks(self.parts(Work::batched))
+    }
+
+    /// The scripts of the steps that run alone (checkouts, or the `late`
+    /// derivations), each a batch of its own: a failure elsewhere stops
+    /// the ones after it from starting, as it stops new syncs.
+    fn alone(&self, late: bool) -> Vec<Vec<(usize, &Script)>> {
+        self.parts(|work| work.alone(late))
+            .into_iter()
+            .map(|part| vec![part])
+            .collect()
     }
 
     /// Opens the shared connection; says so when the target has not
@@ -320,7 +337,12 @@ impl Plan {
             .as_ref()
             .map_or_else(Instant::now, |(_, since)| *since);
         let progress = Progress::new(style, self.rows());
-        let run = Run::new(self, &progress);
+        // Not in the lock's session: there is none yet, and its mutex is
+        // held while the lock is taken.
+        let run = Run {
+            lock_session: false,
+            ..Run::new(self, &progress)
+        };
         if let Some((err, since)) = unreachable {
             run.unreachable(since, &err);
         } else {
@@ -398,15 +420,34 @@ impl Plan {
             report.elapsed = began.elapsed();
             return report;
         }
+        // The checks, the backup and symlinks first; then every source
+        // synced from here at once (as many as `jobs` allows), while the
+        // checkouts run one after another in the lock's session (or one
+        // of their own); then the derivations, which may build from them.
+        // With one job, one source at a time, in name order.
         let mut stopped = run.batches();
-        for late in [false, true] {
-            if stopped {
-                break;
-            }
+        if !stopped && self.jobs == 1 {
             let queue: Vec<usize> = (0..self.steps.len())
-                .filter(|&i| !self.steps[i].work.all_batched() && self.steps[i].work.late() == late)
+                .filter(|&i| {
+                    let work = &self.steps[i].work;
+                    work.synced_here() || work.alone(false).is_some()
+                })
                 .collect();
             stopped = run.parallel(queue);
+        } else if !stopped {
+            let queue: Vec<usize> = (0..self.steps.len())
+                .filter(|&i| self.steps[i].work.synced_here())
+                .collect();
+            let checkouts = self.alone(false);
+            stopped = std::thread::scope(|scope| {
+                let checked_out = scope.spawn(|| run.scripts(&checkouts));
+                let synced = run.parallel(queue);
+                let checked_out = checked_out.join().unwrap_or(true);
+                synced || checked_out
+            });
+        }
+        if !stopped {
+            run.scripts(&self.alone(true));
         }
         let mut report = run.finish();
         report.elapsed = began.elapsed();
@@ -442,6 +483,10 @@ struct Run<'a> {
     started: Mutex<Vec<Option<(Instant, SystemTime)>>>,
     /// The labels of the steps running now, for the interrupt message.
     running: Mutex<Vec<String>>,
+    /// Whether a step failed: no new step starts.
+    failed: AtomicBool,
+    /// Whether batches run in the lock's session when it is held.
+    lock_session: bool,
 }
 
 impl<'a> Run<'a> {
@@ -452,6 +497,8 @@ impl<'a> Run<'a> {
             outcomes: Mutex::new(plan.steps.iter().map(|_| None).collect()),
             started: Mutex::new(vec![None; plan.steps.len()]),
             running: Mutex::new(Vec::new()),
+            failed: AtomicBool::new(false),
+            lock_session: true,
         }
     }
 
@@ -520,6 +567,9 @@ impl<'a> Run<'a> {
             .map(|(t, _)| t.elapsed())
             .unwrap_or_default();
         let failed = matches!(status, StepStatus::Failed(_));
+        if failed {
+            self.failed.store(true, Ordering::SeqCst);
+        }
         let outcome = step.outcome(status, elapsed, transfer);
         self.progress.end(i, &outcome);
         lock(&self.outcomes)[i] = Some(outcome);
@@ -536,9 +586,20 @@ impl<'a> Run<'a> {
             .any(|(k, chunk)| self.batch(chunk, k == 0))
     }
 
+    /// Runs `chunks` one after another, each a batch, until a step failed
+    /// (here or elsewhere) or a signal came; returns whether so.
+    fn scripts(&self, chunks: &[Vec<(usize, &Script)>]) -> bool {
+        chunks
+            .iter()
+            .any(|chunk| self.failed.load(Ordering::SeqCst) || self.batch(chunk, false))
+            || self.failed.load(Ordering::SeqCst)
+    }
+
     /// One remote run of batched parts, stopping at the first that fails;
-    /// returns whether one failed. The `first` batch runs in the lock's
-    /// session when the lock was given it ([`Plan::lock`]).
+    /// returns whether one failed. It runs in the lock's session, under
+    /// the lock, when the lock is held by this run's script (the `first`
+    /// batch as the lock was given it: [`Plan::lock`]); else in a session
+    /// of its own.
     fn batch(&self, parts: &[(usize, &Script)], first: bool) -> bool {
         if interrupt::interrupted() {
             return true;
@@ -551,15 +612,25 @@ impl<'a> Run<'a> {
         for (i, _) in parts {
             self.clock(*i);
         }
-        let in_lock = if first {
-            lock(&self.plan.lock).as_mut().and_then(Taken::run_batch)
+        let text = std::cell::OnceCell::new();
+        let text = || text.get_or_init(|| crate::script::batch(parts));
+        let in_lock = if self.lock_session {
+            let session = &self.plan.session;
+            lock(&self.plan.lock).as_mut().and_then(|taken| {
+                let given = if first {
+                    taken.run_batch(session)
+                } else {
+                    None
+                };
+                given.or_else(|| taken.run_script(session, text()))
+            })
         } else {
             None
         };
         let (output, cmd) = match in_lock {
             Some(ran) => (ran.map(|(stdout, code)| Ran::InLock { stdout, code }), None),
             None => {
-                let cmd = self.plan.session.shell(&crate::script::batch(parts));
+                let cmd = self.plan.session.shell(text());
                 (cmd.run(Stdio::capture()).map(Ran::Alone), Some(cmd))
             }
         };
@@ -641,11 +712,14 @@ impl<'a> Run<'a> {
     /// Runs the steps in `queue`, `jobs` at a time; returns whether one
     /// failed (or a signal came).
     fn parallel(&self, queue: Vec<usize>) -> bool {
-        let failed = AtomicBool::new(false);
-        let stop = || failed.load(Ordering::SeqCst) || interrupt::interrupted();
+        let stop = || self.failed.load(Ordering::SeqCst) || interrupt::interrupted();
         crate::parallel::each(queue.len(), self.plan.jobs, stop, |k| {
             let i = queue[k];
             let step = &self.plan.steps[i];
+            if let Some(script) = step.work.alone(false) {
+                self.batch(&[(i, script)], false);
+                return;
+            }
             self.header(i);
             self.clock(i);
             self.doing(&[&step.label], true);
@@ -656,11 +730,9 @@ impl<'a> Run<'a> {
                 Err(err) => (StepStatus::Failed(StepError::from(err)), None),
             };
             self.doing(&[&step.label], false);
-            if self.end_with(i, status, transfer) {
-                failed.store(true, Ordering::SeqCst);
-            }
+            self.end_with(i, status, transfer);
         });
-        failed.into_inner() || interrupt::interrupted()
+        self.failed.load(Ordering::SeqCst) || interrupt::interrupted()
     }
 
     /// Every step's outcome: those that never ended did not run.
@@ -1177,6 +1249,67 @@ mod tests {
             &dest,
         );
         assert_eq!(outcomes[2], "source b (symlink): Done");
+    }
+
+    /// A link already as it should be is left alone (the same inode: it
+    /// was not made again); a link that differs, a directory where a link
+    /// goes, a missing link, and links whose text a line-wise comparison
+    /// could take for what they should be (newlines, \001) are made.
+    #[test]
+    fn links_already_right_are_kept_and_only_what_differs_is_made() {
+        use std::os::unix::fs::{symlink, MetadataExt};
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("src");
+        let inode = |name: &str| {
+            std::fs::symlink_metadata(dest.join(name))
+                .map(|m| m.ino())
+                .ok()
+        };
+        let sources = serde_json::json!({
+            "a": {"symlink": "x"}, "b": {"symlink": "y"}, "c": {"symlink": "z"},
+            "d": {"symlink": "w"}, "e": {"symlink": "n\nd/w"}, "f": {"symlink": "s\u{1}t"},
+            "g": {"symlink": "same"},
+        });
+        assert!(batch_outcomes(sources.clone(), &dest)
+            .iter()
+            .all(|outcome| outcome.ends_with(": Done")));
+        let before: Vec<_> = ["a", "b", "c", "d", "e", "f", "g"]
+            .iter()
+            .map(|name| inode(name))
+            .collect();
+        // b now differs; c is a directory; d is gone; e's text is "n"
+        // followed by what d's would be; f's is "s\nt".
+        std::fs::remove_file(dest.join("b")).unwrap();
+        symlink("other", dest.join("b")).unwrap();
+        std::fs::remove_file(dest.join("c")).unwrap();
+        std::fs::create_dir(dest.join("c")).unwrap();
+        std::fs::remove_file(dest.join("d")).unwrap();
+        std::fs::remove_file(dest.join("e")).unwrap();
+        symlink("n", dest.join("e")).unwrap();
+        std::fs::remove_file(dest.join("f")).unwrap();
+        symlink("s\nt", dest.join("f")).unwrap();
+        let outcomes = batch_outcomes(sources, &dest);
+        assert!(
+            outcomes.iter().all(|outcome| outcome.ends_with(": Done")),
+            "{outcomes:?}"
+        );
+        for (name, to) in [
+            ("a", "x"),
+            ("b", "y"),
+            ("c", "z"),
+            ("d", "w"),
+            ("e", "n\nd/w"),
+            ("f", "s\u{1}t"),
+            ("g", "same"),
+        ] {
+            assert_eq!(
+                std::fs::read_link(dest.join(name)).unwrap(),
+                Path::new(to),
+                "{name}"
+            );
+        }
+        assert_eq!(inode("a"), before[0], "a was made again");
+        assert_eq!(inode("g"), before[6], "g was made again");
     }
 
     #[test]

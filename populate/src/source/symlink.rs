@@ -1,5 +1,5 @@
 //! The symlink source: `ln -fnsT -- TARGET P` on the target, batched with
-//! the other cheap steps.
+//! the other cheap steps, and only when P is not that link already.
 
 use anyhow::{bail, Result};
 use mktarget::Session;
@@ -16,6 +16,13 @@ use crate::step::Work;
 pub(crate) static SYMLINK: Function = Function {
     name: "krops_symlink",
     text: include_str!("symlink.sh"),
+};
+
+/// `krops_links P INDEX SHOWN TARGET…` (`links.sh`): a batch's symlinks,
+/// those already as they should be without a process each.
+static LINKS: Function = Function {
+    name: "krops_links",
+    text: include_str!("links.sh"),
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +60,11 @@ pub(super) fn parse(path: &str, value: &Value) -> Result<SymlinkSource> {
 impl SymlinkSource {
     pub(super) fn work(&self, session: &Session, p: &str) -> Result<Work> {
         Ok(Work::Batched {
-            script: Script::call(&SYMLINK, &[p, &session.display_path(p), &self.target]),
+            script: Script::call_together(
+                &SYMLINK,
+                &LINKS,
+                &[p, &session.display_path(p), &self.target],
+            ),
         })
     }
 }
