@@ -523,6 +523,14 @@ fn bad_flake_options_are_refused_naming_them_before_anything_runs() {
             "the source \"link\" is a symlink source, not a file tree or a git checkout",
         ),
         (&["--flake", "config/sub#web1"], "has no sub/flake.nix"),
+        // nix decodes the fragment: this would build `web1`.
+        (
+            &["--flake", "config#web%31"],
+            "--flake \"config#web%31\": the attribute \"web%31\" holds '%', which a flake \
+             reference cannot carry",
+        ),
+        // Not a URL to nix: it would fail only after populating.
+        (&["--flake", "config#web{1}"], "holds '{', which a flake"),
         (
             &["--flake", "config#web1", "--flake-input", "nixpkgs"],
             "--flake-input \"nixpkgs\": expected INPUT=SOURCE",
@@ -551,6 +559,14 @@ fn bad_flake_options_are_refused_naming_them_before_anything_runs() {
         out.assert_code(2).assert_stderr_contains(says);
         assert!(!local.exists(), "{args:?} made krops-test's target");
     }
+    // A target path nix would not take in a reference's URL.
+    let odd = world.path("alpha/s{rc}");
+    let odd_target = host.target("root", &odd);
+    let args = forced_args(&odd_target, &["--flake", "config#web1"]);
+    deploy(&world, &args, &sources)
+        .assert_code(2)
+        .assert_stderr_contains("holds '{', which a flake reference cannot carry");
+    assert!(!odd.exists(), "the odd target path was made");
     // A fleet host's: refused before any host runs.
     let fleet = json!({
         "alpha": {"target": target, "source": sources, "flake": "config#web1",
