@@ -688,3 +688,51 @@ fn the_writers_pass_flake_and_flake_inputs_and_refuse_them_malformed() {
         }
     }
 }
+
+/// A fleet host's `flakeInputs` and `--flake-input` on the command line:
+/// the command line wins one input at a time, so adding an input there
+/// keeps the host's nixpkgs overridden (else its build would reach for
+/// GitHub).
+#[test]
+fn a_fleet_hosts_flake_inputs_are_kept_beside_the_command_lines() {
+    let world = World::new();
+    let host = world.add_host("alpha");
+    let dest = world.path("alpha/src");
+    let config = world.write("machines/flake.nix", "{ outputs = _: { }; }\n");
+    let sources = json!({"config": file_source(config.parent().unwrap()),
+                         "nixpkgs": file_source(&world.path("machines")),
+                         "hm": file_source(&world.path("machines"))});
+    let fleet = json!({"alpha": {"target": host.target("root", &dest), "source": sources,
+                                 "flake": "config#web1",
+                                 "flakeInputs": {"nixpkgs": "nixpkgs", "hm": "config"}}});
+    let file = world.write("fleet.json", fleet.to_string());
+    let fleet = file.to_str().unwrap();
+    let dry_run = |more: &[&str]| {
+        let args = [&["--fleet", fleet, "--dry-run", "--nom", "false"][..], more].concat();
+        let out = world.run("krops-deploy", &args, b"");
+        out.assert_success();
+        let out = out.stdout_str();
+        let line = out
+            .lines()
+            .find(|line| line.starts_with("nixos-rebuild switch"))
+            .unwrap_or_else(|| panic!("no nixos-rebuild line in:\n{out}"))
+            .to_owned();
+        line.replace(dest.to_str().unwrap(), "SRC")
+    };
+    let line = dry_run(&["--flake-input", "hm=hm"]);
+    assert!(
+        line.contains(
+            "--override-input nixpkgs path:SRC/nixpkgs --override-input hm path:SRC/hm \
+             --no-write-lock-file"
+        ),
+        "{line}"
+    );
+    let line = dry_run(&["--flake-input=nixpkgs=hm", "--flake-input", "extra=config"]);
+    assert!(
+        line.contains(
+            "--override-input hm path:SRC/config --override-input nixpkgs path:SRC/hm \
+             --override-input extra path:SRC/config --no-write-lock-file"
+        ),
+        "{line}"
+    );
+}
