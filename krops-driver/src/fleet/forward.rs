@@ -118,10 +118,15 @@ pub fn host_args(host: &Host, sources_file: &Path, forwarded: &Forwarded) -> Res
             SettingKind::Pairs if forwarded.given.contains(setting.option) => {
                 let given = forwarded.pair_names(setting.option);
                 let prefix = format!("{}=", setting.option);
-                args.extend(words.iter().cloned().filter(|word| {
-                    let pair = word.strip_prefix(&prefix).unwrap_or(word);
-                    !given.contains(pair_name(pair))
-                }));
+                args.extend(
+                    words
+                        .iter()
+                        .filter(|word| {
+                            let pair = word.strip_prefix(&prefix).unwrap_or(word);
+                            !given.contains(pair_name(pair))
+                        })
+                        .cloned(),
+                );
             }
             _ if forwarded.given.contains(setting.option) => {}
             _ if setting
