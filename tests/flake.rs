@@ -736,3 +736,105 @@ fn a_fleet_hosts_flake_inputs_are_kept_beside_the_command_lines() {
         "{line}"
     );
 }
+
+/// A `flake.lock` pinning three inputs to GitHub, as `nix flake lock`
+/// writes it: `nixpkgs`, `marker` (not a flake) and `unused`.
+fn flake_lock() -> String {
+    let github = |owner: &str, repo: &str, flake: bool| {
+        let mut node = json!({
+            "locked": {"lastModified": 1700000000, "owner": owner, "repo": repo, "type": "github",
+                       "narHash": "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+                       "rev": "b3a285628a6928f62cdf4d09f4e656f7ecbbcafb"},
+            "original": {"owner": owner, "repo": repo, "type": "github"},
+        });
+        if !flake {
+            node["flake"] = json!(false);
+        }
+        node
+    };
+    json!({"nodes": {
+        "nixpkgs": github("NixOS", "nixpkgs", true),
+        "marker": github("me", "marker", false),
+        "unused": github("me", "unused", false),
+        "root": {"inputs": {"nixpkgs": "nixpkgs", "marker": "marker", "unused": "unused"}},
+    }, "root": "root", "version": 7})
+    .to_string()
+}
+
+#[test]
+fn a_locked_flake_with_a_dotted_attribute_follows_a_changed_input_source() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let target = booted_host(&world, &rr, "alpha");
+    let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
+    // The system's marker is the file `m` of the input `marker`; the
+    // attribute has dots (a domain name), which nixos-rebuild quotes.
+    world.write(
+        "machines/web1.nix",
+        "marker: { config, pkgs, ... }:\n{\n  networking.hostName = \"fakenixos\";\n  \
+         environment.etc.\"marker\".text = marker;\n}\n",
+    );
+    let extra = "  inputs.marker = { url = \"github:me/marker\"; flake = false; };\n  \
+                 inputs.unused = { url = \"github:me/unused\"; flake = false; };\n";
+    let flake = flake_nix(&[], extra).replace(
+        "  };\n}\n",
+        "    nixosConfigurations.\"web1.example.org\" = nixpkgs.lib.nixosSystem { system = \
+         \"x86_64-linux\"; modules = [ (import ./web1.nix (builtins.readFile \"${marker}/m\")) ]; \
+         };\n  };\n}\n",
+    );
+    world.write(
+        "machines/flake.nix",
+        flake.replace("{ self, nixpkgs, ... }", "{ self, nixpkgs, marker, ... }"),
+    );
+    let lock = flake_lock();
+    world.write("machines/flake.lock", &lock);
+    // A file tree that is also a git checkout here: still read as a path.
+    world.write("machines/.git/HEAD", "ref: refs/heads/main\n");
+    world.write("marker/m", "v2");
+    let nixpkgs = nixpkgs_repo(&world, &rr);
+    let sources = json!({"config": file_source(&world.path("machines")),
+                         "nixpkgs": git_source(&nixpkgs),
+                         "marker": file_source(&world.path("marker"))});
+    let flake = [
+        "--flake",
+        "config#web1.example.org",
+        "--flake-input",
+        "nixpkgs=nixpkgs",
+        "--flake-input",
+        "marker=marker",
+    ];
+    let args = forced_args(&target, &flake);
+    // `unused` is pinned and never read: nix does not reach for it.
+    deploy(&world, &args, &sources).assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    // Only the input's source changed: the next deploy builds from it.
+    world.write("marker/m", "v3");
+    deploy(&world, &args, &sources).assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v3.clone()));
+    // The input now a git source: its commit, then its next one.
+    let marker = world.git_repo("marker-repo");
+    marker.write("m", "v2");
+    marker.commit("v2");
+    let mut sources = sources;
+    sources["marker"] = git_source(&marker);
+    deploy(&world, &args, &sources).assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    marker.write("m", "v3");
+    marker.commit("v3");
+    sources["marker"] = git_source(&marker);
+    deploy(&world, &args, &sources).assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v3.clone()));
+    assert_eq!(file_text(&world.path("alpha/src/config/flake.lock")), lock);
+    let local = world.path("local-src");
+    let test = [
+        &["--target", local.to_str().unwrap(), "--force"][..],
+        &flake,
+    ]
+    .concat();
+    let out = world.run("krops-test", &test, sources.to_string().as_bytes());
+    out.assert_success();
+    assert_eq!(out.stdout_str(), format!("{}\n", v3.display()));
+    rr.assert_machine_untouched();
+}
