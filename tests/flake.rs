@@ -523,6 +523,14 @@ fn bad_flake_options_are_refused_naming_them_before_anything_runs() {
             "the source \"link\" is a symlink source, not a file tree or a git checkout",
         ),
         (&["--flake", "config/sub#web1"], "has no sub/flake.nix"),
+        // nix decodes the fragment: this would build `web1`.
+        (
+            &["--flake", "config#web%31"],
+            "--flake \"config#web%31\": the attribute \"web%31\" holds '%', which a flake \
+             reference cannot carry",
+        ),
+        // Not a URL to nix: it would fail only after populating.
+        (&["--flake", "config#web{1}"], "holds '{', which a flake"),
         (
             &["--flake", "config#web1", "--flake-input", "nixpkgs"],
             "--flake-input \"nixpkgs\": expected INPUT=SOURCE",
@@ -551,6 +559,14 @@ fn bad_flake_options_are_refused_naming_them_before_anything_runs() {
         out.assert_code(2).assert_stderr_contains(says);
         assert!(!local.exists(), "{args:?} made krops-test's target");
     }
+    // A target path nix would not take in a reference's URL.
+    let odd = world.path("alpha/s{rc}");
+    let odd_target = host.target("root", &odd);
+    let args = forced_args(&odd_target, &["--flake", "config#web1"]);
+    deploy(&world, &args, &sources)
+        .assert_code(2)
+        .assert_stderr_contains("holds '{', which a flake reference cannot carry");
+    assert!(!odd.exists(), "the odd target path was made");
     // A fleet host's: refused before any host runs.
     let fleet = json!({
         "alpha": {"target": target, "source": sources, "flake": "config#web1",
@@ -671,4 +687,154 @@ fn the_writers_pass_flake_and_flake_inputs_and_refuse_them_malformed() {
                 .assert_stderr_contains(&format!("{name} d: {says}"));
         }
     }
+}
+
+/// A fleet host's `flakeInputs` and `--flake-input` on the command line:
+/// the command line wins one input at a time, so adding an input there
+/// keeps the host's nixpkgs overridden (else its build would reach for
+/// GitHub).
+#[test]
+fn a_fleet_hosts_flake_inputs_are_kept_beside_the_command_lines() {
+    let world = World::new();
+    let host = world.add_host("alpha");
+    let dest = world.path("alpha/src");
+    let config = world.write("machines/flake.nix", "{ outputs = _: { }; }\n");
+    let sources = json!({"config": file_source(config.parent().unwrap()),
+                         "nixpkgs": file_source(&world.path("machines")),
+                         "hm": file_source(&world.path("machines"))});
+    let fleet = json!({"alpha": {"target": host.target("root", &dest), "source": sources,
+                                 "flake": "config#web1",
+                                 "flakeInputs": {"nixpkgs": "nixpkgs", "hm": "config"}}});
+    let file = world.write("fleet.json", fleet.to_string());
+    let fleet = file.to_str().unwrap();
+    let dry_run = |more: &[&str]| {
+        let args = [&["--fleet", fleet, "--dry-run", "--nom", "false"][..], more].concat();
+        let out = world.run("krops-deploy", &args, b"");
+        out.assert_success();
+        let out = out.stdout_str();
+        let line = out
+            .lines()
+            .find(|line| line.starts_with("nixos-rebuild switch"))
+            .unwrap_or_else(|| panic!("no nixos-rebuild line in:\n{out}"))
+            .to_owned();
+        line.replace(dest.to_str().unwrap(), "SRC")
+    };
+    let line = dry_run(&["--flake-input", "hm=hm"]);
+    assert!(
+        line.contains(
+            "--override-input nixpkgs path:SRC/nixpkgs --override-input hm path:SRC/hm \
+             --no-write-lock-file"
+        ),
+        "{line}"
+    );
+    let line = dry_run(&["--flake-input=nixpkgs=hm", "--flake-input", "extra=config"]);
+    assert!(
+        line.contains(
+            "--override-input hm path:SRC/config --override-input nixpkgs path:SRC/hm \
+             --override-input extra path:SRC/config --no-write-lock-file"
+        ),
+        "{line}"
+    );
+}
+
+/// A `flake.lock` pinning three inputs to GitHub, as `nix flake lock`
+/// writes it: `nixpkgs`, `marker` (not a flake) and `unused`.
+fn flake_lock() -> String {
+    let github = |owner: &str, repo: &str, flake: bool| {
+        let mut node = json!({
+            "locked": {"lastModified": 1700000000, "owner": owner, "repo": repo, "type": "github",
+                       "narHash": "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+                       "rev": "b3a285628a6928f62cdf4d09f4e656f7ecbbcafb"},
+            "original": {"owner": owner, "repo": repo, "type": "github"},
+        });
+        if !flake {
+            node["flake"] = json!(false);
+        }
+        node
+    };
+    json!({"nodes": {
+        "nixpkgs": github("NixOS", "nixpkgs", true),
+        "marker": github("me", "marker", false),
+        "unused": github("me", "unused", false),
+        "root": {"inputs": {"nixpkgs": "nixpkgs", "marker": "marker", "unused": "unused"}},
+    }, "root": "root", "version": 7})
+    .to_string()
+}
+
+#[test]
+fn a_locked_flake_with_a_dotted_attribute_follows_a_changed_input_source() {
+    let world = World::new();
+    let Some(rr) = world.real_rebuild() else {
+        return;
+    };
+    let target = booted_host(&world, &rr, "alpha");
+    let (v2, v3) = (world.real_system(&rr, "v2"), world.real_system(&rr, "v3"));
+    // The system's marker is the file `m` of the input `marker`; the
+    // attribute has dots (a domain name), which nixos-rebuild quotes.
+    world.write(
+        "machines/web1.nix",
+        "marker: { config, pkgs, ... }:\n{\n  networking.hostName = \"fakenixos\";\n  \
+         environment.etc.\"marker\".text = marker;\n}\n",
+    );
+    let extra = "  inputs.marker = { url = \"github:me/marker\"; flake = false; };\n  \
+                 inputs.unused = { url = \"github:me/unused\"; flake = false; };\n";
+    let flake = flake_nix(&[], extra).replace(
+        "  };\n}\n",
+        "    nixosConfigurations.\"web1.example.org\" = nixpkgs.lib.nixosSystem { system = \
+         \"x86_64-linux\"; modules = [ (import ./web1.nix (builtins.readFile \"${marker}/m\")) ]; \
+         };\n  };\n}\n",
+    );
+    world.write(
+        "machines/flake.nix",
+        flake.replace("{ self, nixpkgs, ... }", "{ self, nixpkgs, marker, ... }"),
+    );
+    let lock = flake_lock();
+    world.write("machines/flake.lock", &lock);
+    // A file tree that is also a git checkout here: still read as a path.
+    world.write("machines/.git/HEAD", "ref: refs/heads/main\n");
+    world.write("marker/m", "v2");
+    let nixpkgs = nixpkgs_repo(&world, &rr);
+    let sources = json!({"config": file_source(&world.path("machines")),
+                         "nixpkgs": git_source(&nixpkgs),
+                         "marker": file_source(&world.path("marker"))});
+    let flake = [
+        "--flake",
+        "config#web1.example.org",
+        "--flake-input",
+        "nixpkgs=nixpkgs",
+        "--flake-input",
+        "marker=marker",
+    ];
+    let args = forced_args(&target, &flake);
+    // `unused` is pinned and never read: nix does not reach for it.
+    deploy(&world, &args, &sources).assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    // Only the input's source changed: the next deploy builds from it.
+    world.write("marker/m", "v3");
+    deploy(&world, &args, &sources).assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v3.clone()));
+    // The input now a git source: its commit, then its next one.
+    let marker = world.git_repo("marker-repo");
+    marker.write("m", "v2");
+    marker.commit("v2");
+    let mut sources = sources;
+    sources["marker"] = git_source(&marker);
+    deploy(&world, &args, &sources).assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v2.clone()));
+    marker.write("m", "v3");
+    marker.commit("v3");
+    sources["marker"] = git_source(&marker);
+    deploy(&world, &args, &sources).assert_success();
+    assert_eq!(world.current_system("alpha"), Some(v3.clone()));
+    assert_eq!(file_text(&world.path("alpha/src/config/flake.lock")), lock);
+    let local = world.path("local-src");
+    let test = [
+        &["--target", local.to_str().unwrap(), "--force"][..],
+        &flake,
+    ]
+    .concat();
+    let out = world.run("krops-test", &test, sources.to_string().as_bytes());
+    out.assert_success();
+    assert_eq!(out.stdout_str(), format!("{}\n", v3.display()));
+    rr.assert_machine_untouched();
 }

@@ -206,10 +206,12 @@ impl Flake {
     /// without the attribute; refused when `path` holds characters a flake
     /// reference reads as its own.
     pub fn reference(&self, path: &str) -> Result<String> {
-        if let Some(c) = path
-            .chars()
-            .find(|c| "#?&%\"'\\".contains(*c) || c.is_whitespace() || c.is_control())
-        {
+        if let Some(c) = path.chars().find(|c| {
+            "#?&%\"'\\".contains(*c)
+                || NOT_IN_URL.contains(*c)
+                || c.is_whitespace()
+                || c.is_control()
+        }) {
             return Err(usage(format!(
                 "--flake: the target path {} holds {c:?}, which a flake reference cannot \
                  carry as it is",
@@ -257,6 +259,10 @@ impl Flake {
     }
 }
 
+/// What nix's flake reference parser refuses anywhere in its URL
+/// (`'path:/a{b' is not a valid URL`).
+const NOT_IN_URL: &str = "<>^{}|[]`";
+
 /// What nixos-rebuild does without `#ATTR`: the host name, or `default`
 /// when it is empty (both programs read it so).
 pub fn attr_of_host_name(host_name: &str) -> String {
@@ -281,6 +287,16 @@ pub fn check_attr(attr: &str) -> Result<(), String> {
     {
         return Err(format!(
             "the attribute {} holds {c:?}, which nixos-rebuild cannot quote",
+            shown(attr)
+        ));
+    }
+    // The attribute is the reference's URL fragment: nix decodes `%41`
+    // there (`web%31` would build `web1`) and refuses what a URL cannot
+    // hold, which would fail only after populating.
+    if let Some(c) = attr.chars().find(|c| *c == '%' || NOT_IN_URL.contains(*c)) {
+        return Err(format!(
+            "the attribute {} holds {c:?}, which a flake reference cannot carry as it is \
+             (nix reads '%' as an escape, and refuses <>^{{}}|[]` in its URL)",
             shown(attr)
         ));
     }

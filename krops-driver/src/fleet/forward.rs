@@ -19,6 +19,30 @@ pub struct Forwarded {
     pub positional: bool,
 }
 
+impl Forwarded {
+    /// The names of the `NAME=VALUE` pairs the command line gives `option`
+    /// (`--flake-input nixpkgs=np` and `--flake-input=nixpkgs=np` alike).
+    fn pair_names(&self, option: &str) -> BTreeSet<&str> {
+        let prefix = format!("{option}=");
+        let mut names = BTreeSet::new();
+        let mut words = self.words.iter();
+        while let Some(word) = words.next() {
+            let pair = if word == option {
+                words.next().map(String::as_str)
+            } else {
+                word.strip_prefix(&prefix)
+            };
+            names.extend(pair.map(pair_name));
+        }
+        names
+    }
+}
+
+/// The `NAME` of a `NAME=VALUE` pair.
+fn pair_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(name, _)| name)
+}
+
 /// Splits our arguments (without the program name) as `command` reads
 /// them and drops the fleet's options, so every other option reaches each
 /// host as it was given, including options added to the tool later.
@@ -88,6 +112,22 @@ pub fn host_args(host: &Host, sources_file: &Path, forwarded: &Forwarded) -> Res
         match setting.kind {
             SettingKind::Script if !forwarded.positional => script = words.first().cloned(),
             SettingKind::Script => {}
+            // Pairs win one name at a time: `--flake-input home-manager=hm`
+            // adds to a host's `flakeInputs`, and its nixpkgs stays
+            // overridden (README: Flakes).
+            SettingKind::Pairs if forwarded.given.contains(setting.option) => {
+                let given = forwarded.pair_names(setting.option);
+                let prefix = format!("{}=", setting.option);
+                args.extend(
+                    words
+                        .iter()
+                        .filter(|word| {
+                            let pair = word.strip_prefix(&prefix).unwrap_or(word);
+                            !given.contains(pair_name(pair))
+                        })
+                        .cloned(),
+                );
+            }
             _ if forwarded.given.contains(setting.option) => {}
             _ if setting
                 .unless
