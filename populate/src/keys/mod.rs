@@ -359,11 +359,13 @@ fn key(name: &str, value: &Value, home: Option<&str>) -> Result<Key> {
             if dir.split('/').any(|part| part == "." || part == "..") {
                 bail!("{at}: {} must not contain . or .. components", shown(&dir));
             }
-            let trimmed = dir.trim_end_matches('/');
-            if trimmed.is_empty() {
+            // One spelling for one directory (`/run//keys/` is `/run/keys`):
+            // each has one manifest, and two keys need two places.
+            let parts: Vec<&str> = dir.split('/').filter(|part| !part.is_empty()).collect();
+            if parts.is_empty() {
                 bail!("{at}: / is not a keys directory");
             }
-            trimmed.to_owned()
+            format!("/{}", parts.join("/"))
         }
     };
     let file = fields
