@@ -289,7 +289,10 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     check_activation_options(cli)?;
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
-    let keys = cli.keys.read(&target.path)?;
+    let keys = cli.keys.read(
+        &target.path,
+        !cli.keys_only && cli.populate.sources_on_stdin(),
+    )?;
     let build = match &cli.build_target {
         // The target itself, but for a trailing slash, is the target: not
         // another machine to populate and reach with --target-host.

@@ -144,10 +144,11 @@ pub struct Keys {
 /// Reads the keys object from `file` (`--keys FILE`).
 pub fn read(file: &Path, home: Option<&str>) -> Result<Keys> {
     let what = format!("keys from {}", file.display());
+    // json::read names what it reads in its own errors.
     let text = std::fs::File::open(file)
-        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot read {what}"))
         .and_then(|file| mktarget::json::read(file, &what))
-        .with_context(|| format!("--keys: cannot read {what}"))?;
+        .map_err(|err| anyhow::anyhow!("--keys: {err:#}"))?;
     parse(&text, home)
 }
 
