@@ -1088,7 +1088,7 @@ fn after_a_reboot_every_key_is_sent_again_before_the_check() {
     );
 }
 
-/// Reliability (Secrets): keys to a sudo target whose sudo asks for a password (`--sudo-password-file`): a 20 MB key, one without a trailing newline, one of one byte, after the password's line on the same stdin → each arrives whole, root's as asked; no key or password in the log
+/// Reliability (Secrets): keys to a sudo target whose sudo asks for a password (`--sudo-password-file`): a key of over 25 MB, one without a trailing newline, one of one byte, after the password's line on the same stdin → each arrives whole, root's as asked; no key or password in the log
 #[test]
 fn a_sudo_target_with_a_password_gets_every_key_whole() {
     let world = World::new();
@@ -1106,10 +1106,10 @@ fn a_sudo_target_with_a_password_gets_every_key_whole() {
     )
     .unwrap();
     let mark = marker();
-    let big: String = (0..400_000)
+    let big: String = (0..800_000)
         .map(|i| format!("{mark}{i:012}\n"))
         .collect::<String>();
-    assert!(big.len() > 10_000_000);
+    assert!(big.len() > 25_000_000);
     let big_file = world.write("big.key", &big);
     let dir = world.path("keys").display().to_string();
     let keys = world.write(
@@ -1151,7 +1151,7 @@ fn a_sudo_target_with_a_password_gets_every_key_whole() {
     );
     assert_eq!(fs::read_to_string(format!("{dir}/z")).unwrap(), "z");
     let (u, g, m, _) = owner_mode_inode(&format!("{dir}/a-line"));
-    assert_eq!((u, g, m), (id("-u", &user), 0, 0o400));
+    assert_eq!((u, g, m), (id("-u", user), 0, 0o400));
     let (u, _, m, _) = owner_mode_inode(&format!("{dir}/big"));
     assert_eq!((u, m), (0, 0o600));
     // Again: nothing changed, nothing written, the password read once more.
@@ -1173,4 +1173,77 @@ fn a_sudo_target_with_a_password_gets_every_key_whole() {
         .assert_stderr_contains("key big (")
         .assert_stderr_contains("): unchanged");
     assert_eq!(owner_mode_inode(&format!("{dir}/big")).3, inode);
+}
+
+/// Reliability (Interrupt): SIGINT while a 100 MB key streams to the target, after a deploy of other contents → exit 130; each key is as it was or whole and new (never a part), no `.krops-keys.tmp.*` left in the keys directory, no local copy left
+#[test]
+fn ctrl_c_while_keys_stream_leaves_each_key_old_or_new_and_whole() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let target = alpha.target("root", &world.path("alpha/src"));
+    let shm = Shm::new();
+    let dir = PathBuf::from(shm.keys());
+    let big = shm.0.join("big.key");
+    let size = 100 * 1024 * 1024;
+    fs::write(&big, vec![b'o'; size]).unwrap();
+    let keys = world.write(
+        "keys.json",
+        json!({
+            "a": {"keyCommand": key_command(&world, "a", "old"), "destDir": dir},
+            "big": {"keyFile": big, "destDir": dir},
+            "z": {"keyCommand": key_command(&world, "z", "old"), "destDir": dir},
+        })
+        .to_string(),
+    );
+    let args = [
+        "--target",
+        &target,
+        "--keys",
+        keys.to_str().unwrap(),
+        "--keys-only",
+    ];
+    world.run("krops-deploy", &args, b"").assert_success();
+    fs::write(&big, vec![b'n'; size]).unwrap();
+    key_command(&world, "a", "new");
+    key_command(&world, "z", "new");
+    let temps = |dir: &Path| -> Vec<(String, u64)> {
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                name.starts_with(".krops-keys.tmp.").then_some((name, len))
+            })
+            .collect()
+    };
+    // Once part of the big key is on the target.
+    let (code, stderr) = world.signal_once(
+        "krops-deploy",
+        &args,
+        || {
+            temps(&dir)
+                .iter()
+                .any(|(name, len)| !name.ends_with(".manifest") && *len > 1024 * 1024)
+        },
+        "INT",
+    );
+    assert_eq!(code, Some(130), "{stderr}");
+    // The target's script ends once its ssh is gone.
+    let began = std::time::Instant::now();
+    while !temps(&dir).is_empty() && began.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(temps(&dir), Vec::new(), "temp files left");
+    for name in ["a", "z"] {
+        let got = fs::read_to_string(dir.join(name)).unwrap();
+        assert!(got == "old" || got == "new", "{name}: {got:?}");
+    }
+    let got = fs::read(dir.join("big")).unwrap();
+    assert_eq!(got.len(), size, "a part of the big key");
+    assert!(
+        got.iter().all(|&b| b == got[0]),
+        "the big key is old and new at once"
+    );
+    world.assert_nothing_left();
 }

@@ -75,7 +75,7 @@ pub struct Cli {
     pub flake: FlakeArgs,
     #[command(flatten)]
     pub keys: KeysArgs,
-    /// Send the keys of --keys and nothing else: no populate, no rebuild (after a reboot emptied the target's tmpfs); --build-target and --confirm-timeout are then moot
+    /// Send the keys of --keys and nothing else: no populate, no rebuild (after a reboot emptied the target's tmpfs); the options of a deploy (--operation, --build-target, --confirm-timeout, --reboot, --check) are then moot: nothing is rebuilt or rebooted
     // A fleet host's buildTarget and confirmTimeout are moot then, not
     // mistakes: they go with it.
     #[arg(long, conflicts_with_all = ["preview", "ask"])]
