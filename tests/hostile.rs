@@ -435,6 +435,10 @@ fn rows(s: &Setup) -> Vec<Row> {
         keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg, "destDir": remote}})), &["keys.db.destDir:", "keys go outside the sources"]),
         keys(s, "krops-deploy", Ok(json!({"db": {"pass": {"dir": "/nonexistent", "name": "db"}}})), &["keys.db.pass: \"db\" is not an entry of the password store"]),
         keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg}, "db2": {"keyFile": cfg, "name": "db"}})), &["keys.db2: goes to /run/keys/db, as key \"db\" does"]),
+        keys(s, "krops-deploy", Ok(json!({"db": {"keyFile": cfg}, "db2": {"keyFile": cfg, "name": "db", "destDir": "/run//keys/"}})), &["keys.db2: goes to /run/keys/db, as key \"db\" does"]),
+        row(Keys, "krops-deploy", &["--target", t, "--keys", "/dev/stdin"], good.as_bytes(), &["--keys /dev/stdin: stdin carries the sources; give them with --sources FILE"]),
+        row(Keys, "krops-command", &["--target", t, "--keys", "/dev/stdin", "true"], good.as_bytes(), &["--keys /dev/stdin: stdin carries the sources"]),
+        row(Keys, "krops-deploy", &["--target", t, "--keys", "/", "--keys-only"], b"", &["krops-deploy: error: --keys: cannot read keys from /: Is a directory"]),
         fleet(Class::Keys, "krops-deploy", s.fleet(json!({"keys": {"db": {"keyFile": cfg, "permissions": "9"}}})), &["fleet.web.keys: keys.db.permissions"]),
         fleet(Class::Keys, "krops-command", s.fleet(json!({"keys": ["db"]})), &["fleet.web.keys: keys: expected an object"]),
     ];

@@ -1007,3 +1007,243 @@ fn keys_only_runs_at_once_leave_every_key_whole() {
         .collect();
     assert!(left.is_empty(), "temp files left: {left:?}");
 }
+
+/// Reliability (Connection fault): a boot with keys (one post-activation) and `--reboot`, the host's tmpfs `/run/keys` gone with the reboot → once the host is back with a new boot id, every key is sent again over a new connection, before the check; `--json` lists each send
+#[test]
+fn after_a_reboot_every_key_is_sent_again_before_the_check() {
+    let world = World::new();
+    let (host, target, _, new) = world.nixos_deploy_host("alpha", false);
+    world
+        .ssh(
+            &host.dest("root"),
+            "mkdir -p /run/keys && mount -t tmpfs -o mode=0750 tmpfs /run/keys",
+        )
+        .assert_success();
+    let mark = marker();
+    let keys = world.write(
+        "keys.json",
+        json!({
+            "pre": {"keyCommand": key_command(&world, "pre", &format!("{mark}p"))},
+            "post": {"keyCommand": key_command(&world, "post", &format!("{mark}q")),
+                     "uploadAt": "post-activation", "permissions": "0440"},
+        })
+        .to_string(),
+    );
+    // The check sees the keys the boot emptied /run/keys of.
+    let seen = world.path("seen");
+    let check = format!("cat /run/keys/pre /run/keys/post > {}", seen.display());
+    let before = world.boot_id("alpha");
+    let out = world.reboot_when_asked(
+        &host,
+        krops_tests::Comeback::After(std::time::Duration::from_secs(1)),
+        || {
+            world.run_with_sources(
+                "krops-deploy",
+                &[
+                    "--target",
+                    &target,
+                    "--force",
+                    "--keys",
+                    keys.to_str().unwrap(),
+                    "--operation",
+                    "boot",
+                    "--reboot",
+                    "--reboot-timeout",
+                    "120",
+                    "--check",
+                    &check,
+                    "--json",
+                ],
+                &world.nixos_config(),
+            )
+        },
+    );
+    out.assert_success()
+        .assert_stderr_contains("krops-deploy: sending the keys to root@alpha");
+    assert_no_key_in(&mark, &out);
+    assert_ne!(world.boot_id("alpha"), before);
+    assert_eq!(world.current_system("alpha"), Some(new));
+    assert_eq!(
+        fs::read_to_string(&seen).unwrap(),
+        format!("{mark}p{mark}q"),
+        "{out}"
+    );
+    // The boot took the tmpfs: what the check saw was sent after it.
+    let run_keys = world.nixos_run_dir("alpha").join("keys");
+    assert_eq!(
+        owner_mode_inode(run_keys.join("post").to_str().unwrap()).2,
+        0o440
+    );
+    let doc: Value = serde_json::from_str(out.stdout_str().trim()).unwrap();
+    assert_eq!(
+        statuses(&doc),
+        pairs(&[
+            ("pre", "installed"),
+            ("post", "installed"),
+            // Sent again after the reboot, all at once, by name.
+            ("post", "installed"),
+            ("pre", "installed"),
+        ]),
+        "{doc}"
+    );
+}
+
+/// Reliability (Secrets): keys to a sudo target whose sudo asks for a password (`--sudo-password-file`): a key of over 25 MB, one without a trailing newline, one of one byte, after the password's line on the same stdin → each arrives whole, root's as asked; no key or password in the log
+#[test]
+fn a_sudo_target_with_a_password_gets_every_key_whole() {
+    let world = World::new();
+    world.add_host("alpha");
+    let user = world.sudo_password_user();
+    let dest = world.mkdir("root-only").join("src");
+    let target = json!({"user": user, "host": "alpha", "path": dest, "sudo": true}).to_string();
+    let password = world.write(
+        "secret/sudo-password",
+        format!("{}\n", krops_tests::SUDO_PASSWORD),
+    );
+    fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let mark = marker();
+    let big: String = (0..800_000)
+        .map(|i| format!("{mark}{i:012}\n"))
+        .collect::<String>();
+    assert!(big.len() > 25_000_000);
+    let big_file = world.write("big.key", &big);
+    let dir = world.path("keys").display().to_string();
+    let keys = world.write(
+        "keys.json",
+        json!({
+            "a-line": {"keyCommand": key_command(&world, "a", &format!("{mark}\nno newline")),
+                       "destDir": dir, "user": user, "permissions": "0400"},
+            "big": {"keyFile": big_file, "destDir": dir},
+            "z": {"keyCommand": key_command(&world, "z", "z"), "destDir": dir},
+        })
+        .to_string(),
+    );
+    let out = world.run_with_sources(
+        "krops-deploy",
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--keys",
+            keys.to_str().unwrap(),
+            "--sudo-password-file",
+            password.to_str().unwrap(),
+        ],
+        &world.nixos_config(),
+    );
+    out.assert_success();
+    assert_no_key_in(&mark, &out);
+    assert!(
+        !out.stderr_str().contains(krops_tests::SUDO_PASSWORD),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(format!("{dir}/a-line")).unwrap(),
+        format!("{mark}\nno newline")
+    );
+    assert!(
+        fs::read_to_string(format!("{dir}/big")).unwrap() == big,
+        "the big key changed"
+    );
+    assert_eq!(fs::read_to_string(format!("{dir}/z")).unwrap(), "z");
+    let (u, g, m, _) = owner_mode_inode(&format!("{dir}/a-line"));
+    assert_eq!((u, g, m), (id("-u", user), 0, 0o400));
+    let (u, _, m, _) = owner_mode_inode(&format!("{dir}/big"));
+    assert_eq!((u, m), (0, 0o600));
+    // Again: nothing changed, nothing written, the password read once more.
+    let inode = owner_mode_inode(&format!("{dir}/big")).3;
+    let out = world.run(
+        "krops-deploy",
+        &[
+            "--target",
+            &target,
+            "--keys",
+            keys.to_str().unwrap(),
+            "--keys-only",
+            "--sudo-password-file",
+            password.to_str().unwrap(),
+        ],
+        b"",
+    );
+    out.assert_success()
+        .assert_stderr_contains("key big (")
+        .assert_stderr_contains("): unchanged");
+    assert_eq!(owner_mode_inode(&format!("{dir}/big")).3, inode);
+}
+
+/// Reliability (Interrupt): SIGINT while a 100 MB key streams to the target, after a deploy of other contents → exit 130; each key is as it was or whole and new (never a part), no `.krops-keys.tmp.*` left in the keys directory, no local copy left
+#[test]
+fn ctrl_c_while_keys_stream_leaves_each_key_old_or_new_and_whole() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    let target = alpha.target("root", &world.path("alpha/src"));
+    let shm = Shm::new();
+    let dir = PathBuf::from(shm.keys());
+    let big = shm.0.join("big.key");
+    let size = 100 * 1024 * 1024;
+    fs::write(&big, vec![b'o'; size]).unwrap();
+    let keys = world.write(
+        "keys.json",
+        json!({
+            "a": {"keyCommand": key_command(&world, "a", "old"), "destDir": dir},
+            "big": {"keyFile": big, "destDir": dir},
+            "z": {"keyCommand": key_command(&world, "z", "old"), "destDir": dir},
+        })
+        .to_string(),
+    );
+    let args = [
+        "--target",
+        &target,
+        "--keys",
+        keys.to_str().unwrap(),
+        "--keys-only",
+    ];
+    world.run("krops-deploy", &args, b"").assert_success();
+    fs::write(&big, vec![b'n'; size]).unwrap();
+    key_command(&world, "a", "new");
+    key_command(&world, "z", "new");
+    let temps = |dir: &Path| -> Vec<(String, u64)> {
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                name.starts_with(".krops-keys.tmp.").then_some((name, len))
+            })
+            .collect()
+    };
+    // Once part of the big key is on the target.
+    let (code, stderr) = world.signal_once(
+        "krops-deploy",
+        &args,
+        || {
+            temps(&dir)
+                .iter()
+                .any(|(name, len)| !name.ends_with(".manifest") && *len > 1024 * 1024)
+        },
+        "INT",
+    );
+    assert_eq!(code, Some(130), "{stderr}");
+    // The target's script ends once its ssh is gone.
+    let began = std::time::Instant::now();
+    while !temps(&dir).is_empty() && began.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(temps(&dir), Vec::new(), "temp files left");
+    for name in ["a", "z"] {
+        let got = fs::read_to_string(dir.join(name)).unwrap();
+        assert!(got == "old" || got == "new", "{name}: {got:?}");
+    }
+    let got = fs::read(dir.join("big")).unwrap();
+    assert_eq!(got.len(), size, "a part of the big key");
+    assert!(
+        got.iter().all(|&b| b == got[0]),
+        "the big key is old and new at once"
+    );
+    world.assert_nothing_left();
+}

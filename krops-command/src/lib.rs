@@ -133,7 +133,9 @@ fn run_command(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     }
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
-    let keys = cli.keys.read(&target.path)?;
+    let keys = cli
+        .keys
+        .read(&target.path, cli.populate.sources_on_stdin())?;
     let sources = cli.populate.read_sources()?;
     let session = cli.populate.session(&target, &origin)?;
     // The script is the activation: pre-activation keys before it,

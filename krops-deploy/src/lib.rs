@@ -75,7 +75,7 @@ pub struct Cli {
     pub flake: FlakeArgs,
     #[command(flatten)]
     pub keys: KeysArgs,
-    /// Send the keys of --keys and nothing else: no populate, no rebuild (after a reboot emptied the target's tmpfs); --build-target and --confirm-timeout are then moot
+    /// Send the keys of --keys and nothing else: no populate, no rebuild (after a reboot emptied the target's tmpfs); the options of a deploy (--operation, --build-target, --confirm-timeout, --reboot, --check) are then moot: nothing is rebuilt or rebooted
     // A fleet host's buildTarget and confirmTimeout are moot then, not
     // mistakes: they go with it.
     #[arg(long, conflicts_with_all = ["preview", "ask"])]
@@ -289,7 +289,10 @@ fn deploy(cli: &Cli, results: &mut Results) -> Result<ExitCode> {
     check_activation_options(cli)?;
     let origin = Origin::from_env();
     let target = cli.populate.target(&origin)?;
-    let keys = cli.keys.read(&target.path)?;
+    let keys = cli.keys.read(
+        &target.path,
+        !cli.keys_only && cli.populate.sources_on_stdin(),
+    )?;
     let build = match &cli.build_target {
         // The target itself, but for a trailing slash, is the target: not
         // another machine to populate and reach with --target-host.

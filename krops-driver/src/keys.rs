@@ -46,11 +46,19 @@ pub struct KeysArgs {
 impl KeysArgs {
     /// The keys `--keys` names, checked, with what they need here; none
     /// without `--keys`. A bad file is a mistake on the command line (exit 2).
-    /// `target` is the target path, which no key may go into.
-    pub fn read(&self, target: &str) -> Result<Keys> {
+    /// `target` is the target path, which no key may go into; with
+    /// `sources_on_stdin`, stdin is the sources', not the keys'.
+    pub fn read(&self, target: &str, sources_on_stdin: bool) -> Result<Keys> {
         let Some(file) = &self.keys else {
             return Ok(Keys::default());
         };
+        let stdin = ["/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"];
+        if sources_on_stdin && stdin.iter().any(|name| file.as_os_str() == *name) {
+            return Err(usage(format!(
+                "--keys {}: stdin carries the sources; give them with --sources FILE",
+                file.display()
+            )));
+        }
         let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
         let keys = keys::read(file, home.as_deref())
             .and_then(|keys| keys.check_here().map(|()| keys))

@@ -237,6 +237,13 @@ impl PopulateArgs {
         Target::from_arg(arg, origin).map_err(|err| usage(format!("{err:#}")))
     }
 
+    /// Whether sources.json comes on stdin (no `--sources FILE`, or `-`).
+    pub fn sources_on_stdin(&self) -> bool {
+        self.sources
+            .as_ref()
+            .is_none_or(|path| path.as_os_str() == "-")
+    }
+
     /// Reads and validates sources.json from `--sources` or stdin.
     pub fn read_sources(&self) -> Result<Sources> {
         let text = match self.sources.as_ref().filter(|path| path.as_os_str() != "-") {

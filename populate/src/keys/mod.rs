@@ -144,10 +144,11 @@ pub struct Keys {
 /// Reads the keys object from `file` (`--keys FILE`).
 pub fn read(file: &Path, home: Option<&str>) -> Result<Keys> {
     let what = format!("keys from {}", file.display());
+    // json::read names what it reads in its own errors.
     let text = std::fs::File::open(file)
-        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot read {what}"))
         .and_then(|file| mktarget::json::read(file, &what))
-        .with_context(|| format!("--keys: cannot read {what}"))?;
+        .map_err(|err| anyhow::anyhow!("--keys: {err:#}"))?;
     parse(&text, home)
 }
 
@@ -359,11 +360,13 @@ fn key(name: &str, value: &Value, home: Option<&str>) -> Result<Key> {
             if dir.split('/').any(|part| part == "." || part == "..") {
                 bail!("{at}: {} must not contain . or .. components", shown(&dir));
             }
-            let trimmed = dir.trim_end_matches('/');
-            if trimmed.is_empty() {
+            // One spelling for one directory (`/run//keys/` is `/run/keys`):
+            // each has one manifest, and two keys need two places.
+            let parts: Vec<&str> = dir.split('/').filter(|part| !part.is_empty()).collect();
+            if parts.is_empty() {
                 bail!("{at}: / is not a keys directory");
             }
-            trimmed.to_owned()
+            format!("/{}", parts.join("/"))
         }
     };
     let file = fields
