@@ -300,6 +300,72 @@ fn a_password_that_cannot_be_had_safely_is_refused_before_anything_runs() {
     assert!(!dest.exists());
 }
 
+/// `--sudo-password-file /dev/stdin` where stdin already carries the
+/// sources or the fleet (`--fleet -`): a usage error saying so, before
+/// anything connects, instead of a password read from the sources' text
+/// or an empty one.
+#[test]
+fn a_password_on_stdin_shares_it_with_no_sources_and_no_fleet() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let (target, dest) = root_only_target(&world, "alpha");
+    let sources = sources(&world);
+    let before = world.handshakes("alpha");
+    let input = format!("{SUDO_PASSWORD}\n{sources}");
+    for stdin in ["/dev/stdin", "/proc/self/fd/0"] {
+        let out = world.run(
+            "krops-command",
+            &[
+                "--target",
+                &target,
+                "--force",
+                "--sudo-password-file",
+                stdin,
+                "id -u",
+            ],
+            input.as_bytes(),
+        );
+        out.assert_code(2).assert_stderr_contains(&format!(
+            "--sudo-password-file {stdin}: stdin carries the sources here; give them with \
+             --sources FILE"
+        ));
+        assert_no_password_in(&out);
+    }
+    let fleet = json!({"alpha": {"target": serde_json::from_str::<Value>(&target).unwrap(),
+                                 "source": sources, "force": true}});
+    let out = world.run(
+        "krops-deploy",
+        &["--fleet", "-", "--sudo-password-file", "/dev/stdin"],
+        fleet.to_string().as_bytes(),
+    );
+    out.assert_code(2).assert_stderr_contains(
+        "--sudo-password-file /dev/stdin: stdin carries the fleet here (--fleet -); give the \
+         fleet as a file",
+    );
+    assert_eq!(world.handshakes("alpha"), before, "something connected");
+    assert!(!dest.exists());
+    // With the sources in a file, /dev/stdin is the password's alone (a
+    // CRLF line end too).
+    let file = world.write("sources.json", sources.to_string());
+    let out = world.run(
+        "krops-command",
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--sources",
+            file.to_str().unwrap(),
+            "--sudo-password-file",
+            "/dev/stdin",
+            "id -u",
+        ],
+        format!("{SUDO_PASSWORD}\r\n").as_bytes(),
+    );
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "0\n", "{out}");
+    assert!(dest.exists());
+}
+
 /// `--dry-run` shows where the password is given (`sudo_password |`, and
 /// sudo.sh on the target), never its value, and asks for none.
 #[test]

@@ -247,6 +247,15 @@ impl PopulateArgs {
                 mktarget::json::read(file, &what)?
             }
             None => {
+                // Both would read stdin: the first would leave the other
+                // nothing, or the other's text (README: A sudo password).
+                if let Some(file) = self.sudo_password_file.as_deref().filter(|f| is_stdin(f)) {
+                    return Err(usage(format!(
+                        "--sudo-password-file {}: stdin carries the sources here; give them \
+                         with --sources FILE",
+                        file.display()
+                    )));
+                }
                 if std::io::stdin().is_terminal() {
                     eprintln!(
                         "populate: reading sources.json from the terminal: type it and end with \
@@ -259,6 +268,15 @@ impl PopulateArgs {
         let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
         source::parse(&text, home.as_deref())
     }
+}
+
+/// Whether `path` names this process's stdin (`/dev/stdin` and its
+/// aliases), which `--sudo-password-file` may read but then shares with
+/// nothing else.
+pub fn is_stdin(path: &std::path::Path) -> bool {
+    ["/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"]
+        .iter()
+        .any(|stdin| path == std::path::Path::new(stdin))
 }
 
 /// Takes the locks of all `plans` before any of them runs (they are held
