@@ -301,9 +301,9 @@ fn a_password_that_cannot_be_had_safely_is_refused_before_anything_runs() {
 }
 
 /// `--sudo-password-file /dev/stdin` where stdin already carries the
-/// sources or the fleet (`--fleet -`): a usage error saying so, before
-/// anything connects, instead of a password read from the sources' text
-/// or an empty one.
+/// sources or the fleet (`--fleet -`), or is a terminal: a usage error
+/// saying so, before anything connects, instead of a password read from
+/// the sources' text, an empty one, or one echoed as it is typed.
 #[test]
 fn a_password_on_stdin_shares_it_with_no_sources_and_no_fleet() {
     let world = World::new();
@@ -344,9 +344,37 @@ fn a_password_on_stdin_shares_it_with_no_sources_and_no_fleet() {
     );
     assert_eq!(world.handshakes("alpha"), before, "something connected");
     assert!(!dest.exists());
+    // /dev/stdin on a terminal (util-linux `script` gives one): read as a
+    // file, the password would show as typed.
+    let file = world.write("sources.json", sources.to_string());
+    let line = [
+        world.tool("krops-command").to_str().unwrap(),
+        "--target",
+        &target,
+        "--force",
+        "--sources",
+        file.to_str().unwrap(),
+        "--sudo-password-file",
+        "/dev/stdin",
+        "id -u",
+    ]
+    .map(|word| krops_tests::quote(std::ffi::OsStr::new(word)))
+    .join(" ");
+    let mut cmd = world.command("script");
+    cmd.args(["-qec", &line, "/dev/null"]);
+    let out = world.run_command(&mut cmd, b"");
+    // The terminal has the tool's stderr too; script copies it to stdout.
+    out.assert_code(2);
+    assert!(
+        out.stdout_str().contains(
+            "--sudo-password-file /dev/stdin: it is a terminal, which would show the password as \
+             it is typed: use --ask-sudo-password, which asks without echo"
+        ),
+        "{out}"
+    );
+    assert_eq!(world.handshakes("alpha"), before, "something connected");
     // With the sources in a file, /dev/stdin is the password's alone (a
     // CRLF line end too).
-    let file = world.write("sources.json", sources.to_string());
     let out = world.run(
         "krops-command",
         &[
