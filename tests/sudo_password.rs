@@ -394,6 +394,67 @@ fn a_password_on_stdin_shares_it_with_no_sources_and_no_fleet() {
     assert!(dest.exists());
 }
 
+/// Reliability (Secrets): a fleet given a sudo password, one host a root target with no sudo whose script reads its stdin, and one host alone with the password on /dev/stdin → the password reaches no target that needs none, nor the output
+#[test]
+fn a_target_without_sudo_never_gets_the_password() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let _beta = world.add_host("beta");
+    let source = sources(&world);
+    let (sudo_target, _) = root_only_target(&world, "alpha");
+    let root_target = json!({"user": "root", "host": "beta",
+                             "path": world.path("beta/src").to_str().unwrap()});
+    let fleet = json!({
+        "alpha": {"target": serde_json::from_str::<Value>(&sudo_target).unwrap(),
+                  "source": source, "force": true},
+        "beta": {"target": root_target, "source": source, "force": true},
+    });
+    let fleet = world.write("fleet.json", fleet.to_string());
+    let file = password_file(&world, SUDO_PASSWORD);
+    // The script shows whatever reaches its stdin.
+    let script = "timeout 10 cat; echo end of stdin";
+    let out = world.run(
+        "krops-command",
+        &[
+            "--fleet",
+            fleet.to_str().unwrap(),
+            "--sudo-password-file",
+            file.to_str().unwrap(),
+            script,
+        ],
+        b"",
+    );
+    out.assert_success();
+    assert_no_password_in(&out);
+    let stdout = out.stdout_str();
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["alpha | end of stdin", "beta | end of stdin"],
+        "{out}"
+    );
+    // Alone, with the password on stdin.
+    let sources = world.write("sources.json", source.to_string());
+    let out = world.run(
+        "krops-command",
+        &[
+            "--target",
+            &root_target.to_string(),
+            "--force",
+            "--sources",
+            sources.to_str().unwrap(),
+            "--sudo-password-file",
+            "/dev/stdin",
+            script,
+        ],
+        format!("{SUDO_PASSWORD}\n").as_bytes(),
+    );
+    out.assert_success();
+    assert_no_password_in(&out);
+    assert_eq!(out.stdout_str(), "end of stdin\n", "{out}");
+}
+
 /// `--dry-run` shows where the password is given (`sudo_password |`, and
 /// sudo.sh on the target), never its value, and asks for none.
 #[test]

@@ -195,6 +195,12 @@ impl PopulateArgs {
         let password = if target.sudo {
             self.sudo_password()?
         } else {
+            // A password on stdin (a fleet gives every host's run its own
+            // there) is read all the same, so that it never goes on to a
+            // command's input on a target that needs none.
+            if self.sudo_password_file.as_deref().is_some_and(is_stdin) {
+                self.sudo_password()?;
+            }
             None
         };
         Ok(Arc::new(session.with_sudo_password(password)))
