@@ -62,6 +62,43 @@ fn on_picks_hosts_by_tag_mixed_with_names() {
     assert_eq!(world.records("nixos-rebuild").len(), before + 2);
 }
 
+/// Without `--jobs`, every host starts at once: `--max-failures` then
+/// holds back none, and rebooting hosts are all down together. The run
+/// says so before it starts (README: Many hosts at once); with `--jobs`,
+/// it does not.
+#[test]
+fn max_failures_and_reboots_without_jobs_say_that_all_hosts_start_at_once() {
+    let (world, hosts) = three_hosts();
+    let mut fleet = fleet_of(&world, &hosts);
+    for name in ["alpha", "beta"] {
+        fleet[name]["reboot"] = json!(true);
+        fleet[name]["operation"] = json!("boot");
+    }
+    let fleet = Value::Object(fleet);
+    let out = run_fleet(
+        &world,
+        "krops-deploy",
+        &["--dry-run", "--max-failures", "1"],
+        &fleet,
+    );
+    out.assert_success().assert_stderr_contains(
+        "krops-deploy: warning: --max-failures 1: all 3 hosts start at once (no --jobs), so no \
+         host is held back when one fails; give --jobs N to roll out N hosts at a time\n",
+    );
+    out.assert_stderr_contains(
+        "krops-deploy: warning: 2 hosts reboot, all at once (no --jobs): give --jobs N to have \
+         at most N down at a time\n",
+    );
+    let out = run_fleet(
+        &world,
+        "krops-deploy",
+        &["--dry-run", "--max-failures", "1", "--jobs", "3"],
+        &fleet,
+    );
+    out.assert_success();
+    assert!(!out.stderr_str().contains("warning"), "{out}");
+}
+
 /// A pipe source that fails once `mark` exists after writing it; for
 /// `waits`, one that waits (at most 30 s) until `mark` exists.
 fn pipe(world: &World, name: &str, body: &str) -> PathBuf {

@@ -313,6 +313,161 @@ fn a_password_that_cannot_be_had_safely_is_refused_before_anything_runs() {
     assert!(!dest.exists());
 }
 
+/// `--sudo-password-file /dev/stdin` where stdin already carries the
+/// sources or the fleet (`--fleet -`), or is a terminal: a usage error
+/// saying so, before anything connects, instead of a password read from
+/// the sources' text, an empty one, or one echoed as it is typed.
+#[test]
+fn a_password_on_stdin_shares_it_with_no_sources_and_no_fleet() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let (target, dest) = root_only_target(&world, "alpha");
+    let sources = sources(&world);
+    let before = world.handshakes("alpha");
+    let input = format!("{SUDO_PASSWORD}\n{sources}");
+    for stdin in ["/dev/stdin", "/proc/self/fd/0"] {
+        let out = world.run(
+            "krops-command",
+            &[
+                "--target",
+                &target,
+                "--force",
+                "--sudo-password-file",
+                stdin,
+                "id -u",
+            ],
+            input.as_bytes(),
+        );
+        out.assert_code(2).assert_stderr_contains(&format!(
+            "--sudo-password-file {stdin}: stdin carries the sources here; give them with \
+             --sources FILE"
+        ));
+        assert_no_password_in(&out);
+    }
+    let fleet = json!({"alpha": {"target": serde_json::from_str::<Value>(&target).unwrap(),
+                                 "source": sources, "force": true}});
+    let out = world.run(
+        "krops-deploy",
+        &["--fleet", "-", "--sudo-password-file", "/dev/stdin"],
+        fleet.to_string().as_bytes(),
+    );
+    out.assert_code(2).assert_stderr_contains(
+        "--sudo-password-file /dev/stdin: stdin carries the fleet here (--fleet -); give the \
+         fleet as a file",
+    );
+    assert_eq!(world.handshakes("alpha"), before, "something connected");
+    assert!(!dest.exists());
+    // /dev/stdin on a terminal (util-linux `script` gives one): read as a
+    // file, the password would show as typed.
+    let file = world.write("sources.json", sources.to_string());
+    let line = [
+        world.tool("krops-command").to_str().unwrap(),
+        "--target",
+        &target,
+        "--force",
+        "--sources",
+        file.to_str().unwrap(),
+        "--sudo-password-file",
+        "/dev/stdin",
+        "id -u",
+    ]
+    .map(|word| krops_tests::quote(std::ffi::OsStr::new(word)))
+    .join(" ");
+    let mut cmd = world.command("script");
+    cmd.args(["-qec", &line, "/dev/null"]);
+    let out = world.run_command(&mut cmd, b"");
+    // The terminal has the tool's stderr too; script copies it to stdout.
+    out.assert_code(2);
+    assert!(
+        out.stdout_str().contains(
+            "--sudo-password-file /dev/stdin: it is a terminal, which would show the password as \
+             it is typed: use --ask-sudo-password, which asks without echo"
+        ),
+        "{out}"
+    );
+    assert_eq!(world.handshakes("alpha"), before, "something connected");
+    // With the sources in a file, /dev/stdin is the password's alone (a
+    // CRLF line end too).
+    let out = world.run(
+        "krops-command",
+        &[
+            "--target",
+            &target,
+            "--force",
+            "--sources",
+            file.to_str().unwrap(),
+            "--sudo-password-file",
+            "/dev/stdin",
+            "id -u",
+        ],
+        format!("{SUDO_PASSWORD}\r\n").as_bytes(),
+    );
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "0\n", "{out}");
+    assert!(dest.exists());
+}
+
+/// Reliability (Secrets): a fleet given a sudo password, one host a root target with no sudo whose script reads its stdin, and one host alone with the password on /dev/stdin → the password reaches no target that needs none, nor the output
+#[test]
+fn a_target_without_sudo_never_gets_the_password() {
+    let world = World::new();
+    let _alpha = world.add_host("alpha");
+    let _beta = world.add_host("beta");
+    let source = sources(&world);
+    let (sudo_target, _) = root_only_target(&world, "alpha");
+    let root_target = json!({"user": "root", "host": "beta",
+                             "path": world.path("beta/src").to_str().unwrap()});
+    let fleet = json!({
+        "alpha": {"target": serde_json::from_str::<Value>(&sudo_target).unwrap(),
+                  "source": source, "force": true},
+        "beta": {"target": root_target, "source": source, "force": true},
+    });
+    let fleet = world.write("fleet.json", fleet.to_string());
+    let file = password_file(&world, SUDO_PASSWORD);
+    // The script shows whatever reaches its stdin.
+    let script = "timeout 10 cat; echo end of stdin";
+    let out = world.run(
+        "krops-command",
+        &[
+            "--fleet",
+            fleet.to_str().unwrap(),
+            "--sudo-password-file",
+            file.to_str().unwrap(),
+            script,
+        ],
+        b"",
+    );
+    out.assert_success();
+    assert_no_password_in(&out);
+    let stdout = out.stdout_str();
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["alpha | end of stdin", "beta | end of stdin"],
+        "{out}"
+    );
+    // Alone, with the password on stdin.
+    let sources = world.write("sources.json", source.to_string());
+    let out = world.run(
+        "krops-command",
+        &[
+            "--target",
+            &root_target.to_string(),
+            "--force",
+            "--sources",
+            sources.to_str().unwrap(),
+            "--sudo-password-file",
+            "/dev/stdin",
+            script,
+        ],
+        format!("{SUDO_PASSWORD}\n").as_bytes(),
+    );
+    out.assert_success();
+    assert_no_password_in(&out);
+    assert_eq!(out.stdout_str(), "end of stdin\n", "{out}");
+}
+
 /// `--dry-run` shows where the password is given (`sudo_password |`, and
 /// sudo.sh on the target), never its value, and asks for none.
 #[test]

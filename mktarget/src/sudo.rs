@@ -122,6 +122,14 @@ impl SudoPassword {
         let from = format!("--sudo-password-file {}", path.display());
         let mut file = std::fs::File::open(path)
             .map_err(|err| usage(format!("{from}: cannot open it: {err}")))?;
+        // Read as a file, a terminal would show the password as it is
+        // typed (and its mode, 0620, would be refused as others' to write).
+        if std::io::IsTerminal::is_terminal(&file) {
+            return Err(usage(format!(
+                "{from}: it is a terminal, which would show the password as it is typed: use \
+                 --ask-sudo-password, which asks without echo"
+            )));
+        }
         let meta = file
             .metadata()
             .map_err(|err| usage(format!("{from}: {err}")))?;

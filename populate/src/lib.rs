@@ -195,6 +195,12 @@ impl PopulateArgs {
         let password = if target.sudo {
             self.sudo_password()?
         } else {
+            // A password on stdin (a fleet gives every host's run its own
+            // there) is read all the same, so that it never goes on to a
+            // command's input on a target that needs none.
+            if self.sudo_password_file.as_deref().is_some_and(is_stdin) {
+                self.sudo_password()?;
+            }
             None
         };
         Ok(Arc::new(session.with_sudo_password(password)))
@@ -254,6 +260,15 @@ impl PopulateArgs {
                 mktarget::json::read(file, &what)?
             }
             None => {
+                // Both would read stdin: the first would leave the other
+                // nothing, or the other's text (README: A sudo password).
+                if let Some(file) = self.sudo_password_file.as_deref().filter(|f| is_stdin(f)) {
+                    return Err(usage(format!(
+                        "--sudo-password-file {}: stdin carries the sources here; give them \
+                         with --sources FILE",
+                        file.display()
+                    )));
+                }
                 if std::io::stdin().is_terminal() {
                     eprintln!(
                         "populate: reading sources.json from the terminal: type it and end with \
@@ -266,6 +281,15 @@ impl PopulateArgs {
         let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
         source::parse(&text, home.as_deref())
     }
+}
+
+/// Whether `path` names this process's stdin (`/dev/stdin` and its
+/// aliases), which `--sudo-password-file` may read but then shares with
+/// nothing else.
+pub fn is_stdin(path: &std::path::Path) -> bool {
+    ["/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"]
+        .iter()
+        .any(|stdin| path == std::path::Path::new(stdin))
 }
 
 /// Takes the locks of all `plans` before any of them runs (they are held

@@ -121,6 +121,17 @@ pub fn run(
     let file = fleet.fleet.as_deref().context("--fleet is required")?;
     let origin = Origin::from_env();
     let home = std::env::var("HOME").ok().filter(|home| !home.is_empty());
+    if let Some(password) = populate
+        .sudo_password_file
+        .as_deref()
+        .filter(|f| populate::is_stdin(f) && file == Path::new("-"))
+    {
+        return Err(mktarget::tool::usage(format!(
+            "--sudo-password-file {}: stdin carries the fleet here (--fleet -); give the fleet \
+             as a file",
+            password.display()
+        )));
+    }
     let hosts = parse(&read(file)?, settings, &origin, home.as_deref())?;
     let hosts = select(hosts, &fleet.on)?;
     let forwarded = forwarded(command, args);
@@ -175,6 +186,11 @@ pub fn run(
     // batch 1, the next batch 2, …
     let batch = |i: usize| i / jobs + 1;
     let count = hosts.len();
+    if fleet.jobs.is_none() && count > 1 && jobs >= count {
+        for warning in all_at_once(fleet.max_failures, &host_args, count) {
+            eprintln!("{tool}: warning: {warning}");
+        }
+    }
     let style = populate.output.style();
 
     if !dry_run {
@@ -381,6 +397,36 @@ pub fn run(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// What the default `--jobs` (every host at once) undoes, said before a
+/// run without `--jobs` (README: Many hosts at once): `--max-failures`
+/// can hold back no host when all have started, and hosts that reboot
+/// (a `--reboot` in their arguments, before a script's `--`) are all down
+/// at once.
+fn all_at_once(max_failures: Option<u16>, host_args: &[Vec<String>], count: usize) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(most) = max_failures {
+        warnings.push(format!(
+            "--max-failures {most}: all {count} hosts start at once (no --jobs), so no host is \
+             held back when one fails; give --jobs N to roll out N hosts at a time"
+        ));
+    }
+    let rebooting = host_args
+        .iter()
+        .filter(|args| {
+            args.iter()
+                .take_while(|arg| *arg != "--")
+                .any(|arg| arg == "--reboot")
+        })
+        .count();
+    if rebooting > 1 {
+        warnings.push(format!(
+            "{rebooting} hosts reboot, all at once (no --jobs): give --jobs N to have at most N \
+             down at a time"
+        ));
+    }
+    warnings
 }
 
 /// What a fleet's document says of a host besides how its run ended: its
