@@ -99,6 +99,46 @@ fn max_failures_and_reboots_without_jobs_say_that_all_hosts_start_at_once() {
     assert!(!out.stderr_str().contains("warning"), "{out}");
 }
 
+/// Without `--jobs`, at most 8 hosts start at once (a stock bastion's
+/// `MaxStartups` drops new connections from 10 not yet logged in); a
+/// larger `--jobs` is taken as asked.
+#[test]
+fn without_jobs_at_most_eight_hosts_start_at_once() {
+    let world = World::new();
+    let file = world.write("files/motd", "hello\n");
+    let source = json!({"motd": {"file": file.to_str().unwrap()}});
+    let fleet: serde_json::Map<String, Value> = (0..10)
+        .map(|i| {
+            let host = format!("h{i:02}");
+            let target = json!({"host": host, "path": "/var/src"});
+            (
+                host,
+                json!({"target": target, "source": source, "useNixOutputMonitor": false}),
+            )
+        })
+        .collect();
+    let path = world.write("fleet.json", Value::Object(fleet).to_string());
+    let path = path.to_str().unwrap();
+    let out = world.run("krops-deploy", &["--fleet", path, "--dry-run"], b"");
+    out.assert_success();
+    let script = out.stdout_str();
+    assert!(
+        script.contains("# batch 1 of 2 (hosts start in name order, 8 at once)"),
+        "{script}"
+    );
+    assert!(
+        script.contains("# ---- fleet host h08 ----\n# batch 2 of 2"),
+        "{script}"
+    );
+    let out = world.run(
+        "krops-deploy",
+        &["--fleet", path, "--dry-run", "--jobs", "10"],
+        b"",
+    );
+    out.assert_success();
+    assert!(!out.stdout_str().contains("batch 2"), "{out}");
+}
+
 /// A pipe source that fails once `mark` exists after writing it; for
 /// `waits`, one that waits (at most 30 s) until `mark` exists.
 fn pipe(world: &World, name: &str, body: &str) -> PathBuf {

@@ -41,7 +41,7 @@ pub struct FleetArgs {
     /// Run on every host of FILE (`-`: stdin), a JSON object of host name → the writer's attributes (target, source, …)
     #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
     pub fleet: Option<PathBuf>,
-    /// With --fleet: how many hosts run at once (default: all, as many as this machine's open-file limit allows)
+    /// With --fleet: how many hosts run at once (default: all, at most 8; up to what this machine's open-file limit allows)
     #[arg(long, value_name = "N", requires = "fleet", conflicts_with = "target", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
     /// With --fleet: once N hosts failed, start no more (the running ones finish; the rest are not started)
@@ -71,6 +71,11 @@ pub(crate) const FLEET_OPTIONS: [&str; 8] = [
     "ask_sudo_password",
     "sudo_password_file",
 ];
+
+/// Hosts that run at once unless `--jobs` says otherwise: a stock sshd's
+/// `MaxStartups` (10 before it drops new connections) on a bastion all
+/// hosts go through, and a build target they share, stay within it.
+pub const DEFAULT_JOBS: usize = 8;
 
 /// The open files one running host costs the fleet's process: the pipes of
 /// its stdout and stderr, with room to spare.
@@ -180,7 +185,7 @@ pub fn run(
             limit
         }
         Some(asked) => asked,
-        None => hosts.len().min(limit),
+        None => hosts.len().min(DEFAULT_JOBS).min(limit),
     };
     // Hosts start in name order, `jobs` at once: the first `jobs` are
     // batch 1, the next batch 2, …
@@ -399,7 +404,7 @@ pub fn run(
     })
 }
 
-/// What the default `--jobs` (every host at once) undoes, said before a
+/// What the default `--jobs` (every host at once, up to 8) undoes, said before a
 /// run without `--jobs` (README: Many hosts at once): `--max-failures`
 /// can hold back no host when all have started, and hosts that reboot
 /// (a `--reboot` in their arguments, before a script's `--`) are all down
