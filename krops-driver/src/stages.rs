@@ -119,16 +119,7 @@ impl Stage {
         dry: Option<Cmd>,
         act: impl FnOnce(&mut Reporting, Option<ExitStatus>) -> Result<Flow> + 'static,
     ) -> Stage {
-        Stage {
-            shown: None,
-            aftermath: Aftermath::Same,
-            kind: StageKind::Here {
-                doing: None,
-                dry,
-                dry_script: None,
-                act: Box::new(act),
-            },
-        }
+        Stage::here_with(dry, None, act)
     }
 
     /// Does `act` on this machine; `--dry-run` shows `script` for it.
@@ -136,13 +127,21 @@ impl Stage {
         script: String,
         act: impl FnOnce(&mut Reporting, Option<ExitStatus>) -> Result<Flow> + 'static,
     ) -> Stage {
+        Stage::here_with(None, Some(script), act)
+    }
+
+    fn here_with(
+        dry: Option<Cmd>,
+        dry_script: Option<String>,
+        act: impl FnOnce(&mut Reporting, Option<ExitStatus>) -> Result<Flow> + 'static,
+    ) -> Stage {
         Stage {
             shown: None,
             aftermath: Aftermath::Same,
             kind: StageKind::Here {
                 doing: None,
-                dry: None,
-                dry_script: Some(script),
+                dry,
+                dry_script,
                 act: Box::new(act),
             },
         }
