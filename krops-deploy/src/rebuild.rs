@@ -351,7 +351,8 @@ mod tests {
 
     /// Runs [`BASH_REBUILDER_PROBE`] with `program` as nixos-rebuild.
     fn probe(program: &str) -> bool {
-        let dir = tempfile_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().display().to_string();
         let path = format!("{dir}/nixos-rebuild");
         std::fs::write(&path, program).unwrap();
         std::process::Command::new("chmod")
@@ -363,7 +364,6 @@ mod tests {
             .env("PATH", format!("{dir}:/usr/bin:/bin"))
             .status()
             .unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         status.success()
     }
 
@@ -419,7 +419,8 @@ mod tests {
 
     /// Runs the rebuild script with stand-in `nixos-rebuild` and `nom`.
     fn run_script(mode: Nom, with_nom: bool, rebuild_status: i32) -> (i32, String, String) {
-        let dir = tempfile_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().display().to_string();
         let bin = format!("{dir}/bin");
         std::fs::create_dir_all(&bin).unwrap();
         let write = |name: &str, body: &str| {
@@ -446,20 +447,11 @@ mod tests {
             .env("PATH", format!("{bin}:/usr/bin:/bin"))
             .output()
             .unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         (
             out.status.code().unwrap(),
             String::from_utf8(out.stdout).unwrap(),
             String::from_utf8(out.stderr).unwrap(),
         )
-    }
-
-    fn tempfile_dir() -> String {
-        let out = std::process::Command::new("mktemp")
-            .arg("-d")
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
     #[test]

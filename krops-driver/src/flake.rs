@@ -354,19 +354,9 @@ mod tests {
     }
 
     fn parse(flake: &str, inputs: &[&str]) -> Result<Flake> {
-        let dir = tempdir();
+        let dir = tempfile::tempdir().unwrap();
         let inputs: Vec<String> = inputs.iter().map(|s| s.to_string()).collect();
-        let result = Flake::parse(flake, &inputs, &sources(Path::new(&dir)));
-        std::fs::remove_dir_all(&dir).unwrap();
-        result
-    }
-
-    fn tempdir() -> String {
-        let out = std::process::Command::new("mktemp")
-            .arg("-d")
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        Flake::parse(flake, &inputs, &sources(dir.path()))
     }
 
     #[test]
