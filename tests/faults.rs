@@ -342,7 +342,11 @@ fn connection_lost(during: During, flags: &[&str]) {
     )
     .unwrap();
     let dest = world.path("remote/src");
-    let target = alpha.target("root", &dest);
+    // ssh's messages at its default level (the world's config makes ssh
+    // quiet): a connection reset is told at INFO only.
+    let target = json!({"user": "root", "host": alpha.alias(), "path": dest,
+                        "extraOptions": ["-o", "LogLevel=INFO"]})
+    .to_string();
     let sources = sources_with_slow_steps(&world);
     let slow_rsync = world.slow_rsync();
     let marker = match during {

@@ -21,7 +21,7 @@
 //! does not own. The sentinel check then says what is wrong.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -168,9 +168,8 @@ impl LockProcess {
                     // The connection was lost, say: ssh's words, as for
                     // a session of its own.
                     let status = self.started.wait_for(RELEASE_GRACE);
-                    let tail = self.stderr.tail();
                     let failed = status.map(|status| ProcessError {
-                        stderr: tail,
+                        stderr: self.stderr.tail(RELEASE_GRACE),
                         shown: false,
                         ..self.cmd.failure(status)
                     });
@@ -582,10 +581,16 @@ enum Mode {
 /// The lock script's stderr, read by a thread of its own: the mode, what
 /// it holds, and the tail of what it passed on.
 #[derive(Clone)]
-struct Gate(Arc<Mutex<GateState>>);
+struct Gate(Arc<(Mutex<GateState>, Condvar)>);
 
-/// A [`Gate`]'s mode, what it holds, and the tail of what it passed on.
-type GateState = (Mode, Vec<u8>, Vec<u8>);
+/// A [`Gate`]'s mode, what it holds, the tail of what it passed on, and
+/// whether the stream has ended (its reader saw the end, or failed).
+struct GateState {
+    mode: Mode,
+    held: Vec<u8>,
+    tail: Vec<u8>,
+    ended: bool,
+}
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -598,7 +603,13 @@ const GATE_TAIL: usize = 4096;
 
 impl Gate {
     fn new(mut from: os_pipe::PipeReader) -> Gate {
-        let gate = Gate(Arc::new(Mutex::new((Mode::Hold, Vec::new(), Vec::new()))));
+        let state = GateState {
+            mode: Mode::Hold,
+            held: Vec::new(),
+            tail: Vec::new(),
+            ended: false,
+        };
+        let gate = Gate(Arc::new((Mutex::new(state), Condvar::new())));
         let reader = gate.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -607,11 +618,11 @@ impl Gate {
                     break;
                 }
                 let mut state = reader.lock();
-                match state.0 {
-                    Mode::Hold => state.1.extend_from_slice(&buf[..n]),
+                match state.mode {
+                    Mode::Hold => state.held.extend_from_slice(&buf[..n]),
                     Mode::Pass => {
                         let _ = std::io::stderr().write_all(&buf[..n]);
-                        let tail = &mut state.2;
+                        let tail = &mut state.tail;
                         tail.extend_from_slice(&buf[..n]);
                         let over = tail.len().saturating_sub(GATE_TAIL);
                         tail.drain(..over);
@@ -619,29 +630,40 @@ impl Gate {
                     Mode::Drop => {}
                 }
             }
+            reader.lock().ended = true;
+            reader.0 .1.notify_all();
         });
         gate
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.0
+             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The last of what it passed on (once the script said something).
-    fn tail(&self) -> Vec<u8> {
-        self.lock().2.clone()
+    /// The last of what it passed on (once the script said something),
+    /// to its end: ssh's last words come as it exits, so they are waited
+    /// for, at most `grace` (a process ssh started may hold the stream).
+    fn tail(&self, grace: Duration) -> Vec<u8> {
+        let state = self.lock();
+        let (state, _) = self
+            .0
+             .1
+            .wait_timeout_while(state, grace, |state| !state.ended)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.tail.clone()
     }
 
     fn set(&self, mode: Mode) {
         let mut state = self.lock();
-        if state.0 == Mode::Hold {
-            let held = std::mem::take(&mut state.1);
+        if state.mode == Mode::Hold {
+            let held = std::mem::take(&mut state.held);
             if mode == Mode::Pass {
                 let _ = std::io::stderr().write_all(&held);
             }
-            state.0 = mode;
+            state.mode = mode;
         }
     }
 }

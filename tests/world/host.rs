@@ -391,22 +391,8 @@ impl World {
         let Some(sshd) = hosts.get_mut(alias) else {
             panic!("the world has no running host {alias:?}");
         };
-        let listener = sshd.child.id();
-        signal(&[listener], "STOP");
+        stop_tree(sshd.child.id());
         sshd.frozen = true;
-        // A stopped listener forks no new session; sessions may still fork.
-        let mut stopped: Vec<u32> = Vec::new();
-        loop {
-            let new: Vec<u32> = descendants(listener)
-                .into_iter()
-                .filter(|pid| !stopped.contains(pid))
-                .collect();
-            if new.is_empty() {
-                break;
-            }
-            signal(&new, "STOP");
-            stopped.extend(new);
-        }
     }
 
     /// Starts the sshd of a host that [`World::stop_host`] or
@@ -476,7 +462,13 @@ impl World {
 /// Stops the listener `pid` (so it starts no new session) and kills every
 /// session below it.
 fn kill_sessions(listener: u32) {
-    signal(&[listener], "STOP");
+    // Every session stopped first, then killed: a host that dies takes
+    // its sshd with its commands. Killed one by one while running, a
+    // session could see its command die first and tell the client of a
+    // signal on the target instead of a lost connection.
+    // Killed by pid: a process whose parent died first is no longer
+    // found below the listener, and would stay stopped.
+    signal(&stop_tree(listener), "KILL");
     loop {
         let sessions = descendants(listener);
         if sessions.is_empty() {
@@ -485,6 +477,26 @@ fn kill_sessions(listener: u32) {
         signal(&sessions, "KILL");
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Stops (SIGSTOP) `listener` and every process below it, and returns
+/// those below it. A stopped listener forks no new session; sessions may
+/// still fork until stopped.
+fn stop_tree(listener: u32) -> Vec<u32> {
+    signal(&[listener], "STOP");
+    let mut stopped: Vec<u32> = Vec::new();
+    loop {
+        let new: Vec<u32> = descendants(listener)
+            .into_iter()
+            .filter(|pid| !stopped.contains(pid))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        signal(&new, "STOP");
+        stopped.extend(new);
+    }
+    stopped
 }
 
 /// Every live process below `pid` (children, their children, …), from
