@@ -222,15 +222,18 @@ impl Reboot {
             left(Instant::now())
         ));
         let cmd = self.state_command(session);
-        let mut down = false;
+        // Whether a poll went unanswered, and whether the last answer
+        // was the old boot id: a poll that times out on a loaded machine
+        // is not the host going down for good.
+        let (mut down, mut old_answer) = (false, false);
         let after = loop {
             let now = Instant::now();
             if now >= deadline {
                 record.seconds = Some(began.elapsed().as_secs_f64());
-                let last = if down {
-                    "it went down and has not answered since"
-                } else {
-                    "it still answered with the boot id it had before the reboot"
+                let last = match (old_answer, down) {
+                    (true, _) => "it still answered with the boot id it had before the reboot",
+                    (false, true) => "it went down and has not answered since",
+                    (false, false) => "it was not asked in time",
                 };
                 bail!(
                     "{on} did not come back with a new boot id within {timeout} s \
@@ -244,8 +247,12 @@ impl Reboot {
                 Ran::Exited(output) if output.status.success() => {
                     BootState::parse(&String::from_utf8_lossy(&output.stdout))
                 }
+                // Cut short by the deadline: what it would have said is
+                // unknown, and what was seen before stands.
+                Ran::TimedOut if now + TRY > deadline => continue,
                 _ => None,
             };
+            old_answer = answer.is_some();
             match answer {
                 Some(state) if state.boot_id != before.boot_id => break state,
                 Some(_) => {}

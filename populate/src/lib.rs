@@ -25,7 +25,7 @@ use mktarget::tool::{usage, Example};
 use mktarget::{Multiplex, Origin, Session, SudoPassword, Target};
 
 // The engine's face: what the drivers (krops-driver) use.
-pub use lock::{final_guard, Locking};
+pub use lock::{final_guard, BatchRuns, Locking};
 pub use parallel::each as parallel_each;
 pub use progress::{doing_now, final_ended, final_started, Style, Verbosity};
 pub use results::{Results, ResultsTo};
@@ -312,8 +312,14 @@ pub fn lock_all(plans: &[Plan], style: Style, results: &mut Results) -> Result<(
             target.path.clone(),
         )
     });
+    // With one lock, nothing waits for another: its first batch runs as
+    // soon as it is held.
+    let first = match plans.len() {
+        1 => BatchRuns::AtOnce,
+        _ => BatchRuns::WhenAsked,
+    };
     for plan in order {
-        if let Some(failed) = plan.lock(id, style)? {
+        if let Some(failed) = plan.lock(id, style, first)? {
             results.add_target(&failed);
             failed.into_result()?;
         }

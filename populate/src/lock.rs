@@ -48,6 +48,10 @@ const MARKER: &str = "krops-lock ";
 /// status and a newline.
 const BATCHED: &str = "\x1ekrops-lock-batched ";
 
+/// How the lock script prints [`BATCHED`] and the exit status of what it
+/// ran.
+const SAY_BATCHED: &str = "printf '\\036krops-lock-batched %s\\n' \"$?\"\n";
+
 /// Where `needle` first is in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len())
@@ -94,9 +98,13 @@ impl Taken {
     /// held by our script, no batch given, or run already).
     pub(crate) fn run_batch(&mut self, session: &Session) -> Option<Result<(Vec<u8>, i32)>> {
         match self {
-            Taken::Held { process } if process.batch => {
-                process.batch = false;
-                process.run(session, b"batch\n", "")
+            Taken::Held { process } => {
+                let ask: &[u8] = match process.batch.take()? {
+                    BatchRuns::WhenAsked => b"batch\n",
+                    // It is running already.
+                    BatchRuns::AtOnce => b"",
+                };
+                process.run(session, ask, "")
             }
             _ => None,
         }
@@ -121,6 +129,25 @@ impl Taken {
     }
 }
 
+/// The first batch the lock script runs once held (see [`script`]): the
+/// sentinel check and what is batched with it, and when it runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FirstBatch<'a> {
+    pub(crate) text: &'a str,
+    pub(crate) runs: BatchRuns,
+}
+
+/// When the lock script runs its [`FirstBatch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchRuns {
+    /// When its stdin says `batch`: a driver takes every target's lock
+    /// (`lock_all`) before anything writes.
+    WhenAsked,
+    /// As soon as the lock is held: the run's only lock, so the batch's
+    /// output follows `held`, a round trip sooner.
+    AtOnce,
+}
+
 /// The script holding the lock; dropping it lets go.
 #[derive(Debug)]
 pub(crate) struct LockProcess {
@@ -132,8 +159,8 @@ pub(crate) struct LockProcess {
     stdin: Option<os_pipe::PipeWriter>,
     /// Its stdout after `held`: what the scripts it runs print.
     out: Option<BufReader<os_pipe::PipeReader>>,
-    /// Whether it was given a batch that has not run yet.
-    batch: bool,
+    /// The batch it was given, until it is read ([`Taken::run_batch`]).
+    batch: Option<BatchRuns>,
     /// Where the lock is, for messages.
     place: String,
 }
@@ -299,10 +326,11 @@ fn place(session: &Session) -> String {
 ///
 /// `batch` is a batch script ([`crate::script::batch`]: the sentinel check
 /// and what is batched with it) the script runs once held, in its own
-/// session, when its stdin says `batch` (see [`Taken::run_batch`]): a
-/// session fewer a run, and so a few round trips fewer. It runs only under
-/// the lock, and only when the run starts: a driver takes every target's
-/// lock before any writes (`lock_all`). Once held, the script also runs
+/// session (see [`Taken::run_batch`]): a session fewer a run, and so a few
+/// round trips fewer. It runs only under the lock, and only when the run
+/// starts: at once when it is the run's only lock, else when its stdin
+/// says `batch` (a driver takes every target's lock before any writes:
+/// `lock_all`). Once held, the script also runs
 /// every script its stdin sends as `script LENGTH` and then LENGTH bytes
 /// (see [`Taken::run_script`]), one after another: the run's other
 /// batches, its git checkouts and derivations, each a session fewer.
@@ -311,7 +339,7 @@ pub(crate) fn script(
     force: bool,
     timeout: Option<u32>,
     id: &str,
-    batch: Option<&str>,
+    batch: Option<FirstBatch<'_>>,
 ) -> String {
     let path = &session.target().path;
     let lock = format!("{path}/{LOCK_FILE}");
@@ -402,6 +430,7 @@ pub(crate) fn script(
          if test -L \"$krops_f\"; then rm -f -- \"$krops_f\"; fi\n\
          (umask 022 && : >>\"$krops_f\") 2>/dev/null\n\
          say held\n\
+         {at_once}\
          {batch}\
          exec >/dev/null 2>&1\n\
          cat\n\
@@ -417,19 +446,31 @@ pub(crate) fn script(
          exec 9>&-\n",
         w = HOLDER_WIDTH - 1,
         id = quote(id),
-        batch = commands(batch),
+        at_once = match batch {
+            Some(FirstBatch {
+                text,
+                runs: BatchRuns::AtOnce,
+            }) => format!("{}{SAY_BATCHED}", subshell(text)),
+            _ => String::new(),
+        },
+        batch = commands(batch.filter(|batch| batch.runs == BatchRuns::WhenAsked)),
     ));
     s
+}
+
+/// `batch` as the lock script runs it: in a subshell, so a script's
+/// settings, names and exits stay its own; not holding the lock's
+/// descriptor, nor reading stdin.
+fn subshell(batch: &str) -> String {
+    format!("(\n{batch}\n) 9>&- </dev/null\n")
 }
 
 /// What the lock script does once held ([`script`]): it runs `batch`, if
 /// any, when its stdin says `batch`, and each script its stdin sends as
 /// `script LENGTH`, until its stdin says anything else or closes.
-fn commands(batch: Option<&str>) -> String {
-    // In a subshell: a script's settings, names and exits stay its own;
-    // not holding the lock's descriptor, nor reading stdin.
+fn commands(batch: Option<FirstBatch<'_>>) -> String {
     let first = batch.map_or_else(String::new, |batch| {
-        format!("batch)\n(\n{batch}\n) 9>&- </dev/null\n;;\n    ")
+        format!("batch)\n{};;\n    ", subshell(batch.text))
     });
     // A script sent on stdin is read by `head -c` (GNU's reads no byte
     // past it), a `.` keeping its last newlines from `$(…)`; one cut
@@ -447,7 +488,7 @@ fn commands(batch: Option<&str>) -> String {
          ;;\n    \
          *) break ;;\n  \
          esac\n  \
-         printf '\\036krops-lock-batched %s\\n' \"$?\"\n\
+         {SAY_BATCHED}\
          done\n"
     )
 }
@@ -461,7 +502,7 @@ pub(crate) fn take(
     timeout: Option<u32>,
     id: &str,
     quiet: bool,
-    batch: Option<&str>,
+    batch: Option<FirstBatch<'_>>,
 ) -> Result<Taken> {
     // The sentinel check says why (see Plan::lock).
     if session.connect().is_err() {
@@ -481,7 +522,7 @@ pub(crate) fn take(
         stderr: stderr.clone(),
         stdin: Some(stdin),
         out: None,
-        batch: false,
+        batch: None,
         place: place.clone(),
     };
     let mut lines = BufReader::new(stdout);
@@ -521,7 +562,7 @@ pub(crate) fn take(
                         since.elapsed().as_secs()
                     );
                 }
-                process.batch = batch.is_some();
+                process.batch = batch.map(|batch| batch.runs);
                 process.out = Some(lines);
                 return Ok(Taken::Held {
                     process: Box::new(process),
@@ -702,14 +743,12 @@ mod tests {
     #[test]
     fn the_script_is_valid_sh() {
         let session = local(std::path::Path::new("/var/src with 'quotes'"));
+        let tricky = "set -efu\ncase x in x) echo ')' ;; esac\n";
         let cases = [
             (false, None, None),
             (true, Some(0), None),
-            (
-                true,
-                Some(30),
-                Some("set -efu\ncase x in x) echo ')' ;; esac\n"),
-            ),
+            (true, Some(30), Some(asked(tricky))),
+            (false, Some(30), Some(at_once(tricky))),
         ];
         for (force, timeout, batch) in cases {
             let text = script(&session, force, timeout, "a@b (pid 1, run 000001)", batch);
@@ -800,7 +839,15 @@ mod tests {
         let session = local(&path);
         let batch =
             "set -efu\nif flock -n 9 2>/dev/null; then exit 9; fi\nprintf 'out\\n'\nexit 3\n";
-        let mut held = take(&session, true, None, "me (pid 1)", false, Some(batch)).unwrap();
+        let mut held = take(
+            &session,
+            true,
+            None,
+            "me (pid 1)",
+            false,
+            Some(asked(batch)),
+        )
+        .unwrap();
         let (out, code) = held.run_batch(&session).unwrap().unwrap();
         // It ran with the lock held by its script, not by itself (fd 9 is
         // closed for it: `flock -n 9` fails), and said its own status.
@@ -832,8 +879,82 @@ mod tests {
         // Not asked: the batch never runs.
         let ran = dir.path().join("ran");
         let touch = format!("touch {}", quote(ran.to_str().unwrap()));
-        let held = take(&session, true, None, "me (pid 1)", false, Some(&touch)).unwrap();
+        let held = take(
+            &session,
+            true,
+            None,
+            "me (pid 1)",
+            false,
+            Some(asked(&touch)),
+        )
+        .unwrap();
         drop(held);
         assert!(!ran.exists());
+    }
+
+    #[test]
+    fn a_batch_run_at_once_needs_no_asking_and_runs_once_under_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("src");
+        let session = local(&path);
+        let ran = dir.path().join("ran");
+        // It runs as soon as the lock is held, before anything is asked;
+        // it appends, so a second run would show.
+        let batch = format!(
+            "set -efu\nif flock -n 9 2>/dev/null; then exit 9; fi\necho x >> {}\necho out\nexit 4\n",
+            quote(ran.to_str().unwrap())
+        );
+        let mut held = take(
+            &session,
+            true,
+            None,
+            "me (pid 1)",
+            false,
+            Some(at_once(&batch)),
+        )
+        .unwrap();
+        let (out, code) = held.run_batch(&session).unwrap().unwrap();
+        assert_eq!(
+            (String::from_utf8(out).unwrap().as_str(), code),
+            ("out\n", 4)
+        );
+        assert!(held.run_batch(&session).is_none(), "once");
+        let (out, code) = held.run_script(&session, "echo after").unwrap().unwrap();
+        assert_eq!(
+            (String::from_utf8(out).unwrap().as_str(), code),
+            ("after\n", 0)
+        );
+        drop(held);
+        assert_eq!(std::fs::read_to_string(&ran).unwrap(), "x\n");
+        // Never read: it ran all the same, and the lock goes as ever.
+        let held = take(
+            &session,
+            true,
+            None,
+            "me (pid 1)",
+            false,
+            Some(at_once(&batch)),
+        )
+        .unwrap();
+        drop(held);
+        assert_eq!(std::fs::read_to_string(&ran).unwrap(), "x\nx\n");
+        assert!(matches!(
+            take(&session, true, Some(0), "other", false, None).unwrap(),
+            Taken::Held { .. }
+        ));
+    }
+
+    fn asked(text: &str) -> FirstBatch<'_> {
+        FirstBatch {
+            text,
+            runs: BatchRuns::WhenAsked,
+        }
+    }
+
+    fn at_once(text: &str) -> FirstBatch<'_> {
+        FirstBatch {
+            text,
+            runs: BatchRuns::AtOnce,
+        }
     }
 }

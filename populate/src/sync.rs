@@ -18,7 +18,7 @@ use mktarget::interrupt;
 use mktarget::mutex::{self, lock};
 use mktarget::Session;
 
-use crate::lock::{Locking, Taken};
+use crate::lock::{BatchRuns, FirstBatch, Locking, Taken};
 use crate::progress::{Progress, Row, Style};
 use crate::report::{Report, StepError, StepOutcome, StepStatus};
 use crate::script::{Function, Script, PRELUDE, STEP};
@@ -218,8 +218,10 @@ impl Plan {
     /// (another run just made the path, the host is back), the lock is
     /// taken then. The sentinel check shows as `style` says; when it
     /// fails, its report (for the results) is returned, and the caller
-    /// ends the run with [`Report::into_result`].
-    pub fn lock(&self, id: &str, style: Style) -> Result<Option<Report>> {
+    /// ends the run with [`Report::into_result`]. `first` says when the
+    /// lock script runs the first batch: at once only when this is the
+    /// run's only lock.
+    pub fn lock(&self, id: &str, style: Style, first: BatchRuns) -> Result<Option<Report>> {
         let Locking::Wait(timeout) = self.locking else {
             return Ok(None);
         };
@@ -241,15 +243,12 @@ impl Plan {
             .first()
             .map(|chunk| crate::script::batch(chunk))
             .filter(|batch| batch.len() <= BATCH_BYTES);
+        let batch = batch
+            .as_deref()
+            .map(|text| FirstBatch { text, runs: first });
         for _ in 0..3 {
-            let taken = crate::lock::take(
-                &self.session,
-                self.force,
-                timeout,
-                id,
-                style.quiet(),
-                batch.as_deref(),
-            );
+            let taken =
+                crate::lock::take(&self.session, self.force, timeout, id, style.quiet(), batch);
             match taken {
                 Err(err) => return Ok(Some(self.stopped_report(&err, began.elapsed()))),
                 Ok(Taken::Nothing | Taken::Unreachable) => {
