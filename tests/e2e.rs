@@ -23,6 +23,7 @@ mod git_safety;
 mod secrets;
 mod sources;
 mod sudo_password;
+mod together;
 
 // Targets that already hold something, and the lock on them.
 mod existing_targets;

@@ -45,17 +45,23 @@ fn cost(world: &World, target: &str, flags: &[&str], sources: &Value) -> (usize,
 }
 
 #[test]
-fn a_run_of_twelve_sources_costs_one_session_for_the_lock_checks_and_checkouts_and_one_a_sync() {
+fn a_run_of_twelve_sources_costs_one_session_for_the_lock_checks_and_checkouts_and_one_for_the_trees(
+) {
     let world = World::new();
     let alpha = world.add_host("alpha");
     let dest = world.path("src");
     let target = alpha.target("root", &dest);
     let sources = twelve(&world);
     // One session holds the lock and runs the sentinel check, the
-    // symlinks and then both checkouts; each of the 8 trees is one rsync.
+    // symlinks and then both checkouts; the 8 trees are one rsync.
     for (run, flags) in [("first deploy", &["--force"][..]), ("no-op redeploy", &[])] {
-        assert_eq!(cost(&world, &target, flags, &sources), (1, 1 + 8), "{run}");
+        assert_eq!(cost(&world, &target, flags, &sources), (1, 1 + 1), "{run}");
     }
+    // One source at a time, each tree is an rsync of its own.
+    assert_eq!(
+        cost(&world, &target, &["--source-jobs", "1"], &sources),
+        (1, 1 + 8)
+    );
     assert_eq!(
         std::fs::read_link(dest.join("link0")).unwrap().to_str(),
         Some("tree0")
@@ -80,7 +86,7 @@ fn a_run_of_twelve_sources_costs_one_session_for_the_lock_checks_and_checkouts_a
     // own, and so is each checkout.
     assert_eq!(
         cost(&world, &target, &["--no-lock"], &sources),
-        (1, 1 + 2 + 8)
+        (1, 1 + 2 + 1)
     );
 }
 

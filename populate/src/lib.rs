@@ -13,6 +13,7 @@ mod secrets;
 pub mod source;
 mod step;
 mod sync;
+mod together;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

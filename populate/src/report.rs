@@ -63,7 +63,7 @@ impl Transfer {
 /// Whether `line` is one of rsync's itemized changes: an 11-character code
 /// (`YXcstpoguax`: update type, file type, attributes) and the name, or
 /// `*deleting` and the name.
-fn is_itemized(line: &str) -> bool {
+pub(crate) fn is_itemized(line: &str) -> bool {
     let bytes = line.as_bytes();
     if bytes.len() < 13 || bytes[11] != b' ' || !line.is_char_boundary(11) {
         return false;

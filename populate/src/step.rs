@@ -10,6 +10,7 @@ use mktarget::Session;
 
 use crate::report::{StepError, Transfer};
 use crate::script::{batch, failed_command, Script};
+use crate::source::file::Joinable;
 
 #[derive(Debug)]
 pub(crate) enum Work {
@@ -22,7 +23,12 @@ pub(crate) enum Work {
     /// syncs (a claim ahead of time would leave the place empty when an
     /// earlier source fails). The claim is a script of its own only where
     /// rsync's `--rsync-path` cannot run it (a local target).
-    Rsync { claim: Option<Script>, rsync: Cmd },
+    Rsync {
+        claim: Option<Script>,
+        rsync: Cmd,
+        /// How it syncs in one rsync with other trees, when it may.
+        joinable: Option<Box<Joinable>>,
+    },
     /// A script on the target that may take long (git): batched with the
     /// others of its kind, in the lock's session (or one of its own), while
     /// the sources synced from here run; `late` ones wait for every other
@@ -69,6 +75,14 @@ impl Work {
         }
     }
 
+    /// How the step's tree syncs in one rsync with others, when it may.
+    pub(crate) fn joinable(&self) -> Option<&Joinable> {
+        match self {
+            Work::Rsync { joinable, .. } => joinable.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Whether the step syncs from here (rsync, a pipe): it holds a
     /// session of its own while it runs.
     pub(crate) fn synced_here(&self) -> bool {
@@ -80,7 +94,7 @@ impl Work {
     pub(crate) fn run(&self, session: &Session, out: &mut dyn Write) -> Result<Ended> {
         match self {
             Work::Sentinel { .. } | Work::Batched { .. } => Ok(Ended::Done(None)),
-            Work::Rsync { claim, rsync } => {
+            Work::Rsync { claim, rsync, .. } => {
                 if let Some(claim) = claim {
                     run_cmd(session, &session.shell(&claim.whole()), out)?;
                 }
@@ -107,7 +121,7 @@ impl Work {
             }
             // Batched in the lock's session, or a session of its own.
             Work::Alone { script, .. } => session.shell(&batch(&[(0, script)])).longest_word(),
-            Work::Rsync { claim, rsync } => {
+            Work::Rsync { claim, rsync, .. } => {
                 claim.as_ref().map_or(0, shell).max(rsync.longest_word())
             }
             Work::Secrets(_) | Work::Pipe(_) => 0,
@@ -123,8 +137,11 @@ impl Work {
             Work::Rsync {
                 claim: Some(claim),
                 rsync,
+                ..
             } => format!("{}\n{rsync}", shell(claim)),
-            Work::Rsync { claim: None, rsync } => rsync.to_string(),
+            Work::Rsync {
+                claim: None, rsync, ..
+            } => rsync.to_string(),
             Work::Secrets(staged) | Work::Pipe(staged) => staged.script(session),
         }
     }

@@ -22,8 +22,10 @@ use crate::lock::{BatchRuns, FirstBatch, Locking, Taken};
 use crate::progress::{Progress, Row, Style};
 use crate::report::{Report, StepError, StepOutcome, StepStatus};
 use crate::script::{Function, Script, PRELUDE, STEP};
+use crate::source::file::Joinable;
 use crate::source::Sources;
 use crate::step::{part_failure, step_failure, Ended, Work};
+use crate::together::{self, Synced, Unit};
 
 /// How the sentinel check reports a missing sentinel (any other failure is
 /// the transport's, e.g. ssh's 255, or a failed `run`).
@@ -712,26 +714,84 @@ impl<'a> Run<'a> {
     /// failed (or a signal came).
     fn parallel(&self, queue: Vec<usize>) -> bool {
         let stop = || self.failed.load(Ordering::SeqCst) || interrupt::interrupted();
-        crate::parallel::each(queue.len(), self.plan.jobs, stop, |k| {
-            let i = queue[k];
-            let step = &self.plan.steps[i];
-            if let Some(script) = step.work.alone(false) {
-                self.batch(&[(i, script)], false);
-                return;
+        // With more than one job, the trees that may share an rsync do.
+        let units = if self.plan.jobs > 1 {
+            together::units(&queue, |i| {
+                self.plan.steps[i].work.joinable().map(|tree| tree.options)
+            })
+        } else {
+            queue.iter().map(|&i| Unit::One(i)).collect()
+        };
+        crate::parallel::each(units.len(), self.plan.jobs, stop, |k| match &units[k] {
+            Unit::One(i) => {
+                let i = *i;
+                if let Some(script) = self.plan.steps[i].work.alone(false) {
+                    self.batch(&[(i, script)], false);
+                    return;
+                }
+                self.header(i);
+                self.clock(i);
+                self.step(i);
             }
-            self.header(i);
-            self.clock(i);
-            self.doing(&[&step.label], true);
-            let mut out = self.progress.step(i);
-            let (status, transfer) = match step.work.run(&self.plan.session, &mut out) {
-                Ok(Ended::Done(transfer)) => (StepStatus::Done, transfer),
-                Ok(Ended::Unchanged) => (StepStatus::Unchanged, None),
-                Err(err) => (StepStatus::Failed(StepError::from(err)), None),
-            };
-            self.doing(&[&step.label], false);
-            self.end_with(i, status, transfer);
+            Unit::Together(members) => self.together(members, &stop),
         });
         self.failed.load(Ordering::SeqCst) || interrupt::interrupted()
+    }
+
+    /// Runs step `i` (its header printed, its clock started).
+    fn step(&self, i: usize) {
+        let step = &self.plan.steps[i];
+        self.doing(&[&step.label], true);
+        let mut out = self.progress.step(i);
+        let (status, transfer) = match step.work.run(&self.plan.session, &mut out) {
+            Ok(Ended::Done(transfer)) => (StepStatus::Done, transfer),
+            Ok(Ended::Unchanged) => (StepStatus::Unchanged, None),
+            Err(err) => (StepStatus::Failed(StepError::from(err)), None),
+        };
+        self.doing(&[&step.label], false);
+        self.end_with(i, status, transfer);
+    }
+
+    /// Syncs the trees of steps `members` in one rsync ([`together`]);
+    /// when that fails for another reason than the connection, each alone
+    /// (until `stop` says so).
+    fn together(&self, members: &[usize], stop: &dyn Fn() -> bool) {
+        let labels: Vec<&str> = members
+            .iter()
+            .map(|&i| self.plan.steps[i].label.as_str())
+            .collect();
+        let trees: Vec<(usize, &Joinable)> = members
+            .iter()
+            .filter_map(|&i| self.plan.steps[i].work.joinable().map(|tree| (i, tree)))
+            .collect();
+        for &i in members {
+            self.header(i);
+            self.clock(i);
+        }
+        self.doing(&labels, true);
+        let path = &self.plan.session.target().path;
+        let synced = together::sync(&self.plan.session, self.progress, path, &trees);
+        self.doing(&labels, false);
+        match synced {
+            Ok(Synced::Done(transfers)) => {
+                for (&i, transfer) in members.iter().zip(transfers) {
+                    self.end_with(i, StepStatus::Done, Some(transfer));
+                }
+            }
+            Ok(Synced::Lost(error)) => {
+                for &i in members {
+                    self.end(i, StepStatus::Failed(error.clone()));
+                }
+            }
+            Ok(Synced::Alone) | Err(_) => {
+                for &i in members {
+                    if stop() {
+                        break;
+                    }
+                    self.step(i);
+                }
+            }
+        }
     }
 
     /// Every step's outcome: those that never ended did not run.

@@ -1,6 +1,6 @@
 //! The file source: a file or tree here, synced to P with rsync.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use mktarget::json::shown;
@@ -114,13 +114,98 @@ pub(crate) fn rsync_work(
         Work::Rsync {
             claim: Some(claim),
             rsync: rsync(session, file, source, p, None),
+            joinable: None,
         }
     } else {
         Work::Rsync {
             claim: None,
             rsync: rsync(session, file, source, p, Some(&claim)),
+            joinable: joinable(file, makes, p, claim).map(Box::new),
         }
     }
+}
+
+/// A tree synced to a remote target, as one of several trees that one
+/// rsync syncs (see [`crate::together`]); `None` when it syncs alone.
+#[derive(Clone, Debug)]
+pub(crate) struct Joinable {
+    /// P's last component: the tree syncs to P/NAME.
+    pub(crate) name: String,
+    /// The tree here.
+    pub(crate) local: PathBuf,
+    /// The claim of P/NAME, which the shared rsync's remote shell runs.
+    pub(crate) claim: Script,
+    /// The options it syncs with: trees sync together only with trees
+    /// of the same options.
+    pub(crate) options: JoinOptions,
+}
+
+/// The rsync options of a [`Joinable`] tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct JoinOptions {
+    pub(crate) use_checksum: bool,
+    pub(crate) delete_excluded: bool,
+}
+
+/// `file` as a [`Joinable`] tree at `p`: a directory without filters of
+/// its own, no `.rsync-filter` above it (with `-F`, rsync reads those in
+/// the directories above what it syncs, which another rsync's would not
+/// be), its name a plain one (source names are).
+fn joinable(file: &FileSource, makes: Makes, p: &str, claim: Script) -> Option<Joinable> {
+    if makes != Makes::Tree || !file.exclude.is_empty() || !file.filters.is_empty() {
+        return None;
+    }
+    let (_, name) = p.rsplit_once('/')?;
+    let plain = |name: &str| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    let local = PathBuf::from(&file.path);
+    if !plain(name) || !local.is_absolute() || filter_file_above(&local) {
+        return None;
+    }
+    Some(Joinable {
+        name: name.to_owned(),
+        local,
+        claim,
+        options: JoinOptions {
+            use_checksum: file.use_checksum,
+            delete_excluded: file.delete_excluded,
+        },
+    })
+}
+
+/// Whether a directory above `dir` (up to `/`) holds a `.rsync-filter`,
+/// which `-F` makes rsync read.
+pub(crate) fn filter_file_above(dir: &Path) -> bool {
+    dir.ancestors()
+        .skip(1)
+        .any(|parent| parent.join(".rsync-filter").symlink_metadata().is_ok())
+}
+
+/// The one rsync that syncs every tree of `trees` (at least one, all of
+/// the same options) to its P/NAME: `rsync … -R STAGE/./NAME/… HOST:P/`,
+/// where STAGE holds a symlink NAME to each tree here (rsync follows a
+/// symlink given with a trailing `/`, and keeps the ones inside), and the
+/// remote shell claims every P/NAME first. `-R` keeps NAME in the names
+/// rsync sends; deletions stay within each P/NAME.
+pub(crate) fn rsync_together(session: &Session, trees: &[&Joinable], stage: &Path, p: &str) -> Cmd {
+    let options = trees[0].options;
+    let file = FileSource {
+        use_checksum: options.use_checksum,
+        delete_excluded: options.delete_excluded,
+        ..default_file_options()
+    };
+    let claims = trees
+        .iter()
+        .fold(Script::default(), |claims, tree| claims.then(tree.claim.clone()));
+    let sources: Vec<String> = trees
+        .iter()
+        .map(|tree| format!("{}/./{}/", stage.display(), tree.name))
+        .collect();
+    rsync_command(session, &file, &sources, &format!("{p}/"), Some(&claims), true)
 }
 
 /// rsync copies a directory's contents when its name ends in `/`.
@@ -145,6 +230,18 @@ pub(crate) fn rsync(
     source: &str,
     path: &str,
     claim: Option<&Script>,
+) -> Cmd {
+    rsync_command(session, file, &[source.to_owned()], path, claim, false)
+}
+
+/// [`rsync`] of several `sources` to `path`, with `-R` when `relative`.
+fn rsync_command(
+    session: &Session,
+    file: &FileSource,
+    sources: &[String],
+    path: &str,
+    claim: Option<&Script>,
+    relative: bool,
 ) -> Cmd {
     let mut cmd = Cmd::new("rsync");
     if file.use_checksum {
@@ -188,7 +285,10 @@ pub(crate) fn rsync(
     if file.delete_excluded {
         cmd = cmd.arg("--delete-excluded");
     }
-    cmd.args([source.to_owned(), session.rsync_destination(path)])
+    if relative {
+        cmd = cmd.arg("--relative");
+    }
+    cmd.args(sources).arg(session.rsync_destination(path))
 }
 
 /// rsync's defaults in krops, which pass and passage trees are synced with

@@ -1,0 +1,244 @@
+//! File trees synced together. The trees of a run that may share an rsync
+//! ([`Joinable`]: directories without filters of their own, of the same
+//! options) sync in one: one ssh session, one remote rsync and one login
+//! shell on the target for all of them instead of one each, which is what
+//! a target with a heavy shell rc file, and a fleet on a few cores, pay
+//! for. Each tree keeps its own step: rsync's itemized changes are told
+//! apart by the tree's name, the first component of every name `-R` sends.
+//! When the shared rsync fails for another reason than the connection,
+//! each tree syncs alone, for its own result and error.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use mktarget::command::Stdio;
+use mktarget::Session;
+
+use crate::progress::Progress;
+use crate::report::{is_itemized, StepError, Transfer};
+use crate::source::file::{rsync_together, JoinOptions, Joinable};
+use crate::step::step_failure;
+
+/// What a run syncs at once: one step, or trees synced together.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Unit {
+    One(usize),
+    Together(Vec<usize>),
+}
+
+/// How many trees one rsync syncs at most: its remote shell claims each
+/// tree's place, and that script is one word of rsync's command line.
+pub(crate) const MAX_TREES: usize = 64;
+
+/// The steps of `queue` as units, in order: the trees that `joinable`
+/// says may sync together, two or more of the same options (at most
+/// [`MAX_TREES`] a unit), sync in one unit where the first of them is.
+pub(crate) fn units(queue: &[usize], joinable: impl Fn(usize) -> Option<JoinOptions>) -> Vec<Unit> {
+    let mut units: Vec<Unit> = Vec::new();
+    // The unit that trees of these options join next.
+    let mut groups: Vec<(JoinOptions, usize)> = Vec::new();
+    for &i in queue {
+        let Some(options) = joinable(i) else {
+            units.push(Unit::One(i));
+            continue;
+        };
+        let open = groups.iter().find(|(like, at)| {
+            *like == options
+                && matches!(&units[*at], Unit::Together(members) if members.len() < MAX_TREES)
+        });
+        match open {
+            Some(&(_, at)) => {
+                if let Unit::Together(members) = &mut units[at] {
+                    members.push(i);
+                }
+            }
+            None => {
+                groups.retain(|(like, _)| *like != options);
+                groups.push((options, units.len()));
+                units.push(Unit::Together(vec![i]));
+            }
+        }
+    }
+    for unit in &mut units {
+        if let Unit::Together(members) = unit {
+            if let [only] = members[..] {
+                *unit = Unit::One(only);
+            }
+        }
+    }
+    units
+}
+
+/// How syncing trees together ended.
+pub(crate) enum Synced {
+    /// Every tree synced: what rsync did to each, in order.
+    Done(Vec<Transfer>),
+    /// The connection failed: every tree fails with it.
+    Lost(StepError),
+    /// rsync failed otherwise, or could not start: each tree syncs alone.
+    Alone,
+}
+
+/// Syncs `trees` (step index, tree; two or more, of the same options)
+/// to their places under `p` on `session`'s target in one rsync, each
+/// tree's part of its output going to its step in `progress` as it comes.
+pub(crate) fn sync(
+    session: &Session,
+    progress: &Progress,
+    p: &str,
+    trees: &[(usize, &Joinable)],
+) -> Result<Synced> {
+    // The names rsync sends are the stage's: a symlink NAME to each tree.
+    let stage = tempfile::Builder::new()
+        .prefix("krops-together.")
+        .tempdir()
+        .context("cannot make a directory for the trees' names")?;
+    for (_, tree) in trees {
+        std::os::unix::fs::symlink(&tree.local, stage.path().join(&tree.name))
+            .with_context(|| format!("cannot name {} for rsync", tree.local.display()))?;
+    }
+    let joinables: Vec<&Joinable> = trees.iter().map(|&(_, tree)| tree).collect();
+    let cmd = rsync_together(session, &joinables, stage.path(), p);
+    let mut dispatch = Dispatch {
+        progress,
+        members: trees
+            .iter()
+            .map(|(i, tree)| (*i, format!("{}/", tree.name)))
+            .collect(),
+        transfers: vec![Transfer::default(); trees.len()],
+        line: Vec::new(),
+    };
+    let ran = cmd.run(Stdio::tee(&mut dispatch))?;
+    dispatch.finish();
+    match ran.checked() {
+        Ok(_) => Ok(Synced::Done(dispatch.transfers)),
+        Err(failed) if session.connection_failure(&failed).is_some() => {
+            Ok(Synced::Lost(step_failure(session, &failed)))
+        }
+        Err(failed) => {
+            let first = trees[0].0;
+            progress.output(
+                first,
+                format!(
+                    "populate: the rsync of {} trees together failed ({}); each syncs alone now\n",
+                    trees.len(),
+                    mktarget::command::describe(failed.status)
+                )
+                .as_bytes(),
+            );
+            Ok(Synced::Alone)
+        }
+    }
+}
+
+/// Passes the shared rsync's output on, line by line: an itemized change
+/// to its tree's step, without the tree's name (`>f+++++++++ NAME/a.nix`
+/// as `>f+++++++++ a.nix`, the tree itself as `./`, as an rsync of the
+/// tree alone says it); rsync's first line to every step; anything else
+/// (its totals, its messages) to the first.
+struct Dispatch<'a> {
+    progress: &'a Progress,
+    /// Each tree's step and `NAME/`.
+    members: Vec<(usize, String)>,
+    transfers: Vec<Transfer>,
+    line: Vec<u8>,
+}
+
+impl Dispatch<'_> {
+    fn route(&mut self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        if is_itemized(&text) {
+            let (code, name) = text.split_at(12);
+            let member = self
+                .members
+                .iter()
+                .position(|(_, prefix)| name.starts_with(prefix.as_str()));
+            if let Some(k) = member {
+                let rest = &name[self.members[k].1.len()..];
+                let line = format!("{code}{}", if rest.is_empty() { "./" } else { rest });
+                self.transfers[k].read_line(&line);
+                self.progress
+                    .output(self.members[k].0, format!("{line}\n").as_bytes());
+                return;
+            }
+        }
+        let line = format!("{text}\n");
+        if text == "sending incremental file list" {
+            for (i, _) in &self.members {
+                self.progress.output(*i, line.as_bytes());
+            }
+        } else {
+            self.progress.output(self.members[0].0, line.as_bytes());
+        }
+    }
+
+    /// Passes on what is left of an unfinished last line.
+    fn finish(&mut self) {
+        let rest = std::mem::take(&mut self.line);
+        if !rest.is_empty() {
+            self.route(&rest);
+        }
+    }
+}
+
+impl Write for Dispatch<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &byte in buf {
+            if byte == b'\n' {
+                let line = std::mem::take(&mut self.line);
+                self.route(&line);
+            } else {
+                self.line.push(byte);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(use_checksum: bool) -> Option<JoinOptions> {
+        Some(JoinOptions {
+            use_checksum,
+            delete_excluded: true,
+        })
+    }
+
+    #[test]
+    fn trees_of_the_same_options_make_one_unit_where_the_first_is() {
+        // 0, 2, 5 joinable alike; 3 joinable otherwise (alone: one of its
+        // kind); 1 and 4 not joinable.
+        let joinable = |i: usize| match i {
+            0 | 2 | 5 => options(false),
+            3 => options(true),
+            _ => None,
+        };
+        assert_eq!(
+            units(&[0, 1, 2, 3, 4, 5], joinable),
+            [
+                Unit::Together(vec![0, 2, 5]),
+                Unit::One(1),
+                Unit::One(3),
+                Unit::One(4)
+            ]
+        );
+        assert_eq!(units(&[1, 4], joinable), [Unit::One(1), Unit::One(4)]);
+        assert_eq!(units(&[], joinable), []);
+        // Many trees: as many units as it takes, each at most MAX_TREES.
+        let many: Vec<usize> = (0..2 * MAX_TREES + 1).collect();
+        let sizes: Vec<usize> = units(&many, |_| options(false))
+            .iter()
+            .map(|unit| match unit {
+                Unit::Together(members) => members.len(),
+                Unit::One(_) => 1,
+            })
+            .collect();
+        assert_eq!(sizes, [MAX_TREES, MAX_TREES, 1]);
+    }
+}
