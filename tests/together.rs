@@ -217,3 +217,42 @@ fn when_the_shared_rsync_fails_each_tree_syncs_alone_and_fails_on_its_own() {
     assert_eq!(status("b").as_deref(), Some("failed"), "{out}");
     assert!(dest.join("a/a.nix").exists(), "{out}");
 }
+
+#[test]
+fn a_tmpdir_with_dots_and_symlinks_in_its_path_changes_nothing_of_where_trees_land() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    world.write("t/a/a.nix", "{ }\n");
+    world.write("t/b/b.nix", "{ }\n");
+    let sources = json!({
+        "a": {"file": world.path("t/a").to_str().unwrap()},
+        "b": {"file": world.path("t/b").to_str().unwrap()},
+    });
+    // rsync -R names what it sends after the first `/./` of a source.
+    world.mkdir("tmp/real");
+    std::os::unix::fs::symlink(world.path("tmp/real"), world.path("tmp/link")).unwrap();
+    let tmpdir = format!("{}/./link/.", world.path("tmp").display());
+    let dest = world.path("src");
+    let mut command = world.command(world.tool("populate"));
+    command
+        .args(["--target", &alpha.target("root", &dest), "--force"])
+        .env("TMPDIR", &tmpdir);
+    world
+        .run_command(&mut command, sources.to_string().as_bytes())
+        .assert_success();
+    let landed = Tree::snapshot(&dest);
+    assert_eq!(
+        landed.paths(),
+        [
+            ".",
+            ".populate",
+            ".populate-lock",
+            ".populate-lock-final",
+            "a",
+            "a/a.nix",
+            "b",
+            "b/b.nix"
+        ],
+        "{landed:?}"
+    );
+}

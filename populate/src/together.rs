@@ -93,12 +93,16 @@ pub(crate) fn sync(
         .prefix("krops-together.")
         .tempdir()
         .context("cannot make a directory for the trees' names")?;
+    // rsync -R takes the names after the first `/./` of a source: the
+    // stage's own path has none once canonical (TMPDIR may be anything).
+    let at = std::fs::canonicalize(stage.path())
+        .context("cannot find the directory for the trees' names")?;
     for (_, tree) in trees {
-        std::os::unix::fs::symlink(&tree.local, stage.path().join(&tree.name))
+        std::os::unix::fs::symlink(&tree.local, at.join(&tree.name))
             .with_context(|| format!("cannot name {} for rsync", tree.local.display()))?;
     }
     let joinables: Vec<&Joinable> = trees.iter().map(|&(_, tree)| tree).collect();
-    let cmd = rsync_together(session, &joinables, stage.path(), p);
+    let cmd = rsync_together(session, &joinables, &at, p);
     let mut dispatch = Dispatch {
         progress,
         members: trees
