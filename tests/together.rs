@@ -213,9 +213,64 @@ fn when_the_shared_rsync_fails_each_tree_syncs_alone_and_fails_on_its_own() {
             .find(|(n, _, _)| n == name)
             .map(|(_, s, _)| s.clone())
     };
+    // Each alone, whatever the others did: c too, after b failed.
     assert_eq!(status("a").as_deref(), Some("synced"), "{out}");
     assert_eq!(status("b").as_deref(), Some("failed"), "{out}");
-    assert!(dest.join("a/a.nix").exists(), "{out}");
+    assert_eq!(status("c").as_deref(), Some("synced"), "{out}");
+    assert!(
+        dest.join("a/a.nix").exists() && dest.join("c/c.nix").exists(),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_tree_holding_a_rsync_filter_syncs_alone_as_its_patterns_mean() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    // `*/secret` matches a/secret only when rsync sends the tree as a/…:
+    // in an rsync of the tree alone it matches nothing at its top.
+    world.write("t/a/.rsync-filter", "- */secret\n");
+    world.write("t/a/secret", "kept\n");
+    world.write("t/a/sub/secret", "dropped\n");
+    world.write("t/b/b.nix", "{ }\n");
+    world.write("t/c/c.nix", "{ }\n");
+    let sources = json!({
+        "a": {"file": world.path("t/a").to_str().unwrap()},
+        "b": {"file": world.path("t/b").to_str().unwrap()},
+        "c": {"file": world.path("t/c").to_str().unwrap()},
+    });
+    let dest = world.path("src");
+    let before = sessions(&world, "alpha");
+    world
+        .populate(&alpha.target("root", &dest), &["--force"], &sources)
+        .assert_success();
+    assert_eq!(fs::read_to_string(dest.join("a/secret")).unwrap(), "kept\n");
+    assert!(!dest.join("a/sub/secret").exists());
+    // The lock's session, a alone, b and c together.
+    assert_eq!(sessions(&world, "alpha") - before, 3);
+}
+
+#[test]
+fn a_rsync_filter_in_tmpdir_is_never_read() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    world.write("t/a/a.nix", "{ }\n");
+    world.write("t/b/b.nix", "{ }\n");
+    let sources = json!({
+        "a": {"file": world.path("t/a").to_str().unwrap()},
+        "b": {"file": world.path("t/b").to_str().unwrap()},
+    });
+    // Where the trees' names are staged: anyone may write in /tmp.
+    world.write("tmp/.rsync-filter", "- *\n");
+    let dest = world.path("src");
+    let mut command = world.command(world.tool("populate"));
+    command
+        .args(["--target", &alpha.target("root", &dest), "--force"])
+        .env("TMPDIR", world.path("tmp"));
+    world
+        .run_command(&mut command, sources.to_string().as_bytes())
+        .assert_success();
+    assert!(dest.join("a/a.nix").exists() && dest.join("b/b.nix").exists());
 }
 
 #[test]

@@ -20,6 +20,7 @@ use mktarget::Session;
 
 use crate::lock::{BatchRuns, FirstBatch, Locking, Taken};
 use crate::progress::{Progress, Row, Style};
+use crate::report::Transfer;
 use crate::report::{Report, StepError, StepOutcome, StepStatus};
 use crate::script::{Function, Script, PRELUDE, STEP};
 use crate::source::file::Joinable;
@@ -717,7 +718,8 @@ impl<'a> Run<'a> {
         // With more than one job, the trees that may share an rsync do.
         let units = if self.plan.jobs > 1 {
             together::units(&queue, |i| {
-                self.plan.steps[i].work.joinable().map(|tree| tree.options)
+                let tree = self.plan.steps[i].work.joinable()?;
+                Some((tree.options, tree.claim.text().len()))
             })
         } else {
             queue.iter().map(|&i| Unit::One(i)).collect()
@@ -731,15 +733,16 @@ impl<'a> Run<'a> {
                 }
                 self.header(i);
                 self.clock(i);
-                self.step(i);
+                self.step(i, None);
             }
-            Unit::Together(members) => self.together(members, &stop),
+            Unit::Together(members) => self.together(members),
         });
         self.failed.load(Ordering::SeqCst) || interrupt::interrupted()
     }
 
-    /// Runs step `i` (its header printed, its clock started).
-    fn step(&self, i: usize) {
+    /// Runs step `i` (its header printed, its clock started); `before`
+    /// is what an rsync of it did already (its changes come first).
+    fn step(&self, i: usize, before: Option<Transfer>) {
         let step = &self.plan.steps[i];
         self.doing(&[&step.label], true);
         let mut out = self.progress.step(i);
@@ -748,14 +751,22 @@ impl<'a> Run<'a> {
             Ok(Ended::Unchanged) => (StepStatus::Unchanged, None),
             Err(err) => (StepStatus::Failed(StepError::from(err)), None),
         };
+        let transfer = match (before, transfer) {
+            (Some(mut before), Some(after)) => {
+                before.changes.extend(after.changes);
+                before.bytes_sent = after.bytes_sent;
+                Some(before)
+            }
+            (before, after) => after.or(before),
+        };
         self.doing(&[&step.label], false);
         self.end_with(i, status, transfer);
     }
 
     /// Syncs the trees of steps `members` in one rsync ([`together`]);
-    /// when that fails for another reason than the connection, each alone
-    /// (until `stop` says so).
-    fn together(&self, members: &[usize], stop: &dyn Fn() -> bool) {
+    /// when that fails for another reason than the connection or a
+    /// signal, each alone, whatever the others do (they all started).
+    fn together(&self, members: &[usize]) {
         let labels: Vec<&str> = members
             .iter()
             .map(|&i| self.plan.steps[i].label.as_str())
@@ -772,25 +783,27 @@ impl<'a> Run<'a> {
         let path = &self.plan.session.target().path;
         let synced = together::sync(&self.plan.session, self.progress, path, &trees);
         self.doing(&labels, false);
-        match synced {
+        let before = match synced {
             Ok(Synced::Done(transfers)) => {
                 for (&i, transfer) in members.iter().zip(transfers) {
                     self.end_with(i, StepStatus::Done, Some(transfer));
                 }
+                return;
             }
-            Ok(Synced::Lost(error)) => {
+            Ok(Synced::Failed(error)) => {
                 for &i in members {
                     self.end(i, StepStatus::Failed(error.clone()));
                 }
+                return;
             }
-            Ok(Synced::Alone) | Err(_) => {
-                for &i in members {
-                    if stop() {
-                        break;
-                    }
-                    self.step(i);
-                }
+            Ok(Synced::Alone(transfers)) => transfers.into_iter().map(Some).collect(),
+            Err(_) => vec![None; members.len()],
+        };
+        for (&i, before) in members.iter().zip(before) {
+            if interrupt::interrupted() {
+                break;
             }
+            self.step(i, before);
         }
     }
 

@@ -26,35 +26,45 @@ pub(crate) enum Unit {
     Together(Vec<usize>),
 }
 
-/// How many trees one rsync syncs at most: its remote shell claims each
-/// tree's place, and that script is one word of rsync's command line.
+/// How many trees one rsync syncs at most.
 pub(crate) const MAX_TREES: usize = 64;
 
+/// How long the claims of one rsync's trees are at most: its remote shell
+/// runs them, and that script is one word of rsync's command line (at
+/// most [`mktarget::command::MAX_ARG_BYTES`], the prelude too).
+pub(crate) const MAX_CLAIM_BYTES: usize = 64 * 1024;
+
 /// The steps of `queue` as units, in order: the trees that `joinable`
-/// says may sync together, two or more of the same options (at most
-/// [`MAX_TREES`] a unit), sync in one unit where the first of them is.
-pub(crate) fn units(queue: &[usize], joinable: impl Fn(usize) -> Option<JoinOptions>) -> Vec<Unit> {
+/// says may sync together (their options, and the length of their claim),
+/// two or more of the same options, sync in one unit where the first of
+/// them is, at most [`MAX_TREES`] and [`MAX_CLAIM_BYTES`] of claims a unit.
+pub(crate) fn units(
+    queue: &[usize],
+    joinable: impl Fn(usize) -> Option<(JoinOptions, usize)>,
+) -> Vec<Unit> {
     let mut units: Vec<Unit> = Vec::new();
-    // The unit that trees of these options join next.
-    let mut groups: Vec<(JoinOptions, usize)> = Vec::new();
+    // The unit that trees of these options join next, and its claims' length.
+    let mut groups: Vec<(JoinOptions, usize, usize)> = Vec::new();
     for &i in queue {
-        let Some(options) = joinable(i) else {
+        let Some((options, bytes)) = joinable(i) else {
             units.push(Unit::One(i));
             continue;
         };
-        let open = groups.iter().find(|(like, at)| {
+        let open = groups.iter_mut().find(|(like, at, sum)| {
             *like == options
+                && *sum + bytes <= MAX_CLAIM_BYTES
                 && matches!(&units[*at], Unit::Together(members) if members.len() < MAX_TREES)
         });
         match open {
-            Some(&(_, at)) => {
-                if let Unit::Together(members) = &mut units[at] {
+            Some((_, at, sum)) => {
+                *sum += bytes;
+                if let Unit::Together(members) = &mut units[*at] {
                     members.push(i);
                 }
             }
             None => {
-                groups.retain(|(like, _)| *like != options);
-                groups.push((options, units.len()));
+                groups.retain(|(like, _, _)| *like != options);
+                groups.push((options, units.len(), bytes));
                 units.push(Unit::Together(vec![i]));
             }
         }
@@ -73,10 +83,11 @@ pub(crate) fn units(queue: &[usize], joinable: impl Fn(usize) -> Option<JoinOpti
 pub(crate) enum Synced {
     /// Every tree synced: what rsync did to each, in order.
     Done(Vec<Transfer>),
-    /// The connection failed: every tree fails with it.
-    Lost(StepError),
-    /// rsync failed otherwise, or could not start: each tree syncs alone.
-    Alone,
+    /// The connection failed, or a signal came: every tree fails with it.
+    Failed(StepError),
+    /// rsync failed otherwise, or could not start: each tree syncs alone,
+    /// after what the shared rsync did to each, in order.
+    Alone(Vec<Transfer>),
 }
 
 /// Syncs `trees` (step index, tree; two or more, of the same options)
@@ -107,7 +118,12 @@ pub(crate) fn sync(
         progress,
         members: trees
             .iter()
-            .map(|(i, tree)| (*i, format!("{}/", tree.name)))
+            .map(|(i, tree)| Member {
+                step: *i,
+                name: format!("{}/", tree.name),
+                staged: format!("{}/{}/", at.display(), tree.name),
+                local: format!("{}/", tree.local.display()),
+            })
             .collect(),
         transfers: vec![Transfer::default(); trees.len()],
         line: Vec::new(),
@@ -116,34 +132,47 @@ pub(crate) fn sync(
     dispatch.finish();
     match ran.checked() {
         Ok(_) => Ok(Synced::Done(dispatch.transfers)),
-        Err(failed) if session.connection_failure(&failed).is_some() => {
-            Ok(Synced::Lost(step_failure(session, &failed)))
+        Err(failed)
+            if mktarget::interrupt::interrupted()
+                || session.connection_failure(&failed).is_some() =>
+        {
+            Ok(Synced::Failed(step_failure(session, &failed)))
         }
         Err(failed) => {
-            let first = trees[0].0;
-            progress.output(
-                first,
-                format!(
-                    "populate: the rsync of {} trees together failed ({}); each syncs alone now\n",
-                    trees.len(),
-                    mktarget::command::describe(failed.status)
-                )
-                .as_bytes(),
+            let note = format!(
+                "populate: the rsync of {} trees together failed ({}); each syncs alone now\n",
+                trees.len(),
+                mktarget::command::describe(failed.status)
             );
-            Ok(Synced::Alone)
+            for (i, _) in trees {
+                progress.output(*i, note.as_bytes());
+            }
+            Ok(Synced::Alone(dispatch.transfers))
         }
     }
+}
+
+/// A tree of the shared rsync, as its output names it.
+struct Member {
+    /// Its step.
+    step: usize,
+    /// `NAME/`: how its files' names begin.
+    name: String,
+    /// `STAGE/NAME/`: how rsync's messages name it here...
+    staged: String,
+    /// ... and how an rsync of it alone would: its path here, with `/`.
+    local: String,
 }
 
 /// Passes the shared rsync's output on, line by line: an itemized change
 /// to its tree's step, without the tree's name (`>f+++++++++ NAME/a.nix`
 /// as `>f+++++++++ a.nix`, the tree itself as `./`, as an rsync of the
-/// tree alone says it); rsync's first line to every step; anything else
-/// (its totals, its messages) to the first.
+/// tree alone says it); a message naming a file of a tree to its step,
+/// the file named by its path here; rsync's first line to every step;
+/// anything else (its totals) to the first.
 struct Dispatch<'a> {
     progress: &'a Progress,
-    /// Each tree's step and `NAME/`.
-    members: Vec<(usize, String)>,
+    members: Vec<Member>,
     transfers: Vec<Transfer>,
     line: Vec<u8>,
 }
@@ -156,23 +185,32 @@ impl Dispatch<'_> {
             let member = self
                 .members
                 .iter()
-                .position(|(_, prefix)| name.starts_with(prefix.as_str()));
+                .position(|member| name.starts_with(member.name.as_str()));
             if let Some(k) = member {
-                let rest = &name[self.members[k].1.len()..];
+                let rest = &name[self.members[k].name.len()..];
                 let line = format!("{code}{}", if rest.is_empty() { "./" } else { rest });
                 self.transfers[k].read_line(&line);
                 self.progress
-                    .output(self.members[k].0, format!("{line}\n").as_bytes());
+                    .output(self.members[k].step, format!("{line}\n").as_bytes());
                 return;
             }
         }
+        let named = self
+            .members
+            .iter()
+            .find(|member| text.contains(member.staged.as_str()));
+        if let Some(member) = named {
+            let line = format!("{}\n", text.replace(&member.staged, &member.local));
+            self.progress.output(member.step, line.as_bytes());
+            return;
+        }
         let line = format!("{text}\n");
         if text == "sending incremental file list" {
-            for (i, _) in &self.members {
-                self.progress.output(*i, line.as_bytes());
+            for member in &self.members {
+                self.progress.output(member.step, line.as_bytes());
             }
         } else {
-            self.progress.output(self.members[0].0, line.as_bytes());
+            self.progress.output(self.members[0].step, line.as_bytes());
         }
     }
 
@@ -207,11 +245,14 @@ impl Write for Dispatch<'_> {
 mod tests {
     use super::*;
 
-    fn options(use_checksum: bool) -> Option<JoinOptions> {
-        Some(JoinOptions {
-            use_checksum,
-            delete_excluded: true,
-        })
+    fn options(use_checksum: bool) -> Option<(JoinOptions, usize)> {
+        Some((
+            JoinOptions {
+                use_checksum,
+                delete_excluded: true,
+            },
+            100,
+        ))
     }
 
     #[test]
@@ -244,5 +285,15 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes, [MAX_TREES, MAX_TREES, 1]);
+        // Long claims: as many as fit MAX_CLAIM_BYTES.
+        let long = |_: usize| options(false).map(|(options, _)| (options, MAX_CLAIM_BYTES / 3));
+        let sizes: Vec<usize> = units(&[0, 1, 2, 3, 4, 5, 6], long)
+            .iter()
+            .map(|unit| match unit {
+                Unit::Together(members) => members.len(),
+                Unit::One(_) => 1,
+            })
+            .collect();
+        assert_eq!(sizes, [3, 3, 1]);
     }
 }

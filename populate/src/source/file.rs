@@ -148,9 +148,10 @@ pub(crate) struct JoinOptions {
 }
 
 /// `file` as a [`Joinable`] tree at `p`: a directory without filters of
-/// its own, no `.rsync-filter` above it (with `-F`, rsync reads those in
-/// the directories above what it syncs, which another rsync's would not
-/// be), its name a plain one (source names are).
+/// its own and without `.rsync-filter` files, in it or above it (`-F`
+/// reads those above what rsync syncs, and a pattern with a `/` in one in
+/// it would match the tree's name too when rsync sends NAME/…), its name a
+/// plain one (source names are).
 fn joinable(file: &FileSource, makes: Makes, p: &str, claim: Script) -> Option<Joinable> {
     if makes != Makes::Tree || !file.exclude.is_empty() || !file.filters.is_empty() {
         return None;
@@ -163,7 +164,8 @@ fn joinable(file: &FileSource, makes: Makes, p: &str, claim: Script) -> Option<J
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     };
     let local = PathBuf::from(&file.path);
-    if !plain(name) || !local.is_absolute() || filter_file_above(&local) {
+    if !plain(name) || !local.is_absolute() || filter_file_above(&local) || holds_filter_file(&local)
+    {
         return None;
     }
     Some(Joinable {
@@ -175,6 +177,28 @@ fn joinable(file: &FileSource, makes: Makes, p: &str, claim: Script) -> Option<J
             delete_excluded: file.delete_excluded,
         },
     })
+}
+
+/// Whether `dir` or a directory in it holds a `.rsync-filter`, or one
+/// cannot be read (it may): symlinks are not followed, as rsync follows
+/// none in a tree.
+fn holds_filter_file(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return true;
+    };
+    for entry in entries {
+        let Ok(entry) = entry else {
+            return true;
+        };
+        if entry.file_name() == ".rsync-filter" {
+            return true;
+        }
+        let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
+        if is_dir && holds_filter_file(&entry.path()) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether a directory above `dir` (up to `/`) holds a `.rsync-filter`,
@@ -276,12 +300,19 @@ fn rsync_command(
         };
         cmd = cmd.args([option, &filter.pattern]);
     }
-    cmd = cmd.args([
-        "-e",
-        &session.rsync_shell(),
-        "-vFrlptD",
-        "--itemize-changes",
-    ]);
+    // Trees synced together hold no `.rsync-filter` ([`joinable`]), and
+    // rsync's `-F` would read one above the stage (in TMPDIR, `/tmp`):
+    // their rsync reads those in the trees only.
+    let flags = if relative {
+        "-vrlptD"
+    } else {
+        "-vFrlptD"
+    };
+    cmd = cmd.args(["-e", &session.rsync_shell(), flags]);
+    if relative {
+        cmd = cmd.arg("--filter=dir-merge .rsync-filter");
+    }
+    cmd = cmd.arg("--itemize-changes");
     if file.delete_excluded {
         cmd = cmd.arg("--delete-excluded");
     }
