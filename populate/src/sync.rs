@@ -715,15 +715,18 @@ impl<'a> Run<'a> {
     /// failed (or a signal came).
     fn parallel(&self, queue: Vec<usize>) -> bool {
         let stop = || self.failed.load(Ordering::SeqCst) || interrupt::interrupted();
-        // With more than one job, the trees that may share an rsync do.
-        let units = if self.plan.jobs > 1 {
-            together::units(&queue, |i| {
-                let tree = self.plan.steps[i].work.joinable()?;
-                Some((tree.options, tree.claim.text().len()))
-            })
-        } else {
-            queue.iter().map(|&i| Unit::One(i)).collect()
-        };
+        // With more than one job, the trees that may share an rsync do
+        // (each walked for a .rsync-filter only when there are others).
+        let joinable = |i: usize| self.plan.steps[i].work.joinable();
+        let units =
+            if self.plan.jobs > 1 && queue.iter().filter(|&&i| joinable(i).is_some()).count() > 1 {
+                together::units(&queue, |i| {
+                    let tree = joinable(i).filter(|tree| !tree.holds_filter_file())?;
+                    Some((tree.options, tree.claim.text().len()))
+                })
+            } else {
+                queue.iter().map(|&i| Unit::One(i)).collect()
+            };
         crate::parallel::each(units.len(), self.plan.jobs, stop, |k| match &units[k] {
             Unit::One(i) => {
                 let i = *i;

@@ -164,8 +164,9 @@ fn joinable(file: &FileSource, makes: Makes, p: &str, claim: Script) -> Option<J
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     };
     let local = PathBuf::from(&file.path);
-    if !plain(name) || !local.is_absolute() || filter_file_above(&local) || holds_filter_file(&local)
-    {
+    // Whether one is in the tree is asked when it would join others
+    // ([`Joinable::holds_filter_file`]): a walk of the tree.
+    if !plain(name) || !local.is_absolute() || filter_file_above(&local) {
         return None;
     }
     Some(Joinable {
@@ -177,6 +178,14 @@ fn joinable(file: &FileSource, makes: Makes, p: &str, claim: Script) -> Option<J
             delete_excluded: file.delete_excluded,
         },
     })
+}
+
+impl Joinable {
+    /// Whether the tree holds a `.rsync-filter` (or may: see
+    /// [`holds_filter_file`]), and so must sync alone.
+    pub(crate) fn holds_filter_file(&self) -> bool {
+        holds_filter_file(&self.local)
+    }
 }
 
 /// Whether `dir` or a directory in it holds a `.rsync-filter`, or one
