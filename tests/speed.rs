@@ -136,12 +136,13 @@ fn without_multiplexing_every_step_connects_on_its_own() {
         };
         out.assert_success();
         // The lock with the batch (sentinel, symlinks) and the 2
-        // checkouts in its session, 8 trees (each an rsync, which claims
-        // its place first), the pipe and the store's claim (its stamp is
-        // unchanged, so no rsync): each its own connection, as in krops
-        // (which also claimed apart from rsync, and took no lock).
+        // checkouts in its session, the 8 trees (one rsync, which claims
+        // their places first), the pipe and the store's claim (its stamp
+        // is unchanged, so no rsync): each its own connection, as in
+        // krops (which synced each tree apart, claimed apart from rsync,
+        // and took no lock).
         let made = world.handshakes("alpha") - before;
-        assert_eq!(made, 11, "{how}");
+        assert_eq!(made, 4, "{how}");
         assert_nothing_left(&world);
     }
     shared.assert_unchanged(&snapshot());

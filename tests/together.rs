@@ -311,3 +311,66 @@ fn a_tmpdir_with_dots_and_symlinks_in_its_path_changes_nothing_of_where_trees_la
         "{landed:?}"
     );
 }
+
+#[test]
+fn a_rsync_filter_at_the_target_path_is_read_as_for_each_tree_alone() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    world.write("t/a/a.nix", "{ }\n");
+    world.write("t/b/b.nix", "{ }\n");
+    let sources = json!({
+        "a": {"file": world.path("t/a").to_str().unwrap()},
+        "b": {"file": world.path("t/b").to_str().unwrap()},
+    });
+    // rsync's -F reads the target's .rsync-filter above P/NAME for a tree
+    // synced alone: `P keepme` protects P/a/keepme from its deletion.
+    let dest = world.path("src");
+    world.write("src/.populate", "");
+    world.write("src/.rsync-filter", "P keepme\n");
+    world.write("src/a/keepme", "kept\n");
+    let out = world.populate(&alpha.target("root", &dest), &[], &sources);
+    out.assert_success()
+        .assert_stderr_contains("holds a .rsync-filter");
+    assert_eq!(fs::read_to_string(dest.join("a/keepme")).unwrap(), "kept\n");
+    assert!(dest.join("a/a.nix").exists() && dest.join("b/b.nix").exists());
+}
+
+#[test]
+fn each_tree_s_messages_are_told_with_its_own_step() {
+    let world = World::new();
+    let alpha = world.add_host("alpha");
+    for name in ["a", "ab", "x"] {
+        world.write(&format!("t/{name}/f"), format!("{name}\n"));
+    }
+    let sources = json!({
+        "a": {"file": world.path("t/a").to_str().unwrap()},
+        "ab": {"file": world.path("t/ab").to_str().unwrap()},
+        "x": {"file": world.path("t/x").to_str().unwrap()},
+    });
+    let dest = world.path("src");
+    world.write("src/.populate", "");
+    world.write("src/x", "a file where a tree goes\n");
+    std::os::unix::fs::symlink("/tmp", dest.join("ab")).unwrap();
+    let out = world.populate(&alpha.target("root", &dest), &[], &sources);
+    out.assert_success();
+    let stderr = out.stderr_str();
+    // A step's output is printed whole, between its first and last lines.
+    let block = |name: &str| {
+        let start = stderr
+            .find(&format!("populate: source {name} (file) →"))
+            .unwrap_or_else(|| panic!("no {name}\n{out}"));
+        let end = stderr[start..]
+            .find(&format!("populate: source {name} (file): done"))
+            .unwrap_or_else(|| panic!("no end of {name}\n{out}"));
+        stderr[start..start + end].to_owned()
+    };
+    assert!(block("ab").contains("replacing the symlink at"), "{out}");
+    assert!(block("x").contains("replacing the file at"), "{out}");
+    assert!(!block("a").contains("replacing"), "{out}");
+    // The shared totals are said to be of all the trees.
+    assert!(
+        block("a").contains("populate: the rsync of 3 trees together: sent "),
+        "{out}"
+    );
+    assert!(!stderr.contains("krops-together."), "{out}");
+}

@@ -754,10 +754,13 @@ impl<'a> Run<'a> {
             Ok(Ended::Unchanged) => (StepStatus::Unchanged, None),
             Err(err) => (StepStatus::Failed(StepError::from(err)), None),
         };
+        // What the shared rsync sent is not known by tree.
         let transfer = match (before, transfer) {
             (Some(mut before), Some(after)) => {
+                if before.changes.is_empty() {
+                    before.bytes_sent = after.bytes_sent;
+                }
                 before.changes.extend(after.changes);
-                before.bytes_sent = after.bytes_sent;
                 Some(before)
             }
             (before, after) => after.or(before),
@@ -787,9 +790,12 @@ impl<'a> Run<'a> {
         let synced = together::sync(&self.plan.session, self.progress, path, &trees);
         self.doing(&labels, false);
         let before = match synced {
-            Ok(Synced::Done(transfers)) => {
-                for (&i, transfer) in members.iter().zip(transfers) {
-                    self.end_with(i, StepStatus::Done, Some(transfer));
+            Ok(Synced::Done(results)) => {
+                for (&i, result) in members.iter().zip(results) {
+                    match result {
+                        Ok(transfer) => self.end_with(i, StepStatus::Done, Some(transfer)),
+                        Err(error) => self.end(i, StepStatus::Failed(error)),
+                    };
                 }
                 return;
             }

@@ -81,8 +81,9 @@ pub(crate) fn units(
 
 /// How syncing trees together ended.
 pub(crate) enum Synced {
-    /// Every tree synced: what rsync did to each, in order.
-    Done(Vec<Transfer>),
+    /// rsync ended well: what it did to each tree, in order, or why that
+    /// tree failed all the same (its directory here went away meanwhile).
+    Done(Vec<std::result::Result<Transfer, StepError>>),
     /// The connection failed, or a signal came: every tree fails with it.
     Failed(StepError),
     /// rsync failed otherwise, or could not start: each tree syncs alone,
@@ -123,15 +124,35 @@ pub(crate) fn sync(
                 name: format!("{}/", tree.name),
                 staged: format!("{}/{}/", at.display(), tree.name),
                 local: format!("{}/", tree.local.display()),
+                there: format!("{p}/{}", tree.name),
             })
             .collect(),
         transfers: vec![Transfer::default(); trees.len()],
         line: Vec::new(),
+        all: format!("populate: the rsync of {} trees together: ", trees.len()),
     };
     let ran = cmd.run(Stdio::tee(&mut dispatch))?;
     dispatch.finish();
     match ran.checked() {
-        Ok(_) => Ok(Synced::Done(dispatch.transfers)),
+        Ok(_) => {
+            // A tree that is gone was not sent (see `rsync_together`).
+            let results = trees
+                .iter()
+                .zip(dispatch.transfers)
+                .map(|((_, tree), transfer)| {
+                    if tree.local.is_dir() {
+                        Ok(transfer)
+                    } else {
+                        Err(StepError::message(format!(
+                            "{} is no longer a directory here (it went away while populate \
+                             ran); nothing of it was synced",
+                            tree.local.display()
+                        )))
+                    }
+                })
+                .collect();
+            Ok(Synced::Done(results))
+        }
         Err(failed)
             if mktarget::interrupt::interrupted()
                 || session.connection_failure(&failed).is_some() =>
@@ -162,19 +183,37 @@ struct Member {
     staged: String,
     /// ... and how an rsync of it alone would: its path here, with `/`.
     local: String,
+    /// `P/NAME`: how messages name its place on the target.
+    there: String,
+}
+
+impl Member {
+    /// Whether `text` names the tree's place on the target: `P/NAME`,
+    /// then the end, `/`, or what ends a name in a message.
+    fn named_there(&self, text: &str) -> bool {
+        text.match_indices(self.there.as_str()).any(|(at, found)| {
+            text[at + found.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| "/ :,;)'\"".contains(c))
+        })
+    }
 }
 
 /// Passes the shared rsync's output on, line by line: an itemized change
 /// to its tree's step, without the tree's name (`>f+++++++++ NAME/a.nix`
 /// as `>f+++++++++ a.nix`, the tree itself as `./`, as an rsync of the
-/// tree alone says it); a message naming a file of a tree to its step,
-/// the file named by its path here; rsync's first line to every step;
-/// anything else (its totals) to the first.
+/// tree alone says it); a message naming a file of a tree here (by its
+/// path here) or its place on the target to its step; rsync's first line
+/// to every step; anything else (its totals) to the first, said to be of
+/// all.
 struct Dispatch<'a> {
     progress: &'a Progress,
     members: Vec<Member>,
     transfers: Vec<Transfer>,
     line: Vec<u8>,
+    /// What a line of all the trees' starts with.
+    all: String,
 }
 
 impl Dispatch<'_> {
@@ -204,12 +243,20 @@ impl Dispatch<'_> {
             self.progress.output(member.step, line.as_bytes());
             return;
         }
-        let line = format!("{text}\n");
+        if let Some(member) = self.members.iter().find(|member| member.named_there(&text)) {
+            self.progress
+                .output(member.step, format!("{text}\n").as_bytes());
+            return;
+        }
         if text == "sending incremental file list" {
             for member in &self.members {
-                self.progress.output(member.step, line.as_bytes());
+                self.progress
+                    .output(member.step, format!("{text}\n").as_bytes());
             }
+        } else if text.trim().is_empty() {
+            self.progress.output(self.members[0].step, b"\n");
         } else {
+            let line = format!("{}{text}\n", self.all);
             self.progress.output(self.members[0].step, line.as_bytes());
         }
     }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 
 use super::fields::{absolute, Fields};
-use crate::script::Script;
+use crate::script::{Function, Script};
 use crate::step::{claim, Makes, Work};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,15 +231,25 @@ pub(crate) fn rsync_together(session: &Session, trees: &[&Joinable], stage: &Pat
         delete_excluded: options.delete_excluded,
         ..default_file_options()
     };
+    let check = Script::call(&FILTERS_ABOVE, &[p, &session.display_path(p)]);
     let claims = trees
         .iter()
-        .fold(Script::default(), |claims, tree| claims.then(tree.claim.clone()));
+        .fold(check, |claims, tree| claims.then(tree.claim.clone()));
     let sources: Vec<String> = trees
         .iter()
         .map(|tree| format!("{}/./{}/", stage.display(), tree.name))
         .collect();
-    rsync_command(session, &file, &sources, &format!("{p}/"), Some(&claims), true)
+    rsync_command(session, &file, &sources, &format!("{p}/"), Some(&claims), Some(trees))
 }
+
+/// `krops_filters_above P SHOWN` (`filters-above.sh`), which the remote
+/// shell of an rsync of several trees runs first: that rsync reads no
+/// `.rsync-filter` in P or above it, where an rsync of one tree alone does
+/// (`-F`), so with one there the trees sync alone.
+static FILTERS_ABOVE: Function = Function {
+    name: "krops_filters_above",
+    text: include_str!("filters-above.sh"),
+};
 
 /// rsync copies a directory's contents when its name ends in `/`.
 fn rsync_source(path: &Path) -> String {
@@ -264,17 +274,18 @@ pub(crate) fn rsync(
     path: &str,
     claim: Option<&Script>,
 ) -> Cmd {
-    rsync_command(session, file, &[source.to_owned()], path, claim, false)
+    rsync_command(session, file, &[source.to_owned()], path, claim, None)
 }
 
-/// [`rsync`] of several `sources` to `path`, with `-R` when `relative`.
+/// [`rsync`] of several `sources` to `path`; with `trees`, the sources are
+/// those trees' in a stage ([`rsync_together`]).
 fn rsync_command(
     session: &Session,
     file: &FileSource,
     sources: &[String],
     path: &str,
     claim: Option<&Script>,
-    relative: bool,
+    trees: Option<&[&Joinable]>,
 ) -> Cmd {
     let mut cmd = Cmd::new("rsync");
     if file.use_checksum {
@@ -309,26 +320,34 @@ fn rsync_command(
         };
         cmd = cmd.args([option, &filter.pattern]);
     }
-    // Trees synced together hold no `.rsync-filter` ([`joinable`]), and
-    // rsync's `-F` would read one above the stage (in TMPDIR, `/tmp`):
-    // their rsync reads those in the trees only.
-    let flags = if relative {
-        "-vrlptD"
-    } else {
-        "-vFrlptD"
+    let Some(trees) = trees else {
+        cmd = cmd.args(["-e", &session.rsync_shell(), "-vFrlptD", "--itemize-changes"]);
+        if file.delete_excluded {
+            cmd = cmd.arg("--delete-excluded");
+        }
+        return cmd.args(sources).arg(session.rsync_destination(path));
     };
-    cmd = cmd.args(["-e", &session.rsync_shell(), flags]);
-    if relative {
-        cmd = cmd.arg("--filter=dir-merge .rsync-filter");
+    // Trees synced together hold no `.rsync-filter` ([`joinable`]), nor
+    // does the target above them (the claims check), and rsync's `-F`
+    // would read one above the stage (in TMPDIR, `/tmp`): their rsync
+    // reads those in the trees only. Only the trees, as directories, are
+    // sent at the top: when a tree here is gone, rsync would send the
+    // stage's dangling symlink in its place, and put it there instead.
+    cmd = cmd.args(["-e", &session.rsync_shell(), "-vrlptD"]);
+    for tree in trees {
+        cmd = cmd.arg(format!("--filter=+ /{}/", tree.name));
     }
-    cmd = cmd.arg("--itemize-changes");
+    cmd = cmd.args([
+        "--filter=- /*",
+        "--filter=dir-merge .rsync-filter",
+        "--itemize-changes",
+    ]);
     if file.delete_excluded {
         cmd = cmd.arg("--delete-excluded");
     }
-    if relative {
-        cmd = cmd.arg("--relative");
-    }
-    cmd.args(sources).arg(session.rsync_destination(path))
+    cmd.arg("--relative")
+        .args(sources)
+        .arg(session.rsync_destination(path))
 }
 
 /// rsync's defaults in krops, which pass and passage trees are synced with
@@ -441,6 +460,41 @@ mod tests {
                 "root@[::1]:/var/src/cfg",
             ]
         );
+    }
+
+    /// A tree gone here between the plan and the shared rsync: its
+    /// stage's symlink dangles, and rsync sends nothing in its place (a
+    /// local rsync: the same filters, no remote shell).
+    #[test]
+    fn trees_together_send_only_their_directories_at_the_top() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mkdir = |rel: &str| std::fs::create_dir_all(root.join(rel)).unwrap();
+        mkdir("here/a");
+        mkdir("stage");
+        mkdir("there/b/important");
+        std::fs::write(root.join("here/a/f"), "f\n").unwrap();
+        std::fs::write(root.join("there/b/important/x"), "x\n").unwrap();
+        std::os::unix::fs::symlink(root.join("here/a"), root.join("stage/a")).unwrap();
+        std::os::unix::fs::symlink(root.join("here/gone"), root.join("stage/b")).unwrap();
+        let local = session(&target(root.join("there").to_str().unwrap()));
+        let tree = |name: &str| Joinable {
+            name: name.to_owned(),
+            local: root.join("here").join(name),
+            claim: Script::default(),
+            options: JoinOptions {
+                use_checksum: false,
+                delete_excluded: true,
+            },
+        };
+        let (a, b) = (tree("a"), tree("b"));
+        let there = root.join("there");
+        let cmd = rsync_together(&local, &[&a, &b], &root.join("stage"), there.to_str().unwrap());
+        let ran = cmd.run(mktarget::command::Stdio::capture()).unwrap();
+        assert!(ran.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+        assert_eq!(std::fs::read_to_string(there.join("a/f")).unwrap(), "f\n");
+        assert!(there.join("b").symlink_metadata().unwrap().is_dir());
+        assert!(there.join("b/important/x").exists());
     }
 
     /// The `--rsync-path` as the target's shell runs it: rsync appends its
