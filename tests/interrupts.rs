@@ -313,12 +313,15 @@ fn signals_during_an_rsync_stop_it_and_a_rerun_leaves_the_same_tree() {
     );
     let dest = world.path("remote/src");
     let target = alpha.target("root", &dest);
+    let results = world.path("results.json");
     let args = [
         "--target",
         &target,
         "--force",
         "--sources",
         file.to_str().unwrap(),
+        "--json-file",
+        results.to_str().unwrap(),
     ];
     for (signal, code) in [("INT", 130), ("TERM", 143)] {
         // No partial file of an earlier run must look like this one's.
@@ -336,6 +339,9 @@ fn signals_during_an_rsync_stop_it_and_a_rerun_leaves_the_same_tree() {
             )),
             "SIG{signal}: {stderr}"
         );
+        // A signal ends the run without a document: the steps its
+        // stopping failed are no results.
+        assert!(!results.exists(), "SIG{signal}: {stderr}");
         world.assert_nothing_left();
     }
     std::fs::remove_file(flag).unwrap();

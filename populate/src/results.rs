@@ -190,8 +190,11 @@ impl Results {
         Value::Object(doc)
     }
 
-    /// Writes the document to `to`, one line.
+    /// Writes the document to `to`, one line. After a signal, none: the
+    /// handler ends the run (a step its stopping failed would read as
+    /// the connection lost), and this waits for it.
     pub fn write(&self, to: &ResultsTo, error: Option<&anyhow::Error>) -> Result<()> {
+        mktarget::interrupt::wait_if_interrupted();
         let mut text = serde_json::to_string(&self.to_json(error))?;
         text.push('\n');
         match to {
