@@ -241,6 +241,28 @@ pub(crate) fn stop(pid: u32, own_group: bool, signal: Signal) {
     };
 }
 
+/// Whether a process of the process group `pgid` is still running (not a
+/// zombie): a child's own children (rsync's remote shell, which removes
+/// its temp dir as it ends) may outlive it for a moment.
+fn group_running(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // After the command name in parentheses: state, ppid, pgrp.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|pgrp| pgrp.parse::<u32>().ok());
+        pgrp == Some(pgid) && !state.starts_with(['Z', 'X'])
+    })
+}
+
 /// Whether process `pid` exists and is not a zombie.
 fn running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -280,7 +302,7 @@ fn handle(signal: i32) {
             .children
             .iter()
             .copied()
-            .filter(|&(pid, _)| running(pid))
+            .filter(|&(pid, group)| running(pid) || (group && group_running(pid)))
             .collect();
         if left.is_empty() || started.elapsed() > 2 * GRACE {
             break;
@@ -335,6 +357,32 @@ pub fn wait_if_interrupted() {
     if interrupted() {
         loop {
             std::thread::park();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    #[test]
+    fn a_group_runs_while_a_child_of_its_leader_does() {
+        // The leader ends at once; its child, in its group, a moment later.
+        let mut leader = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 1 & exit 0"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = leader.id();
+        leader.wait().unwrap();
+        assert!(!running(pgid));
+        assert!(group_running(pgid));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while group_running(pgid) {
+            assert!(Instant::now() < deadline, "the group never ended");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
