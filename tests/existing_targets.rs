@@ -497,18 +497,6 @@ fn missing_and_file_sentinels_are_explained_once() {
     assert!(!dest.join("l").exists());
 }
 
-/// Unmounts its path when dropped, also when the test fails.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// A file system mounted at `PATH/NAME` (another user's, or of no use to a
 /// git source) is never replaced: `rm -fR` emptied it, then failed on the
 /// busy mount point. The run fails saying so and leaves what is in it.
@@ -531,13 +519,7 @@ fn a_mount_point_at_a_sources_place_is_never_emptied() {
     ];
     for (name, source) in cases {
         let at = world.mkdir(&format!("dest/{name}"));
-        world
-            .sh(&format!(
-                "mount -t tmpfs tmpfs {}",
-                krops_tests::quote(at.as_os_str())
-            ))
-            .assert_success();
-        let _mount = Mount(at.clone());
+        let _mount = world.mount_tmpfs(&at);
         fs::write(at.join("precious"), "precious\n").unwrap();
         if name == "foreign" {
             world.chown_to_sudo_user(&at);

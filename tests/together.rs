@@ -43,6 +43,17 @@ fn trees(world: &World) -> Value {
     })
 }
 
+/// File sources of one file each, `t/NAME/NAME.nix`, named `names`.
+fn plain_trees(world: &World, names: &[&str]) -> Value {
+    let mut sources = serde_json::Map::new();
+    for name in names {
+        world.write(&format!("t/{name}/{name}.nix"), "{ }\n");
+        let path = world.path(&format!("t/{name}"));
+        sources.insert((*name).to_owned(), json!({"file": path.to_str().unwrap()}));
+    }
+    Value::Object(sources)
+}
+
 /// Each source's (name, status, changes) in a `--json` run's output.
 fn changes(out: &krops_tests::Output) -> Vec<(String, String, Vec<String>)> {
     let results: Value = serde_json::from_str(&out.stdout_str()).unwrap();
@@ -156,42 +167,17 @@ fn a_rsync_filter_above_a_tree_is_read_as_an_rsync_of_it_alone_reads_it() {
     assert!(dest.join("b/b.nix.swp").exists() && dest.join("c/c.nix").exists());
 }
 
-/// Unmounts its path when dropped, also when the test fails.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn when_the_shared_rsync_fails_each_tree_syncs_alone_and_fails_on_its_own() {
     let world = World::new();
     let alpha = world.add_host("alpha");
-    world.write("t/a/a.nix", "{ }\n");
-    world.write("t/b/b.nix", "{ }\n");
-    world.write("t/c/c.nix", "{ }\n");
-    let sources = json!({
-        "a": {"file": world.path("t/a").to_str().unwrap()},
-        "b": {"file": world.path("t/b").to_str().unwrap()},
-        "c": {"file": world.path("t/c").to_str().unwrap()},
-    });
+    let sources = plain_trees(&world, &["a", "b", "c"]);
     let dest = world.path("src");
     world.write("src/.populate", "");
     // b's place is another user's mount point, which is never replaced:
     // its claim in the shared rsync's shell refuses, and so does b's own.
     let at = world.mkdir("src/b");
-    world
-        .sh(&format!(
-            "mount -t tmpfs tmpfs {}",
-            krops_tests::quote(at.as_os_str())
-        ))
-        .assert_success();
-    let _mount = Mount(at.clone());
+    let _mount = world.mount_tmpfs(&at);
     fs::write(at.join("precious"), "precious\n").unwrap();
     world.chown_to_sudo_user(&at);
     let out = world.populate(
@@ -254,12 +240,7 @@ fn a_tree_holding_a_rsync_filter_syncs_alone_as_its_patterns_mean() {
 fn a_rsync_filter_in_tmpdir_is_never_read() {
     let world = World::new();
     let alpha = world.add_host("alpha");
-    world.write("t/a/a.nix", "{ }\n");
-    world.write("t/b/b.nix", "{ }\n");
-    let sources = json!({
-        "a": {"file": world.path("t/a").to_str().unwrap()},
-        "b": {"file": world.path("t/b").to_str().unwrap()},
-    });
+    let sources = plain_trees(&world, &["a", "b"]);
     // Where the trees' names are staged: anyone may write in /tmp.
     world.write("tmp/.rsync-filter", "- *\n");
     let dest = world.path("src");
@@ -277,12 +258,7 @@ fn a_rsync_filter_in_tmpdir_is_never_read() {
 fn a_tmpdir_with_dots_and_symlinks_in_its_path_changes_nothing_of_where_trees_land() {
     let world = World::new();
     let alpha = world.add_host("alpha");
-    world.write("t/a/a.nix", "{ }\n");
-    world.write("t/b/b.nix", "{ }\n");
-    let sources = json!({
-        "a": {"file": world.path("t/a").to_str().unwrap()},
-        "b": {"file": world.path("t/b").to_str().unwrap()},
-    });
+    let sources = plain_trees(&world, &["a", "b"]);
     // rsync -R names what it sends after the first `/./` of a source.
     world.mkdir("tmp/real");
     std::os::unix::fs::symlink(world.path("tmp/real"), world.path("tmp/link")).unwrap();
@@ -316,12 +292,7 @@ fn a_tmpdir_with_dots_and_symlinks_in_its_path_changes_nothing_of_where_trees_la
 fn a_rsync_filter_at_the_target_path_is_read_as_for_each_tree_alone() {
     let world = World::new();
     let alpha = world.add_host("alpha");
-    world.write("t/a/a.nix", "{ }\n");
-    world.write("t/b/b.nix", "{ }\n");
-    let sources = json!({
-        "a": {"file": world.path("t/a").to_str().unwrap()},
-        "b": {"file": world.path("t/b").to_str().unwrap()},
-    });
+    let sources = plain_trees(&world, &["a", "b"]);
     // rsync's -F reads the target's .rsync-filter above P/NAME for a tree
     // synced alone: `P keepme` protects P/a/keepme from its deletion.
     let dest = world.path("src");
@@ -339,14 +310,7 @@ fn a_rsync_filter_at_the_target_path_is_read_as_for_each_tree_alone() {
 fn each_tree_s_messages_are_told_with_its_own_step() {
     let world = World::new();
     let alpha = world.add_host("alpha");
-    for name in ["a", "ab", "x"] {
-        world.write(&format!("t/{name}/f"), format!("{name}\n"));
-    }
-    let sources = json!({
-        "a": {"file": world.path("t/a").to_str().unwrap()},
-        "ab": {"file": world.path("t/ab").to_str().unwrap()},
-        "x": {"file": world.path("t/x").to_str().unwrap()},
-    });
+    let sources = plain_trees(&world, &["a", "ab", "x"]);
     let dest = world.path("src");
     world.write("src/.populate", "");
     world.write("src/x", "a file where a tree goes\n");

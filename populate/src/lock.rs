@@ -904,15 +904,11 @@ mod tests {
             "set -efu\nif flock -n 9 2>/dev/null; then exit 9; fi\necho x >> {}\necho out\nexit 4\n",
             quote(ran.to_str().unwrap())
         );
-        let mut held = take(
-            &session,
-            true,
-            None,
-            "me (pid 1)",
-            false,
-            Some(at_once(&batch)),
-        )
-        .unwrap();
+        let take_it = || {
+            let batch = Some(at_once(&batch));
+            take(&session, true, None, "me (pid 1)", false, batch).unwrap()
+        };
+        let mut held = take_it();
         let (out, code) = held.run_batch(&session).unwrap().unwrap();
         assert_eq!(
             (String::from_utf8(out).unwrap().as_str(), code),
@@ -927,16 +923,7 @@ mod tests {
         drop(held);
         assert_eq!(std::fs::read_to_string(&ran).unwrap(), "x\n");
         // Never read: it ran all the same, and the lock goes as ever.
-        let held = take(
-            &session,
-            true,
-            None,
-            "me (pid 1)",
-            false,
-            Some(at_once(&batch)),
-        )
-        .unwrap();
-        drop(held);
+        drop(take_it());
         assert_eq!(std::fs::read_to_string(&ran).unwrap(), "x\nx\n");
         assert!(matches!(
             take(&session, true, Some(0), "other", false, None).unwrap(),

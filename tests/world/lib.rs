@@ -740,6 +740,15 @@ impl World {
         SUDO_PASSWORD_USER
     }
 
+    /// Mounts a fresh tmpfs at `at` (a directory), unmounted when the
+    /// returned [`Mount`] is dropped, also when the test fails.
+    #[track_caller]
+    pub fn mount_tmpfs(&self, at: &Path) -> Mount {
+        self.sh(&format!("mount -t tmpfs tmpfs {}", quote(at.as_os_str())))
+            .assert_success();
+        Mount(at.to_path_buf())
+    }
+
     /// Gives `path` (recursively) to the sudo test user, e.g. a target directory
     /// it must write to without sudo.
     #[track_caller]
@@ -1015,4 +1024,16 @@ pub fn processes_with(needle: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// A file system [`World::mount_tmpfs`] mounted; unmounted when dropped.
+pub struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
 }
