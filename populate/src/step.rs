@@ -197,19 +197,43 @@ pub(crate) fn run_cmd(session: &Session, cmd: &Cmd, out: &mut dyn Write) -> Resu
 pub(crate) fn run_rsync(session: &Session, cmd: &Cmd, out: &mut dyn Write) -> Result<Transfer> {
     let mut watch = Watch {
         out,
-        line: Vec::new(),
+        lines: Lines::default(),
         transfer: Transfer::default(),
     };
     run_cmd(session, cmd, &mut watch)?;
-    let rest = std::mem::take(&mut watch.line);
+    let rest = watch.lines.rest();
     watch.transfer.read_line(&String::from_utf8_lossy(&rest));
     Ok(watch.transfer)
+}
+
+/// A stream cut into lines as it comes ([`Lines::feed`]).
+#[derive(Default)]
+pub(crate) struct Lines {
+    line: Vec<u8>,
+}
+
+impl Lines {
+    /// Gives `each` every line `buf` completes, without its newline.
+    pub(crate) fn feed(&mut self, buf: &[u8], mut each: impl FnMut(&[u8])) {
+        for &byte in buf {
+            if byte == b'\n' {
+                each(&std::mem::take(&mut self.line));
+            } else {
+                self.line.push(byte);
+            }
+        }
+    }
+
+    /// What came after the last newline.
+    pub(crate) fn rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.line)
+    }
 }
 
 /// Passes a command's output on and reads it line by line.
 struct Watch<'a> {
     out: &'a mut dyn Write,
-    line: Vec<u8>,
+    lines: Lines,
     transfer: Transfer,
 }
 
@@ -217,14 +241,10 @@ impl Write for Watch<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         // The output goes on whatever happens to it there.
         let _ = self.out.write_all(buf);
-        for &byte in buf {
-            if byte == b'\n' {
-                let line = std::mem::take(&mut self.line);
-                self.transfer.read_line(&String::from_utf8_lossy(&line));
-            } else {
-                self.line.push(byte);
-            }
-        }
+        let transfer = &mut self.transfer;
+        self.lines.feed(buf, |line| {
+            transfer.read_line(&String::from_utf8_lossy(line))
+        });
         Ok(buf.len())
     }
 

@@ -20,8 +20,7 @@ use mktarget::Session;
 
 use crate::lock::{BatchRuns, FirstBatch, Locking, Taken};
 use crate::progress::{Progress, Row, Style};
-use crate::report::Transfer;
-use crate::report::{Report, StepError, StepOutcome, StepStatus};
+use crate::report::{Report, StepError, StepOutcome, StepStatus, Transfer};
 use crate::script::{Function, Script, PRELUDE, STEP};
 use crate::source::file::Joinable;
 use crate::source::Sources;

@@ -17,7 +17,7 @@ use mktarget::Session;
 use crate::progress::Progress;
 use crate::report::{is_itemized, StepError, Transfer};
 use crate::source::file::{rsync_together, JoinOptions, Joinable};
-use crate::step::step_failure;
+use crate::step::{step_failure, Lines};
 
 /// What a run syncs at once: one step, or trees synced together.
 #[derive(Debug, PartialEq, Eq)]
@@ -116,20 +116,22 @@ pub(crate) fn sync(
     let joinables: Vec<&Joinable> = trees.iter().map(|&(_, tree)| tree).collect();
     let cmd = rsync_together(session, &joinables, &at, p);
     let mut dispatch = Dispatch {
-        progress,
-        members: trees
-            .iter()
-            .map(|(i, tree)| Member {
-                step: *i,
-                name: format!("{}/", tree.name),
-                staged: format!("{}/{}/", at.display(), tree.name),
-                local: format!("{}/", tree.local.display()),
-                there: format!("{p}/{}", tree.name),
-            })
-            .collect(),
-        transfers: vec![Transfer::default(); trees.len()],
-        line: Vec::new(),
-        all: format!("populate: the rsync of {} trees together: ", trees.len()),
+        lines: Lines::default(),
+        to: Routes {
+            progress,
+            members: trees
+                .iter()
+                .map(|(i, tree)| Member {
+                    step: *i,
+                    name: format!("{}/", tree.name),
+                    staged: format!("{}/{}/", at.display(), tree.name),
+                    local: format!("{}/", tree.local.display()),
+                    there: format!("{p}/{}", tree.name),
+                })
+                .collect(),
+            transfers: vec![Transfer::default(); trees.len()],
+            all: format!("populate: the rsync of {} trees together: ", trees.len()),
+        },
     };
     let ran = cmd.run(Stdio::tee(&mut dispatch))?;
     dispatch.finish();
@@ -138,7 +140,7 @@ pub(crate) fn sync(
             // A tree that is gone was not sent (see `rsync_together`).
             let results = trees
                 .iter()
-                .zip(dispatch.transfers)
+                .zip(dispatch.to.transfers)
                 .map(|((_, tree), transfer)| {
                     if tree.local.is_dir() {
                         Ok(transfer)
@@ -168,7 +170,7 @@ pub(crate) fn sync(
             for (i, _) in trees {
                 progress.output(*i, note.as_bytes());
             }
-            Ok(Synced::Alone(dispatch.transfers))
+            Ok(Synced::Alone(dispatch.to.transfers))
         }
     }
 }
@@ -208,15 +210,20 @@ impl Member {
 /// to every step; anything else (its totals) to the first, said to be of
 /// all.
 struct Dispatch<'a> {
+    lines: Lines,
+    to: Routes<'a>,
+}
+
+/// Where [`Dispatch`] sends each line.
+struct Routes<'a> {
     progress: &'a Progress,
     members: Vec<Member>,
     transfers: Vec<Transfer>,
-    line: Vec<u8>,
     /// What a line of all the trees' starts with.
     all: String,
 }
 
-impl Dispatch<'_> {
+impl Routes<'_> {
     fn route(&mut self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         if is_itemized(&text) {
@@ -260,26 +267,22 @@ impl Dispatch<'_> {
             self.progress.output(self.members[0].step, line.as_bytes());
         }
     }
+}
 
+impl Dispatch<'_> {
     /// Passes on what is left of an unfinished last line.
     fn finish(&mut self) {
-        let rest = std::mem::take(&mut self.line);
+        let rest = self.lines.rest();
         if !rest.is_empty() {
-            self.route(&rest);
+            self.to.route(&rest);
         }
     }
 }
 
 impl Write for Dispatch<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for &byte in buf {
-            if byte == b'\n' {
-                let line = std::mem::take(&mut self.line);
-                self.route(&line);
-            } else {
-                self.line.push(byte);
-            }
-        }
+        let to = &mut self.to;
+        self.lines.feed(buf, |line| to.route(line));
         Ok(buf.len())
     }
 
