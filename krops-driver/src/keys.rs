@@ -143,30 +143,29 @@ fn record(done: &[Delivered], results: &mut Results) {
 /// the pre-activation keys sent; a key whose user does not exist yet is
 /// installed root-owned, to be chowned by [`after`].
 pub fn before(delivery: &Rc<Delivery>) -> Stage {
-    let send = Batch {
-        keys: &delivery.keys,
-        sent: delivery.keys.at(UploadAt::PreActivation),
-        strict: false,
-        dirs: true,
-    };
     let what = format!(
         "sending the pre-activation keys to {}",
         delivery.session.machine()
     );
-    let script = send.script_text(&delivery.session);
+    let script = pre_activation(delivery).script_text(&delivery.session);
     let delivery = Rc::clone(delivery);
     let shown = what.clone();
     Stage::here_shown_as(script, move |reporting, _| {
-        let send = Batch {
-            keys: &delivery.keys,
-            sent: delivery.keys.at(UploadAt::PreActivation),
-            strict: false,
-            dirs: true,
-        };
-        delivery.send(&what, &send, reporting)?;
+        delivery.send(&what, &pre_activation(&delivery), reporting)?;
         Ok(Flow::Next)
     })
     .shown(shown)
+}
+
+/// What [`before`] sends: the keys directories, and the pre-activation
+/// keys, none strict (their users may come with the activation).
+fn pre_activation(delivery: &Delivery) -> Batch<'_> {
+    Batch {
+        keys: &delivery.keys,
+        sent: delivery.keys.at(UploadAt::PreActivation),
+        strict: false,
+        dirs: true,
+    }
 }
 
 /// The stage after a successful final command: the post-activation keys,
