@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use mktarget::command::{Out, Stdio};
+use mktarget::shell::without_comments;
 use mktarget::{Cmd, Session};
 use serde_json::{json, Value};
 
@@ -25,16 +26,6 @@ const TRY: Duration = Duration::from_secs(20);
 
 const REBOOT_SCRIPT: &str = include_str!("reboot.sh");
 const STATE_SCRIPT: &str = include_str!("boot-state.sh");
-
-/// A script as it goes to the target: without its comment lines, which
-/// are for its readers here (and would fill `--dry-run`).
-fn code(script: &str) -> String {
-    script
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .map(|line| format!("{line}\n"))
-        .collect()
-}
 
 /// A reboot and the wait for the target to come back.
 #[derive(Debug)]
@@ -141,7 +132,7 @@ impl Reboot {
     /// stderr, also under `--quiet`).
     pub(crate) fn reboot_command(&self, session: &Session) -> Cmd {
         session.fresh_command(
-            &code(REBOOT_SCRIPT),
+            &without_comments(REBOOT_SCRIPT),
             &[
                 "krops-deploy-reboot".to_owned(),
                 self.paths.profile.clone(),
@@ -154,7 +145,7 @@ impl Reboot {
     /// over a new connection: the run's dies with the machine.
     pub(crate) fn state_command(&self, session: &Session) -> Cmd {
         session.fresh_command(
-            &code(STATE_SCRIPT),
+            &without_comments(STATE_SCRIPT),
             &[
                 "krops-deploy-boot-state".to_owned(),
                 BOOT_ID.to_owned(),

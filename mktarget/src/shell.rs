@@ -38,6 +38,17 @@ where
         .join(" ")
 }
 
+/// `script` (a shell script of the tools, as its `.sh` file holds it)
+/// without its comment lines: it goes into command lines, which the log
+/// and `--dry-run` show; the comments are for its readers here.
+pub fn without_comments(script: &str) -> String {
+    script
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 /// Quotes words for rsync's `-e COMMAND`, which rsync splits itself.
 ///
 /// rsync splits on spaces and honours single and double quotes, but not

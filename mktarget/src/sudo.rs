@@ -257,23 +257,16 @@ impl Drop for NoEcho {
     }
 }
 
-/// `script` without its comment lines: it goes into command lines, which
-/// the log and `--dry-run` show.
-fn without_comments(script: &str) -> String {
-    script
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .map(|line| format!("{line}\n"))
-        .collect()
-}
-
 /// `/bin/sh -c SUDO_SH krops-sudo ARGS...`: what runs `sudo ARGS...` on a
 /// target with the password from stdin.
 fn krops_sudo(args: &[String]) -> Vec<String> {
     let mut argv = vec![
         "/bin/sh".to_owned(),
         "-c".to_owned(),
-        format!("{}krops_sudo \"$@\"\n", without_comments(SUDO_SH)),
+        format!(
+            "{}krops_sudo \"$@\"\n",
+            crate::shell::without_comments(SUDO_SH)
+        ),
         "krops-sudo".to_owned(),
     ];
     argv.extend(args.iter().cloned());
@@ -321,7 +314,10 @@ impl Session {
         let mut argv = vec![
             "/bin/sh".to_owned(),
             "-c".to_owned(),
-            format!("{}krops_rsh \"$@\"\n", without_comments(RSH_SH)),
+            format!(
+                "{}krops_rsh \"$@\"\n",
+                crate::shell::without_comments(RSH_SH)
+            ),
             "krops-rsh".to_owned(),
         ];
         argv.extend(ssh_argv);
